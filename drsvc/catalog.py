@@ -1,0 +1,319 @@
+"""The catalog: every desktop, recovery point, job, tier move, drill and lease, in SQLite.
+
+Schema changes are ordered SQL files under ``catalog/`` (``NNN_name.sql``), applied in order,
+each in its own transaction, recorded in ``schema_migrations`` and ``PRAGMA user_version``.
+The connection runs in WAL mode with foreign keys on. Multi-row changes go through
+``transaction()``. The catalog is a record, not the source of truth: every point can be rebuilt
+from the manifests in the stores (``drsvc catalog rebuild``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from drsvc import clock
+from drsvc.errors import BackendError, NotFound
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "catalog"
+_MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+POINT_STATUSES = ("pending", "complete", "failed", "expired")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+
+def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The ordered migrations; gaps or duplicate numbers are a packaging bug."""
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        m = _MIGRATION_NAME.match(path.name)
+        if not m:
+            raise BackendError(f"catalog migration with a bad name: {path}")
+        found.append(Migration(int(m.group(1)), m.group(2), path))
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise BackendError(f"catalog migrations out of order at {migration.path.name}")
+    return found
+
+
+class Catalog:
+    """A handle on the catalog database. Thread-safe for the short statements jobs issue."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self.path = path
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def open(cls, path: Path | str, *, migrate: bool = True, upto: int | None = None) -> Catalog:
+        """Open (creating if needed) the catalog at ``path`` and bring its schema up to date."""
+        path = str(path)
+        try:
+            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise BackendError(f"cannot open catalog {path}: {e}") from None
+        conn.execute("PRAGMA foreign_keys = ON")
+        if path != ":memory:":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        catalog = cls(conn, path)
+        if migrate:
+            catalog.migrate(upto=upto)
+        return catalog
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self, *, upto: int | None = None) -> list[int]:
+        """Apply pending migrations in order; returns the versions applied."""
+        applied = []
+        with self._lock:
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            current = self.schema_version
+            for migration in migrations():
+                if migration.version <= current or (upto is not None and migration.version > upto):
+                    continue
+                with self.transaction():
+                    for statement in _split_sql(migration.path.read_text()):
+                        self.db.execute(statement)
+                    self.db.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                        [migration.version, migration.name, clock.to_iso(clock.now())],
+                    )
+                    self.db.execute(f"PRAGMA user_version = {migration.version}")
+                applied.append(migration.version)
+        return applied
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic unit of change (nested calls join the outer transaction)."""
+        with self._lock:
+            conn = self.db.conn
+            if conn.in_transaction:
+                yield
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def check(self) -> list[str]:
+        """Integrity and foreign-key problems; empty when the catalog is sound."""
+        problems = [row[0] for row in self.db.execute("PRAGMA integrity_check").fetchall() if row[0] != "ok"]
+        for table, rowid, parent, _fk in self.db.execute("PRAGMA foreign_key_check").fetchall():
+            problems.append(f"{table} row {rowid}: references a missing {parent} row")
+        return problems
+
+    # ------------------------------------------------------------------ helpers
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db.query(sql, params))
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self.db.execute(sql, params)
+
+    # ------------------------------------------------------------------ desktops
+    def upsert_desktop(self, desktop: dict[str, Any]) -> None:
+        """Insert or refresh a desktop seen by discovery (``labels`` may be a dict)."""
+        now = clock.to_iso(clock.now())
+        row = dict(desktop)
+        if isinstance(row.get("labels"), dict):
+            row["labels"] = json.dumps(row["labels"], sort_keys=True)
+        with self.transaction():
+            existing = self.query("SELECT first_seen FROM desktops WHERE id = ?", [row["id"]])
+            row["first_seen"] = existing[0]["first_seen"] if existing else now
+            row["last_seen"] = now
+            row["gone_since"] = None
+            self.db["desktops"].upsert(row, pk="id")  # type: ignore[union-attr]
+
+    def mark_gone(self, present_ids: set[str], runtime_url: str) -> list[str]:
+        """Desktops of ``runtime_url`` discovery no longer finds; their points are kept."""
+        now = clock.to_iso(clock.now())
+        rows = self.query(
+            "SELECT id FROM desktops WHERE runtime_url = ? AND gone_since IS NULL", [runtime_url]
+        )
+        gone = [r["id"] for r in rows if r["id"] not in present_ids]
+        with self.transaction():
+            for desktop_id in gone:
+                self.execute("UPDATE desktops SET gone_since = ? WHERE id = ?", [now, desktop_id])
+        return gone
+
+    def desktops(self) -> list[dict[str, Any]]:
+        rows = self.query("SELECT * FROM desktops ORDER BY id")
+        for row in rows:
+            row["labels"] = json.loads(row["labels"])
+        return rows
+
+    def desktop(self, desktop_id: str) -> dict[str, Any]:
+        rows = self.query("SELECT * FROM desktops WHERE id = ?", [desktop_id])
+        if not rows:
+            raise NotFound(f"unknown desktop {desktop_id!r} (drsvc desktops list shows the known ones)")
+        rows[0]["labels"] = json.loads(rows[0]["labels"])
+        return rows[0]
+
+    # ------------------------------------------------------------------ points
+    _POINT_SELECT = (
+        "SELECT p.*, (SELECT group_concat(tier, ',') FROM "
+        "(SELECT tier FROM point_tiers t WHERE t.point_id = p.id ORDER BY tier DESC)) AS tiers "
+        "FROM points p"
+    )
+
+    def points(
+        self,
+        desktop_id: str | None = None,
+        *,
+        status: str | None = None,
+        policy: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Recovery points, newest first, each with ``tiers`` as a list (hot before cold)."""
+        where, params = [], []
+        if desktop_id is not None:
+            where.append("p.desktop_id = ?")
+            params.append(desktop_id)
+        if status is not None:
+            where.append("p.status = ?")
+            params.append(status)
+        if policy is not None:
+            where.append("p.policy = ?")
+            params.append(policy)
+        sql = self._POINT_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY p.taken_at DESC, p.id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_point_row(r) for r in self.query(sql, params)]
+
+    def point(self, point_id: str) -> dict[str, Any]:
+        rows = self.query(self._POINT_SELECT + " WHERE p.id = ?", [point_id])
+        if not rows:
+            rows = self.query(self._POINT_SELECT + " WHERE p.id LIKE ? ORDER BY p.id", [point_id + "%"])
+            if len(rows) > 1:
+                raise NotFound(f"point id prefix {point_id!r} is ambiguous ({len(rows)} points)")
+        if not rows:
+            raise NotFound(f"unknown recovery point {point_id!r}")
+        return _point_row(rows[0])
+
+    def add_point(self, point: dict[str, Any]) -> None:
+        row = {"created_at": clock.to_iso(clock.now()), **point}
+        with self._lock:
+            self.db["points"].insert(row)  # type: ignore[union-attr]
+
+    def update_point(self, point_id: str, **fields: Any) -> None:
+        if "status" in fields and fields["status"] not in POINT_STATUSES:
+            raise ValueError(f"bad point status {fields['status']!r}")
+        with self._lock:
+            self.db["points"].update(point_id, fields)  # type: ignore[union-attr]
+
+    def set_tier(self, point_id: str, tier: str, store_url: str, **fields: Any) -> None:
+        row = {"point_id": point_id, "tier": tier, "store_url": store_url,
+               "added_at": clock.to_iso(clock.now()), **fields}
+        with self._lock:
+            self.db["point_tiers"].upsert(row, pk=("point_id", "tier"))  # type: ignore[union-attr]
+
+    def drop_tier(self, point_id: str, tier: str) -> None:
+        self.execute("DELETE FROM point_tiers WHERE point_id = ? AND tier = ?", [point_id, tier])
+
+    def add_artifact(self, artifact: dict[str, Any]) -> None:
+        with self._lock:
+            self.db["artifacts"].upsert(artifact, pk=("point_id", "kind", "name"))  # type: ignore[union-attr]
+
+    def artifacts(self, point_id: str) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM artifacts WHERE point_id = ? ORDER BY kind, name", [point_id])
+
+    # ------------------------------------------------------------------ jobs
+    def start_job(self, kind: str, *, policy: str | None = None, token: int | None = None,
+                  detail: dict[str, Any] | None = None) -> int:
+        with self._lock:
+            cursor = self.execute(
+                "INSERT INTO jobs (kind, policy, status, started_at, fencing_token, host, pid, detail) "
+                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+                [kind, policy, clock.to_iso(clock.now()), token, socket.gethostname(), os.getpid(),
+                 json.dumps(detail or {})],
+            )
+            return int(cursor.lastrowid or 0)
+
+    def finish_job(self, job_id: int, status: str, *, error: str | None = None,
+                   detail: dict[str, Any] | None = None) -> None:
+        fields: dict[str, Any] = {"status": status, "finished_at": clock.to_iso(clock.now()), "error": error}
+        if detail is not None:
+            fields["detail"] = json.dumps(detail, default=str)
+        with self._lock:
+            self.db["jobs"].update(job_id, fields)  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ leases
+    def acquire_lease(self, name: str, holder: str, ttl: float) -> int | None:
+        """Take the lease if it is free or expired; returns the new fencing token, else None.
+
+        The token grows with every acquisition, so work done under a lease that has since expired
+        and been taken by someone else can be recognised (``lease_valid``) and refused.
+        """
+        now = time.time()
+        with self.transaction():
+            rows = self.query("SELECT holder, token, expires_at FROM leases WHERE name = ?", [name])
+            if rows and rows[0]["expires_at"] > now and rows[0]["holder"] != holder:
+                return None
+            token = (rows[0]["token"] if rows else 0) + 1
+            self.execute(
+                "INSERT INTO leases (name, holder, token, expires_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, token = excluded.token, "
+                "expires_at = excluded.expires_at",
+                [name, holder, token, now + ttl],
+            )
+            return token
+
+    def renew_lease(self, name: str, token: int, ttl: float) -> bool:
+        """Extend a lease still held with ``token``; False when it was lost."""
+        with self.transaction():
+            cursor = self.execute(
+                "UPDATE leases SET expires_at = ? WHERE name = ? AND token = ? AND expires_at > ?",
+                [time.time() + ttl, name, token, time.time()],
+            )
+            return cursor.rowcount == 1
+
+    def lease_valid(self, name: str, token: int) -> bool:
+        rows = self.query("SELECT token, expires_at FROM leases WHERE name = ?", [name])
+        return bool(rows) and rows[0]["token"] == token and rows[0]["expires_at"] > time.time()
+
+    def release_lease(self, name: str, token: int) -> None:
+        self.execute("UPDATE leases SET expires_at = 0 WHERE name = ? AND token = ?", [name, token])
+
+
+def _point_row(row: dict[str, Any]) -> dict[str, Any]:
+    row["tiers"] = row["tiers"].split(",") if row.get("tiers") else []
+    return row
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements (migrations hold no semicolons inside literals)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,100 @@
+"""What every command shares: the run context (config, catalog, --json) and output helpers.
+
+Commands receive an ``App`` through ``@pass_app``; it loads the config and opens the catalog
+lazily, once, so a command that needs neither (``policy check PATH``) works without a config.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.console import Console
+
+from drsvc.errors import EXIT_CODES
+
+if TYPE_CHECKING:
+    from drsvc.catalog import Catalog
+    from drsvc.config import Config
+
+
+def _exit_codes_epilog(formatter: click.HelpFormatter) -> None:
+    with formatter.section("Exit codes"):
+        formatter.write_dl([(str(code), meaning) for code, meaning in EXIT_CODES])
+
+
+class DrsvcGroup(click.Group):
+    """A click group whose help ends with the exit codes (and so does every subcommand's)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        _exit_codes_epilog(formatter)
+
+
+class DrsvcCommand(click.Command):
+    """A click command whose help ends with the exit codes."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        _exit_codes_epilog(formatter)
+
+
+DrsvcGroup.command_class = DrsvcCommand
+DrsvcGroup.group_class = DrsvcGroup
+
+
+@dataclass
+class App:
+    """Per-invocation state: global options and lazily loaded config and catalog."""
+
+    config_path: Path | None = None
+    json_output: bool = False
+    _config: Config | None = field(default=None, repr=False)
+    _catalog: Catalog | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            from drsvc.config import load_config
+
+            self._config = load_config(self.config_path)
+        return self._config
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            from drsvc.catalog import Catalog
+
+            self._catalog = Catalog.open(self.config.catalog.path)
+        return self._catalog
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
+    @property
+    def out(self) -> Console:
+        """Human output (stdout); quiet when --json is given."""
+        return Console(quiet=self.json_output, highlight=False, soft_wrap=True)
+
+    @property
+    def err(self) -> Console:
+        """Diagnostics and progress (stderr), so stdout stays clean for --json."""
+        return Console(stderr=True, highlight=False)
+
+    def emit(self, document: Any, render: Callable[[Console], None]) -> None:
+        """Print ``document`` as one JSON document with --json, else call ``render``."""
+        if self.json_output:
+            json.dump(document, sys.stdout, indent=2, default=str)
+            sys.stdout.write("\n")
+        else:
+            render(self.out)
+
+
+pass_app = click.make_pass_decorator(App)

@@ -1,0 +1,85 @@
+"""drsvc points list | show: recovery points with their tiers, sizes and consistency."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from drsvc.cli._common import App, DrsvcGroup, pass_app
+from drsvc.units import format_bytes
+
+
+@click.group("points", cls=DrsvcGroup)
+def command() -> None:
+    """Recovery points: what can be restored, from which tier."""
+
+
+def point_document(point: dict) -> dict:
+    """The ``points list`` JSON shape of DESIGN's contract (plus a few useful extras)."""
+    return {
+        "id": point["id"],
+        "desktop": point["desktop_id"],
+        "taken_at": point["taken_at"],
+        "status": point["status"],
+        "consistency": point["consistency"],
+        "tiers": point["tiers"],
+        "bytes": point["bytes"],
+        "policy": point["policy"],
+        "reason": point["reason"],
+        "freeze_ms": point["freeze_ms"],
+    }
+
+
+@command.command("list")
+@click.argument("desktop", required=False)
+@click.option("--status", type=click.Choice(["pending", "complete", "failed", "expired"]),
+              help="Only points with this status.")
+@click.option("--limit", type=int, default=None, help="At most this many (newest first).")
+@pass_app
+def list_points(app: App, desktop: str | None, status: str | None, limit: int | None) -> None:
+    """List recovery points, newest first (all desktops, or one DESKTOP)."""
+    if desktop is not None:
+        app.catalog.desktop(desktop)  # unknown desktop: exit 3, not an empty list
+    points = app.catalog.points(desktop, status=status, limit=limit)
+
+    def render(out: Console) -> None:
+        if not points:
+            out.print("no recovery points" + (f" for {desktop}" if desktop else ""))
+            return
+        table = Table(box=None, pad_edge=False)
+        for col in ("ID", "DESKTOP", "TAKEN (UTC)", "STATUS", "CONSISTENCY", "TIERS", "SIZE", "FREEZE"):
+            table.add_column(col)
+        for p in points:
+            freeze = f"{p['freeze_ms']:.0f} ms" if p["freeze_ms"] is not None else "-"
+            table.add_row(p["id"], p["desktop_id"], p["taken_at"][:19].replace("T", " "), p["status"],
+                          p["consistency"], ",".join(p["tiers"]) or "-", format_bytes(p["bytes"]), freeze)
+        out.print(table)
+
+    app.emit([point_document(p) for p in points], render)
+
+
+@command.command("show")
+@click.argument("point_id")
+@pass_app
+def show_point(app: App, point_id: str) -> None:
+    """Show one recovery point (an unambiguous id prefix is enough)."""
+    point = app.catalog.point(point_id)
+    artifacts = app.catalog.artifacts(point["id"])
+    tiers = app.catalog.query("SELECT * FROM point_tiers WHERE point_id = ? ORDER BY tier DESC", [point["id"]])
+    doc = {**point_document(point), "artifacts": artifacts, "tier_detail": tiers,
+           "pool_snapshot_id": point["pool_snapshot_id"], "image": point["image"]}
+
+    def render(out: Console) -> None:
+        for key in ("id", "desktop", "taken_at", "status", "consistency", "policy", "reason", "image"):
+            if doc.get(key) is not None:
+                out.print(f"{key:12} {doc[key]}")
+        out.print(f"{'size':12} {format_bytes(point['bytes'])}")
+        for t in tiers:
+            lock = f", locked until {t['retain_until']}" if t["retain_until"] else ""
+            out.print(f"{'tier':12} {t['tier']} in {t['store_url']} (+{format_bytes(t['stored_bytes'])}{lock})")
+        for a in artifacts:
+            out.print(f"{'artifact':12} {a['kind']} {a['name']}: {format_bytes(a['bytes'])} "
+                      f"in {a['chunks']} chunks ({a['new_chunks']} new)")
+
+    app.emit(doc, render)

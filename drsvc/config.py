@@ -1,0 +1,180 @@
+"""The service configuration (TOML): where the catalog, keys, stores, runtime and policies are.
+
+Looked up in this order: ``--config PATH``, ``$DRSVC_CONFIG``, ``./drsvc.toml``,
+``/etc/drsvc/drsvc.toml``. Relative paths inside the file are relative to the file's directory,
+so a config next to its policies and key works wherever it is started from. Validation happens at
+load: unknown keys, malformed URLs and missing files are errors that name the key path.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from drsvc.errors import ConfigError
+
+SEARCH_PATH = (Path("drsvc.toml"), Path("/etc/drsvc/drsvc.toml"))
+
+STORE_SCHEMES = ("rados", "s3", "file")
+RUNTIME_SCHEMES = ("podman", "docker", "crio")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in schemes:
+        raise ValueError(f"{value!r} is not a URL with scheme {' | '.join(s + '://' for s in schemes)}")
+    if not (parsed.netloc or parsed.path.strip("/")):
+        raise ValueError(f"{value!r} names no pool, bucket, directory or socket")
+    return value
+
+
+class CatalogSection(_Section):
+    path: Path = Field(description="SQLite catalog file")
+
+
+class KeysSection(_Section):
+    file: Path = Field(description="Key file (32 random bytes, hex); never stored beside the data")
+
+
+class HotSection(_Section):
+    store: str = Field(description="Hot chunk store, e.g. rados://drsvc-hot")
+    ceph_conf: Path | None = Field(default=None, description="ceph.conf (default: $CEPH_CONF)")
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        return _check_url(v, STORE_SCHEMES)
+
+
+class ColdSection(_Section):
+    store: str = Field(description="Cold chunk store, e.g. s3://bucket/prefix")
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint (default: $S3_ENDPOINT_URL / AWS)")
+    region: str | None = None
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        return _check_url(v, STORE_SCHEMES)
+
+
+class RuntimeSection(_Section):
+    url: str = Field(description="Container runtime, e.g. podman:///run/podman/podman.sock")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_url(v, RUNTIME_SCHEMES)
+
+
+class SchedulerSection(_Section):
+    workers: int = Field(default=2, ge=1, le=64, description="Desktops captured in parallel")
+    retries: int = Field(default=2, ge=0, le=10, description="Retries per desktop, with backoff")
+    lease_seconds: int = Field(default=900, ge=30, description="Lease lifetime; renewed while working")
+    executor: Literal["local", "kubernetes"] = "local"
+
+
+class Config(_Section):
+    """A validated configuration; ``path`` is the file it came from."""
+
+    path: Path
+    policies_dir: Path
+    catalog: CatalogSection
+    keys: KeysSection
+    hot: HotSection | None = None
+    cold: ColdSection | None = None
+    runtime: RuntimeSection | None = None
+    scheduler: SchedulerSection = SchedulerSection()
+
+
+def find_config(explicit: Path | None) -> Path:
+    """The config file to use, following the documented search order."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("DRSVC_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in SEARCH_PATH:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        "no configuration found: pass --config PATH, set DRSVC_CONFIG, or create one with "
+        "'drsvc init --config drsvc.toml'"
+    )
+
+
+def load_config(explicit: Path | None = None, *, check_files: bool = True) -> Config:
+    """Find, parse and validate the configuration; every problem names its key path."""
+    path = find_config(explicit)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return parse_config(raw, path, check_files=check_files)
+
+
+def parse_config(raw: dict[str, Any], path: Path, *, check_files: bool = True) -> Config:
+    base = path.resolve().parent
+    raw = _resolve_paths(raw, base)
+    raw.setdefault("policies_dir", str(base / "policies"))
+    try:
+        config = Config(path=path, **raw)
+    except ValidationError as e:
+        details = [f"{path}: {_loc(err['loc'])}: {_why(err)}" for err in e.errors()]
+        raise ConfigError(f"{path}: invalid configuration", details=details) from None
+    if not check_files:
+        return config
+    details = [f"{path}: {key}: {why}" for key, why in _missing_files(config)]
+    if details:
+        raise ConfigError(f"{path}: invalid configuration", details=details)
+    return config
+
+
+_PATH_KEYS = {("policies_dir",), ("catalog", "path"), ("keys", "file"), ("hot", "ceph_conf")}
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for key_path in _PATH_KEYS:
+        holder: Any = out
+        for part in key_path[:-1]:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        last = key_path[-1]
+        if isinstance(holder, dict) and isinstance(holder.get(last), str):
+            holder[last] = str((base / os.path.expanduser(holder[last])).resolve())
+    return out
+
+
+def _missing_files(config: Config) -> list[tuple[str, str]]:
+    problems = []
+    if not config.policies_dir.is_dir():
+        problems.append(("policies_dir", f"directory {config.policies_dir} does not exist"))
+    if not config.keys.file.is_file():
+        problems.append(("keys.file", f"key file {config.keys.file} does not exist (drsvc init creates one)"))
+    if config.hot and config.hot.ceph_conf and not config.hot.ceph_conf.is_file():
+        problems.append(("hot.ceph_conf", f"file {config.hot.ceph_conf} does not exist"))
+    if not config.catalog.path.parent.is_dir():
+        problems.append(("catalog.path", f"directory {config.catalog.path.parent} does not exist"))
+    return problems
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _why(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return str(err["msg"]).removeprefix("Value error, ")
