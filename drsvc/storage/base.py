@@ -1,0 +1,193 @@
+"""The object store interface every backend implements, and the helpers backends share.
+
+Keys are ``/``-separated relative names (``chunks/ab/ab12…``); each segment is non-empty, does
+not start with ``.`` and holds no NUL. Backends stay thin: they implement single-object calls
+and, where the client library allows it, pipelined ``put_many`` / ``get_many`` /
+``delete_many``; ``StoreBase`` supplies sequential fallbacks and ``ordered_map`` bounded
+thread-pool pipelining for backends whose library is blocking.
+
+Parameters meant for the S3 cold tier:
+
+- ``storage_class``: the S3 storage class (``STANDARD_IA``, ``GLACIER`` …). file:// and rados://
+  accept and ignore it (a RADOS pool has no classes).
+- ``retain_until``: object-lock retention (WORM) until that UTC instant. file:// and rados://
+  accept and ignore it: neither can enforce immutability, so recording it would only pretend.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from typing import Protocol, TypeVar, runtime_checkable
+
+from drsvc.errors import InvalidInput
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_SEGMENT = re.compile(r"^[^/\x00.][^/\x00]*$")
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """A flat namespace of immutable-ish blobs addressed by ``/``-separated keys."""
+
+    @property
+    def url(self) -> str:
+        """The URL this store was opened from (no credentials)."""
+        ...
+
+    def put(
+        self, key: str, data: bytes, *, storage_class: str | None = None, retain_until: datetime | None = None
+    ) -> None:
+        """Write (or atomically replace) one object."""
+        ...
+
+    def put_many(
+        self,
+        items: Iterable[tuple[str, bytes]],
+        *,
+        storage_class: str | None = None,
+        retain_until: datetime | None = None,
+    ) -> int:
+        """Write many objects pipelined, consuming ``items`` lazily (bounded window); return the count."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """Read one whole object; raise ``NotFound`` if it does not exist."""
+        ...
+
+    def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        """Read many objects pipelined with bounded read-ahead, yielding ``(key, data)`` in input order."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether the object exists."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Yield every key starting with ``prefix`` (batched listing, any order)."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove one object; a missing object is not an error."""
+        ...
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove many objects (missing ones are fine); return how many keys were processed."""
+        ...
+
+    def size(self, key: str) -> int:
+        """Size of the object in bytes; raise ``NotFound`` if it does not exist."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads; the store is unusable afterwards."""
+        ...
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a valid object key, else raise ``InvalidInput``."""
+    if not isinstance(key, str) or not key or not all(_SEGMENT.match(s) for s in key.split("/")):
+        raise InvalidInput(
+            f"invalid object key {key!r}: '/'-separated non-empty segments, none starting with '.'"
+        )
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """Return ``prefix`` if it is a valid listing prefix (may be empty or end in ``/``)."""
+    if prefix and (prefix.startswith("/") or "\x00" in prefix or "//" in prefix):
+        raise InvalidInput(f"invalid key prefix {prefix!r}")
+    return prefix
+
+
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], *, workers: int = 4, window: int = 16
+) -> Iterator[R]:
+    """Apply ``fn`` on a thread pool, yielding results in input order with at most ``window`` in flight.
+
+    ``items`` is consumed lazily, so memory stays bounded by the window. Exceptions surface at the
+    position of the item that raised; leaving the generator early cancels what is queued.
+    """
+    window = max(1, window)
+    pending: collections.deque[Future[R]] = collections.deque()
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="drsvc-io")
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class StoreBase:
+    """Sequential fallbacks for the batch calls; backends override them when they can pipeline."""
+
+    _url: str
+
+    @property
+    def url(self) -> str:
+        """The URL this store was opened from (no credentials)."""
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._url}>"
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def put(
+        self, key: str, data: bytes, *, storage_class: str | None = None, retain_until: datetime | None = None
+    ) -> None:
+        """Write (or atomically replace) one object."""
+        raise NotImplementedError
+
+    def get(self, key: str) -> bytes:
+        """Read one whole object; raise ``NotFound`` if it does not exist."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        """Remove one object; a missing object is not an error."""
+        raise NotImplementedError
+
+    def put_many(
+        self,
+        items: Iterable[tuple[str, bytes]],
+        *,
+        storage_class: str | None = None,
+        retain_until: datetime | None = None,
+    ) -> int:
+        """Write many objects (sequential fallback); return the count."""
+        n = 0
+        for key, data in items:
+            self.put(key, data, storage_class=storage_class, retain_until=retain_until)
+            n += 1
+        return n
+
+    def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        """Read many objects in input order (sequential fallback)."""
+        for key in keys:
+            yield key, self.get(key)
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove many objects (sequential fallback); return how many keys were processed."""
+        n = 0
+        for key in keys:
+            self.delete(key)
+            n += 1
+        return n
+
+    def close(self) -> None:
+        """Release connections and threads; the store is unusable afterwards."""

@@ -1,0 +1,256 @@
+"""``rados://POOL[/PREFIX]``: objects in a RADOS pool (the hot tier's chunk store).
+
+Object name = ``PREFIX/key``. The pool must already exist (``drsvc-hot`` in the lab). Batch calls
+are pipelined with librados aio and a bounded window (count and bytes), so thousands of small
+chunks never become one round trip each. Objects above ``MAX_OBJECT_BYTES`` are refused: the
+OSD's ``osd_max_object_size`` defaults to 128 MiB and chunks are a few MiB at most.
+``storage_class`` and ``retain_until`` are accepted and ignored (no classes or WORM in a pool).
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import re
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+from drsvc import ceph
+from drsvc.errors import BackendError, InvalidInput, NotFound
+from drsvc.storage.base import StoreBase, check_key, check_prefix
+
+MAX_OBJECT_BYTES = 90 * 1024 * 1024
+_READ_SIZE = 4 * 1024 * 1024  # first aio read; larger objects are finished with sync reads
+_POOL = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def from_url(url: str, **options: Any) -> RadosStore:
+    """Open ``rados://POOL[/PREFIX]``; options: conffile, keyring, name, namespace, window."""
+    rest = url[len("rados://") :] if url.startswith("rados://") else ""
+    pool, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not pool or not _POOL.match(pool) or "?" in rest or "#" in rest:
+        raise InvalidInput(f"malformed rados store URL {url!r}: expected rados://POOL[/PREFIX]")
+    if prefix:
+        try:
+            check_key(prefix)
+        except InvalidInput as e:
+            raise InvalidInput(f"malformed rados store URL {url!r}: bad prefix {prefix!r}") from e
+    return RadosStore(pool, prefix, **options)
+
+
+class RadosStore(StoreBase):
+    """An object store in one RADOS pool (optionally under a name prefix and in a namespace)."""
+
+    def __init__(
+        self,
+        pool: str,
+        prefix: str = "",
+        *,
+        conffile: str | None = None,
+        keyring: str | None = None,
+        name: str | None = None,
+        namespace: str = "",
+        window: int = 32,
+        window_bytes: int = 128 * 1024 * 1024,
+    ) -> None:
+        self.pool = pool
+        self.prefix = f"{prefix}/" if prefix else ""
+        self._url = f"rados://{pool}/{prefix}" if prefix else f"rados://{pool}"
+        self._window = max(1, window)
+        self._window_bytes = window_bytes
+        self._rados = ceph.rados_module()
+        self._ioctx = ceph.open_ioctx(ceph.cluster(conffile, keyring, name), pool)
+        if namespace:
+            self._ioctx.set_namespace(namespace)
+
+    def _oid(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def _check_size(self, key: str, data: bytes) -> None:
+        if len(data) > MAX_OBJECT_BYTES:
+            raise InvalidInput(
+                f"object {key} is {len(data)} bytes; {self._url} takes at most {MAX_OBJECT_BYTES} "
+                "(RADOS objects are not meant to be large: split the data)"
+            )
+
+    def put(
+        self, key: str, data: bytes, *, storage_class: str | None = None, retain_until: datetime | None = None
+    ) -> None:
+        """Write (or atomically replace) one object."""
+        oid = self._oid(key)
+        self._check_size(key, data)
+        with ceph.ceph_errors(f"rados put {self.pool}/{oid}"):
+            self._ioctx.write_full(oid, bytes(data))
+
+    def put_many(
+        self,
+        items: Iterable[tuple[str, bytes]],
+        *,
+        storage_class: str | None = None,
+        retain_until: datetime | None = None,
+    ) -> int:
+        """Write many objects with ``aio_write_full``; at most ``window`` / ``window_bytes`` in flight."""
+        inflight: collections.deque[tuple[str, int, Any]] = collections.deque()
+        inflight_bytes = 0
+        count = 0
+
+        def reap() -> None:
+            nonlocal inflight_bytes
+            oid, size, comp = inflight.popleft()
+            inflight_bytes -= size
+            comp.wait_for_complete()
+            rv = comp.get_return_value()
+            if rv < 0:
+                raise BackendError(f"rados put {self.pool}/{oid}: {errno.errorcode.get(-rv, rv)} ({rv})")
+
+        try:
+            for key, data in items:
+                oid = self._oid(key)
+                self._check_size(key, data)
+                while inflight and (
+                    len(inflight) >= self._window or inflight_bytes + len(data) > self._window_bytes
+                ):
+                    reap()
+                payload = bytes(data)
+                with ceph.ceph_errors(f"rados put {self.pool}/{oid}"):
+                    comp = self._ioctx.aio_write_full(oid, payload)
+                inflight.append((oid, len(payload), comp))
+                inflight_bytes += len(payload)
+                count += 1
+            while inflight:
+                reap()
+        finally:
+            # Never leave completions behind (an error above): wait, ignoring their results.
+            for _, _, comp in inflight:
+                comp.wait_for_complete()
+        return count
+
+    def get(self, key: str) -> bytes:
+        """Read one whole object; raise ``NotFound`` if it does not exist."""
+        oid = self._oid(key)
+        try:
+            with ceph.ceph_errors(f"rados get {self.pool}/{oid}"):
+                data = self._ioctx.read(oid, _READ_SIZE, 0)
+                return self._finish_read(oid, data)
+        except NotFound as e:
+            raise NotFound(f"object {key} not found in {self._url}") from e
+
+    def _finish_read(self, oid: str, data: bytes) -> bytes:
+        if len(data) < _READ_SIZE:
+            return data
+        parts = [data]
+        offset = len(data)
+        while True:
+            more = self._ioctx.read(oid, _READ_SIZE, offset)
+            parts.append(more)
+            offset += len(more)
+            if len(more) < _READ_SIZE:
+                return b"".join(parts)
+
+    def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        """Read many objects with ``aio_read``, ``window`` in flight, yielding in input order."""
+        inflight: collections.deque[tuple[str, str, Any, dict[str, Any]]] = collections.deque()
+
+        def submit(key: str) -> None:
+            oid = self._oid(key)
+            slot: dict[str, Any] = {}
+
+            def done(_comp: Any, data: bytes | None) -> None:
+                slot["data"] = data
+
+            with ceph.ceph_errors(f"rados get {self.pool}/{oid}"):
+                comp = self._ioctx.aio_read(oid, _READ_SIZE, 0, done)
+            inflight.append((key, oid, comp, slot))
+
+        def reap() -> tuple[str, bytes]:
+            key, oid, comp, slot = inflight.popleft()
+            comp.wait_for_complete_and_cb()
+            rv = comp.get_return_value()
+            if rv == -errno.ENOENT:
+                raise NotFound(f"object {key} not found in {self._url}")
+            if rv < 0 or slot.get("data") is None:
+                raise BackendError(f"rados get {self.pool}/{oid}: {errno.errorcode.get(-rv, rv)} ({rv})")
+            with ceph.ceph_errors(f"rados get {self.pool}/{oid}"):
+                return key, self._finish_read(oid, slot["data"])
+
+        try:
+            for key in keys:
+                submit(key)
+                if len(inflight) >= self._window:
+                    yield reap()
+            while inflight:
+                yield reap()
+        finally:
+            for _, _, comp, _ in inflight:
+                comp.wait_for_complete_and_cb()
+
+    def exists(self, key: str) -> bool:
+        """Whether the object exists."""
+        try:
+            self.size(key)
+        except NotFound:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        """Size of the object in bytes; raise ``NotFound`` if it does not exist."""
+        oid = self._oid(key)
+        try:
+            with ceph.ceph_errors(f"rados stat {self.pool}/{oid}"):
+                size, _mtime = self._ioctx.stat(oid)
+        except NotFound as e:
+            raise NotFound(f"object {key} not found in {self._url}") from e
+        return int(size)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Yield every key starting with ``prefix`` (``list_objects`` of the pool, filtered)."""
+        full = self.prefix + check_prefix(prefix)
+        cut = len(self.prefix)
+        with ceph.ceph_errors(f"rados list {self.pool}/{full}"):
+            for obj in self._ioctx.list_objects():
+                if obj.key.startswith(full):
+                    yield obj.key[cut:]
+
+    def delete(self, key: str) -> None:
+        """Remove one object; a missing object is not an error."""
+        oid = self._oid(key)
+        try:
+            with ceph.ceph_errors(f"rados delete {self.pool}/{oid}"):
+                self._ioctx.remove_object(oid)
+        except NotFound:
+            pass
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove many objects with ``aio_remove``, pipelined; missing ones are fine."""
+        inflight: collections.deque[tuple[str, Any]] = collections.deque()
+        count = 0
+
+        def reap() -> None:
+            oid, comp = inflight.popleft()
+            comp.wait_for_complete()
+            rv = comp.get_return_value()
+            if rv < 0 and rv != -errno.ENOENT:
+                raise BackendError(f"rados delete {self.pool}/{oid}: {errno.errorcode.get(-rv, rv)} ({rv})")
+
+        try:
+            for key in keys:
+                oid = self._oid(key)
+                with ceph.ceph_errors(f"rados delete {self.pool}/{oid}"):
+                    inflight.append((oid, self._ioctx.aio_remove(oid)))
+                count += 1
+                if len(inflight) >= self._window:
+                    reap()
+            while inflight:
+                reap()
+        finally:
+            for _, comp in inflight:
+                comp.wait_for_complete()
+        return count
+
+    def close(self) -> None:
+        """Close the I/O context (the cluster connection stays cached for the process)."""
+        ioctx, self._ioctx = self._ioctx, None
+        if ioctx is not None:
+            ioctx.close()

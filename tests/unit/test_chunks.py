@@ -1,0 +1,299 @@
+"""The chunk store on file:// (and a counting null store for the streaming/memory checks)."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import blake3
+import pytest
+
+from drsvc.chunks import ChunkerParams, ChunkStore, StreamRef, chunk_key, referenced_chunks
+from drsvc.crypto import Keys
+from drsvc.errors import IntegrityError, InvalidInput, NotFound
+from drsvc.storage import open_store
+from drsvc.storage.file import FileStore
+
+MiB = 1024 * 1024
+
+
+def pseudo(n: int, seed: int = 0) -> bytes:
+    """Deterministic incompressible bytes, fast (BLAKE3 XOF)."""
+    return blake3.blake3(b"%d" % seed).digest(length=n)
+
+
+def logs(n: int, seed: int = 0) -> bytes:
+    rng = random.Random(seed)
+    lines = []
+    size = 0
+    while size < n:
+        day, req, ms = rng.randrange(1, 30), rng.randrange(10**6), rng.randrange(500)
+        line = f"2024-06-{day:02d} INFO req id={req} path=/api/v1/x ms={ms}\n"
+        lines.append(line)
+        size += len(line)
+    return "".join(lines).encode()[:n]
+
+
+class CountingStore(FileStore):
+    """A file store that counts calls, to prove dedup never asks per chunk."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, fsync=False)
+        self.calls: dict[str, int] = {}
+        self.puts = 0
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def list(self, prefix: str = ""):
+        self._count("list")
+        return super().list(prefix)
+
+    def exists(self, key: str) -> bool:
+        self._count("exists")
+        return super().exists(key)
+
+    def put_many(self, items, **kw):
+        def counted():
+            for item in items:
+                self.puts += 1
+                yield item
+
+        return super().put_many(counted(), **kw)
+
+
+@pytest.fixture
+def key() -> Keys:
+    return Keys(bytes(range(32)))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CountingStore:
+    return CountingStore(tmp_path / "store")
+
+
+@pytest.fixture
+def cs(store: CountingStore, key: Keys) -> ChunkStore:
+    return ChunkStore.init(store, key)
+
+
+def test_round_trip_mixed(cs: ChunkStore) -> None:
+    data = logs(3 * MiB) + pseudo(3 * MiB) + b"\x00" * MiB
+    ref = cs.write_stream(io.BytesIO(data))
+    assert ref.size == len(data)
+    assert sum(n for _, n in ref.chunks) == len(data)
+    assert all(cs.params.min_size <= n <= cs.params.max_size for _, n in ref.chunks[:-1])
+    assert cs.read_bytes(ref) == data
+    assert ref.hash == blake3.blake3(data, key=cs.keys.id_key).hexdigest()
+    assert ref.stats.bytes_in == len(data) and ref.stats.chunks_total == len(ref.chunks)
+    assert ref.stats.bytes_new_stored < len(data)  # logs and zeros compress
+
+
+def test_empty_and_tiny_streams(cs: ChunkStore) -> None:
+    empty = cs.write_stream(io.BytesIO(b""))
+    assert empty.chunks == [] and empty.size == 0
+    assert cs.read_bytes(empty) == b""
+    tiny = cs.write_bytes(b"x")
+    assert cs.read_bytes(tiny) == b"x"
+    raw = cs.write_stream(bytearray(b"abc" * 100_000))  # a buffer is one piece, not an iterable of ints
+    assert cs.read_bytes(raw) == b"abc" * 100_000
+
+
+def test_sources_and_block_size_do_not_change_boundaries(
+    store: CountingStore, key: Keys, cs: ChunkStore
+) -> None:
+    data = pseudo(9 * MiB, 1)
+    whole = [(c.offset, c.length) for c in cs._cdc.cut_buf(data)]
+    small_blocks = ChunkStore(store, key, cs.params, block_size=2 * MiB)
+    rng = random.Random(3)
+    pieces, i = [], 0
+    while i < len(data):
+        n = rng.randrange(1, 300_000)
+        pieces.append(data[i : i + n])
+        i += n
+    refs = [
+        cs.write_stream(io.BytesIO(data)),
+        small_blocks.write_stream(iter(pieces)),
+        small_blocks.write_stream(io.BufferedReader(io.BytesIO(data), buffer_size=12345)),
+    ]
+    assert refs[0].chunks == refs[1].chunks == refs[2].chunks
+    assert [n for _, n in refs[0].chunks] == [n for _, n in whole]
+
+
+def test_dedup_second_write_stores_nothing_and_lists_once(cs: ChunkStore, store: CountingStore) -> None:
+    data = pseudo(4 * MiB, 2) + logs(2 * MiB)
+    first = cs.write_stream(io.BytesIO(data))
+    puts = store.puts
+    second = cs.write_stream(io.BytesIO(data))
+    assert first.chunks == second.chunks
+    assert second.stats.chunks_new == 0 and second.stats.bytes_new_stored == 0
+    assert store.puts == puts
+    assert store.calls.get("exists", 0) == 1  # only init's config check
+    assert store.calls["list"] == 1
+    # a fresh handle on the same store learns what exists from one listing, too
+    again = ChunkStore.open(store, cs.keys).write_stream(io.BytesIO(data))
+    assert again.stats.chunks_new == 0 and store.calls["list"] == 2
+
+
+def test_repeated_content_inside_one_stream_stored_once(cs: ChunkStore) -> None:
+    block = pseudo(3 * MiB, 9)
+    ref = cs.write_stream(io.BytesIO(block * 4))
+    assert ref.stats.chunks_new < ref.stats.chunks_total / 3
+    assert cs.read_bytes(ref) == block * 4
+
+
+def test_boundaries_survive_insertion_at_front(cs: ChunkStore) -> None:
+    data = pseudo(16 * MiB, 4)
+    a = cs.write_stream(io.BytesIO(data))
+    b = cs.write_stream(io.BytesIO(b"inserted!" * 11 + data))
+    shared = {c for c, _ in a.chunks} & {c for c, _ in b.chunks}
+    assert len(shared) / len(a.chunks) > 0.9
+    assert b.stats.chunks_new <= 2
+
+
+def test_tampered_chunk_detected_and_never_returned(cs: ChunkStore, store: CountingStore) -> None:
+    data = pseudo(4 * MiB, 5)
+    ref = cs.write_stream(io.BytesIO(data))
+    victim = ref.chunks[2][0]
+    path = store.root / chunk_key(victim)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+    got = []
+    with pytest.raises(IntegrityError, match=victim):
+        for piece in cs.read_stream(ref):
+            got.append(piece)
+    assert b"".join(got) == data[: sum(n for _, n in ref.chunks[:2])]
+    report = cs.verify_chunks([c for c, _ in ref.chunks], read_data=True)
+    assert report.corrupt == [victim] and not report.missing and not report.ok
+
+
+def test_missing_chunk(cs: ChunkStore, store: CountingStore) -> None:
+    ref = cs.write_stream(io.BytesIO(pseudo(2 * MiB, 6)))
+    gone = ref.chunks[-1][0]
+    store.delete(chunk_key(gone))
+    assert cs.verify_chunks([c for c, _ in ref.chunks]).missing == [gone]
+    with pytest.raises(IntegrityError, match="missing"):
+        cs.read_bytes(ref)
+
+
+def test_wrong_key_refused_before_writing(store: CountingStore, cs: ChunkStore) -> None:
+    before = sorted(store.list())
+    with pytest.raises(InvalidInput, match="wrong key"):
+        ChunkStore.open(store, Keys.generate())
+    assert sorted(store.list()) == before
+
+
+def test_init_twice_and_open_uninitialised(
+    tmp_path: Path, key: Keys, cs: ChunkStore, store: CountingStore
+) -> None:
+    with pytest.raises(InvalidInput, match="already"):
+        ChunkStore.init(store, key)
+    with pytest.raises(NotFound, match="no chunk store"):
+        ChunkStore.open(open_store(f"file://{tmp_path}/empty"), key)
+
+
+def test_params_come_from_config(tmp_path: Path, key: Keys) -> None:
+    store = open_store(f"file://{tmp_path}/s")
+    params = ChunkerParams(min_size=16 * 1024, avg_size=64 * 1024, max_size=256 * 1024)
+    ChunkStore.init(store, key, params=params)
+    assert ChunkStore.open(store, key).params == params
+    with pytest.raises(InvalidInput):
+        ChunkerParams(min_size=2 * MiB, avg_size=MiB)
+
+
+def test_manifests(cs: ChunkStore) -> None:
+    ref = cs.write_bytes(b"checkpoint archive bytes" * 1000)
+    doc = {"desktop": "alice", "files": {"checkpoint.tar": ref.to_dict()}, "consistency": "paired"}
+    cs.put_manifest("alice", "20240601T120000Z", doc)
+    cs.put_manifest("alice", "20240601T130000Z", doc)
+    cs.put_manifest("bob", "20240601T120000Z", {"x": 1})
+    assert cs.get_manifest("alice", "20240601T120000Z") == doc
+    assert sorted(cs.list_manifests()) == [
+        ("alice", "20240601T120000Z"),
+        ("alice", "20240601T130000Z"),
+        ("bob", "20240601T120000Z"),
+    ]
+    assert sorted(cs.list_manifests("bob")) == [("bob", "20240601T120000Z")]
+    back = StreamRef.from_dict(cs.get_manifest("alice", "20240601T120000Z")["files"]["checkpoint.tar"])
+    assert cs.read_bytes(back) == b"checkpoint archive bytes" * 1000
+    assert referenced_chunks([back]) == {c for c, _ in ref.chunks}
+    cs.delete_manifest("alice", "20240601T130000Z")
+    with pytest.raises(NotFound, match="alice/20240601T130000Z"):
+        cs.get_manifest("alice", "20240601T130000Z")
+    with pytest.raises(InvalidInput):
+        cs.put_manifest("a/b", "p", {})
+
+
+def test_manifest_swapped_for_chunk_fails_authentication(cs: ChunkStore, store: CountingStore) -> None:
+    ref = cs.write_bytes(pseudo(300_000, 7))
+    cs.put_manifest("alice", "p1", {"k": "v"})
+    cid = ref.chunks[0][0]
+    store.put(chunk_key(cid), store.get("manifests/alice/p1"))
+    with pytest.raises(IntegrityError, match=cid):
+        cs.read_bytes(ref)
+    other = cs.write_bytes(pseudo(300_000, 8))
+    store.put("manifests/alice/p2", store.get(chunk_key(other.chunks[0][0])))
+    with pytest.raises(IntegrityError):
+        cs.get_manifest("alice", "p2")
+
+
+def test_gc_helpers(cs: ChunkStore) -> None:
+    a = cs.write_bytes(pseudo(2 * MiB, 10))
+    b = cs.write_bytes(pseudo(2 * MiB, 11))
+    assert set(cs.list_chunk_ids()) == referenced_chunks([a, b])
+    dead = referenced_chunks([a]) - referenced_chunks([b])
+    assert cs.delete_chunks(dead) == len(dead)
+    assert set(cs.list_chunk_ids()) == referenced_chunks([b])
+    again = cs.write_bytes(pseudo(2 * MiB, 10))  # the dedup set forgot deleted chunks
+    assert again.stats.chunks_new == len(dead)
+    assert cs.read_bytes(again) == pseudo(2 * MiB, 10)
+
+
+def test_streaming_keeps_memory_bounded(tmp_path: Path) -> None:
+    """256 MiB of unique data through write_stream in a fresh process: peak RSS grows < 64 MiB."""
+    script = textwrap.dedent(
+        """
+        import resource, sys, blake3
+        from drsvc.chunks import ChunkStore
+        from drsvc.crypto import Keys
+        from drsvc.storage.base import StoreBase
+
+        class Null(StoreBase):
+            _url = "null://"
+            def list(self, prefix=""):
+                return iter(())
+            def exists(self, key):
+                return False
+            def put(self, key, data, **kw):
+                pass
+
+        def source(total, block=4 << 20):
+            for i in range(total // block):
+                yield blake3.blake3(b"%d" % i).digest(length=block)
+
+        cs = ChunkStore.init(Null(), Keys(bytes(32)))
+        list(source(8 << 20))  # warm up allocator and imports
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        ref = cs.write_stream(source(256 << 20))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert ref.size == 256 << 20, ref.size
+        print((peak - base) // 1024, ref.stats.chunks_new)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert out.returncode == 0, out.stderr
+    growth_mib, chunks = map(int, out.stdout.split())
+    assert chunks > 500
+    assert growth_mib < 64, f"peak RSS grew {growth_mib} MiB while streaming 256 MiB"
