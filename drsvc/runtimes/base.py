@@ -1,0 +1,163 @@
+"""The container runtime interface every runtime adapter implements.
+
+A runtime adapter knows containers, checkpoints and images, nothing of the catalog or policies.
+Desktops are containers carrying the label ``drsvc.desktop=<id>`` (plus ``drsvc.volume`` and
+``drsvc.tenant``); ``list_desktops`` turns them into ``DesktopRef`` values.
+
+Checkpoints travel as one **archive stream** in the Podman/CRI-O layout (``config.dump``,
+``spec.dump``, ``checkpoint/`` CRIU images, ``rootfs-diff.tar`` …), whatever the runtime does
+underneath: Podman streams it from its API, CRI-O (kubelet checkpoint API) writes it to a path on
+the node and the adapter streams that file, Docker writes a raw CRIU directory the adapter packs
+into the same layout. Restores take that stream back. The desktop keeps running across a
+checkpoint; pairing memory with a volume snapshot uses the CRIU freeze hook (``freeze.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol, runtime_checkable
+
+LABEL_DESKTOP = "drsvc.desktop"
+LABEL_VOLUME = "drsvc.volume"
+LABEL_TENANT = "drsvc.tenant"
+
+_FULL_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_full_id(value: str) -> bool:
+    """Whether ``value`` is a full 64-hex-digit container/image id."""
+    return bool(_FULL_ID.match(value or ""))
+
+
+@dataclass(frozen=True)
+class DesktopRef:
+    """One desktop container as its runtime sees it."""
+
+    desktop_id: str  # label drsvc.desktop (falls back to the container name when unlabelled)
+    container: str  # runtime name of the container
+    container_id: str  # full id
+    volume: str | None  # label drsvc.volume, e.g. rados://desktops/alice
+    tenant: str | None  # label drsvc.tenant
+    labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    image: str = ""  # image reference the container was created from
+    image_id: str = ""  # full image id (what a restore needs present locally)
+    state: str = ""  # 'running' | 'paused' | 'exited' | 'created' | ...
+    node: str | None = None  # host/node the container runs on
+    network: str | None = None  # 'host' | 'none' | network name(s), comma-separated
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (labels as a plain dict)."""
+        return {
+            "desktop_id": self.desktop_id,
+            "container": self.container,
+            "container_id": self.container_id,
+            "volume": self.volume,
+            "tenant": self.tenant,
+            "labels": dict(self.labels),
+            "image": self.image,
+            "image_id": self.image_id,
+            "state": self.state,
+            "node": self.node,
+            "network": self.network,
+        }
+
+
+@runtime_checkable
+class ContainerRuntime(Protocol):
+    """Checkpoint, restore and inspect desktop containers on one runtime endpoint."""
+
+    @property
+    def url(self) -> str:
+        """The URL this runtime was opened from (no credentials)."""
+        ...
+
+    def list_desktops(self) -> list[DesktopRef]:
+        """Every container (any state) labelled ``drsvc.desktop``."""
+        ...
+
+    def inspect(self, name: str) -> DesktopRef:
+        """One container by name or id; raise ``NotFound`` if it does not exist."""
+        ...
+
+    def pause(self, name: str) -> None:
+        """Freeze every process of the container (cgroup freezer); ``NotFound`` if missing."""
+        ...
+
+    def unpause(self, name: str) -> None:
+        """Thaw a paused container; ``NotFound`` if missing."""
+        ...
+
+    def checkpoint(self, name: str, *, tcp_established: bool = True) -> AbstractContextManager[BinaryIO]:
+        """Checkpoint a container, leaving it running; yield the archive as a stream (not buffered whole)."""
+        ...
+
+    def restore(
+        self,
+        archive: BinaryIO,
+        *,
+        name: str | None = None,
+        tcp_established: bool = True,
+        network: str | None = None,
+        size: int | None = None,
+    ) -> DesktopRef:
+        """Start a container from an archive stream: under its old name (name=None) or as clone ``name``."""
+        ...
+
+    def remove(self, name: str) -> None:
+        """Remove a container by force without grace period; a missing container is fine."""
+        ...
+
+    def exec(self, name: str, argv: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
+        """Run ``argv`` inside the container; return (exit code, stdout+stderr)."""
+        ...
+
+    def image_exists(self, image_id: str) -> bool:
+        """Whether an image (id or reference) is present locally."""
+        ...
+
+    def save_image(self, image: str) -> AbstractContextManager[BinaryIO]:
+        """Yield an image (id or reference) as a tar stream that ``load_image`` accepts."""
+        ...
+
+    def load_image(self, stream: BinaryIO) -> list[str]:
+        """Load an image tar stream made by ``save_image``; return the names/ids it loaded."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """Runtime version, CRIU version when known, whether the freeze hook is installed."""
+        ...
+
+    def close(self) -> None:
+        """Release connections (idempotent)."""
+        ...
+
+
+def desktop_from_labels(
+    *,
+    name: str,
+    container_id: str,
+    labels: Mapping[str, str] | None,
+    image: str = "",
+    image_id: str = "",
+    state: str = "",
+    node: str | None = None,
+    network: str | None = None,
+) -> DesktopRef:
+    """Build a ``DesktopRef`` from a container's labels (shared by every adapter)."""
+    labels = dict(labels or {})
+    return DesktopRef(
+        desktop_id=labels.get(LABEL_DESKTOP) or name,
+        container=name,
+        container_id=container_id,
+        volume=labels.get(LABEL_VOLUME) or None,
+        tenant=labels.get(LABEL_TENANT) or None,
+        labels=labels,
+        image=image,
+        image_id=image_id,
+        state=state,
+        node=node,
+        network=network,
+    )

@@ -1,0 +1,169 @@
+"""The volume interface: where a desktop's persistent data lives, and the snapshots that freeze it.
+
+A volume is a flat set of named objects, each with data, xattrs and omap (a RADOS namespace today,
+an RBD image later). A *snapshot* is named by the caller and shared by every volume of one
+*snapshot scope* (for ``rados://POOL/NS`` the scope is the pool: one pool snapshot per policy run
+and pool). Adapters know nothing of the catalog or policies; jobs talk to these protocols only.
+
+``object_digest`` is the one digest of an object's content (data + xattrs + omap) that backup,
+restore and drill all compute, so a namespace can be verified against what a manifest recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple, Protocol, runtime_checkable
+
+READ_SIZE = 4 * 1024 * 1024
+"""Largest single read or write of object data: memory stays bounded whatever the object size."""
+
+_DIGEST_TAG = b"drsvc-object-v1\0"
+
+
+@dataclass(frozen=True)
+class VolumeObject:
+    """One object of a volume: its name, data size, xattrs and omap (both name -> raw bytes)."""
+
+    name: str
+    size: int
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    omap: dict[str, bytes] = field(default_factory=dict)
+
+
+class SnapshotInfo(NamedTuple):
+    """A snapshot as the backend reports it (for drift checks against the catalog)."""
+
+    name: str
+    snap_id: int
+    created: datetime  # aware, UTC
+
+
+# (object metadata, its data as an iterator of byte chunks): what reads yield and writes take
+ObjectStream = tuple[VolumeObject, Iterator[bytes]]
+
+
+@runtime_checkable
+class PoolSnapshots(Protocol):
+    """The snapshots of one snapshot scope (a Ceph pool for ``rados://``)."""
+
+    scope: str
+
+    def create(self, name: str) -> int:
+        """Take a snapshot named ``name`` now and return its id; an existing name is an error."""
+        ...
+
+    def remove(self, name: str) -> None:
+        """Remove the snapshot; a missing one is fine."""
+        ...
+
+    def list(self) -> list[SnapshotInfo]:
+        """Every snapshot of the scope (drsvc's and others'), oldest first."""
+        ...
+
+
+@runtime_checkable
+class Volume(Protocol):
+    """One desktop's persistent data: read at a snapshot, read live, roll back, write, purge."""
+
+    url: str
+    scope: str  # volumes with the same scope share one snapshot per run (rados: "rados://POOL")
+
+    def snapshots(self) -> PoolSnapshots:
+        """The snapshots of this volume's scope (take one per run and scope, not per volume)."""
+        ...
+
+    def objects_at(self, snap_name: str) -> list[VolumeObject]:
+        """Exactly the objects the volume held at the snapshot, sorted by name."""
+        ...
+
+    def read_objects_at(self, snap_name: str, objects: Iterable[VolumeObject] | None = None) -> Iterator[ObjectStream]:
+        """Yield (object, data chunks) at the snapshot in input order, pipelined; drain each in turn."""
+        ...
+
+    def read_at(self, snap_name: str, name: str) -> Iterator[bytes]:
+        """Stream one object's data at the snapshot in reads of at most ``READ_SIZE``."""
+        ...
+
+    def objects_now(self) -> list[VolumeObject]:
+        """The live objects, sorted by name."""
+        ...
+
+    def read_objects(self, objects: Iterable[VolumeObject] | None = None) -> Iterator[ObjectStream]:
+        """Like ``read_objects_at`` for the live objects."""
+        ...
+
+    def read(self, name: str) -> Iterator[bytes]:
+        """Stream one live object's data."""
+        ...
+
+    def digest_at(self, snap_name: str) -> dict[str, str]:
+        """name -> ``object_digest`` of every object at the snapshot."""
+        ...
+
+    def digests_now(self) -> dict[str, str]:
+        """name -> ``object_digest`` of every live object."""
+        ...
+
+    def rollback_to(self, snap_name: str, keep: Iterable[str] | None = None) -> None:
+        """Make the live volume equal the snapshot (``keep``: names at the snap, if already known)."""
+        ...
+
+    def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True) -> int:
+        """Write objects (data, xattrs, omap replaced whole); with ``exact`` remove every other object."""
+        ...
+
+    def clone_from_snapshot(self, snap_name: str, target: str) -> Volume:
+        """Copy the snapshot's content into a sibling volume named ``target``; return it."""
+        ...
+
+    def purge(self) -> int:
+        """Delete every live object of the volume; return how many."""
+        ...
+
+    def close(self) -> None:
+        """Release backend handles."""
+        ...
+
+
+# ---------------------------------------------------------------- digests
+class ObjectHasher:
+    """Incremental ``object_digest``: feed data chunks with ``update``, then ``finish(xattrs, omap)``."""
+
+    def __init__(self) -> None:
+        self._data = hashlib.blake2b(digest_size=32)
+        self._size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self._data.update(chunk)
+        self._size += len(chunk)
+
+    def finish(self, xattrs: dict[str, bytes], omap: dict[str, bytes]) -> str:
+        # Data goes through its own hash, then everything is length-prefixed: no two different
+        # (data, xattrs, omap) triples can produce the same byte stream.
+        h = hashlib.blake2b(_DIGEST_TAG, digest_size=32)
+        h.update(self._data.digest())
+        h.update(struct.pack(">Q", self._size))
+        for tag, mapping in ((b"x", xattrs), (b"o", omap)):
+            h.update(tag + struct.pack(">I", len(mapping)))
+            for key in sorted(mapping):
+                k = key.encode()
+                v = bytes(mapping[key])
+                h.update(struct.pack(">I", len(k)) + k + struct.pack(">Q", len(v)) + v)
+        return h.hexdigest()
+
+
+def object_digest(data_chunks: Iterable[bytes], xattrs: dict[str, bytes], omap: dict[str, bytes]) -> str:
+    """blake2b-256 (hex) over an object's data, sorted xattrs and sorted omap; chunking does not matter."""
+    hasher = ObjectHasher()
+    for chunk in data_chunks:
+        hasher.update(chunk)
+    return hasher.finish(xattrs, omap)
+
+
+def digest_streams(streams: Iterable[ObjectStream]) -> dict[str, str]:
+    """name -> ``object_digest`` for every (object, data chunks) pair."""
+    return {obj.name: object_digest(chunks, obj.xattrs, obj.omap) for obj, chunks in streams}

@@ -1,0 +1,734 @@
+"""``rados://POOL/NAMESPACE``: one desktop's data as one RADOS namespace; snapshots are pool snapshots.
+
+What librados actually does (pacific, measured in the lab) and how this module copes:
+
+* ``list_objects()`` ignores ``set_read``: it lists live objects *plus* those deleted since any
+  snapshot that still holds them (and, after a snapshot is removed, until the OSD has trimmed it).
+  A snapshot's exact content is therefore: list, then ``stat`` every name at the snap and keep
+  those found; the live content likewise needs a ``stat`` at head.
+* Round trips are pipelined: stat, omap and data reads use librados aio with a bounded window
+  (objects and bytes in flight). The binding has no aio for ``get_xattrs`` and ``snap_rollback``,
+  but its sync calls release the GIL, so those run on a few threads beside the aio stream.
+* A write replaces an object whole in one compound op — ``remove`` (FAILOK) + ``write_full`` +
+  xattrs + omap — so no stale xattr or omap key survives, without a read first. Data beyond the
+  first 4 MiB follows as ``aio_write`` at explicit offsets (ops on one object keep their order).
+* ``snap_rollback(oid, snap)`` restores data, xattrs and omap and brings back an object deleted
+  since the snap; on an object absent at the snap it deletes it.
+* A pool snapshot preserves a write only if the PG that takes it already has the osdmap with the
+  snapshot; writes from other clients right after ``create_snap`` can slip through. ``create``
+  therefore returns only after an op at the new epoch reached every PG (see ``_settle``).
+* ``aio_read`` of an empty object hands back its whole (uninitialised) buffer: trim to the
+  completion's return value.
+* A pool holds pool snapshots or self-managed (RBD) snapshots, never both: a pool used by RBD
+  images cannot take pool snapshots (EINVAL), reported as such.
+
+Opening a volume does not connect; the first operation does (through ``drsvc.ceph``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from drsvc import ceph
+from drsvc.clock import compact
+from drsvc.errors import BackendError, IntegrityError, InvalidInput, NotFound
+from drsvc.volumes.base import (
+    READ_SIZE,
+    ObjectStream,
+    SnapshotInfo,
+    VolumeObject,
+    digest_streams,
+)
+
+SCHEME = "rados"
+_POOL = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.@+=:-]+$")
+_SNAP_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
+_OMAP_PAGE = 1000
+_SETTLE_PER_PG = 16
+_SETTLE_NAMESPACE = "drsvc.snapshot-settle"  # only stat'ed, never written
+
+
+# ---------------------------------------------------------------- URLs and names
+def parse_url(url: str) -> tuple[str, str]:
+    """``rados://POOL/NAMESPACE`` -> (pool, namespace); else ``InvalidInput`` naming the URL."""
+    prefix = f"{SCHEME}://"
+    rest = url[len(prefix) :] if isinstance(url, str) and url.startswith(prefix) else None
+    pool, _, namespace = (rest or "").partition("/")
+    if rest is None or not _POOL.match(pool) or not _NAMESPACE.match(namespace):
+        raise InvalidInput(
+            f"malformed volume URL {url!r}: expected rados://POOL/NAMESPACE "
+            "(pool: letters, digits, _ . -; namespace: letters, digits, _ . @ + = : -; both required)"
+        )
+    return pool, namespace
+
+
+def from_url(url: str, **options: Any) -> RadosVolume:
+    """Open ``rados://POOL/NAMESPACE``; options: conffile, keyring, name, window, window_bytes, threads."""
+    pool, namespace = parse_url(url)
+    return RadosVolume(pool, namespace, **options)
+
+
+def snapshot_name(policy: str, when: datetime) -> str:
+    """``drsvc-<policy>-20261127T173012Z``: one policy run's pool snapshot, as `rados lssnap` shows it."""
+    if when.tzinfo is None:
+        raise InvalidInput(f"snapshot time {when.isoformat()} has no time zone")
+    if not _SNAP_PART.match(policy or ""):
+        raise InvalidInput(f"policy name {policy!r} cannot be part of a snapshot name (letters, digits, _ . -)")
+    return f"drsvc-{policy}-{compact(when)}"
+
+
+# ---------------------------------------------------------------- helpers
+def _rv_error(op: str, rv: int) -> BackendError:
+    return BackendError(f"{op}: {errno.errorcode.get(-rv, str(rv))} ({rv})")
+
+
+def _ioctx(pool: str, conn: dict[str, Any]) -> Any:
+    return ceph.open_ioctx(ceph.cluster(**conn), pool)
+
+
+def _lookup_snap(io: Any, pool: str, snap_name: str) -> int:
+    rados = ceph.rados_module()
+    try:
+        return int(io.lookup_snap(snap_name).snap_id)
+    except rados.ObjectNotFound as e:
+        raise NotFound(f"pool snapshot {snap_name!r} not found in pool {pool}") from e
+    except rados.Error as e:
+        raise BackendError(f"look up pool snapshot {snap_name!r} in pool {pool}: {e}") from e
+
+
+def _ignore(*_args: Any) -> None:
+    pass
+
+
+def _drain(inflight: collections.deque[Any], wait: Callable[[Any], None]) -> None:
+    """After an error: wait for every completion still in flight, ignoring results (never leak them)."""
+    while inflight:
+        # already failing: the first error is the one to report
+        with contextlib.suppress(Exception):
+            wait(inflight.popleft())
+
+
+# ---------------------------------------------------------------- pool snapshots
+class RadosPoolSnapshots:
+    """Pool snapshots of one Ceph pool (the snapshot scope of every ``rados://POOL/…`` volume)."""
+
+    def __init__(
+        self, pool: str, *, conffile: str | None = None, keyring: str | None = None, name: str | None = None
+    ) -> None:
+        if not _POOL.match(pool or ""):
+            raise InvalidInput(f"bad Ceph pool name {pool!r}")
+        self.pool = pool
+        self.scope = f"{SCHEME}://{pool}"
+        self._conn = {"conffile": conffile, "keyring": keyring, "name": name}
+
+    def create(self, name: str) -> int:
+        """Take pool snapshot ``name`` now; return its id once every PG honours it (~20 ms in the lab)."""
+        rados = ceph.rados_module()
+        io = _ioctx(self.pool, self._conn)
+        try:
+            try:
+                io.create_snap(name)
+            except rados.ObjectExists as e:
+                raise BackendError(f"pool snapshot {name!r} already exists in pool {self.pool}") from e
+            except rados.Error as e:
+                if getattr(e, "errno", None) == errno.EINVAL:
+                    raise BackendError(
+                        f"pool {self.pool} refuses pool snapshots ({e}): it holds self-managed (RBD) "
+                        "snapshots, and a pool can have one kind or the other, never both"
+                    ) from e
+                raise BackendError(f"create pool snapshot {name!r} in pool {self.pool}: {e}") from e
+            snap_id = _lookup_snap(io, self.pool, name)
+            self._settle(io)
+            return snap_id
+        finally:
+            io.close()
+
+    def _settle(self, io: Any) -> None:
+        """Return only once every PG of the pool applies the new snapshot to incoming writes.
+
+        The OSD copies-on-write using its PG's own osdmap: a write that reaches a PG still on the
+        previous epoch is not preserved by the snapshot (seen in the lab: ~1 % of writes issued
+        right after ``create_snap`` by another client). An op sent at the new epoch makes its PG
+        catch up first, so: fetch the latest map, then stat ``_SETTLE_PER_PG`` x pg_num random
+        names (every PG is hit with near certainty: P(miss) ~ pg_num * e^-16). ~6 ms for 8 PGs.
+        """
+        handle = ceph.cluster(**self._conn)
+        with ceph.ceph_errors(f"wait for the osdmap of pool {self.pool}"):
+            handle.wait_for_latest_osdmap()
+            rv, out, err = handle.mon_command(
+                json.dumps({"prefix": "osd pool get", "pool": self.pool, "var": "pg_num", "format": "json"}),
+                b"",
+            )
+        if rv != 0:
+            raise BackendError(f"read pg_num of pool {self.pool}: {err or rv}")
+        probes = _SETTLE_PER_PG * int(json.loads(out)["pg_num"])
+        io.set_namespace(_SETTLE_NAMESPACE)
+        inflight: collections.deque[Any] = collections.deque()
+        salt = uuid.uuid4().hex
+        try:
+            for i in range(probes):
+                with ceph.ceph_errors(f"settle pool snapshot of {self.pool}"):
+                    inflight.append(io.aio_stat(f"{salt}.{i}", _ignore))
+                if len(inflight) >= 256:
+                    inflight.popleft().wait_for_complete()
+            while inflight:
+                inflight.popleft().wait_for_complete()
+        finally:
+            _drain(inflight, lambda comp: comp.wait_for_complete())
+
+    def remove(self, name: str) -> None:
+        """Remove the pool snapshot ``name``; a missing one is fine."""
+        rados = ceph.rados_module()
+        io = _ioctx(self.pool, self._conn)
+        try:
+            io.remove_snap(name)
+        except rados.ObjectNotFound:
+            pass
+        except rados.Error as e:
+            raise BackendError(f"remove pool snapshot {name!r} from pool {self.pool}: {e}") from e
+        finally:
+            io.close()
+
+    def lookup(self, name: str) -> int:
+        """The id of the pool snapshot ``name``; ``NotFound`` if it does not exist."""
+        io = _ioctx(self.pool, self._conn)
+        try:
+            return _lookup_snap(io, self.pool, name)
+        finally:
+            io.close()
+
+    def list(self) -> list[SnapshotInfo]:
+        """Every pool snapshot of the pool (drsvc's and others'), oldest first."""
+        io = _ioctx(self.pool, self._conn)
+        try:
+            with ceph.ceph_errors(f"list pool snapshots of {self.pool}"):
+                snaps = [
+                    # the binding returns naive local time (minute resolution seen in pacific)
+                    SnapshotInfo(s.name, int(s.snap_id), s.get_timestamp().astimezone(UTC))
+                    for s in io.list_snaps()
+                ]
+        finally:
+            io.close()
+        return sorted(snaps, key=lambda s: s.snap_id)
+
+
+def snapshots_from_scope(scope: str, **conn: Any) -> RadosPoolSnapshots:
+    """``rados://POOL`` -> that pool's snapshots."""
+    prefix = f"{SCHEME}://"
+    pool = scope.removeprefix(prefix)
+    if not scope.startswith(prefix) or not pool or "/" in pool:
+        raise InvalidInput(f"malformed snapshot scope {scope!r}: expected {prefix}POOL")
+    return RadosPoolSnapshots(pool, **conn)
+
+
+def create_pool_snapshot(pool: str, name: str, **conn: Any) -> int:
+    """Take pool snapshot ``name`` of ``pool``; return its snap id."""
+    return RadosPoolSnapshots(pool, **conn).create(name)
+
+
+def remove_pool_snapshot(pool: str, name: str, **conn: Any) -> None:
+    """Remove pool snapshot ``name`` of ``pool``; a missing one is fine."""
+    RadosPoolSnapshots(pool, **conn).remove(name)
+
+
+def list_pool_snapshots(pool: str, **conn: Any) -> list[SnapshotInfo]:
+    """(name, snap_id, created) of every pool snapshot of ``pool``, oldest first."""
+    return RadosPoolSnapshots(pool, **conn).list()
+
+
+# ---------------------------------------------------------------- the volume
+class RadosVolume:
+    """One RADOS namespace of a pool, read at pool snapshots or live, rolled back, written, purged."""
+
+    def __init__(
+        self,
+        pool: str,
+        namespace: str,
+        *,
+        conffile: str | None = None,
+        keyring: str | None = None,
+        name: str | None = None,
+        window: int = 64,
+        window_bytes: int = 64 * 1024 * 1024,
+        threads: int = 8,
+    ) -> None:
+        self.url = f"{SCHEME}://{pool}/{namespace}"
+        parse_url(self.url)
+        self.pool = pool
+        self.namespace = namespace
+        self.scope = f"{SCHEME}://{pool}"
+        self._conn = {"conffile": conffile, "keyring": keyring, "name": name}
+        self._window = max(1, window)
+        self._window_bytes = max(READ_SIZE, window_bytes)
+        self._threads = max(1, threads)
+        self._head: Any = None
+
+    def __repr__(self) -> str:
+        return f"RadosVolume({self.url!r})"
+
+    # ------------------------------------------------------------ handles
+    def _open(self, snap_id: int | None = None) -> Any:
+        io = _ioctx(self.pool, self._conn)
+        io.set_namespace(self.namespace)
+        if snap_id is not None:
+            io.set_read(snap_id)
+        return io
+
+    def _head_io(self) -> Any:
+        if self._head is None:
+            self._head = self._open()
+        return self._head
+
+    def _snap_io(self, snap_name: str) -> Any:
+        io = self._open()
+        try:
+            io.set_read(_lookup_snap(io, self.pool, snap_name))
+        except BaseException:
+            io.close()
+            raise
+        return io
+
+    def close(self) -> None:
+        """Close the live I/O context (the cluster connection stays cached for the process)."""
+        io, self._head = self._head, None
+        if io is not None:
+            io.close()
+
+    def snapshots(self) -> RadosPoolSnapshots:
+        """The pool snapshots of this volume's pool."""
+        return RadosPoolSnapshots(self.pool, **self._conn)
+
+    # ------------------------------------------------------------ listing with metadata
+    def _names(self, io: Any) -> list[str]:
+        with ceph.ceph_errors(f"list {self.url}"):
+            return sorted({o.key for o in io.list_objects()})
+
+    def _scan(self, io: Any, where: str) -> list[VolumeObject]:
+        """List, then stat + omap (aio window) and xattrs (threads) each name; keep those io's view has."""
+        names = self._names(io)
+        found: dict[str, tuple[int, dict[str, bytes]]] = {}
+        xattr_futures: dict[str, Future[dict[str, bytes] | None]] = {}
+        with ThreadPoolExecutor(self._threads, thread_name_prefix="drsvc-xattrs") as pool:
+            for name, size, omap in self._stat_omap(io, names, where):
+                found[name] = (size, omap)
+                xattr_futures[name] = pool.submit(self._xattrs, io, name, where)
+            out = []
+            for name in names:
+                if name not in found:
+                    continue
+                xattrs = xattr_futures[name].result()
+                if xattrs is None:  # removed between stat and getxattrs (live volume only)
+                    continue
+                size, omap = found[name]
+                out.append(VolumeObject(name, size, xattrs, omap))
+        return out
+
+    def _stat_omap(self, io: Any, names: list[str], where: str) -> Iterator[tuple[str, int, dict[str, bytes]]]:
+        inflight: collections.deque[tuple[str, Any, Any, Any, Any, dict[str, int]]] = collections.deque()
+
+        def submit(name: str) -> None:
+            slot: dict[str, int] = {}
+
+            def on_stat(_comp: Any, size: int | None, _mtime: Any) -> None:
+                if size is not None:
+                    slot["size"] = int(size)
+
+            op = io.create_read_op()
+            try:
+                with ceph.ceph_errors(f"stat {self.url}/{name}{where}"):
+                    stat_comp = io.aio_stat(name, on_stat)
+                    it, _ = io.get_omap_vals(op, "", "", _OMAP_PAGE)
+                    omap_comp = io.operate_aio_read_op(op, name)
+            except BaseException:
+                op.release()
+                raise
+            inflight.append((name, stat_comp, op, it, omap_comp, slot))
+
+        def wait(entry: tuple[str, Any, Any, Any, Any, dict[str, int]]) -> None:
+            _, stat_comp, op, _, omap_comp, _ = entry
+            stat_comp.wait_for_complete_and_cb()
+            omap_comp.wait_for_complete()
+            op.release()
+
+        def reap() -> tuple[str, int, dict[str, bytes]] | None:
+            entry = inflight.popleft()
+            name, stat_comp, op, it, omap_comp, slot = entry
+            try:
+                stat_comp.wait_for_complete_and_cb()
+                omap_comp.wait_for_complete()
+                rv, orv = stat_comp.get_return_value(), omap_comp.get_return_value()
+                if rv == -errno.ENOENT or orv == -errno.ENOENT:
+                    return None
+                if rv < 0:
+                    raise _rv_error(f"stat {self.url}/{name}{where}", rv)
+                if orv < 0:
+                    raise _rv_error(f"read omap of {self.url}/{name}{where}", orv)
+                omap = {k: bytes(v) for k, v in it}
+            finally:
+                op.release()
+            if len(omap) >= _OMAP_PAGE:
+                omap = self._omap_rest(io, name, omap, where)
+            return name, slot["size"], omap
+
+        try:
+            for name in names:
+                submit(name)
+                if len(inflight) >= self._window:
+                    got = reap()
+                    if got:
+                        yield got
+            while inflight:
+                got = reap()
+                if got:
+                    yield got
+        finally:
+            _drain(inflight, wait)
+
+    def _omap_rest(self, io: Any, name: str, omap: dict[str, bytes], where: str) -> dict[str, bytes]:
+        rados = ceph.rados_module()
+        after = max(omap)
+        while True:
+            with ceph.ceph_errors(f"read omap of {self.url}/{name}{where}"), rados.ReadOpCtx() as op:
+                it, _ = io.get_omap_vals(op, after, "", _OMAP_PAGE)
+                io.operate_read_op(op, name)
+                page = [(k, bytes(v)) for k, v in it]
+            omap.update(page)
+            if len(page) < _OMAP_PAGE:
+                return omap
+            after = page[-1][0]
+
+    def _xattrs(self, io: Any, name: str, where: str) -> dict[str, bytes] | None:
+        try:
+            with ceph.ceph_errors(f"read xattrs of {self.url}/{name}{where}"):
+                return {k: bytes(v) for k, v in io.get_xattrs(name)}
+        except NotFound:
+            return None
+
+    # ------------------------------------------------------------ data
+    def _stream(self, io: Any, objects: Iterable[VolumeObject], where: str, exact_size: bool) -> Iterator[ObjectStream]:
+        """Yield (object, chunks) in input order: the first ≤4 MiB of each comes from an aio window."""
+        inflight: collections.deque[tuple[VolumeObject, int, Any, dict[str, bytes]]] = collections.deque()
+        inflight_bytes = 0
+
+        def ask(obj: VolumeObject) -> int:
+            # live: one byte more than the stat said, so a short read proves the object is complete
+            return min(obj.size if exact_size else obj.size + 1, READ_SIZE)
+
+        def submit(obj: VolumeObject) -> None:
+            nonlocal inflight_bytes
+            want = ask(obj)
+            slot: dict[str, bytes] = {}
+            comp = None
+            if want > 0:
+
+                def on_read(comp: Any, data: bytes | None) -> None:
+                    # the binding leaves its whole buffer (uninitialised) when a read returns 0 bytes
+                    rv = comp.get_return_value()
+                    if data is not None and rv >= 0:
+                        slot["data"] = data[:rv]
+
+                with ceph.ceph_errors(f"read {self.url}/{obj.name}{where}"):
+                    comp = io.aio_read(obj.name, want, 0, on_read)
+            inflight.append((obj, want, comp, slot))
+            inflight_bytes += want
+
+        def wait(entry: tuple[VolumeObject, int, Any, dict[str, bytes]]) -> None:
+            if entry[2] is not None:
+                entry[2].wait_for_complete_and_cb()
+
+        def reap() -> ObjectStream:
+            nonlocal inflight_bytes
+            obj, want, comp, slot = inflight.popleft()
+            inflight_bytes -= want
+            first = b""
+            if comp is not None:
+                comp.wait_for_complete_and_cb()
+                rv = comp.get_return_value()
+                if rv == -errno.ENOENT:
+                    raise NotFound(f"object {obj.name} not found in {self.url}{where}")
+                if rv < 0:
+                    raise _rv_error(f"read {self.url}/{obj.name}{where}", rv)
+                first = slot.get("data", b"")
+            return obj, self._rest(io, obj, first, want, where, exact_size)
+
+        try:
+            for obj in objects:
+                while inflight and (len(inflight) >= self._window or inflight_bytes + ask(obj) > self._window_bytes):
+                    yield reap()
+                submit(obj)
+            while inflight:
+                yield reap()
+        finally:
+            _drain(inflight, wait)
+
+    def _rest(
+        self, io: Any, obj: VolumeObject, first: bytes, asked: int, where: str, exact_size: bool
+    ) -> Iterator[bytes]:
+        """The object's data: ``first`` (the aio window's read of ``asked`` bytes), then sync reads."""
+        if first:
+            yield first
+        offset = len(first)
+        if exact_size:  # at a snapshot: the size is known and final
+            while offset < obj.size:
+                with ceph.ceph_errors(f"read {self.url}/{obj.name}{where}"):
+                    data = io.read(obj.name, min(READ_SIZE, obj.size - offset), offset)
+                if not data:
+                    break
+                yield data
+                offset += len(data)
+            if offset != obj.size:
+                raise IntegrityError(f"{self.url}/{obj.name}{where}: read {offset} bytes, stat said {obj.size}")
+            return
+        # live: the object may have changed since the stat; a short read is its end
+        if asked and len(first) < asked:
+            return
+        while True:
+            with ceph.ceph_errors(f"read {self.url}/{obj.name}{where}"):
+                data = io.read(obj.name, READ_SIZE, offset)
+            if data:
+                yield data
+            offset += len(data)
+            if len(data) < READ_SIZE:
+                return
+
+    def _stat_one(self, io: Any, name: str, where: str) -> VolumeObject:
+        try:
+            with ceph.ceph_errors(f"stat {self.url}/{name}{where}"):
+                size, _ = io.stat(name)
+        except NotFound as e:
+            raise NotFound(f"object {name} not found in {self.url}{where}") from e
+        return VolumeObject(name, int(size))
+
+    def _closing(self, io: Any, stream: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from stream
+        finally:
+            io.close()
+
+    # ------------------------------------------------------------ at a snapshot
+    def objects_at(self, snap_name: str) -> list[VolumeObject]:
+        """Exactly the namespace's objects at pool snapshot ``snap_name``, sorted, with xattrs and omap."""
+        io = self._snap_io(snap_name)
+        try:
+            return self._scan(io, f" at snapshot {snap_name}")
+        finally:
+            io.close()
+
+    def read_objects_at(self, snap_name: str, objects: Iterable[VolumeObject] | None = None) -> Iterator[ObjectStream]:
+        """Yield (object, data chunks) at the snapshot in input order (default: ``objects_at``), pipelined."""
+        io = self._snap_io(snap_name)
+        where = f" at snapshot {snap_name}"
+        try:
+            objs = self._scan(io, where) if objects is None else objects
+        except BaseException:
+            io.close()
+            raise
+        return self._closing(io, self._stream(io, objs, where, exact_size=True))
+
+    def read_at(self, snap_name: str, name: str) -> Iterator[bytes]:
+        """Stream one object's data at the snapshot in reads of ≤ 4 MiB; ``NotFound`` if absent there."""
+        io = self._snap_io(snap_name)
+        where = f" at snapshot {snap_name}"
+        try:
+            obj = self._stat_one(io, name, where)
+        except BaseException:
+            io.close()
+            raise
+        return self._closing(io, self._rest(io, obj, b"", 0, where, exact_size=True))
+
+    def digest_at(self, snap_name: str) -> dict[str, str]:
+        """name -> ``object_digest`` of every object at the snapshot."""
+        return digest_streams(self.read_objects_at(snap_name))
+
+    # ------------------------------------------------------------ live
+    def objects_now(self) -> list[VolumeObject]:
+        """The live objects of the namespace, sorted, with xattrs and omap."""
+        return self._scan(self._head_io(), "")
+
+    def read_objects(self, objects: Iterable[VolumeObject] | None = None) -> Iterator[ObjectStream]:
+        """Yield (object, data chunks) of live objects in input order (default: all), pipelined."""
+        io = self._head_io()
+        objs = self._scan(io, "") if objects is None else objects
+        return self._stream(io, objs, "", exact_size=False)
+
+    def read(self, name: str) -> Iterator[bytes]:
+        """Stream one live object's data in reads of ≤ 4 MiB; ``NotFound`` if it does not exist."""
+        io = self._head_io()
+        obj = self._stat_one(io, name, "")
+        return self._rest(io, obj, b"", 0, "", exact_size=False)
+
+    def digests_now(self) -> dict[str, str]:
+        """name -> ``object_digest`` of every live object."""
+        return digest_streams(self.read_objects())
+
+    # ------------------------------------------------------------ changing the live namespace
+    def rollback_to(self, snap_name: str, keep: Iterable[str] | None = None) -> None:
+        """Make the live namespace equal the snapshot: remove objects created since, roll back the rest.
+
+        ``keep`` = the names at the snap when the caller knows them (a manifest); else they are
+        listed here. Rollback restores data, xattrs and omap and brings deleted objects back.
+        """
+        rados = ceph.rados_module()
+        io = self._head_io()
+        _lookup_snap(io, self.pool, snap_name)  # NotFound before touching anything
+        wanted = set(keep) if keep is not None else {o.name for o in self.objects_at(snap_name)}
+        self._remove_many(io, [n for n in self._names(io) if n not in wanted])
+
+        def roll(name: str) -> None:
+            try:
+                io.snap_rollback(name, snap_name)
+            except rados.Error as e:
+                raise BackendError(f"roll {self.url}/{name} back to snapshot {snap_name}: {e}") from e
+
+        # no aio rollback in the binding; its sync call releases the GIL, so threads pipeline it
+        # (2000 objects in the lab: 4 threads 1.4 s, 8: 1.0 s, 16: 0.75 s — writes wait longer than reads)
+        with ThreadPoolExecutor(2 * self._threads, thread_name_prefix="drsvc-rollback") as pool:
+            for _ in pool.map(roll, sorted(wanted)):
+                pass
+
+    def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True) -> int:
+        """Write each (object, data chunks) whole — data, xattrs, omap replaced — pipelined; return the count.
+
+        ``exact``: afterwards the namespace holds exactly these objects (others are removed).
+        A data stream whose length differs from ``object.size`` raises ``IntegrityError``.
+        """
+        rados = ceph.rados_module()
+        io = self._head_io()
+        before = self._names(io) if exact else []
+        written: set[str] = set()
+        inflight: collections.deque[tuple[str, int, Any, Any]] = collections.deque()
+        inflight_bytes = 0
+
+        def wait(entry: tuple[str, int, Any, Any]) -> None:
+            entry[2].wait_for_complete()
+            if entry[3] is not None:
+                entry[3].release()
+
+        def reap() -> None:
+            nonlocal inflight_bytes
+            entry = inflight.popleft()
+            name, size, comp, _ = entry
+            inflight_bytes -= size
+            wait(entry)
+            rv = comp.get_return_value()
+            if rv < 0:
+                raise _rv_error(f"write {self.url}/{name}", rv)
+
+        def room(size: int) -> None:
+            while inflight and (len(inflight) >= self._window or inflight_bytes + size > self._window_bytes):
+                reap()
+
+        try:
+            for obj, chunks in items:
+                if not obj.name or obj.name in written:
+                    raise InvalidInput(f"write to {self.url}: empty or repeated object name {obj.name!r}")
+                pieces = _coalesce(chunks, READ_SIZE)
+                first = next(pieces, b"")
+                room(len(first))
+                op = io.create_write_op()
+                try:
+                    op.remove()
+                    op.set_flags(rados.LIBRADOS_OP_FLAG_FAILOK)  # absent is fine: this is a create
+                    op.write_full(first)
+                    for key, value in obj.xattrs.items():
+                        op.set_xattr(key, bytes(value))
+                    if obj.omap:
+                        io.set_omap(op, tuple(obj.omap), tuple(bytes(v) for v in obj.omap.values()))
+                    with ceph.ceph_errors(f"write {self.url}/{obj.name}"):
+                        comp = io.operate_aio_write_op(op, obj.name)
+                except BaseException:
+                    op.release()
+                    raise
+                inflight.append((obj.name, len(first), comp, op))
+                inflight_bytes += len(first)
+                offset = len(first)
+                for piece in pieces:
+                    room(len(piece))
+                    with ceph.ceph_errors(f"write {self.url}/{obj.name}"):
+                        comp = io.aio_write(obj.name, piece, offset)
+                    inflight.append((obj.name, len(piece), comp, None))
+                    inflight_bytes += len(piece)
+                    offset += len(piece)
+                written.add(obj.name)
+                if offset != obj.size:
+                    raise IntegrityError(
+                        f"write {self.url}/{obj.name}: data stream of {offset} bytes, expected {obj.size}"
+                    )
+            while inflight:
+                reap()
+        finally:
+            _drain(inflight, wait)
+        if exact:
+            self._remove_many(io, [n for n in before if n not in written])
+        return len(written)
+
+    def clone_from_snapshot(self, snap_name: str, target: str) -> RadosVolume:
+        """Copy the snapshot's content of this namespace into namespace ``target`` (made exact); return it."""
+        if target == self.namespace:
+            raise InvalidInput(f"clone of {self.url} into itself: use rollback_to")
+        clone = RadosVolume(
+            self.pool,
+            target,
+            **self._conn,
+            window=self._window,
+            window_bytes=self._window_bytes,
+            threads=self._threads,
+        )
+        clone.write_objects(self.read_objects_at(snap_name), exact=True)
+        return clone
+
+    def purge(self) -> int:
+        """Delete every live object of this namespace (drill teardown); return how many were removed."""
+        io = self._head_io()
+        return self._remove_many(io, self._names(io))
+
+    def _remove_many(self, io: Any, names: list[str]) -> int:
+        inflight: collections.deque[tuple[str, Any]] = collections.deque()
+        removed = 0
+
+        def reap() -> None:
+            nonlocal removed
+            name, comp = inflight.popleft()
+            comp.wait_for_complete()
+            rv = comp.get_return_value()
+            if rv == 0:
+                removed += 1
+            elif rv != -errno.ENOENT:  # listed but already gone (deleted since a snap): fine
+                raise _rv_error(f"remove {self.url}/{name}", rv)
+
+        try:
+            for name in names:
+                with ceph.ceph_errors(f"remove {self.url}/{name}"):
+                    inflight.append((name, io.aio_remove(name)))
+                if len(inflight) >= self._window:
+                    reap()
+            while inflight:
+                reap()
+        finally:
+            _drain(inflight, lambda entry: entry[1].wait_for_complete())
+        return removed
+
+
+def _coalesce(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Re-cut a stream of chunks into pieces of exactly ``size`` bytes (the last may be shorter)."""
+    buf = bytearray()
+    for chunk in chunks:
+        if not buf and len(chunk) == size:
+            yield bytes(chunk)
+            continue
+        buf += chunk
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)

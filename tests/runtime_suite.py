@@ -1,0 +1,197 @@
+"""The behaviour every ``ContainerRuntime`` backend must show (one suite, every runtime).
+
+Subclass ``RuntimeSuite`` and provide three fixtures:
+
+- ``runtime``: an open ``ContainerRuntime``;
+- ``make_desktop``: ``make_desktop(n) -> [container name, ...]`` of running, labelled desktops whose
+  workload keeps an in-memory counter and writes ``"<count> <boot id>"`` to ``/data/counter``
+  every 0.2 s (the lab's busybox desktop); the fixture removes them (and clones named
+  ``<name>-…``) afterwards;
+- ``scratch_image``: ``(reference, drop)``: a throwaway tagged copy of the desktop image that
+  the test may save, untag (``drop(reference)``) and load again.
+
+    class TestPodmanRuntime(RuntimeSuite):
+        @pytest.fixture
+        def runtime(self, lab): ...
+
+Container tests are slow-ish (a checkpoint is ~0.3 s, a restore ~0.3 s): keep them serial.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from drsvc.errors import DrsvcError, NotFound
+from drsvc.runtimes import ContainerRuntime, DesktopRef
+
+MakeDesktop = Callable[[int], list[str]]
+
+
+def read_counter(runtime: ContainerRuntime, name: str, tries: int = 20) -> tuple[int, str]:
+    """(count, boot id) from the desktop's /data/counter (retried: the writer truncates first)."""
+    last = ""
+    for _ in range(tries):
+        code, out = runtime.exec(name, ["cat", "/data/counter"], timeout=20)
+        last = out
+        parts = out.split()
+        if code == 0 and len(parts) == 2 and parts[0].isdigit() and len(parts[1]) >= 32:
+            return int(parts[0]), parts[1]
+        time.sleep(0.05)
+    raise AssertionError(f"{name}: unreadable counter {last!r}")
+
+
+def wait_counter_above(runtime: ContainerRuntime, name: str, count: int, timeout: float = 5) -> tuple[int, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read_counter(runtime, name)
+        if value[0] > count or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+class RuntimeSuite:
+    def test_is_a_container_runtime(self, runtime: ContainerRuntime) -> None:
+        assert isinstance(runtime, ContainerRuntime)
+        assert "://" in runtime.url
+
+    def test_health_reports_versions(self, runtime: ContainerRuntime) -> None:
+        h = runtime.health()
+        assert h.get("version")
+        assert "freeze_hook_installed" in h and "criu_version" in h
+
+    def test_discover_parses_labels(self, runtime: ContainerRuntime, make_desktop: MakeDesktop) -> None:
+        (name,) = make_desktop(1)
+        found = {d.container: d for d in runtime.list_desktops()}
+        assert name in found
+        d = found[name]
+        assert isinstance(d, DesktopRef)
+        assert d.desktop_id == d.labels["drsvc.desktop"] == name
+        assert d.volume == d.labels["drsvc.volume"] and d.volume
+        assert d.tenant == d.labels["drsvc.tenant"] and d.tenant
+        assert len(d.container_id) == 64 and d.state == "running" and d.image_id
+        i = runtime.inspect(name)
+        assert (i.container_id, i.desktop_id, i.volume, i.tenant, i.image_id) == (
+            d.container_id,
+            d.desktop_id,
+            d.volume,
+            d.tenant,
+            d.image_id,
+        )
+        assert i.state == "running" and i.network and i.image
+        assert runtime.inspect(d.container_id).container == name
+
+    def test_missing_containers(self, runtime: ContainerRuntime) -> None:
+        with pytest.raises(NotFound):
+            runtime.inspect("drsvc-suite-no-such-container")
+        with pytest.raises(NotFound), runtime.checkpoint("drsvc-suite-no-such-container"):
+            pass
+        with pytest.raises(NotFound):
+            runtime.pause("drsvc-suite-no-such-container")
+        runtime.remove("drsvc-suite-no-such-container")  # missing is fine
+
+    def test_exec(self, runtime: ContainerRuntime, make_desktop: MakeDesktop) -> None:
+        (name,) = make_desktop(1)
+        code, out = runtime.exec(name, ["sh", "-c", "echo out; echo err >&2; exit 3"])
+        assert code == 3
+        assert "out" in out and "err" in out
+        assert runtime.exec(name, ["true"]) == (0, "")
+
+    def test_pause_unpause(self, runtime: ContainerRuntime, make_desktop: MakeDesktop) -> None:
+        (name,) = make_desktop(1)
+        runtime.pause(name)
+        try:
+            assert runtime.inspect(name).state == "paused"
+        finally:
+            runtime.unpause(name)
+        assert runtime.inspect(name).state == "running"
+
+    def test_checkpoint_remove_restore_same_name(
+        self, runtime: ContainerRuntime, make_desktop: MakeDesktop, tmp_path: Path
+    ) -> None:
+        (name,) = make_desktop(1)
+        before = wait_counter_above(runtime, name, 0)
+        ref = runtime.inspect(name)
+        archive = tmp_path / "ckpt.tar"
+        with runtime.checkpoint(name) as stream, archive.open("wb") as f:
+            while chunk := stream.read(1 << 20):
+                f.write(chunk)
+        assert archive.stat().st_size > 10_000
+        assert runtime.inspect(name).state == "running"  # left running
+        runtime.remove(name)
+        with pytest.raises(NotFound):
+            runtime.inspect(name)
+        with archive.open("rb") as f:
+            restored = runtime.restore(f, size=archive.stat().st_size)
+        assert restored.container == name and restored.state == "running"
+        assert (restored.desktop_id, restored.volume, restored.tenant) == (
+            ref.desktop_id,
+            ref.volume,
+            ref.tenant,
+        )
+        count, boot = wait_counter_above(runtime, name, before[0])
+        assert boot == before[1], "a restore must continue the same process, not restart it"
+        assert count > before[0]
+
+    def test_restore_clone_beside_original(self, runtime: ContainerRuntime, make_desktop: MakeDesktop) -> None:
+        (name,) = make_desktop(1)
+        before = wait_counter_above(runtime, name, 0)
+        clone = f"{name}-clone"
+        # checkpoint stream piped straight into the restore: nothing spooled in between
+        with runtime.checkpoint(name) as stream:
+            ref = runtime.restore(stream, name=clone)
+        try:
+            assert ref.container == clone and ref.state == "running"
+            assert runtime.inspect(name).state == "running"
+            assert ref.container_id != runtime.inspect(name).container_id
+            count, boot = wait_counter_above(runtime, clone, before[0])
+            assert boot == before[1] and count > before[0]
+            orig = wait_counter_above(runtime, name, count)
+            assert orig[1] == before[1]
+        finally:
+            runtime.remove(clone)
+
+    def test_restore_clone_without_network(
+        self, runtime: ContainerRuntime, make_desktop: MakeDesktop, tmp_path: Path
+    ) -> None:
+        (name,) = make_desktop(1)
+        before = wait_counter_above(runtime, name, 0)
+        clone = f"{name}-sandbox"
+        with runtime.checkpoint(name) as stream:
+            ref = runtime.restore(stream, name=clone, network="none")
+        try:
+            assert ref.network == "none" and ref.state == "running"
+            _, boot = wait_counter_above(runtime, clone, before[0])
+            assert boot == before[1]
+            code, out = runtime.exec(clone, ["cat", "/proc/net/dev"])
+            ifaces = {line.split(":")[0].strip() for line in out.splitlines()[2:] if ":" in line}
+            assert code == 0 and ifaces == {"lo"}, out
+            assert runtime.inspect(name).network not in (None, "none")
+        finally:
+            runtime.remove(clone)
+
+    def test_image_round_trip(
+        self, runtime: ContainerRuntime, scratch_image: tuple[str, Callable[[str], None]], tmp_path: Path
+    ) -> None:
+        ref, drop = scratch_image
+        assert runtime.image_exists(ref)
+        assert not runtime.image_exists(ref + "-no-such-tag")
+        saved = tmp_path / "image.tar"
+        with runtime.save_image(ref) as stream, saved.open("wb") as f:
+            while chunk := stream.read(1 << 20):
+                f.write(chunk)
+        assert saved.stat().st_size > 1000
+        drop(ref)
+        assert not runtime.image_exists(ref)
+        with saved.open("rb") as f:
+            names = runtime.load_image(f)
+        assert names
+        assert runtime.image_exists(ref)
+        with pytest.raises(NotFound), runtime.save_image(ref + "-no-such-tag"):
+            pass
+        with pytest.raises(DrsvcError):  # garbage is not an image
+            runtime.load_image(io.BytesIO(b"not a tar"))

@@ -1,0 +1,216 @@
+"""FreezeBatch against the real hook script run as a subprocess (fake cgroup file, temp root)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from drsvc.errors import InvalidInput
+from drsvc.runtimes.freeze import FreezeBatch, hook_installed, install_hook
+
+HOOK = Path(__file__).resolve().parents[2] / "deploy" / "criu" / "drsvc-freeze-hook"
+CID = "a" * 40 + "0123456789abcdef01234567"
+CID2 = "b" * 64
+
+
+def cgroup_file(tmp_path: Path, cid: str, style: str = "podman-v1") -> Path:
+    lines = {
+        "podman-v1": f"9:name=systemd:/libpod_parent/libpod-{cid}\n8:pids:/libpod_parent/libpod-{cid}\n",
+        "podman-v2": f"0::/machine.slice/libpod-{cid}.scope/container\n",
+        "docker": f"12:memory:/docker/{cid}\n0::/system.slice/docker-{cid}.scope\n",
+        "crio": f"0::/kubepods.slice/kubepods-burstable-pod1234.slice/crio-{cid}.scope\n",
+    }[style]
+    f = tmp_path / f"cgroup-{cid[:6]}-{style}"
+    f.write_text(lines)
+    return f
+
+
+def hook(
+    action: str, root: Path, cgroup: Path | None, *, wait: bool = True
+) -> subprocess.Popen[bytes] | subprocess.CompletedProcess[bytes]:
+    env = {"PATH": "/usr/bin:/bin", "CRTOOLS_SCRIPT_ACTION": action, "DRSVC_FREEZE_ROOT": str(root)}
+    if cgroup is not None:
+        env["DRSVC_FREEZE_CGROUP_FILE"] = str(cgroup)
+    if wait:
+        return subprocess.run([str(HOOK)], env=env, capture_output=True, timeout=20)
+    return subprocess.Popen([str(HOOK)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def timed(action: str, root: Path, cgroup: Path | None) -> tuple[int, float]:
+    t = time.monotonic()
+    p = hook(action, root, cgroup)
+    assert isinstance(p, subprocess.CompletedProcess)
+    assert p.stdout == b"" and p.stderr == b""
+    return p.returncode, time.monotonic() - t
+
+
+def test_hook_is_executable_posix_sh() -> None:
+    assert os.access(HOOK, os.X_OK)
+    assert HOOK.read_text().startswith("#!/bin/sh\n")
+    assert subprocess.run(["sh", "-n", str(HOOK)]).returncode == 0
+
+
+@pytest.mark.parametrize("style", ["podman-v1", "podman-v2", "docker", "crio"])
+def test_hook_finds_container_id_in_every_cgroup_layout(tmp_path: Path, style: str) -> None:
+    with FreezeBatch([CID], root=tmp_path / "freeze") as fb:
+        assert timed("pre-dump", fb.root, cgroup_file(tmp_path, CID, style))[0] == 0
+        assert "pre-dump" in fb.timings(CID)
+
+
+def test_hook_is_a_fast_no_op_without_rendezvous(tmp_path: Path) -> None:
+    root = tmp_path / "freeze"
+    cg = cgroup_file(tmp_path, CID)
+    # no root dir, root without our dir, other container's dir, no cgroup file, garbage cgroup, no action
+    code, took = timed("post-dump", root, cg)
+    assert code == 0 and took < 1
+    with FreezeBatch([CID2], root=root):
+        for action in ("pre-dump", "post-dump", "network-unlock", "pre-restore"):
+            code, took = timed(action, root, cg)
+            assert code == 0 and took < 1
+        assert sorted(p.name for p in root.iterdir()) == [CID2]
+        assert timed("post-dump", root, tmp_path / "missing")[0] == 0
+        garbage = tmp_path / "garbage"
+        garbage.write_text("0::/user.slice\n")
+        assert timed("post-dump", root, garbage)[0] == 0
+        assert timed("", root, cg)[0] == 0
+    with FreezeBatch([CID], root=root) as fb:
+        env = {"PATH": "/usr/bin:/bin", "CRTOOLS_SCRIPT_ACTION": "post-dump", "DRSVC_FREEZE_ROOT": str(root)}
+        # no cgroup override and no CRTOOLS_INIT_PID: nothing to look at
+        assert subprocess.run([str(HOOK)], env=env, timeout=5).returncode == 0
+        assert fb.frozen() == set()
+
+
+def test_post_dump_waits_until_release(tmp_path: Path) -> None:
+    cg = cgroup_file(tmp_path, CID)
+    with FreezeBatch([CID], root=tmp_path / "freeze", timeout=20) as fb:
+        assert (fb.dir(CID) / "timeout").read_text().strip() == "20"
+        for action in ("pre-dump", "network-lock"):
+            assert timed(action, fb.root, cg)[0] == 0
+        assert fb.frozen() == set()
+        p = hook("post-dump", fb.root, cg, wait=False)
+        assert isinstance(p, subprocess.Popen)
+        assert fb.wait_frozen(timeout=5) == {CID}
+        time.sleep(0.3)
+        assert p.poll() is None, "the hook must hold post-dump until release"
+        t = time.monotonic()
+        fb.release()
+        assert p.wait(5) == 0
+        assert time.monotonic() - t < 1
+        assert fb.frozen() == set()
+        assert timed("network-unlock", fb.root, cg)[0] == 0
+        window = fb.freeze_window(CID)
+        assert window is not None and 0.3 <= window < 5
+        assert set(fb.timings(CID)) == {"pre-dump", "network-lock", "post-dump", "network-unlock"}
+    assert not fb.dir(CID).exists()
+    assert fb.freeze_window(CID) == window  # kept after cleanup
+
+
+def test_post_dump_gives_up_at_the_timeout(tmp_path: Path) -> None:
+    cg = cgroup_file(tmp_path, CID)
+    with FreezeBatch([CID], root=tmp_path / "freeze", timeout=0.4) as fb:
+        timed("pre-dump", fb.root, cg)
+        code, took = timed("post-dump", fb.root, cg)
+        assert code == 0 and 0.3 < took < 3
+        assert "timed-out" in fb.timings(CID)
+        w = fb.freeze_window(CID)
+        assert w is not None and w >= 0.3  # no network-unlock yet: measured up to release
+
+
+def test_bad_timeout_file_means_default_but_release_still_works(tmp_path: Path) -> None:
+    cg = cgroup_file(tmp_path, CID)
+    with FreezeBatch([CID], root=tmp_path / "freeze") as fb:
+        (fb.dir(CID) / "timeout").write_text("soon\n")
+        p = hook("post-dump", fb.root, cg, wait=False)
+        assert isinstance(p, subprocess.Popen)
+        assert fb.wait_frozen(timeout=5) == {CID}
+    assert p.wait(5) == 0  # leaving the batch released it
+
+
+def test_exception_releases_and_cleans_up(tmp_path: Path) -> None:
+    cg = cgroup_file(tmp_path, CID)
+    p = None
+    with pytest.raises(RuntimeError), FreezeBatch([CID, CID2], root=tmp_path / "freeze") as fb:
+        p = hook("post-dump", fb.root, cg, wait=False)
+        deadline = time.monotonic() + 5
+        while CID not in fb.frozen() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fb.frozen() == {CID}
+        raise RuntimeError("pool snapshot failed")
+    assert isinstance(p, subprocess.Popen) and p.wait(5) == 0
+    assert list(fb.root.iterdir()) == []
+
+
+def test_wait_frozen_returns_partial_set_at_deadline(tmp_path: Path) -> None:
+    cg = cgroup_file(tmp_path, CID)
+    with FreezeBatch([CID, CID2], root=tmp_path / "freeze") as fb:
+        p = hook("post-dump", fb.root, cg, wait=False)
+        t = time.monotonic()
+        assert fb.wait_frozen(time.monotonic() + 1.0) == {CID}
+        assert 0.9 <= time.monotonic() - t < 3
+        fb.release()
+        assert isinstance(p, subprocess.Popen) and p.wait(5) == 0
+        assert fb.freeze_window(CID2) is None
+
+
+def test_stale_rendezvous_dir_is_reset(tmp_path: Path) -> None:
+    stale = tmp_path / "freeze" / CID
+    stale.mkdir(parents=True)
+    (stale / "release").touch()
+    with FreezeBatch([CID], root=tmp_path / "freeze") as fb:
+        assert not (fb.dir(CID) / "release").exists()
+
+
+def test_root_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRSVC_FREEZE_ROOT", str(tmp_path / "envroot"))
+    with FreezeBatch([CID]) as fb:
+        assert fb.dir(CID).is_dir() and fb.root == tmp_path / "envroot"
+
+
+@pytest.mark.parametrize("ids", [["desk-001"], ["abc123"], ["A" * 64]])
+def test_rejects_anything_but_full_ids(ids: list[str]) -> None:
+    with pytest.raises(InvalidInput, match="64-hex"):
+        FreezeBatch(ids)
+
+
+def test_rejects_non_positive_timeout() -> None:
+    with pytest.raises(InvalidInput):
+        FreezeBatch([CID], timeout=0)
+
+
+def test_install_hook_is_idempotent_and_merges(tmp_path: Path) -> None:
+    prefix, conf = tmp_path / "lib", tmp_path / "etc" / "runc.conf"
+    assert not hook_installed(conf)
+    conf.parent.mkdir()
+    conf.write_text("tcp-established\naction-script /opt/other/hook")  # no trailing newline
+    assert install_hook(prefix, conf) is True
+    assert hook_installed(conf)
+    text = conf.read_text()
+    assert text.startswith("tcp-established\naction-script /opt/other/hook\n")
+    assert f"action-script {prefix}/drsvc-freeze-hook\n" in text
+    assert (prefix / "drsvc-freeze-hook").read_bytes() == HOOK.read_bytes()
+    assert install_hook(prefix, conf) is False
+    assert conf.read_text() == text
+    (prefix / "drsvc-freeze-hook").chmod(0o644)
+    assert not hook_installed(conf)
+    assert install_hook(prefix, conf) is True and hook_installed(conf)
+
+
+def test_hook_installed_needs_our_hook(tmp_path: Path) -> None:
+    conf = tmp_path / "runc.conf"
+    other = tmp_path / "other-hook"
+    other.write_text("#!/bin/sh\n")
+    other.chmod(0o755)
+    conf.write_text(f"# action-script {HOOK}\naction-script {other}\n")
+    assert not hook_installed(conf)
+    conf.write_text(f'--action-script "{HOOK}"\n')
+    assert hook_installed(conf)
+
+
+def test_shipped_runc_conf_names_the_default_hook_path() -> None:
+    conf = HOOK.parent / "runc.conf"
+    lines = [ln for ln in conf.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines == ["action-script /usr/local/lib/drsvc/drsvc-freeze-hook"]
