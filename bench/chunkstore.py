@@ -92,19 +92,14 @@ def main() -> None:
     ap.add_argument("--desktops", type=int, default=4, help="streams sharing a base image (default 4)")
     ap.add_argument("--url", default="rados://drsvc-hot", help="store URL root (default rados://drsvc-hot)")
     ap.add_argument("--workers", type=int, default=2, help="chunk store encode/decode threads (default 2)")
-    ap.add_argument(
-        "--avg-kib", type=int, default=256, help="FastCDC average size (min = avg/4, max = avg*4)"
-    )
+    ap.add_argument("--avg-kib", type=int, default=256, help="FastCDC average size (min = avg/4, max = avg*4)")
     ap.add_argument("--keep", action="store_true", help="do not delete what was written")
     args = ap.parse_args()
 
     t = time.perf_counter()
     streams = dataset(args.mib, args.desktops)
     total = sum(map(len, streams))
-    print(
-        f"data set: {total / MiB:.0f} MiB in {len(streams)} streams "
-        f"(generated in {time.perf_counter() - t:.1f} s)"
-    )
+    print(f"data set: {total / MiB:.0f} MiB in {len(streams)} streams (generated in {time.perf_counter() - t:.1f} s)")
 
     run = f"bench-{uuid.uuid4().hex[:8]}"
     cs_store = open_store(f"{args.url.rstrip('/')}/{run}/chunks")
@@ -148,10 +143,7 @@ def main() -> None:
             f"store: {args.url}/{run}  workers={args.workers}  chunker min/avg/max = "
             f"{params.min_size // 1024}/{params.avg_size // 1024}/{params.max_size // 1024} KiB"
         )
-        print(
-            f"raw 4 MiB objects : write {mib / raw_w:7.1f} MiB/s   read {mib / raw_r:7.1f} MiB/s   "
-            f"({n_raw} objects)"
-        )
+        print(f"raw 4 MiB objects : write {mib / raw_w:7.1f} MiB/s   read {mib / raw_r:7.1f} MiB/s   ({n_raw} objects)")
         print(
             f"chunk store       : write {mib / cs_w:7.1f} MiB/s   read {mib / cs_r:7.1f} MiB/s   "
             f"(decrypt + verify + decompress)"

@@ -1,6 +1,6 @@
 -- drsvc catalog, migration 2: restores are recorded phase by phase (incidents, not only drills),
 -- and the scheduler remembers the last due window it ran per policy and purpose, so a missed
--- window runs once and a window never runs twice.
+-- window runs once and a window never runs twice; a failed run is retried with backoff.
 
 CREATE TABLE restores (
     id             INTEGER PRIMARY KEY,
@@ -22,8 +22,11 @@ CREATE INDEX restores_desktop ON restores (desktop_id, started_at);
 CREATE TABLE schedule_state (
     policy      TEXT NOT NULL,
     purpose     TEXT NOT NULL,                 -- backup | drill
-    last_window TEXT NOT NULL,                 -- the due time (cron slot) last run
+    last_window TEXT,                          -- the due time (cron slot) last run to the end
     last_run_at TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,    -- failed attempts at the current window
+    retry_at    TEXT,                          -- not before this time (backoff)
+    last_error  TEXT,
     PRIMARY KEY (policy, purpose)
 );
 

@@ -111,8 +111,7 @@ def expected_objects(seed: int, desktop: str, data_mib: float = 8) -> dict[str, 
         elif kind == 3:
             name = f"home/.config/app-{k:04d}.conf"
             omap = {
-                f"setting.{j:02d}": f"{r.choice(_WORDS)}={r.randint(0, 9999)}".encode()
-                for j in range(r.randint(3, 8))
+                f"setting.{j:02d}": f"{r.choice(_WORDS)}={r.randint(0, 9999)}".encode() for j in range(r.randint(3, 8))
             }
             objs[name] = (_text(r, size // 4), {}, omap)
         else:
@@ -307,9 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--data-mib", type=float, default=8)
     ap.add_argument("--conf", help="ceph.conf (default: $CEPH_CONF / librados search path)")
-    ap.add_argument(
-        "--if-missing", action="store_true", help="write: skip namespaces already holding this data set"
-    )
+    ap.add_argument("--if-missing", action="store_true", help="write: skip namespaces already holding this data set")
     ap.add_argument("--strict", action="store_true", help="verify: also fail on unexpected objects")
     ap.add_argument("--all-fleet", action="store_true", help="purge: also every desk-NNN namespace")
     a = ap.parse_args(argv)

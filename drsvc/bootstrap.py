@@ -65,19 +65,23 @@ def render_config(config_path: Path, policies_dir: Path, found: dict[str, str]) 
         return f"# ({hint})\n{commented}\n"
 
     hot = section(
-        "hot", "hot_store",
+        "hot",
+        "hot_store",
         f'store = "{found.get("hot_store", "rados://drsvc-hot")}"     # chunk store in a RADOS pool\n'
         f'ceph_conf = "{found.get("ceph_conf", "/etc/ceph/ceph.conf")}"',
         "no CEPH_CONF found: uncomment and point at your cluster",
     )
     cold_body = f'store = "{found.get("cold_store", "s3://drsvc-cold/fleet")}"   # S3 bucket/prefix'
-    cold_body += f'\nendpoint_url = "{found["s3_endpoint"]}"' if "s3_endpoint" in found else (
-        '\n# endpoint_url = "https://s3.example.net"   # default: $S3_ENDPOINT_URL or AWS'
+    cold_body += (
+        f'\nendpoint_url = "{found["s3_endpoint"]}"'
+        if "s3_endpoint" in found
+        else ('\n# endpoint_url = "https://s3.example.net"   # default: $S3_ENDPOINT_URL or AWS')
     )
     cold_body += "\n# credentials come from the standard AWS environment / profile, never from this file"
     cold = section("cold", "cold_store", cold_body, "no S3 endpoint or AWS credentials found")
     runtime = section(
-        "runtime", "runtime",
+        "runtime",
+        "runtime",
         f'url = "{found.get("runtime", "podman:///run/podman/podman.sock")}"',
         "no Podman or Docker socket found",
     )

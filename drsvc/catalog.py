@@ -159,9 +159,7 @@ class Catalog:
     def mark_gone(self, present_ids: set[str], runtime_url: str) -> list[str]:
         """Desktops of ``runtime_url`` discovery no longer finds; their points are kept."""
         now = clock.to_iso(clock.now())
-        rows = self.query(
-            "SELECT id FROM desktops WHERE runtime_url = ? AND gone_since IS NULL", [runtime_url]
-        )
+        rows = self.query("SELECT id FROM desktops WHERE runtime_url = ? AND gone_since IS NULL", [runtime_url])
         gone = [r["id"] for r in rows if r["id"] not in present_ids]
         with self.transaction():
             for desktop_id in gone:
@@ -235,8 +233,13 @@ class Catalog:
             self.db["points"].update(point_id, fields)  # type: ignore[union-attr]
 
     def set_tier(self, point_id: str, tier: str, store_url: str, **fields: Any) -> None:
-        row = {"point_id": point_id, "tier": tier, "store_url": store_url,
-               "added_at": clock.to_iso(clock.now()), **fields}
+        row = {
+            "point_id": point_id,
+            "tier": tier,
+            "store_url": store_url,
+            "added_at": clock.to_iso(clock.now()),
+            **fields,
+        }
         with self._lock:
             self.db["point_tiers"].upsert(row, pk=("point_id", "tier"))  # type: ignore[union-attr]
 
@@ -251,19 +254,33 @@ class Catalog:
         return self.query("SELECT * FROM artifacts WHERE point_id = ? ORDER BY kind, name", [point_id])
 
     # ------------------------------------------------------------------ jobs
-    def start_job(self, kind: str, *, policy: str | None = None, token: int | None = None,
-                  detail: dict[str, Any] | None = None) -> int:
+    def start_job(
+        self,
+        kind: str,
+        *,
+        policy: str | None = None,
+        token: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
         with self._lock:
             cursor = self.execute(
                 "INSERT INTO jobs (kind, policy, status, started_at, fencing_token, host, pid, detail) "
                 "VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
-                [kind, policy, clock.to_iso(clock.now()), token, socket.gethostname(), os.getpid(),
-                 json.dumps(detail or {})],
+                [
+                    kind,
+                    policy,
+                    clock.to_iso(clock.now()),
+                    token,
+                    socket.gethostname(),
+                    os.getpid(),
+                    json.dumps(detail or {}),
+                ],
             )
             return int(cursor.lastrowid or 0)
 
-    def finish_job(self, job_id: int, status: str, *, error: str | None = None,
-                   detail: dict[str, Any] | None = None) -> None:
+    def finish_job(
+        self, job_id: int, status: str, *, error: str | None = None, detail: dict[str, Any] | None = None
+    ) -> None:
         fields: dict[str, Any] = {"status": status, "finished_at": clock.to_iso(clock.now()), "error": error}
         if detail is not None:
             fields["detail"] = json.dumps(detail, default=str)
@@ -271,8 +288,11 @@ class Catalog:
             self.db["jobs"].update(job_id, fields)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ leases
-    def acquire_lease(self, name: str, holder: str, ttl: float) -> int | None:
+    def acquire_lease(self, name: str, holder: str, ttl: float, *, take_from: str | None = None) -> int | None:
         """Take the lease if it is free or expired; returns the new fencing token, else None.
+
+        ``take_from`` takes it over from that holder even before it expires (the caller has
+        established that the holder is dead).
 
         The token grows with every acquisition, so work done under a lease that has since expired
         and been taken by someone else can be recognised (``lease_valid``) and refused.
@@ -280,7 +300,8 @@ class Catalog:
         now = time.time()
         with self.transaction():
             rows = self.query("SELECT holder, token, expires_at FROM leases WHERE name = ?", [name])
-            if rows and rows[0]["expires_at"] > now and rows[0]["holder"] != holder:
+            held = rows and rows[0]["expires_at"] > now and rows[0]["holder"] not in (holder, take_from)
+            if held:
                 return None
             token = (rows[0]["token"] if rows else 0) + 1
             self.execute(

@@ -483,9 +483,7 @@ class ChunkStore:
         except NotFound:
             raise NotFound(f"no manifest for {desktop}/{point_id} in {self.store.url}") from None
         try:
-            doc = json.loads(
-                self._zstd()[1].decompress(self.keys.open_(blob, _aad(key)), max_output_size=1 << 30)
-            )
+            doc = json.loads(self._zstd()[1].decompress(self.keys.open_(blob, _aad(key)), max_output_size=1 << 30))
         except (ValueError, zstandard.ZstdError) as e:
             raise IntegrityError(f"{key}: manifest is unreadable ({e})") from e
         if not isinstance(doc, dict):

@@ -80,6 +80,9 @@ class SchedulerSection(_Section):
     retries: int = Field(default=2, ge=0, le=10, description="Retries per desktop, with backoff")
     lease_seconds: int = Field(default=900, ge=30, description="Lease lifetime; renewed while working")
     executor: Literal["local", "kubernetes"] = "local"
+    gc_grace_seconds: int = Field(
+        default=3600, ge=0, description="An unreferenced chunk is deleted only after this long unreferenced"
+    )
 
 
 class Config(_Section):

@@ -62,9 +62,7 @@ def load_key(path: str | os.PathLike[str]) -> Keys:
         st = p.stat()
         raw = p.read_bytes()
     except FileNotFoundError as e:
-        raise InvalidInput(
-            f"key file {p} does not exist (create one with generate_key_file / drsvc init)"
-        ) from e
+        raise InvalidInput(f"key file {p} does not exist (create one with generate_key_file / drsvc init)") from e
     except OSError as e:
         raise InvalidInput(f"cannot read key file {p}: {e.strerror or e}") from e
     if st.st_mode & stat.S_IROTH:

@@ -107,10 +107,7 @@ _CRON_FIELDS = (
     ("day-of-week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
 )
 _CRON_ITEM = re.compile(r"^(?:(\*)|([0-9a-z]+)(?:-([0-9a-z]+))?)(?:/(\d+))?$")
-_CRON_HINT = (
-    "expected 5 fields 'minute hour day-of-month month day-of-week' "
-    "or @hourly/@daily/@weekly/@monthly/@yearly"
-)
+_CRON_HINT = "expected 5 fields 'minute hour day-of-month month day-of-week' or @hourly/@daily/@weekly/@monthly/@yearly"
 
 
 def _cron_value(text: str, name: str, low: int, high: int, names: tuple[str, ...]) -> int:
@@ -304,9 +301,7 @@ def _check_duration(value: Any) -> timedelta:
     return parse_duration(value)
 
 
-Duration = Annotated[
-    timedelta, PlainValidator(_check_duration), PlainSerializer(format_duration, return_type=str)
-]
+Duration = Annotated[timedelta, PlainValidator(_check_duration), PlainSerializer(format_duration, return_type=str)]
 
 
 def _check_count(value: Any) -> int:
@@ -371,9 +366,7 @@ class Selector(_Model):
     @model_validator(mode="after")
     def _not_empty(self) -> Selector:
         if self.tenant is None and not self.labels and not self.desktops:
-            raise ValueError(
-                "needs at least one of tenant, labels, desktops (an empty selector covers nothing)"
-            )
+            raise ValueError("needs at least one of tenant, labels, desktops (an empty selector covers nothing)")
         return self
 
     def matches(self, desktop_id: str, tenant: str | None, labels: Mapping[str, str]) -> bool:
@@ -539,9 +532,7 @@ class Policy(_Model):
     @classmethod
     def _name(cls, value: str) -> str:
         if not _NAME_RE.match(value):
-            raise ValueError(
-                f"{value!r}: use letters, digits, '.', '_', '-' (max 63, no leading punctuation)"
-            )
+            raise ValueError(f"{value!r}: use letters, digits, '.', '_', '-' (max 63, no leading punctuation)")
         return value
 
     def model_post_init(self, context: Any, /) -> None:
@@ -619,9 +610,7 @@ class PolicySet:
     ) -> list[Policy]:
         """Every policy whose selector matches the desktop, in name order."""
         labels = labels or {}
-        return [
-            p for name, p in sorted(self.policies.items()) if p.selector.matches(desktop_id, tenant, labels)
-        ]
+        return [p for name, p in sorted(self.policies.items()) if p.selector.matches(desktop_id, tenant, labels)]
 
 
 def policy_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
@@ -770,9 +759,7 @@ def load_policies(paths: Iterable[str | Path]) -> PolicySet:
             errors.append(f"{file}: cannot read: {e}")
             continue
         if raw is None:
-            errors.append(
-                f"{file}: (top level): file is empty; expected a mapping with name, selector, schedule, ..."
-            )
+            errors.append(f"{file}: (top level): file is empty; expected a mapping with name, selector, schedule, ...")
             continue
         if not isinstance(raw, dict):
             errors.append(f"{file}: (top level): must be a mapping (key: value), got {type(raw).__name__}")
@@ -783,9 +770,7 @@ def load_policies(paths: Iterable[str | Path]) -> PolicySet:
             errors.extend(_validation_errors(file, e))
             continue
         if policy.name in policies:
-            errors.append(
-                f"{file}: name: policy {policy.name!r} is already defined in {sources[policy.name]}"
-            )
+            errors.append(f"{file}: name: policy {policy.name!r} is already defined in {sources[policy.name]}")
             continue
         policies[policy.name] = policy
         sources[policy.name] = file

@@ -127,9 +127,7 @@ PERIOD_RULES: dict[str, Callable[[datetime], tuple[Hashable, str]]] = {
 """Bucket function per period rule: local time -> (period key, period label)."""
 
 
-def apply_retention(
-    points: Iterable[tuple[str, datetime]], rules: RetentionRules, tz: ZoneInfo
-) -> RetentionResult:
+def apply_retention(points: Iterable[tuple[str, datetime]], rules: RetentionRules, tz: ZoneInfo) -> RetentionResult:
     """Decide which points to keep under ``rules``, with periods in time zone ``tz``.
 
     ``points`` are ``(point_id, taken_at)`` with aware ``taken_at`` (naive values are taken as

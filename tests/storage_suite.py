@@ -61,6 +61,8 @@ class StorageSuite:
         assert store.exists("empty")
         assert store.get("empty") == b""
         assert store.size("empty") == 0
+        store.put("full", b"x" * 5000)
+        assert dict(store.get_many(["empty", "full", "empty"])) == {"empty": b"", "full": b"x" * 5000}
 
     def test_binary_data(self, store: ObjectStore) -> None:
         data = bytes(range(256)) * 17 + b"\x00\xff\x00" + os.urandom(100_000)

@@ -13,7 +13,11 @@ import click
 _MODULES = [
     "init_cmd",
     "policy_cmd",
+    "desktops_cmd",
+    "run_cmd",
+    "backup_cmd",
     "points_cmd",
+    "prune_cmd",
     "catalog_cmd",
 ]
 
@@ -25,4 +29,3 @@ def commands() -> list[click.Command]:
         module = importlib.import_module(f"drsvc.cli.{name}")
         commands.append(module.command)
     return commands
-

@@ -21,6 +21,8 @@ from drsvc.errors import EXIT_CODES
 if TYPE_CHECKING:
     from drsvc.catalog import Catalog
     from drsvc.config import Config
+    from drsvc.lease import Lease
+    from drsvc.services import Services
 
 
 def _exit_codes_epilog(formatter: click.HelpFormatter) -> None:
@@ -56,6 +58,7 @@ class App:
     json_output: bool = False
     _config: Config | None = field(default=None, repr=False)
     _catalog: Catalog | None = field(default=None, repr=False)
+    _services: Services | None = field(default=None, repr=False)
 
     @property
     def config(self) -> Config:
@@ -73,7 +76,25 @@ class App:
             self._catalog = Catalog.open(self.config.catalog.path)
         return self._catalog
 
+    @property
+    def services(self) -> Services:
+        """The adapters (stores, runtime, volumes, policies) built from the config."""
+        if self._services is None:
+            from drsvc.services import Services
+
+            self._services = Services(self.config, self.catalog)
+        return self._services
+
+    def lease(self) -> Lease:
+        """The work lease (backups, prune, tiering) for this config's catalog."""
+        from drsvc.lease import Lease
+
+        return Lease(self.catalog, ttl=self.config.scheduler.lease_seconds)
+
     def close(self) -> None:
+        if self._services is not None:
+            self._services.close()
+            self._services = None
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None

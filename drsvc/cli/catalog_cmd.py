@@ -8,8 +8,18 @@ from rich.console import Console
 from drsvc.cli._common import App, DrsvcGroup, pass_app
 from drsvc.errors import IntegrityError
 
-EXPORT_TABLES = ("desktops", "pool_snapshots", "points", "point_tiers", "artifacts", "jobs",
-                 "tier_moves", "drills", "drill_results", "restores")
+EXPORT_TABLES = (
+    "desktops",
+    "pool_snapshots",
+    "points",
+    "point_tiers",
+    "artifacts",
+    "jobs",
+    "tier_moves",
+    "drills",
+    "drill_results",
+    "restores",
+)
 
 
 @click.group("catalog", cls=DrsvcGroup)

@@ -13,9 +13,13 @@ from drsvc.cli._common import App, DrsvcCommand, pass_app
 
 
 @click.command("init", cls=DrsvcCommand)
-@click.option("--policies", "policies_dir", type=click.Path(path_type=Path, file_okay=False),
-              help="Policy directory to reference (default: policies/ next to the config, "
-                   "seeded with the example policies when it does not exist).")
+@click.option(
+    "--policies",
+    "policies_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Policy directory to reference (default: policies/ next to the config, "
+    "seeded with the example policies when it does not exist).",
+)
 @pass_app
 def command(app: App, policies_dir: Path | None) -> None:
     """Write a commented starter config wired to what this machine has, plus key and catalog.
@@ -35,6 +39,7 @@ def command(app: App, policies_dir: Path | None) -> None:
             out.print(f"[dim]found[/]    {what} = {value}")
         out.print(f"next: drsvc --config {target} policy check")
 
-    app.emit({"config": str(result.config), "created": result.created, "kept": result.kept,
-              "found": result.found}, render)
-
+    app.emit(
+        {"config": str(result.config), "created": result.created, "kept": result.kept, "found": result.found},
+        render,
+    )

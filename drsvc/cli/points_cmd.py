@@ -33,8 +33,11 @@ def point_document(point: dict) -> dict:
 
 @command.command("list")
 @click.argument("desktop", required=False)
-@click.option("--status", type=click.Choice(["pending", "complete", "failed", "expired"]),
-              help="Only points with this status.")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "complete", "failed", "expired"]),
+    help="Only points with this status.",
+)
 @click.option("--limit", type=int, default=None, help="At most this many (newest first).")
 @pass_app
 def list_points(app: App, desktop: str | None, status: str | None, limit: int | None) -> None:
@@ -52,8 +55,16 @@ def list_points(app: App, desktop: str | None, status: str | None, limit: int | 
             table.add_column(col)
         for p in points:
             freeze = f"{p['freeze_ms']:.0f} ms" if p["freeze_ms"] is not None else "-"
-            table.add_row(p["id"], p["desktop_id"], p["taken_at"][:19].replace("T", " "), p["status"],
-                          p["consistency"], ",".join(p["tiers"]) or "-", format_bytes(p["bytes"]), freeze)
+            table.add_row(
+                p["id"],
+                p["desktop_id"],
+                p["taken_at"][:19].replace("T", " "),
+                p["status"],
+                p["consistency"],
+                ",".join(p["tiers"]) or "-",
+                format_bytes(p["bytes"]),
+                freeze,
+            )
         out.print(table)
 
     app.emit([point_document(p) for p in points], render)
@@ -67,8 +78,13 @@ def show_point(app: App, point_id: str) -> None:
     point = app.catalog.point(point_id)
     artifacts = app.catalog.artifacts(point["id"])
     tiers = app.catalog.query("SELECT * FROM point_tiers WHERE point_id = ? ORDER BY tier DESC", [point["id"]])
-    doc = {**point_document(point), "artifacts": artifacts, "tier_detail": tiers,
-           "pool_snapshot_id": point["pool_snapshot_id"], "image": point["image"]}
+    doc = {
+        **point_document(point),
+        "artifacts": artifacts,
+        "tier_detail": tiers,
+        "pool_snapshot_id": point["pool_snapshot_id"],
+        "image": point["image"],
+    }
 
     def render(out: Console) -> None:
         for key in ("id", "desktop", "taken_at", "status", "consistency", "policy", "reason", "image"):
@@ -79,7 +95,9 @@ def show_point(app: App, point_id: str) -> None:
             lock = f", locked until {t['retain_until']}" if t["retain_until"] else ""
             out.print(f"{'tier':12} {t['tier']} in {t['store_url']} (+{format_bytes(t['stored_bytes'])}{lock})")
         for a in artifacts:
-            out.print(f"{'artifact':12} {a['kind']} {a['name']}: {format_bytes(a['bytes'])} "
-                      f"in {a['chunks']} chunks ({a['new_chunks']} new)")
+            out.print(
+                f"{'artifact':12} {a['kind']} {a['name']}: {format_bytes(a['bytes'])} "
+                f"in {a['chunks']} chunks ({a['new_chunks']} new)"
+            )
 
     app.emit(doc, render)

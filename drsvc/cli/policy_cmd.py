@@ -46,9 +46,7 @@ def check(app: App, paths: tuple[Path, ...]) -> None:
 
     def render(out: Console) -> None:
         n, m = len(policies), len(policies.files)
-        out.print(
-            f"OK  {n} {'policy' if n == 1 else 'policies'} in {m} file{'' if m == 1 else 's'}", markup=False
-        )
+        out.print(f"OK  {n} {'policy' if n == 1 else 'policies'} in {m} file{'' if m == 1 else 's'}", markup=False)
 
     app.emit(document, render)
     for warning in policies.warnings:
@@ -180,13 +178,18 @@ def plan(
         out.print(f"policy {policy.name}: {policy.description}".rstrip(": "), markup=False)
         out.print(
             f"schedule {policy.schedule!r} in {policy.timezone}, "
-            f"from {now.astimezone(policy.tz).isoformat()}",
+            f"from {now.astimezone(policy.tz).isoformat(timespec='seconds')}",
             markup=False,
         )
         table = Table("#", f"next run ({policy.timezone})", "day", "in")
         for i, run in enumerate(runs, 1):
             wait = run.astimezone(UTC) - now.astimezone(UTC)
-            table.add_row(str(i), run.isoformat(), run.strftime("%a"), format_duration(wait))
+            table.add_row(
+                str(i),
+                run.isoformat(),
+                run.strftime("%a"),
+                format_duration(timedelta(seconds=round(wait.total_seconds()))),
+            )
         out.print(table)
         for tier, (rules, result, taken) in tiers.items():
             _render_tier(out, tier, rules, result, taken, policy, days)
@@ -204,8 +207,7 @@ def _render_tier(
     days: int,
 ) -> None:
     title = (
-        f"{tier} tier ({rules.describe()}): {len(taken)} points, "
-        f"{len(result.keep)} kept, {len(result.drop)} dropped"
+        f"{tier} tier ({rules.describe()}): {len(taken)} points, {len(result.keep)} kept, {len(result.drop)} dropped"
     )
     if tier == "cold" and policy.tiering is None:
         out.print(f"{tier} tier: no tiering section, no point goes cold", markup=False)
@@ -223,9 +225,7 @@ def _render_tier(
     def flush() -> None:
         if dropped:
             newest, oldest = taken[dropped[0]], taken[dropped[-1]]
-            span = (
-                newest.isoformat() if len(dropped) == 1 else f"{oldest.isoformat()} .. {newest.isoformat()}"
-            )
+            span = newest.isoformat() if len(dropped) == 1 else f"{oldest.isoformat()} .. {newest.isoformat()}"
             table.add_row(
                 span,
                 "",
@@ -237,9 +237,7 @@ def _render_tier(
     for pid in result.order:
         if pid in result.keep:
             flush()
-            table.add_row(
-                taken[pid].isoformat(), taken[pid].strftime("%a"), "keep", ", ".join(result.keep[pid])
-            )
+            table.add_row(taken[pid].isoformat(), taken[pid].strftime("%a"), "keep", ", ".join(result.keep[pid]))
         else:
             dropped.append(pid)
     flush()

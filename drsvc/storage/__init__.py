@@ -48,15 +48,11 @@ def open_store(url: str, **options: Any) -> ObjectStore:
     """Open the object store a URL names; unknown schemes and malformed URLs raise ``InvalidInput``."""
     m = _SCHEME.match(url or "")
     if not m:
-        raise InvalidInput(
-            f"malformed store URL {url!r}: expected SCHEME://… ({', '.join(registered_schemes())})"
-        )
+        raise InvalidInput(f"malformed store URL {url!r}: expected SCHEME://… ({', '.join(registered_schemes())})")
     scheme = m.group(1)
     factory = _REGISTRY.get(scheme)
     if factory is None:
-        raise InvalidInput(
-            f"unknown store URL scheme {scheme!r} in {url!r}; known: {', '.join(registered_schemes())}"
-        )
+        raise InvalidInput(f"unknown store URL scheme {scheme!r} in {url!r}; known: {', '.join(registered_schemes())}")
     if isinstance(factory, str):
         module_name, _, attr = factory.partition(":")
         try:
@@ -64,9 +60,7 @@ def open_store(url: str, **options: Any) -> ObjectStore:
         except ModuleNotFoundError as e:
             if e.name != module_name:
                 raise
-            raise InvalidInput(
-                f"store URL {url!r}: the {scheme}:// backend ({module_name}) is not installed"
-            ) from e
+            raise InvalidInput(f"store URL {url!r}: the {scheme}:// backend ({module_name}) is not installed") from e
         factory = getattr(module, attr or "from_url")
         _REGISTRY[scheme] = factory
     return factory(url, **options)

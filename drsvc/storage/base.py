@@ -92,9 +92,7 @@ class ObjectStore(Protocol):
 def check_key(key: str) -> str:
     """Return ``key`` if it is a valid object key, else raise ``InvalidInput``."""
     if not isinstance(key, str) or not key or not all(_SEGMENT.match(s) for s in key.split("/")):
-        raise InvalidInput(
-            f"invalid object key {key!r}: '/'-separated non-empty segments, none starting with '.'"
-        )
+        raise InvalidInput(f"invalid object key {key!r}: '/'-separated non-empty segments, none starting with '.'")
     return key
 
 
@@ -105,9 +103,7 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
-def ordered_map(
-    fn: Callable[[T], R], items: Iterable[T], *, workers: int = 4, window: int = 16
-) -> Iterator[R]:
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int = 4, window: int = 16) -> Iterator[R]:
     """Apply ``fn`` on a thread pool, yielding results in input order with at most ``window`` in flight.
 
     ``items`` is consumed lazily, so memory stays bounded by the window. Exceptions surface at the

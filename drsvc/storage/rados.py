@@ -109,9 +109,7 @@ class RadosStore(StoreBase):
             for key, data in items:
                 oid = self._oid(key)
                 self._check_size(key, data)
-                while inflight and (
-                    len(inflight) >= self._window or inflight_bytes + len(data) > self._window_bytes
-                ):
+                while inflight and (len(inflight) >= self._window or inflight_bytes + len(data) > self._window_bytes):
                     reap()
                 payload = bytes(data)
                 with ceph.ceph_errors(f"rados put {self.pool}/{oid}"):
@@ -172,8 +170,10 @@ class RadosStore(StoreBase):
                 raise NotFound(f"object {key} not found in {self._url}")
             if rv < 0 or slot.get("data") is None:
                 raise BackendError(f"rados get {self.pool}/{oid}: {errno.errorcode.get(-rv, rv)} ({rv})")
+            # rv is the length read: the binding hands back its whole buffer for an empty object
+            data = slot["data"][:rv]
             with ceph.ceph_errors(f"rados get {self.pool}/{oid}"):
-                return key, self._finish_read(oid, slot["data"])
+                return key, self._finish_read(oid, data)
 
         try:
             for key in keys:

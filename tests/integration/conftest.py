@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,9 +68,7 @@ class Lab:
         """Run `dev/lab ARGS...`; raise with its output on failure when check."""
         p = subprocess.run([str(LAB_SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
         if check and p.returncode != 0:
-            raise AssertionError(
-                f"dev/lab {shlex.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr[-4000:]}"
-            )
+            raise AssertionError(f"dev/lab {shlex.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr[-4000:]}")
         return p
 
     def ceph(self, *args: str, timeout: float = 30) -> str:
@@ -143,9 +142,7 @@ def lab() -> Iterator[Lab]:
     if st.returncode != 0:
         if os.environ.get("DRSVC_LAB_NO_START") == "1":
             down = [
-                ln.split()[0]
-                for ln in st.stdout.splitlines()
-                if any(w in ln for w in ("STOPPED", "UNREACH", "NOT "))
+                ln.split()[0] for ln in st.stdout.splitlines() if any(w in ln for w in ("STOPPED", "UNREACH", "NOT "))
             ]
             unavailable(f"not running ({', '.join(down) or 'status failed'} down) and DRSVC_LAB_NO_START=1")
         t = time.monotonic()
@@ -302,8 +299,7 @@ class PodmanAPI:
         try:
             c.request(
                 "POST",
-                f"{self.prefix}/containers/{urllib.parse.quote(name)}/checkpoint?"
-                + urllib.parse.urlencode(params),
+                f"{self.prefix}/containers/{urllib.parse.quote(name)}/checkpoint?" + urllib.parse.urlencode(params),
             )
             r = c.getresponse()
             if r.status != 200:
@@ -334,12 +330,96 @@ class PodmanAPI:
         return json.loads(body)
 
     def remove(self, name: str) -> None:
-        st, body = self.request(
-            "DELETE", f"/containers/{urllib.parse.quote(name)}", {"force": "true", "t": "0"}
-        )
+        st, body = self.request("DELETE", f"/containers/{urllib.parse.quote(name)}", {"force": "true", "timeout": "0"})
         assert st in (200, 204, 404), (st, body[:500])
 
 
 @pytest.fixture
 def podman_api(lab: Lab) -> PodmanAPI:
     return PodmanAPI(lab.podman_socket)
+
+
+# ---------------------------------------------------------------- a drsvc deployment on the lab
+@dataclass
+class DrsvcEnv:
+    """A drsvc config in a temp dir wired to the lab, with its own hot-store prefix and policies."""
+
+    root: Path
+    hot_url: str
+    run_cli: Callable[..., Any]
+
+    @property
+    def config(self) -> Path:
+        return self.root / "drsvc.toml"
+
+    def write(self, extra: str = "") -> None:
+        (self.root / "policies").mkdir(exist_ok=True)
+        if not (self.root / "drsvc.key").exists():
+            from drsvc.crypto import generate_key_file
+
+            generate_key_file(self.root / "drsvc.key")
+        self.config.write_text(
+            f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
+            f'[hot]\nstore = "{self.hot_url}"\nceph_conf = "{os.environ["CEPH_CONF"]}"\n'
+            f'[runtime]\nurl = "podman://{os.environ["DRSVC_PODMAN_SOCKET"]}"\n'
+            f"[scheduler]\nworkers = 2\nretries = 1\nlease_seconds = 60\ngc_grace_seconds = 0\n{extra}"
+        )
+
+    def policy(self, name: str, desktops: list[str], **fields: Any) -> Path:
+        """Write policies/NAME.yaml selecting exactly ``desktops``; ``fields`` override defaults."""
+        import yaml
+
+        doc: dict[str, Any] = {
+            "name": name,
+            "selector": {"desktops": desktops},
+            "schedule": "0 * * * *",
+            "timezone": "UTC",
+            "retention": {"hot": {"last": 24}},
+        }
+        doc.update(fields)
+        path = self.root / "policies" / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    def cli(self, *args: str) -> Any:
+        return self.run_cli("--config", str(self.config), *args)
+
+    def subprocess(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
+        """``drsvc`` in its own process (for concurrency and kill -9 tests)."""
+        return subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "drsvc"), "--config", str(self.config), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kw,
+        )
+
+    def services(self) -> Any:
+        from drsvc.catalog import Catalog
+        from drsvc.config import load_config
+        from drsvc.services import Services
+
+        config = load_config(self.config)
+        return Services(config, Catalog.open(config.catalog.path))
+
+    def cleanup(self) -> None:
+        from drsvc.catalog import Catalog
+        from drsvc.storage import open_store
+        from drsvc.volumes import open_snapshots
+
+        db = self.root / "catalog.db"
+        if db.exists():
+            catalog = Catalog.open(db)
+            for row in catalog.query("SELECT pool, name FROM pool_snapshots WHERE removed_at IS NULL"):
+                open_snapshots(row["pool"]).remove(row["name"])
+            catalog.close()
+        store = open_store(self.hot_url)
+        store.delete_many(list(store.list("")))
+
+
+@pytest.fixture
+def drsvc_env(lab: Lab, tmp_path: Path, run_cli: Callable[..., Any]) -> Iterator[DrsvcEnv]:
+    env = DrsvcEnv(tmp_path, f"rados://drsvc-hot/t{uuid.uuid4().hex[:8]}", run_cli)
+    env.write()
+    yield env
+    env.cleanup()

@@ -13,9 +13,7 @@ import pytest
 
 
 def _counter(name: str) -> tuple[int, str]:
-    out = subprocess.run(
-        ["podman", "exec", name, "cat", "/data/counter"], capture_output=True, text=True, timeout=30
-    )
+    out = subprocess.run(["podman", "exec", name, "cat", "/data/counter"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     n, boot = out.stdout.split()
     return int(n), boot
@@ -58,9 +56,7 @@ def test_env_exports(lab):
     assert Path(env["CEPH_CONF"]).is_file() and Path(env["CEPH_KEYRING"]).is_file()
     assert Path(env["DRSVC_PODMAN_SOCKET"]).is_socket()
     shim = sorted(p.name for p in Path(env["DRSVC_LAB_PYSHIM"]).iterdir())
-    assert any(n.startswith("rados") for n in shim) and all(n.startswith(("rados", "rbd")) for n in shim), (
-        shim
-    )
+    assert any(n.startswith("rados") for n in shim) and all(n.startswith(("rados", "rbd")) for n in shim), shim
 
 
 def test_pool_snapshot_round_trip(lab, rados_cluster):

@@ -20,13 +20,29 @@ def catalog(tmp_path):
 
 
 def _desktop(cat: Catalog, desktop_id: str = "desk-001") -> None:
-    cat.upsert_desktop({"id": desktop_id, "runtime_url": "podman:///run/p.sock", "container": desktop_id,
-                        "volume": f"rados://desktops/{desktop_id}", "tenant": "acme", "labels": {"tier": "x"}})
+    cat.upsert_desktop(
+        {
+            "id": desktop_id,
+            "runtime_url": "podman:///run/p.sock",
+            "container": desktop_id,
+            "volume": f"rados://desktops/{desktop_id}",
+            "tenant": "acme",
+            "labels": {"tier": "x"},
+        }
+    )
 
 
 def _point(cat: Catalog, point_id: str, taken_at: str, desktop_id: str = "desk-001", **extra) -> None:
-    cat.add_point({"id": point_id, "desktop_id": desktop_id, "taken_at": taken_at, "status": "complete",
-                   "consistency": "paired", **extra})
+    cat.add_point(
+        {
+            "id": point_id,
+            "desktop_id": desktop_id,
+            "taken_at": taken_at,
+            "status": "complete",
+            "consistency": "paired",
+            **extra,
+        }
+    )
 
 
 def test_new_catalog_is_at_latest_version_with_wal_and_foreign_keys(catalog):

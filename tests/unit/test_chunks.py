@@ -104,9 +104,7 @@ def test_empty_and_tiny_streams(cs: ChunkStore) -> None:
     assert cs.read_bytes(raw) == b"abc" * 100_000
 
 
-def test_sources_and_block_size_do_not_change_boundaries(
-    store: CountingStore, key: Keys, cs: ChunkStore
-) -> None:
+def test_sources_and_block_size_do_not_change_boundaries(store: CountingStore, key: Keys, cs: ChunkStore) -> None:
     data = pseudo(9 * MiB, 1)
     whole = [(c.offset, c.length) for c in cs._cdc.cut_buf(data)]
     small_blocks = ChunkStore(store, key, cs.params, block_size=2 * MiB)
@@ -189,9 +187,7 @@ def test_wrong_key_refused_before_writing(store: CountingStore, cs: ChunkStore) 
     assert sorted(store.list()) == before
 
 
-def test_init_twice_and_open_uninitialised(
-    tmp_path: Path, key: Keys, cs: ChunkStore, store: CountingStore
-) -> None:
+def test_init_twice_and_open_uninitialised(tmp_path: Path, key: Keys, cs: ChunkStore, store: CountingStore) -> None:
     with pytest.raises(InvalidInput, match="already"):
         ChunkStore.init(store, key)
     with pytest.raises(NotFound, match="no chunk store"):

@@ -13,8 +13,15 @@ from drsvc.cli.main import cli
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """A clean environment (no lab variables) in an empty directory."""
-    for var in ("CEPH_CONF", "S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "CONTAINER_HOST",
-                "DRSVC_PODMAN_SOCKET", "DOCKER_HOST", "DRSVC_CONFIG"):
+    for var in (
+        "CEPH_CONF",
+        "S3_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "CONTAINER_HOST",
+        "DRSVC_PODMAN_SOCKET",
+        "DOCKER_HOST",
+        "DRSVC_CONFIG",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -55,7 +62,11 @@ def test_init_writes_config_key_policies_and_catalog_and_is_idempotent(env, run_
     doc = first.json()
     assert str(config) in doc["created"]
     assert (env / "drsvc.key").stat().st_mode & 0o777 == 0o600
-    assert sorted(p.name for p in (env / "policies").glob("*.yaml")) == ["executive.yaml", "lab.yaml", "standard.yaml"]
+    assert sorted(p.name for p in (env / "policies").glob("*.yaml")) == [
+        "executive.yaml",
+        "lab.yaml",
+        "standard.yaml",
+    ]
     assert Catalog.open(env / "catalog.db", migrate=False).schema_version >= 2
     text = config.read_text()
     assert "# [hot]" in text  # nothing found: sections commented out, with the reason
@@ -101,16 +112,30 @@ def test_points_list_empty_and_unknown_desktop_exit_3(configured, run_cli):
 def test_points_list_json_contract(configured, run_cli):
     cat = Catalog.open(configured.parent / "catalog.db")
     cat.upsert_desktop({"id": "alice", "runtime_url": "podman:///s", "container": "alice", "labels": {}})
-    cat.add_point({"id": "p1", "desktop_id": "alice", "taken_at": "2026-11-27T10:00:00.000000Z",
-                   "status": "complete", "consistency": "paired", "bytes": 1234})
+    cat.add_point(
+        {
+            "id": "p1",
+            "desktop_id": "alice",
+            "taken_at": "2026-11-27T10:00:00.000000Z",
+            "status": "complete",
+            "consistency": "paired",
+            "bytes": 1234,
+        }
+    )
     cat.set_tier("p1", "hot", "rados://drsvc-hot")
     cat.close()
     result = run_cli("--config", str(configured), "--json", "points", "list", "alice")
     assert result.code == 0
     [point] = result.json()
     assert {k: point[k] for k in ("id", "desktop", "taken_at", "status", "consistency", "tiers", "bytes")} == {
-        "id": "p1", "desktop": "alice", "taken_at": "2026-11-27T10:00:00.000000Z", "status": "complete",
-        "consistency": "paired", "tiers": ["hot"], "bytes": 1234}
+        "id": "p1",
+        "desktop": "alice",
+        "taken_at": "2026-11-27T10:00:00.000000Z",
+        "status": "complete",
+        "consistency": "paired",
+        "tiers": ["hot"],
+        "bytes": 1234,
+    }
     human = run_cli("--config", str(configured), "points", "show", "p1")
     assert human.code == 0 and "rados://drsvc-hot" in human.stdout
 

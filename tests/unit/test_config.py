@@ -43,11 +43,11 @@ def test_good_config_resolves_relative_paths(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "key", "why"),
     [
-        (('[hot]', '[hot]\nstroe = "x"'), "hot.stroe", "unknown key"),
+        (("[hot]", '[hot]\nstroe = "x"'), "hot.stroe", "unknown key"),
         (('store = "rados://drsvc-hot"', 'store = "ftp://x"'), "hot.store", "scheme"),
         (('url = "podman:///run/podman/podman.sock"', 'url = "podman://"'), "runtime.url", "names no"),
         (('file = "drsvc.key"', 'file = "missing.key"'), "keys.file", "does not exist"),
-        (('[catalog]\npath = "catalog.db"', '[catalog]'), "catalog.path", "required"),
+        (('[catalog]\npath = "catalog.db"', "[catalog]"), "catalog.path", "required"),
     ],
 )
 def test_invalid_config_names_the_key_path(tmp_path, edit, key, why):
@@ -65,7 +65,7 @@ def test_toml_syntax_error_names_the_file_and_line(tmp_path):
 
 
 def test_lookup_order_env_then_cwd(tmp_path, monkeypatch):
-    path = _write(tmp_path, GOOD)
+    _write(tmp_path, GOOD)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DRSVC_CONFIG", raising=False)
     assert load_config().path == Path("drsvc.toml")

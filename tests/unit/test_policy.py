@@ -64,9 +64,7 @@ def test_shipped_policies_are_valid_and_warning_free() -> None:
     assert std.probe is not None and std.probe.tcp == 5900
     assert std.capture.freeze_batch == 8 and std.capture.consistency == "paired"
     assert std.drill is not None and std.drill.sample_size(35) == 4
-    assert std.drill.cron.next_runs(datetime(2024, 5, 1, tzinfo=UTC), 1) == [
-        datetime(2024, 7, 1, 3, tzinfo=BERLIN)
-    ]
+    assert std.drill.cron.next_runs(datetime(2024, 5, 1, tzinfo=UTC), 1) == [datetime(2024, 7, 1, 3, tzinfo=BERLIN)]
     assert str(std.drill.cron.next_runs(datetime(2024, 5, 1, tzinfo=UTC), 1)[0].tzinfo) == "Europe/Berlin"
     lab = policies.get("lab")
     assert lab.capture.consistency == "crash" and not lab.capture.checkpoint
@@ -152,8 +150,7 @@ def test_each_mistake_names_file_and_field(tmp_path: Path, changes: dict[str, An
 def test_missing_required_fields(tmp_path: Path) -> None:
     details = errors_of(write(tmp_path, "x.yaml", {"description": "nothing else"}))
     assert sorted(details) == sorted(
-        f"{tmp_path / 'x.yaml'}: {field}: required field missing"
-        for field in ("name", "selector", "schedule")
+        f"{tmp_path / 'x.yaml'}: {field}: required field missing" for field in ("name", "selector", "schedule")
     )
 
 
@@ -180,9 +177,7 @@ def test_not_a_mapping(tmp_path: Path, text: str, why: str) -> None:
 
 def test_all_errors_of_all_files_at_once_and_nothing_loaded(tmp_path: Path) -> None:
     good = write(tmp_path, "a-good.yaml", BASE)
-    bad1 = write(
-        tmp_path, "b.yaml", {**BASE, "name": "b", "schedule": "61 * * * *", "objectives": {"rpo": "x"}}
-    )
+    bad1 = write(tmp_path, "b.yaml", {**BASE, "name": "b", "schedule": "61 * * * *", "objectives": {"rpo": "x"}})
     bad2 = write(tmp_path, "c.yml", {**BASE, "name": "c", "retention": {"hot": {"last": -1}}})
     write(tmp_path, "notes.txt", "ignored: not a policy file")
     with pytest.raises(PolicyError) as info:
@@ -289,9 +284,7 @@ def test_new_york_and_starting_inside_the_repeated_hour() -> None:
 def test_next_runs_match_independent_utc_stepping() -> None:
     p = policy(schedule="0 * * * *", timezone="Europe/Berlin")
     start = datetime(2024, 3, 30, 22, 17, tzinfo=UTC)
-    expected = [
-        (datetime(2024, 3, 30, 23, tzinfo=UTC) + timedelta(hours=i)).astimezone(BERLIN) for i in range(50)
-    ]
+    expected = [(datetime(2024, 3, 30, 23, tzinfo=UTC) + timedelta(hours=i)).astimezone(BERLIN) for i in range(50)]
     assert iso(p.next_runs(start, 50)) == iso(expected)
 
 
@@ -355,9 +348,7 @@ def test_normalize_cron_rejects(expr: str, message: str) -> None:
 
 
 def test_selector_all_given_criteria_must_match() -> None:
-    sel = policy(
-        selector={"tenant": "acme", "labels": {"tier": "std"}, "desktops": ["alice", "bob"]}
-    ).selector
+    sel = policy(selector={"tenant": "acme", "labels": {"tier": "std"}, "desktops": ["alice", "bob"]}).selector
     assert sel.matches("alice", "acme", {"tier": "std", "other": "x"})
     assert not sel.matches("carol", "acme", {"tier": "std"})
     assert not sel.matches("alice", "other", {"tier": "std"})

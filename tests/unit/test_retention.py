@@ -12,18 +12,14 @@ from hypothesis import strategies as st
 from drsvc.retention import RULE_NAMES, RetentionRules, apply_retention
 
 BERLIN = ZoneInfo("Europe/Berlin")
-ZONES = [
-    ZoneInfo(k) for k in ("UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata")
-]
+ZONES = [ZoneInfo(k) for k in ("UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata")]
 
 # Instants drawn from a small grid collide often (ties) and straddle DST changes; the free ones
 # cover everything else.
 grid_instant = st.integers(min_value=0, max_value=400).map(
     lambda k: datetime(2024, 3, 30, tzinfo=UTC) + timedelta(minutes=37 * k)
 )
-free_instant = st.datetimes(
-    min_value=datetime(2022, 12, 1), max_value=datetime(2025, 2, 1), timezones=st.just(UTC)
-)
+free_instant = st.datetimes(min_value=datetime(2022, 12, 1), max_value=datetime(2025, 2, 1), timezones=st.just(UTC))
 instant = st.one_of(grid_instant, free_instant)
 
 
@@ -35,9 +31,7 @@ def point_lists(draw: st.DrawFn, min_size: int = 0) -> list[tuple[str, datetime]
 
 
 count = st.one_of(st.none(), st.integers(min_value=0, max_value=6))
-rules_st = st.builds(
-    RetentionRules, last=count, hourly=count, daily=count, weekly=count, monthly=count, yearly=count
-)
+rules_st = st.builds(RetentionRules, last=count, hourly=count, daily=count, weekly=count, monthly=count, yearly=count)
 zones = st.sampled_from(ZONES)
 
 
@@ -46,9 +40,7 @@ def newest_first(points: list[tuple[str, datetime]]) -> list[str]:
 
 
 @given(point_lists(min_size=1), rules_st, zones)
-def test_newest_point_always_kept(
-    points: list[tuple[str, datetime]], rules: RetentionRules, tz: ZoneInfo
-) -> None:
+def test_newest_point_always_kept(points: list[tuple[str, datetime]], rules: RetentionRules, tz: ZoneInfo) -> None:
     if not rules.empty and not any(n for _, n in rules.items()):
         return  # all-zero rules keep nothing (policies reject them)
     result = apply_retention(points, rules, tz)
@@ -111,9 +103,7 @@ def test_no_rules_keeps_everything(points: list[tuple[str, datetime]], tz: ZoneI
 
 
 @given(point_lists(), rules_st, zones)
-def test_input_order_does_not_matter(
-    points: list[tuple[str, datetime]], rules: RetentionRules, tz: ZoneInfo
-) -> None:
+def test_input_order_does_not_matter(points: list[tuple[str, datetime]], rules: RetentionRules, tz: ZoneInfo) -> None:
     assert apply_retention(points, rules, tz) == apply_retention(list(reversed(points)), rules, tz)
 
 

@@ -1,0 +1,478 @@
+"""Backup: recovery points that pair a desktop's memory (CRIU checkpoint) with its data (pool snapshot).
+
+For one run (a policy's due window, or ``drsvc backup``), desktops are grouped by pool and cut into
+batches of at most ``capture.freeze_batch``. For each batch:
+
+1. a ``pending`` point per desktop is recorded first, so an interrupted run leaves a trace that the
+   next run marks ``failed`` (its orphan chunks are collected by the hot-store GC);
+2. the batch's checkpoints start together. CRIU's post-dump hook (``drsvc.runtimes.freeze``) holds
+   each desktop frozen after its memory was dumped; once every desktop of the batch is frozen, ONE
+   pool snapshot is taken and all are released. Memory and disk therefore describe the same
+   instant: nothing the desktop does after its dump reaches the snapshot. Podman cannot checkpoint a
+   paused container, which is why the freeze comes from CRIU rather than from ``pause``;
+3. each archive streams into the hot chunk store (never whole in memory), then the desktop's
+   namespace as it was at the snapshot (objects concatenated in name order into one stream, so
+   thousands of small objects become a few chunks, not one write each), then its base image once
+   per image id;
+4. the manifest is written last; only then is the point ``complete``.
+
+The batch size bounds each desktop's freeze window: a desktop frozen first waits for the slowest
+dump of its batch. Larger batches mean fewer pool snapshots, smaller ones shorter freezes
+(docs/architecture.md, "Freeze windows"). A desktop whose checkpoint fails still gets a point,
+``crash``-consistent (volume only), with the reason recorded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from drsvc import clock
+from drsvc.catalog import Catalog
+from drsvc.chunks import ChunkStore, StreamRef
+from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, NotFound
+from drsvc.lease import Lease
+from drsvc.policy import Policy
+from drsvc.runtimes.base import ContainerRuntime, DesktopRef
+from drsvc.runtimes.freeze import FreezeBatch, hook_installed
+from drsvc.services import Services
+from drsvc.volumes.base import ObjectHasher
+
+MANIFEST_FORMAT = 1
+IMAGES = "_images"  # manifest "desktop" under which base images are stored, once per image id
+FREEZE_TIMEOUT = 20.0  # seconds to wait for a batch to freeze before snapshotting without the stragglers
+
+Event = Callable[..., None]
+
+
+def _quiet(*_args: Any, **_kw: Any) -> None:
+    return None
+
+
+@dataclass
+class Outcome:
+    """What happened to one desktop in a run."""
+
+    desktop: str
+    point_id: str
+    status: str = "pending"
+    consistency: str = "paired"
+    reason: str | None = None
+    bytes: int = 0
+    new_bytes: int = 0
+    freeze_ms: float | None = None
+    checkpoint_ms: float | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class BackupReport:
+    job_id: int
+    policy: str | None
+    outcomes: list[Outcome] = field(default_factory=list)
+    pool_snapshots: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        done = sum(o.status == "complete" for o in self.outcomes)
+        if done == len(self.outcomes):
+            return EXIT_OK
+        return EXIT_PARTIAL if done else EXIT_FAILED
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "policy": self.policy,
+            "pool_snapshots": self.pool_snapshots,
+            "results": [o.document() for o in self.outcomes],
+            "summary": {
+                "count": len(self.outcomes),
+                "complete": sum(o.status == "complete" for o in self.outcomes),
+                "paired": sum(o.status == "complete" and o.consistency == "paired" for o in self.outcomes),
+                "failed": sum(o.status == "failed" for o in self.outcomes),
+                "bytes": sum(o.bytes for o in self.outcomes),
+                "new_bytes": sum(o.new_bytes for o in self.outcomes),
+            },
+        }
+
+
+def new_point_id(desktop: str, when: datetime) -> str:
+    """Sortable, unique, readable: ``20261127T173012Z-desk-001-3fa9c1``."""
+    return f"{clock.compact(when)}-{desktop}-{secrets.token_hex(3)}"
+
+
+def snapshot_name(policy: str | None, when: datetime, batch: int) -> str:
+    """Pool snapshot names an operator recognises in ``rados lssnap``."""
+    return f"drsvc-{policy or 'manual'}-{clock.compact(when)}-{batch}"
+
+
+def image_key(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")
+
+
+# ---------------------------------------------------------------------- interrupted runs
+
+
+def recover_interrupted(catalog: Catalog) -> list[str]:
+    """Mark points of jobs that died (no longer running, still ``pending``) as failed.
+
+    Called under the work lease, so no live job can own a ``running`` backup row: any such row
+    belongs to a process that was killed. Their chunks are orphans, collected by hot-store GC.
+    """
+    dead_jobs = catalog.query("SELECT id FROM jobs WHERE kind = 'backup' AND status = 'running'")
+    points = catalog.query("SELECT id FROM points WHERE status = 'pending'")
+    now = clock.to_iso(clock.now())
+    with catalog.transaction():
+        for job in dead_jobs:
+            catalog.execute(
+                "UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ?",
+                [now, "interrupted: the process ended before the job finished", job["id"]],
+            )
+        for point in points:
+            catalog.update_point(point["id"], status="failed", reason="interrupted: its backup job did not finish")
+    return [p["id"] for p in points]
+
+
+# ---------------------------------------------------------------------- the job
+
+
+class BackupJob:
+    """Takes recovery points for a set of desktops (one run), under the work lease."""
+
+    def __init__(self, services: Services, lease: Lease, *, on_event: Event = _quiet) -> None:
+        self.services = services
+        self.catalog = services.catalog
+        self.lease = lease
+        self.on_event = on_event
+        self.workers = services.config.scheduler.workers
+        self.retries = services.config.scheduler.retries
+
+    @property
+    def runtime(self) -> ContainerRuntime:
+        return self.services.runtime
+
+    @property
+    def hot(self) -> ChunkStore:
+        return self.services.hot
+
+    def run(self, desktops: Sequence[DesktopRef], policy: Policy | None) -> BackupReport:
+        """Back up ``desktops`` now; ``policy`` decides capture options (None: manual defaults)."""
+        recover_interrupted(self.catalog)
+        policy_name = policy.name if policy else None
+        job_id = self.catalog.start_job(
+            "backup",
+            policy=policy_name,
+            token=self.lease.token,
+            detail={"desktops": [d.desktop_id for d in desktops]},
+        )
+        report = BackupReport(job_id, policy_name)
+        try:
+            for pool_url, batch_no, batch in self._batches(desktops, policy):
+                report.outcomes += self._run_batch(batch, pool_url, batch_no, policy, job_id, report)
+        except BaseException as e:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            self.catalog.finish_job(job_id, status, error=str(e) or type(e).__name__, detail=report.document())
+            raise
+        status = {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(report.exit_code, "failed")
+        errors = "; ".join(f"{o.desktop}: {o.error}" for o in report.outcomes if o.error)
+        self.catalog.finish_job(job_id, status, error=errors or None, detail=report.document())
+        return report
+
+    def _batches(
+        self, desktops: Sequence[DesktopRef], policy: Policy | None
+    ) -> Iterator[tuple[str, int, list[DesktopRef]]]:
+        size = policy.capture.freeze_batch if policy else 8
+        by_pool: dict[str, list[DesktopRef]] = defaultdict(list)
+        for desktop in desktops:
+            if not desktop.volume:
+                raise NotFound(f"desktop {desktop.desktop_id} has no drsvc.volume label: nothing to snapshot")
+            by_pool[self.services.volume(desktop.volume).scope].append(desktop)
+        number = 0
+        for pool_url in sorted(by_pool):
+            members = sorted(by_pool[pool_url], key=lambda d: d.desktop_id)
+            for start in range(0, len(members), size):
+                number += 1
+                yield pool_url, number, members[start : start + size]
+
+    # ------------------------------------------------------------------ one batch
+
+    def _run_batch(
+        self,
+        batch: list[DesktopRef],
+        pool_url: str,
+        batch_no: int,
+        policy: Policy | None,
+        job_id: int,
+        report: BackupReport,
+    ) -> list[Outcome]:
+        taken_at = clock.now()
+        outcomes = {d.desktop_id: Outcome(d.desktop_id, new_point_id(d.desktop_id, taken_at)) for d in batch}
+        with self.catalog.transaction():
+            for d in batch:
+                self.catalog.add_point(
+                    {
+                        "id": outcomes[d.desktop_id].point_id,
+                        "desktop_id": d.desktop_id,
+                        "policy": policy.name if policy else None,
+                        "taken_at": clock.to_iso(taken_at),
+                        "status": "pending",
+                        "consistency": "paired",
+                        "job_id": job_id,
+                        "image": d.image_id,
+                    }
+                )
+        want_memory = policy is None or (policy.capture.checkpoint and policy.capture.consistency == "paired")
+        if want_memory and not hook_installed():
+            for o in outcomes.values():
+                o.consistency, o.reason = "crash", "CRIU freeze hook not installed (see docs/operations.md)"
+            want_memory = False
+        if policy is not None and not policy.capture.checkpoint:
+            for o in outcomes.values():
+                o.consistency, o.reason = "crash", "policy captures volumes only"
+        elif policy is not None and policy.capture.consistency == "crash":
+            for o in outcomes.values():
+                o.consistency, o.reason = "crash", "policy asks for crash consistency"
+
+        snap = snapshot_name(policy.name if policy else None, taken_at, batch_no)
+        volumes = self.services.snapshots(pool_url)
+        archives: dict[str, StreamRef] = {}
+        if want_memory:
+            archives = self._paired_capture(batch, outcomes, volumes, snap)
+        else:
+            self.on_event("snapshot", pool=pool_url, name=snap)
+            volumes.create(snap)
+        snapshot_row = self._record_snapshot(pool_url, snap, taken_at, job_id)
+        report.pool_snapshots.append(snap)
+        self.catalog.execute(
+            f"UPDATE points SET pool_snapshot_id = ? WHERE id IN ({','.join('?' * len(outcomes))})",
+            [snapshot_row, *[o.point_id for o in outcomes.values()]],
+        )
+
+        with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="store") as pool:
+            futures = [
+                pool.submit(
+                    self._store_desktop,
+                    d,
+                    outcomes[d.desktop_id],
+                    archives.get(d.desktop_id),
+                    snap,
+                    taken_at,
+                    policy,
+                )
+                for d in batch
+            ]
+            for future in futures:
+                future.result()
+        return [outcomes[d.desktop_id] for d in batch]
+
+    def _paired_capture(
+        self, batch: list[DesktopRef], outcomes: dict[str, Outcome], volumes: Any, snap: str
+    ) -> dict[str, StreamRef]:
+        """Checkpoint the batch, snapshot the pool while all are frozen, stream the archives."""
+        archives: dict[str, StreamRef] = {}
+        started: dict[str, float] = {}
+
+        def checkpoint(d: DesktopRef) -> StreamRef:
+            started[d.desktop_id] = time.monotonic()
+            with self.runtime.checkpoint(d.container) as stream:
+                return self.hot.write_stream(stream)
+
+        with (
+            FreezeBatch([d.container_id for d in batch], timeout=FREEZE_TIMEOUT + 10) as freeze,
+            cf.ThreadPoolExecutor(len(batch), thread_name_prefix="checkpoint") as pool,
+        ):
+            self.on_event("freeze", desktops=[d.desktop_id for d in batch])
+            futures = {d.desktop_id: pool.submit(checkpoint, d) for d in batch}
+            by_container = {d.container_id: d.desktop_id for d in batch}
+            deadline = time.monotonic() + FREEZE_TIMEOUT
+            frozen: set[str] = set()
+            while time.monotonic() < deadline:
+                frozen = {by_container[c] for c in freeze.frozen()}
+                waiting = [i for i, f in futures.items() if i not in frozen and not f.done()]
+                if not waiting:
+                    break
+                time.sleep(0.01)
+            self.on_event("snapshot", name=snap, frozen=sorted(frozen))
+            try:
+                volumes.create(snap)
+            finally:
+                freeze.release()
+            for d in batch:
+                o = outcomes[d.desktop_id]
+                try:
+                    ref = futures[d.desktop_id].result()
+                except DrsvcError as e:
+                    o.consistency, o.reason = "crash", f"checkpoint failed: {e}"
+                    continue
+                o.checkpoint_ms = (time.monotonic() - started[d.desktop_id]) * 1000
+                window = freeze.freeze_window(d.container_id)
+                o.freeze_ms = window * 1000 if window is not None else None
+                if {"timed-out", "owner-gone"} & set(freeze.timings(d.container_id)):
+                    # the hook let it go before the snapshot was taken
+                    o.consistency, o.reason = "crash", "released by the freeze hook before the snapshot"
+                    continue
+                if d.desktop_id not in frozen:
+                    # It froze after the snapshot (or never reported): its memory is from a later
+                    # instant than its disk. Keep the volume, drop the memory.
+                    o.consistency, o.reason = (
+                        "crash",
+                        f"did not freeze within {FREEZE_TIMEOUT:.0f}s of its batch",
+                    )
+                    continue
+                archives[d.desktop_id] = ref
+        return archives
+
+    def _record_snapshot(self, pool_url: str, name: str, taken_at: datetime, job_id: int) -> int:
+        with self.catalog.transaction():
+            cursor = self.catalog.execute(
+                "INSERT INTO pool_snapshots (pool, name, taken_at, job_id) VALUES (?, ?, ?, ?)",
+                [pool_url, name, clock.to_iso(taken_at), job_id],
+            )
+            return int(cursor.lastrowid or 0)
+
+    # ------------------------------------------------------------------ one desktop after the freeze
+
+    def _store_desktop(
+        self,
+        d: DesktopRef,
+        outcome: Outcome,
+        archive: StreamRef | None,
+        snap: str,
+        taken_at: datetime,
+        policy: Policy | None,
+    ) -> None:
+        started = time.monotonic()
+        for attempt in range(self.retries + 1):
+            try:
+                self._store_once(d, outcome, archive, snap, taken_at, policy)
+                outcome.status = "complete"
+                break
+            except DrsvcError as e:
+                outcome.error = str(e)
+                if attempt == self.retries or not e.traceback:
+                    outcome.status = "failed"
+                    self.catalog.update_point(outcome.point_id, status="failed", reason=str(e))
+                    break
+                time.sleep(min(2**attempt, 30))
+        outcome.seconds = time.monotonic() - started
+        self.on_event("desktop", outcome=outcome)
+
+    def _store_once(
+        self,
+        d: DesktopRef,
+        outcome: Outcome,
+        archive: StreamRef | None,
+        snap: str,
+        taken_at: datetime,
+        policy: Policy | None,
+    ) -> None:
+        assert d.volume is not None
+        volume = self.services.volume(d.volume)
+        hashers: list[dict[str, Any]] = []
+
+        def data() -> Iterator[bytes]:
+            # One stream of every object's data in name order; the manifest keeps the boundaries.
+            for obj, pieces in volume.read_objects_at(snap):
+                hasher = ObjectHasher()
+                for piece in pieces:
+                    hasher.update(piece)
+                    yield piece
+                hashers.append(
+                    {
+                        "name": obj.name,
+                        "size": obj.size,
+                        "digest": hasher.finish(obj.xattrs, obj.omap),
+                        "xattrs": {k: v.hex() for k, v in sorted(obj.xattrs.items())},
+                        "omap": {k: v.hex() for k, v in sorted(obj.omap.items())},
+                    }
+                )
+
+        volume_ref = self.hot.write_stream(data())
+        image = self._ensure_image(d)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "point_id": outcome.point_id,
+            "desktop": d.desktop_id,
+            "taken_at": clock.to_iso(taken_at),
+            "policy": policy.name if policy else None,
+            "consistency": outcome.consistency if archive is not None else "crash",
+            "reason": outcome.reason,
+            "freeze_ms": outcome.freeze_ms,
+            "runtime": {
+                "url": self.runtime.url,
+                "container": d.container,
+                "container_id": d.container_id,
+                "image": d.image,
+                "image_id": d.image_id,
+                "labels": d.labels,
+                "tenant": d.tenant,
+                "tcp_established": True,
+            },
+            "volume": {
+                "url": d.volume,
+                "pool_snapshot": snap,
+                "objects": hashers,
+                "stream": volume_ref.to_dict(),
+            },
+            "checkpoint": {"stream": archive.to_dict()} if archive is not None else None,
+            "image": image,
+        }
+        if archive is None:
+            outcome.consistency = "crash"
+            outcome.reason = outcome.reason or "no checkpoint"
+        self.lease.check()  # the fence: never commit under a lease someone else now holds
+        self.hot.put_manifest(d.desktop_id, outcome.point_id, manifest)
+        sizes = [volume_ref] + ([archive] if archive else [])
+        outcome.bytes = sum(r.size for r in sizes)
+        outcome.new_bytes = sum(r.stats.bytes_new_stored for r in sizes)
+        with self.catalog.transaction():
+            self.catalog.add_artifact(self._artifact(outcome.point_id, "volume", d.volume, volume_ref))
+            if archive is not None:
+                self.catalog.add_artifact(self._artifact(outcome.point_id, "checkpoint", d.container, archive))
+            self.catalog.set_tier(outcome.point_id, "hot", self.hot.store.url, stored_bytes=outcome.new_bytes)
+            self.catalog.update_point(
+                outcome.point_id,
+                status="complete",
+                consistency=outcome.consistency,
+                reason=outcome.reason,
+                bytes=outcome.bytes,
+                freeze_ms=outcome.freeze_ms,
+                checkpoint_ms=outcome.checkpoint_ms,
+                completed_at=clock.to_iso(clock.now()),
+            )
+
+    @staticmethod
+    def _artifact(point_id: str, kind: str, name: str, ref: StreamRef) -> dict[str, Any]:
+        return {
+            "point_id": point_id,
+            "kind": kind,
+            "name": name,
+            "bytes": ref.size,
+            "chunks": len(ref.chunks),
+            "new_chunks": ref.stats.chunks_new,
+            "new_bytes": ref.stats.bytes_new_stored,
+            "digest": ref.hash,
+        }
+
+    def _ensure_image(self, d: DesktopRef) -> dict[str, Any] | None:
+        """Store the desktop's base image once per image id, so a restore never depends on a registry."""
+        if not d.image_id:
+            return None
+        key = image_key(d.image_id)
+        try:
+            self.hot.get_manifest(IMAGES, key)
+        except NotFound:
+            with self.runtime.save_image(d.image or d.image_id) as stream:
+                ref = self.hot.write_stream(stream)
+            self.hot.put_manifest(IMAGES, key, {"image": d.image, "image_id": d.image_id, "stream": ref.to_dict()})
+        return {"image": d.image, "image_id": d.image_id, "manifest": f"{IMAGES}/{key}"}

@@ -1,0 +1,89 @@
+"""drsvc backup DESKTOP... | --policy NAME: take recovery points now."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from drsvc.backup import BackupJob, BackupReport, Outcome
+from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.errors import InvalidInput
+from drsvc.inventory import select
+from drsvc.units import format_bytes
+
+
+def progress_printer(app: App) -> Any:
+    """Job events as short lines on stderr (stdout stays clean for --json)."""
+    err = app.err
+
+    def on_event(kind: str, **fields: Any) -> None:
+        if kind == "freeze":
+            err.print(f"[dim]freezing {len(fields['desktops'])} desktop(s) for one pool snapshot…[/]")
+        elif kind == "snapshot":
+            err.print(f"[dim]pool snapshot {fields['name']}[/]")
+        elif kind == "desktop":
+            o: Outcome = fields["outcome"]
+            mark = "[green]✓[/]" if o.status == "complete" else "[red]✗[/]"
+            err.print(
+                f"{mark} {o.desktop} {o.status} ({o.consistency}) in {o.seconds:.1f}s"
+                + (f": {o.error or o.reason}" if (o.error or o.reason) else "")
+            )
+
+    return on_event
+
+
+def render_report(report: BackupReport, out: Console) -> None:
+    table = Table(box=None, pad_edge=False)
+    for col in ("DESKTOP", "POINT", "STATUS", "CONSISTENCY", "FREEZE", "SIZE", "NEW", "NOTE"):
+        table.add_column(col)
+    for o in report.outcomes:
+        table.add_row(
+            o.desktop,
+            o.point_id,
+            o.status,
+            o.consistency,
+            f"{o.freeze_ms:.0f} ms" if o.freeze_ms is not None else "-",
+            format_bytes(o.bytes),
+            format_bytes(o.new_bytes),
+            o.error or o.reason or "",
+        )
+    out.print(table)
+    s = report.document()["summary"]
+    out.print(
+        f"{s['complete']}/{s['count']} complete ({s['paired']} paired), "
+        f"{format_bytes(s['new_bytes'])} new in the hot store; pool snapshot(s): "
+        + (", ".join(report.pool_snapshots) or "-")
+    )
+
+
+@click.command("backup", cls=DrsvcCommand)
+@click.argument("desktops", nargs=-1)
+@click.option("--policy", "policy_name", help="Back up every desktop this policy covers.")
+@click.option("--dry-run", is_flag=True, help="Show which desktops would be backed up, change nothing.")
+@pass_app
+def command(app: App, desktops: tuple[str, ...], policy_name: str | None, dry_run: bool) -> int:
+    """Take recovery points now: memory (CRIU checkpoint) and data (pool snapshot) paired.
+
+    Name DESKTOPs, or give --policy to take all desktops it covers (with its capture options).
+    A desktop whose checkpoint fails still gets a crash-consistent point, with the reason.
+    """
+    if bool(desktops) == bool(policy_name):
+        raise InvalidInput("name DESKTOPs or give --policy NAME (not both)")
+    services = app.services
+    policy = services.policies.get(policy_name) if policy_name else None
+    chosen = select(services, names=list(desktops), policy=policy_name)
+    if dry_run:
+        names = [d.desktop_id for d in chosen]
+        doc = {"dry_run": True, "policy": policy_name, "desktops": names}
+        app.emit(doc, lambda out: out.print("would back up: " + (", ".join(names) or "nothing")))
+        return 0
+    if not chosen:
+        app.emit({"policy": policy_name, "results": []}, lambda out: out.print("no desktops to back up"))
+        return 0
+    with app.lease() as lease:
+        report = BackupJob(services, lease, on_event=progress_printer(app)).run(chosen, policy)
+    app.emit(report.document(), lambda out: render_report(report, out))
+    return report.exit_code

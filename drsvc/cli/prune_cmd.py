@@ -1,0 +1,38 @@
+"""drsvc prune: apply retention, remove unneeded pool snapshots, collect unreferenced chunks."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+
+from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.prune import PruneJob, PruneReport
+
+
+def render(report: PruneReport, out: Console) -> None:
+    verb = "would drop" if report.dry_run else "dropped"
+    for d in report.decisions:
+        if not d.keep:
+            out.print(f"{verb} {d.tier} copy of {d.point_id} ({d.desktop}, {d.taken_at[:19]}): {'; '.join(d.reasons)}")
+    kept = sum(d.keep for d in report.decisions)
+    out.print(
+        f"{kept} hot copies kept, {len(report.decisions) - kept} {verb}; pool snapshots "
+        f"{'to remove' if report.dry_run else 'removed'}: {', '.join(report.snapshots_removed) or 'none'}"
+    )
+    if not report.dry_run:
+        out.print(
+            f"chunks unreferenced: {report.chunks_marked}, deleted after the grace period: {report.chunks_deleted}"
+        )
+
+
+@click.command("prune", cls=DrsvcCommand)
+@click.option("--dry-run", is_flag=True, help="Show what retention would drop, change nothing.")
+@pass_app
+def command(app: App, dry_run: bool) -> None:
+    """Apply each policy's hot retention; drop pool snapshots and chunks nothing needs."""
+    if dry_run:
+        report = PruneJob(app.services, None).run(dry_run=True)
+    else:
+        with app.lease() as lease:
+            report = PruneJob(app.services, lease).run()
+    app.emit(report.document(), lambda out: render(report, out))

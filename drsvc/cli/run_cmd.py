@@ -1,0 +1,62 @@
+"""drsvc run: the scheduler, one tick from cron (--once) or as a daemon."""
+
+from __future__ import annotations
+
+import time
+
+import click
+from rich.console import Console
+
+from drsvc import clock
+from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.cli.backup_cmd import progress_printer
+from drsvc.scheduler import Scheduler, Stopper, TickReport
+
+
+def render(report: TickReport, planned: list[dict] | None, out: Console) -> None:
+    if report.skipped:
+        out.print(f"skipped: {report.skipped}")
+        return
+    items = planned if planned is not None else [d.document() for d in report.due]
+    if not items:
+        out.print("nothing due")
+    for item in items:
+        extra = f", {item['desktops']} desktop(s)" if "desktops" in item else ""
+        out.print(f"due: {item['policy']} {item['purpose']}: {item['why']}{extra}")
+    for ran in report.ran:
+        what = ran.get("policy") or ""
+        out.print(
+            f"ran: {ran.get('purpose', 'backup')} {what} exit {ran['exit_code']}"
+            + (f": {ran['error']}" if ran.get("error") else "")
+        )
+
+
+@click.command("run", cls=DrsvcCommand)
+@click.option("--once", is_flag=True, help="One tick and exit (for cron, every minute is fine).")
+@click.option("--dry-run", is_flag=True, help="List what is due and why; run nothing.")
+@pass_app
+def command(app: App, once: bool, dry_run: bool) -> int:
+    """Run the scheduler: backups due per policy, then prune (and tiering, drills when due).
+
+    Safe to start from cron every minute: a lease in the catalog lets one tick work at a time,
+    each policy window runs once, missed windows run once, and failures retry with backoff.
+    Without --once it runs as a daemon until SIGTERM.
+    """
+    scheduler = Scheduler(app.services, on_event=progress_printer(app))
+    if dry_run:
+        started = time.perf_counter()
+        now = clock.now()
+        planned = scheduler.plan(now)
+        report = TickReport(now, True)
+        doc = {**report.document(), "due": planned, "planning_seconds": time.perf_counter() - started}
+        app.emit(doc, lambda out: render(report, planned, out))
+        return 0
+    if once:
+        report = scheduler.tick()
+        app.emit(report.document(), lambda out: render(report, None, out))
+        return report.exit_code
+    stopper = Stopper()
+    stopper.install()
+    app.err.print("drsvc scheduler running; SIGTERM stops it after the current work")
+    scheduler.serve(stopper)
+    return 0

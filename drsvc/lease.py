@@ -1,0 +1,91 @@
+"""A catalog lease held while a job mutates points, stores or snapshots.
+
+Cron may start ``drsvc run --once`` every minute while the previous run still works; the lease
+makes the second one step aside. The lease expires unless renewed (a background thread renews it
+every third of its lifetime), so a machine that died does not block the fleet forever, and a
+holder on this host whose process is gone (``kill -9``) is recognised at once. Every
+acquisition gets a larger fencing token: before work is committed (a point marked complete), the
+job checks that its token is still the current one, so a run that lost its lease while paused
+(GC pause, suspended VM) cannot commit over a newer run's work.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from types import TracebackType
+
+from drsvc.catalog import Catalog
+from drsvc.errors import Busy, DrsvcError
+
+WORK_LEASE = "work"
+
+
+class LeaseLost(DrsvcError):
+    """The lease expired or was taken over while this job worked; nothing more is committed."""
+
+
+def holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _holder_dead(holder: str) -> bool:
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Lease:
+    """Context manager: acquire (or raise ``Busy``), renew in the background, release on exit."""
+
+    def __init__(self, catalog: Catalog, name: str = WORK_LEASE, ttl: float = 900) -> None:
+        self.catalog = catalog
+        self.name = name
+        self.ttl = ttl
+        self.holder = holder_id()
+        self.token: int | None = None
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Lease:
+        token = self.catalog.acquire_lease(self.name, self.holder, self.ttl)
+        if token is None:
+            rows = self.catalog.query("SELECT holder FROM leases WHERE name = ?", [self.name])
+            other = rows[0]["holder"] if rows else "?"
+            if _holder_dead(other):
+                token = self.catalog.acquire_lease(self.name, self.holder, self.ttl, take_from=other)
+            if token is None:
+                raise Busy(f"another drsvc run holds the {self.name!r} lease ({other}); try again later")
+        self.token = token
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.token is not None:
+            self.catalog.release_lease(self.name, self.token)
+
+    def _renew(self) -> None:
+        assert self.token is not None
+        while not self._stop.wait(self.ttl / 3):
+            if not self.catalog.renew_lease(self.name, self.token, self.ttl):
+                self._lost.set()
+                return
+
+    def check(self) -> None:
+        """Raise ``LeaseLost`` unless this lease is still held with its token (the fence)."""
+        if self.token is None or self._lost.is_set() or not self.catalog.lease_valid(self.name, self.token):
+            self._lost.set()
+            raise LeaseLost(f"lost the {self.name!r} lease (token {self.token}); stopping without committing")

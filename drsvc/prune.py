@@ -1,0 +1,227 @@
+"""Prune: apply each policy's hot retention, drop pool snapshots no hot point needs, collect chunks.
+
+Retention is the pure function of ``drsvc.retention``, applied per desktop to its complete points
+that hold a hot copy, with the rules of the policy that took them (manual points: the policy that
+covers the desktop now; none: kept). A hot copy that cold retention still wants but that is not
+cold yet is kept until tiering has copied it, so hot pruning never loses a point the cold tier
+was meant to keep.
+
+Chunk GC is mark and sweep with a grace period: every chunk no manifest of the store references is
+remembered with the time it was first seen unreferenced, and deleted only once it has stayed so
+for ``scheduler.gc_grace_seconds``. Backups and prune run under the same work lease; the grace
+period covers what the lease cannot (a fenced-out run still writing chunks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from drsvc import clock
+from drsvc.catalog import Catalog
+from drsvc.chunks import ChunkStore, StreamRef
+from drsvc.errors import NotFound
+from drsvc.lease import Lease
+from drsvc.policy import Policy, PolicySet
+from drsvc.retention import RetentionRules, apply_retention
+from drsvc.services import Services
+
+Event = Callable[..., None]
+
+
+@dataclass
+class Decision:
+    point_id: str
+    desktop: str
+    tier: str
+    taken_at: str
+    keep: bool
+    reasons: list[str]
+
+    def document(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class PruneReport:
+    dry_run: bool
+    decisions: list[Decision] = field(default_factory=list)
+    snapshots_removed: list[str] = field(default_factory=list)
+    chunks_marked: int = 0
+    chunks_deleted: int = 0
+
+    def document(self) -> dict[str, Any]:
+        dropped = [d.document() for d in self.decisions if not d.keep]
+        return {
+            "dry_run": self.dry_run,
+            "dropped": dropped,
+            "kept": sum(d.keep for d in self.decisions),
+            "snapshots_removed": self.snapshots_removed,
+            "chunks_unreferenced": self.chunks_marked,
+            "chunks_deleted": self.chunks_deleted,
+        }
+
+
+def _policy_for(point: dict[str, Any], policies: PolicySet, desktops: dict[str, dict[str, Any]]) -> Policy | None:
+    if point["policy"] and point["policy"] in policies:
+        return policies.get(point["policy"])
+    desktop = desktops.get(point["desktop_id"])
+    if desktop is None:
+        return None
+    matching = policies.for_desktop(desktop["id"], desktop["tenant"], desktop["labels"])
+    return matching[0] if matching else None
+
+
+def plan_hot(catalog: Catalog, policies: PolicySet, now: datetime | None = None) -> list[Decision]:
+    """Keep/drop of every hot copy, with the reasons (pure over what the catalog says)."""
+    desktops = {d["id"]: d for d in catalog.desktops()}
+    points = catalog.points(status="complete")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    policy_of: dict[str, Policy] = {}
+    for point in points:
+        policy = _policy_for(point, policies, desktops)
+        if policy is None:
+            continue
+        policy_of[policy.name] = policy
+        groups[(point["desktop_id"], policy.name)].append(point)
+    decisions = []
+    for (desktop, name), members in sorted(groups.items()):
+        policy = policy_of[name]
+        stamps = [(p["id"], clock.from_iso(p["taken_at"])) for p in members]
+        hot = [p for p in members if "hot" in p["tiers"]]
+        hot_rules: RetentionRules = policy.retention.hot
+        if hot_rules.empty:
+            continue
+        hot_result = apply_retention([(p["id"], clock.from_iso(p["taken_at"])) for p in hot], hot_rules, policy.tz)
+        cold_wanted: set[str] = set()
+        if policy.tiering is not None:
+            cold_rules = policy.retention.cold
+            if cold_rules.empty:
+                cold_wanted = {pid for pid, _ in stamps}
+            else:
+                cold_wanted = set(apply_retention(stamps, cold_rules, policy.tz).keep)
+        for p in hot:
+            reasons = hot_result.keep.get(p["id"])
+            keep = reasons is not None
+            if not keep and p["id"] in cold_wanted and "cold" not in p["tiers"]:
+                keep, reasons = True, ["waiting to be tiered (cold retention keeps it)"]
+            decisions.append(
+                Decision(
+                    p["id"],
+                    desktop,
+                    "hot",
+                    p["taken_at"],
+                    keep,
+                    reasons or [f"not kept by hot rules ({hot_rules.describe()})"],
+                )
+            )
+    return decisions
+
+
+class PruneJob:
+    """Applies hot retention and collects what no hot point needs any more."""
+
+    def __init__(self, services: Services, lease: Lease | None, *, on_event: Event | None = None) -> None:
+        self.services = services
+        self.catalog = services.catalog
+        self.lease = lease
+        self.on_event = on_event or (lambda *a, **k: None)
+
+    def run(self, *, dry_run: bool = False, now: datetime | None = None) -> PruneReport:
+        now = now or clock.now()
+        report = PruneReport(dry_run)
+        report.decisions = plan_hot(self.catalog, self.services.policies, now)
+        if dry_run:
+            report.snapshots_removed = [
+                s["name"] for s in self._unreferenced_snapshots({d.point_id for d in report.decisions if not d.keep})
+            ]
+            return report
+        job_id = self.catalog.start_job("prune", token=self.lease.token if self.lease else None)
+        hot = self.services.hot
+        for decision in report.decisions:
+            if decision.keep:
+                continue
+            self._check_lease()
+            with contextlib.suppress(NotFound):
+                hot.delete_manifest(decision.desktop, decision.point_id)
+            with self.catalog.transaction():
+                self.catalog.drop_tier(decision.point_id, "hot")
+                if not self.catalog.point(decision.point_id)["tiers"]:
+                    self.catalog.update_point(decision.point_id, status="expired")
+            self.on_event("dropped", decision=decision)
+        for snap in self._unreferenced_snapshots(set()):
+            self._check_lease()
+            self.services.snapshots(snap["pool"]).remove(snap["name"])
+            self.catalog.execute(
+                "UPDATE pool_snapshots SET removed_at = ? WHERE id = ?",
+                [clock.to_iso(clock.now()), snap["id"]],
+            )
+            report.snapshots_removed.append(snap["name"])
+            self.on_event("snapshot_removed", name=snap["name"])
+        report.chunks_marked, report.chunks_deleted = self.collect_garbage(hot, now)
+        self.catalog.finish_job(job_id, "ok", detail=report.document())
+        return report
+
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
+
+    def _unreferenced_snapshots(self, also_dropped: set[str]) -> list[dict[str, Any]]:
+        """Pool snapshots no pending point and no (remaining) hot copy refers to."""
+        rows = self.catalog.query(
+            "SELECT s.id, s.pool, s.name FROM pool_snapshots s WHERE s.removed_at IS NULL AND NOT EXISTS ("
+            " SELECT 1 FROM points p WHERE p.pool_snapshot_id = s.id AND (p.status = 'pending' OR EXISTS ("
+            "  SELECT 1 FROM point_tiers t WHERE t.point_id = p.id AND t.tier = 'hot'))) ORDER BY s.id"
+        )
+        if also_dropped:
+            # dry run: snapshots whose every hot point is about to be dropped
+            extra = self.catalog.query(
+                "SELECT s.id, s.pool, s.name, group_concat(p.id) AS ids FROM pool_snapshots s "
+                "JOIN points p ON p.pool_snapshot_id = s.id JOIN point_tiers t ON t.point_id = p.id AND t.tier = 'hot' "
+                "WHERE s.removed_at IS NULL GROUP BY s.id"
+            )
+            rows += [r for r in extra if set(r["ids"].split(",")) <= also_dropped]
+        return rows
+
+    def collect_garbage(self, store: ChunkStore, now: datetime) -> tuple[int, int]:
+        """Mark chunks no manifest references; sweep those unreferenced for the grace period."""
+        referenced = referenced_by_manifests(store)
+        unreferenced = {cid for cid in store.list_chunk_ids() if cid not in referenced}
+        url = store.store.url
+        grace = timedelta(seconds=self.services.config.scheduler.gc_grace_seconds)
+        known = {
+            r["chunk_id"]: clock.from_iso(r["first_seen"])
+            for r in self.catalog.query("SELECT chunk_id, first_seen FROM gc_candidates WHERE store_url = ?", [url])
+        }
+        due = sorted(cid for cid, seen in known.items() if cid in unreferenced and now - seen >= grace)
+        with self.catalog.transaction():
+            for cid in set(known) - unreferenced:  # referenced again (dedup by a newer point)
+                self.catalog.execute("DELETE FROM gc_candidates WHERE store_url = ? AND chunk_id = ?", [url, cid])
+            for cid in unreferenced - set(known):
+                self.catalog.execute("INSERT INTO gc_candidates VALUES (?, ?, ?)", [url, cid, clock.to_iso(now)])
+        if due:
+            self._check_lease()
+            store.delete_chunks(due)
+            with self.catalog.transaction():
+                for cid in due:
+                    self.catalog.execute("DELETE FROM gc_candidates WHERE store_url = ? AND chunk_id = ?", [url, cid])
+        return len(unreferenced), len(due)
+
+
+def manifest_streams(manifest: dict[str, Any]) -> Iterable[StreamRef]:
+    """Every stream a manifest refers to (volume, checkpoint, or an image record's stream)."""
+    for part in (manifest.get("volume"), manifest.get("checkpoint"), manifest):
+        if isinstance(part, dict) and isinstance(part.get("stream"), dict):
+            yield StreamRef.from_dict(part["stream"])
+
+
+def referenced_by_manifests(store: ChunkStore) -> set[str]:
+    referenced: set[str] = set()
+    for desktop, point_id in store.list_manifests():
+        for ref in manifest_streams(store.get_manifest(desktop, point_id)):
+            referenced.update(cid for cid, _ in ref.chunks)
+    return referenced

@@ -1,0 +1,279 @@
+"""The scheduler: what is due, and one tick that runs it (``drsvc run --once``, or the daemon loop).
+
+A policy's backup is due when its latest cron slot at or before *now* (its *window*) is later
+than the window it last ran for. Missed windows (the machine was off) therefore collapse into
+one run, and a window never runs twice: the window is recorded in ``schedule_state`` under the
+work lease, which also keeps overlapping cron ticks from running the same job twice.
+A tick then prunes, tiers when a cold store is configured, and runs due drills.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from drsvc import clock
+from drsvc.backup import BackupJob, recover_interrupted
+from drsvc.catalog import Catalog
+from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, Busy, DrsvcError
+from drsvc.inventory import select
+from drsvc.lease import Lease
+from drsvc.policy import Policy, PolicySet
+from drsvc.prune import PruneJob
+from drsvc.services import Services
+
+PURPOSES = ("backup", "drill")
+
+
+@dataclass(frozen=True)
+class Due:
+    """One policy purpose that is due now, with the reason a human can read."""
+
+    policy: str
+    purpose: str
+    window: datetime
+    last_window: datetime | None
+    missed: int
+    why: str
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "purpose": self.purpose,
+            "window": clock.to_iso(self.window),
+            "last_window": clock.to_iso(self.last_window) if self.last_window else None,
+            "missed": self.missed,
+            "why": self.why,
+        }
+
+
+def _schedule(policy: Policy, purpose: str) -> Any:
+    if purpose == "backup":
+        return policy.cron
+    return policy.drill.cron if policy.drill else None
+
+
+MAX_ATTEMPTS = 5  # per window; after that the window is given up and the next one tries again
+
+
+@dataclass(frozen=True)
+class State:
+    """What the catalog remembers of one policy purpose."""
+
+    last_window: datetime | None = None
+    attempts: int = 0
+    retry_at: datetime | None = None
+
+
+def backoff(attempts: int) -> timedelta:
+    """1, 2, 4, 8 … minutes after the n-th failure, at most an hour."""
+    return timedelta(minutes=min(2 ** max(attempts - 1, 0), 60))
+
+
+def due(policies: Iterable[Policy], states: dict[tuple[str, str], State], now: datetime) -> list[Due]:
+    """What is due at ``now`` given what ran before (pure: the catalog is read by the caller)."""
+    items = []
+    for policy in policies:
+        for purpose in PURPOSES:
+            schedule = _schedule(policy, purpose)
+            if schedule is None:
+                continue
+            window = schedule.previous_run(now)
+            if window is None:
+                continue
+            state = states.get((policy.name, purpose), State())
+            last = state.last_window
+            if last is not None and last >= window:
+                continue
+            if state.retry_at is not None and state.retry_at > now:
+                continue  # backing off after a failure at this window
+            if last is None:
+                missed, why = 1, f"window {window.isoformat()} (never ran)"
+            else:
+                missed = len(schedule.runs_between(last + timedelta(microseconds=1), window))
+                why = f"window {window.isoformat()}"
+                if missed > 1:
+                    why += f" ({missed} windows missed since {last.isoformat()}; runs once)"
+            if state.attempts:
+                why += f", attempt {state.attempts + 1} after a failure"
+            items.append(Due(policy.name, purpose, window, last, max(missed, 1), why))
+    return items
+
+
+def load_states(catalog: Catalog) -> dict[tuple[str, str], State]:
+    return {
+        (r["policy"], r["purpose"]): State(
+            clock.from_iso(r["last_window"]) if r["last_window"] else None,
+            r["attempts"],
+            clock.from_iso(r["retry_at"]) if r["retry_at"] else None,
+        )
+        for r in catalog.query("SELECT * FROM schedule_state")
+    }
+
+
+def record_outcome(catalog: Catalog, item: Due, error: str | None, now: datetime) -> None:
+    """Success closes the window; a failure schedules a retry with backoff, up to MAX_ATTEMPTS."""
+    state = load_states(catalog).get((item.policy, item.purpose), State())
+    attempts = 0 if error is None else state.attempts + 1
+    closed = error is None or attempts >= MAX_ATTEMPTS
+    catalog.execute(
+        "INSERT INTO schedule_state (policy, purpose, last_window, last_run_at, attempts, retry_at, last_error) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (policy, purpose) DO UPDATE SET "
+        "last_window = excluded.last_window, last_run_at = excluded.last_run_at, attempts = excluded.attempts, "
+        "retry_at = excluded.retry_at, last_error = excluded.last_error",
+        [
+            item.policy,
+            item.purpose,
+            clock.to_iso(item.window) if closed else (clock.to_iso(state.last_window) if state.last_window else None),
+            clock.to_iso(now),
+            0 if closed else attempts,
+            None if closed else clock.to_iso(now + backoff(attempts)),
+            error,
+        ],
+    )
+
+
+@dataclass
+class TickReport:
+    now: datetime
+    dry_run: bool
+    due: list[Due] = field(default_factory=list)
+    ran: list[dict[str, Any]] = field(default_factory=list)
+    skipped: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        codes = {r["exit_code"] for r in self.ran}
+        if not codes or codes == {EXIT_OK}:
+            return EXIT_OK
+        return EXIT_PARTIAL if EXIT_OK in codes or EXIT_PARTIAL in codes else EXIT_FAILED
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "now": clock.to_iso(self.now),
+            "dry_run": self.dry_run,
+            "skipped": self.skipped,
+            "due": [d.document() for d in self.due],
+            "ran": self.ran,
+        }
+
+
+class Stopper:
+    """SIGTERM/SIGINT set a flag the daemon loop checks between ticks (and while sleeping)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.event.set())
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when asked to stop."""
+        return self.event.wait(max(0.0, seconds))
+
+
+def next_wakeup(policies: PolicySet, now: datetime, cap: timedelta = timedelta(minutes=5)) -> datetime:
+    """The earliest next due time of any policy purpose (at most ``cap`` away, to notice config changes)."""
+    candidates = [now + cap]
+    for policy in policies:
+        for purpose in PURPOSES:
+            schedule = _schedule(policy, purpose)
+            if schedule is not None:
+                candidates.extend(schedule.next_runs(now, 1))
+    return min(candidates)
+
+
+Runner = Callable[[Due], dict[str, Any]]
+
+
+def run_due(items: list[Due], catalog: Catalog, runner: Runner) -> list[dict[str, Any]]:
+    """Run each due item once and record its outcome (window closed, or retry with backoff)."""
+    results = []
+    for item in items:
+        try:
+            result = runner(item)
+            error = None if result["exit_code"] in (EXIT_OK, EXIT_PARTIAL) else result.get("error", "failed")
+        except DrsvcError as e:
+            result = {
+                "policy": item.policy,
+                "purpose": item.purpose,
+                "exit_code": e.exit_code,
+                "error": str(e),
+            }
+            error = str(e)
+        record_outcome(catalog, item, error, clock.now())
+        results.append(result)
+    return results
+
+
+class Scheduler:
+    """One tick: run what is due under the work lease; the daemon calls it in a loop."""
+
+    def __init__(self, services: Services, *, on_event: Callable[..., None] | None = None) -> None:
+        self.services = services
+        self.catalog = services.catalog
+        self.on_event = on_event or (lambda *a, **k: None)
+
+    def plan(self, now: datetime) -> list[dict[str, Any]]:
+        """What is due now and for how many known desktops (catalog only: fast at fleet scale)."""
+        policies = self.services.policies
+        items = due(policies, load_states(self.catalog), now)
+        desktops = self.catalog.desktops()
+        planned = []
+        for item in items:
+            policy = policies.get(item.policy)
+            covered = sum(
+                1 for d in desktops if d["gone_since"] is None and policy.covers(d["id"], d["tenant"], d["labels"])
+            )
+            planned.append({**item.document(), "desktops": covered})
+        return planned
+
+    def tick(self, *, dry_run: bool = False, now: datetime | None = None) -> TickReport:
+        now = now or clock.now()
+        report = TickReport(now, dry_run)
+        if dry_run:
+            report.ran = []
+            report.due = due(self.services.policies, load_states(self.catalog), now)
+            return report
+        lease = Lease(self.catalog, ttl=self.services.config.scheduler.lease_seconds)
+        try:
+            lease.__enter__()
+        except Busy as e:
+            report.skipped = str(e)
+            return report
+        try:
+            recover_interrupted(self.catalog)
+            report.due = due(self.services.policies, load_states(self.catalog), now)
+            backups = [d for d in report.due if d.purpose == "backup"]
+            if backups:
+                report.ran += run_due(backups, self.catalog, lambda item: self._backup(item, lease))
+                prune = PruneJob(self.services, lease, on_event=self.on_event).run(now=clock.now())
+                report.ran.append({"purpose": "prune", "exit_code": EXIT_OK, **prune.document()})
+        finally:
+            lease.__exit__(None, None, None)
+        return report
+
+    def _backup(self, item: Due, lease: Lease) -> dict[str, Any]:
+        self.on_event("due", item=item)
+        policy = self.services.policies.get(item.policy)
+        desktops = select(self.services, policy=item.policy)
+        if not desktops:
+            return {"policy": item.policy, "purpose": "backup", "exit_code": EXIT_OK, "desktops": 0}
+        result = BackupJob(self.services, lease, on_event=self.on_event).run(desktops, policy)
+        return {"purpose": "backup", "exit_code": result.exit_code, **result.document()}
+
+    def serve(self, stopper: Stopper) -> None:
+        """The daemon: tick, sleep until the next due time, until SIGTERM/SIGINT."""
+        while not stopper.event.is_set():
+            try:
+                self.tick()
+            except DrsvcError as e:
+                self.on_event("error", error=e)
+            now = clock.now()
+            if stopper.sleep((next_wakeup(self.services.policies, now) - now).total_seconds() + 0.5):
+                break

@@ -1,0 +1,104 @@
+"""Wiring: the adapters a job needs, built from the config once and shared.
+
+Jobs receive a ``Services`` and ask it for the hot and cold chunk stores, the container runtime,
+volumes and policies; they never build adapters themselves, so tests can hand them real adapters
+pointed at the lab or at temporary directories.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from drsvc.catalog import Catalog
+from drsvc.config import Config
+from drsvc.errors import ConfigError, NotFound
+
+if TYPE_CHECKING:
+    from drsvc.chunks import ChunkStore
+    from drsvc.crypto import Keys
+    from drsvc.policy import PolicySet
+    from drsvc.runtimes.base import ContainerRuntime
+    from drsvc.volumes.base import PoolSnapshots, Volume
+
+
+class Services:
+    """Lazily built adapters for one drsvc process."""
+
+    def __init__(self, config: Config, catalog: Catalog) -> None:
+        self.config = config
+        self.catalog = catalog
+        if config.hot and config.hot.ceph_conf:
+            # One place decides which cluster librados talks to: the config's ceph_conf when
+            # given, for the hot store and the rados:// volumes alike.
+            os.environ["CEPH_CONF"] = str(config.hot.ceph_conf)
+
+    @cached_property
+    def policies(self) -> PolicySet:
+        from drsvc.policy import load_policies
+
+        return load_policies([self.config.policies_dir])
+
+    @cached_property
+    def keys(self) -> Keys:
+        from drsvc.crypto import load_key
+
+        return load_key(self.config.keys.file)
+
+    def _chunk_store(self, url: str) -> ChunkStore:
+        from drsvc.chunks import ChunkStore
+        from drsvc.storage import open_store
+
+        options: dict[str, str] = {}
+        if url.startswith("s3://") and self.config.cold:
+            given = {"endpoint_url": self.config.cold.endpoint_url, "region": self.config.cold.region}
+            options = {k: v for k, v in given.items() if v}
+        store = open_store(url, **options)
+        try:
+            return ChunkStore.open(store, self.keys)
+        except NotFound:
+            # First use of this store: create it. The key check in its config makes a later
+            # open with another key fail loudly instead of mixing data.
+            return ChunkStore.init(store, self.keys)
+
+    @cached_property
+    def hot(self) -> ChunkStore:
+        if self.config.hot is None:
+            raise ConfigError(f"{self.config.path}: hot.store: no hot tier configured")
+        return self._chunk_store(self.config.hot.store)
+
+    @cached_property
+    def cold(self) -> ChunkStore:
+        if self.config.cold is None:
+            raise ConfigError(f"{self.config.path}: cold.store: no cold tier configured")
+        return self._chunk_store(self.config.cold.store)
+
+    @property
+    def has_cold(self) -> bool:
+        return self.config.cold is not None
+
+    @cached_property
+    def runtime(self) -> ContainerRuntime:
+        from drsvc.runtimes import open_runtime
+
+        if self.config.runtime is None:
+            raise ConfigError(f"{self.config.path}: runtime.url: no container runtime configured")
+        return open_runtime(self.config.runtime.url)
+
+    def volume(self, url: str) -> Volume:
+        from drsvc.volumes import open_volume
+
+        return open_volume(url)
+
+    def snapshots(self, scope: str) -> PoolSnapshots:
+        """The snapshots of a volume scope (``rados://POOL``)."""
+        from drsvc.volumes import open_snapshots
+
+        return open_snapshots(scope)
+
+    def close(self) -> None:
+        for name in ("runtime",):
+            adapter = self.__dict__.pop(name, None)
+            if adapter is not None:
+                adapter.close()
