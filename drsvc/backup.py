@@ -167,6 +167,9 @@ class BackupJob:
 
     def run(self, desktops: Sequence[DesktopRef], policy: Policy | None) -> BackupReport:
         """Back up ``desktops`` now; ``policy`` decides capture options (None: manual defaults)."""
+        # Open the hot store before freezing anything: a wrong key or a missing pool must fail
+        # the run up front, not after desktops were frozen and a snapshot taken.
+        _ = self.hot
         recover_interrupted(self.catalog)
         policy_name = policy.name if policy else None
         job_id = self.catalog.start_job(
@@ -361,7 +364,9 @@ class BackupJob:
                 outcome.error = str(e)
                 if attempt == self.retries or not e.traceback:
                     outcome.status = "failed"
-                    self.catalog.update_point(outcome.point_id, status="failed", reason=str(e))
+                    self.catalog.update_point(
+                        outcome.point_id, status="failed", consistency=outcome.consistency, reason=str(e)
+                    )
                     break
                 time.sleep(min(2**attempt, 30))
         outcome.seconds = time.monotonic() - started

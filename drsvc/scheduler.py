@@ -26,7 +26,7 @@ from drsvc.policy import Policy, PolicySet
 from drsvc.prune import PruneJob
 from drsvc.services import Services
 
-PURPOSES = ("backup", "drill")
+PURPOSES = ("backup",)  # drills join when the drill job exists
 
 
 @dataclass(frozen=True)

@@ -102,12 +102,14 @@ class App:
     @property
     def out(self) -> Console:
         """Human output (stdout); quiet when --json is given."""
-        return Console(quiet=self.json_output, highlight=False, soft_wrap=True)
+        # Piped into a file or a ticket, tables keep their rows on one line (no 80-column squeeze).
+        width = None if sys.stdout.isatty() else 200
+        return Console(quiet=self.json_output, highlight=False, width=width)
 
     @property
     def err(self) -> Console:
         """Diagnostics and progress (stderr), so stdout stays clean for --json."""
-        return Console(stderr=True, highlight=False)
+        return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
     def emit(self, document: Any, render: Callable[[Console], None]) -> None:
         """Print ``document`` as one JSON document with --json, else call ``render``."""
