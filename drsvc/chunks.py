@@ -16,6 +16,7 @@ chunk. A ``ChunkStore`` is meant for one writing thread at a time; readers may s
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from collections.abc import Iterable, Iterator
@@ -195,6 +196,28 @@ def _reader(source: BinaryIO | _Readable | Iterable[bytes | memoryview] | bytes)
         return n
 
     return from_iter
+
+
+class _IterReader(io.RawIOBase):
+    """A read-only raw stream over an iterator of byte strings."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._current = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._current:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._current = memoryview(piece)
+        n = min(len(buffer), len(self._current))
+        buffer[:n] = self._current[:n]
+        self._current = self._current[n:]
+        return n
 
 
 class ChunkStore:
@@ -435,6 +458,10 @@ class ChunkStore:
             raise IntegrityError(f"a chunk of the stream is missing: {e}") from e
         if total != ref.size or hasher.hexdigest() != ref.hash:
             raise IntegrityError("stream hash or size does not match its reference")
+
+    def open_stream(self, ref: StreamRef) -> BinaryIO:
+        """``read_stream`` as a file object (for APIs that read a body, e.g. a runtime restore)."""
+        return io.BufferedReader(_IterReader(self.read_stream(ref)), buffer_size=1 << 20)  # type: ignore[arg-type]
 
     def read_bytes(self, ref: StreamRef) -> bytes:
         """The whole stream in memory (small streams, tests)."""

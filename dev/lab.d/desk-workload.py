@@ -6,6 +6,16 @@ in-memory counter with a boot id generated at start: every 0.2 s it writes "<i> 
 /data/counter and to the RADOS object `counter` in pool `desktops`, namespace = desktop id,
 as client.desk (conf + keyring mounted read-only at /etc/ceph).
 
+The counter in memory only advances once its RADOS write succeeded (a failed write is retried
+with the same value), so memory equals what is on disk, or is one behind while a write is in
+flight. Memory is also kept, in place, in one bytearray "<BOOT>:NNNNNNNNNN" that a test can find
+in the checkpoint's memory pages (checkpoint/pages-*.img): the counter *in the checkpoint* must
+equal the `counter` object *in the pool snapshot* of the same recovery point.
+
+(Restoring this process while its original kept running is a trap worth knowing: the restored
+librados client re-sends request ids the original already used after the checkpoint, and the
+OSDs answer them as duplicates without applying them, until its ids pass the original's.)
+
 A checkpoint/restore must keep `boot` and continue `i`; a fresh start changes `boot`.
 """
 
@@ -79,17 +89,22 @@ def main():
         log(f"rados connect failed: {e}")
     log(f"boot {boot}, vnc :{PORT}, display :{DISP}, rados {'ok' if io else 'off'}")
     i = 0
+    memory = bytearray(f"<{boot}>:{i:010d}".encode())  # updated in place: one copy in memory
     while True:
-        i += 1
-        line = f"{i} {boot}\n"
+        line = f"{i + 1} {boot}\n"
         with open("/data/counter.tmp", "w") as f:
             f.write(line)
         os.replace("/data/counter.tmp", "/data/counter")
-        if io is not None:
+        if io is None:
+            i += 1
+            memory[-10:] = b"%010d" % i
+        else:
             try:
                 io.write_full("counter", line.encode())
+                i += 1  # only what reached the disk counts
+                memory[-10:] = b"%010d" % i
             except Exception as e:
-                log(f"rados write failed at {i}: {e}")
+                log(f"rados write failed at {i + 1}: {e}")
         time.sleep(TICK)
 
 
