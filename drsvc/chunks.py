@@ -178,7 +178,7 @@ def _reader(source: BinaryIO | _Readable | Iterable[bytes | memoryview] | bytes)
             return len(data)
 
         return from_read
-    it = iter(source)  # type: ignore[arg-type]
+    it = iter(source)
     pending = memoryview(b"")
 
     def from_iter(view: memoryview) -> int:
@@ -248,7 +248,7 @@ class ChunkStore:
             params.avg_size,
             min_size=params.min_size,
             max_size=params.max_size,
-            normalized_chunking=params.normalization,  # type: ignore[arg-type]
+            normalized_chunking=params.normalization,
             seed=keys.chunker_seed,
         )
 
@@ -461,7 +461,7 @@ class ChunkStore:
 
     def open_stream(self, ref: StreamRef) -> BinaryIO:
         """``read_stream`` as a file object (for APIs that read a body, e.g. a runtime restore)."""
-        return io.BufferedReader(_IterReader(self.read_stream(ref)), buffer_size=1 << 20)  # type: ignore[arg-type]
+        return io.BufferedReader(_IterReader(self.read_stream(ref)), buffer_size=1 << 20)
 
     def read_bytes(self, ref: StreamRef) -> bytes:
         """The whole stream in memory (small streams, tests)."""

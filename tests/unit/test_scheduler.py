@@ -52,7 +52,7 @@ def test_failures_back_off_then_give_up_on_the_window(policies):
     assert not [d for d in due(policies, states, T + timedelta(seconds=30)) if d.policy == "hourly"]
     later = [d for d in due(policies, states, T + backoff(1)) if d.policy == "hourly"]
     assert later and "attempt 2" in later[0].why
-    for n in range(2, MAX_ATTEMPTS + 1):
+    for _ in range(2, MAX_ATTEMPTS + 1):
         record_outcome(catalog, item, "ceph down", T)
     state = load_states(catalog)[("hourly", "backup")]
     assert state.last_window == item.window and state.attempts == 0  # given up: next window retries
