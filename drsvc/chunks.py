@@ -178,7 +178,7 @@ def _reader(source: BinaryIO | _Readable | Iterable[bytes | memoryview] | bytes)
             return len(data)
 
         return from_read
-    it = iter(source)
+    it = iter(source)  # type: ignore[arg-type]
     pending = memoryview(b"")
 
     def from_iter(view: memoryview) -> int:
@@ -248,7 +248,7 @@ class ChunkStore:
             params.avg_size,
             min_size=params.min_size,
             max_size=params.max_size,
-            normalized_chunking=params.normalization,
+            normalized_chunking=params.normalization,  # type: ignore[arg-type]
             seed=keys.chunker_seed,
         )
 
