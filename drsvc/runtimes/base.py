@@ -47,6 +47,7 @@ class DesktopRef:
     state: str = ""  # 'running' | 'paused' | 'exited' | 'created' | ...
     node: str | None = None  # host/node the container runs on
     network: str | None = None  # 'host' | 'none' | network name(s), comma-separated
+    restored_at: str | None = None  # when the running container was restored from a checkpoint
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (labels as a plain dict)."""
@@ -62,6 +63,7 @@ class DesktopRef:
             "state": self.state,
             "node": self.node,
             "network": self.network,
+            "restored_at": self.restored_at,
         }
 
 
@@ -102,6 +104,7 @@ class ContainerRuntime(Protocol):
         tcp_established: bool = True,
         network: str | None = None,
         size: int | None = None,
+        labels: dict[str, str] | None = None,
     ) -> DesktopRef:
         """Start a container from an archive stream: under its old name (name=None) or as clone ``name``."""
         ...
@@ -112,6 +115,10 @@ class ContainerRuntime(Protocol):
 
     def exec(self, name: str, argv: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
         """Run ``argv`` inside the container; return (exit code, stdout+stderr)."""
+        ...
+
+    def probe_tcp(self, name: str, port: int, timeout: float = 2.0) -> bool:
+        """Whether something accepts TCP connections on ``port`` inside the container's network."""
         ...
 
     def image_exists(self, image_id: str) -> bool:
@@ -145,6 +152,7 @@ def desktop_from_labels(
     state: str = "",
     node: str | None = None,
     network: str | None = None,
+    restored_at: str | None = None,
 ) -> DesktopRef:
     """Build a ``DesktopRef`` from a container's labels (shared by every adapter)."""
     labels = dict(labels or {})
@@ -160,4 +168,5 @@ def desktop_from_labels(
         state=state,
         node=node,
         network=network,
+        restored_at=restored_at,
     )

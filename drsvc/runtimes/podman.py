@@ -68,6 +68,12 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = s
 
 
+def _restored_at(c: dict[str, Any]) -> str | None:
+    """State.RestoredAt of an inspect document; Podman reports the zero time when never restored."""
+    value = str((c.get("State") or {}).get("RestoredAt") or "")
+    return value if value and not value.startswith("0001-") else None
+
+
 def _iter_chunks(stream: BinaryIO) -> Iterator[bytes]:
     while chunk := stream.read(CHUNK):
         yield chunk
@@ -209,6 +215,7 @@ class PodmanRuntime:
             state=str((c.get("State") or {}).get("Status") or ""),
             node=self._node_name(),
             network=network,
+            restored_at=_restored_at(c),
         )
 
     def rootfs_path(self, name: str) -> str | None:
@@ -244,12 +251,14 @@ class PodmanRuntime:
         tcp_established: bool = True,
         network: str | None = None,
         size: int | None = None,
+        labels: dict[str, str] | None = None,
     ) -> DesktopRef:
         """Start a container from an archive stream, under its old name (``name=None``) or as clone ``name``.
 
         ``network``: None keeps the checkpointed network; ``'none'`` restores into an empty network
         namespace (loopback only: drill sandboxes); another value names a Podman network to attach.
-        A clone (``name`` given) never reuses the original's static IP/MAC.
+        ``labels`` are merged into the container's labels (a clone gets its own drsvc.desktop and
+        drsvc.volume). A clone (``name`` given) never reuses the original's static IP/MAC.
         """
         what = f"restore {name or 'container'}"
         params = {"import": "true", "tcpEstablished": _b(tcp_established)}
@@ -257,17 +266,19 @@ class PodmanRuntime:
             params.update(name=name, ignoreStaticIP="true", ignoreStaticMAC="true")
         headers = {"Content-Type": "application/x-tar"}
         body: Iterator[bytes]
+        edits: dict[str, Editor | None] = {}
         if network is not None:
             if network == "host" or not network.strip():
                 raise InvalidInput(f"{what}: network must be 'none' or a Podman network name, not {network!r}")
-            body = rewrite_archive(archive, {"config.dump": _network_editor(network), "network.status": None})
+            edits = {"config.dump": _network_editor(network), "network.status": None}
             if name is None:
                 params.update(ignoreStaticIP="true", ignoreStaticMAC="true")
-        else:
-            body = _iter_chunks(archive)
+        if labels:
+            edits["config.dump"] = _chain(edits.get("config.dump"), _labels_editor(labels))
+        body = rewrite_archive(archive, edits) if edits else _iter_chunks(archive)
         # podman accepts a chunked body (measured), so an archive of unknown size streams through;
         # Content-Length is sent only when the caller knows it and the bytes pass unchanged.
-        chunked = not (size is not None and network is None)
+        chunked = not (size is not None and not edits)
         if not chunked:
             headers["Content-Length"] = str(size)
         conn, resp = self._open(
@@ -291,7 +302,19 @@ class PodmanRuntime:
             raise BackendError(f"{what}: unexpected answer from Podman: {data[:500]!r}") from e
         if report.get("Err"):
             raise BackendError(f"{what}: {report['Err']}")
-        return self.inspect(report.get("Id") or name or "")
+        restored = report.get("Id") or name or ""
+        if network == "none":
+            # Podman restores into a fresh network namespace whose loopback is down; a sandbox is
+            # "loopback only", so bring it up (health probes and the desktop's own local sockets).
+            self._loopback_up(restored)
+        return self.inspect(restored)
+
+    def _loopback_up(self, name: str) -> None:
+        pid = int((self._inspect_raw(name).get("State") or {}).get("Pid") or 0)
+        if pid > 0:
+            subprocess.run(
+                ["nsenter", "-t", str(pid), "-n", "ip", "link", "set", "lo", "up"], capture_output=True, timeout=10
+            )
 
     def remove(self, name: str) -> None:
         """Remove a container by force without grace period; a missing container is fine."""
@@ -338,6 +361,21 @@ class PodmanRuntime:
             time.sleep(0.02)
 
     # ------------------------------------------------------------------ images
+    def probe_tcp(self, name: str, port: int, timeout: float = 2.0) -> bool:
+        """Whether something accepts TCP connections on 127.0.0.1:``port`` inside the container.
+
+        Connects from the host inside the container's network namespace (``nsenter``), so it
+        works for clones without any network and needs no tool in the desktop's image.
+        """
+        pid = int((self._inspect_raw(name).get("State") or {}).get("Pid") or 0)
+        if pid <= 0:
+            return False
+        cmd = ["nsenter", "-t", str(pid), "-n", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{int(port)}"]
+        try:
+            return subprocess.run(cmd, capture_output=True, timeout=timeout).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
     def image_exists(self, image_id: str) -> bool:
         """Whether an image (id or reference) is present locally."""
         status, _ = self._call(
@@ -486,6 +524,21 @@ def _network_editor(network: str) -> Editor:
         return json.dumps(cfg).encode()
 
     return edit
+
+
+def _labels_editor(labels: dict[str, str]) -> Editor:
+    def edit(data: bytes) -> bytes:
+        cfg = json.loads(data)
+        cfg["labels"] = {**(cfg.get("labels") or {}), **labels}
+        return json.dumps(cfg).encode()
+
+    return edit
+
+
+def _chain(first: Editor | None, second: Editor) -> Editor:
+    if first is None:
+        return second
+    return lambda data: second(first(data))
 
 
 def rewrite_archive(src: BinaryIO, edits: dict[str, Editor | None]) -> Iterator[bytes]:

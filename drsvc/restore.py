@@ -1,0 +1,478 @@
+"""Restore: bring one desktop back from a recovery point, phase by phase, and measure its RTO.
+
+Phases (each timed, recorded in ``restores``; the RTO is the wall clock of all of them):
+
+* ``plan``: pick the point (latest complete, latest at or before ``--at``, or ``--point``) and the
+  fastest tier holding it (hot while its pool snapshot exists, else cold), read its manifest;
+* ``fetch``: the checkpoint archive from that tier into a local spool file (plus the base image,
+  when the runtime lacks it); runs *while* the volume phase works, so the two overlap;
+* ``volume``: hot: roll the namespace back to the pool snapshot (objects deleted since come back,
+  objects created since go, xattrs and omap included); cold: write it from chunks, exactly;
+  a clone (``--as``) gets the snapshot's content in a namespace of its own;
+* ``container``: restore the container from its checkpoint, in place or as a clone;
+* ``health``: it runs, it was restored from the checkpoint (not restarted), and the policy's
+  probe (TCP port or command) answers.
+
+A desktop that is running is not overwritten without ``force``. ``network`` (``'none'``) and the
+clone's own labels make drill sandboxes that cannot reach the production desktop's data.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from drsvc import clock
+from drsvc.backup import IMAGES, image_key
+from drsvc.catalog import Catalog
+from drsvc.chunks import ChunkStore, StreamRef
+from drsvc.errors import EXIT_OBJECTIVE_MISSED, EXIT_OK, DrsvcError, IntegrityError, InvalidInput, NotFound
+from drsvc.policy import Policy
+from drsvc.runtimes.base import LABEL_DESKTOP, LABEL_VOLUME, DesktopRef
+from drsvc.services import Services
+from drsvc.volumes.base import VolumeObject
+
+PHASES = ("plan", "fetch", "volume", "container", "health")
+DEFAULT_TARGET = 30.0
+# Throughputs (bytes/s) and fixed costs used to predict an RTO before any restore was measured.
+DEFAULT_RATE = {"hot": 200 * 2**20, "cold": 100 * 2**20}
+DEFAULT_CONTAINER_SECONDS = 1.0
+SETTLE_SECONDS = 0.3  # a restored container must still run after this long
+
+Event = Callable[..., None]
+
+
+def _quiet(*_a: Any, **_k: Any) -> None:
+    return None
+
+
+@dataclass
+class RestorePlan:
+    """What a restore will do; ``--dry-run`` prints it and stops."""
+
+    desktop: dict[str, Any]
+    point: dict[str, Any]
+    tier: str
+    manifest: dict[str, Any]
+    as_name: str | None
+    target_seconds: float
+    predicted: dict[str, float]
+    container_state: str | None  # the existing container's state, None when there is none
+    policy: Policy | None = None
+    plan_seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.as_name or self.manifest["runtime"]["container"]
+
+    @property
+    def predicted_rto(self) -> float:
+        return sum(self.predicted.values())
+
+    @property
+    def volume_url(self) -> str:
+        url: str = self.manifest["volume"]["url"]
+        if self.as_name:
+            return url.rsplit("/", 1)[0] + "/" + self.as_name
+        return url
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "desktop": self.desktop["id"],
+            "point_id": self.point["id"],
+            "taken_at": self.point["taken_at"],
+            "consistency": self.point["consistency"],
+            "tier": self.tier,
+            "as": self.as_name,
+            "container": self.name,
+            "volume": self.volume_url,
+            "existing_container": self.container_state,
+            "predicted_rto_seconds": round(self.predicted_rto, 2),
+            "predicted_phases": {k: round(v, 2) for k, v in self.predicted.items()},
+            "target_seconds": self.target_seconds,
+            "bytes": self.point["bytes"],
+        }
+
+
+@dataclass
+class RestoreResult:
+    plan: RestorePlan
+    status: str = "running"
+    phases: dict[str, float] = field(default_factory=dict)
+    rto_seconds: float = 0.0
+    restore_id: int | None = None
+    checks: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == "ok":
+            return EXIT_OK
+        return EXIT_OBJECTIVE_MISSED if self.status == "objective_missed" else 1
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "desktop": self.plan.desktop["id"],
+            "point_id": self.plan.point["id"],
+            "tier": self.plan.tier,
+            "as": self.plan.as_name,
+            "status": self.status,
+            "rto_seconds": round(self.rto_seconds, 3),
+            "target_seconds": self.plan.target_seconds,
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
+            "checks": self.checks,
+            "error": self.error,
+            "restore_id": self.restore_id,
+        }
+
+
+def parse_time(text: str) -> datetime:
+    """``--at`` values: ISO-8601, with an offset or ``Z``; a time without one is UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"--at {text!r}: expected an ISO-8601 time such as 2026-11-27T02:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=clock.now().tzinfo)
+    return moment
+
+
+class RestoreJob:
+    """Plans and runs restores of single desktops."""
+
+    def __init__(self, services: Services, *, on_event: Event = _quiet) -> None:
+        self.services = services
+        self.catalog: Catalog = services.catalog
+        self.on_event = on_event
+
+    # ------------------------------------------------------------------ planning
+
+    def choose_point(self, desktop_id: str, *, at: datetime | None = None, point_id: str | None = None) -> dict:
+        self.catalog.desktop(desktop_id)  # unknown desktop: exit 3
+        if point_id is not None:
+            point = self.catalog.point(point_id)
+            if point["desktop_id"] != desktop_id:
+                raise InvalidInput(f"point {point['id']} belongs to {point['desktop_id']}, not {desktop_id}")
+            if point["status"] != "complete" or not point["tiers"]:
+                raise NotFound(f"point {point['id']} is {point['status']} and held by no tier: it cannot be restored")
+            return point
+        for point in self.catalog.points(desktop_id, status="complete"):
+            if point["tiers"] and (at is None or clock.from_iso(point["taken_at"]) <= at):
+                return point
+        when = f" at or before {at.isoformat()}" if at else ""
+        raise NotFound(f"no restorable recovery point of {desktop_id}{when}")
+
+    def _tier(self, point: dict[str, Any]) -> str:
+        if "hot" in point["tiers"] and point["pool_snapshot_id"] is not None:
+            rows = self.catalog.query("SELECT removed_at FROM pool_snapshots WHERE id = ?", [point["pool_snapshot_id"]])
+            if rows and rows[0]["removed_at"] is None:
+                return "hot"
+        if "cold" in point["tiers"]:
+            return "cold"
+        if "hot" in point["tiers"]:
+            return "hot"  # chunks are there even without the pool snapshot: written from chunks
+        raise NotFound(f"point {point['id']} is held by no tier")
+
+    def store(self, tier: str) -> ChunkStore:
+        return self.services.hot if tier == "hot" else self.services.cold
+
+    def plan(
+        self,
+        desktop_id: str,
+        *,
+        at: datetime | None = None,
+        point_id: str | None = None,
+        as_name: str | None = None,
+        tier: str | None = None,
+    ) -> RestorePlan:
+        started = time.monotonic()
+        point = self.choose_point(desktop_id, at=at, point_id=point_id)
+        tier = tier or self._tier(point)
+        if tier not in point["tiers"]:
+            raise NotFound(f"point {point['id']} has no {tier} copy (tiers: {', '.join(point['tiers'])})")
+        manifest = self.store(tier).get_manifest(desktop_id, point["id"])
+        policy = self._policy(point, desktop_id)
+        target = policy.objectives.rto.total_seconds() if policy else DEFAULT_TARGET
+        if as_name is not None and as_name == manifest["runtime"]["container"]:
+            raise InvalidInput(
+                f"--as {as_name}: that is the desktop's own container name; omit --as to restore in place"
+            )
+        try:
+            state: str | None = self.services.runtime.inspect(as_name or manifest["runtime"]["container"]).state
+        except NotFound:
+            state = None
+        plan = RestorePlan(
+            desktop=self.catalog.desktop(desktop_id),
+            point=point,
+            tier=tier,
+            manifest=manifest,
+            as_name=as_name,
+            target_seconds=target,
+            predicted={},
+            container_state=state,
+            policy=policy,
+        )
+        plan.plan_seconds = time.monotonic() - started
+        plan.predicted = self.predict(plan)
+        return plan
+
+    def _policy(self, point: dict[str, Any], desktop_id: str) -> Policy | None:
+        policies = self.services.policies
+        if point["policy"] and point["policy"] in policies:
+            return policies.get(point["policy"])
+        desktop = self.catalog.desktop(desktop_id)
+        matching = policies.for_desktop(desktop_id, desktop["tenant"], desktop["labels"])
+        return matching[0] if matching else None
+
+    def predict(self, plan: RestorePlan) -> dict[str, float]:
+        """Phase times from past restores of this tier (median rate per byte), else defaults."""
+        rows = self.catalog.query(
+            "SELECT r.phases, p.bytes FROM restores r JOIN points p ON p.id = r.point_id "
+            "WHERE r.tier = ? AND r.status IN ('ok', 'objective_missed') ORDER BY r.id DESC LIMIT 20",
+            [plan.tier],
+        )
+        size = max(int(plan.point["bytes"]), 1)
+        rate: dict[str, float] = {}
+        fixed: dict[str, float] = {}
+        for phase in PHASES:
+            samples = [(json.loads(r["phases"]).get(phase), r["bytes"]) for r in rows]
+            samples = [(s, b) for s, b in samples if s is not None and b]
+            if phase in ("fetch", "volume") and samples:
+                rate[phase] = statistics.median(s / b for s, b in samples)
+            elif samples:
+                fixed[phase] = statistics.median(s for s, _ in samples)
+        default = 1 / DEFAULT_RATE[plan.tier]
+        return {
+            "plan": plan.plan_seconds,
+            # fetch and volume overlap: the slower of the two counts
+            "fetch": 0.0,
+            "volume": max(rate.get("fetch", default), rate.get("volume", default)) * size,
+            "container": fixed.get("container", DEFAULT_CONTAINER_SECONDS),
+            "health": fixed.get("health", SETTLE_SECONDS),
+        }
+
+    # ------------------------------------------------------------------ running
+
+    def run(
+        self,
+        plan: RestorePlan,
+        *,
+        force: bool = False,
+        network: str | None = None,
+        verify: bool = False,
+        drill_id: int | None = None,
+    ) -> RestoreResult:
+        """Restore according to ``plan``; records the phases and the RTO in the catalog."""
+        if plan.container_state == "running" and not force:
+            what = f"--as {plan.as_name}: a container of that name" if plan.as_name else f"desktop {plan.name}"
+            raise InvalidInput(f"{what} is running; refusing to overwrite it without --force")
+        result = RestoreResult(plan)
+        result.phases["plan"] = plan.plan_seconds
+        cursor = self.catalog.execute(
+            "INSERT INTO restores (desktop_id, point_id, tier, as_name, drill_id, started_at, target_seconds, status) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
+            [
+                plan.desktop["id"],
+                plan.point["id"],
+                plan.tier,
+                plan.as_name,
+                drill_id,
+                clock.to_iso(clock.now()),
+                plan.target_seconds,
+            ],
+        )
+        result.restore_id = int(cursor.lastrowid or 0)
+        started = time.monotonic() - plan.plan_seconds
+        try:
+            self._run(plan, result, network=network, verify=verify)
+            result.rto_seconds = time.monotonic() - started
+            result.status = "ok" if result.rto_seconds <= plan.target_seconds else "objective_missed"
+        except BaseException as e:
+            result.rto_seconds = time.monotonic() - started
+            result.status = "failed"
+            result.error = str(e) or type(e).__name__
+            raise
+        finally:
+            self.catalog.execute(
+                "UPDATE restores SET finished_at = ?, rto_seconds = ?, phases = ?, status = ?, error = ? WHERE id = ?",
+                [
+                    clock.to_iso(clock.now()),
+                    result.rto_seconds,
+                    json.dumps(result.phases),
+                    result.status,
+                    result.error,
+                    result.restore_id,
+                ],
+            )
+        return result
+
+    @contextmanager
+    def _phase(self, result: RestoreResult, name: str) -> Iterator[None]:
+        self.on_event("phase", phase=name, state="start")
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            result.phases[name] = result.phases.get(name, 0.0) + time.monotonic() - t
+            self.on_event("phase", phase=name, state="done", seconds=result.phases[name])
+
+    def _run(self, plan: RestorePlan, result: RestoreResult, *, network: str | None, verify: bool) -> None:
+        manifest = plan.manifest
+        store = self.store(plan.tier)
+        runtime = self.services.runtime
+        checkpoint = manifest.get("checkpoint")
+        spool_dir = Path(tempfile.mkdtemp(prefix="drsvc-restore-"))
+        try:
+            with cf.ThreadPoolExecutor(2, thread_name_prefix="restore") as pool:
+                fetched = pool.submit(self._fetch, plan, result, store, spool_dir) if checkpoint else None
+                with self._phase(result, "volume"):
+                    self._restore_volume(plan, store, verify=verify, result=result)
+                archive = fetched.result() if fetched else None
+            if archive is None:
+                result.checks["container"] = "not restored: crash-consistent point (volume only)"
+                return
+            with self._phase(result, "container"):
+                if plan.container_state is not None:
+                    runtime.remove(plan.name)
+                labels = None
+                if plan.as_name:
+                    labels = {
+                        LABEL_DESKTOP: plan.as_name,
+                        LABEL_VOLUME: plan.volume_url,
+                        "drsvc.clone-of": plan.desktop["id"],
+                    }
+                with archive.open("rb") as body:
+                    restored = runtime.restore(
+                        body,
+                        name=plan.as_name,
+                        tcp_established=bool(manifest["runtime"].get("tcp_established", True)),
+                        network=network,
+                        size=archive.stat().st_size,
+                        labels=labels,
+                    )
+            with self._phase(result, "health"):
+                self._health(plan, restored, result)
+        finally:
+            shutil.rmtree(spool_dir, ignore_errors=True)
+
+    def _fetch(self, plan: RestorePlan, result: RestoreResult, store: ChunkStore, spool_dir: Path) -> Path:
+        with self._phase(result, "fetch"):
+            image = plan.manifest.get("image")
+            runtime = self.services.runtime
+            if image and image.get("image_id") and not runtime.image_exists(image["image_id"]):
+                record = store.get_manifest(IMAGES, image_key(image["image_id"]))
+                runtime.load_image(store.open_stream(StreamRef.from_dict(record["stream"])))
+                result.checks["image"] = f"loaded {image['image']} from the {plan.tier} store"
+            path = spool_dir / "checkpoint.tar"
+            with path.open("wb") as out:
+                for piece in store.read_stream(StreamRef.from_dict(plan.manifest["checkpoint"]["stream"])):
+                    out.write(piece)
+            return path
+
+    def _restore_volume(self, plan: RestorePlan, store: ChunkStore, *, verify: bool, result: RestoreResult) -> None:
+        manifest = plan.manifest
+        source = self.services.volume(manifest["volume"]["url"])
+        snap = manifest["volume"]["pool_snapshot"]
+        objects = manifest["volume"]["objects"]
+        if plan.tier == "hot" and not plan.as_name:
+            source.rollback_to(snap, keep=[o["name"] for o in objects])
+            target = source
+            result.checks["volume"] = f"rolled back to pool snapshot {snap}"
+        elif plan.tier == "hot":
+            target = source.clone_from_snapshot(snap, plan.as_name or "")
+            result.checks["volume"] = f"copied from pool snapshot {snap} into {plan.volume_url}"
+        else:
+            target = self.services.volume(plan.volume_url)
+            stream = store.read_stream(StreamRef.from_dict(manifest["volume"]["stream"]))
+            target.write_objects(_split_objects(objects, stream), exact=True)
+            result.checks["volume"] = f"written from {len(objects)} objects' chunks in the cold store"
+        if verify:
+            expected = {o["name"]: o["digest"] for o in objects}
+            actual = target.digests_now()
+            if actual != expected:
+                missing = sorted(set(expected) - set(actual))
+                extra = sorted(set(actual) - set(expected))
+                wrong = sorted(n for n in set(expected) & set(actual) if expected[n] != actual[n])
+                raise IntegrityError(
+                    f"restored volume {plan.volume_url} differs from the manifest: "
+                    f"{len(missing)} missing, {len(extra)} extra, {len(wrong)} different"
+                    + (f" (e.g. {(missing + extra + wrong)[0]})" if missing or extra or wrong else "")
+                )
+            result.checks["data"] = f"{len(expected)} objects match the manifest's digests"
+
+    def _health(self, plan: RestorePlan, restored: DesktopRef, result: RestoreResult) -> None:
+        runtime = self.services.runtime
+        time.sleep(SETTLE_SECONDS)
+        now = runtime.inspect(plan.name)
+        if now.state != "running":
+            raise DrsvcError(f"restored container {plan.name} is {now.state or 'gone'}, not running")
+        if not (now.restored_at or restored.restored_at):
+            raise DrsvcError(f"container {plan.name} runs but was not restored from the checkpoint")
+        result.checks["running"] = True
+        result.checks["restored_from_checkpoint"] = True
+        probe = plan.policy.probe if plan.policy else None
+        if probe is None:
+            return
+        deadline = time.monotonic() + probe.timeout.total_seconds()
+        last = ""
+        while True:
+            ok, last = self._probe_once(plan, probe)
+            if ok:
+                result.checks["probe"] = last
+                return
+            if time.monotonic() >= deadline:
+                raise DrsvcError(f"health probe failed for {plan.name}: {last}")
+            time.sleep(0.2)
+
+    def _probe_once(self, plan: RestorePlan, probe: Any) -> tuple[bool, str]:
+        runtime = self.services.runtime
+        if probe.command:
+            code, out = runtime.exec(plan.name, list(probe.command), timeout=probe.timeout.total_seconds())
+            return code == 0, f"command {' '.join(probe.command)} exit {code}: {out.strip()[:200]}"
+        port = int(probe.tcp)
+        if runtime.probe_tcp(plan.name, port):
+            return True, f"tcp {port} accepts connections"
+        return False, f"tcp {port} refused"
+
+
+def _split_objects(
+    objects: list[dict[str, Any]], stream: Iterator[bytes]
+) -> Iterator[tuple[VolumeObject, Iterator[bytes]]]:
+    """Cut the volume's one data stream back into its objects (sizes from the manifest)."""
+    pending = memoryview(b"")
+    pieces = iter(stream)
+
+    def take(n: int) -> Iterator[bytes]:
+        nonlocal pending
+        while n > 0:
+            if not pending:
+                nxt = next(pieces, None)
+                if nxt is None:
+                    raise IntegrityError("volume stream ended before its last object")
+                pending = memoryview(nxt)
+            part = pending[:n]
+            pending = pending[n:]
+            n -= len(part)
+            yield bytes(part)
+
+    for entry in objects:
+        obj = VolumeObject(
+            name=entry["name"],
+            size=int(entry["size"]),
+            xattrs={k: bytes.fromhex(v) for k, v in entry["xattrs"].items()},
+            omap={k: bytes.fromhex(v) for k, v in entry["omap"].items()},
+        )
+        data = take(obj.size)
+        yield obj, data
+        for _ in data:  # a consumer that stopped early must not shift the next object
+            pass
