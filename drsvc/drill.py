@@ -198,7 +198,8 @@ class DrillJob:
         except DrsvcError as e:
             result.error = str(e)
             rows = self.catalog.query(
-                "SELECT rto_seconds, phases FROM restores WHERE drill_id = ? AND desktop_id = ? ORDER BY id DESC LIMIT 1",
+                "SELECT rto_seconds, phases FROM restores WHERE drill_id = ? AND desktop_id = ? "
+                "ORDER BY id DESC LIMIT 1",
                 [drill_id, desktop],
             )
             if rows and rows[0]["rto_seconds"] is not None:

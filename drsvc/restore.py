@@ -36,7 +36,15 @@ from drsvc import clock
 from drsvc.backup import IMAGES, image_key
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
-from drsvc.errors import EXIT_OBJECTIVE_MISSED, EXIT_OK, DrsvcError, IntegrityError, InvalidInput, NotFound
+from drsvc.errors import (
+    EXIT_OBJECTIVE_MISSED,
+    EXIT_OK,
+    BackendError,
+    DrsvcError,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+)
 from drsvc.policy import Policy
 from drsvc.runtimes.base import LABEL_DESKTOP, LABEL_VOLUME, DesktopRef
 from drsvc.services import Services
@@ -351,15 +359,25 @@ class RestoreJob:
                         LABEL_VOLUME: plan.volume_url,
                         "drsvc.clone-of": plan.desktop["id"],
                     }
-                with archive.open("rb") as body:
-                    restored = runtime.restore(
-                        body,
-                        name=plan.as_name,
-                        tcp_established=bool(manifest["runtime"].get("tcp_established", True)),
-                        network=network,
-                        size=archive.stat().st_size,
-                        labels=labels,
-                    )
+                for attempt in (1, 2):
+                    try:
+                        with archive.open("rb") as body:
+                            restored = runtime.restore(
+                                body,
+                                name=plan.as_name,
+                                tcp_established=bool(manifest["runtime"].get("tcp_established", True)),
+                                network=network,
+                                size=archive.stat().st_size,
+                                labels=labels,
+                            )
+                        break
+                    except BackendError as e:
+                        # CRIU restores now and then fail transiently when several run at once
+                        # ("criu failed: type NOTIFY"); one retry, counted in the RTO and reported.
+                        if attempt == 2 or "criu failed" not in str(e):
+                            raise
+                        runtime.remove(plan.name)
+                        result.checks["container_retry"] = f"first restore attempt failed: {str(e)[:200]}"
             with self._phase(result, "health"):
                 self._health(plan, restored, result)
         finally:

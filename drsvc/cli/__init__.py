@@ -16,9 +16,13 @@ _MODULES = [
     "desktops_cmd",
     "run_cmd",
     "backup_cmd",
+    "restore_cmd",
+    "drill_cmd",
     "points_cmd",
     "prune_cmd",
     "catalog_cmd",
+    "report_cmd",
+    "runbook_cmd",
 ]
 
 
