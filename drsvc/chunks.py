@@ -151,7 +151,8 @@ def chunk_key(cid: str) -> str:
     return f"{CHUNKS_PREFIX}{cid[:2]}/{cid}"
 
 
-def _aad(key: str) -> bytes:
+def object_aad(key: str) -> bytes:
+    """Associated data binding a sealed object to its key (no object can stand in for another)."""
     return b"drsvc/" + key.encode()
 
 
@@ -271,7 +272,7 @@ class ChunkStore:
             "encryption": "aes-256-gcm",
             "chunk_id": "blake3-keyed",
             "key_fingerprint": keys.fingerprint,
-            "key_check": keys.seal(_KEY_CHECK, _aad(CONFIG_KEY)).hex(),
+            "key_check": keys.seal(_KEY_CHECK, object_aad(CONFIG_KEY)).hex(),
         }
         store.put(CONFIG_KEY, json.dumps(config, indent=1, sort_keys=True).encode() + b"\n")
         return cls(store, keys, params, **options)
@@ -301,7 +302,7 @@ class ChunkStore:
                 f"{config.get('key_fingerprint')}, the key given is {keys.fingerprint}"
             )
         try:
-            check = keys.open_(bytes.fromhex(config["key_check"]), _aad(CONFIG_KEY))
+            check = keys.open_(bytes.fromhex(config["key_check"]), object_aad(CONFIG_KEY))
         except (KeyError, ValueError, TypeError):
             check = b""
         except IntegrityError:
@@ -328,10 +329,10 @@ class ChunkStore:
             plain = bytes([_CODEC_ZSTD]) + packed
         else:  # incompressible (media, encrypted data): store raw, skip decompression on restore
             plain = bytes([_CODEC_RAW]) + bytes(data)
-        return self.keys.seal(plain, _aad(key))
+        return self.keys.seal(plain, object_aad(key))
 
     def _decode(self, key: str, blob: bytes, limit: int) -> bytes:
-        plain = self.keys.open_(blob, _aad(key))
+        plain = self.keys.open_(blob, object_aad(key))
         if not plain:
             raise IntegrityError(f"{key}: empty payload")
         codec, body = plain[0], memoryview(plain)[1:]
@@ -500,7 +501,7 @@ class ChunkStore:
         """Store a point's manifest (call after its streams are written: ``write_stream`` returns then)."""
         key = self._manifest_key(desktop, point_id)
         raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        self.store.put(key, self.keys.seal(self._zstd()[0].compress(raw), _aad(key)))
+        self.store.put(key, self.keys.seal(self._zstd()[0].compress(raw), object_aad(key)))
 
     def get_manifest(self, desktop: str, point_id: str) -> dict[str, Any]:
         """Read and authenticate a manifest; ``NotFound`` if absent, ``IntegrityError`` if tampered."""
@@ -510,7 +511,9 @@ class ChunkStore:
         except NotFound:
             raise NotFound(f"no manifest for {desktop}/{point_id} in {self.store.url}") from None
         try:
-            doc = json.loads(self._zstd()[1].decompress(self.keys.open_(blob, _aad(key)), max_output_size=1 << 30))
+            doc = json.loads(
+                self._zstd()[1].decompress(self.keys.open_(blob, object_aad(key)), max_output_size=1 << 30)
+            )
         except (ValueError, zstandard.ZstdError) as e:
             raise IntegrityError(f"{key}: manifest is unreadable ({e})") from e
         if not isinstance(doc, dict):

@@ -59,6 +59,9 @@ class ColdSection(_Section):
     store: str = Field(description="Cold chunk store, e.g. s3://bucket/prefix")
     endpoint_url: str | None = Field(default=None, description="S3 endpoint (default: $S3_ENDPOINT_URL / AWS)")
     region: str | None = None
+    object_lock: bool = Field(
+        default=False, description="Create the bucket with S3 Object Lock (needed for policies' object_lock_days)"
+    )
 
     @field_validator("store")
     @classmethod

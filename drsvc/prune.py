@@ -66,7 +66,7 @@ class PruneReport:
         }
 
 
-def _policy_for(point: dict[str, Any], policies: PolicySet, desktops: dict[str, dict[str, Any]]) -> Policy | None:
+def policy_for(point: dict[str, Any], policies: PolicySet, desktops: dict[str, dict[str, Any]]) -> Policy | None:
     if point["policy"] and point["policy"] in policies:
         return policies.get(point["policy"])
     desktop = desktops.get(point["desktop_id"])
@@ -83,7 +83,7 @@ def plan_hot(catalog: Catalog, policies: PolicySet, now: datetime | None = None)
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     policy_of: dict[str, Policy] = {}
     for point in points:
-        policy = _policy_for(point, policies, desktops)
+        policy = policy_for(point, policies, desktops)
         if policy is None:
             continue
         policy_of[policy.name] = policy

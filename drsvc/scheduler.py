@@ -25,6 +25,7 @@ from drsvc.lease import Lease
 from drsvc.policy import Policy, PolicySet
 from drsvc.prune import PruneJob
 from drsvc.services import Services
+from drsvc.tiering import TierJob, prune_cold
 
 PURPOSES = ("backup",)  # drills join when the drill job exists
 
@@ -252,8 +253,17 @@ class Scheduler:
             backups = [d for d in report.due if d.purpose == "backup"]
             if backups:
                 report.ran += run_due(backups, self.catalog, lambda item: self._backup(item, lease))
+            if self.services.has_cold:
+                # cheap when nothing is due: the plan reads only the catalog
+                tier = TierJob(self.services, lease, on_event=self.on_event).run(now=clock.now())
+                if tier.moves:
+                    report.ran.append({"purpose": "tier", "exit_code": tier.exit_code, **tier.document()})
+            if backups:
                 prune = PruneJob(self.services, lease, on_event=self.on_event).run(now=clock.now())
                 report.ran.append({"purpose": "prune", "exit_code": EXIT_OK, **prune.document()})
+                if self.services.has_cold:
+                    cold = prune_cold(self.services, lease, now=clock.now(), on_event=self.on_event)
+                    report.ran.append({"purpose": "prune-cold", "exit_code": EXIT_OK, **cold.document()})
         finally:
             lease.__exit__(None, None, None)
         return report

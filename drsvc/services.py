@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from drsvc.catalog import Catalog
 from drsvc.config import Config
@@ -50,9 +50,13 @@ class Services:
         from drsvc.chunks import ChunkStore
         from drsvc.storage import open_store
 
-        options: dict[str, str] = {}
+        options: dict[str, Any] = {}
         if url.startswith("s3://") and self.config.cold:
-            given = {"endpoint_url": self.config.cold.endpoint_url, "region": self.config.cold.region}
+            given = {
+                "endpoint_url": self.config.cold.endpoint_url,
+                "region": self.config.cold.region,
+                "object_lock": self.config.cold.object_lock,
+            }
             options = {k: v for k, v in given.items() if v}
         store = open_store(url, **options)
         try:

@@ -20,9 +20,9 @@ _MODULES = [
     "drill_cmd",
     "points_cmd",
     "prune_cmd",
+    "tier_cmd",
+    "verify_cmd",
     "catalog_cmd",
-    "report_cmd",
-    "runbook_cmd",
 ]
 
 

@@ -1,4 +1,4 @@
-"""drsvc catalog check | export: the health and contents of the catalog."""
+"""drsvc catalog check | export | rebuild: the health and contents of the catalog, and its rebuild."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 
 from drsvc.cli._common import App, DrsvcGroup, pass_app
-from drsvc.errors import IntegrityError
+from drsvc.errors import EXIT_INTEGRITY, IntegrityError
 
 EXPORT_TABLES = (
     "desktops",
@@ -24,21 +24,35 @@ EXPORT_TABLES = (
 
 @click.group("catalog", cls=DrsvcGroup)
 def command() -> None:
-    """The SQLite catalog: check its integrity, export it."""
+    """The SQLite catalog: check its integrity and drift, export it, rebuild it from the stores."""
 
 
 @command.command("check")
+@click.option("--no-stores", is_flag=True, help="Check the database only, not its drift from the stores.")
 @pass_app
-def check(app: App) -> None:
-    """Check the catalog's integrity and foreign keys (exit 4 on a problem)."""
+def check(app: App, no_stores: bool) -> None:
+    """Check the catalog's integrity and foreign keys, and its drift from the stores (exit 4 on a problem).
+
+    Drift is checked both ways with one listing per store: copies the catalog records whose
+    manifest is gone, and manifests the catalog has no row for (``catalog rebuild`` adds those).
+    """
     catalog = app.catalog
     problems = catalog.check()
-    doc = {"path": catalog.path, "schema_version": catalog.schema_version, "problems": problems}
-    if problems:
-        raise IntegrityError(f"catalog {catalog.path} has {len(problems)} problem(s)", details=problems)
+    drift: list[str] = []
+    if not no_stores and (app.config.hot is not None or app.config.cold is not None):
+        from drsvc.rebuild import catalog_drift
+
+        drift = catalog_drift(app.services)
+    doc = {"path": catalog.path, "schema_version": catalog.schema_version, "problems": problems, "drift": drift}
+    if problems or drift:
+        raise IntegrityError(
+            f"catalog {catalog.path} has {len(problems)} problem(s) and {len(drift)} difference(s) from the stores",
+            details=problems + drift,
+        )
 
     def render(out: Console) -> None:
-        out.print(f"OK  catalog {catalog.path} (schema version {catalog.schema_version})")
+        stores = "" if no_stores or not (app.config.hot or app.config.cold) else ", in step with the stores"
+        out.print(f"OK  catalog {catalog.path} (schema version {catalog.schema_version}){stores}")
 
     app.emit(doc, render)
 
@@ -52,3 +66,37 @@ def export(app: App) -> None:
     doc["schema_version"] = catalog.schema_version  # type: ignore[assignment]
     app.json_output = True
     app.emit(doc, lambda out: None)
+
+
+@command.command("rebuild")
+@click.option("--dry-run", is_flag=True, help="Show what would be added, change nothing.")
+@pass_app
+def rebuild(app: App, dry_run: bool) -> int:
+    """Rebuild the catalog from the manifests in the hot and cold stores (after it was lost).
+
+    Every point comes back with its id, desktop, time, policy, consistency, pool snapshot and
+    tiers; desktops are re-created from the manifests' runtime details. Rows that exist are kept,
+    so it also repairs drift and is safe to run twice.
+    """
+    from drsvc.rebuild import RebuildReport, rebuild_catalog
+
+    def render(report: RebuildReport, out: Console) -> None:
+        verb = "would add" if report.dry_run else "added"
+        out.print(
+            f"{report.manifests} manifest(s) in the stores; {verb} {len(report.points_added)} point(s), "
+            f"{len(report.tiers_added)} tier copy(ies), {len(report.desktops_added)} desktop(s), "
+            f"{len(report.snapshots_added)} pool snapshot(s); {report.points_present} already recorded"
+        )
+        for problem in report.problems:
+            out.print(f"[red]unreadable[/] {problem}")
+
+    if dry_run:
+        report = rebuild_catalog(app.services, dry_run=True)
+    else:
+        with app.lease():
+            report = rebuild_catalog(app.services)
+    app.emit(report.document(), lambda out: render(report, out))
+    if report.problems:
+        app.err.print(f"drsvc: error: {len(report.problems)} manifest(s) could not be read (see above)")
+        return EXIT_INTEGRITY
+    return 0

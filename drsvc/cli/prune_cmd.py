@@ -7,6 +7,7 @@ from rich.console import Console
 
 from drsvc.cli._common import App, DrsvcCommand, pass_app
 from drsvc.prune import PruneJob, PruneReport
+from drsvc.tiering import ColdPruneReport, prune_cold
 
 
 def render(report: PruneReport, out: Console) -> None:
@@ -29,10 +30,34 @@ def render(report: PruneReport, out: Console) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what retention would drop, change nothing.")
 @pass_app
 def command(app: App, dry_run: bool) -> None:
-    """Apply each policy's hot retention; drop pool snapshots and chunks nothing needs."""
+    """Apply each policy's retention on every tier; drop pool snapshots and chunks nothing needs.
+
+    Hot: hot retention, unreferenced pool snapshots, hot chunk GC. Cold (when configured): cold
+    retention, never touching a copy whose S3 Object Lock has not expired, cold chunk GC.
+    """
+    services = app.services
+    cold: ColdPruneReport | None = None
     if dry_run:
-        report = PruneJob(app.services, None).run(dry_run=True)
+        report = PruneJob(services, None).run(dry_run=True)
+        if services.has_cold:
+            cold = prune_cold(services, None, dry_run=True)
     else:
         with app.lease() as lease:
-            report = PruneJob(app.services, lease).run()
-    app.emit(report.document(), lambda out: render(report, out))
+            report = PruneJob(services, lease).run()
+            if services.has_cold:
+                cold = prune_cold(services, lease)
+    doc = report.document()
+    if cold is not None:
+        doc["cold"] = cold.document()
+
+    def show(out: Console) -> None:
+        render(report, out)
+        if cold is not None:
+            c = doc["cold"]
+            verb = "would drop" if dry_run else "dropped"
+            out.print(
+                f"cold: {len(c['dropped'])} copies {verb}, {c['kept']} kept, {len(c['locked'])} still "
+                f"object-locked (skipped until the lock expires)"
+            )
+
+    app.emit(doc, show)

@@ -90,6 +90,7 @@ def test_restore_as_a_clone_runs_beside_the_original(drsvc_env, make_fleet):
         assert clone_ref.volume == f"rados://desktops/{clone}"
         clone_value, clone_boot = _counter(runtime, clone)
         assert clone_boot == boot  # the clone continues the checkpointed process
+        assert clone_value >= original_before
         time.sleep(0.5)
         assert _counter(runtime, desktop)[0] > original_before  # the original never stopped
         manifest = services.hot.get_manifest(desktop, result.json()["point_id"])

@@ -1,0 +1,257 @@
+"""Catalog rebuild and drift: the stores are the truth, the catalog is a record of them.
+
+``rebuild_catalog`` reads every manifest of the hot and cold chunk stores (one listing per store,
+then each manifest once, hot preferred) and puts back what the catalog lacks: the desktop (from
+the manifest's runtime section), its pool snapshot (name and pool from the manifest), the point
+with the same id, desktop, time, policy, consistency and reason, its tiers (the cold tier with its
+Object Lock retention, read from the manifest object), and its artifacts. It never deletes or
+rewrites rows that exist, so it is safe to run on a live catalog to repair drift, and running it
+twice changes nothing the second time.
+
+Not recoverable from the stores (they never held it): jobs, drills, restores, per-point
+``stored_bytes`` of the hot tier and dedup counters; ``cold_locks`` is a cache and refills itself
+(tiering then extends each shared cold object's lock once).
+
+``catalog_drift`` compares both ways with one listing per store: catalog copies whose manifest
+is gone, and manifests with no catalog row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from drsvc import clock
+from drsvc.backup import IMAGES
+from drsvc.chunks import ChunkStore, StreamRef
+from drsvc.errors import DrsvcError, IntegrityError, NotFound
+from drsvc.services import Services
+from drsvc.tiering import manifest_key
+
+Event = Callable[..., None]
+
+
+@dataclass
+class RebuildReport:
+    dry_run: bool
+    manifests: int = 0
+    desktops_added: list[str] = field(default_factory=list)
+    snapshots_added: list[str] = field(default_factory=list)
+    points_added: list[str] = field(default_factory=list)
+    tiers_added: list[str] = field(default_factory=list)
+    points_present: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def document(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _stores(services: Services) -> list[tuple[str, ChunkStore]]:
+    stores = []
+    if services.config.hot is not None:
+        stores.append(("hot", services.hot))
+    if services.has_cold:
+        stores.append(("cold", services.cold))
+    return stores
+
+
+def _listing(store: ChunkStore) -> dict[str, str]:
+    """point id -> desktop of every point manifest in the store (one listing; image records skipped)."""
+    return {pid: desktop for desktop, pid in store.list_manifests() if desktop != IMAGES}
+
+
+def _scope(services: Services, volume_url: str) -> str:
+    try:
+        return services.volume(volume_url).scope
+    except DrsvcError:
+        return volume_url.rsplit("/", 1)[0]  # rados://POOL/NAMESPACE -> rados://POOL
+
+
+def rebuild_catalog(
+    services: Services, *, dry_run: bool = False, now: datetime | None = None, on_event: Event | None = None
+) -> RebuildReport:
+    """Add to the catalog every point (and desktop, snapshot, tier, artifact) the stores hold."""
+    now = now or clock.now()
+    on_event = on_event or (lambda *a, **k: None)
+    catalog = services.catalog
+    report = RebuildReport(dry_run)
+    found: dict[str, dict[str, Any]] = {}  # point id -> {"desktop", "tiers": {tier: store}}
+    for tier, store in _stores(services):
+        for pid, desktop in _listing(store).items():
+            entry = found.setdefault(pid, {"desktop": desktop, "tiers": {}})
+            entry["tiers"][tier] = store
+            report.manifests += 1
+    known_points = {r["id"] for r in catalog.query("SELECT id FROM points")}
+    known_tiers = {(r["point_id"], r["tier"]) for r in catalog.query("SELECT point_id, tier FROM point_tiers")}
+    known_desktops = {r["id"] for r in catalog.query("SELECT id FROM desktops")}
+
+    documents: list[tuple[str, dict[str, Any], dict[str, ChunkStore]]] = []
+    for pid, entry in sorted(found.items()):
+        missing_tiers = {t: s for t, s in entry["tiers"].items() if (pid, t) not in known_tiers}
+        if pid in known_points and not missing_tiers:
+            report.points_present += 1
+            continue
+        manifest = None
+        for tier, store in entry["tiers"].items():
+            try:
+                manifest = store.get_manifest(entry["desktop"], pid)
+                break
+            except (IntegrityError, NotFound) as e:
+                report.problems.append(f"{tier} manifest {entry['desktop']}/{pid} in {store.store.url}: {e}")
+        if manifest is None or manifest.get("point_id") != pid:
+            continue
+        documents.append((pid, manifest, missing_tiers))
+
+    if dry_run:
+        for pid, manifest, tiers in documents:
+            if pid not in known_points:
+                report.points_added.append(pid)
+            report.tiers_added += [f"{pid}:{t}" for t in tiers]
+            if manifest["desktop"] not in known_desktops:
+                known_desktops.add(manifest["desktop"])
+                report.desktops_added.append(manifest["desktop"])
+        return report
+
+    # newest manifest per desktop describes the desktop (container, labels may have changed)
+    newest: dict[str, dict[str, Any]] = {}
+    for _pid, manifest, _ in documents:
+        d = manifest["desktop"]
+        if d not in newest or manifest["taken_at"] > newest[d]["taken_at"]:
+            newest[d] = manifest
+    hot_snapshots = {
+        (m["volume"] or {}).get("pool_snapshot") for pid, m, _ in documents if "hot" in found[pid]["tiers"]
+    }
+    with catalog.transaction():
+        for desktop, manifest in sorted(newest.items()):
+            if desktop in known_desktops:
+                continue
+            runtime = manifest.get("runtime") or {}
+            catalog.upsert_desktop(
+                {
+                    "id": desktop,
+                    "runtime_url": runtime.get("url") or "unknown://",
+                    "container": runtime.get("container") or desktop,
+                    "volume": (manifest.get("volume") or {}).get("url"),
+                    "tenant": runtime.get("tenant"),
+                    "labels": runtime.get("labels") or {},
+                    "image": runtime.get("image"),
+                }
+            )
+            report.desktops_added.append(desktop)
+        for pid, manifest, tiers in documents:
+            if pid not in known_points:
+                snap_id = _snapshot(services, manifest, hot_snapshots, now, report)
+                _add_point(catalog, pid, manifest, snap_id)
+                report.points_added.append(pid)
+            for tier, store in tiers.items():
+                retain = None
+                lookup = getattr(store.store, "retain_until", None)
+                if tier == "cold" and lookup is not None:
+                    until = lookup(manifest_key(manifest["desktop"], pid))
+                    retain = clock.to_iso(until) if until else None
+                catalog.set_tier(pid, tier, store.store.url, retain_until=retain)
+                report.tiers_added.append(f"{pid}:{tier}")
+            on_event("point", point_id=pid)
+    return report
+
+
+def _snapshot(
+    services: Services, manifest: dict[str, Any], hot_snapshots: set[Any], now: datetime, report: RebuildReport
+) -> int | None:
+    volume = manifest.get("volume") or {}
+    name, url = volume.get("pool_snapshot"), volume.get("url")
+    if not name or not url:
+        return None
+    catalog = services.catalog
+    pool = _scope(services, url)
+    rows = catalog.query("SELECT id FROM pool_snapshots WHERE pool = ? AND name = ?", [pool, name])
+    if rows:
+        return int(rows[0]["id"])
+    # prune removes a pool snapshot once no hot copy needs it: one with no hot copy left is gone
+    removed = None if name in hot_snapshots else clock.to_iso(now)
+    cursor = catalog.execute(
+        "INSERT INTO pool_snapshots (pool, name, taken_at, removed_at) VALUES (?, ?, ?, ?)",
+        [pool, name, manifest["taken_at"], removed],
+    )
+    report.snapshots_added.append(name)
+    return int(cursor.lastrowid or 0)
+
+
+def _add_point(catalog: Any, pid: str, manifest: dict[str, Any], snap_id: int | None) -> None:
+    volume = manifest.get("volume") or {}
+    checkpoint = manifest.get("checkpoint") or None
+    runtime = manifest.get("runtime") or {}
+    refs = []
+    if isinstance(volume.get("stream"), dict):
+        refs.append(("volume", volume.get("url") or "volume", StreamRef.from_dict(volume["stream"])))
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("stream"), dict):
+        refs.append(("checkpoint", runtime.get("container") or "checkpoint", StreamRef.from_dict(checkpoint["stream"])))
+    image = manifest.get("image") or {}
+    catalog.add_point(
+        {
+            "id": pid,
+            "desktop_id": manifest["desktop"],
+            "policy": manifest.get("policy"),
+            "taken_at": manifest["taken_at"],
+            "status": "complete",
+            "consistency": manifest.get("consistency") or "crash",
+            "reason": manifest.get("reason"),
+            "pool_snapshot_id": snap_id,
+            "image": image.get("image_id") or runtime.get("image_id"),
+            "bytes": sum(ref.size for _, _, ref in refs),
+            "freeze_ms": manifest.get("freeze_ms"),
+            "completed_at": manifest["taken_at"],
+        }
+    )
+    for kind, name, ref in refs:
+        catalog.add_artifact(
+            {
+                "point_id": pid,
+                "kind": kind,
+                "name": name,
+                "bytes": ref.size,
+                "chunks": len(ref.chunks),
+                "digest": ref.hash,
+            }
+        )
+
+
+def catalog_drift(services: Services) -> list[str]:
+    """Differences between catalog and stores, both ways (one listing per store)."""
+    catalog = services.catalog
+    problems: list[str] = []
+    rows = catalog.query(
+        "SELECT t.point_id, t.tier, t.store_url, p.desktop_id FROM point_tiers t "
+        "JOIN points p ON p.id = t.point_id ORDER BY t.point_id, t.tier"
+    )
+    stores = dict(_stores(services))
+    for tier in ("hot", "cold"):
+        mine = [r for r in rows if r["tier"] == tier]
+        store = stores.get(tier)
+        if store is None:
+            if mine:
+                problems.append(f"catalog: {len(mine)} point(s) have a {tier} copy, but no {tier} store is configured")
+            continue
+        url = store.store.url
+        listing = _listing(store)
+        recorded = set()
+        for r in mine:
+            recorded.add(r["point_id"])
+            if r["store_url"] != url:
+                problems.append(
+                    f"catalog: point {r['point_id']} has its {tier} copy in {r['store_url']}, "
+                    f"but the configured {tier} store is {url}"
+                )
+            elif r["point_id"] not in listing:
+                problems.append(
+                    f"catalog: point {r['point_id']} ({r['desktop_id']}) has a {tier} copy in {url}, "
+                    "but its manifest is not there"
+                )
+        for pid, desktop in sorted(listing.items()):
+            if pid not in recorded:
+                problems.append(
+                    f"storage: manifest {desktop}/{pid} in {url} has no catalog row (drsvc catalog rebuild adds it)"
+                )
+    return problems

@@ -1,0 +1,430 @@
+"""``s3://BUCKET[/PREFIX]``: objects in an S3 bucket (AWS S3, Ceph radosgw, MinIO …), the cold tier.
+
+Endpoint, region and credentials come from the options (``endpoint_url``, ``region``, ``profile``)
+or from the standard AWS environment and profile chain; ``$S3_ENDPOINT_URL`` is the endpoint
+fallback (radosgw, MinIO). Credentials are never part of the URL or the config.
+
+- Parallel transfers with bounded memory: ``put_many`` keeps at most ``window`` objects and
+  ``window_bytes`` in flight on ``workers`` threads; ``get_many`` reads ahead ``window`` objects;
+  ``delete_many`` sends ``DeleteObjects`` batches of 1000 keys.
+- Objects above ``multipart_threshold`` go through boto3's managed transfer (multipart, parallel
+  parts); chunks (≤ 1 MiB) are single ``PutObject`` calls.
+- Retries: botocore's ``standard`` mode (exponential backoff with jitter on throttling, 5xx and
+  connection errors), ``max_attempts`` 10. Not ``adaptive``: its client-side token bucket is
+  documented as experimental and throttles every thread of the client together.
+- ``storage_class`` is sent per object. ``retain_until`` becomes S3 Object Lock retention in
+  ``lock_mode`` (COMPLIANCE by default: not even the account root can shorten or remove it, which
+  is what protects backups from a compromised admin credential; GOVERNANCE can be bypassed by
+  anyone holding ``s3:BypassGovernanceRetention``). The bucket must have Object Lock enabled:
+  with ``object_lock=True`` a missing bucket is created that way.
+- Deletes remove the current version. On a versioned (object-lock) bucket that leaves a delete
+  marker and the data stays until the lifecycle rule drsvc installs on buckets it creates expires
+  noncurrent versions (which S3 refuses while their retention lasts). A locked version itself can
+  never be deleted before its retention ends, by drsvc or anyone.
+- Only calls every S3 implementation has (no radosgw-only APIs).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import re
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from drsvc.errors import BackendError, InvalidInput, MissingDependency, NotFound
+from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map
+
+MiB = 1024 * 1024
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
+ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")  # not readable without a RestoreObject first
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_NOT_FOUND = ("NoSuchKey", "404", "NotFound", "NoSuchVersion")
+
+
+def _boto3() -> Any:
+    try:
+        import boto3
+    except ImportError as e:  # pragma: no cover - boto3 is a dependency
+        raise MissingDependency("the s3:// store needs boto3: pip install boto3") from e
+    return boto3
+
+
+def from_url(url: str, **options: Any) -> S3Store:
+    """Open ``s3://BUCKET[/PREFIX]``."""
+    rest = url[len("s3://") :] if url.startswith("s3://") else ""
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not bucket or not _BUCKET.match(bucket) or "?" in rest or "#" in rest:
+        raise InvalidInput(f"malformed s3 store URL {url!r}: expected s3://BUCKET[/PREFIX]")
+    if prefix:
+        try:
+            check_key(prefix)
+        except InvalidInput as e:
+            raise InvalidInput(f"malformed s3 store URL {url!r}: bad prefix {prefix!r}") from e
+    return S3Store(bucket, prefix, **options)
+
+
+def _code(error: Exception) -> str:
+    response = getattr(error, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", "")) or str(
+        response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+    )
+
+
+class S3Store(StoreBase):
+    """An object store in one S3 bucket, optionally under a key prefix."""
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        create: bool = True,
+        object_lock: bool = False,
+        lock_mode: str = "COMPLIANCE",
+        workers: int = 8,
+        window: int = 32,
+        window_bytes: int = 64 * MiB,
+        multipart_threshold: int = 16 * MiB,
+        max_attempts: int = 10,
+        client: Any = None,
+    ) -> None:
+        if lock_mode not in LOCK_MODES:
+            raise InvalidInput(f"s3 lock_mode {lock_mode!r}: expected one of {', '.join(LOCK_MODES)}")
+        self.bucket = bucket
+        self.prefix = f"{prefix}/" if prefix else ""
+        self._url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self.lock_mode = lock_mode
+        self._workers = max(1, workers)
+        self._window = max(1, window)
+        self._window_bytes = window_bytes
+        self._lock_enabled: bool | None = None
+        boto3 = _boto3()
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=max(8 * MiB, multipart_threshold // 2),
+            max_concurrency=self._workers,
+        )
+        self._multipart_threshold = multipart_threshold
+        if client is None:
+            session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
+            config = Config(
+                retries={"mode": "standard", "max_attempts": max_attempts},
+                max_pool_connections=max(10, 2 * self._workers),
+                connect_timeout=10,
+                read_timeout=120,
+                region_name=region,
+            )
+            client = session.client(
+                "s3",
+                endpoint_url=endpoint_url or os.environ.get("S3_ENDPOINT_URL") or None,
+                region_name=region,
+                config=config,
+            )
+        self._client = client
+        self._errors = client.exceptions
+        if create:
+            self._ensure_bucket(region, object_lock)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _oid(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def _fail(self, what: str, key: str, error: Exception) -> Exception:
+        """Translate a botocore error into drsvc's hierarchy (the caller raises it)."""
+        code = _code(error)
+        where = f"{self._url} ({self.bucket}/{self.prefix}{key})" if key else self._url
+        if code in _NOT_FOUND:
+            return NotFound(f"object {key} not found in {self._url}")
+        if code == "NoSuchBucket":
+            return NotFound(f"s3 bucket {self.bucket} does not exist ({self._url})")
+        if code == "InvalidObjectState":
+            return BackendError(
+                f"s3 {what} {where}: the object is archived (GLACIER / DEEP_ARCHIVE): "
+                "restore it first (S3 RestoreObject), then retry"
+            )
+        if code == "InvalidRequest" and "lock" in str(error).lower():
+            return InvalidInput(
+                f"s3 {what} {where}: bucket {self.bucket} has no Object Lock, but a policy asks for "
+                "object_lock_days: use a bucket created with Object Lock (drsvc creates one when opened "
+                "with object_lock=True) or drop object_lock_days"
+            )
+        return BackendError(f"s3 {what} {where}: {code or type(error).__name__}: {error}")
+
+    def _is_client_error(self, error: Exception) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        return isinstance(error, ClientError | BotoCoreError)
+
+    def _ensure_bucket(self, region: str | None, object_lock: bool) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            exists = True
+        except Exception as e:
+            if not self._is_client_error(e):
+                raise
+            if _code(e) not in ("404", "NoSuchBucket", "NotFound"):
+                raise self._fail("head bucket", "", e) from e
+            exists = False
+        if not exists:
+            args: dict[str, Any] = {"Bucket": self.bucket}
+            if object_lock:
+                args["ObjectLockEnabledForBucket"] = True
+            if region and region != "us-east-1":
+                args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+            try:
+                self._client.create_bucket(**args)
+            except Exception as e:
+                if not self._is_client_error(e):
+                    raise
+                if _code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise self._fail("create bucket", "", e) from e
+            else:
+                self._install_lifecycle(object_lock)
+        if object_lock and not self.object_lock_enabled:
+            raise InvalidInput(
+                f"s3 bucket {self.bucket} exists without Object Lock, which a locked cold tier needs: "
+                "enable it on the bucket (versioning + object lock configuration) or use a new bucket"
+            )
+
+    def _install_lifecycle(self, versioned: bool) -> None:
+        """Housekeeping on buckets drsvc created: stale multipart uploads, and old versions when locked."""
+        rule: dict[str, Any] = {
+            "ID": "drsvc-housekeeping",
+            "Status": "Enabled",
+            "Filter": {"Prefix": self.prefix},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+        }
+        if versioned:
+            # A delete leaves a delete marker; the deleted data goes once its lock allows it.
+            rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": 1}
+            rule["Expiration"] = {"ExpiredObjectDeleteMarker": True}
+        try:
+            self._client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": [rule]}
+            )
+        except Exception as e:
+            if not self._is_client_error(e):
+                raise
+            raise self._fail("put bucket lifecycle", "", e) from e
+
+    @property
+    def object_lock_enabled(self) -> bool:
+        """Whether the bucket has Object Lock enabled (asked once, then remembered)."""
+        if self._lock_enabled is None:
+            try:
+                cfg = self._client.get_object_lock_configuration(Bucket=self.bucket)
+                enabled = cfg.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+            except Exception as e:
+                if not self._is_client_error(e):
+                    raise
+                enabled = False
+            self._lock_enabled = enabled
+        return self._lock_enabled
+
+    def _put_args(self, storage_class: str | None, retain_until: datetime | None) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if storage_class:
+            args["StorageClass"] = storage_class
+        if retain_until is not None:
+            until = retain_until if retain_until.tzinfo else retain_until.replace(tzinfo=UTC)
+            args["ObjectLockMode"] = self.lock_mode
+            args["ObjectLockRetainUntilDate"] = until.astimezone(UTC)
+        return args
+
+    def _put(self, oid: str, key: str, data: bytes, args: dict[str, Any]) -> None:
+        try:
+            if len(data) > self._multipart_threshold:
+                self._client.upload_fileobj(io.BytesIO(data), self.bucket, oid, ExtraArgs=args, Config=self._transfer)
+            else:
+                self._client.put_object(Bucket=self.bucket, Key=oid, Body=bytes(data), **args)
+        except Exception as e:
+            if not self._is_client_error(e):
+                raise
+            raise self._fail("put", key, e) from e
+
+    def _head(self, key: str) -> dict[str, Any]:
+        oid = self._oid(key)
+        try:
+            return dict(self._client.head_object(Bucket=self.bucket, Key=oid))
+        except Exception as e:
+            if not self._is_client_error(e):
+                raise
+            raise self._fail("head", key, e) from e
+
+    # ------------------------------------------------------------------ the ObjectStore interface
+
+    def put(
+        self, key: str, data: bytes, *, storage_class: str | None = None, retain_until: datetime | None = None
+    ) -> None:
+        """Write (or atomically replace) one object (multipart above ``multipart_threshold``)."""
+        self._put(self._oid(key), key, data, self._put_args(storage_class, retain_until))
+
+    def put_many(
+        self,
+        items: Iterable[tuple[str, bytes]],
+        *,
+        storage_class: str | None = None,
+        retain_until: datetime | None = None,
+    ) -> int:
+        """Write many objects on a thread pool; at most ``window`` / ``window_bytes`` in flight."""
+        args = self._put_args(storage_class, retain_until)
+        inflight: collections.deque[tuple[int, Future[None]]] = collections.deque()
+        inflight_bytes = 0
+        count = 0
+        pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="drsvc-s3")
+
+        def reap() -> None:
+            nonlocal inflight_bytes
+            size, future = inflight.popleft()
+            inflight_bytes -= size
+            future.result()
+
+        try:
+            for key, data in items:
+                oid = self._oid(key)
+                while inflight and (len(inflight) >= self._window or inflight_bytes + len(data) > self._window_bytes):
+                    reap()
+                inflight.append((len(data), pool.submit(self._put, oid, key, data, args)))
+                inflight_bytes += len(data)
+                count += 1
+            while inflight:
+                reap()
+        finally:
+            # On an error, let what was already sent finish (it is complete or absent, never half).
+            pool.shutdown(wait=True, cancel_futures=True)
+        return count
+
+    def get(self, key: str) -> bytes:
+        """Read one whole object; raise ``NotFound`` if it does not exist."""
+        oid = self._oid(key)
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=oid)
+            return bytes(response["Body"].read())
+        except Exception as e:
+            if not self._is_client_error(e):
+                raise
+            raise self._fail("get", key, e) from e
+
+    def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        """Read many objects on a thread pool with ``window`` read-ahead, in input order."""
+        return ordered_map(lambda k: (k, self.get(k)), keys, workers=self._workers, window=self._window)
+
+    def exists(self, key: str) -> bool:
+        """Whether the object exists (one HEAD)."""
+        try:
+            self._head(key)
+        except NotFound:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        """Size of the object in bytes; raise ``NotFound`` if it does not exist."""
+        return int(self._head(key)["ContentLength"])
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Yield every key starting with ``prefix`` (ListObjectsV2 pages of 1000)."""
+        full = self.prefix + check_prefix(prefix)
+        cut = len(self.prefix)
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full, PaginationConfig={"PageSize": 1000}):
+                for obj in page.get("Contents", ()):
+                    yield obj["Key"][cut:]
+        except Exception as e:
+            if not self._is_client_error(e):
+                raise
+            raise self._fail("list", prefix, e) from e
+
+    def delete(self, key: str) -> None:
+        """Remove one object; a missing object is not an error."""
+        oid = self._oid(key)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=oid)
+        except Exception as e:
+            if not self._is_client_error(e):
+                raise
+            if _code(e) in _NOT_FOUND:
+                return
+            raise self._fail("delete", key, e) from e
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """Remove many objects with DeleteObjects batches of 1000 (a few batches in parallel)."""
+
+        def batches() -> Iterator[list[str]]:
+            batch: list[str] = []
+            for key in keys:
+                batch.append(self._oid(key))
+                if len(batch) == DELETE_BATCH:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+        def send(batch: list[str]) -> int:
+            try:
+                response = self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+                )
+            except Exception as e:
+                if not self._is_client_error(e):
+                    raise
+                raise self._fail("delete", batch[0][len(self.prefix) :], e) from e
+            errors = [e for e in response.get("Errors", ()) if e.get("Code") not in _NOT_FOUND]
+            if errors:
+                first = errors[0]
+                raise BackendError(
+                    f"s3 delete in {self._url}: {len(errors)} of {len(batch)} keys failed, e.g. "
+                    f"{first.get('Key')}: {first.get('Code')}: {first.get('Message')}"
+                )
+            return len(batch)
+
+        workers = min(4, self._workers)
+        return sum(ordered_map(send, batches(), workers=workers, window=workers))
+
+    def close(self) -> None:
+        """Release the client's connection pool."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # ------------------------------------------------------------------ S3-only extras
+
+    def retain_until(self, key: str) -> datetime | None:
+        """The Object Lock retention of the object's current version (None when unlocked)."""
+        until = self._head(key).get("ObjectLockRetainUntilDate")
+        if until is None:
+            return None
+        return until if until.tzinfo else until.replace(tzinfo=UTC)
+
+    def storage_class(self, key: str) -> str:
+        """The object's storage class (S3 omits it for STANDARD)."""
+        return str(self._head(key).get("StorageClass") or "STANDARD")
+
+    def extend_retention(self, keys: Iterable[str], until: datetime) -> int:
+        """Raise the Object Lock retention of existing objects to ``until`` (parallel; never shortens)."""
+        args = self._put_args(None, until)
+        retention = {"Mode": args["ObjectLockMode"], "RetainUntilDate": args["ObjectLockRetainUntilDate"]}
+
+        def one(key: str) -> None:
+            try:
+                self._client.put_object_retention(Bucket=self.bucket, Key=self._oid(key), Retention=retention)
+            except Exception as e:
+                if not self._is_client_error(e):
+                    raise
+                raise self._fail("extend retention", key, e) from e
+
+        return sum(1 for _ in ordered_map(one, keys, workers=self._workers, window=self._window))

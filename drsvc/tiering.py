@@ -1,0 +1,477 @@
+"""Tiering: copy due recovery points to the cold tier (S3), and prune the cold tier.
+
+**Which points** (``plan_tiering``, pure over the catalog and policies): complete points with a
+hot copy and no cold copy, taken at least the policy's ``tiering.after`` ago, and kept by the
+policy's *cold* retention applied over the desktop's complete points (the same set hot prune
+uses to hold hot copies "waiting to be tiered"), so nothing is uploaded that cold prune would
+drop at once.
+
+**How a point moves** (``TierJob``): the hot and cold stores share the chunk/manifest format and
+the key (``ChunkStore.open`` checks the key fingerprint of both), and every sealed object is bound
+to its own key, so objects are copied byte for byte, never re-encrypted. One batched listing of
+the cold store's chunk ids per run says what is there already: only missing chunks are read from
+the hot store (each authenticated on the way) and uploaded, pipelined, with the policy's storage
+class and Object Lock (``retain_until = now + object_lock_days``). The base image record
+(``_images/<id>``) follows when the cold store lacks it, and the point's manifest goes **last**:
+a point is cold only once its manifest is there. A run killed anywhere re-uploads nothing that
+arrived (the next listing shows it); half-copied points have no manifest and are invisible.
+
+**Object Lock and dedup**: a chunk is uploaded once and later points reuse it, so a later point's
+lock would outlive the shared chunk's. The ``cold_locks`` table remembers each cold object's
+retention; objects a locked point reuses that fall short are extended (``PutObjectRetention``) to
+twice the lock period, so each shared object is extended at most once per period, in bulk.
+
+**Storage classes**: chunks take the policy's class; manifests, image records and the store config
+stay STANDARD. They are small (IA bills at least 128 KiB per object) and read by verify, catalog
+rebuild and restore planning, which must work without a GLACIER restore request.
+
+**Cold prune** (``ColdPruneJob``): the policy's cold retention over cold copies; a dropped copy
+loses its cold manifest (chunks follow through ``PruneJob.collect_garbage`` on the cold store,
+with the same grace period). A copy whose Object Lock has not expired is skipped, not attempted:
+S3 would refuse (or, on a versioned bucket, only hide it), and skipping keeps a compromised or
+mistaken policy from even hiding it. It is pruned by the first run after its lock expires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from drsvc import clock
+from drsvc.backup import IMAGES
+from drsvc.catalog import Catalog
+from drsvc.chunks import MANIFESTS_PREFIX, ChunkStore, chunk_key, object_aad
+from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, IntegrityError, NotFound
+from drsvc.lease import Lease
+from drsvc.policy import Policy, PolicySet
+from drsvc.prune import Decision, PruneJob, manifest_streams, policy_for
+from drsvc.retention import apply_retention
+from drsvc.services import Services
+
+Event = Callable[..., None]
+META_CLASS = "STANDARD"  # manifests, image records: see the module docstring
+
+
+def _quiet(*_args: Any, **_kw: Any) -> None:
+    return None
+
+
+def manifest_key(desktop: str, point_id: str) -> str:
+    """Object key of a point's (or an image record's) manifest."""
+    return f"{MANIFESTS_PREFIX}{desktop}/{point_id}"
+
+
+# ---------------------------------------------------------------------- planning
+
+
+@dataclass
+class Candidate:
+    """A point due for the cold tier, with the policy that sends it there."""
+
+    point: dict[str, Any]
+    policy: Policy
+    reasons: list[str]
+
+
+def _groups(catalog: Catalog, policies: PolicySet) -> Iterator[tuple[str, Policy, list[dict[str, Any]]]]:
+    """Complete points grouped per (desktop, policy), as prune groups them."""
+    desktops = {d["id"]: d for d in catalog.desktops()}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    by_name: dict[str, Policy] = {}
+    for point in catalog.points(status="complete"):
+        policy = policy_for(point, policies, desktops)
+        if policy is None:
+            continue
+        by_name[policy.name] = policy
+        groups[(point["desktop_id"], policy.name)].append(point)
+    for (desktop, name), members in sorted(groups.items()):
+        yield desktop, by_name[name], members
+
+
+def plan_tiering(catalog: Catalog, policies: PolicySet, now: datetime) -> list[Candidate]:
+    """Points to copy to the cold tier now, oldest first, with why (pure over catalog + policies)."""
+    due: list[Candidate] = []
+    for _desktop, policy, members in _groups(catalog, policies):
+        if policy.tiering is None:
+            continue
+        stamps = [(p["id"], clock.from_iso(p["taken_at"])) for p in members]
+        wanted = apply_retention(stamps, policy.retention.cold, policy.tz).keep
+        cutoff = now - policy.tiering.after
+        for point in members:
+            if "hot" not in point["tiers"] or "cold" in point["tiers"]:
+                continue
+            if clock.from_iso(point["taken_at"]) > cutoff or point["id"] not in wanted:
+                continue
+            reasons = [f"older than tiering.after ({policy.tiering.after})", *wanted[point["id"]]]
+            due.append(Candidate(point, policy, reasons))
+    due.sort(key=lambda c: (c.point["taken_at"], c.point["id"]))
+    return due
+
+
+# ---------------------------------------------------------------------- the tier job
+
+
+@dataclass
+class TierMove:
+    """One point's move to the cold tier."""
+
+    point_id: str
+    desktop: str
+    policy: str
+    taken_at: str
+    status: str = "planned"  # planned | done | failed
+    storage_class: str | None = None
+    retain_until: str | None = None
+    chunks: int = 0
+    chunks_uploaded: int = 0
+    bytes_uploaded: int = 0
+    locks_extended: int = 0
+    seconds: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TierReport:
+    dry_run: bool
+    job_id: int | None = None
+    moves: list[TierMove] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        failed = sum(m.status == "failed" for m in self.moves)
+        if not failed:
+            return EXIT_OK
+        return EXIT_PARTIAL if failed < len(self.moves) else EXIT_FAILED
+
+    def document(self) -> dict[str, Any]:
+        done = [m for m in self.moves if m.status == "done"]
+        return {
+            "dry_run": self.dry_run,
+            "job_id": self.job_id,
+            "note": self.note,
+            "moves": [m.document() for m in self.moves],
+            "summary": {
+                "count": len(self.moves),
+                "done": len(done),
+                "failed": sum(m.status == "failed" for m in self.moves),
+                "chunks_uploaded": sum(m.chunks_uploaded for m in done),
+                "bytes_uploaded": sum(m.bytes_uploaded for m in done),
+            },
+        }
+
+
+class TierJob:
+    """Copies due points from the hot to the cold chunk store, under the work lease."""
+
+    def __init__(self, services: Services, lease: Lease | None, *, on_event: Event | None = None) -> None:
+        self.services = services
+        self.catalog = services.catalog
+        self.lease = lease
+        self.on_event = on_event or _quiet
+        self._cold_ids: set[str] | None = None
+        self._cold_images: set[str] | None = None
+
+    def run(self, *, dry_run: bool = False, now: datetime | None = None) -> TierReport:
+        """Tier every due point (``dry_run``: only say which; nothing is read from or written to a store)."""
+        now = now or clock.now()
+        report = TierReport(dry_run)
+        if not self.services.has_cold:
+            report.note = "no cold tier configured ([cold] store in the config): nothing to tier"
+            return report
+        candidates = plan_tiering(self.catalog, self.services.policies, now)
+        report.moves = [self._move(c) for c in candidates]
+        if dry_run or not candidates:
+            return report
+        # Open (or create) the cold store first: a wrong key or an unreachable bucket stops the
+        # whole run here, instead of failing every point one by one.
+        self.services.cold  # noqa: B018
+        self._recover_interrupted()
+        report.job_id = self.catalog.start_job("tier", token=self.lease.token if self.lease else None)
+        try:
+            for candidate, move in zip(candidates, report.moves, strict=True):
+                self._check_lease()
+                self._tier_point(candidate, move, report.job_id, now)
+                self.on_event("moved", move=move)
+        except BaseException as e:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            self.catalog.finish_job(report.job_id, status, error=str(e) or type(e).__name__, detail=report.document())
+            raise
+        status = {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(report.exit_code, "failed")
+        errors = "; ".join(f"{m.point_id}: {m.error}" for m in report.moves if m.error)
+        self.catalog.finish_job(report.job_id, status, error=errors or None, detail=report.document())
+        return report
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _move(c: Candidate) -> TierMove:
+        assert c.policy.tiering is not None
+        return TierMove(
+            c.point["id"],
+            c.point["desktop_id"],
+            c.policy.name,
+            c.point["taken_at"],
+            storage_class=c.policy.tiering.storage_class,
+            reasons=c.reasons,
+        )
+
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
+
+    def _recover_interrupted(self) -> None:
+        """Moves and tier jobs still 'running' belong to a process that died (we hold the lease)."""
+        now = clock.to_iso(clock.now())
+        with self.catalog.transaction():
+            self.catalog.execute(
+                "UPDATE tier_moves SET status = 'failed', finished_at = ? WHERE status = 'running'", [now]
+            )
+            self.catalog.execute(
+                "UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ? "
+                "WHERE kind = 'tier' AND status = 'running'",
+                [now, "interrupted: the process ended before the job finished"],
+            )
+
+    def _cold_state(self, cold: ChunkStore) -> tuple[set[str], set[str]]:
+        if self._cold_ids is None or self._cold_images is None:
+            # One batched listing per run (and after a failure): never one HEAD per chunk.
+            self._cold_ids = set(cold.list_chunk_ids())
+            self._cold_images = {pid for _, pid in cold.list_manifests(IMAGES)}
+        return self._cold_ids, self._cold_images
+
+    def _tier_point(self, c: Candidate, move: TierMove, job_id: int, now: datetime) -> None:
+        started = time.monotonic()
+        tiering = c.policy.tiering
+        assert tiering is not None
+        retain_until = now + timedelta(days=tiering.object_lock_days) if tiering.object_lock_days else None
+        move.retain_until = clock.to_iso(retain_until) if retain_until else None
+        cursor = self.catalog.execute(
+            "INSERT INTO tier_moves (point_id, from_tier, to_tier, job_id, started_at, status) "
+            "VALUES (?, 'hot', 'cold', ?, ?, 'running')",
+            [move.point_id, job_id, clock.to_iso(clock.now())],
+        )
+        move_id = int(cursor.lastrowid or 0)
+        try:
+            self._copy(move, tiering.storage_class, retain_until, tiering.object_lock_days or 0)
+        except DrsvcError as e:
+            move.status, move.error = "failed", str(e)
+            self._cold_ids = self._cold_images = None  # some uploads may have landed: list again
+            self._finish_move(move_id, move, "failed")
+            return
+        except BaseException:
+            self._finish_move(move_id, move, "failed")
+            raise
+        finally:
+            move.seconds = round(time.monotonic() - started, 3)
+        move.status = "done"
+        with self.catalog.transaction():
+            self.catalog.set_tier(
+                move.point_id,
+                "cold",
+                self.services.cold.store.url,
+                stored_bytes=move.bytes_uploaded,
+                retain_until=move.retain_until,
+            )
+            self._finish_move(move_id, move, "ok")
+
+    def _finish_move(self, move_id: int, move: TierMove, status: str) -> None:
+        self.catalog.execute(
+            "UPDATE tier_moves SET status = ?, finished_at = ?, chunks_uploaded = ?, bytes_uploaded = ? WHERE id = ?",
+            [status, clock.to_iso(clock.now()), move.chunks_uploaded, move.bytes_uploaded, move_id],
+        )
+
+    def _copy(self, move: TierMove, storage_class: str, retain_until: datetime | None, lock_days: int) -> None:
+        hot, cold = self.services.hot, self.services.cold
+        cold_ids, cold_images = self._cold_state(cold)
+        key = manifest_key(move.desktop, move.point_id)
+        manifest = hot.get_manifest(move.desktop, move.point_id)  # authenticates it
+        raw_manifest = hot.store.get(key)
+        streams = list(manifest_streams(manifest))
+        image_key: str | None = None
+        image_raw: bytes | None = None
+        image = manifest.get("image")
+        if isinstance(image, dict) and isinstance(image.get("manifest"), str):
+            image_id = image["manifest"].split("/", 1)[1]
+            image_key = manifest_key(IMAGES, image_id)
+            if image_id not in cold_images or retain_until is not None:
+                image_doc = hot.get_manifest(IMAGES, image_id)
+                streams += list(manifest_streams(image_doc))
+                if image_id not in cold_images:
+                    image_raw = hot.store.get(image_key)
+        wanted = list(dict.fromkeys(cid for ref in streams for cid, _ in ref.chunks))
+        missing = [cid for cid in wanted if cid not in cold_ids]
+        move.chunks = len(wanted)
+        self.on_event("copying", move=move, missing=len(missing))
+
+        def blobs() -> Iterator[tuple[str, bytes]]:
+            for ck, blob in hot.store.get_many(chunk_key(cid) for cid in missing):
+                # Authenticate before it becomes the cold copy (AEAD tag over the ciphertext):
+                # never carry hot-store rot into the tier meant to survive the hot store.
+                try:
+                    hot.keys.open_(blob, object_aad(ck))
+                except IntegrityError as e:
+                    raise IntegrityError(f"hot chunk {ck} of point {move.point_id} is corrupt: {e}") from e
+                move.chunks_uploaded += 1
+                move.bytes_uploaded += len(blob)
+                yield ck, blob
+
+        cold.store.put_many(blobs(), storage_class=storage_class, retain_until=retain_until)
+        cold_ids.update(missing)
+        if retain_until is not None:
+            fresh_ids = set(missing)
+            reused = [chunk_key(cid) for cid in wanted if cid not in fresh_ids]
+            if image_key is not None and image_raw is None:
+                reused.append(image_key)
+            fresh = [chunk_key(cid) for cid in missing] + ([image_key] if image_raw is not None and image_key else [])
+            move.locks_extended = self._lock(cold, reused, fresh, retain_until, lock_days)
+        if image_raw is not None and image_key is not None:
+            cold.store.put(image_key, image_raw, storage_class=META_CLASS, retain_until=retain_until)
+            move.bytes_uploaded += len(image_raw)
+            cold_images.add(image_key.rsplit("/", 1)[1])
+        self._check_lease()  # the fence: a point becomes cold only under a lease still ours
+        cold.store.put(key, raw_manifest, storage_class=META_CLASS, retain_until=retain_until)
+        move.bytes_uploaded += len(raw_manifest)
+
+    def _lock(self, cold: ChunkStore, reused: list[str], fresh: list[str], until: datetime, days: int) -> int:
+        """Record fresh objects' retention; extend reused objects locked for less than ``until``."""
+        url = cold.store.url
+        known: dict[str, str] = {}
+        for start in range(0, len(reused), 500):
+            part = reused[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.catalog.query(
+                f"SELECT key, retain_until FROM cold_locks WHERE store_url = ? AND key IN ({marks})", [url, *part]
+            )
+            known.update((r["key"], r["retain_until"]) for r in rows)
+        need = clock.to_iso(until)
+        short = [k for k in reused if known.get(k, "") < need]
+        extend = getattr(cold.store, "extend_retention", None)
+        extended_to = until + timedelta(days=days)  # twice the period: once per period per object
+        if short and extend is not None:
+            extend(short, extended_to)
+        with self.catalog.transaction():
+            # A fresh upload's lock is exact (REPLACE); an extension never lowers what is known.
+            self.catalog.db.conn.executemany(
+                "INSERT OR REPLACE INTO cold_locks VALUES (?, ?, ?)", [(url, k, need) for k in fresh]
+            )
+            if extend is not None:
+                self.catalog.db.conn.executemany(
+                    "INSERT INTO cold_locks VALUES (?, ?, ?) ON CONFLICT (store_url, key) DO UPDATE SET "
+                    "retain_until = max(retain_until, excluded.retain_until)",
+                    [(url, k, clock.to_iso(extended_to)) for k in short],
+                )
+        return len(short) if extend is not None else 0
+
+
+# ---------------------------------------------------------------------- cold prune
+
+
+@dataclass
+class ColdPruneReport:
+    dry_run: bool
+    decisions: list[Decision] = field(default_factory=list)
+    locked: list[str] = field(default_factory=list)
+    chunks_marked: int = 0
+    chunks_deleted: int = 0
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "dropped": [d.document() for d in self.decisions if not d.keep],
+            "kept": sum(d.keep for d in self.decisions),
+            "locked": self.locked,
+            "chunks_unreferenced": self.chunks_marked,
+            "chunks_deleted": self.chunks_deleted,
+        }
+
+
+def plan_cold(catalog: Catalog, policies: PolicySet, now: datetime) -> tuple[list[Decision], list[str]]:
+    """Keep/drop of every cold copy with reasons, and the ids kept only because still locked."""
+    locks = {
+        r["point_id"]: r["retain_until"]
+        for r in catalog.query("SELECT point_id, retain_until FROM point_tiers WHERE tier = 'cold'")
+    }
+    decisions: list[Decision] = []
+    locked: list[str] = []
+    for desktop, policy, members in _groups(catalog, policies):
+        cold = [p for p in members if "cold" in p["tiers"]]
+        rules = policy.retention.cold
+        if not cold or rules.empty:
+            continue
+        result = apply_retention([(p["id"], clock.from_iso(p["taken_at"])) for p in cold], rules, policy.tz)
+        for p in cold:
+            reasons = result.keep.get(p["id"])
+            keep = reasons is not None
+            until = locks.get(p["id"])
+            if not keep and until and clock.from_iso(until) > now:
+                keep, reasons = True, [f"locked until {until} (S3 Object Lock): pruned after it expires"]
+                locked.append(p["id"])
+            decisions.append(
+                Decision(
+                    p["id"],
+                    desktop,
+                    "cold",
+                    p["taken_at"],
+                    keep,
+                    reasons or [f"not kept by cold rules ({rules.describe()})"],
+                )
+            )
+    return decisions, locked
+
+
+class ColdPruneJob:
+    """Applies cold retention to cold copies and collects cold chunks no manifest references."""
+
+    def __init__(self, services: Services, lease: Lease | None, *, on_event: Event | None = None) -> None:
+        self.services = services
+        self.catalog = services.catalog
+        self.lease = lease
+        self.on_event = on_event or _quiet
+
+    def run(self, *, dry_run: bool = False, now: datetime | None = None) -> ColdPruneReport:
+        now = now or clock.now()
+        report = ColdPruneReport(dry_run)
+        if not self.services.has_cold:
+            return report
+        report.decisions, report.locked = plan_cold(self.catalog, self.services.policies, now)
+        if dry_run:
+            return report
+        cold = self.services.cold
+        for decision in report.decisions:
+            if decision.keep:
+                continue
+            if self.lease is not None:
+                self.lease.check()
+            with contextlib.suppress(NotFound):  # already gone: a previous run died after deleting it
+                cold.delete_manifest(decision.desktop, decision.point_id)
+            with self.catalog.transaction():
+                self.catalog.drop_tier(decision.point_id, "cold")
+                if not self.catalog.point(decision.point_id)["tiers"]:
+                    self.catalog.update_point(decision.point_id, status="expired")
+            self.on_event("dropped", decision=decision)
+        # Same mark-and-sweep with grace as the hot store (a tier run between its chunks and its
+        # manifest is protected by the grace period, exactly as a backup is on the hot side).
+        report.chunks_marked, report.chunks_deleted = PruneJob(self.services, self.lease).collect_garbage(cold, now)
+        return report
+
+
+def prune_cold(
+    services: Services,
+    lease: Lease | None,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+    on_event: Event | None = None,
+) -> ColdPruneReport:
+    """``ColdPruneJob(...).run(...)`` for ``drsvc prune``."""
+    return ColdPruneJob(services, lease, on_event=on_event).run(dry_run=dry_run, now=now)

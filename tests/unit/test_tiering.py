@@ -1,0 +1,280 @@
+"""Tiering to S3 (moto): what is due, only missing chunks copied, manifest last, resumable, locks, cold prune."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture, used through pytestmark)
+
+from drsvc import clock
+from drsvc.chunks import ChunkStore
+from drsvc.crypto import Keys
+from drsvc.errors import EXIT_OK, EXIT_PARTIAL, InvalidInput
+from drsvc.storage.s3 import S3Store
+from drsvc.tiering import ColdPruneJob, TierJob, plan_tiering
+
+pytestmark = pytest.mark.usefixtures("aws")
+
+NOW = clock.now()
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Iterator[ColdKit]:
+    kit = ColdKit(tmp_path)
+    yield kit
+    kit.catalog.close()
+
+
+def s3_puts(kit: ColdKit) -> list[str]:
+    """Keys (relative to the store) of every PutObject the cold store's client sends from now on."""
+    store = kit.services.cold.store
+    assert isinstance(store, S3Store)
+    keys: list[str] = []
+    store._client.meta.events.register(
+        "provide-client-params.s3.PutObject", lambda params, **_: keys.append(params["Key"][len(store.prefix) :])
+    )
+    return keys
+
+
+def chunk_puts(keys: list[str]) -> list[str]:
+    return [k for k in keys if k.startswith("chunks/")]
+
+
+def test_due_points_go_cold_with_only_missing_chunks_and_the_manifest_last(kit: ColdKit) -> None:
+    kit.policy("std", ["alice"])
+    base = os.urandom(2 * MiB)
+    image = os.urandom(1 * MiB)
+    p1 = kit.point("alice", NOW - timedelta(hours=5), base, checkpoint=os.urandom(300_000), image=image)
+    p2 = kit.point("alice", NOW - timedelta(hours=4), base + os.urandom(MiB), image=image)
+    young = kit.point("alice", NOW - timedelta(minutes=10), base, image=image)
+    puts = s3_puts(kit)
+
+    report = TierJob(kit.services, None).run(now=NOW)
+    assert report.exit_code == EXIT_OK
+    assert [m.point_id for m in report.moves] == [p1, p2]  # the young one waits for tiering.after
+    distinct = set(kit.services.hot.list_chunk_ids())
+    young_only = {c for c, _ in kit.services.hot.get_manifest("alice", young)["volume"]["stream"]["chunks"]}
+    assert len(chunk_puts(puts)) == len(set(chunk_puts(puts))) == len(distinct - (young_only - distinct))
+    # every chunk of a point before its manifest; the shared image record once, before it too
+    first_manifest = puts.index(f"manifests/alice/{p1}")
+    assert all(k.startswith("chunks/") or k == next(k for k in puts if "_images" in k) for k in puts[:first_manifest])
+    assert puts[-1] == f"manifests/alice/{p2}"
+    assert sum("_images" in k for k in puts) == 1
+    assert report.moves[1].chunks_uploaded < report.moves[1].chunks  # p2 reused p1's chunks
+    # the cold copies are real chunk stores: readable with the key, byte for byte
+    cold = kit.services.cold
+    for pid in (p1, p2):
+        manifest = cold.get_manifest("alice", pid)
+        assert manifest == kit.services.hot.get_manifest("alice", pid)
+    assert kit.catalog.point(p1)["tiers"] == ["hot", "cold"]
+    moves = kit.catalog.query("SELECT * FROM tier_moves ORDER BY id")
+    assert [(m["point_id"], m["status"]) for m in moves] == [(p1, "ok"), (p2, "ok")]
+    assert sum(m["chunks_uploaded"] for m in moves) == len(chunk_puts(puts))
+    row = kit.catalog.query("SELECT * FROM point_tiers WHERE point_id = ? AND tier = 'cold'", [p1])[0]
+    assert row["store_url"] == kit.cold_url and row["stored_bytes"] > 0 and row["retain_until"] is None
+    storage = boto3.client("s3")
+    head = storage.head_object(Bucket=kit.bucket, Key=f"fleet/chunks/{next(iter(distinct))[:2]}/{next(iter(distinct))}")
+    assert head["StorageClass"] == "STANDARD_IA"
+    assert "StorageClass" not in storage.head_object(Bucket=kit.bucket, Key=f"fleet/manifests/alice/{p1}")
+
+    # idempotent: nothing more is due, nothing is uploaded
+    before = len(puts)
+    assert TierJob(kit.services, None).run(now=NOW).moves == []
+    assert len(puts) == before
+
+
+def test_unchanged_point_and_fleet_sharing_an_image_upload_almost_nothing(kit: ColdKit) -> None:
+    desktops = [f"desk-{i}" for i in range(4)]
+    kit.policy("fleet", desktops)
+    shared = os.urandom(3 * MiB)
+    for i, d in enumerate(desktops):
+        kit.point(d, NOW - timedelta(hours=3), shared + os.urandom(200_000) if i else shared)
+    first = TierJob(kit.services, None).run(now=NOW)
+    assert first.exit_code == EXIT_OK
+    uploaded = [m.chunks_uploaded for m in first.moves]
+    assert uploaded[0] == first.moves[0].chunks and all(n <= 2 for n in uploaded[1:])  # tails only
+    kit.point("desk-0", NOW - timedelta(hours=2), shared)  # unchanged desktop: same data again
+    again = TierJob(kit.services, None).run(now=NOW)
+    assert [m.chunks_uploaded for m in again.moves] == [0]
+
+
+def test_cold_retention_decides_what_is_worth_uploading(kit: ColdKit) -> None:
+    kit.policy("daily", ["bob"], retention={"hot": {"last": 10}, "cold": {"daily": 7}})
+    day = NOW.replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=2)
+    early = kit.point("bob", day, b"a" * 100_000)
+    late = kit.point("bob", day + timedelta(hours=3), b"b" * 100_000)
+    due = plan_tiering(kit.catalog, kit.services.policies, NOW)
+    assert [c.point["id"] for c in due] == [late]  # cold keeps one per day: the early one never goes
+    assert any(r.startswith("daily 1/7") for r in due[0].reasons)
+    assert early not in [c.point["id"] for c in due]
+
+
+def test_dry_run_changes_nothing(kit: ColdKit) -> None:
+    kit.policy("std", ["alice"])
+    pid = kit.point("alice", NOW - timedelta(hours=5), os.urandom(MiB))
+    report = TierJob(kit.services, None).run(dry_run=True, now=NOW)
+    assert [m.point_id for m in report.moves] == [pid]
+    assert report.document()["moves"][0]["status"] == "planned"
+    assert "cold" not in kit.catalog.point(pid)["tiers"]
+    assert kit.catalog.query("SELECT * FROM tier_moves") == []
+    assert kit.catalog.query("SELECT * FROM jobs") == []
+    assert boto3.client("s3").list_buckets()["Buckets"] == []  # not even the bucket was created
+
+
+def test_a_run_killed_mid_way_resumes_without_uploading_anything_twice(
+    kit: ColdKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit.policy("std", ["alice"])
+    pid = kit.point("alice", NOW - timedelta(hours=5), os.urandom(6 * MiB))
+    total = len(set(kit.services.hot.list_chunk_ids()))
+    assert total >= 12
+    puts = s3_puts(kit)
+    real_put = S3Store._put
+    calls = 0
+
+    def dying_put(self: S3Store, oid: str, key: str, data: bytes, args: dict[str, Any]) -> None:
+        nonlocal calls
+        if key.startswith("chunks/"):
+            calls += 1
+            if calls == 6:
+                raise KeyboardInterrupt  # the process is killed: not an error drsvc handles
+        real_put(self, oid, key, data, args)
+
+    monkeypatch.setattr(S3Store, "_put", dying_put)
+    with pytest.raises(KeyboardInterrupt):
+        TierJob(kit.services, None).run(now=NOW)
+    monkeypatch.setattr(S3Store, "_put", real_put)
+    first = list(puts)
+    assert 0 < len(first) < total and not any(k.startswith("manifests/") for k in first)
+    assert "cold" not in kit.catalog.point(pid)["tiers"]
+    assert kit.catalog.query("SELECT status FROM tier_moves") == [{"status": "failed"}]
+
+    kit.fresh_services()  # a new process
+    puts = s3_puts(kit)
+    report = TierJob(kit.services, None).run(now=NOW)
+    assert report.exit_code == EXIT_OK
+    assert sorted(chunk_puts(first) + chunk_puts(puts)) == sorted(set(chunk_puts(first) + chunk_puts(puts)))
+    assert len(chunk_puts(first)) + len(chunk_puts(puts)) == total
+    assert puts[-1] == f"manifests/alice/{pid}"
+    assert kit.catalog.point(pid)["tiers"] == ["hot", "cold"]
+
+
+def test_a_failed_upload_fails_the_point_and_the_next_run_finishes_it(
+    kit: ColdKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit.policy("std", ["alice", "bob"])
+    a = kit.point("alice", NOW - timedelta(hours=5), os.urandom(2 * MiB))
+    b = kit.point("bob", NOW - timedelta(hours=5), os.urandom(MiB))
+    real_put = S3Store._put
+
+    def flaky(self: S3Store, oid: str, key: str, data: bytes, args: dict[str, Any]) -> None:
+        if "/alice/" in key or (key.startswith("chunks/") and key.split("/")[-1] in alice_chunks):
+            from drsvc.errors import BackendError
+
+            raise BackendError("s3 put: SlowDown after 10 attempts")
+        real_put(self, oid, key, data, args)
+
+    alice_chunks = {c for c, _ in kit.services.hot.get_manifest("alice", a)["volume"]["stream"]["chunks"]}
+    monkeypatch.setattr(S3Store, "_put", flaky)
+    report = TierJob(kit.services, None).run(now=NOW)
+    assert report.exit_code == EXIT_PARTIAL
+    assert {m.point_id: m.status for m in report.moves} == {a: "failed", b: "done"}
+    assert "SlowDown" in (report.moves[0].error or "")
+    monkeypatch.setattr(S3Store, "_put", real_put)
+    assert [m.point_id for m in TierJob(kit.services, None).run(now=NOW).moves] == [a]
+
+
+def test_cold_store_with_another_key_is_refused(kit: ColdKit) -> None:
+    kit.policy("std", ["alice"])
+    kit.point("alice", NOW - timedelta(hours=5), os.urandom(MiB))
+    ChunkStore.init(S3Store(kit.bucket, "fleet"), Keys.generate())
+    with pytest.raises(InvalidInput, match="wrong key"):
+        TierJob(kit.services, None).run(now=NOW)
+
+
+def test_corrupt_hot_chunk_is_not_carried_to_the_cold_tier(kit: ColdKit) -> None:
+    kit.policy("std", ["alice"])
+    pid = kit.point("alice", NOW - timedelta(hours=5), os.urandom(MiB))
+    [path, *_] = sorted((kit.root / "hot" / "chunks").rglob("*"), key=lambda p: (p.is_dir(), str(p)))
+    blob = bytearray(path.read_bytes())
+    blob[40] ^= 1
+    path.write_bytes(bytes(blob))
+    report = TierJob(kit.services, None).run(now=NOW)
+    assert report.moves[0].status == "failed" and "corrupt" in (report.moves[0].error or "")
+    assert "cold" not in kit.catalog.point(pid)["tiers"]
+    assert list(kit.services.cold.list_manifests()) == []
+
+
+def test_object_lock_and_cold_prune_skips_locked_copies(kit: ColdKit) -> None:
+    S3Store(kit.bucket, "fleet", object_lock=True)  # the bucket an operator created with Object Lock
+    kit.policy(
+        "locked",
+        ["carol"],
+        retention={"hot": {"last": 1}, "cold": {"last": 1}},
+        tiering={"after": "1h", "storage_class": "STANDARD_IA", "object_lock_days": 1},
+    )
+    shared = os.urandom(2 * MiB)
+    old = kit.point("carol", NOW - timedelta(hours=30), shared + b"old" * 50_000)
+    first = TierJob(kit.services, None).run(now=NOW - timedelta(hours=20))
+    assert [m.point_id for m in first.moves] == [old]
+    lock_old = first.moves[0].retain_until
+    assert lock_old and kit.services.cold.store.retain_until(f"manifests/carol/{old}") is not None  # type: ignore[attr-defined]
+
+    new = kit.point("carol", NOW - timedelta(hours=5), shared + b"new" * 50_000)
+    retained: list[dict[str, Any]] = []
+    store = kit.services.cold.store
+    assert isinstance(store, S3Store)
+    store._client.meta.events.register(
+        "provide-client-params.s3.PutObjectRetention", lambda params, **_: retained.append(params)
+    )
+    second = TierJob(kit.services, None).run(now=NOW)
+    assert [m.point_id for m in second.moves] == [new]
+    # the chunks it shares with the old point were locked only until the old point's lock: extended
+    assert second.moves[0].locks_extended == len(retained) > 0
+    assert all(r["Retention"]["RetainUntilDate"] > NOW + timedelta(days=1) for r in retained)
+
+    # cold retention keeps 1: the old copy is due, but still locked -> skipped, no delete attempted
+    report = ColdPruneJob(kit.services, None).run(now=NOW)
+    assert report.locked == [old]
+    assert kit.catalog.point(old)["tiers"] == ["hot", "cold"]
+    assert kit.services.cold.get_manifest("carol", old)["point_id"] == old
+    # S3 itself refuses to delete the locked version, whatever drsvc's config says
+    client = boto3.client("s3")
+    key = f"fleet/manifests/carol/{old}"
+    version = client.head_object(Bucket=kit.bucket, Key=key)["VersionId"]
+    with pytest.raises(client.exceptions.ClientError, match="AccessDenied"):
+        client.delete_object(Bucket=kit.bucket, Key=key, VersionId=version)
+
+    # after the lock expires the next run drops it, and the GC (grace 0) takes its own chunks
+    later = clock.from_iso(lock_old) + timedelta(minutes=1)
+    after = ColdPruneJob(kit.services, None).run(now=later)
+    assert after.locked == [] and [d.point_id for d in after.decisions if not d.keep] == [old]
+    assert kit.catalog.point(old)["tiers"] == ["hot"]
+    assert list(kit.services.cold.list_manifests("carol")) == [("carol", new)]
+    assert after.chunks_marked >= 1
+    ColdPruneJob(kit.services, None).run(now=later + timedelta(seconds=1))
+    still = set(kit.services.cold.list_chunk_ids())
+    needed = {c for c, _ in kit.services.cold.get_manifest("carol", new)["volume"]["stream"]["chunks"]}
+    assert needed <= still and not (still - needed)
+
+
+def test_tier_cli_json_and_exit_code(kit: ColdKit, run_cli: Any) -> None:
+    kit.policy("std", ["alice"])
+    pid = kit.point("alice", clock.now() - timedelta(hours=5), os.urandom(MiB))
+    config = str(kit.root / "drsvc.toml")
+    dry = run_cli("--config", config, "--json", "tier", "--dry-run")
+    assert dry.code == 0, dry.stderr
+    assert dry.json()["moves"][0]["point_id"] == pid and dry.json()["dry_run"] is True
+    real = run_cli("--config", config, "--json", "tier")
+    assert real.code == 0, real.stderr
+    doc = real.json()
+    assert doc["summary"]["done"] == 1 and doc["summary"]["chunks_uploaded"] >= 1
+    human = run_cli("--config", config, "tier")
+    assert human.code == 0 and "nothing to tier" in human.stdout
