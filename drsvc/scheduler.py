@@ -19,6 +19,7 @@ from typing import Any
 from drsvc import clock
 from drsvc.backup import BackupJob, recover_interrupted
 from drsvc.catalog import Catalog
+from drsvc.drill import DrillJob
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, Busy, DrsvcError
 from drsvc.inventory import select
 from drsvc.lease import Lease
@@ -27,7 +28,7 @@ from drsvc.prune import PruneJob
 from drsvc.services import Services
 from drsvc.tiering import TierJob, prune_cold
 
-PURPOSES = ("backup",)  # drills join when the drill job exists
+PURPOSES = ("backup", "drill")
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,9 @@ class Scheduler:
                 tier = TierJob(self.services, lease, on_event=self.on_event).run(now=clock.now())
                 if tier.moves:
                     report.ran.append({"purpose": "tier", "exit_code": tier.exit_code, **tier.document()})
+            drills = [d for d in report.due if d.purpose == "drill"]
+            if drills:
+                report.ran += run_due(drills, self.catalog, self._drill)
             if backups:
                 prune = PruneJob(self.services, lease, on_event=self.on_event).run(now=clock.now())
                 report.ran.append({"purpose": "prune", "exit_code": EXIT_OK, **prune.document()})
@@ -276,6 +280,16 @@ class Scheduler:
             return {"policy": item.policy, "purpose": "backup", "exit_code": EXIT_OK, "desktops": 0}
         result = BackupJob(self.services, lease, on_event=self.on_event).run(desktops, policy)
         return {"purpose": "backup", "exit_code": result.exit_code, **result.document()}
+
+    def _drill(self, item: Due) -> dict[str, Any]:
+        self.on_event("due", item=item)
+        job = DrillJob(self.services, on_event=self.on_event)
+        chosen = job.choose(policy=item.policy)
+        if not chosen:
+            return {"policy": item.policy, "purpose": "drill", "exit_code": EXIT_OK, "desktops": 0}
+        parallel = self.services.config.scheduler.workers
+        result = job.run(chosen, parallel=parallel, policy=item.policy, selection=f"scheduled sample of {item.policy}")
+        return {"purpose": "drill", "policy": item.policy, "exit_code": result.exit_code, **result.document()}
 
     def serve(self, stopper: Stopper) -> None:
         """The daemon: tick, sleep until the next due time, until SIGTERM/SIGINT."""

@@ -64,3 +64,14 @@ def test_success_closes_the_window(policies):
     [item] = [d for d in due(policies, {}, T) if d.policy == "hourly"]
     record_outcome(catalog, item, None, T)
     assert not [d for d in due(policies, load_states(catalog), T) if d.policy == "hourly"]
+
+
+def test_drill_schedules_are_due_like_backups(tmp_path):
+    (tmp_path / "q.yaml").write_text(
+        "name: q\nselector: {tenant: acme}\nschedule: '0 * * * *'\ntimezone: UTC\n"
+        "drill: {schedule: '0 3 1 1,4,7,10 *', sample: 2}\n"
+    )
+    items = {(d.policy, d.purpose): d for d in due(load_policies([tmp_path]), {}, T)}
+    assert items[("q", "drill")].window == datetime(2026, 10, 1, 3, 0, tzinfo=UTC)
+    ran = {("q", "drill"): State(datetime(2026, 10, 1, 3, 0, tzinfo=UTC))}
+    assert ("q", "drill") not in {(d.policy, d.purpose) for d in due(load_policies([tmp_path]), ran, T)}
