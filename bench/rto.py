@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 DRSVC = str(REPO / ".venv" / "bin" / "drsvc")
 IMAGE = "localhost/drsvc-desk:busybox"
 COUNTER = (
-    'B=$(cat /proc/sys/kernel/random/uuid); i=0; '
+    "B=$(cat /proc/sys/kernel/random/uuid); i=0; "
     'while true; do i=$((i+1)); echo "$i $B" > /data/counter; sleep 0.2; done'
 )
 

@@ -23,6 +23,8 @@ _MODULES = [
     "tier_cmd",
     "verify_cmd",
     "catalog_cmd",
+    "report_cmd",
+    "runbook_cmd",
 ]
 
 
