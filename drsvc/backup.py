@@ -112,8 +112,12 @@ def new_point_id(desktop: str, when: datetime) -> str:
 
 
 def snapshot_name(policy: str | None, when: datetime, batch: int) -> str:
-    """Pool snapshot names an operator recognises in ``rados lssnap``."""
-    return f"drsvc-{policy or 'manual'}-{clock.compact(when)}-{batch}"
+    """Pool snapshot names an operator recognises in ``rados lssnap``.
+
+    Unique also when two runs (or two drsvc deployments sharing a pool) start in the same second:
+    pool snapshot names are pool-wide.
+    """
+    return f"drsvc-{policy or 'manual'}-{clock.compact(when)}-{batch}-{secrets.token_hex(2)}"
 
 
 def image_key(image_id: str) -> str:
@@ -170,7 +174,9 @@ class BackupJob:
         # Open the hot store before freezing anything: a wrong key or a missing pool must fail
         # the run up front, not after desktops were frozen and a snapshot taken.
         _ = self.hot
-        recover_interrupted(self.catalog)
+        if not self.lease.joined:
+            # a joined lease (a node agent) must not fail its sibling agents' pending points
+            recover_interrupted(self.catalog)
         policy_name = policy.name if policy else None
         job_id = self.catalog.start_job(
             "backup",
@@ -471,8 +477,8 @@ class BackupJob:
 
     def _ensure_image(self, d: DesktopRef) -> dict[str, Any] | None:
         """Store the desktop's base image once per image id, so a restore never depends on a registry."""
-        if not d.image_id:
-            return None
+        if not d.image_id or not getattr(self.runtime, "stores_images", True):
+            return None  # e.g. CRI-O: base images stay in their registry
         key = image_key(d.image_id)
         try:
             self.hot.get_manifest(IMAGES, key)

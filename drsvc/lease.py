@@ -55,6 +55,7 @@ class Lease:
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.joined = False
 
     def __enter__(self) -> Lease:
         token = self.catalog.acquire_lease(self.name, self.holder, self.ttl)
@@ -89,3 +90,23 @@ class Lease:
         if self.token is None or self._lost.is_set() or not self.catalog.lease_valid(self.name, self.token):
             self._lost.set()
             raise LeaseLost(f"lost the {self.name!r} lease (token {self.token}); stopping without committing")
+
+
+class JoinedLease(Lease):
+    """A lease another process holds and renews (the scheduler), joined by its token.
+
+    Node agents started by the Kubernetes executor work under the scheduler's lease: they
+    neither acquire, renew nor release it, but every commit is fenced by its token all the same.
+    """
+
+    def __init__(self, catalog: Catalog, token: int, name: str = WORK_LEASE) -> None:
+        super().__init__(catalog, name)
+        self.token = token
+        self.joined = True
+
+    def __enter__(self) -> JoinedLease:
+        self.check()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        return None

@@ -278,6 +278,15 @@ class Scheduler:
         desktops = select(self.services, policy=item.policy)
         if not desktops:
             return {"policy": item.policy, "purpose": "backup", "exit_code": EXIT_OK, "desktops": 0}
+        if self.services.config.scheduler.executor == "kubernetes":
+            # one Job per node runs `drsvc backup --node N --lease-token T` where the archives are
+            from drsvc.executors import open_executor
+
+            executor = open_executor(self.services.config, on_event=self.on_event)
+            try:
+                return executor.run_backup(item.policy, desktops, lease_token=lease.token)
+            finally:
+                executor.close()
         result = BackupJob(self.services, lease, on_event=self.on_event).run(desktops, policy)
         return {"purpose": "backup", "exit_code": result.exit_code, **result.document()}
 

@@ -12,6 +12,7 @@ from drsvc.backup import BackupJob, BackupReport, Outcome
 from drsvc.cli._common import App, DrsvcCommand, pass_app
 from drsvc.errors import InvalidInput
 from drsvc.inventory import select
+from drsvc.lease import JoinedLease
 from drsvc.units import format_bytes
 
 
@@ -62,9 +63,18 @@ def render_report(report: BackupReport, out: Console) -> None:
 @click.command("backup", cls=DrsvcCommand)
 @click.argument("desktops", nargs=-1)
 @click.option("--policy", "policy_name", help="Back up every desktop this policy covers.")
+@click.option("--node", help="Only desktops running on this node (the Kubernetes executor's node agents).")
+@click.option("--lease-token", type=int, help="Work under the scheduler's lease with this fencing token.")
 @click.option("--dry-run", is_flag=True, help="Show which desktops would be backed up, change nothing.")
 @pass_app
-def command(app: App, desktops: tuple[str, ...], policy_name: str | None, dry_run: bool) -> int:
+def command(
+    app: App,
+    desktops: tuple[str, ...],
+    policy_name: str | None,
+    node: str | None,
+    lease_token: int | None,
+    dry_run: bool,
+) -> int:
     """Take recovery points now: memory (CRIU checkpoint) and data (pool snapshot) paired.
 
     Name DESKTOPs, or give --policy to take all desktops it covers (with its capture options).
@@ -75,6 +85,8 @@ def command(app: App, desktops: tuple[str, ...], policy_name: str | None, dry_ru
     services = app.services
     policy = services.policies.get(policy_name) if policy_name else None
     chosen = select(services, names=list(desktops), policy=policy_name)
+    if node is not None:
+        chosen = [d for d in chosen if d.node == node]
     if dry_run:
         names = [d.desktop_id for d in chosen]
         doc = {"dry_run": True, "policy": policy_name, "desktops": names}
@@ -83,7 +95,8 @@ def command(app: App, desktops: tuple[str, ...], policy_name: str | None, dry_ru
     if not chosen:
         app.emit({"policy": policy_name, "results": []}, lambda out: out.print("no desktops to back up"))
         return 0
-    with app.lease() as lease:
+    lease = JoinedLease(app.catalog, lease_token) if lease_token is not None else app.lease()
+    with lease:
         report = BackupJob(services, lease, on_event=progress_printer(app)).run(chosen, policy)
     app.emit(report.document(), lambda out: render_report(report, out))
     return report.exit_code

@@ -1,0 +1,201 @@
+"""deploy/kubernetes: every manifest parses into the kubernetes client's models, and the RBAC grants
+exactly the API calls the crio:// adapter and the Kubernetes executor make (nothing missing, nothing extra).
+
+The calls are declared in the code (``API_CALLS`` tables) and observed here on the protocol fake, so
+the table cannot drift from the code, nor the Roles from the table.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client as kclient
+import pytest
+import yaml
+from fakes.kubelet import FakeEnv, fake_env
+
+from drsvc.executors import kubernetes as executor_mod
+from drsvc.executors.kubernetes import KubernetesExecutor, load_template
+from drsvc.runtimes import crio
+from drsvc.runtimes.base import DesktopRef
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+NOT_MANIFESTS = {"kustomization.yaml"}
+DRSVC_NS, DESKTOPS_NS = "drsvc", "desktops"
+
+# which operations each service account performs, and in which namespace (None: cluster scope)
+ROLE_OF_SA: dict[str, list[tuple[str, list[tuple[str, str, str]]]]] = {
+    "drsvc-scheduler": [
+        (DRSVC_NS, executor_mod.API_CALLS),
+        (DESKTOPS_NS, crio.API_CALLS["discover"]),
+    ],
+    "drsvc-node-agent": [
+        (DESKTOPS_NS, crio.API_CALLS["discover"] + crio.API_CALLS["checkpoint"]),
+    ],
+    "drsvc-restore": [
+        (DESKTOPS_NS, [c for op in ("discover", "inspect", "restore", "remove") for c in crio.API_CALLS[op]]),
+    ],
+}
+CLUSTER_RESOURCES = {"nodes", "nodes/proxy"}
+
+
+def documents() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        if path.name in NOT_MANIFESTS:
+            continue
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                yield path.name, doc
+
+
+def _strip_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_none(v) for v in value]
+    return value
+
+
+def test_every_manifest_is_a_valid_kubernetes_object() -> None:
+    api = kclient.ApiClient()
+    kinds = []
+    for name, doc in documents():
+        group_version = doc["apiVersion"].split("/")[-1]
+        model = getattr(kclient, f"{group_version.capitalize()}{doc['kind']}")
+        obj = model.from_dict(doc)
+        # a round trip through the model keeps every key: a misspelt or unknown field would vanish
+        assert _strip_none(api.sanitize_for_serialization(obj)) == _strip_none(doc), f"{name}: {doc['kind']}"
+        kinds.append(doc["kind"])
+    assert {"CronJob", "Job", "ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ConfigMap", "Secret"} <= set(
+        kinds
+    )
+
+
+def test_kustomization_lists_every_manifest_but_the_template() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    files = {p.name for p in DEPLOY.glob("*.yaml")} - NOT_MANIFESTS - {"node-agent-job.yaml"}
+    assert set(kustomization["resources"]) == files
+    (gen,) = kustomization["configMapGenerator"]
+    assert gen["files"] == ["job.yaml=node-agent-job.yaml"]
+
+
+def test_node_agent_template_mounts_what_the_agent_needs() -> None:
+    job = load_template(DEPLOY / "node-agent-job.yaml")
+    spec = job["spec"]["template"]["spec"]
+    host = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    assert {"/var/lib/kubelet/checkpoints", "/run/drsvc/freeze", "/etc/criu", "/usr/local/lib/drsvc"} <= host
+    mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    assert {"/var/lib/kubelet/checkpoints", "/run/drsvc/freeze", "/var/lib/drsvc"} <= mounts
+    cron = next(d for _, d in documents() if d["kind"] == "CronJob")
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["--json", "run", "--once"]
+    config = next(d for _, d in documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "drsvc-config")
+    assert 'executor = "kubernetes"' in config["data"]["drsvc.toml"]
+
+
+# ---------------------------------------------------------------------- RBAC
+def granted() -> dict[str, set[tuple[str | None, str, str, str]]]:
+    """service account -> {(namespace or None, group, resource, verb)} from the Roles bound to it."""
+    roles: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+    bindings = []
+    for _, doc in documents():
+        if doc["kind"] in ("Role", "ClusterRole"):
+            roles[(doc["kind"], doc["metadata"].get("namespace"))] = roles.get(
+                (doc["kind"], doc["metadata"].get("namespace")), []
+            )
+            roles[(doc["kind"], doc["metadata"].get("namespace"))].append(doc)
+        elif doc["kind"] in ("RoleBinding", "ClusterRoleBinding"):
+            bindings.append(doc)
+    out: dict[str, set[tuple[str | None, str, str, str]]] = defaultdict(set)
+    for b in bindings:
+        ns = b["metadata"].get("namespace")
+        kind = b["roleRef"]["kind"]
+        role = next(
+            r for r in roles[(kind, ns if kind == "Role" else None)] if r["metadata"]["name"] == b["roleRef"]["name"]
+        )
+        for subject in b["subjects"]:
+            for rule in role["rules"]:
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        for verb in rule["verbs"]:
+                            out[subject["name"]].add((ns, group, resource, verb))
+    return out
+
+
+def test_rbac_grants_exactly_what_the_code_calls() -> None:
+    have = granted()
+    for sa, parts in ROLE_OF_SA.items():
+        need = {
+            (None if resource in CLUSTER_RESOURCES else ns, group, resource, verb)
+            for ns, calls in parts
+            for group, resource, verb in calls
+        }
+        assert have[sa] - need == set(), f"{sa}: granted but never called"
+        assert need - have[sa] == set(), f"{sa}: called but not granted"
+    assert set(have) == set(ROLE_OF_SA)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[FakeEnv]:
+    with fake_env(tmp_path) as e:
+        e.cluster.add_pod("alice", labels={"drsvc.desktop": "alice"}, container_id="a" * 64)
+        yield e
+
+
+def test_declared_calls_are_the_calls_observed(env: FakeEnv) -> None:
+    rt = crio.from_url(env.crio_url(), configuration=env.kubelet.configuration())
+    observed: dict[str, set[tuple[str, str, str]]] = {}
+
+    def record(op: str) -> Any:
+        env.cluster.calls.clear()
+
+        class Rec:
+            def __enter__(self) -> None:
+                return None
+
+            def __exit__(self, *exc: object) -> None:
+                observed[op] = set(env.cluster.calls)
+
+        return Rec()
+
+    with record("discover"):
+        rt.list_desktops()
+    with record("inspect"):
+        rt.inspect("alice")
+        rt.inspect("a" * 64)
+    with record("checkpoint"), rt.checkpoint("alice") as stream:
+        archive = stream.read()
+    with record("remove"):
+        rt.remove("alice")
+    with record("restore"):
+        rt.restore(io.BytesIO(archive))
+    for op, calls in crio.API_CALLS.items():
+        assert observed[op] == set(calls), op
+
+    ex = KubernetesExecutor(
+        namespace=DRSVC_NS,
+        template=load_template(DEPLOY / "node-agent-job.yaml"),
+        configuration=env.kubelet.configuration(),
+        timeout=1.2,
+        watch_seconds=1,
+    )
+
+    def finish() -> None:
+        while not env.cluster.jobs:
+            time.sleep(0.02)
+        env.cluster.finish_job(next(iter(env.cluster.jobs))[1], exit_code=0)
+
+    env.cluster.calls.clear()
+    t = threading.Thread(target=finish, daemon=True)
+    t.start()
+    d = DesktopRef("alice", "desktops/alice/desktop", "a" * 64, None, None, node="n1")
+    ex.run_backup("standard", [d, DesktopRef("bob", "desktops/bob/desktop", "b" * 64, None, None, node="n2")])
+    t.join(5)
+    # n1 finished (watch, pods list); n2 timed out (get, delete)
+    assert set(env.cluster.calls) == set(executor_mod.API_CALLS)
