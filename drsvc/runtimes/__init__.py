@@ -79,3 +79,4 @@ def open_runtime(url: str, **options: Any) -> ContainerRuntime:
 # Built-ins register exactly the way an add-on would (lazily: nothing is imported until used).
 register_runtime("podman", "drsvc.runtimes.podman:from_url")
 register_runtime("crio", "drsvc.runtimes.crio:from_url")
+register_runtime("docker", "drsvc.runtimes.docker:from_url")
