@@ -9,12 +9,10 @@ libraries load only when used) or with a factory callable (add-ons, tests):
 
 from __future__ import annotations
 
-import importlib
-import re
 from collections.abc import Callable
 from typing import Any
 
-from drsvc.errors import InvalidInput
+from drsvc.registry import Registry
 from drsvc.runtimes.base import (
     LABEL_DESKTOP,
     LABEL_TENANT,
@@ -38,42 +36,22 @@ __all__ = [
 
 Factory = Callable[..., ContainerRuntime]
 
-_REGISTRY: dict[str, Factory | str] = {}
-_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://(.*)$")
+_REGISTRY: Registry[ContainerRuntime] = Registry("runtime")
 
 
 def register_runtime(scheme: str, factory: Factory | str) -> None:
     """Make ``scheme://…`` URLs open with ``factory(url, **options)`` (or lazily, ``"module:attr"``)."""
-    _REGISTRY[scheme.lower()] = factory
+    _REGISTRY.register(scheme, factory)
 
 
 def registered_runtimes() -> list[str]:
     """Schemes ``open_runtime`` understands, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.schemes()
 
 
 def open_runtime(url: str, **options: Any) -> ContainerRuntime:
     """Open the runtime a URL names; unknown schemes and malformed URLs raise ``InvalidInput``."""
-    m = _SCHEME.match(url or "")
-    if not m:
-        raise InvalidInput(f"malformed runtime URL {url!r}: expected SCHEME://… ({', '.join(registered_runtimes())})")
-    scheme = m.group(1)
-    factory = _REGISTRY.get(scheme)
-    if factory is None:
-        raise InvalidInput(
-            f"unknown runtime URL scheme {scheme!r} in {url!r}; known: {', '.join(registered_runtimes())}"
-        )
-    if isinstance(factory, str):
-        module_name, _, attr = factory.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            raise InvalidInput(f"runtime URL {url!r}: the {scheme}:// backend ({module_name}) is not installed") from e
-        factory = getattr(module, attr or "from_url")
-        _REGISTRY[scheme] = factory
-    return factory(url, **options)
+    return _REGISTRY.open(url, **options)
 
 
 # Built-ins register exactly the way an add-on would (lazily: nothing is imported until used).

@@ -9,12 +9,10 @@ with a factory callable (add-ons, tests): ``register_scheme("mem", MemStore.from
 
 from __future__ import annotations
 
-import importlib
-import re
 from collections.abc import Callable
 from typing import Any
 
-from drsvc.errors import InvalidInput
+from drsvc.registry import Registry
 from drsvc.storage.base import ObjectStore, StoreBase, check_key, check_prefix, ordered_map
 
 __all__ = [
@@ -30,40 +28,22 @@ __all__ = [
 
 Factory = Callable[..., ObjectStore]
 
-_REGISTRY: dict[str, Factory | str] = {}
-_SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://(.*)$")
+_REGISTRY: Registry[ObjectStore] = Registry("store")
 
 
 def register_scheme(scheme: str, factory: Factory | str) -> None:
     """Open ``scheme://…`` URLs with ``factory(url, **options)`` or a lazily imported ``"module:attr"``."""
-    _REGISTRY[scheme.lower()] = factory
+    _REGISTRY.register(scheme, factory)
 
 
 def registered_schemes() -> list[str]:
     """Schemes ``open_store`` understands, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.schemes()
 
 
 def open_store(url: str, **options: Any) -> ObjectStore:
     """Open the object store a URL names; unknown schemes and malformed URLs raise ``InvalidInput``."""
-    m = _SCHEME.match(url or "")
-    if not m:
-        raise InvalidInput(f"malformed store URL {url!r}: expected SCHEME://… ({', '.join(registered_schemes())})")
-    scheme = m.group(1)
-    factory = _REGISTRY.get(scheme)
-    if factory is None:
-        raise InvalidInput(f"unknown store URL scheme {scheme!r} in {url!r}; known: {', '.join(registered_schemes())}")
-    if isinstance(factory, str):
-        module_name, _, attr = factory.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
-            raise InvalidInput(f"store URL {url!r}: the {scheme}:// backend ({module_name}) is not installed") from e
-        factory = getattr(module, attr or "from_url")
-        _REGISTRY[scheme] = factory
-    return factory(url, **options)
+    return _REGISTRY.open(url, **options)
 
 
 # Built-ins register exactly the way an add-on would (lazily, so `import rados`/boto3 happen on use).

@@ -63,8 +63,8 @@ def test_add_on_registers_like_a_built_in() -> None:
     finally:
         from drsvc import runtimes
 
-        runtimes._REGISTRY.pop("fake", None)
-        runtimes._REGISTRY.pop("lazy", None)
+        runtimes._REGISTRY.unregister("fake")
+        runtimes._REGISTRY.unregister("lazy")
 
 
 def test_desktop_ref_from_labels() -> None:

@@ -60,7 +60,7 @@ def test_bad_or_unknown_schemes(url):
 def test_registry_takes_factories_and_lazy_module_names(monkeypatch):
     import drsvc.volumes as volumes
 
-    monkeypatch.setattr(volumes, "_REGISTRY", dict(volumes._REGISTRY))  # leave the real one alone
+    monkeypatch.setattr(volumes, "_REGISTRY", volumes._REGISTRY.copy())  # leave the real one alone
     opened: list[tuple[str, dict]] = []
 
     def factory(url: str, **options):
