@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from drsvc.errors import NotFound
-from drsvc.runtimes.base import DesktopRef
+from drsvc.runtimes.base import LABEL_CLONE_OF, DesktopRef
 from drsvc.services import Services
 
 
 def discover(services: Services) -> tuple[list[DesktopRef], list[str]]:
     """Ask the runtime for every labelled desktop, record them; returns (found, gone ids)."""
     runtime = services.runtime
-    found = runtime.list_desktops()
+    # Clones restored beside their desktop (restore --as, drill sandboxes) are not desktops to
+    # protect: they carry drsvc.clone-of, and a policy selecting by tenant must not back them up.
+    found = [d for d in runtime.list_desktops() if LABEL_CLONE_OF not in d.labels]
     catalog = services.catalog
     with catalog.transaction():
         for d in found:

@@ -46,7 +46,7 @@ from drsvc.errors import (
     NotFound,
 )
 from drsvc.policy import Policy
-from drsvc.runtimes.base import LABEL_DESKTOP, LABEL_VOLUME, DesktopRef
+from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, LABEL_VOLUME, DesktopRef
 from drsvc.services import Services
 from drsvc.volumes.base import VolumeObject
 
@@ -357,7 +357,7 @@ class RestoreJob:
                     labels = {
                         LABEL_DESKTOP: plan.as_name,
                         LABEL_VOLUME: plan.volume_url,
-                        "drsvc.clone-of": plan.desktop["id"],
+                        LABEL_CLONE_OF: plan.desktop["id"],
                     }
                 for attempt in (1, 2):
                     try:

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 LABEL_DESKTOP = "drsvc.desktop"
 LABEL_VOLUME = "drsvc.volume"
 LABEL_TENANT = "drsvc.tenant"
+LABEL_CLONE_OF = "drsvc.clone-of"  # set on clones restored beside their desktop (restore --as, drills)
 
 _FULL_ID = re.compile(r"^[0-9a-f]{64}$")
 

@@ -85,6 +85,8 @@ def test_restore_as_a_clone_runs_beside_the_original(drsvc_env, make_fleet):
     assert result.code == 0, result.stderr
     try:
         assert runtime.inspect(desktop).state == runtime.inspect(clone).state == "running"
+        discovered = [d["desktop_id"] for d in drsvc_env.cli("--json", "desktops", "discover").json()["desktops"]]
+        assert desktop in discovered and clone not in discovered  # a clone is not a desktop to protect
         clone_ref = runtime.inspect(clone)
         assert clone_ref.desktop_id == clone and clone_ref.labels["drsvc.clone-of"] == desktop
         assert clone_ref.volume == f"rados://desktops/{clone}"

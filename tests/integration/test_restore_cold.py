@@ -1,0 +1,63 @@
+"""Restore from a point that only the cold tier (S3 on radosgw) still holds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from drsvc.catalog import Catalog
+
+
+@pytest.fixture
+def cold_bucket(lab: Any) -> Iterator[str]:
+    name = f"drsvc-it-{uuid.uuid4().hex[:10]}"
+    yield name
+    subprocess.run(
+        ["radosgw-admin", "-c", lab.ceph_conf, "bucket", "rm", "--bucket", name, "--purge-objects", "--bypass-gc"],
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def test_restore_from_a_cold_only_point(drsvc_env, make_fleet, cold_bucket):
+    drsvc_env.write(f'[cold]\nstore = "s3://{cold_bucket}/fleet"\nendpoint_url = "{os.environ["S3_ENDPOINT_URL"]}"\n')
+    [desktop] = make_fleet(1, data_mib=4)
+    drsvc_env.policy(
+        "coldish",
+        [desktop],
+        retention={"hot": {"last": 1}, "cold": {"last": 10}},
+        tiering={"after": "1s", "storage_class": "STANDARD_IA"},
+    )
+    first = drsvc_env.cli("--json", "backup", "--policy", "coldish")
+    assert first.code == 0, first.stderr
+    point_id = first.json()["results"][0]["point_id"]
+    services = drsvc_env.services()
+    runtime = services.runtime
+    _, boot = runtime.exec(desktop, ["cat", "/data/counter"])[1].split()
+    time.sleep(1.5)
+    tiered = drsvc_env.cli("--json", "tier")
+    assert tiered.code == 0, tiered.stderr
+    assert drsvc_env.cli("backup", "--policy", "coldish").code == 0
+    assert drsvc_env.cli("prune").code == 0  # hot keeps only the newest: the first point is cold-only now
+    catalog = Catalog.open(drsvc_env.root / "catalog.db")
+    assert catalog.point(point_id)["tiers"] == ["cold"]
+    expected = {o["name"]: o["digest"] for o in services.cold.get_manifest(desktop, point_id)["volume"]["objects"]}
+
+    runtime.remove(desktop)
+    volume = services.volume(f"rados://desktops/{desktop}")
+    volume.purge()  # the whole namespace lost, not just damaged
+
+    result = drsvc_env.cli("--json", "restore", desktop, "--point", point_id, "--verify")
+    assert result.code == 0, result.stderr
+    doc = result.json()
+    assert doc["tier"] == "cold" and doc["status"] == "ok" and doc["point_id"] == point_id
+    assert doc["rto_seconds"] <= doc["target_seconds"]
+    assert volume.digests_now() == expected
+    _, after_boot = runtime.exec(desktop, ["cat", "/data/counter"])[1].split()
+    assert after_boot == boot  # the process continued from the cold checkpoint
