@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -580,7 +580,12 @@ class PolicySet:
     policies: Mapping[str, Policy] = field(default_factory=dict)
     sources: Mapping[str, Path] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
-    warnings: tuple[str, ...] = ()
+
+    @cached_property
+    def warnings(self) -> tuple[str, ...]:
+        """Non-fatal problems, computed on first use: the RPO check samples a year of cron runs,
+        which commands that only need the policies (restore at 3 a.m.) should not pay for."""
+        return tuple(w for name, policy in self.policies.items() for w in _warnings(self.sources[name], policy))
 
     def __iter__(self) -> Iterator[Policy]:
         return iter(self.policies.values())
@@ -746,7 +751,6 @@ def load_policies(paths: Iterable[str | Path]) -> PolicySet:
     otherwise returns the complete set, with warnings (e.g. RPO shorter than the schedule allows).
     """
     files, errors = policy_files(paths)
-    warnings: list[str] = []
     policies: dict[str, Policy] = {}
     sources: dict[str, Path] = {}
     for file in files:
@@ -774,10 +778,9 @@ def load_policies(paths: Iterable[str | Path]) -> PolicySet:
             continue
         policies[policy.name] = policy
         sources[policy.name] = file
-        warnings.extend(_warnings(file, policy))
     if errors:
         count = len(errors)
         raise PolicyError(
             f"{count} problem{'s' if count != 1 else ''} in policy files; nothing was loaded", details=errors
         )
-    return PolicySet(policies=policies, sources=sources, files=tuple(files), warnings=tuple(warnings))
+    return PolicySet(policies=policies, sources=sources, files=tuple(files))
