@@ -53,7 +53,8 @@ def _memory_counter(archive: BinaryIO, boot: str) -> int:
 def test_point_pairs_memory_and_volume_at_the_same_instant(drsvc_env, make_fleet):
     """The desktop-image workload keeps a counter in memory and writes it into RADOS every tick
     (memory advances only once the write succeeded). The counter in the point's checkpoint (its
-    memory pages) equals the counter object in the point's pool snapshot: same instant."""
+    memory pages) equals the counter object in the point's pool snapshot: same instant (up to
+    the one write that may be in flight when the desktop freezes)."""
     [desktop] = make_fleet(1, image="desktop")
     time.sleep(1.5)  # a few ticks on disk
     result = drsvc_env.cli("--json", "backup", desktop)
@@ -68,7 +69,11 @@ def test_point_pairs_memory_and_volume_at_the_same_instant(drsvc_env, make_fleet
     volume = services.volume(manifest["volume"]["url"])
     on_disk, boot = b"".join(volume.read_at(snap, "counter")).decode().split()
     in_memory = _memory_counter(services.hot.open_stream(StreamRef.from_dict(manifest["checkpoint"]["stream"])), boot)
-    assert in_memory == int(on_disk), f"memory {in_memory} != volume snapshot {on_disk}"
+    # Equal, or the snapshot one ahead when the freeze caught a write in flight: the OSD applied
+    # it but the frozen process had not seen the reply yet (after a restore librados re-sends it
+    # and the OSD answers it as a duplicate). A capture that is not paired differs by many ticks:
+    # a backup takes seconds and the workload writes five times a second.
+    assert int(on_disk) - in_memory in (0, 1), f"memory {in_memory} vs volume snapshot {on_disk}"
     # and the chunk store holds exactly the snapshot's object
     data = b"".join(services.hot.read_stream(StreamRef.from_dict(manifest["volume"]["stream"])))
     offset = 0
