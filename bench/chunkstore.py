@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--desktops", type=int, default=4, help="streams sharing a base image (default 4)")
     ap.add_argument("--url", default="rados://drsvc-hot", help="store URL root (default rados://drsvc-hot)")
     ap.add_argument("--workers", type=int, default=2, help="chunk store encode/decode threads (default 2)")
-    ap.add_argument("--avg-kib", type=int, default=256, help="FastCDC average size (min = avg/4, max = avg*4)")
+    ap.add_argument("--avg-kib", type=int, default=128, help="FastCDC average size (min = avg/4, max = avg*4)")
     ap.add_argument("--keep", action="store_true", help="do not delete what was written")
     args = ap.parse_args()
 

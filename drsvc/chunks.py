@@ -3,8 +3,11 @@
 Layout (DESIGN.md "Storage format")::
 
     config                          plaintext JSON: format version, chunker parameters, key fingerprint,
-                                    and a sealed key check (a wrong key fails before anything is written)
+                                    a sealed key check (a wrong key fails before anything is written),
+                                    and ``packs`` when the store keeps its chunks in packs (version 2)
     chunks/<2 hex>/<id>             sealed(codec byte + zstd or raw chunk); id = keyed BLAKE3 of the plaintext
+    packs/<2 hex>/<pack-id>         packed stores (the cold tier): sealed chunk blobs, concatenated
+    index/<pack-id>                 sealed(zstd(JSON)): the pack's chunk id -> (offset, length) list
     manifests/<desktop>/<point-id>  sealed(zstd(JSON document))
 
 Every sealed object carries ``b"drsvc/" + its key`` as associated data, so no object can stand in
@@ -12,15 +15,52 @@ for another (a manifest for a chunk, chunk A for chunk B). Streams are cut with 
 table) block by block with the tail carried over, so memory stays bounded whatever the stream size.
 Dedup checks an in-memory set of chunk ids loaded once by a batched listing, never one request per
 chunk. A ``ChunkStore`` is meant for one writing thread at a time; readers may share it.
+
+**Packs** (``pack_size`` set; the S3 cold tier, where every request costs ~4 ms of a botocore
+thread): a pack is up to ``pack_size`` bytes (16 MiB by default, one ``PutObject``) of chunk
+blobs **exactly as a loose chunk object holds them** -- each still sealed with the AAD of its own
+``chunks/<2 hex>/<id>`` key. So tiering copies blobs verbatim from the hot store (no re-encryption),
+every blob is verified alone (decrypt, decompress, re-hash against its id) and a pack index entry
+pointing a chunk id at another chunk's bytes fails authentication. The pack id is random (32 hex).
+
+The index is a **separate small object** rather than a header or trailer inside the pack:
+
+- knowing what the store holds (dedup for tiering, ``verify`` without ``--read-data``, GC) reads
+  only indexes -- one listing, one small GET per pack, loaded once and then refreshed
+  incrementally (indexes are immutable) -- and never touches the pack itself, which may sit in
+  STANDARD_IA (retrieval billed per GB) or GLACIER (unreadable without a restore request); indexes
+  stay in the default class like manifests;
+- the index is written only after its pack is stored, so it is the commit record: a pack without
+  an index (a run killed between the two PUTs) is invisible to readers and is collected by GC
+  after the grace period, like an unreferenced chunk.
+
+Indexes carry the pack's Object Lock retention too (a deleted index would orphan a locked pack).
+
+Reading a packed store fetches by pack: the chunks a stream needs are located through the index,
+runs of chunks that lie close together in one pack are coalesced into one ranged GET (up to
+``MAX_RANGE`` bytes, skipping gaps up to ``MAX_GAP``), ranges are fetched on ``read_workers``
+threads with ``read_ahead`` ranges in flight (bounded memory), then every blob is decoded and
+re-hashed alone; a bad blob raises ``IntegrityError`` naming the chunk and its pack. Loose chunks
+(stores written before packs existed) stay readable beside packs.
+
+A chunk cannot be deleted from a pack. GC deletes a pack (index first, then the pack) only when no
+manifest references any of its chunks; a pack with a few live chunks stays whole (the space
+trade-off: ``collect_garbage`` reports the dead bytes it holds). A later *repack* would copy the
+live blobs of mostly-dead packs verbatim into new packs, write their indexes, then delete the old
+indexes and packs -- safe under the same grace rule, and skipped for packs still locked.
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import json
+import secrets
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any, BinaryIO, Protocol
 
 import zstandard
@@ -34,10 +74,16 @@ KiB = 1024
 MiB = 1024 * KiB
 
 FORMAT = "drsvc-chunkstore"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: packs (a store without packs is still written as version 1)
 CONFIG_KEY = "config"
 CHUNKS_PREFIX = "chunks/"
+PACKS_PREFIX = "packs/"
+INDEX_PREFIX = "index/"
 MANIFESTS_PREFIX = "manifests/"
+PACK_SIZE = 16 * MiB  # default pack size: one PutObject (below the S3 store's multipart threshold)
+MAX_RANGE = 16 * MiB  # largest ranged GET when reading packs (a whole default pack)
+MAX_GAP = 256 * KiB  # bytes of unneeded chunks read through rather than starting a new range
+INDEX_FORMAT = "drsvc-pack-index"
 BLOCK_SIZE = 8 * MiB  # read size of write_stream; the carried tail is at most one max-size chunk
 
 _CODEC_RAW = 0
@@ -50,9 +96,9 @@ _HEX = frozenset("0123456789abcdef")
 class ChunkerParams:
     """FastCDC 2020 parameters, stored in the config so every writer cuts identically."""
 
-    min_size: int = 64 * KiB
-    avg_size: int = 256 * KiB
-    max_size: int = 1 * MiB
+    min_size: int = 32 * KiB
+    avg_size: int = 128 * KiB
+    max_size: int = 512 * KiB
     normalization: int = 1
 
     def __post_init__(self) -> None:
@@ -146,9 +192,48 @@ def _is_id(cid: str) -> bool:
     return len(cid) == 64 and set(cid) <= _HEX
 
 
+def _is_pack_id(pid: str) -> bool:
+    return len(pid) == 32 and set(pid) <= _HEX
+
+
 def chunk_key(cid: str) -> str:
     """Object key of a chunk id."""
     return f"{CHUNKS_PREFIX}{cid[:2]}/{cid}"
+
+
+def pack_key(pack_id: str) -> str:
+    """Object key of a pack."""
+    return f"{PACKS_PREFIX}{pack_id[:2]}/{pack_id}"
+
+
+def index_key(pack_id: str) -> str:
+    """Object key of a pack's index."""
+    return f"{INDEX_PREFIX}{pack_id}"
+
+
+@dataclass(frozen=True)
+class PackIndex:
+    """What one pack holds: ``(chunk id, offset, length)`` of each sealed blob, in pack order."""
+
+    pack_id: str
+    size: int
+    entries: tuple[tuple[str, int, int], ...]
+
+    @property
+    def chunk_ids(self) -> list[str]:
+        """The ids of the chunks in this pack."""
+        return [cid for cid, _, _ in self.entries]
+
+
+@dataclass
+class _Range:
+    """One read: a ranged GET of a pack covering several chunks, or one loose chunk object."""
+
+    key: str
+    start: int
+    end: int
+    items: list[tuple[str, int, int, int | None]]  # (chunk id, offset, stored length, plaintext size)
+    pack_id: str | None = None
 
 
 def object_aad(key: str) -> bytes:
@@ -234,6 +319,11 @@ class ChunkStore:
         workers: int = 2,
         window: int = 8,
         block_size: int = BLOCK_SIZE,
+        pack_size: int | None = None,
+        upload_workers: int = 4,
+        read_workers: int = 3,
+        read_ahead: int = 4,
+        config: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -242,9 +332,19 @@ class ChunkStore:
         self.workers = workers
         self.window = window
         self.block_size = max(block_size, 2 * params.max_size)
+        self.pack_size = pack_size
+        self.upload_workers = max(1, upload_workers)
+        self.read_workers = max(1, read_workers)
+        self.read_ahead = max(1, read_ahead)
         self.stats = WriteStats()
+        self._config = config
         self._known: set[bytes] | None = None
         self._local = threading.local()
+        self._packs: dict[str, PackIndex] = {}
+        self._where: dict[bytes, tuple[str, int, int]] = {}  # chunk id -> (pack id, offset, length)
+        self._pack_objects: set[str] = set()  # pack ids whose pack object was listed (or written)
+        self._packs_loaded = False
+        self._pack_lock = threading.Lock()
         self._cdc = FastCDC(
             params.avg_size,
             min_size=params.min_size,
@@ -264,9 +364,9 @@ class ChunkStore:
         params = params or ChunkerParams()
         if store.exists(CONFIG_KEY):
             raise InvalidInput(f"{store.url} already holds a chunk store (config exists); open it instead")
-        config = {
+        config: dict[str, Any] = {
             "format": FORMAT,
-            "version": FORMAT_VERSION,
+            "version": 1,
             "chunker": params.to_dict(),
             "compression": "zstd",
             "encryption": "aes-256-gcm",
@@ -274,8 +374,10 @@ class ChunkStore:
             "key_fingerprint": keys.fingerprint,
             "key_check": keys.seal(_KEY_CHECK, object_aad(CONFIG_KEY)).hex(),
         }
+        if options.get("pack_size"):
+            config.update(version=2, packs={"target_size": int(options["pack_size"])})
         store.put(CONFIG_KEY, json.dumps(config, indent=1, sort_keys=True).encode() + b"\n")
-        return cls(store, keys, params, **options)
+        return cls(store, keys, params, config=config, **options)
 
     @classmethod
     def open(cls, store: ObjectStore, key: Keys | bytes, **options: Any) -> ChunkStore:
@@ -309,7 +411,11 @@ class ChunkStore:
             check = b""
         if check != _KEY_CHECK:
             raise IntegrityError(f"{store.url}: the key check in config does not verify (config tampered?)")
-        return cls(store, keys, ChunkerParams.from_dict(config["chunker"]), **options)
+        packs = config.get("packs")
+        if isinstance(packs, dict) and not options.get("pack_size"):
+            # A store that holds packs is read as one whatever the caller asked for.
+            options["pack_size"] = int(packs.get("target_size") or PACK_SIZE)
+        return cls(store, keys, ChunkerParams.from_dict(config["chunker"]), config=config, **options)
 
     # ---------------------------------------------------------------- chunk codec
 
@@ -331,7 +437,7 @@ class ChunkStore:
             plain = bytes([_CODEC_RAW]) + bytes(data)
         return self.keys.seal(plain, object_aad(key))
 
-    def _decode(self, key: str, blob: bytes, limit: int) -> bytes:
+    def _decode(self, key: str, blob: bytes | memoryview, limit: int) -> bytes:
         plain = self.keys.open_(blob, object_aad(key))
         if not plain:
             raise IntegrityError(f"{key}: empty payload")
@@ -345,7 +451,7 @@ class ChunkStore:
                 raise IntegrityError(f"{key}: cannot decompress ({e})") from e
         raise IntegrityError(f"{key}: unknown codec {codec}")
 
-    def _decode_chunk(self, cid: str, blob: bytes, size: int | None) -> bytes:
+    def _decode_chunk(self, cid: str, blob: bytes | memoryview, size: int | None) -> bytes:
         data = self._decode(chunk_key(cid), blob, size or self.params.max_size)
         if size is not None and len(data) != size:
             raise IntegrityError(f"chunk {cid}: size {len(data)} != expected {size}")
@@ -441,17 +547,17 @@ class ChunkStore:
     def read_stream(self, ref: StreamRef) -> Iterator[bytes]:
         """Yield the stream's plaintext chunk by chunk, verified; raise ``IntegrityError`` before bad data."""
         hasher = self.keys.hasher()
-        blobs = self.store.get_many(chunk_key(cid) for cid, _ in ref.chunks)
 
-        def decode(item: tuple[tuple[str, int], tuple[str, bytes]]) -> bytes:
-            (cid, size), (_key, blob) = item
-            return self._decode_chunk(cid, blob, size)
+        def decode(item: tuple[str, int | None, bytes | memoryview, str]) -> bytes:
+            cid, size, blob, where = item
+            try:
+                return self._decode_chunk(cid, blob, size)
+            except IntegrityError as e:
+                raise IntegrityError(f"{e}{where}") from e
 
         total = 0
         try:
-            for data in ordered_map(
-                decode, zip(ref.chunks, blobs, strict=True), workers=self.workers, window=self.window
-            ):
+            for data in ordered_map(decode, self._blobs(ref.chunks), workers=self.workers, window=self.window):
                 hasher.update(data)
                 total += len(data)
                 yield data
@@ -459,6 +565,62 @@ class ChunkStore:
             raise IntegrityError(f"a chunk of the stream is missing: {e}") from e
         if total != ref.size or hasher.hexdigest() != ref.hash:
             raise IntegrityError("stream hash or size does not match its reference")
+
+    def _blobs(
+        self, chunks: Iterable[tuple[str, int | None]]
+    ) -> Iterator[tuple[str, int | None, bytes | memoryview, str]]:
+        """``(chunk id, size, sealed blob, where)`` in input order: loose objects or ranges of packs."""
+        if not self.pack_size:
+            items = list(chunks) if not isinstance(chunks, Sequence) else chunks
+            blobs = self.store.get_many(chunk_key(cid) for cid, _ in items)
+            for (cid, size), (_key, blob) in zip(items, blobs, strict=True):
+                yield cid, size, blob, ""
+            return
+        self._ensure_packs()
+        for part in ordered_map(self._fetch, self._ranges(chunks), workers=self.read_workers, window=self.read_ahead):
+            yield from part
+
+    def _ranges(self, chunks: Iterable[tuple[str, int | None]]) -> Iterator[_Range]:
+        """Coalesce the reads of consecutive chunks: one ranged GET per run of nearby chunks of a pack."""
+        current: _Range | None = None
+        where = self._where
+        for cid, size in chunks:
+            loc = where.get(bytes.fromhex(cid))
+            if loc is None:  # a loose chunk (or a missing one: its GET says NotFound)
+                if current is not None:
+                    yield current
+                    current = None
+                yield _Range(chunk_key(cid), 0, 0, [(cid, 0, -1, size)])
+                continue
+            pid, off, n = loc
+            if (
+                current is not None
+                and current.pack_id == pid
+                and current.end <= off <= current.end + MAX_GAP
+                and off + n - current.start <= MAX_RANGE
+            ):
+                current.items.append((cid, off, n, size))
+                current.end = off + n
+            else:
+                if current is not None:
+                    yield current
+                current = _Range(pack_key(pid), off, off + n, [(cid, off, n, size)], pid)
+        if current is not None:
+            yield current
+
+    def _fetch(self, r: _Range) -> list[tuple[str, int | None, bytes | memoryview, str]]:
+        if r.pack_id is None:
+            cid, _, _, size = r.items[0]
+            return [(cid, size, self.store.get(r.key), "")]
+        data = memoryview(self.store.get_range(r.key, r.start, r.end - r.start))
+        out: list[tuple[str, int | None, bytes | memoryview, str]] = []
+        for cid, off, n, size in r.items:
+            blob = data[off - r.start : off - r.start + n]
+            where = f" (in pack {r.pack_id} at offset {off})"
+            if len(blob) != n:
+                raise IntegrityError(f"chunk {cid}: pack {r.pack_id} is truncated at offset {off}")
+            out.append((cid, size, blob, where))
+        return out
 
     def open_stream(self, ref: StreamRef) -> BinaryIO:
         """``read_stream`` as a file object (for APIs that read a body, e.g. a runtime restore)."""
@@ -469,28 +631,232 @@ class ChunkStore:
         return b"".join(self.read_stream(ref))
 
     def verify_chunks(self, ids: Iterable[str], *, read_data: bool = False) -> VerifyReport:
-        """Check chunks exist (one batched listing) and, with ``read_data``, decrypt and re-hash each."""
+        """Check chunks exist (batched listings) and, with ``read_data``, decrypt and re-hash each.
+
+        A packed chunk exists when an index lists it and its pack object is in the listing of
+        ``packs/``; reading goes pack by pack in offset order, many chunks per ranged GET.
+        """
         wanted = list(dict.fromkeys(ids))
-        present = {cid for cid in self.list_chunk_ids()}
+        present = set(self.list_chunk_ids())
         report = VerifyReport(checked=len(wanted))
         report.missing = [cid for cid in wanted if cid not in present]
         if read_data:
+            have = [cid for cid in wanted if cid in present]
+            where = self._where
+            have.sort(key=lambda c: where.get(bytes.fromhex(c), ("~", 0, 0))[:2])  # pack order, then loose
 
-            def check(item: tuple[str, bytes]) -> str | None:
-                key, blob = item
-                cid = key.rsplit("/", 1)[1]
+            def check(item: tuple[str, int | None, bytes | memoryview, str]) -> str | None:
+                cid, _, blob, _ = item
                 try:
                     self._decode_chunk(cid, blob, None)
                 except IntegrityError:
                     return cid
                 return None
 
-            have = (chunk_key(cid) for cid in wanted if cid in present)
-            blobs = self.store.get_many(have)
+            def fetch(r: _Range) -> list[tuple[str, int | None, bytes | memoryview, str]]:
+                try:
+                    return self._fetch(r)
+                except NotFound:  # vanished since the listing
+                    report.missing.extend(cid for cid, _, _, _ in r.items)
+                except IntegrityError:  # a truncated pack: every chunk of the range is bad
+                    report.corrupt.extend(cid for cid, _, _, _ in r.items)
+                return []
+
+            if self.pack_size:
+                ranges = self._ranges((cid, None) for cid in have)
+                blobs: Iterator[Any] = (
+                    item
+                    for part in ordered_map(fetch, ranges, workers=self.read_workers, window=self.read_ahead)
+                    for item in part
+                )
+            else:
+                blobs = (
+                    (key.rsplit("/", 1)[1], None, blob, "")
+                    for key, blob in self.store.get_many(chunk_key(c) for c in have)
+                )
             for bad in ordered_map(check, blobs, workers=self.workers, window=self.window):
                 if bad:
                     report.corrupt.append(bad)
         return report
+
+    # ---------------------------------------------------------------- packs
+
+    def _ensure_packs(self) -> None:
+        if self.pack_size and not self._packs_loaded:
+            self.refresh_packs()
+
+    def _seal_index(self, index: PackIndex) -> bytes:
+        doc = {
+            "format": INDEX_FORMAT,
+            "version": 1,
+            "pack": index.pack_id,
+            "size": index.size,
+            "chunks": [list(e) for e in index.entries],
+        }
+        raw = json.dumps(doc, separators=(",", ":")).encode()
+        key = index_key(index.pack_id)
+        return self.keys.seal(self._zstd()[0].compress(raw), object_aad(key))
+
+    def _open_index(self, pack_id: str, blob: bytes) -> PackIndex:
+        key = index_key(pack_id)
+        try:
+            doc = json.loads(
+                self._zstd()[1].decompress(self.keys.open_(blob, object_aad(key)), max_output_size=64 * MiB)
+            )
+            if doc["format"] != INDEX_FORMAT or doc["pack"] != pack_id:
+                raise ValueError("not this pack's index")
+            entries = tuple((str(c), int(o), int(n)) for c, o, n in doc["chunks"])
+            index = PackIndex(pack_id, int(doc["size"]), entries)
+        except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
+            raise IntegrityError(f"{key}: pack index is unreadable ({e})") from e
+        if any(not _is_id(c) or o < 0 or n <= 0 or o + n > index.size for c, o, n in entries):
+            raise IntegrityError(f"{key}: pack index has a bad entry")
+        return index
+
+    def _register(self, index: PackIndex) -> None:
+        with self._pack_lock:
+            self._packs[index.pack_id] = index
+            self._pack_objects.add(index.pack_id)
+            for cid, off, n in index.entries:
+                self._where.setdefault(bytes.fromhex(cid), (index.pack_id, off, n))
+
+    def _forget(self, pack_ids: Iterable[str]) -> None:
+        gone = set(pack_ids)
+        if not gone:
+            return
+        with self._pack_lock:
+            for pid in gone:
+                self._packs.pop(pid, None)
+                self._pack_objects.discard(pid)
+            self._where = {raw: loc for raw, loc in self._where.items() if loc[0] not in gone}
+            for index in self._packs.values():  # a duplicate elsewhere takes over
+                for cid, off, n in index.entries:
+                    self._where.setdefault(bytes.fromhex(cid), (index.pack_id, off, n))
+
+    def refresh_packs(self) -> dict[str, PackIndex]:
+        """Load the pack indexes: one listing of ``index/`` and of ``packs/``, then a GET per *new* index.
+
+        Indexes are immutable, so what was loaded stays; removed ones are forgotten. Returns the
+        indexes whose pack object exists (an index without its pack counts as missing data).
+        """
+        if not self.pack_size:
+            return {}
+        listed = {k[len(INDEX_PREFIX) :] for k in self.store.list(INDEX_PREFIX)}
+        listed = {pid for pid in listed if _is_pack_id(pid)}
+        objects = set(self.list_pack_objects())
+        self._forget(set(self._packs) - listed)
+        new = sorted(listed - set(self._packs))
+        for key, blob in self.store.get_many(index_key(pid) for pid in new):
+            self._register(self._open_index(key[len(INDEX_PREFIX) :], blob))
+        with self._pack_lock:
+            self._pack_objects = objects  # listed after the indexes: every listed index's pack is in it
+            self._packs_loaded = True
+            return {pid: idx for pid, idx in self._packs.items() if pid in self._pack_objects}
+
+    def list_pack_objects(self) -> Iterator[str]:
+        """Yield the id of every pack object (one listing of ``packs/``; with or without an index)."""
+        for key in self.store.list(PACKS_PREFIX):
+            parts = key.split("/")
+            if len(parts) == 3 and _is_pack_id(parts[2]) and parts[1] == parts[2][:2]:
+                yield parts[2]
+
+    def pack_members(self) -> dict[str, list[str]]:
+        """Every pack object -> the chunk ids its index lists (empty: a pack without an index)."""
+        self.refresh_packs()
+        with self._pack_lock:
+            members = {pid: idx.chunk_ids for pid, idx in self._packs.items()}
+            members.update({pid: [] for pid in self._pack_objects if pid not in members})
+        return members
+
+    def pack_of(self, cid: str) -> str | None:
+        """The pack a chunk is read from (None: a loose chunk, or unknown)."""
+        self._ensure_packs()
+        loc = self._where.get(bytes.fromhex(cid))
+        return loc[0] if loc else None
+
+    def pack_size_of(self, pack_id: str) -> int:
+        """Stored size of a known pack."""
+        return self._packs[pack_id].size
+
+    def write_packs(
+        self,
+        blobs: Iterable[tuple[str, bytes]],
+        *,
+        storage_class: str | None = None,
+        retain_until: datetime | None = None,
+    ) -> list[PackIndex]:
+        """Store sealed chunk blobs (``(chunk id, blob)``, as a loose chunk object holds them) in packs.
+
+        Blobs already in a pack (or repeated in ``blobs``) are skipped. Each pack is stored with
+        ``storage_class`` and ``retain_until``, then its index (default class, same retention): a
+        pack is visible once its index is. ``upload_workers`` packs upload in parallel while the
+        next fills, so memory stays under ``(upload_workers + 1) * pack_size``. On an error the
+        packs already sent finish (and count), then the error is raised.
+        """
+        if not self.pack_size:
+            raise InvalidInput(f"{self.store.url}: not a packed chunk store")
+        self._ensure_packs()
+        self._upgrade_config()
+        written: list[PackIndex] = []
+        inflight: collections.deque[Future[PackIndex]] = collections.deque()
+        pool = ThreadPoolExecutor(max_workers=self.upload_workers, thread_name_prefix="drsvc-pack")
+
+        def upload(index: PackIndex, data: bytes) -> PackIndex:
+            self.store.put(pack_key(index.pack_id), data, storage_class=storage_class, retain_until=retain_until)
+            self.store.put(index_key(index.pack_id), self._seal_index(index), retain_until=retain_until)
+            self._register(index)
+            return index
+
+        buf = bytearray()
+        entries: list[tuple[str, int, int]] = []
+        seen: set[bytes] = set()
+
+        def flush() -> None:
+            nonlocal buf, entries
+            if not entries:
+                return
+            while len(inflight) >= self.upload_workers:
+                written.append(inflight.popleft().result())
+            index = PackIndex(secrets.token_hex(16), len(buf), tuple(entries))
+            inflight.append(pool.submit(upload, index, bytes(buf)))
+            buf, entries = bytearray(), []
+
+        try:
+            for cid, blob in blobs:
+                raw = bytes.fromhex(cid)
+                if raw in seen or raw in self._where:
+                    continue
+                seen.add(raw)
+                if entries and len(buf) + len(blob) > self.pack_size:
+                    flush()
+                entries.append((cid, len(buf), len(blob)))
+                buf += blob
+            flush()
+            while inflight:
+                written.append(inflight.popleft().result())
+        finally:
+            # On an error, let what was already sent finish (its index lands, or the pack is an orphan).
+            pool.shutdown(wait=True, cancel_futures=True)
+        return written
+
+    def _upgrade_config(self) -> None:
+        """A store created before packs records that it now holds them (version 2: older drsvc refuses it)."""
+        config = self._config
+        if config is None or isinstance(config.get("packs"), dict):
+            return
+        config = {**config, "version": FORMAT_VERSION, "packs": {"target_size": self.pack_size}}
+        self.store.put(CONFIG_KEY, json.dumps(config, indent=1, sort_keys=True).encode() + b"\n")
+        self._config = config
+
+    def delete_packs(self, pack_ids: Iterable[str]) -> int:
+        """Delete packs: their indexes first (readers stop seeing them), then the packs; return the count."""
+        ids = sorted(set(pack_ids))
+        self.store.delete_many(index_key(pid) for pid in ids)
+        self._forget(ids)
+        if self._known is not None:
+            self._known = None
+        self.store.delete_many(pack_key(pid) for pid in ids)
+        return len(ids)
 
     # ---------------------------------------------------------------- manifests
 
@@ -535,14 +901,26 @@ class ChunkStore:
     # ---------------------------------------------------------------- garbage collection
 
     def list_chunk_ids(self) -> Iterator[str]:
-        """Yield the id of every stored chunk (one batched listing)."""
+        """Yield the id of every stored chunk: loose (one listing) and, in a packed store, packed (indexes)."""
+        seen: set[str] = set()
+        for cid in self.list_loose_chunk_ids():
+            seen.add(cid)
+            yield cid
+        for index in self.refresh_packs().values():
+            for cid in index.chunk_ids:
+                if cid not in seen:
+                    seen.add(cid)
+                    yield cid
+
+    def list_loose_chunk_ids(self) -> Iterator[str]:
+        """Yield the id of every chunk stored as its own object (one batched listing)."""
         for key in self.store.list(CHUNKS_PREFIX):
             parts = key.split("/")
             if len(parts) == 3 and _is_id(parts[2]) and parts[1] == parts[2][:2]:
                 yield parts[2]
 
     def delete_chunks(self, ids: Iterable[str]) -> int:
-        """Delete chunks (pipelined); return how many ids were processed."""
+        """Delete loose chunks (pipelined; packed ones go with their pack); return how many ids were processed."""
         known = self._known
 
         def keys() -> Iterator[str]:

@@ -62,6 +62,9 @@ class ColdSection(_Section):
     object_lock: bool = Field(
         default=False, description="Create the bucket with S3 Object Lock (needed for policies' object_lock_days)"
     )
+    pack_mib: int = Field(
+        default=16, ge=1, le=512, description="Chunks are stored in packs of about this size (MiB), one request each"
+    )
 
     @field_validator("store")
     @classmethod

@@ -123,7 +123,7 @@ class Keys:
         """Encrypt and authenticate ``plaintext`` bound to ``aad`` (see ``Cipher.seal``)."""
         return self._cipher.seal(plaintext, aad)
 
-    def open_(self, blob: bytes, aad: bytes) -> bytes:
+    def open_(self, blob: bytes | memoryview, aad: bytes) -> bytes:
         """Authenticate and decrypt; raise ``IntegrityError`` on any tampering (see ``Cipher.open_``)."""
         return self._cipher.open_(blob, aad)
 
@@ -139,7 +139,7 @@ class Cipher:
         nonce = os.urandom(NONCE_BYTES)
         return bytes([SEAL_VERSION]) + nonce + self._aead.encrypt(nonce, bytes(plaintext), aad)
 
-    def open_(self, blob: bytes, aad: bytes) -> bytes:
+    def open_(self, blob: bytes | memoryview, aad: bytes) -> bytes:
         """Authenticate and decrypt ``blob`` sealed for ``aad``; raise ``IntegrityError`` on any tampering."""
         what = aad.decode("utf-8", "replace")
         if len(blob) < OVERHEAD:

@@ -8,8 +8,11 @@ was meant to keep.
 
 Chunk GC is mark and sweep with a grace period: every chunk no manifest of the store references is
 remembered with the time it was first seen unreferenced, and deleted only once it has stayed so
-for ``scheduler.gc_grace_seconds``. Backups and prune run under the same work lease; the grace
-period covers what the lease cannot (a fenced-out run still writing chunks).
+for ``scheduler.gc_grace_seconds``. In a packed store (the cold tier) the unit of deletion is
+the pack: it goes once none of its chunks is referenced (and its Object Lock has expired); a
+partly live pack stays whole until a repack (see ``drsvc.chunks``). Backups and prune run under
+the same work lease; the grace period covers what the lease cannot (a fenced-out run still
+writing chunks).
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ from typing import Any
 
 from drsvc import clock
 from drsvc.catalog import Catalog
-from drsvc.chunks import ChunkStore, StreamRef
+from drsvc.chunks import ChunkStore, StreamRef, index_key, pack_key
 from drsvc.errors import NotFound
 from drsvc.lease import Lease
 from drsvc.policy import Policy, PolicySet
 from drsvc.retention import RetentionRules, apply_retention
 from drsvc.services import Services
+from drsvc.storage.base import ordered_map
 
 Event = Callable[..., None]
 
@@ -188,28 +192,78 @@ class PruneJob:
         return rows
 
     def collect_garbage(self, store: ChunkStore, now: datetime) -> tuple[int, int]:
-        """Mark chunks no manifest references; sweep those unreferenced for the grace period."""
+        """Mark chunks no manifest references; sweep those unreferenced for the grace period.
+
+        Loose chunks go one by one. In a packed store (the cold tier) a pack goes as a whole, only
+        once no manifest references any chunk in it, it has stayed so for the grace period, and
+        its Object Lock (``cold_locks``, then the store itself) has expired; a pack without an
+        index (a tier run killed between the two PUTs) is such a pack too. Pack candidates share
+        ``gc_candidates`` with chunks, as ``pack:<id>`` (never a 64-hex chunk id). Returns
+        (unreferenced chunks, chunks deleted), packed ones included.
+        """
         referenced = referenced_by_manifests(store)
-        unreferenced = {cid for cid in store.list_chunk_ids() if cid not in referenced}
+        loose = set(store.list_loose_chunk_ids())
+        members = store.pack_members() if store.pack_size else {}
+        unreferenced = {cid for cid in loose if cid not in referenced}
+        dead_packs = {f"pack:{pid}" for pid, cids in members.items() if not any(c in referenced for c in cids)}
+        marked = len(unreferenced) + len({c for cids in members.values() for c in cids if c not in referenced} - loose)
         url = store.store.url
         grace = timedelta(seconds=self.services.config.scheduler.gc_grace_seconds)
         known = {
             r["chunk_id"]: clock.from_iso(r["first_seen"])
             for r in self.catalog.query("SELECT chunk_id, first_seen FROM gc_candidates WHERE store_url = ?", [url])
         }
-        due = sorted(cid for cid, seen in known.items() if cid in unreferenced and now - seen >= grace)
+        candidates = unreferenced | dead_packs
+        due = sorted(cid for cid, seen in known.items() if cid in candidates and now - seen >= grace)
         with self.catalog.transaction():
-            for cid in set(known) - unreferenced:  # referenced again (dedup by a newer point)
+            for cid in set(known) - candidates:  # referenced again (dedup by a newer point)
                 self.catalog.execute("DELETE FROM gc_candidates WHERE store_url = ? AND chunk_id = ?", [url, cid])
-            for cid in unreferenced - set(known):
+            for cid in candidates - set(known):
                 self.catalog.execute("INSERT INTO gc_candidates VALUES (?, ?, ?)", [url, cid, clock.to_iso(now)])
-        if due:
+        due_chunks = [c for c in due if not c.startswith("pack:")]
+        due_packs = self._unlocked(store, [c[len("pack:") :] for c in due if c.startswith("pack:")], now)
+        deleted = len(due_chunks) + sum(len(members.get(pid, ())) for pid in due_packs)
+        if due_chunks or due_packs:
             self._check_lease()
-            store.delete_chunks(due)
+            store.delete_chunks(due_chunks)
+            store.delete_packs(due_packs)
             with self.catalog.transaction():
-                for cid in due:
+                for cid in due_chunks + [f"pack:{pid}" for pid in due_packs]:
                     self.catalog.execute("DELETE FROM gc_candidates WHERE store_url = ? AND chunk_id = ?", [url, cid])
-        return len(unreferenced), len(due)
+        return marked, deleted
+
+    def _unlocked(self, store: ChunkStore, pack_ids: list[str], now: datetime) -> list[str]:
+        """The packs whose Object Lock (pack and index) has expired: the catalog's record, then the store's."""
+        if not pack_ids:
+            return []
+        url, stamp = store.store.url, clock.to_iso(now)
+        keys = {pid: (pack_key(pid), index_key(pid)) for pid in pack_ids}
+        locked: set[str] = set()
+        for start in range(0, len(pack_ids), 400):
+            part = [k for pid in pack_ids[start : start + 400] for k in keys[pid]]
+            rows = self.catalog.query(
+                f"SELECT key FROM cold_locks WHERE store_url = ? AND retain_until > ? AND key IN "
+                f"({','.join('?' * len(part))})",
+                [url, stamp, *part],
+            )
+            locked.update(r["key"] for r in rows)
+        free = [pid for pid in pack_ids if not (set(keys[pid]) & locked)]
+        retention = getattr(store.store, "retain_until", None)
+        if retention is None or not free or not getattr(store.store, "object_lock_enabled", False):
+            return free
+        # cold_locks is a cache (lost with a rebuilt catalog): ask the store about each pack it lets go
+
+        def expired(pid: str) -> bool:
+            for key in keys[pid]:
+                try:
+                    until = retention(key)
+                except NotFound:
+                    continue
+                if until is not None and until > now:
+                    return False
+            return True
+
+        return [pid for pid, ok in zip(free, ordered_map(expired, free, workers=8, window=16), strict=True) if ok]
 
 
 def manifest_streams(manifest: dict[str, Any]) -> Iterable[StreamRef]:

@@ -46,7 +46,7 @@ class Services:
 
         return load_key(self.config.keys.file)
 
-    def _chunk_store(self, url: str) -> ChunkStore:
+    def _chunk_store(self, url: str, *, cold: bool = False) -> ChunkStore:
         from drsvc.chunks import ChunkStore
         from drsvc.storage import open_store
 
@@ -59,12 +59,16 @@ class Services:
             }
             options = {k: v for k, v in given.items() if v}
         store = open_store(url, **options)
+        # The cold tier keeps its chunks in packs (S3 requests are costly; see drsvc.chunks).
+        chunk_options: dict[str, Any] = {}
+        if cold and self.config.cold:
+            chunk_options["pack_size"] = self.config.cold.pack_mib * 1024 * 1024
         try:
-            return ChunkStore.open(store, self.keys)
+            return ChunkStore.open(store, self.keys, **chunk_options)
         except NotFound:
             # First use of this store: create it. The key check in its config makes a later
             # open with another key fail loudly instead of mixing data.
-            return ChunkStore.init(store, self.keys)
+            return ChunkStore.init(store, self.keys, **chunk_options)
 
     @cached_property
     def hot(self) -> ChunkStore:
@@ -76,7 +80,7 @@ class Services:
     def cold(self) -> ChunkStore:
         if self.config.cold is None:
             raise ConfigError(f"{self.config.path}: cold.store: no cold tier configured")
-        return self._chunk_store(self.config.cold.store)
+        return self._chunk_store(self.config.cold.store, cold=True)
 
     @property
     def has_cold(self) -> bool:

@@ -6,30 +6,42 @@ policy's *cold* retention applied over the desktop's complete points (the same s
 uses to hold hot copies "waiting to be tiered"), so nothing is uploaded that cold prune would
 drop at once.
 
-**How a point moves** (``TierJob``): the hot and cold stores share the chunk/manifest format and
-the key (``ChunkStore.open`` checks the key fingerprint of both), and every sealed object is bound
-to its own key, so objects are copied byte for byte, never re-encrypted. One batched listing of
-the cold store's chunk ids per run says what is there already: only missing chunks are read from
-the hot store (each authenticated on the way) and uploaded, pipelined, with the policy's storage
-class and Object Lock (``retain_until = now + object_lock_days``). The base image record
-(``_images/<id>``) follows when the cold store lacks it, and the point's manifest goes **last**:
-a point is cold only once its manifest is there. A run killed anywhere re-uploads nothing that
-arrived (the next listing shows it); half-copied points have no manifest and are invisible.
+**How points move** (``TierJob``): the hot and cold stores share the chunk/manifest format and
+the key (``ChunkStore.open`` checks the key fingerprint of both), and every sealed chunk blob is
+bound to its own chunk key, so blobs are copied byte for byte, never re-encrypted. The cold store
+keeps them in **packs** (``drsvc.chunks``: ``packs/<2 hex>/<pack-id>`` + ``index/<pack-id>``,
+~16 MiB, ``[cold] pack_mib``), because on S3 every request costs: one object per chunk capped
+tiering at ~210 PUT/s. One listing of the cold store's pack indexes per run (indexes are loaded
+once per process, then only new ones) says what is there already. The due points of a run are
+batched by (storage class, locked or not): the chunks none of the batch's points finds in the cold
+store are read from the hot store (pipelined, each authenticated on the way), appended to packs
+and uploaded ``upload_workers`` packs at a time (memory: a few packs), each pack then its index.
+Then, per point in order: Object Lock bookkeeping, the base image record (``_images/<id>``) when
+the cold store lacks it, and the point's manifest **last**: a point is cold only once its
+manifest is there. A run killed anywhere re-uploads nothing already indexed (the next listing
+shows it); a pack whose index never landed is invisible and collected by GC; half-copied points
+have no manifest and are invisible. When a pack upload fails, the batch's points whose chunks all
+arrived still complete; the others fail and the next run finishes them.
 
-**Object Lock and dedup**: a chunk is uploaded once and later points reuse it, so a later point's
-lock would outlive the shared chunk's. The ``cold_locks`` table remembers each cold object's
-retention; objects a locked point reuses that fall short are extended (``PutObjectRetention``) to
-twice the lock period, so each shared object is extended at most once per period, in bulk.
+**Object Lock and dedup**: packs and their indexes get ``retain_until = now + object_lock_days``
+(the largest of the batch's points: locked and unlocked points never share a pack). A chunk is
+uploaded once and later points reuse it, so a later point's lock would outlive the pack holding
+it. The ``cold_locks`` table remembers each cold object's retention (packs, indexes, loose chunks
+of stores tiered before packs, image records); the packs and indexes a locked point reuses that
+fall short are extended (``PutObjectRetention``) to twice the lock period, so each shared pack is
+extended at most once per period, in bulk.
 
-**Storage classes**: chunks take the policy's class; manifests, image records and the store config
-stay STANDARD. They are small (IA bills at least 128 KiB per object) and read by verify, catalog
-rebuild and restore planning, which must work without a GLACIER restore request.
+**Storage classes**: packs take the policy's class; indexes, manifests, image records and the
+store config stay STANDARD. They are small (IA bills at least 128 KiB per object) and read by
+verify, GC, tiering's dedup, catalog rebuild and restore planning, which must work without a
+GLACIER restore request.
 
 **Cold prune** (``ColdPruneJob``): the policy's cold retention over cold copies; a dropped copy
-loses its cold manifest (chunks follow through ``PruneJob.collect_garbage`` on the cold store,
-with the same grace period). A copy whose Object Lock has not expired is skipped, not attempted:
-S3 would refuse (or, on a versioned bucket, only hide it), and skipping keeps a compromised or
-mistaken policy from even hiding it. It is pruned by the first run after its lock expires.
+loses its cold manifest (packs follow through ``PruneJob.collect_garbage`` on the cold store,
+with the same grace period, once none of their chunks is referenced and their lock has expired).
+A copy whose Object Lock has not expired is skipped, not attempted: S3 would refuse (or, on a
+versioned bucket, only hide it), and skipping keeps a compromised or mistaken policy from even
+hiding it. It is pruned by the first run after its lock expires.
 """
 
 from __future__ import annotations
@@ -45,7 +57,7 @@ from typing import Any
 from drsvc import clock
 from drsvc.backup import IMAGES
 from drsvc.catalog import Catalog
-from drsvc.chunks import MANIFESTS_PREFIX, ChunkStore, chunk_key, object_aad
+from drsvc.chunks import MANIFESTS_PREFIX, ChunkStore, chunk_key, index_key, object_aad, pack_key
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, IntegrityError, NotFound
 from drsvc.lease import Lease
 from drsvc.policy import Policy, PolicySet
@@ -140,6 +152,22 @@ class TierMove:
 
 
 @dataclass
+class _Point:
+    """A point being tiered in a batch: its move, lock, and what it needs."""
+
+    candidate: Candidate
+    move: TierMove
+    move_id: int
+    until: datetime | None
+    lock_days: int
+    key: str = ""
+    raw_manifest: bytes = b""
+    image_key: str | None = None
+    image_raw: bytes | None = None
+    wanted: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TierReport:
     dry_run: bool
     job_id: int | None = None
@@ -198,10 +226,9 @@ class TierJob:
         self._recover_interrupted()
         report.job_id = self.catalog.start_job("tier", token=self.lease.token if self.lease else None)
         try:
-            for candidate, move in zip(candidates, report.moves, strict=True):
+            for batch in self._batches(list(zip(candidates, report.moves, strict=True))):
                 self._check_lease()
-                self._tier_point(candidate, move, report.job_id, now)
-                self.on_event("moved", move=move)
+                self._tier_batch(batch, report.job_id, now)
         except BaseException as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             self.catalog.finish_job(report.job_id, status, error=str(e) or type(e).__name__, detail=report.document())
@@ -244,45 +271,130 @@ class TierJob:
 
     def _cold_state(self, cold: ChunkStore) -> tuple[set[str], set[str]]:
         if self._cold_ids is None or self._cold_images is None:
-            # One batched listing per run (and after a failure): never one HEAD per chunk.
+            # One listing of the pack indexes (loaded incrementally) per run and after a failure:
+            # never one request per chunk.
             self._cold_ids = set(cold.list_chunk_ids())
             self._cold_images = {pid for _, pid in cold.list_manifests(IMAGES)}
         return self._cold_ids, self._cold_images
 
-    def _tier_point(self, c: Candidate, move: TierMove, job_id: int, now: datetime) -> None:
+    @staticmethod
+    def _batches(items: list[tuple[Candidate, TierMove]]) -> list[list[tuple[Candidate, TierMove]]]:
+        """The run's points grouped by (storage class, locked or not), oldest first: one pack stream each.
+
+        Points of one batch share packs, so a pack has one storage class; locked and unlocked
+        data never share a pack, so an unlocked policy's data is never made undeletable.
+        """
+        groups: dict[tuple[str, bool], list[tuple[Candidate, TierMove]]] = {}
+        for c, move in items:
+            assert c.policy.tiering is not None
+            key = (c.policy.tiering.storage_class, bool(c.policy.tiering.object_lock_days))
+            groups.setdefault(key, []).append((c, move))
+        return list(groups.values())
+
+    def _tier_batch(self, batch: list[tuple[Candidate, TierMove]], job_id: int, now: datetime) -> None:
+        """Copy the batch's missing chunks as packs, then each point's image record and manifest."""
         started = time.monotonic()
-        tiering = c.policy.tiering
-        assert tiering is not None
-        retain_until = now + timedelta(days=tiering.object_lock_days) if tiering.object_lock_days else None
-        move.retain_until = clock.to_iso(retain_until) if retain_until else None
-        cursor = self.catalog.execute(
-            "INSERT INTO tier_moves (point_id, from_tier, to_tier, job_id, started_at, status) "
-            "VALUES (?, 'hot', 'cold', ?, ?, 'running')",
-            [move.point_id, job_id, clock.to_iso(clock.now())],
-        )
-        move_id = int(cursor.lastrowid or 0)
-        try:
-            self._copy(move, tiering.storage_class, retain_until, tiering.object_lock_days or 0)
-        except DrsvcError as e:
-            move.status, move.error = "failed", str(e)
-            self._cold_ids = self._cold_images = None  # some uploads may have landed: list again
-            self._finish_move(move_id, move, "failed")
-            return
-        except BaseException:
-            self._finish_move(move_id, move, "failed")
-            raise
-        finally:
-            move.seconds = round(time.monotonic() - started, 3)
-        move.status = "done"
-        with self.catalog.transaction():
-            self.catalog.set_tier(
-                move.point_id,
-                "cold",
-                self.services.cold.store.url,
-                stored_bytes=move.bytes_uploaded,
-                retain_until=move.retain_until,
+        hot, cold = self.services.hot, self.services.cold
+        points: list[_Point] = []
+        for c, move in batch:
+            tiering = c.policy.tiering
+            assert tiering is not None
+            until = now + timedelta(days=tiering.object_lock_days) if tiering.object_lock_days else None
+            move.retain_until = clock.to_iso(until) if until else None
+            cursor = self.catalog.execute(
+                "INSERT INTO tier_moves (point_id, from_tier, to_tier, job_id, started_at, status) "
+                "VALUES (?, 'hot', 'cold', ?, ?, 'running')",
+                [move.point_id, job_id, clock.to_iso(clock.now())],
             )
-            self._finish_move(move_id, move, "ok")
+            point = _Point(c, move, int(cursor.lastrowid or 0), until, tiering.object_lock_days or 0)
+            try:
+                self._prepare(point)
+            except DrsvcError as e:
+                self._fail(point, str(e), started)
+                continue
+            except BaseException:
+                self._finish_move(point.move_id, move, "failed")
+                raise
+            points.append(point)
+        cold_ids, _ = self._cold_state(cold)
+        owner: dict[str, _Point] = {}  # a missing chunk is counted to the first point needing it
+        for point in points:
+            point.move.chunks = len(point.wanted)
+            missing = 0
+            for cid in point.wanted:
+                if cid not in cold_ids and cid not in owner:
+                    owner[cid] = point
+                    missing += 1
+            self.on_event("copying", move=point.move, missing=missing)
+        storage_class = batch[0][0].policy.tiering.storage_class if batch[0][0].policy.tiering else None
+        pack_until = max((p.until for p in points if p.until is not None), default=None)
+
+        def blobs() -> Iterator[tuple[str, bytes]]:
+            keys = (chunk_key(cid) for cid in owner)
+            for n, (ck, blob) in enumerate(hot.store.get_many(keys)):
+                cid = ck.rsplit("/", 1)[1]
+                point = owner[cid]
+                # Authenticate before it becomes the cold copy (AEAD tag over the ciphertext):
+                # never carry hot-store rot into the tier meant to survive the hot store.
+                try:
+                    hot.keys.open_(blob, object_aad(ck))
+                except IntegrityError as e:
+                    raise IntegrityError(f"hot chunk {ck} of point {point.move.point_id} is corrupt: {e}") from e
+                if n % 1024 == 1023:
+                    self._check_lease()
+                point.move.chunks_uploaded += 1
+                point.move.bytes_uploaded += len(blob)
+                yield cid, blob
+
+        error: str | None = None
+        fresh: list[str] = []
+        try:
+            written = cold.write_packs(blobs(), storage_class=storage_class, retain_until=pack_until)
+            fresh = [pack_key(i.pack_id) for i in written] + [index_key(i.pack_id) for i in written]
+            cold_ids.update(owner)
+        except DrsvcError as e:
+            error = str(e)
+            self._cold_ids = self._cold_images = None  # some packs may have landed: list again
+            cold_ids, _ = self._cold_state(cold)
+        except BaseException:
+            for point in points:
+                self._finish_move(point.move_id, point.move, "failed")
+            raise
+        if pack_until is not None and fresh:
+            self._record_locks(cold, fresh, pack_until)
+        for point in points:
+            lacking = [cid for cid in point.wanted if cid not in cold_ids]
+            if lacking:
+                why = error or f"{len(lacking)} chunk(s) did not reach the cold store"
+                self._fail(point, why, started)
+                continue
+            try:
+                self._finish_point(point, cold, cold_ids)
+            except DrsvcError as e:
+                self._fail(point, str(e), started)
+                self._cold_ids = self._cold_images = None
+                continue
+            except BaseException:
+                self._finish_move(point.move_id, point.move, "failed")
+                raise
+            point.move.status = "done"
+            point.move.seconds = round(time.monotonic() - started, 3)
+            with self.catalog.transaction():
+                self.catalog.set_tier(
+                    point.move.point_id,
+                    "cold",
+                    cold.store.url,
+                    stored_bytes=point.move.bytes_uploaded,
+                    retain_until=point.move.retain_until,
+                )
+                self._finish_move(point.move_id, point.move, "ok")
+            self.on_event("moved", move=point.move)
+
+    def _fail(self, point: _Point, error: str, started: float) -> None:
+        point.move.status, point.move.error = "failed", error
+        point.move.seconds = round(time.monotonic() - started, 3)
+        self._finish_move(point.move_id, point.move, "failed")
+        self.on_event("moved", move=point.move)
 
     def _finish_move(self, move_id: int, move: TierMove, status: str) -> None:
         self.catalog.execute(
@@ -290,57 +402,59 @@ class TierJob:
             [status, clock.to_iso(clock.now()), move.chunks_uploaded, move.bytes_uploaded, move_id],
         )
 
-    def _copy(self, move: TierMove, storage_class: str, retain_until: datetime | None, lock_days: int) -> None:
-        hot, cold = self.services.hot, self.services.cold
-        cold_ids, cold_images = self._cold_state(cold)
-        key = manifest_key(move.desktop, move.point_id)
+    def _prepare(self, point: _Point) -> None:
+        """Read and authenticate the point's manifest (and its image record): what chunks it needs."""
+        hot = self.services.hot
+        _, cold_images = self._cold_state(self.services.cold)
+        move = point.move
+        point.key = manifest_key(move.desktop, move.point_id)
         manifest = hot.get_manifest(move.desktop, move.point_id)  # authenticates it
-        raw_manifest = hot.store.get(key)
+        point.raw_manifest = hot.store.get(point.key)
         streams = list(manifest_streams(manifest))
-        image_key: str | None = None
-        image_raw: bytes | None = None
         image = manifest.get("image")
         if isinstance(image, dict) and isinstance(image.get("manifest"), str):
             image_id = image["manifest"].split("/", 1)[1]
-            image_key = manifest_key(IMAGES, image_id)
-            if image_id not in cold_images or retain_until is not None:
-                image_doc = hot.get_manifest(IMAGES, image_id)
-                streams += list(manifest_streams(image_doc))
+            point.image_key = manifest_key(IMAGES, image_id)
+            if image_id not in cold_images or point.until is not None:
+                streams += list(manifest_streams(hot.get_manifest(IMAGES, image_id)))
                 if image_id not in cold_images:
-                    image_raw = hot.store.get(image_key)
-        wanted = list(dict.fromkeys(cid for ref in streams for cid, _ in ref.chunks))
-        missing = [cid for cid in wanted if cid not in cold_ids]
-        move.chunks = len(wanted)
-        self.on_event("copying", move=move, missing=len(missing))
+                    point.image_raw = hot.store.get(point.image_key)
+        point.wanted = list(dict.fromkeys(cid for ref in streams for cid, _ in ref.chunks))
 
-        def blobs() -> Iterator[tuple[str, bytes]]:
-            for ck, blob in hot.store.get_many(chunk_key(cid) for cid in missing):
-                # Authenticate before it becomes the cold copy (AEAD tag over the ciphertext):
-                # never carry hot-store rot into the tier meant to survive the hot store.
-                try:
-                    hot.keys.open_(blob, object_aad(ck))
-                except IntegrityError as e:
-                    raise IntegrityError(f"hot chunk {ck} of point {move.point_id} is corrupt: {e}") from e
-                move.chunks_uploaded += 1
-                move.bytes_uploaded += len(blob)
-                yield ck, blob
-
-        cold.store.put_many(blobs(), storage_class=storage_class, retain_until=retain_until)
-        cold_ids.update(missing)
-        if retain_until is not None:
-            fresh_ids = set(missing)
-            reused = [chunk_key(cid) for cid in wanted if cid not in fresh_ids]
+    def _finish_point(self, point: _Point, cold: ChunkStore, cold_ids: set[str]) -> None:
+        """Locks of what the point reuses, its image record if new, then its manifest (last)."""
+        move = point.move
+        _, cold_images = self._cold_state(cold)
+        image_key, image_raw = point.image_key, point.image_raw
+        if image_raw is not None and image_key is not None and image_key.rsplit("/", 1)[1] in cold_images:
+            image_raw = None  # an earlier point of this run uploaded it
+        if point.until is not None:
+            objects: dict[str, None] = {}
+            for cid in point.wanted:
+                pid = cold.pack_of(cid)
+                if pid is None:
+                    objects[chunk_key(cid)] = None  # a loose chunk (stores tiered before packs)
+                else:
+                    objects[pack_key(pid)] = objects[index_key(pid)] = None
             if image_key is not None and image_raw is None:
-                reused.append(image_key)
-            fresh = [chunk_key(cid) for cid in missing] + ([image_key] if image_raw is not None and image_key else [])
-            move.locks_extended = self._lock(cold, reused, fresh, retain_until, lock_days)
+                objects[image_key] = None
+            fresh = [image_key] if image_raw is not None and image_key else []
+            move.locks_extended = self._lock(cold, list(objects), fresh, point.until, point.lock_days)
         if image_raw is not None and image_key is not None:
-            cold.store.put(image_key, image_raw, storage_class=META_CLASS, retain_until=retain_until)
+            cold.store.put(image_key, image_raw, storage_class=META_CLASS, retain_until=point.until)
             move.bytes_uploaded += len(image_raw)
             cold_images.add(image_key.rsplit("/", 1)[1])
         self._check_lease()  # the fence: a point becomes cold only under a lease still ours
-        cold.store.put(key, raw_manifest, storage_class=META_CLASS, retain_until=retain_until)
-        move.bytes_uploaded += len(raw_manifest)
+        cold.store.put(point.key, point.raw_manifest, storage_class=META_CLASS, retain_until=point.until)
+        move.bytes_uploaded += len(point.raw_manifest)
+
+    def _record_locks(self, cold: ChunkStore, keys: list[str], until: datetime) -> None:
+        """A fresh upload's lock is exact: remember it so later points extend only what falls short."""
+        url, need = cold.store.url, clock.to_iso(until)
+        with self.catalog.transaction():
+            self.catalog.db.conn.executemany(
+                "INSERT OR REPLACE INTO cold_locks VALUES (?, ?, ?)", [(url, k, need) for k in keys]
+            )
 
     def _lock(self, cold: ChunkStore, reused: list[str], fresh: list[str], until: datetime, days: int) -> int:
         """Record fresh objects' retention; extend reused objects locked for less than ``until``."""

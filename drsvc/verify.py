@@ -3,10 +3,11 @@
 For each chosen point and each tier it has a copy on (hot, cold), the manifest is read and
 authenticated (AEAD with its key as associated data), its stream references are parsed, and its
 base image record (``_images/<id>``) too. Then, per store, **one** ``ChunkStore.verify_chunks``
-call over every chunk id those manifests name: one batched listing says which exist (never a
-HEAD per chunk); with ``read_data`` every chunk is also read, decrypted, decompressed and
-re-hashed against its id. Problems are attributed back to every point (and tier) that needs the
-bad object, so an operator sees which restores would fail.
+call over every chunk id those manifests name: batched listings say which exist (never a HEAD
+per chunk; on the packed cold tier: the chunk is in a pack index and that pack is in the listing
+of ``packs/``); with ``read_data`` every chunk is also read (packs by coalesced ranged GETs),
+decrypted, decompressed and re-hashed against its id. Problems are attributed back to every
+point (and tier) that needs the bad object, so an operator sees which restores would fail.
 
 Note: on real AWS, chunks in GLACIER / DEEP_ARCHIVE cannot be read without a restore request,
 so ``read_data`` on such a cold tier fails with a clear error; the existence check works.

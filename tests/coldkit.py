@@ -42,6 +42,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 class ColdKit:
     root: Path
     bucket: str = field(default_factory=lambda: f"drsvc-cold-{uuid.uuid4().hex[:8]}")
+    pack_mib: int = 16
     services: Services = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,7 +58,7 @@ class ColdKit:
     def config_text(self) -> str:
         return (
             f'policies_dir = "policies"\n[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
-            f'[hot]\nstore = "file://{self.root}/hot"\n[cold]\nstore = "{self.cold_url}"\n'
+            f'[hot]\nstore = "file://{self.root}/hot"\n[cold]\nstore = "{self.cold_url}"\npack_mib = {self.pack_mib}\n'
             f"[scheduler]\ngc_grace_seconds = 0\n"
         )
 

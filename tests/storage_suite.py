@@ -135,6 +135,15 @@ class StorageSuite:
         if close is not None:
             close()
 
+    def test_get_range(self, store: ObjectStore) -> None:
+        data = bytes(range(256)) * 40
+        store.put("gr/1", data)
+        assert store.get_range("gr/1", 0, 10) == data[:10]
+        assert store.get_range("gr/1", 1000, 5000) == data[1000:6000]
+        assert store.get_range("gr/1", len(data) - 3, 100) == data[-3:]  # short at the end
+        with pytest.raises(NotFound):
+            store.get_range("gr/missing", 0, 10)
+
     def test_storage_class_and_retention_accepted(self, store: ObjectStore) -> None:
         until = datetime.now(UTC) + timedelta(days=1)
         store.put("sc/1", b"x", storage_class="STANDARD", retain_until=until)

@@ -3,7 +3,8 @@
 Keys are ``/``-separated relative names (``chunks/ab/ab12…``); each segment is non-empty, does
 not start with ``.`` and holds no NUL. Backends stay thin: they implement single-object calls
 and, where the client library allows it, pipelined ``put_many`` / ``get_many`` /
-``delete_many``; ``StoreBase`` supplies sequential fallbacks and ``ordered_map`` bounded
+``delete_many``, and ``get_range`` (one byte range of an object: packs on the cold tier are read
+that way); ``StoreBase`` supplies sequential fallbacks and ``ordered_map`` bounded
 thread-pool pipelining for backends whose library is blocking.
 
 Parameters meant for the S3 cold tier:
@@ -62,6 +63,10 @@ class ObjectStore(Protocol):
 
     def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
         """Read many objects pipelined with bounded read-ahead, yielding ``(key, data)`` in input order."""
+        ...
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``start`` of one object (fewer only at its end); ``NotFound`` if absent."""
         ...
 
     def exists(self, key: str) -> bool:
@@ -171,6 +176,10 @@ class StoreBase:
             self.put(key, data, storage_class=storage_class, retain_until=retain_until)
             n += 1
         return n
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Read part of one object (fallback: the whole object, sliced)."""
+        return self.get(key)[start : start + length]
 
     def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
         """Read many objects in input order (sequential fallback)."""

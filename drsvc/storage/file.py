@@ -93,6 +93,18 @@ class FileStore(StoreBase):
         except OSError as e:
             raise BackendError(f"file store {self._url}: get {key}: {e.strerror or e}") from e
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``start`` (fewer only at the end of the object)."""
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.read(length)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+            raise NotFound(f"object {key} not found in {self._url}") from e
+        except OSError as e:
+            raise BackendError(f"file store {self._url}: get {key}: {e.strerror or e}") from e
+
     def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
         """Read many objects with thread-pool read-ahead, in input order."""
         return ordered_map(lambda k: (k, self.get(k)), keys, workers=self._workers, window=4 * self._workers)

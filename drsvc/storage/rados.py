@@ -135,6 +135,18 @@ class RadosStore(StoreBase):
         except NotFound as e:
             raise NotFound(f"object {key} not found in {self._url}") from e
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``start`` (fewer only at the end of the object)."""
+        oid = self._oid(key)
+        try:
+            with ceph.ceph_errors(f"rados get {self.pool}/{oid}"):
+                if length <= 0:
+                    self._ioctx.stat(oid)
+                    return b""
+                return bytes(self._ioctx.read(oid, length, start))
+        except NotFound as e:
+            raise NotFound(f"object {key} not found in {self._url}") from e
+
     def _finish_read(self, oid: str, data: bytes) -> bytes:
         if len(data) < _READ_SIZE:
             return data

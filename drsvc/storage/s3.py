@@ -6,7 +6,8 @@ fallback (radosgw, MinIO). Credentials are never part of the URL or the config.
 
 - Parallel transfers with bounded memory: ``put_many`` keeps at most ``window`` objects and
   ``window_bytes`` in flight on ``workers`` threads; ``get_many`` reads ahead ``window`` objects;
-  ``delete_many`` sends ``DeleteObjects`` batches of 1000 keys.
+  ``delete_many`` sends ``DeleteObjects`` batches of 1000 keys; ``get_range`` is one ranged GET
+  (how the chunk store reads many chunks of a pack per request).
 - Objects above ``multipart_threshold`` go through boto3's managed transfer (multipart, parallel
   parts); chunks (≤ 1 MiB) are single ``PutObject`` calls.
 - Retries: botocore's ``standard`` mode (exponential backoff with jitter on throttling, 5xx and
@@ -317,6 +318,22 @@ class S3Store(StoreBase):
         except Exception as e:
             if not self._is_client_error(e):
                 raise
+            raise self._fail("get", key, e) from e
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Read ``length`` bytes at ``start`` with one ranged GET (fewer only at the end of the object)."""
+        if length <= 0:
+            self._head(key)
+            return b""
+        oid = self._oid(key)
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=oid, Range=f"bytes={start}-{start + length - 1}")
+            return bytes(response["Body"].read())
+        except Exception as e:
+            if not self._is_client_error(e):
+                raise
+            if _code(e) in ("InvalidRange", "416"):
+                return b""
             raise self._fail("get", key, e) from e
 
     def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:

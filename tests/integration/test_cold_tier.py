@@ -15,7 +15,7 @@ import pytest
 from storage_suite import StorageSuite
 
 from drsvc.catalog import Catalog
-from drsvc.chunks import chunk_key
+from drsvc.chunks import chunk_key, pack_key
 from drsvc.storage.s3 import S3Store
 from drsvc.tiering import ColdPruneJob, TierJob
 
@@ -59,8 +59,11 @@ def s3() -> Any:
     return boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT_URL"])
 
 
-def cold_env(drsvc_env: Any, bucket: str) -> None:
-    drsvc_env.write(f'[cold]\nstore = "s3://{bucket}/fleet"\nendpoint_url = "{os.environ["S3_ENDPOINT_URL"]}"\n')
+def cold_env(drsvc_env: Any, bucket: str, pack_mib: int = 16) -> None:
+    drsvc_env.write(
+        f'[cold]\nstore = "s3://{bucket}/fleet"\nendpoint_url = "{os.environ["S3_ENDPOINT_URL"]}"\n'
+        f"pack_mib = {pack_mib}\n"
+    )
 
 
 def backup(drsvc_env: Any, *desktops: str) -> list[dict[str, Any]]:
@@ -99,8 +102,10 @@ def test_storage_classes_then_verify_read_data_finds_flipped_bytes(
         (m2, chunk_ids(m2) - chunk_ids(m1), "GLACIER"),
     ):
         assert own, "each desktop has data of its own"
-        for cid in sorted(own)[:3]:
-            head = client.head_object(Bucket=bucket, Key=f"fleet/{chunk_key(cid)}")
+        for cid in sorted(own)[:3]:  # the packs holding them (one storage class per pack)
+            pack = cold.pack_of(cid)
+            assert pack is not None
+            head = client.head_object(Bucket=bucket, Key=f"fleet/{pack_key(pack)}")
             assert head["StorageClass"] == cls
         # the manifest stays STANDARD (S3 omits the header), readable without a restore request
         key = f"fleet/manifests/{point_manifest['desktop']}/{point_manifest['point_id']}"
@@ -109,9 +114,12 @@ def test_storage_classes_then_verify_read_data_finds_flipped_bytes(
 
     # flip one byte of a cold chunk only p1 uses, and of a hot chunk only p2 uses
     cold_victim = sorted(chunk_ids(m1) - chunk_ids(m2))[0]
-    blob = bytearray(cold.store.get(chunk_key(cold_victim)))
-    blob[len(blob) // 2] ^= 0x01
-    cold.store.put(chunk_key(cold_victim), bytes(blob), storage_class="STANDARD_IA")
+    pack = cold.pack_of(cold_victim)
+    assert pack is not None
+    [(_, offset, length)] = [e for e in cold.refresh_packs()[pack].entries if e[0] == cold_victim]
+    blob = bytearray(cold.store.get(pack_key(pack)))
+    blob[offset + length // 2] ^= 0x01
+    cold.store.put(pack_key(pack), bytes(blob), storage_class="STANDARD_IA")
     hot_victim = sorted(chunk_ids(m2) - chunk_ids(m1))[0]
     blob = bytearray(hot.store.get(chunk_key(hot_victim)))
     blob[len(blob) // 3] ^= 0x80
@@ -173,8 +181,8 @@ def test_object_lock_refuses_deletes_and_cold_prune_skips_locked_points(
 def test_killed_tier_resumes_without_duplicates_and_lost_catalog_is_rebuilt(
     drsvc_env: Any, make_fleet: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    desktops = make_fleet(2)
-    cold_env(drsvc_env, bucket)
+    desktops = make_fleet(2, data_mib=3)
+    cold_env(drsvc_env, bucket, pack_mib=1)  # small packs: the run is several
     drsvc_env.policy("std", desktops, tiering={"after": "1s", "storage_class": "STANDARD_IA"})
     backup(drsvc_env, *desktops)
     time.sleep(1.2)
@@ -194,9 +202,9 @@ def test_killed_tier_resumes_without_duplicates_and_lost_catalog_is_rebuilt(
 
     def dying(self: S3Store, oid: str, key: str, data: bytes, args: dict[str, Any]) -> None:
         nonlocal count
-        if key.startswith("chunks/"):
+        if key.startswith("packs/"):
             count += 1
-            if count == 5:
+            if count == 3:
                 raise KeyboardInterrupt  # killed mid-way
         real_put(self, oid, key, data, args)
 
@@ -204,15 +212,19 @@ def test_killed_tier_resumes_without_duplicates_and_lost_catalog_is_rebuilt(
     with pytest.raises(KeyboardInterrupt):
         TierJob(services, None).run()
     monkeypatch.setattr(S3Store, "_put", real_put)
+    indexed = [c for index in services.cold.refresh_packs().values() for c in index.chunk_ids]
     services.catalog.close()
     assert not [k for k in first if "/manifests/" in k]
+    assert indexed, "some packs were indexed before the kill"
 
     services = drsvc_env.services()
     second = recorder(services)
     report = TierJob(services, None).run()
     assert report.exit_code == 0 and len(report.moves) == 2
-    chunks = [k for k in first + second if "/chunks/" in k]
-    assert len(chunks) == len(set(chunks)) == len(set(services.cold.list_chunk_ids()))
+    assert not [k for k in first + second if "/chunks/" in k]
+    every = [c for index in services.cold.refresh_packs().values() for c in index.chunk_ids]
+    assert len(every) == len(set(every)) == len(set(services.cold.list_chunk_ids()))  # nothing indexed twice
+    assert sum(m.chunks_uploaded for m in report.moves) == len(every) - len(indexed)
     before = {p["id"]: {f: p[f] for f in POINT_FIELDS} for p in services.catalog.points()}
     snaps = {
         p["id"]: services.catalog.query("SELECT name FROM pool_snapshots WHERE id = ?", [p["pool_snapshot_id"]])[0][

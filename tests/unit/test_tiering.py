@@ -13,7 +13,7 @@ import pytest
 from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture, used through pytestmark)
 
 from drsvc import clock
-from drsvc.chunks import ChunkStore
+from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.crypto import Keys
 from drsvc.errors import EXIT_OK, EXIT_PARTIAL, InvalidInput
 from drsvc.storage.s3 import S3Store
@@ -47,6 +47,15 @@ def chunk_puts(keys: list[str]) -> list[str]:
     return [k for k in keys if k.startswith("chunks/")]
 
 
+def pack_puts(keys: list[str]) -> list[str]:
+    return [k for k in keys if k.startswith("packs/")]
+
+
+def indexed_chunks(kit: ColdKit) -> list[str]:
+    """Every chunk id the cold store's pack indexes list (duplicates included)."""
+    return [c for index in kit.services.cold.refresh_packs().values() for c in index.chunk_ids]
+
+
 def test_due_points_go_cold_with_only_missing_chunks_and_the_manifest_last(kit: ColdKit) -> None:
     kit.policy("std", ["alice"])
     base = os.urandom(2 * MiB)
@@ -61,27 +70,37 @@ def test_due_points_go_cold_with_only_missing_chunks_and_the_manifest_last(kit: 
     assert [m.point_id for m in report.moves] == [p1, p2]  # the young one waits for tiering.after
     distinct = set(kit.services.hot.list_chunk_ids())
     young_only = {c for c, _ in kit.services.hot.get_manifest("alice", young)["volume"]["stream"]["chunks"]}
-    assert len(chunk_puts(puts)) == len(set(chunk_puts(puts))) == len(distinct - (young_only - distinct))
-    # every chunk of a point before its manifest; the shared image record once, before it too
+    # both points' chunks travel as packs of the run (~4 MiB: one pack), each chunk once, no loose chunk
+    assert chunk_puts(puts) == [] and len(pack_puts(puts)) == 1
+    assert sorted(indexed_chunks(kit)) == sorted(distinct - (young_only - distinct))
+    # a pack before its index, every pack and index before any manifest; the image record once, before p1
     first_manifest = puts.index(f"manifests/alice/{p1}")
-    assert all(k.startswith("chunks/") or k == next(k for k in puts if "_images" in k) for k in puts[:first_manifest])
+    for key in pack_puts(puts):
+        assert puts.index(key) < puts.index(f"index/{key.rsplit('/', 1)[1]}") < first_manifest
+    assert (
+        sum("_images" in k for k in puts) == 1
+        and next(i for i, k in enumerate(puts) if "_images" in k) < first_manifest
+    )
     assert puts[-1] == f"manifests/alice/{p2}"
-    assert sum("_images" in k for k in puts) == 1
     assert report.moves[1].chunks_uploaded < report.moves[1].chunks  # p2 reused p1's chunks
     # the cold copies are real chunk stores: readable with the key, byte for byte
     cold = kit.services.cold
     for pid in (p1, p2):
         manifest = cold.get_manifest("alice", pid)
         assert manifest == kit.services.hot.get_manifest("alice", pid)
+        ref = StreamRef.from_dict(manifest["volume"]["stream"])
+        assert cold.read_bytes(ref) == kit.services.hot.read_bytes(ref)
     assert kit.catalog.point(p1)["tiers"] == ["hot", "cold"]
     moves = kit.catalog.query("SELECT * FROM tier_moves ORDER BY id")
     assert [(m["point_id"], m["status"]) for m in moves] == [(p1, "ok"), (p2, "ok")]
-    assert sum(m["chunks_uploaded"] for m in moves) == len(chunk_puts(puts))
+    assert sum(m["chunks_uploaded"] for m in moves) == len(indexed_chunks(kit))
     row = kit.catalog.query("SELECT * FROM point_tiers WHERE point_id = ? AND tier = 'cold'", [p1])[0]
     assert row["store_url"] == kit.cold_url and row["stored_bytes"] > 0 and row["retain_until"] is None
     storage = boto3.client("s3")
-    head = storage.head_object(Bucket=kit.bucket, Key=f"fleet/chunks/{next(iter(distinct))[:2]}/{next(iter(distinct))}")
-    assert head["StorageClass"] == "STANDARD_IA"
+    [pack] = pack_puts(puts)
+    assert storage.head_object(Bucket=kit.bucket, Key=f"fleet/{pack}")["StorageClass"] == "STANDARD_IA"
+    index = f"fleet/index/{pack.rsplit('/', 1)[1]}"
+    assert "StorageClass" not in storage.head_object(Bucket=kit.bucket, Key=index)  # read without a restore
     assert "StorageClass" not in storage.head_object(Bucket=kit.bucket, Key=f"fleet/manifests/alice/{p1}")
 
     # idempotent: nothing more is due, nothing is uploaded
@@ -99,7 +118,7 @@ def test_unchanged_point_and_fleet_sharing_an_image_upload_almost_nothing(kit: C
     first = TierJob(kit.services, None).run(now=NOW)
     assert first.exit_code == EXIT_OK
     uploaded = [m.chunks_uploaded for m in first.moves]
-    assert uploaded[0] == first.moves[0].chunks and all(n <= 2 for n in uploaded[1:])  # tails only
+    assert uploaded[0] == first.moves[0].chunks and all(n <= 3 for n in uploaded[1:])  # tails only
     kit.point("desk-0", NOW - timedelta(hours=2), shared)  # unchanged desktop: same data again
     again = TierJob(kit.services, None).run(now=NOW)
     assert [m.chunks_uploaded for m in again.moves] == [0]
@@ -129,21 +148,22 @@ def test_dry_run_changes_nothing(kit: ColdKit) -> None:
 
 
 def test_a_run_killed_mid_way_resumes_without_uploading_anything_twice(
-    kit: ColdKit, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    kit = ColdKit(tmp_path, pack_mib=1)  # small packs: a 6 MiB point is several
     kit.policy("std", ["alice"])
     pid = kit.point("alice", NOW - timedelta(hours=5), os.urandom(6 * MiB))
     total = len(set(kit.services.hot.list_chunk_ids()))
-    assert total >= 12
+    assert total >= 24
     puts = s3_puts(kit)
     real_put = S3Store._put
     calls = 0
 
     def dying_put(self: S3Store, oid: str, key: str, data: bytes, args: dict[str, Any]) -> None:
         nonlocal calls
-        if key.startswith("chunks/"):
+        if key.startswith("packs/"):
             calls += 1
-            if calls == 6:
+            if calls == 4:
                 raise KeyboardInterrupt  # the process is killed: not an error drsvc handles
         real_put(self, oid, key, data, args)
 
@@ -152,18 +172,24 @@ def test_a_run_killed_mid_way_resumes_without_uploading_anything_twice(
         TierJob(kit.services, None).run(now=NOW)
     monkeypatch.setattr(S3Store, "_put", real_put)
     first = list(puts)
-    assert 0 < len(first) < total and not any(k.startswith("manifests/") for k in first)
+    assert 0 < len(pack_puts(first)) < 6 and not any(k.startswith("manifests/") for k in first)
     assert "cold" not in kit.catalog.point(pid)["tiers"]
     assert kit.catalog.query("SELECT status FROM tier_moves") == [{"status": "failed"}]
+    indexed = indexed_chunks(kit)
+    assert 0 < len(indexed) < total
 
     kit.fresh_services()  # a new process
     puts = s3_puts(kit)
     report = TierJob(kit.services, None).run(now=NOW)
     assert report.exit_code == EXIT_OK
-    assert sorted(chunk_puts(first) + chunk_puts(puts)) == sorted(set(chunk_puts(first) + chunk_puts(puts)))
-    assert len(chunk_puts(first)) + len(chunk_puts(puts)) == total
+    assert report.moves[0].chunks_uploaded == total - len(indexed)  # nothing indexed is sent again
+    every = indexed_chunks(kit)
+    assert len(every) == len(set(every)) == total
     assert puts[-1] == f"manifests/alice/{pid}"
     assert kit.catalog.point(pid)["tiers"] == ["hot", "cold"]
+    ref = StreamRef.from_dict(kit.services.cold.get_manifest("alice", pid)["volume"]["stream"])
+    assert kit.services.cold.read_bytes(ref) == kit.services.hot.read_bytes(ref)
+    kit.catalog.close()
 
 
 def test_a_failed_upload_fails_the_point_and_the_next_run_finishes_it(
@@ -262,7 +288,9 @@ def test_object_lock_and_cold_prune_skips_locked_copies(kit: ColdKit) -> None:
     ColdPruneJob(kit.services, None).run(now=later + timedelta(seconds=1))
     still = set(kit.services.cold.list_chunk_ids())
     needed = {c for c, _ in kit.services.cold.get_manifest("carol", new)["volume"]["stream"]["chunks"]}
-    assert needed <= still and not (still - needed)
+    own_old = {c for c, _ in kit.services.hot.get_manifest("carol", old)["volume"]["stream"]["chunks"]} - needed
+    # the old point's own chunks share a pack with chunks the new point uses: that pack stays whole
+    assert needed <= still and still - needed == own_old
 
 
 def test_tier_cli_json_and_exit_code(kit: ColdKit, run_cli: Any) -> None:

@@ -14,7 +14,7 @@ from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture, used through 
 
 from drsvc import clock
 from drsvc.catalog import Catalog
-from drsvc.chunks import chunk_key
+from drsvc.chunks import PackIndex, chunk_key, index_key, pack_key
 from drsvc.errors import EXIT_INTEGRITY
 from drsvc.rebuild import catalog_drift, rebuild_catalog
 from drsvc.tiering import TierJob
@@ -84,7 +84,14 @@ def test_verify_all_ok_both_tiers(kit: ColdKit, run_cli: Any) -> None:
 
 def test_missing_cold_chunk_names_the_point_and_tier(kit: ColdKit, run_cli: Any) -> None:
     victim = sorted(only(kit, kit.a1))[0]
-    kit.services.cold.store.delete(chunk_key(victim))
+    cold = kit.services.cold
+    pack = cold.pack_of(victim)
+    assert pack is not None
+    index = cold.refresh_packs()[pack]
+    # the index of its pack no longer lists it (as if it had never been uploaded)
+    shorter = PackIndex(pack, index.size, tuple(e for e in index.entries if e[0] != victim))
+    cold.store.put(index_key(pack), cold._seal_index(shorter))
+    kit.fresh_services()  # indexes are immutable, so a running process caches them: a new process
     lists: list[Any] = []
     heads: list[Any] = []
     store = kit.services.cold.store
@@ -95,7 +102,8 @@ def test_missing_cold_chunk_names_the_point_and_tier(kit: ColdKit, run_cli: Any)
     assert report.affected == [kit.a1]
     [problem] = report.problems
     assert (problem.tier, problem.kind, problem.chunks) == ("cold", "chunks-missing", [victim])
-    assert heads == [] and len(lists) <= 3  # one batched listing of chunks (+ the manifests'), no HEAD per chunk
+    # one listing each of loose chunks, pack indexes, packs (+ the manifests'); no HEAD per chunk
+    assert heads == [] and len(lists) <= 4
 
     result = run_cli("--config", str(kit.root / "drsvc.toml"), "--json", "verify", kit.a1)
     assert result.code == EXIT_INTEGRITY
@@ -104,6 +112,18 @@ def test_missing_cold_chunk_names_the_point_and_tier(kit: ColdKit, run_cli: Any)
     human = run_cli("--config", str(kit.root / "drsvc.toml"), "verify", "--all")
     assert human.code == EXIT_INTEGRITY and kit.a1 in human.stdout and kit.a1 in human.stderr
     assert run_cli("--config", str(kit.root / "drsvc.toml"), "verify", kit.b1).code == 0
+
+
+def test_missing_pack_makes_its_chunks_missing_without_reading_data(kit: ColdKit) -> None:
+    cold = kit.services.cold
+    victim = sorted(only(kit, kit.a1))[0]
+    pack = cold.pack_of(victim)
+    assert pack is not None
+    members = set(cold.refresh_packs()[pack].chunk_ids)
+    cold.store.delete(pack_key(pack))
+    report = VerifyJob(kit.services).run(None)
+    missing = {c for p in report.problems if p.kind == "chunks-missing" for c in p.chunks}
+    assert missing == members and kit.a1 in report.affected
 
 
 def test_corrupt_hot_chunk_found_only_by_read_data(kit: ColdKit) -> None:
