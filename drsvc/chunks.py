@@ -14,7 +14,9 @@ Every sealed object carries ``b"drsvc/" + its key`` as associated data, so no ob
 for another (a manifest for a chunk, chunk A for chunk B). Streams are cut with FastCDC (keyed gear
 table) block by block with the tail carried over, so memory stays bounded whatever the stream size.
 Dedup checks an in-memory set of chunk ids loaded once by a batched listing, never one request per
-chunk. A ``ChunkStore`` is meant for one writing thread at a time; readers may share it.
+chunk. Several threads may write streams at once (a backup stores a batch of desktops together):
+a chunk another writer is still uploading counts as stored only once that upload is acknowledged,
+so no stream ever refers to a chunk whose write failed.
 
 **Packs** (``pack_size`` set; the S3 cold tier, where every request costs ~4 ms of a botocore
 thread): a pack is up to ``pack_size`` bytes (16 MiB by default, one ``PutObject``) of chunk
@@ -56,6 +58,7 @@ import collections
 import io
 import json
 import secrets
+import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -67,7 +70,7 @@ import zstandard
 from pyfastcdc import FastCDC
 
 from drsvc.crypto import Keys
-from drsvc.errors import IntegrityError, InvalidInput, NotFound
+from drsvc.errors import BackendError, IntegrityError, InvalidInput, NotFound
 from drsvc.storage.base import ObjectStore, check_key, ordered_map
 
 KiB = 1024
@@ -339,6 +342,8 @@ class ChunkStore:
         self.stats = WriteStats()
         self._config = config
         self._known: set[bytes] | None = None
+        self._inflight: dict[bytes, threading.Event] = {}  # chunk ids some writer is uploading now
+        self._write_lock = threading.Lock()
         self._local = threading.local()
         self._packs: dict[str, PackIndex] = {}
         self._where: dict[bytes, tuple[str, int, int]] = {}  # chunk id -> (pack id, offset, length)
@@ -462,9 +467,10 @@ class ChunkStore:
     # ---------------------------------------------------------------- streams
 
     def _known_ids(self) -> set[bytes]:
-        if self._known is None:
-            self._known = {bytes.fromhex(cid) for cid in self.list_chunk_ids()}
-        return self._known
+        with self._write_lock:  # concurrent writers must share one set
+            if self._known is None:
+                self._known = {bytes.fromhex(cid) for cid in self.list_chunk_ids()}
+            return self._known
 
     def _cut(self, source: BinaryIO | _Readable | Iterable[bytes] | bytes) -> Iterator[memoryview]:
         """Yield chunks of the stream; reads ``block_size`` at a time and carries the tail chunk over.
@@ -520,24 +526,43 @@ class ChunkStore:
                 stats.bytes_in += len(piece)
                 yield piece
 
+        mine: list[bytes] = []  # ids this stream uploads
+        borrowed: list[tuple[str, threading.Event]] = []  # ids another writer is uploading
+
         def items() -> Iterator[tuple[str, bytes]]:
             for cid, size, blob in ordered_map(encode, pieces(), workers=self.workers, window=self.window):
                 entries.append((cid, size))
                 stats.chunks_total += 1
                 raw = bytes.fromhex(cid)
-                if blob is None or raw in known:  # known, or a duplicate earlier in this window
-                    continue
-                known.add(raw)
+                with self._write_lock:
+                    if raw in known:  # stored, or a duplicate earlier in this stream
+                        continue
+                    other = self._inflight.get(raw)
+                    if other is not None:
+                        borrowed.append((cid, other))
+                        continue
+                    self._inflight[raw] = threading.Event()
+                    mine.append(raw)
+                assert blob is not None  # encode() skips only ids already in `known`, which only grows
                 stats.chunks_new += 1
                 stats.bytes_new_stored += len(blob)
                 yield chunk_key(cid), blob
 
         try:
             self.store.put_many(items())
-        except BaseException:
-            self._known = None  # ids were added before their writes were acknowledged: reload
-            raise
-        self.stats.add(stats)
+        finally:
+            with self._write_lock:
+                ok = sys.exc_info()[0] is None
+                for raw in mine:
+                    if ok:
+                        known.add(raw)
+                    self._inflight.pop(raw).set()
+        for cid, done in borrowed:
+            done.wait()
+            if bytes.fromhex(cid) not in known:
+                raise BackendError(f"chunk {cid}: a concurrent writer's upload failed; this stream is incomplete")
+        with self._write_lock:
+            self.stats.add(stats)
         return StreamRef(entries, stats.bytes_in, hasher.hexdigest(), stats)
 
     def write_bytes(self, data: bytes) -> StreamRef:

@@ -293,3 +293,57 @@ def test_streaming_keeps_memory_bounded(tmp_path: Path) -> None:
     growth_mib, chunks = map(int, out.stdout.split())
     assert chunks > 500
     assert growth_mib < 64, f"peak RSS grew {growth_mib} MiB while streaming 256 MiB"
+
+
+def test_concurrent_writers_store_each_chunk_once_and_never_refer_to_a_failed_upload(
+    cs: ChunkStore, store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    data = pseudo(3 * MiB, seed=7)
+    refs: list = []
+    threads = [threading.Thread(target=lambda: refs.append(cs.write_stream(data))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [cs.read_bytes(r) for r in refs] == [data] * 3
+    assert sum(r.stats.chunks_new for r in refs) == len({cid for cid, _ in refs[0].chunks}) == store.puts
+
+    # a writer whose upload fails must not leave another writer's stream pointing at its chunks
+    other = pseudo(2 * MiB, seed=8)
+    started, release = threading.Event(), threading.Event()
+    real_put_many = store.put_many
+
+    def failing_put_many(items, **kw):
+        first = next(iter(items))  # claims the stream's chunks as in flight
+        started.set()
+        release.wait(5)
+        raise OSError(f"disk full while writing {first[0]}")
+
+    monkeypatch.setattr(store, "put_many", failing_put_many)
+    failed: list = []
+    t = threading.Thread(target=lambda: failed.append(_capture(cs.write_stream, other)))
+    t.start()
+    assert started.wait(5)
+    monkeypatch.setattr(store, "put_many", real_put_many)
+    second: list = []
+    t2 = threading.Thread(target=lambda: second.append(_capture(cs.write_stream, other)))
+    t2.start()
+    release.set()
+    t.join()
+    t2.join()
+    [outcome] = second
+    assert isinstance(failed[0], OSError)
+    # either it uploaded what the failed writer had claimed itself, or it says its stream is incomplete
+    if isinstance(outcome, Exception):
+        assert "concurrent writer" in str(outcome)
+    else:
+        assert cs.read_bytes(outcome) == other
+
+
+def _capture(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as e:
+        return e
