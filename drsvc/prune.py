@@ -71,6 +71,8 @@ class PruneReport:
 
 
 def policy_for(point: dict[str, Any], policies: PolicySet, desktops: dict[str, dict[str, Any]]) -> Policy | None:
+    """The policy that governs a point: the one that took it, else (manual points) the first that
+    covers its desktop now; None when no policy covers it."""
     if point["policy"] and point["policy"] in policies:
         return policies.get(point["policy"])
     desktop = desktops.get(point["desktop_id"])

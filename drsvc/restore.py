@@ -46,6 +46,7 @@ from drsvc.errors import (
     NotFound,
 )
 from drsvc.policy import Policy
+from drsvc.prune import policy_for
 from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, LABEL_VOLUME, DesktopRef
 from drsvc.services import Services
 from drsvc.volumes.base import VolumeObject
@@ -209,7 +210,8 @@ class RestoreJob:
         if tier not in point["tiers"]:
             raise NotFound(f"point {point['id']} has no {tier} copy (tiers: {', '.join(point['tiers'])})")
         manifest = self.store(tier).get_manifest(desktop_id, point["id"])
-        policy = self._policy(point, desktop_id)
+        desktop = self.catalog.desktop(desktop_id)
+        policy = policy_for(point, self.services.policies, {desktop_id: desktop})
         target = policy.objectives.rto.total_seconds() if policy else DEFAULT_TARGET
         if as_name is not None and as_name == manifest["runtime"]["container"]:
             raise InvalidInput(
@@ -220,7 +222,7 @@ class RestoreJob:
         except NotFound:
             state = None
         plan = RestorePlan(
-            desktop=self.catalog.desktop(desktop_id),
+            desktop=desktop,
             point=point,
             tier=tier,
             manifest=manifest,
@@ -233,14 +235,6 @@ class RestoreJob:
         plan.plan_seconds = time.monotonic() - started
         plan.predicted = self.predict(plan)
         return plan
-
-    def _policy(self, point: dict[str, Any], desktop_id: str) -> Policy | None:
-        policies = self.services.policies
-        if point["policy"] and point["policy"] in policies:
-            return policies.get(point["policy"])
-        desktop = self.catalog.desktop(desktop_id)
-        matching = policies.for_desktop(desktop_id, desktop["tenant"], desktop["labels"])
-        return matching[0] if matching else None
 
     def predict(self, plan: RestorePlan) -> dict[str, float]:
         """Phase times from past restores of this tier (median rate per byte), else defaults."""
