@@ -156,15 +156,18 @@ class DrillJob:
             [clock.to_iso(started), policy, selection or ",".join(desktops), parallel],
         )
         report = DrillReport(int(cursor.lastrowid or 0))
+        pool = cf.ThreadPoolExecutor(parallel, thread_name_prefix="drill")
         try:
-            with cf.ThreadPoolExecutor(parallel, thread_name_prefix="drill") as pool:
-                futures = [pool.submit(self._drill_one, report.drill_id, d, started) for d in desktops]
-                for future in futures:
-                    report.results.append(future.result())
+            futures = [pool.submit(self._drill_one, report.drill_id, d, started) for d in desktops]
+            for future in futures:
+                report.results.append(future.result())
         except KeyboardInterrupt:
+            # Ctrl-C: desktops not started yet never start; those running finish their teardown
             report.interrupted = True
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
         finally:
+            pool.shutdown(wait=True)
             status = (
                 "interrupted"
                 if report.interrupted
