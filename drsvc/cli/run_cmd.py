@@ -36,7 +36,7 @@ def render(report: TickReport, planned: list[dict] | None, out: Console) -> None
 @click.option("--dry-run", is_flag=True, help="List what is due and why; run nothing.")
 @pass_app
 def command(app: App, once: bool, dry_run: bool) -> int:
-    """Run the scheduler: backups due per policy, then prune (and tiering, drills when due).
+    """Run the scheduler: due backups, tiering to S3, drills, then retention on every tier.
 
     Safe to start from cron every minute: a lease in the catalog lets one tick work at a time,
     each policy window runs once, missed windows run once, and failures retry with backoff.
