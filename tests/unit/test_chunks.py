@@ -347,3 +347,13 @@ def _capture(fn, *args):
         return fn(*args)
     except Exception as e:
         return e
+
+
+def test_a_stream_written_while_the_caller_handles_an_exception_is_complete(cs: ChunkStore) -> None:
+    """write_stream inside an except clause (backup stores a base image after a NotFound)."""
+    data = bytes(4 * MiB) + pseudo(MiB, seed=9) + bytes(4 * MiB)  # repeated chunks within the stream
+    try:
+        raise KeyError("not stored yet")
+    except KeyError:
+        ref = cs.write_stream(data)
+    assert cs.read_bytes(ref) == data
