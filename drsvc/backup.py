@@ -190,7 +190,12 @@ class BackupJob:
                 report.outcomes += self._run_batch(batch, pool_url, batch_no, policy, job_id, report)
         except BaseException as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            self.catalog.finish_job(job_id, status, error=str(e) or type(e).__name__, detail=report.document())
+            error = str(e) or type(e).__name__
+            self.catalog.execute(
+                "UPDATE points SET status = 'failed', reason = ? WHERE job_id = ? AND status = 'pending'",
+                [f"backup job failed: {error}", job_id],
+            )
+            self.catalog.finish_job(job_id, status, error=error, detail=report.document())
             raise
         status = {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(report.exit_code, "failed")
         errors = "; ".join(f"{o.desktop}: {o.error}" for o in report.outcomes if o.error)
