@@ -815,36 +815,55 @@ class ChunkStore:
         Blobs already in a pack (or repeated in ``blobs``) are skipped. Each pack is stored with
         ``storage_class`` and ``retain_until``, then its index (default class, same retention): a
         pack is visible once its index is. ``upload_workers`` packs upload in parallel while the
-        next fills, so memory stays under ``(upload_workers + 1) * pack_size``. On an error the
-        packs already sent finish (and count), then the error is raised.
+        next fills. Packs are assembled in ``upload_workers + 1`` buffers of ``pack_size`` bytes,
+        allocated once and reused (a fresh 16 MiB buffer per pack costs a page fault per 4 KiB,
+        more than the copy itself), and handed to ``store.put`` as views, so memory stays under
+        ``(upload_workers + 1) * pack_size`` (a single blob larger than ``pack_size`` gets a
+        buffer of its own). On an error the packs already sent finish (and count), then the
+        error is raised.
         """
         if not self.pack_size:
             raise InvalidInput(f"{self.store.url}: not a packed chunk store")
         self._ensure_packs()
         self._upgrade_config()
+        pack_size = self.pack_size
         written: list[PackIndex] = []
         inflight: collections.deque[Future[PackIndex]] = collections.deque()
         pool = ThreadPoolExecutor(max_workers=self.upload_workers, thread_name_prefix="drsvc-pack")
+        spare: list[bytearray] = []  # buffers whose upload finished; at most upload_workers + 1 exist
 
-        def upload(index: PackIndex, data: bytes) -> PackIndex:
-            self.store.put(pack_key(index.pack_id), data, storage_class=storage_class, retain_until=retain_until)
+        def upload(index: PackIndex, buffer: bytearray) -> PackIndex:
+            data = memoryview(buffer)[: index.size]  # store.put copies or sends it, keeping no reference
+            self.store.put(pack_key(index.pack_id), data, storage_class=storage_class, retain_until=retain_until)  # type: ignore[arg-type]
             self.store.put(index_key(index.pack_id), self._seal_index(index), retain_until=retain_until)
             self._register(index)
             return index
 
-        buf = bytearray()
+        def reap() -> None:
+            future = inflight.popleft()
+            buffer = buffers.pop(future)
+            written.append(future.result())
+            if len(buffer) == pack_size:
+                spare.append(buffer)
+
+        buffers: dict[Future[PackIndex], bytearray] = {}
+        buf = bytearray(pack_size)
+        fill = 0
         entries: list[tuple[str, int, int]] = []
         seen: set[bytes] = set()
 
         def flush() -> None:
-            nonlocal buf, entries
+            nonlocal buf, fill, entries
             if not entries:
                 return
             while len(inflight) >= self.upload_workers:
-                written.append(inflight.popleft().result())
-            index = PackIndex(secrets.token_hex(16), len(buf), tuple(entries))
-            inflight.append(pool.submit(upload, index, bytes(buf)))
-            buf, entries = bytearray(), []
+                reap()
+            index = PackIndex(secrets.token_hex(16), fill, tuple(entries))
+            future = pool.submit(upload, index, buf)
+            buffers[future] = buf
+            inflight.append(future)
+            buf = spare.pop() if spare else bytearray(pack_size)
+            fill, entries = 0, []
 
         try:
             for cid, blob in blobs:
@@ -852,13 +871,17 @@ class ChunkStore:
                 if raw in seen or raw in self._where:
                     continue
                 seen.add(raw)
-                if entries and len(buf) + len(blob) > self.pack_size:
+                n = len(blob)
+                if entries and fill + n > pack_size:
                     flush()
-                entries.append((cid, len(buf), len(blob)))
-                buf += blob
+                if n > len(buf):  # one blob larger than a pack: a buffer of its own
+                    buf = bytearray(n)
+                entries.append((cid, fill, n))
+                buf[fill : fill + n] = blob
+                fill += n
             flush()
             while inflight:
-                written.append(inflight.popleft().result())
+                reap()
         finally:
             # On an error, let what was already sent finish (its index lands, or the pack is an orphan).
             pool.shutdown(wait=True, cancel_futures=True)

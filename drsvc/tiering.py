@@ -335,9 +335,10 @@ class TierJob:
                 cid = ck.rsplit("/", 1)[1]
                 point = owner[cid]
                 # Authenticate before it becomes the cold copy (AEAD tag over the ciphertext):
-                # never carry hot-store rot into the tier meant to survive the hot store.
+                # never carry hot-store rot into the tier meant to survive the hot store. The
+                # plaintext is discarded (``verify`` decrypts into a reused buffer: ~6x cheaper).
                 try:
-                    hot.keys.open_(blob, object_aad(ck))
+                    hot.keys.verify(blob, object_aad(ck))
                 except IntegrityError as e:
                     raise IntegrityError(f"hot chunk {ck} of point {point.move.point_id} is corrupt: {e}") from e
                 if n % 1024 == 1023:

@@ -82,6 +82,25 @@ def test_seal_open_and_every_tampering_detected() -> None:
         Keys(os.urandom(32)).open_(blob, b"drsvc/chunks/aa/aa")
 
 
+def test_verify_authenticates_like_open_and_reuses_its_buffer() -> None:
+    k = Keys.generate()
+    aad = b"drsvc/chunks/aa/aa"
+    small, large = k.seal(b"x" * 10, aad), k.seal(os.urandom(3 << 20), aad)  # grows the scratch buffer
+    for blob in (small, large, small, memoryview(large)):
+        k.verify(blob, aad)
+    for i in (0, 1, 13, len(small) // 2, len(small) - 1):
+        bad = bytearray(small)
+        bad[i] ^= 0x01
+        with pytest.raises(IntegrityError):
+            k.verify(bytes(bad), aad)
+    with pytest.raises(IntegrityError, match="drsvc/manifests/d/p"):
+        k.verify(small, b"drsvc/manifests/d/p")
+    with pytest.raises(IntegrityError, match="truncated"):
+        k.verify(small[:10], aad)
+    with pytest.raises(IntegrityError):
+        Keys(os.urandom(32)).verify(large, aad)
+
+
 def test_chunker_seed_usable_by_fastcdc_for_any_key() -> None:
     from pyfastcdc import FastCDC
 

@@ -189,3 +189,23 @@ def test_index_is_sealed_to_its_pack(kit: ColdKit) -> None:
     with pytest.raises(IntegrityError, match=f"index/{other}"):
         kit.fresh_services().cold.refresh_packs()
     assert isinstance(index, PackIndex)
+
+
+def test_pack_buffers_are_reused_without_mixing_packs(kit: ColdKit) -> None:
+    """Many packs through upload_workers + 1 reused buffers (and one blob larger than a pack) land intact."""
+    cold = kit.services.cold
+    cold.pack_size, cold.upload_workers = 1 * MiB, 2
+    blobs = {os.urandom(32).hex(): os.urandom(int.from_bytes(os.urandom(2)) * 4 + 1000) for _ in range(60)}
+    big = os.urandom(32).hex()
+    blobs[big] = os.urandom(2 * MiB + 5)
+    items = list(blobs.items())
+    items.insert(20, items.pop())  # the oversize blob mid-stream
+    written = cold.write_packs(items)
+    assert len(written) >= 8  # far more packs than buffers
+    assert sorted(cid for index in written for cid in index.chunk_ids) == sorted(blobs)
+    for index in written:
+        pack = cold.store.get(pack_key(index.pack_id))
+        assert len(pack) == index.size
+        assert index.size <= 1 * MiB or index.chunk_ids == [big]
+        for cid, off, n in index.entries:
+            assert pack[off : off + n] == blobs[cid]

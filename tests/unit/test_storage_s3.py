@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -120,6 +121,18 @@ def test_large_objects_use_multipart() -> None:
     assert len(parts) >= 2
     assert s.get("big") == data
     assert s.storage_class("big") == "STANDARD_IA"
+
+
+def test_views_are_stored_without_a_copy_and_intact() -> None:
+    """A view of a larger buffer (a pack buffer) goes as a file over the buffer, single or multipart."""
+    s = S3Store("drsvc-views", multipart_threshold=5 * 1024 * 1024)
+    buffer = bytearray(os.urandom(13 * 1024 * 1024))
+    s.put("small", memoryview(buffer)[: 3 * 1024 * 1024])  # type: ignore[arg-type]
+    s.put("big", memoryview(buffer)[: 12 * 1024 * 1024 + 7])  # type: ignore[arg-type]
+    buffer[:] = bytes(len(buffer))  # the caller reuses its buffer once put returns
+    assert s.get("small") != bytes(3 * 1024 * 1024)
+    assert len(s.get("small")) == 3 * 1024 * 1024 and len(s.get("big")) == 12 * 1024 * 1024 + 7
+    assert s.get("big")[: 3 * 1024 * 1024] == s.get("small")
 
 
 def test_put_many_bounds_what_is_in_flight() -> None:
