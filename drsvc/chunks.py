@@ -71,6 +71,7 @@ from pyfastcdc import FastCDC
 from drsvc.crypto import Keys
 from drsvc.errors import BackendError, IntegrityError, InvalidInput, NotFound
 from drsvc.storage.base import ObjectStore, check_key, ordered_map
+from drsvc.streams import IterReader
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -284,28 +285,6 @@ def _reader(source: BinaryIO | _Readable | Iterable[bytes | memoryview] | bytes)
         return n
 
     return from_iter
-
-
-class _IterReader(io.RawIOBase):
-    """A read-only raw stream over an iterator of byte strings."""
-
-    def __init__(self, pieces: Iterator[bytes]) -> None:
-        self._pieces = pieces
-        self._current = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._current:
-            piece = next(self._pieces, None)
-            if piece is None:
-                return 0
-            self._current = memoryview(piece)
-        n = min(len(buffer), len(self._current))
-        buffer[:n] = self._current[:n]
-        self._current = self._current[n:]
-        return n
 
 
 class ChunkStore:
@@ -649,7 +628,7 @@ class ChunkStore:
 
     def open_stream(self, ref: StreamRef) -> BinaryIO:
         """``read_stream`` as a file object (for APIs that read a body, e.g. a runtime restore)."""
-        return io.BufferedReader(_IterReader(self.read_stream(ref)), buffer_size=1 << 20)
+        return io.BufferedReader(IterReader(self.read_stream(ref)), buffer_size=1 << 20)
 
     def read_bytes(self, ref: StreamRef) -> bytes:
         """The whole stream in memory (small streams, tests)."""

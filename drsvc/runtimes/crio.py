@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import io
 import json
 import os
 import socket
@@ -63,6 +62,7 @@ from typing import Any, BinaryIO, cast
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, MissingDependency, NotFound
 from drsvc.runtimes import freeze
 from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, is_full_id
+from drsvc.streams import IterReader
 
 LABEL_CONTAINER = "drsvc.container"  # which container of a desktop pod is the desktop
 CHECKPOINT_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
@@ -345,7 +345,7 @@ class CrioRuntime:
                     "drsvc": {"container": container, "node": node, "archive": remote},
                     **_portable_pod(self._api.sanitize_for_serialization(pod)),
                 }
-                yield cast(BinaryIO, _StreamReader(_append_member(f, POD_MEMBER, json.dumps(doc).encode())))
+                yield cast(BinaryIO, IterReader(_append_member(f, POD_MEMBER, json.dumps(doc).encode())))
         finally:
             # every memory page of the desktop: never leave it behind on the node
             local.unlink(missing_ok=True)
@@ -765,39 +765,6 @@ def _capturing(src: BinaryIO, member: str, into: dict[str, bytes]) -> Iterator[b
         return data
 
     return rewrite_archive(src, {member: keep})
-
-
-class _StreamReader(io.RawIOBase):
-    """A read()-able file over an iterator of byte chunks."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            return self.readall()
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                return b""
-        data, self._buf = self._buf[:size], self._buf[size:]
-        return data
 
 
 # ---------------------------------------------------------------------- OCI distribution API

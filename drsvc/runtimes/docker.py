@@ -60,6 +60,7 @@ from typing import Any, BinaryIO, cast
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
 from drsvc.runtimes import freeze
 from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels
+from drsvc.streams import IterReader
 
 CHUNK = 1 << 20
 LABEL_RESTORED_AT = "drsvc.restored-at"
@@ -238,7 +239,7 @@ class DockerRuntime:
             # disk beside Docker's data: its size must be known before it enters the archive
             diff_file, deleted = self._rootfs_diff(c)
             members = _archive_members(c, ckpt_dir, diff_file, deleted)
-            yield cast(BinaryIO, _IterReader(_tar_stream(members)))
+            yield cast(BinaryIO, IterReader(_tar_stream(members)))
         finally:
             if diff_file is not None:
                 diff_file.close()
@@ -536,7 +537,7 @@ class DockerRuntime:
             resp = self.api._get(self.api._url("/images/{0}/get", image), stream=True)
             self.api._raise_for_status(resp)
         try:
-            yield cast(BinaryIO, _IterReader(resp.iter_content(CHUNK)))
+            yield cast(BinaryIO, IterReader(resp.iter_content(CHUNK)))
         finally:
             resp.close()
 
@@ -690,28 +691,6 @@ class _Exact(io.RawIOBase):
         data = self._f.read(n) or b"\0" * n
         self._left -= len(data)
         return data
-
-
-class _IterReader(io.RawIOBase):
-    """A read-only binary stream over an iterator of byte chunks."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._it = iter(chunks)
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            try:
-                self._buf = next(self._it)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
 
 
 Member = tuple[tarfile.TarInfo, "Path | bytes | BinaryIO | None"]
