@@ -15,6 +15,7 @@ checkpoint; pairing memory with a volume snapshot uses the CRIU freeze hook (``f
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -171,3 +172,16 @@ def desktop_from_labels(
         network=network,
         restored_at=restored_at,
     )
+
+
+def probe_tcp_in_netns(pid: int, port: int, timeout: float = 2.0) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port`` in the network namespace of
+    host process ``pid``: connects from the host with ``nsenter``, so it works for clones without
+    any network and needs no tool inside the desktop's image (local runtimes share it)."""
+    if pid <= 0:
+        return False
+    cmd = ["nsenter", "-t", str(pid), "-n", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{int(port)}"]
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=timeout).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False

@@ -44,7 +44,6 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
 import tarfile
 import tempfile
 import threading
@@ -59,7 +58,7 @@ from typing import Any, BinaryIO, cast
 
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
 from drsvc.runtimes import freeze
-from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels
+from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, probe_tcp_in_netns
 from drsvc.streams import IterReader
 
 CHUNK = 1 << 20
@@ -503,19 +502,9 @@ class DockerRuntime:
             time.sleep(0.02)
 
     def probe_tcp(self, name: str, port: int, timeout: float = 2.0) -> bool:
-        """Whether something accepts TCP connections on 127.0.0.1:``port`` inside the container.
-
-        Connects from the host inside the container's network namespace (``nsenter``), so it works
-        for clones without any network and needs no tool in the desktop's image.
-        """
+        """Whether something accepts TCP connections on 127.0.0.1:``port`` inside the container."""
         pid = int((self._inspect_raw(name).get("State") or {}).get("Pid") or 0)
-        if pid <= 0:
-            return False
-        cmd = ["nsenter", "-t", str(pid), "-n", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{int(port)}"]
-        try:
-            return subprocess.run(cmd, capture_output=True, timeout=timeout).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            return False
+        return probe_tcp_in_netns(pid, port, timeout)
 
     # ------------------------------------------------------------------ images
     def image_exists(self, image_id: str) -> bool:

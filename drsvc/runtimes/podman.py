@@ -38,7 +38,7 @@ from typing import Any, BinaryIO, cast
 
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
 from drsvc.runtimes import freeze
-from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels
+from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, probe_tcp_in_netns
 
 API_VERSION = "4.3.1"
 CHUNK = 1 << 20
@@ -362,19 +362,9 @@ class PodmanRuntime:
 
     # ------------------------------------------------------------------ images
     def probe_tcp(self, name: str, port: int, timeout: float = 2.0) -> bool:
-        """Whether something accepts TCP connections on 127.0.0.1:``port`` inside the container.
-
-        Connects from the host inside the container's network namespace (``nsenter``), so it
-        works for clones without any network and needs no tool in the desktop's image.
-        """
+        """Whether something accepts TCP connections on 127.0.0.1:``port`` inside the container."""
         pid = int((self._inspect_raw(name).get("State") or {}).get("Pid") or 0)
-        if pid <= 0:
-            return False
-        cmd = ["nsenter", "-t", str(pid), "-n", "bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{int(port)}"]
-        try:
-            return subprocess.run(cmd, capture_output=True, timeout=timeout).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            return False
+        return probe_tcp_in_netns(pid, port, timeout)
 
     def image_exists(self, image_id: str) -> bool:
         """Whether an image (id or reference) is present locally."""
