@@ -145,6 +145,15 @@ class DrillJob:
             raise InvalidInput(f"--sample {sample}: must not be negative")
         return sorted(random.Random(seed).sample(candidates, min(sample, len(candidates))))
 
+    def preview(self, desktops: Sequence[str]) -> list[dict[str, Any]]:
+        """What a drill of ``desktops`` would restore (``--dry-run``): each one's point and tiers."""
+        restore = RestoreJob(self.services)
+        planned = []
+        for desktop in desktops:
+            point = restore.choose_point(desktop)
+            planned.append({"desktop": desktop, "point_id": point["id"], "tiers": point["tiers"]})
+        return planned
+
     def run(
         self, desktops: Sequence[str], *, parallel: int = 1, policy: str | None = None, selection: str = ""
     ) -> DrillReport:

@@ -64,6 +64,7 @@ def printer(app: App) -> Any:
 @click.option("--all", "everything", is_flag=True, help="Drill every covered desktop with a restorable point.")
 @click.option("--parallel", type=int, default=1, show_default=True, help="Desktops restored at the same time.")
 @click.option("--seed", type=int, help="Random seed for the sample (reproducible drills).")
+@click.option("--dry-run", is_flag=True, help="Show which desktops (and points) would be drilled; restore nothing.")
 @pass_app
 def command(
     app: App,
@@ -73,6 +74,7 @@ def command(
     everything: bool,
     parallel: int,
     seed: int | None,
+    dry_run: bool,
 ) -> int:
     """Restore desktops as sandboxed clones, verify data and process continuity, measure RTO.
 
@@ -89,6 +91,15 @@ def command(
             {"drill_id": None, "results": [], "summary": {"count": 0}},
             lambda out: out.print("no desktop with a restorable point to drill"),
         )
+        return 0
+    if dry_run:
+        planned = job.preview(chosen)
+
+        def show(out: Console) -> None:
+            for item in planned:
+                out.print(f"would drill {item['desktop']} from {item['point_id']} ({','.join(item['tiers'])})")
+
+        app.emit({"dry_run": True, "desktops": planned}, show)
         return 0
     selection = ("all" if everything else f"sample {sample}" if sample is not None else "") or ",".join(chosen)
     report = job.run(chosen, parallel=parallel, policy=policy, selection=selection)

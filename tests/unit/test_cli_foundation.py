@@ -149,3 +149,27 @@ def test_catalog_check_ok_and_export(configured, run_cli):
 
 def test_unknown_option_is_exit_2(run_cli):
     assert run_cli("points", "list", "--bogus").code == 2
+
+
+def test_drill_dry_run_lists_what_it_would_restore_and_touches_nothing(configured, run_cli):
+    cat = Catalog.open(configured.parent / "catalog.db")
+    cat.upsert_desktop(
+        {
+            "id": "alice",
+            "runtime_url": "podman:///s",
+            "container": "alice",
+            "tenant": "acme",
+            "labels": {"tier": "standard"},
+        }
+    )
+    for pid, when in (("old", "2026-11-26T10:00:00.000000Z"), ("new", "2026-11-27T10:00:00.000000Z")):
+        cat.add_point(
+            {"id": pid, "desktop_id": "alice", "taken_at": when, "status": "complete", "consistency": "paired"}
+        )
+        cat.set_tier(pid, "hot", "rados://drsvc-hot")
+    cat.close()
+    result = run_cli("--config", str(configured), "--json", "drill", "--policy", "standard", "--all", "--dry-run")
+    assert result.code == 0, result.stderr
+    assert result.json() == {"dry_run": True, "desktops": [{"desktop": "alice", "point_id": "new", "tiers": ["hot"]}]}
+    assert Catalog.open(configured.parent / "catalog.db").query("SELECT * FROM drills") == []
+    assert run_cli("--config", str(configured), "drill", "nobody", "--dry-run").code == 3
