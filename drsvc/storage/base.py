@@ -108,6 +108,21 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def split_store_url(url: str, scheme: str, name: re.Pattern[str], shape: str) -> tuple[str, str]:
+    """``SCHEME://NAME[/PREFIX]`` -> (name, prefix), or ``InvalidInput`` saying the expected ``shape``."""
+    rest = url[len(scheme) + 3 :] if url.startswith(f"{scheme}://") else ""
+    first, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not first or not name.match(first) or "?" in rest or "#" in rest:
+        raise InvalidInput(f"malformed {scheme} store URL {url!r}: expected {shape}")
+    if prefix:
+        try:
+            check_key(prefix)
+        except InvalidInput as e:
+            raise InvalidInput(f"malformed {scheme} store URL {url!r}: bad prefix {prefix!r}") from e
+    return first, prefix
+
+
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int = 4, window: int = 16) -> Iterator[R]:
     """Apply ``fn`` on a thread pool, yielding results in input order with at most ``window`` in flight.
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from drsvc import ceph
 from drsvc.errors import BackendError, InvalidInput, NotFound
-from drsvc.storage.base import StoreBase, check_key, check_prefix
+from drsvc.storage.base import StoreBase, check_key, check_prefix, split_store_url
 
 MAX_OBJECT_BYTES = 90 * 1024 * 1024
 _READ_SIZE = 4 * 1024 * 1024  # first aio read; larger objects are finished with sync reads
@@ -27,16 +27,7 @@ _POOL = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 def from_url(url: str, **options: Any) -> RadosStore:
     """Open ``rados://POOL[/PREFIX]``; options: conffile, keyring, name, namespace, window."""
-    rest = url[len("rados://") :] if url.startswith("rados://") else ""
-    pool, _, prefix = rest.partition("/")
-    prefix = prefix.strip("/")
-    if not pool or not _POOL.match(pool) or "?" in rest or "#" in rest:
-        raise InvalidInput(f"malformed rados store URL {url!r}: expected rados://POOL[/PREFIX]")
-    if prefix:
-        try:
-            check_key(prefix)
-        except InvalidInput as e:
-            raise InvalidInput(f"malformed rados store URL {url!r}: bad prefix {prefix!r}") from e
+    pool, prefix = split_store_url(url, "rados", _POOL, "rados://POOL[/PREFIX]")
     return RadosStore(pool, prefix, **options)
 
 

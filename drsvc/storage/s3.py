@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from drsvc.errors import BackendError, InvalidInput, MissingDependency, NotFound
-from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map
+from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map, split_store_url
 
 MiB = 1024 * 1024
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
@@ -58,16 +58,7 @@ def _boto3() -> Any:
 
 def from_url(url: str, **options: Any) -> S3Store:
     """Open ``s3://BUCKET[/PREFIX]``."""
-    rest = url[len("s3://") :] if url.startswith("s3://") else ""
-    bucket, _, prefix = rest.partition("/")
-    prefix = prefix.strip("/")
-    if not bucket or not _BUCKET.match(bucket) or "?" in rest or "#" in rest:
-        raise InvalidInput(f"malformed s3 store URL {url!r}: expected s3://BUCKET[/PREFIX]")
-    if prefix:
-        try:
-            check_key(prefix)
-        except InvalidInput as e:
-            raise InvalidInput(f"malformed s3 store URL {url!r}: bad prefix {prefix!r}") from e
+    bucket, prefix = split_store_url(url, "s3", _BUCKET, "s3://BUCKET[/PREFIX]")
     return S3Store(bucket, prefix, **options)
 
 
