@@ -148,7 +148,7 @@ def scatter_overwrites(root: Path, fraction: float, write_kib: int, seed: int) -
 class Drsvc:
     """A drsvc config (hot prefix on RADOS, cold prefix on S3, catalog) in a temp dir."""
 
-    def __init__(self, work: Path, name: str, bucket: str, policy_desktops: list[str]) -> None:
+    def __init__(self, work: Path, name: str, bucket: str, policy_desktops: list[str], cold_level: int = 3) -> None:
         self.dir = work / name
         (self.dir / "policies").mkdir(parents=True)
         generate_key_file(self.dir / "drsvc.key")
@@ -157,7 +157,7 @@ class Drsvc:
         (self.dir / "drsvc.toml").write_text(
             f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
             f'[hot]\nstore = "{self.hot_url}"\nceph_conf = "{os.environ["CEPH_CONF"]}"\n'
-            f'[cold]\nstore = "{self.cold_url}"\nendpoint_url = "{ENDPOINT}"\n'
+            f'[cold]\nstore = "{self.cold_url}"\nendpoint_url = "{ENDPOINT}"\nzstd_level = {cold_level}\n'
         )
         (self.dir / "policies" / "bench.yaml").write_text(
             json.dumps(
@@ -441,6 +441,13 @@ def main() -> None:
             fleet_dep.ingest(name, fleet_root / "desks" / name)
         tierf, _ = fleet_dep.tier()
         fleet_d = bucket_bytes(client, buckets["drsvc"], "fleet/")
+        # the same fleet with the cold tier's frames at zstd level 7 ([cold] zstd_level): bytes vs CPU
+        fleet7 = Drsvc(work, "fleet7", buckets["drsvc"], names, cold_level=7)
+        deployments.append(fleet7)
+        for name in names:
+            fleet7.ingest(name, fleet_root / "desks" / name)
+        tierf7, _ = fleet7.tier()
+        fleet_d7 = bucket_bytes(client, buckets["drsvc"], "fleet7/")
         restic(buckets["restic2"], "init")
         tf = time.perf_counter()
         for name in names:
@@ -449,8 +456,9 @@ def main() -> None:
         fleet_r = bucket_bytes(client, buckets["restic2"])
         print(
             f"fleet       : {args.fleet} x {args.fleet_mib} MiB ({fleet_bytes / MiB:.0f} MiB, "
-            f"{args.fleet_shared:.0%} shared); drsvc cold {fleet_d / MiB:.0f} MiB (tier {tierf:.1f} s); "
-            f"restic {fleet_r / MiB:.0f} MiB (backup {rbf:.1f} s)"
+            f"{args.fleet_shared:.0%} shared); drsvc cold {fleet_d / MiB:.1f} MiB (tier {tierf:.1f} s; "
+            f"zstd_level 7: {fleet_d7 / MiB:.1f} MiB, tier {tierf7:.1f} s); restic {fleet_r / MiB:.1f} MiB "
+            f"(backup {rbf:.1f} s)"
         )
 
         results = {
@@ -463,7 +471,7 @@ def main() -> None:
             "growth": {"drsvc": growth_d, "restic": growth_r},
             "unchanged_seconds": {"drsvc_tier": tier3, "restic_backup": rb3},
             "fleet_bytes": fleet_bytes,
-            "fleet_stored": {"drsvc": fleet_d, "restic": fleet_r},
+            "fleet_stored": {"drsvc": fleet_d, "drsvc_zstd_level_7": fleet_d7, "restic": fleet_r},
         }
         print()
         print(f"{'':28}{'drsvc':>12}{'restic':>12}{'boto3':>12}   goal")
@@ -483,8 +491,12 @@ def main() -> None:
             f"{'unchanged point (s)':28}{tier3:12.2f}{rb3:12.2f}{'':12}   < 0.5 s: {'met' if tier3 < 0.5 else 'MISSED'}"
         )
         print(
-            f"{'fleet stored (MiB)':28}{fleet_d / MiB:12.0f}{fleet_r / MiB:12.0f}{'':12}   "
-            f"<= restic: {'met' if fleet_d <= fleet_r else 'MISSED'}"
+            f"{'fleet stored (MiB)':28}{fleet_d / MiB:12.1f}{fleet_r / MiB:12.1f}{'':12}   "
+            f"<= restic: {'met' if fleet_d <= fleet_r else 'MISSED'} ({fleet_d / fleet_r - 1:+.1%})"
+        )
+        print(
+            f"{'  with zstd_level 7':28}{fleet_d7 / MiB:12.1f}{fleet_r / MiB:12.1f}{'':12}   "
+            f"<= restic: {'met' if fleet_d7 <= fleet_r else 'MISSED'} ({fleet_d7 / fleet_r - 1:+.1%})"
         )
         print(json.dumps(results))
     finally:

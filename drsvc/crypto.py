@@ -128,9 +128,9 @@ class Keys:
         """Authenticate and decrypt; raise ``IntegrityError`` on any tampering (see ``Cipher.open_``)."""
         return self._cipher.open_(blob, aad)
 
-    def verify(self, blob: bytes | memoryview, aad: bytes) -> None:
-        """Authenticate ``blob`` sealed for ``aad`` without keeping the plaintext (see ``Cipher.verify``)."""
-        self._cipher.verify(blob, aad)
+    def verify(self, blob: bytes | memoryview, aad: bytes) -> memoryview:
+        """Authenticate ``blob`` sealed for ``aad``; the plaintext in a scratch buffer (see ``Cipher.verify``)."""
+        return self._cipher.verify(blob, aad)
 
 
 class Cipher:
@@ -167,22 +167,24 @@ class Cipher:
         except InvalidTag:
             raise self._tampered(aad) from None
 
-    def verify(self, blob: bytes | memoryview, aad: bytes) -> None:
-        """Authenticate ``blob`` sealed for ``aad`` (``IntegrityError`` as ``open_``), discarding the plaintext.
+    def verify(self, blob: bytes | memoryview, aad: bytes) -> memoryview:
+        """Authenticate ``blob`` sealed for ``aad`` (``IntegrityError`` as ``open_``) into a scratch buffer.
+
+        The plaintext returned is a view of a per-thread buffer, valid until this thread's next
+        ``verify``: for callers that look at it briefly (a codec byte) or not at all.
 
         GCM cannot check its tag without running the whole ciphertext through GHASH, and
         ``cryptography`` only does that by decrypting, so this decrypts -- into a per-thread
         scratch buffer reused from call to call. What makes ``open_`` cost ~6x more per byte is
         not AES but the fresh plaintext buffer of every call (large allocations are fresh mmap'd
-        pages: a page fault per 4 KiB); tiering checks ~1 GiB of blobs it never reads.
+        pages: a page fault per 4 KiB); tiering checks ~1 GiB of blobs, most of which it packs verbatim.
         """
         self._check_header(blob, aad)
         view = memoryview(blob)
         size = len(view) - OVERHEAD
         decrypt_into = getattr(self._aead, "decrypt_into", None)
-        if decrypt_into is None:  # an older cryptography without decrypt_into: decrypt and drop
-            self.open_(blob, aad)
-            return
+        if decrypt_into is None:  # an older cryptography without decrypt_into
+            return memoryview(self.open_(blob, aad))
         scratch: bytearray | None = getattr(self._scratch, "buf", None)
         if scratch is None or len(scratch) < size:
             scratch = self._scratch.buf = bytearray(max(size, 1 << 20))
@@ -190,3 +192,4 @@ class Cipher:
             decrypt_into(view[1 : 1 + NONCE_BYTES], view[1 + NONCE_BYTES :], aad, memoryview(scratch)[:size])
         except InvalidTag:
             raise self._tampered(aad) from None
+        return memoryview(scratch)[:size]

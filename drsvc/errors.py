@@ -69,6 +69,14 @@ class IntegrityError(DrsvcError):
     exit_code = EXIT_INTEGRITY
 
 
+class CorruptChunk(IntegrityError):
+    """One chunk failed verification; ``chunk_id`` says which (callers map it to the points using it)."""
+
+    def __init__(self, chunk_id: str, message: str) -> None:
+        super().__init__(message)
+        self.chunk_id = chunk_id
+
+
 class ObjectiveMissed(DrsvcError):
     """The work was done but an objective (RTO, RPO) was missed."""
 

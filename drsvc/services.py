@@ -63,6 +63,7 @@ class Services:
         chunk_options: dict[str, Any] = {}
         if cold and self.config.cold:
             chunk_options["pack_size"] = self.config.cold.pack_mib * 1024 * 1024
+            chunk_options["level"] = self.config.cold.zstd_level
         try:
             return ChunkStore.open(store, self.keys, **chunk_options)
         except NotFound:

@@ -57,8 +57,8 @@ from typing import Any
 from drsvc import clock
 from drsvc.backup import IMAGES
 from drsvc.catalog import Catalog
-from drsvc.chunks import MANIFESTS_PREFIX, ChunkStore, chunk_key, index_key, object_aad, pack_key
-from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, IntegrityError, NotFound
+from drsvc.chunks import MANIFESTS_PREFIX, ChunkStore, chunk_key, index_key, pack_key
+from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, CorruptChunk, DrsvcError, NotFound
 from drsvc.lease import Lease
 from drsvc.policy import Policy, PolicySet
 from drsvc.prune import Decision, PruneJob, manifest_streams, policy_for
@@ -333,28 +333,26 @@ class TierJob:
             keys = (chunk_key(cid) for cid in owner)
             for n, (ck, blob) in enumerate(hot.store.get_many(keys)):
                 cid = ck.rsplit("/", 1)[1]
-                point = owner[cid]
-                # Authenticate before it becomes the cold copy (AEAD tag over the ciphertext):
-                # never carry hot-store rot into the tier meant to survive the hot store. The
-                # plaintext is discarded (``verify`` decrypts into a reused buffer: ~6x cheaper).
-                try:
-                    hot.keys.verify(blob, object_aad(ck))
-                except IntegrityError as e:
-                    raise IntegrityError(f"hot chunk {ck} of point {point.move.point_id} is corrupt: {e}") from e
                 if n % 1024 == 1023:
                     self._check_lease()
-                point.move.chunks_uploaded += 1
-                point.move.bytes_uploaded += len(blob)
+                owner[cid].move.chunks_uploaded += 1
                 yield cid, blob
 
         error: str | None = None
         fresh: list[str] = []
         try:
+            # write_packs authenticates every blob before packing it: hot-store rot is never
+            # carried into the tier meant to survive the hot store.
             written = cold.write_packs(blobs(), storage_class=storage_class, retain_until=pack_until)
             fresh = [pack_key(i.pack_id) for i in written] + [index_key(i.pack_id) for i in written]
             cold_ids.update(owner)
+            for index in written:
+                for cid, stored in index.stored_bytes().items():
+                    owner[cid].move.bytes_uploaded += stored
         except DrsvcError as e:
             error = str(e)
+            if isinstance(e, CorruptChunk):
+                error = f"hot chunk {e.chunk_id} of point {owner[e.chunk_id].move.point_id} is corrupt: {e}"
             self._cold_ids = self._cold_images = None  # some packs may have landed: list again
             cold_ids, _ = self._cold_state(cold)
         except BaseException:

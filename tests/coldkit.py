@@ -43,6 +43,7 @@ class ColdKit:
     root: Path
     bucket: str = field(default_factory=lambda: f"drsvc-cold-{uuid.uuid4().hex[:8]}")
     pack_mib: int = 16
+    zstd_level: int = 3
     services: Services = field(init=False)
 
     def __post_init__(self) -> None:
@@ -59,6 +60,7 @@ class ColdKit:
         return (
             f'policies_dir = "policies"\n[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
             f'[hot]\nstore = "file://{self.root}/hot"\n[cold]\nstore = "{self.cold_url}"\npack_mib = {self.pack_mib}\n'
+            f"zstd_level = {self.zstd_level}\n"
             f"[scheduler]\ngc_grace_seconds = 0\n"
         )
 

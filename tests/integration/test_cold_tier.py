@@ -116,7 +116,8 @@ def test_storage_classes_then_verify_read_data_finds_flipped_bytes(
     cold_victim = sorted(chunk_ids(m1) - chunk_ids(m2))[0]
     pack = cold.pack_of(cold_victim)
     assert pack is not None
-    [(_, offset, length)] = [e for e in cold.refresh_packs()[pack].entries if e[0] == cold_victim]
+    [entry] = [e for e in cold.refresh_packs()[pack].entries if e.cid == cold_victim]
+    offset, length = entry.offset, entry.length
     blob = bytearray(cold.store.get(pack_key(pack)))
     blob[offset + length // 2] ^= 0x01
     cold.store.put(pack_key(pack), bytes(blob), storage_class="STANDARD_IA")

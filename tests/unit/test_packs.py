@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture, used through pytestmark)
 
 from drsvc import clock
-from drsvc.chunks import MAX_RANGE, PackIndex, StreamRef, chunk_key, index_key, pack_key
+from drsvc.chunks import MAX_RANGE, PackIndex, StreamRef, chunk_key, index_key, object_aad, pack_key
 from drsvc.errors import EXIT_OK, IntegrityError
 from drsvc.prune import PruneJob
 from drsvc.storage.s3 import S3Store
@@ -98,7 +100,8 @@ def test_a_corrupted_blob_inside_a_pack_is_detected_and_named(kit: ColdKit) -> N
     victim = ref.chunks[3][0]
     pack = cold.pack_of(victim)
     assert pack is not None
-    [(_, offset, length)] = [e for e in cold.refresh_packs()[pack].entries if e[0] == victim]
+    [entry] = [e for e in cold.refresh_packs()[pack].entries if e.cid == victim]
+    offset, length = entry.offset, entry.length
     blob = bytearray(cold.store.get(pack_key(pack)))
     blob[offset + length // 2] ^= 0x04
     cold.store.put(pack_key(pack), bytes(blob))
@@ -195,9 +198,14 @@ def test_pack_buffers_are_reused_without_mixing_packs(kit: ColdKit) -> None:
     """Many packs through upload_workers + 1 reused buffers (and one blob larger than a pack) land intact."""
     cold = kit.services.cold
     cold.pack_size, cold.upload_workers = 1 * MiB, 2
-    blobs = {os.urandom(32).hex(): os.urandom(int.from_bytes(os.urandom(2)) * 4 + 1000) for _ in range(60)}
+
+    def sealed(cid: str, size: int) -> bytes:  # incompressible: packed verbatim
+        return cold._encode(chunk_key(cid), os.urandom(size))
+
+    ids = [os.urandom(32).hex() for _ in range(60)]
+    blobs = {cid: sealed(cid, int.from_bytes(os.urandom(2)) * 4 + 1000) for cid in ids}
     big = os.urandom(32).hex()
-    blobs[big] = os.urandom(2 * MiB + 5)
+    blobs[big] = sealed(big, 2 * MiB + 5)
     items = list(blobs.items())
     items.insert(20, items.pop())  # the oversize blob mid-stream
     written = cold.write_packs(items)
@@ -207,5 +215,111 @@ def test_pack_buffers_are_reused_without_mixing_packs(kit: ColdKit) -> None:
         pack = cold.store.get(pack_key(index.pack_id))
         assert len(pack) == index.size
         assert index.size <= 1 * MiB or index.chunk_ids == [big]
-        for cid, off, n in index.entries:
-            assert pack[off : off + n] == blobs[cid]
+        for entry in index.entries:
+            assert pack[entry.offset : entry.offset + entry.length] == blobs[entry.cid]
+
+
+def log_lines(size: int, seed: int) -> bytes:
+    """Compressible text: lines drawn from a vocabulary larger than a chunk (like real logs)."""
+    rng = random.Random(seed)
+    words = [f"{rng.choice('abcdefgh')}{rng.randrange(10**6)}" for _ in range(4000)]
+    vocab = [f"svc={rng.choice(words)} path=/api/{rng.choice(words)} user={rng.choice(words)}" for _ in range(3000)]
+    out, n = [], 0
+    while n < size:
+        line = f"{rng.randrange(10**6):06d} {rng.choice(vocab)} ms={rng.randrange(999)}\n"
+        out.append(line)
+        n += len(line)
+    return "".join(out).encode()[:size]
+
+
+def framed_point(kit: ColdKit) -> tuple[str, bytes]:
+    """A tiered point of text between incompressible media: (point id, its data)."""
+    kit.policy("std", ["alice"])
+    data = os.urandom(MiB) + log_lines(3 * MiB, 1) + os.urandom(MiB // 2) + log_lines(2 * MiB, 2)
+    pid = kit.point("alice", NOW - timedelta(hours=3), data)
+    assert TierJob(kit.services, None).run(now=NOW).exit_code == EXIT_OK
+    return pid, data
+
+
+def test_compressible_chunks_are_packed_in_frames_and_incompressible_ones_verbatim(tmp_path: Path) -> None:
+    kit = ColdKit(tmp_path)
+    pid, data = framed_point(kit)
+    cold, hot = kit.fresh_services().cold, kit.services.hot
+    [index] = cold.refresh_packs().values()
+    hot_blobs = dict(hot.store.get_many(chunk_key(e.cid) for e in index.entries))
+    framed = [e for e in index.entries if e.in_frame]
+    frames = {e.offset: e.length for e in framed}
+    # ~5 MiB of text in 128 KiB chunks: a handful of ~1 MiB frames, several chunks each
+    assert 3 <= len(frames) <= 8 and len(framed) >= 3 * len(frames)
+    # a megabyte of context compresses the text better than chunk by chunk
+    assert sum(frames.values()) < 0.97 * sum(len(hot_blobs[chunk_key(e.cid)]) for e in framed)
+    stored = index.stored_bytes()  # what tiering reports: a frame's bytes shared among its chunks
+    assert index.size - len(index.entries) <= sum(stored.values()) <= index.size  # rounding down per chunk
+    pack = cold.store.get(pack_key(index.pack_id))
+    for e in index.entries:
+        if not e.in_frame:  # media: the hot blob itself, not re-encrypted
+            assert pack[e.offset : e.offset + e.length] == hot_blobs[chunk_key(e.cid)]
+    gets = calls(kit, "GetObject")
+    ref = volume_ref(kit, "alice", pid)
+    assert cold.read_bytes(ref) == data
+    assert len([g for g in gets if "Range" in g]) == 1  # 7 MiB of one pack: one ranged read, each frame once
+    config = json.loads(cold.store.get("config"))
+    assert (config["version"], config["frames"]["target_size"]) == (3, MiB)
+    kit.catalog.close()
+
+
+def test_a_higher_cold_zstd_level_stores_frames_smaller(tmp_path: Path) -> None:
+    sizes = {}
+    for level in (3, 7):
+        kit = ColdKit(tmp_path / str(level), zstd_level=level)
+        pid, data = framed_point(kit)
+        [index] = kit.services.cold.refresh_packs().values()
+        sizes[level] = sum({e.offset: e.length for e in index.entries if e.in_frame}.values())
+        assert kit.fresh_services().cold.read_bytes(volume_ref(kit, "alice", pid)) == data
+        kit.catalog.close()
+    assert sizes[7] < 0.98 * sizes[3]
+
+
+def test_a_corrupted_frame_fails_exactly_its_chunks(tmp_path: Path) -> None:
+    kit = ColdKit(tmp_path)
+    pid, data = framed_point(kit)
+    cold = kit.services.cold
+    [index] = cold.refresh_packs().values()
+    victim = next(e for e in index.entries if e.in_frame and e.pos > 0)  # not the frame's first chunk
+    in_victim = sorted(e.cid for e in index.entries if e.in_frame and e.offset == victim.offset)
+    blob = bytearray(cold.store.get(pack_key(index.pack_id)))
+    blob[victim.offset + victim.length // 2] ^= 0x10
+    cold.store.put(pack_key(index.pack_id), bytes(blob))
+
+    report = cold.verify_chunks(index.chunk_ids, read_data=True)
+    assert sorted(report.corrupt) == in_victim and not report.missing
+    with pytest.raises(IntegrityError, match=f"pack {index.pack_id} at offset {victim.offset}"):
+        kit.fresh_services().cold.read_bytes(volume_ref(kit, "alice", pid))
+    [problem] = VerifyJob(kit.fresh_services()).run([pid], read_data=True).problems
+    assert (problem.tier, problem.kind, sorted(problem.chunks)) == ("cold", "chunks-corrupt", in_victim)
+    assert kit.services.hot.read_bytes(volume_ref(kit, "alice", pid)) == data
+    kit.catalog.close()
+
+
+def test_chunks_pointed_at_another_frame_fail_their_hash(kit: ColdKit) -> None:
+    """Frames are sealed for their place and every chunk is re-hashed: no frame passes for another."""
+    framed_point(kit)
+    cold = kit.services.cold
+    [index] = cold.refresh_packs().values()
+    frames = {e.offset: e.length for e in index.entries if e.in_frame}
+    first, second = sorted(frames)[:2]
+    moved = [e._replace(offset=first, length=frames[first]) if e.offset == second else e for e in index.entries]
+    cold.store.put(index_key(index.pack_id), cold._seal_index(PackIndex(index.pack_id, index.size, tuple(moved))))
+    report = kit.fresh_services().cold.verify_chunks(index.chunk_ids, read_data=True)
+    assert sorted(report.corrupt) == sorted(e.cid for e in index.entries if e.offset == second)
+
+
+def test_an_index_without_frames_stays_in_the_version_1_form(kit: ColdKit) -> None:
+    cold = kit.services.cold
+    cid = os.urandom(32).hex()
+    [index] = cold.write_packs([(cid, cold._encode(chunk_key(cid), os.urandom(4096)))])
+    raw = cold._zstd()[1].decompress(
+        cold.keys.open_(cold.store.get(index_key(index.pack_id)), object_aad(index_key(index.pack_id)))
+    )
+    doc = json.loads(raw)
+    assert doc["version"] == 1 and doc["chunks"] == [[cid, 0, index.size]]
