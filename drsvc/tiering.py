@@ -8,13 +8,15 @@ drop at once.
 
 **How points move** (``TierJob``): the hot and cold stores share the chunk/manifest format and
 the key (``ChunkStore.open`` checks the key fingerprint of both), and every sealed chunk blob is
-bound to its own chunk key, so blobs are copied byte for byte, never re-encrypted. The cold store
-keeps them in **packs** (``drsvc.chunks``: ``packs/<2 hex>/<pack-id>`` + ``index/<pack-id>``,
-~16 MiB, ``[cold] pack_mib``), because on S3 every request costs: one object per chunk capped
-tiering at ~210 PUT/s. One listing of the cold store's pack indexes per run (indexes are loaded
-once per process, then only new ones) says what is there already. The due points of a run are
-batched by (storage class, locked or not): the chunks none of the batch's points finds in the cold
-store are read from the hot store (pipelined, each authenticated on the way), appended to packs
+bound to its own chunk key, so incompressible chunks are copied byte for byte, never re-encrypted;
+runs of compressible ones are compressed again together as ~1 MiB frames (more zstd context than
+one chunk, ``[cold] zstd_level``). The cold store keeps them in **packs** (``drsvc.chunks``:
+``packs/<2 hex>/<pack-id>`` + ``index/<pack-id>``, ~16 MiB, ``[cold] pack_mib``), because on S3
+every request costs: one object per chunk capped tiering at ~210 PUT/s. One listing of the
+cold store's pack indexes per run (indexes are loaded once per process, then only new ones) says
+what is there already. The due points of a run are batched by (storage class, locked or not):
+the chunks none of the batch's points finds in the cold store are read from the hot store
+(pipelined), authenticated, framed or kept as they are, appended to packs
 and uploaded ``upload_workers`` packs at a time (memory: a few packs), each pack then its index.
 Then, per point in order: Object Lock bookkeeping, the base image record (``_images/<id>``) when
 the cold store lacks it, and the point's manifest **last**: a point is cold only once its
