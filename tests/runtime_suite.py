@@ -55,6 +55,10 @@ def wait_counter_above(runtime: ContainerRuntime, name: str, count: int, timeout
 
 
 class RuntimeSuite:
+    def clone_name(self, name: str, suffix: str) -> str:
+        """The ``name=`` that restores a clone of desktop container ``name`` beside it."""
+        return f"{name}-{suffix}"
+
     def test_is_a_container_runtime(self, runtime: ContainerRuntime) -> None:
         assert isinstance(runtime, ContainerRuntime)
         assert "://" in runtime.url
@@ -173,6 +177,22 @@ class RuntimeSuite:
             assert runtime.inspect(name).network not in (None, "none")
         finally:
             runtime.remove(clone)
+
+    def test_back_to_back_checkpoints_and_restores(self, runtime: ContainerRuntime, make_desktop: MakeDesktop) -> None:
+        # a retried job or a drill right after a backup: each checkpoint and each restore follows
+        # the previous one at once (dockerd's containerd still holds the last one's blobs then)
+        (name,) = make_desktop(1)
+        before = wait_counter_above(runtime, name, 0)
+        for round_ in range(6):
+            clone = self.clone_name(name, f"again{round_}")
+            with runtime.checkpoint(name) as stream:
+                ref = runtime.restore(stream, name=clone)
+            try:
+                assert ref.state == "running", f"round {round_}"
+                assert wait_counter_above(runtime, ref.container, before[0])[1] == before[1]
+            finally:
+                runtime.remove(clone)
+        assert runtime.inspect(name).state == "running"
 
     def test_image_round_trip(
         self, runtime: ContainerRuntime, scratch_image: tuple[str, Callable[[str], None]], tmp_path: Path

@@ -141,6 +141,9 @@ class TestCrioRuntime(RuntimeSuite):
         assert runtime.inspect(d.container_id).container == name
 
     # ---- adapted: a clone is its own pod ("POD-clone"), not another container of the original pod
+    def clone_name(self, name: str, suffix: str) -> str:
+        return f"{name.split('/')[1]}-{suffix}"
+
     def test_restore_clone_beside_original(self, runtime: ObservedCrio, make_desktop: MakeDesktop) -> None:
         (name,) = make_desktop(1)
         before = wait_counter_above(runtime, name, 0)
