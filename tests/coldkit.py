@@ -7,6 +7,7 @@ Use inside ``mock_aws`` (the ``aws`` fixture of the tests).
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,11 +45,15 @@ class ColdKit:
     bucket: str = field(default_factory=lambda: f"drsvc-cold-{uuid.uuid4().hex[:8]}")
     pack_mib: int = 16
     zstd_level: int = 3
+    key_of: ColdKit | None = None  # share another kit's key (and so its chunk boundaries)
     services: Services = field(init=False)
 
     def __post_init__(self) -> None:
         (self.root / "policies").mkdir(parents=True, exist_ok=True)
-        generate_key_file(self.root / "drsvc.key")
+        if self.key_of is None:
+            generate_key_file(self.root / "drsvc.key")
+        else:
+            shutil.copy2(self.key_of.root / "drsvc.key", self.root / "drsvc.key")
         self.services = self._services()
 
     @property
