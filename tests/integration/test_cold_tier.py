@@ -14,8 +14,10 @@ import boto3
 import pytest
 from storage_suite import StorageSuite
 
+from drsvc.backup import IMAGES, image_key
 from drsvc.catalog import Catalog
-from drsvc.chunks import chunk_key, pack_key
+from drsvc.chunks import ChunkStore, chunk_key, pack_key, referenced_chunks
+from drsvc.prune import manifest_streams
 from drsvc.storage.s3 import S3Store
 from drsvc.tiering import ColdPruneJob, TierJob
 
@@ -76,6 +78,14 @@ def chunk_ids(manifest: dict[str, Any]) -> set[str]:
     return {c for part in ("volume", "checkpoint") if manifest.get(part) for c, _ in manifest[part]["stream"]["chunks"]}
 
 
+def needed_chunks(store: ChunkStore, manifest: dict[str, Any]) -> set[str]:
+    """Every chunk a point needs: its own streams' and its base image record's (shared by desktops)."""
+    refs = list(manifest_streams(manifest))
+    if manifest.get("image"):
+        refs += manifest_streams(store.get_manifest(IMAGES, image_key(manifest["image"]["image_id"])))
+    return referenced_chunks(refs)
+
+
 def test_storage_classes_then_verify_read_data_finds_flipped_bytes(
     drsvc_env: Any, make_fleet: Any, bucket: str
 ) -> None:
@@ -113,20 +123,21 @@ def test_storage_classes_then_verify_read_data_finds_flipped_bytes(
     assert drsvc_env.cli("--json", "verify", "--all", "--read-data").code == 0
 
     # flip one byte of a cold chunk only p1 uses, and of a hot chunk only p2 uses
-    cold_victim = sorted(chunk_ids(m1) - chunk_ids(m2))[0]
+    cold_victim = sorted(needed_chunks(cold, m1) - needed_chunks(cold, m2))[0]
     pack = cold.pack_of(cold_victim)
     assert pack is not None
     entries = cold.refresh_packs()[pack].entries
     [entry] = [e for e in entries if e.cid == cold_victim]
     offset, length = entry.offset, entry.length
-    # a compressible chunk shares its frame with its neighbours (maybe of the other point too)
+    # a compressible chunk shares its frame with its neighbours (maybe of the other point, or of
+    # the base image both points use)
     spoilt = {e.cid for e in entries if e.offset == offset}
-    cold_hit = {p for p, m in ((p1, m1), (p2, m2)) if chunk_ids(m) & spoilt}
+    cold_hit = {p for p, m in ((p1, m1), (p2, m2)) if needed_chunks(cold, m) & spoilt}
     assert p1 in cold_hit
     blob = bytearray(cold.store.get(pack_key(pack)))
     blob[offset + length // 2] ^= 0x01
     cold.store.put(pack_key(pack), bytes(blob), storage_class="STANDARD_IA")
-    hot_victim = sorted(chunk_ids(m2) - chunk_ids(m1))[0]
+    hot_victim = sorted(needed_chunks(hot, m2) - needed_chunks(hot, m1))[0]
     blob = bytearray(hot.store.get(chunk_key(hot_victim)))
     blob[len(blob) // 3] ^= 0x80
     hot.store.put(chunk_key(hot_victim), bytes(blob))
