@@ -5,8 +5,10 @@ to disk, ingested into a hot chunk store on RADOS (what ``drsvc backup`` does wi
 file in name order as one stream, boundaries kept in the manifest), then tiered to S3 by the real
 ``TierJob`` and restored from S3 to files. restic (Debian's) backs up and restores the same
 directory to a repository on the same radosgw; a raw boto3 multipart put/get of the same bytes is
-the ceiling. Then 2 % of the bytes change in scattered overwrites and both tier/back up again;
-then an unchanged point is tiered; then a fleet of desktops sharing most of their data.
+the ceiling. Both tools restore into tmpfs (best of two, the page cache flushed first): the local
+disk's writeback would otherwise set both speeds. Then 2 % of the bytes change in scattered
+overwrites and both tier/back up again; then an unchanged point is tiered; then a fleet of
+desktops sharing most of their data.
 
     eval "$(dev/lab env)"; .venv/bin/python bench/tiering.py            # 1 GiB, ~10 min on 2 cores
     .venv/bin/python bench/tiering.py --mib 128 --fleet-mib 16         # quick run
@@ -309,6 +311,35 @@ def drop_bucket(client: Any, bucket: str) -> None:
     client.delete_bucket(Bucket=bucket)
 
 
+def restore_scratch(work: Path, mib: float) -> Path:
+    """Where restores land: tmpfs when it has room for two copies, else the work dir.
+
+    The benchmark measures reading from S3; on this machine's disk every restore past the page
+    cache runs at the disk's writeback speed (~140 MiB/s for drsvc and restic alike).
+    """
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shutil.disk_usage(shm).free > 2 * mib * MiB + 512 * MiB:
+        return Path(tempfile.mkdtemp(prefix="drsvc-bench-restore-", dir=shm))
+    return work
+
+
+def best_restore(scratch: Path, source: Path, restore: Any, rounds: int = 2) -> float:
+    """Seconds of the fastest of ``rounds`` restores (``restore(target) -> seconds``), each checked.
+
+    Dirty pages from the previous step (hot ingest, tiering, backups all write to this disk
+    through Ceph) are flushed first, so no tool pays for another's writeback.
+    """
+    want = tree_hash(source)
+    best = float("inf")
+    for _ in range(rounds):
+        target = scratch / "restore"
+        os.sync()
+        best = min(best, restore(target))
+        assert tree_hash(target) == want, f"restore into {target} differs from {source}"
+        shutil.rmtree(target)
+    return best
+
+
 def tree_hash(root: Path) -> str:
     h = blake3.blake3()
     for p in files_of(root):
@@ -345,6 +376,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="drsvc-bench-", dir=args.workdir))
     data = work / "data" / "desk"
     deployments: list[Drsvc] = []
+    scratch: Path | None = None
     results: dict[str, Any] = {}
     try:
         t = time.perf_counter()
@@ -356,6 +388,7 @@ def main() -> None:
         )
         for b in ("raw", "restic", "restic2"):
             client.create_bucket(Bucket=buckets[b])
+        scratch = restore_scratch(work, mib)
 
         # -- ceiling: raw boto3 multipart of the same bytes (one concatenated object)
         blob = work / "concat.bin"
@@ -366,10 +399,11 @@ def main() -> None:
         t = time.perf_counter()
         client.upload_file(str(blob), buckets["raw"], "concat.bin", Config=tc)
         raw_put = time.perf_counter() - t
+        os.sync()
         t = time.perf_counter()
-        client.download_file(buckets["raw"], "concat.bin", str(work / "concat.back"), Config=tc)
+        client.download_file(buckets["raw"], "concat.bin", str(scratch / "concat.back"), Config=tc)
         raw_get = time.perf_counter() - t
-        (work / "concat.back").unlink()
+        (scratch / "concat.back").unlink()
         blob.unlink()
         print(f"boto3 raw   : put {mib / raw_put:6.1f} MiB/s  get {mib / raw_get:6.1f} MiB/s")
 
@@ -378,10 +412,7 @@ def main() -> None:
         deployments.append(main_dep)
         p1, ingest1 = main_dep.ingest("desk", data)
         tier1, rep1 = main_dep.tier()
-        target = work / "restore-drsvc"
-        restore1 = main_dep.restore("desk", p1, target)
-        assert tree_hash(target) == tree_hash(data), "drsvc restore differs from the source"
-        shutil.rmtree(target)
+        restore1 = best_restore(scratch, data, lambda target: main_dep.restore("desk", p1, target))
         cold1 = bucket_bytes(client, buckets["drsvc"], "main/")
         print(
             f"drsvc       : ingest to hot {mib / ingest1:6.1f} MiB/s  tier {mib / tier1:6.1f} MiB/s  "
@@ -392,10 +423,11 @@ def main() -> None:
         # -- restic: backup and restore the same directory
         restic(buckets["restic"], "init")
         rb1 = timed_restic(buckets["restic"], "backup", "--host", "bench", ".", cwd=data)
-        target = work / "restore-restic"
-        rr1 = timed_restic(buckets["restic"], "restore", "latest", "--target", str(target))
-        assert tree_hash(target) == tree_hash(data), "restic restore differs from the source"
-        shutil.rmtree(target)
+        rr1 = best_restore(
+            scratch,
+            data,
+            lambda target: timed_restic(buckets["restic"], "restore", "latest", "--target", str(target)),
+        )
         restic1 = bucket_bytes(client, buckets["restic"])
         print(
             f"restic      : backup {mib / rb1:6.1f} MiB/s  restore {mib / rr1:6.1f} MiB/s  repo {restic1 / MiB:.0f} MiB"
@@ -511,6 +543,8 @@ def main() -> None:
             except Exception as e:
                 print(f"cleanup bucket {name}: {e}", file=sys.stderr)
         shutil.rmtree(work, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(Path(tempfile.gettempdir()) / "rc", ignore_errors=True)
 
 
