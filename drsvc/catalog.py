@@ -31,6 +31,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "catalog"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 POINT_STATUSES = ("pending", "complete", "failed", "expired")
+_OPEN_TIMEOUT = 30.0  # seconds a statement waits for another process's lock before failing
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,29 @@ def migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+def _use_wal(conn: sqlite3.Connection, path: str, timeout: float = _OPEN_TIMEOUT) -> None:
+    """``PRAGMA journal_mode = WAL``, waiting for other processes as every other statement does.
+
+    Switching a catalog to WAL takes an exclusive lock, and while another process holds a write
+    lock SQLite fails the switch at once, without its busy timeout (a shared lock cannot wait for an
+    exclusive one without risking deadlock): two ``drsvc`` commands opening a new catalog together
+    hit it. Once the file is in WAL mode the pragma is a no-op.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise BackendError(f"cannot open catalog {path}: {e}") from None
+            if time.monotonic() > deadline:
+                raise BackendError(f"catalog {path} stayed locked by another process for {timeout:.0f} s") from None
+        time.sleep(delay)
+        delay = min(2 * delay, 0.25)
+
+
 class Catalog:
     """A handle on the catalog database. Thread-safe for the short statements jobs issue."""
 
@@ -68,12 +92,12 @@ class Catalog:
         """Open (creating if needed) the catalog at ``path`` and bring its schema up to date."""
         path = str(path)
         try:
-            conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(path, timeout=_OPEN_TIMEOUT, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             raise BackendError(f"cannot open catalog {path}: {e}") from None
         conn.execute("PRAGMA foreign_keys = ON")
         if path != ":memory:":
-            conn.execute("PRAGMA journal_mode = WAL")
+            _use_wal(conn, path)
         conn.execute("PRAGMA synchronous = NORMAL")
         catalog = cls(conn, path)
         if migrate:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -51,6 +52,26 @@ def test_new_catalog_is_at_latest_version_with_wal_and_foreign_keys(catalog):
     assert catalog.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     recorded = [r["version"] for r in catalog.query("SELECT version FROM schema_migrations ORDER BY version")]
     assert recorded == [m.version for m in migrations()]
+
+
+def test_opening_waits_while_another_process_writes_a_new_catalog(tmp_path):
+    # another drsvc command holds a write lock on a catalog not yet in WAL mode: SQLite refuses
+    # the switch at once (no busy timeout), so opening must wait for the lock like any statement
+    path = tmp_path / "catalog.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE t (x)")
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES (1)")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    t = time.monotonic()
+    catalog = Catalog.open(path)
+    assert time.monotonic() - t >= 0.25
+    assert catalog.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert catalog.db.execute("SELECT x FROM t").fetchall() == [(1,)]
+    release.join()
+    catalog.close()
+    other.close()
 
 
 def test_catalog_created_by_migration_1_upgrades_to_latest_keeping_rows(tmp_path):
