@@ -119,11 +119,12 @@ class Catalog:
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
             )
-            current = self.schema_version
             for migration in migrations():
-                if migration.version <= current or (upto is not None and migration.version > upto):
+                if upto is not None and migration.version > upto:
                     continue
                 with self.transaction():
+                    if migration.version <= self.schema_version:
+                        continue  # applied already (maybe just now, by another process opening it too)
                     for statement in _split_sql(migration.path.read_text()):
                         self.db.execute(statement)
                     self.db.execute(

@@ -74,6 +74,30 @@ def test_opening_waits_while_another_process_writes_a_new_catalog(tmp_path):
     other.close()
 
 
+def test_commands_opening_a_new_catalog_together_migrate_it_once(tmp_path):
+    # cron starting several drsvc commands on a new host: every one opens (and migrates) at once
+    for attempt in range(10):
+        path = tmp_path / f"catalog-{attempt}.db"
+        errors: list[BaseException] = []
+
+        def open_it(path=path, errors=errors):
+            try:
+                Catalog.open(path).close()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_it) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        catalog = Catalog.open(path)
+        versions = [r["version"] for r in catalog.query("SELECT version FROM schema_migrations ORDER BY version")]
+        assert versions == [m.version for m in migrations()] and catalog.schema_version == versions[-1]
+        catalog.close()
+
+
 def test_catalog_created_by_migration_1_upgrades_to_latest_keeping_rows(tmp_path):
     path = tmp_path / "old.db"
     old = Catalog.open(path, upto=1)
