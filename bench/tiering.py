@@ -183,15 +183,14 @@ class Drsvc:
         files = files_of(root)
         objects = [{"name": str(p.relative_to(root)), "size": p.stat().st_size} for p in files]
 
-        def stream() -> Iterator[bytes]:
-            for p in files:
-                with open(p, "rb") as f:
-                    while piece := f.read(8 * MiB):
-                        yield piece
+        def pieces(path: Path) -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while piece := f.read(8 * MiB):
+                    yield piece
 
         self.clock += timedelta(minutes=1)
         t = time.perf_counter()
-        ref = hot.write_stream(stream())
+        ref = hot.write_objects((obj["size"], pieces(p)) for obj, p in zip(objects, files, strict=True))
         pid = f"{clock.compact(self.clock)}-{desktop}-{uuid.uuid4().hex[:6]}"
         manifest = {
             "format": 1,

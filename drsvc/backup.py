@@ -28,7 +28,7 @@ import concurrent.futures as cf
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -42,7 +42,7 @@ from drsvc.policy import Policy
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef
 from drsvc.runtimes.freeze import FreezeBatch, hook_installed
 from drsvc.services import Services
-from drsvc.volumes.base import ObjectHasher
+from drsvc.volumes.base import ObjectHasher, VolumeObject
 
 MANIFEST_FORMAT = 1
 IMAGES = "_images"  # manifest "desktop" under which base images are stored, once per image id
@@ -396,24 +396,24 @@ class BackupJob:
         volume = self.services.volume(d.volume)
         hashers: list[dict[str, Any]] = []
 
-        def data() -> Iterator[bytes]:
-            # One stream of every object's data in name order; the manifest keeps the boundaries.
-            for obj, pieces in volume.read_objects_at(snap):
-                hasher = ObjectHasher()
-                for piece in pieces:
-                    hasher.update(piece)
-                    yield piece
-                hashers.append(
-                    {
-                        "name": obj.name,
-                        "size": obj.size,
-                        "digest": hasher.finish(obj.xattrs, obj.omap),
-                        "xattrs": {k: v.hex() for k, v in sorted(obj.xattrs.items())},
-                        "omap": {k: v.hex() for k, v in sorted(obj.omap.items())},
-                    }
-                )
+        def hashed(obj: VolumeObject, pieces: Iterable[bytes]) -> Iterator[bytes]:
+            hasher = ObjectHasher()
+            for piece in pieces:
+                hasher.update(piece)
+                yield piece
+            hashers.append(
+                {
+                    "name": obj.name,
+                    "size": obj.size,
+                    "digest": hasher.finish(obj.xattrs, obj.omap),
+                    "xattrs": {k: v.hex() for k, v in sorted(obj.xattrs.items())},
+                    "omap": {k: v.hex() for k, v in sorted(obj.omap.items())},
+                }
+            )
 
-        volume_ref = self.hot.write_stream(data())
+        # One stream of every object's data in name order; the manifest keeps the boundaries.
+        objects = ((obj.size, hashed(obj, pieces)) for obj, pieces in volume.read_objects_at(snap))
+        volume_ref = self.hot.write_objects(objects)
         image = self._ensure_image(d)
         manifest = {
             "format": MANIFEST_FORMAT,

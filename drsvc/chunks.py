@@ -13,6 +13,8 @@ Layout (DESIGN.md "Storage format")::
 Every sealed object carries ``b"drsvc/" + its key`` as associated data, so no object can stand in
 for another (a manifest for a chunk, chunk A for chunk B). Streams are cut with FastCDC (keyed gear
 table) block by block with the tail carried over, so memory stays bounded whatever the stream size.
+A stream of objects (``write_objects``: a volume) is cut in segments: each object of at least
+``avg_size`` alone, the smaller ones between them together, so large objects dedup like files.
 Dedup checks an in-memory set of chunk ids loaded once by a batched listing, never one request per
 chunk. Several threads may write streams at once (a backup stores a batch of desktops together):
 a chunk another writer is still uploading counts as stored only once that upload is acknowledged,
@@ -199,6 +201,9 @@ class _Readable(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
+_Source = BinaryIO | _Readable | Iterable[bytes] | bytes  # what write_stream chunks
+
+
 def _is_id(cid: str) -> bool:
     return len(cid) == 64 and set(cid) <= _HEX
 
@@ -302,6 +307,30 @@ def _segment(what: str, value: str) -> str:
         raise InvalidInput(f"invalid {what} {value!r}: must not contain '/'")
     check_key(value)
     return value
+
+
+def _object_segments(objects: Iterable[tuple[int, Iterable[bytes]]], align: int) -> Iterator[Iterable[bytes]]:
+    """Segments of a stream of objects: each object of ``align`` bytes or more alone, the smaller
+    ones between them together. Lazy: a segment pulls its objects while it is read, in order."""
+    it = iter(objects)
+    ahead: Iterable[bytes] | None = None  # a large object met while reading a run of small ones
+    exhausted = False
+
+    def small_run() -> Iterator[bytes]:
+        nonlocal ahead, exhausted
+        for size, pieces in it:
+            if size >= align:
+                ahead = pieces
+                return
+            yield from pieces
+        exhausted = True
+
+    while not exhausted or ahead is not None:
+        if ahead is not None:
+            big, ahead = ahead, None
+            yield big
+        else:
+            yield small_run()
 
 
 def _reader(source: BinaryIO | _Readable | Iterable[bytes | memoryview] | bytes) -> Any:
@@ -525,8 +554,13 @@ class ChunkStore:
                 self._known = {bytes.fromhex(cid) for cid in self.list_chunk_ids()}
             return self._known
 
-    def _cut(self, source: BinaryIO | _Readable | Iterable[bytes] | bytes) -> Iterator[memoryview]:
-        """Yield chunks of the stream; reads ``block_size`` at a time and carries the tail chunk over.
+    def _cut(self, segments: Iterable[_Source]) -> Iterator[memoryview]:
+        """Yield chunks of each segment in turn: the end of a segment always ends a chunk."""
+        for segment in segments:
+            yield from self._cut_segment(segment)
+
+    def _cut_segment(self, source: _Source) -> Iterator[memoryview]:
+        """Yield chunks of one segment; reads ``block_size`` at a time and carries the tail chunk over.
 
         A FastCDC cut depends only on bytes from the chunk's start up to the cut, so every cut found
         before the end of a block is the one the whole stream would give; only the last (possibly
@@ -556,12 +590,25 @@ class ChunkStore:
             for off, length in cuts:
                 yield data[off : off + length]
 
-    def write_stream(self, source: BinaryIO | _Readable | Iterable[bytes] | bytes) -> StreamRef:
+    def write_stream(self, source: _Source) -> StreamRef:
         """Chunk, dedup, compress, seal and store a stream (file object or iterable of bytes).
 
         Memory stays bounded (one block, the carried tail and a small window of chunks in flight).
         Returns the ``StreamRef`` once every new chunk is durably written; ``ref.stats`` reports dedup.
         """
+        return self._write([source])
+
+    def write_objects(self, objects: Iterable[tuple[int, Iterable[bytes]]]) -> StreamRef:
+        """``write_stream`` of objects back to back, given as ``(size, pieces)`` and read in order.
+
+        Every object of at least ``avg_size`` bytes starts and ends a chunk; smaller objects between
+        two such are chunked together (no tiny chunks). So a large object's chunks do not depend on
+        its neighbours: desktops cloned from one image dedup the image's objects whatever their own
+        objects beside them, as a file-aware backup tool dedups files. ``size`` only places cuts.
+        """
+        return self._write(_object_segments(objects, self.params.avg_size))
+
+    def _write(self, segments: Iterable[_Source]) -> StreamRef:
         known = self._known_ids()
         stats = WriteStats()
         hasher = self.keys.hasher()
@@ -574,7 +621,7 @@ class ChunkStore:
             return cid, len(piece), self._encode(chunk_key(cid), piece)
 
         def pieces() -> Iterator[memoryview]:
-            for piece in self._cut(source):
+            for piece in self._cut(segments):
                 hasher.update(piece)
                 stats.bytes_in += len(piece)
                 yield piece

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import random
 import subprocess
@@ -152,6 +153,36 @@ def test_boundaries_survive_insertion_at_front(cs: ChunkStore) -> None:
     shared = {c for c, _ in a.chunks} & {c for c, _ in b.chunks}
     assert len(shared) / len(a.chunks) > 0.9
     assert b.stats.chunks_new <= 2
+
+
+def as_objects(blobs: list[bytes]) -> list[tuple[int, list[bytes]]]:
+    """``write_objects`` input: each blob in 100 kB pieces, as a volume reader hands them over."""
+    return [(len(b), [b[i : i + 100_000] for i in range(0, len(b), 100_000)]) for b in blobs]
+
+
+def test_large_objects_start_and_end_chunks_small_ones_are_chunked_together(cs: ChunkStore) -> None:
+    docs = [logs(3000, i) for i in range(40)]
+    blobs = [pseudo(MiB, 1), *docs[:20], pseudo(700_000, 2), b"", pseudo(200_000, 3), *docs[20:]]
+    ref = cs.write_objects(as_objects(blobs))
+    data = b"".join(blobs)
+    assert cs.read_bytes(ref) == data
+    assert (ref.size, ref.hash) == (len(data), cs.write_stream(data).hash)
+    starts = set(itertools.accumulate((n for _, n in ref.chunks), initial=0))
+    offsets = list(itertools.accumulate(map(len, blobs), initial=0))
+    large = [i for i, b in enumerate(blobs) if len(b) >= cs.params.avg_size]
+    assert large == [0, 21, 23]
+    assert all(offsets[i] in starts and offsets[i + 1] in starts for i in large)
+    # the 20 small documents after the first large object: one or two chunks, not twenty
+    assert 1 <= len([s for s in starts if offsets[1] <= s < offsets[21]]) <= 2
+    assert cs.read_bytes(cs.write_objects([])) == b""
+
+
+def test_an_object_inserted_between_large_ones_adds_only_its_own_chunk(cs: ChunkStore) -> None:
+    image = [pseudo(600_000 + 1000 * i, 10 + i) for i in range(6)]  # a base image's objects
+    base = cs.write_objects(as_objects(image))
+    clone = cs.write_objects(as_objects([*image[:3], logs(50_000, 7), *image[3:]]))
+    assert clone.stats.chunks_new == 1
+    assert {c for c, _ in base.chunks} < {c for c, _ in clone.chunks}
 
 
 def test_tampered_chunk_detected_and_never_returned(cs: ChunkStore, store: CountingStore) -> None:
