@@ -2,15 +2,15 @@
 
 A mixed desktop data set (a shared base image, media, logs, thousands of small files) is written
 to disk, ingested into a hot chunk store on RADOS (what ``drsvc backup`` does with a volume: every
-file in name order as one stream, boundaries kept in the manifest), then tiered to S3 by the real
-``TierJob`` and restored from S3 to files. restic (Debian's) backs up and restores the same
-directory to a repository on the same radosgw; a raw boto3 multipart put/get of the same bytes is
-the ceiling. Both tools restore into tmpfs (best of two, the page cache flushed first): the local
-disk's writeback would otherwise set both speeds. Then 2 % of the bytes change in scattered
-overwrites and both tier/back up again; then an unchanged point is tiered; then a fleet of
-desktops sharing most of their data.
+file in name order as one stream, large files cut on their own, boundaries kept in the manifest),
+then tiered to S3 by the real ``TierJob`` and restored from S3 to files. restic (Debian's) backs
+up and restores the same directory to a repository on the same radosgw; a raw boto3 multipart
+put/get of the same bytes is the ceiling. All three restore into tmpfs (best of two, the page
+cache flushed first): the local disk's writeback would otherwise set every speed. Then 2 % of the
+bytes change in scattered overwrites and both tier/back up again; then an unchanged point is
+tiered; then a fleet of desktops sharing most of their data.
 
-    eval "$(dev/lab env)"; .venv/bin/python bench/tiering.py            # 1 GiB, ~10 min on 2 cores
+    eval "$(dev/lab env)"; .venv/bin/python bench/tiering.py            # 1 GiB, ~2-3 min on 2 cores
     .venv/bin/python bench/tiering.py --mib 128 --fleet-mib 16         # quick run
 
 Everything written (hot prefixes, buckets, temp dirs) is removed at the end.
