@@ -35,11 +35,10 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from drsvc import ceph
-from drsvc.clock import compact
 from drsvc.errors import BackendError, IntegrityError, InvalidInput, NotFound
 from drsvc.volumes.base import (
     READ_SIZE,
@@ -52,7 +51,6 @@ from drsvc.volumes.base import (
 SCHEME = "rados"
 _POOL = re.compile(r"^[A-Za-z0-9_.-]+$")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.@+=:-]+$")
-_SNAP_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
 _OMAP_PAGE = 1000
 _SETTLE_PER_PG = 16
 _SETTLE_NAMESPACE = "drsvc.snapshot-settle"  # only stat'ed, never written
@@ -76,15 +74,6 @@ def from_url(url: str, **options: Any) -> RadosVolume:
     """Open ``rados://POOL/NAMESPACE``; options: conffile, keyring, name, window, window_bytes, threads."""
     pool, namespace = parse_url(url)
     return RadosVolume(pool, namespace, **options)
-
-
-def snapshot_name(policy: str, when: datetime) -> str:
-    """``drsvc-<policy>-20261127T173012Z``: one policy run's pool snapshot, as `rados lssnap` shows it."""
-    if when.tzinfo is None:
-        raise InvalidInput(f"snapshot time {when.isoformat()} has no time zone")
-    if not _SNAP_PART.match(policy or ""):
-        raise InvalidInput(f"policy name {policy!r} cannot be part of a snapshot name (letters, digits, _ . -)")
-    return f"drsvc-{policy}-{compact(when)}"
 
 
 # ---------------------------------------------------------------- helpers

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from drsvc.backup import snapshot_name
 from drsvc.errors import BackendError, IntegrityError, NotFound
 from drsvc.volumes import VolumeObject, object_digest, open_volume
 from drsvc.volumes.rados import (
@@ -21,7 +22,6 @@ from drsvc.volumes.rados import (
     create_pool_snapshot,
     list_pool_snapshots,
     remove_pool_snapshot,
-    snapshot_name,
 )
 
 POOL = "desktops"
@@ -194,7 +194,7 @@ def test_reader_agrees_with_the_fleet_generator(ns, snap, ioctx, fleetdata):
 
 def test_pool_snapshot_lifecycle(lab, ns):
     vol = ns()
-    name = snapshot_name(f"vt{uuid.uuid4().hex[:6]}", datetime.now(UTC))
+    name = snapshot_name(f"vt{uuid.uuid4().hex[:6]}", datetime.now(UTC), 1)
     times = []
     try:
         t = time.monotonic()

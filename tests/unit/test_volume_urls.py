@@ -1,11 +1,13 @@
-"""Volume URLs, the scheme registry and the object digest: no cluster needed (opening connects lazily)."""
+"""Volume URLs, the scheme registry, the object digest and pool snapshot names: no cluster needed."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+import re
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from drsvc.backup import snapshot_name
 from drsvc.errors import InvalidInput
 from drsvc.volumes import (
     ObjectHasher,
@@ -79,13 +81,12 @@ def test_registry_takes_factories_and_lazy_module_names(monkeypatch):
         open_volume("missingvol://p/ns")
 
 
-def test_snapshot_name_is_operator_readable_utc():
+def test_pool_snapshot_names_are_operator_readable_utc_and_unique():
     when = datetime(2026, 11, 27, 18, 30, 12, tzinfo=timezone(timedelta(hours=1)))
-    assert rados_volumes.snapshot_name("standard", when) == "drsvc-standard-20261127T173012Z"
-    with pytest.raises(InvalidInput):
-        rados_volumes.snapshot_name("standard", datetime(2026, 11, 27))  # naive
-    with pytest.raises(InvalidInput):
-        rados_volumes.snapshot_name("bad name", datetime.now(UTC))
+    names = {snapshot_name("standard", when, 1) for _ in range(20)}
+    assert len(names) == 20  # two runs in one second, or two deployments sharing a pool
+    assert all(re.fullmatch(r"drsvc-standard-20261127T173012Z-1-[0-9a-f]{4}", n) for n in names)
+    assert snapshot_name(None, when, 3).startswith("drsvc-manual-20261127T173012Z-3-")
 
 
 def test_object_digest_covers_data_xattrs_omap_and_ignores_chunking():
