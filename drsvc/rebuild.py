@@ -13,7 +13,8 @@ Not recoverable from the stores (they never held it): jobs, drills, restores, pe
 (tiering then extends each shared cold object's lock once).
 
 ``catalog_drift`` compares both ways with one listing per store: catalog copies whose manifest
-is gone, and manifests with no catalog row.
+is gone, and manifests with no catalog row. ``forget_missing`` repairs the first kind: the record
+of a copy whose manifest is gone from its configured store is dropped (the point stays).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class RebuildReport:
     snapshots_added: list[str] = field(default_factory=list)
     points_added: list[str] = field(default_factory=list)
     tiers_added: list[str] = field(default_factory=list)
+    tiers_forgotten: list[str] = field(default_factory=list)
     points_present: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -70,19 +72,41 @@ def _scope(services: Services, volume_url: str) -> str:
 
 
 def rebuild_catalog(
-    services: Services, *, dry_run: bool = False, now: datetime | None = None, on_event: Event | None = None
+    services: Services,
+    *,
+    dry_run: bool = False,
+    forget_missing: bool = False,
+    now: datetime | None = None,
+    on_event: Event | None = None,
 ) -> RebuildReport:
-    """Add to the catalog every point (and desktop, snapshot, tier, artifact) the stores hold."""
+    """Add to the catalog every point (and desktop, snapshot, tier, artifact) the stores hold.
+
+    With ``forget_missing``, also drop the catalog's record of each copy whose manifest is gone
+    from the configured store of its tier (the other direction of drift). Points stay, with the
+    copies they still have; copies recorded in another store than the configured one are left
+    alone (a configuration mistake must not erase the catalog). A later rebuild adds back any
+    copy whose manifest returns.
+    """
     now = now or clock.now()
     on_event = on_event or (lambda *a, **k: None)
     catalog = services.catalog
     report = RebuildReport(dry_run)
     found: dict[str, dict[str, Any]] = {}  # point id -> {"desktop", "tiers": {tier: store}}
+    listed: dict[str, tuple[str, set[str]]] = {}  # tier -> (store url, point ids with a manifest there)
     for tier, store in _stores(services):
-        for pid, desktop in _listing(store).items():
+        listing = _listing(store)
+        listed[tier] = (store.store.url, set(listing))
+        for pid, desktop in listing.items():
             entry = found.setdefault(pid, {"desktop": desktop, "tiers": {}})
             entry["tiers"][tier] = store
             report.manifests += 1
+    forgotten: list[tuple[str, str]] = []
+    if forget_missing:
+        for r in catalog.query("SELECT point_id, tier, store_url FROM point_tiers ORDER BY point_id, tier"):
+            url, present = listed.get(r["tier"], ("", set()))
+            if r["store_url"] == url and r["point_id"] not in present:
+                forgotten.append((r["point_id"], r["tier"]))
+        report.tiers_forgotten = [f"{pid}:{tier}" for pid, tier in forgotten]
     known_points = {r["id"] for r in catalog.query("SELECT id FROM points")}
     known_tiers = {(r["point_id"], r["tier"]) for r in catalog.query("SELECT point_id, tier FROM point_tiers")}
     known_desktops = {r["id"] for r in catalog.query("SELECT id FROM desktops")}
@@ -124,6 +148,8 @@ def rebuild_catalog(
         (m["volume"] or {}).get("pool_snapshot") for pid, m, _ in documents if "hot" in found[pid]["tiers"]
     }
     with catalog.transaction():
+        for pid, tier in forgotten:
+            catalog.drop_tier(pid, tier)
         for desktop, manifest in sorted(newest.items()):
             if desktop in known_desktops:
                 continue

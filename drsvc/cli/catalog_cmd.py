@@ -69,14 +69,21 @@ def export(app: App) -> None:
 
 
 @command.command("rebuild")
-@click.option("--dry-run", is_flag=True, help="Show what would be added, change nothing.")
+@click.option("--dry-run", is_flag=True, help="Show what would be added (and forgotten), change nothing.")
+@click.option(
+    "--forget-missing",
+    is_flag=True,
+    help="Also drop the records of copies whose manifest is gone from the configured store (points stay).",
+)
 @pass_app
-def rebuild(app: App, dry_run: bool) -> int:
+def rebuild(app: App, dry_run: bool, forget_missing: bool) -> int:
     """Rebuild the catalog from the manifests in the hot and cold stores (after it was lost).
 
     Every point comes back with its id, desktop, time, policy, consistency, pool snapshot and
     tiers; desktops are re-created from the manifests' runtime details. Rows that exist are kept,
-    so it also repairs drift and is safe to run twice.
+    so it also repairs drift and is safe to run twice. With --forget-missing it repairs the other
+    direction too: a copy the catalog records in the configured store but whose manifest is gone
+    is forgotten (copies recorded in another store are left for `drsvc catalog check` to report).
     """
     from drsvc.rebuild import RebuildReport, rebuild_catalog
 
@@ -87,14 +94,20 @@ def rebuild(app: App, dry_run: bool) -> int:
             f"{len(report.tiers_added)} tier copy(ies), {len(report.desktops_added)} desktop(s), "
             f"{len(report.snapshots_added)} pool snapshot(s); {report.points_present} already recorded"
         )
+        if forget_missing:
+            verb = "would forget" if report.dry_run else "forgot"
+            out.print(f"{verb} {len(report.tiers_forgotten)} copy(ies) whose manifest is gone")
+            for copy in report.tiers_forgotten:
+                point, tier = copy.rsplit(":", 1)
+                out.print(f"  {point} ({tier})")
         for problem in report.problems:
             out.print(f"[red]unreadable[/] {problem}")
 
     if dry_run:
-        report = rebuild_catalog(app.services, dry_run=True)
+        report = rebuild_catalog(app.services, dry_run=True, forget_missing=forget_missing)
     else:
         with app.lease():
-            report = rebuild_catalog(app.services)
+            report = rebuild_catalog(app.services, forget_missing=forget_missing)
     app.emit(report.document(), lambda out: render(report, out))
     if report.problems:
         app.err.print(f"drsvc: error: {len(report.problems)} manifest(s) could not be read (see above)")

@@ -229,3 +229,22 @@ def test_catalog_check_reports_drift_both_ways(kit: ColdKit, run_cli: Any) -> No
     boto3.client("s3")  # moto still active: the store stays reachable for the rebuild below
     rebuild_catalog(kit.services)  # repairs the storage side of the drift
     assert [d for d in catalog_drift(kit.services) if d.startswith("storage:")] == []
+
+    # --forget-missing repairs the catalog side: b1's cold record goes, b1 and its hot copy stay
+    tiers_of_b1 = "SELECT tier FROM point_tiers WHERE point_id = ? ORDER BY tier"
+    assert [r["tier"] for r in kit.catalog.query(tiers_of_b1, [kit.b1])] == ["cold", "hot"]
+    dry = run_cli("--config", config, "--json", "catalog", "rebuild", "--dry-run", "--forget-missing")
+    assert dry.code == 0 and dry.json()["tiers_forgotten"] == [f"{kit.b1}:cold"]
+    assert [r["tier"] for r in kit.fresh_services().catalog.query(tiers_of_b1, [kit.b1])] == ["cold", "hot"]
+    done = run_cli("--config", config, "catalog", "rebuild", "--forget-missing")
+    assert done.code == 0 and kit.b1 in done.stdout and "forgot 1 copy" in done.stdout
+    catalog = kit.fresh_services().catalog
+    assert [r["tier"] for r in catalog.query(tiers_of_b1, [kit.b1])] == ["hot"]
+    assert catalog_drift(kit.services) == []
+    assert run_cli("--config", config, "catalog", "check").code == 0
+    # a copy recorded in another store than the configured one is reported, never forgotten
+    catalog.execute(
+        "UPDATE point_tiers SET store_url = 's3://elsewhere/x' WHERE point_id = ? AND tier = 'cold'", [kit.a1]
+    )
+    assert rebuild_catalog(kit.services, forget_missing=True).tiers_forgotten == []
+    assert any(kit.a1 in d and "s3://elsewhere/x" in d for d in catalog_drift(kit.services))
