@@ -333,6 +333,11 @@ def _object_segments(objects: Iterable[tuple[int, Iterable[bytes]]], align: int)
             yield small_run()
 
 
+def _packed_config(pack_size: int) -> dict[str, Any]:
+    """What ``config`` records of a store that keeps its chunks in packs (with frames)."""
+    return {"version": FORMAT_VERSION, "packs": {"target_size": pack_size}, "frames": {"target_size": FRAME_SIZE}}
+
+
 def _reader(source: BinaryIO | _Readable | Iterable[bytes | memoryview] | bytes) -> Any:
     """A ``readinto(memoryview) -> int`` over a binary file or an iterable of byte strings."""
     if isinstance(source, bytes | bytearray | memoryview):
@@ -349,24 +354,7 @@ def _reader(source: BinaryIO | _Readable | Iterable[bytes | memoryview] | bytes)
             return len(data)
 
         return from_read
-    it = iter(source)  # type: ignore[arg-type]
-    pending = memoryview(b"")
-
-    def from_iter(view: memoryview) -> int:
-        nonlocal pending
-        while not pending:
-            try:
-                pending = memoryview(next(it))
-            except StopIteration:
-                return 0
-            if pending.ndim != 1 or pending.itemsize != 1:
-                pending = pending.cast("B")
-        n = min(len(view), len(pending))
-        view[:n] = pending[:n]
-        pending = pending[n:]
-        return n
-
-    return from_iter
+    return IterReader(source).readinto  # type: ignore[arg-type]
 
 
 class ChunkStore:
@@ -440,11 +428,7 @@ class ChunkStore:
             "key_check": keys.seal(_KEY_CHECK, object_aad(CONFIG_KEY)).hex(),
         }
         if options.get("pack_size"):
-            config.update(
-                version=FORMAT_VERSION,
-                packs={"target_size": int(options["pack_size"])},
-                frames={"target_size": FRAME_SIZE},
-            )
+            config.update(_packed_config(int(options["pack_size"])))
         store.put(CONFIG_KEY, json.dumps(config, indent=1, sort_keys=True).encode() + b"\n")
         return cls(store, keys, params, config=config, **options)
 
@@ -856,9 +840,9 @@ class ChunkStore:
             )
             if doc["format"] != INDEX_FORMAT or doc["pack"] != pack_id:
                 raise ValueError("not this pack's index")
-            entries = tuple(PackEntry(str(e[0]), *(int(x) for x in e[1:])) for e in doc["chunks"])
             if any(len(e) not in (3, 5) for e in doc["chunks"]):
                 raise ValueError("an entry is neither a blob nor a chunk in a frame")
+            entries = tuple(PackEntry(str(e[0]), *(int(x) for x in e[1:])) for e in doc["chunks"])
             index = PackIndex(pack_id, int(doc["size"]), entries)
         except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
             raise IntegrityError(f"{key}: pack index is unreadable ({e})") from e
@@ -969,7 +953,7 @@ class ChunkStore:
         if not self.pack_size:
             raise InvalidInput(f"{self.store.url}: not a packed chunk store")
         self._ensure_packs()
-        self._upgrade_config()
+        self._upgrade_config(self.pack_size)
         pack_size = self.pack_size
         written: list[PackIndex] = []
         inflight: collections.deque[Future[PackIndex]] = collections.deque()
@@ -1084,13 +1068,12 @@ class ChunkStore:
             pool.shutdown(wait=True, cancel_futures=True)
         return written
 
-    def _upgrade_config(self) -> None:
+    def _upgrade_config(self, pack_size: int) -> None:
         """Record in ``config`` that the store holds packs and frames (version 3: older drsvc refuses it)."""
         config = self._config
         if config is None or int(config.get("version", 1)) >= FORMAT_VERSION:
             return
-        config = {**config, "version": FORMAT_VERSION, "packs": {"target_size": self.pack_size}}
-        config["frames"] = {"target_size": FRAME_SIZE}
+        config = {**config, **_packed_config(pack_size)}
         self.store.put(CONFIG_KEY, json.dumps(config, indent=1, sort_keys=True).encode() + b"\n")
         self._config = config
 
