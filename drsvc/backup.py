@@ -124,6 +124,14 @@ def image_key(image_id: str) -> str:
     return image_id.removeprefix("sha256:")
 
 
+def image_record_id(manifest: dict[str, Any]) -> str | None:
+    """The id of the base image record (``_images/<id>``) a point's manifest names, if any."""
+    image = manifest.get("image")
+    if isinstance(image, dict) and isinstance(image.get("manifest"), str):
+        return str(image["manifest"].split("/", 1)[1])
+    return None
+
+
 # ---------------------------------------------------------------------- interrupted runs
 
 

@@ -57,7 +57,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from drsvc import clock
-from drsvc.backup import IMAGES
+from drsvc.backup import IMAGES, image_record_id
 from drsvc.catalog import Catalog
 from drsvc.chunks import MANIFESTS_PREFIX, ChunkStore, chunk_key, index_key, pack_key
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, CorruptChunk, DrsvcError, NotFound
@@ -412,9 +412,8 @@ class TierJob:
         manifest = hot.get_manifest(move.desktop, move.point_id)  # authenticates it
         point.raw_manifest = hot.store.get(point.key)
         streams = list(manifest_streams(manifest))
-        image = manifest.get("image")
-        if isinstance(image, dict) and isinstance(image.get("manifest"), str):
-            image_id = image["manifest"].split("/", 1)[1]
+        image_id = image_record_id(manifest)
+        if image_id is not None:
             point.image_key = manifest_key(IMAGES, image_id)
             if image_id not in cold_images or point.until is not None:
                 streams += list(manifest_streams(hot.get_manifest(IMAGES, image_id)))

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from drsvc.backup import IMAGES
+from drsvc.backup import IMAGES, image_record_id
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import EXIT_INTEGRITY, EXIT_OK, IntegrityError, NotFound
@@ -167,9 +167,8 @@ class VerifyJob:
                     )
                 )
                 continue
-            image = manifest.get("image")
-            if isinstance(image, dict) and isinstance(image.get("manifest"), str):
-                image_id = image["manifest"].split("/", 1)[1]
+            image_id = image_record_id(manifest)
+            if image_id is not None:
                 if image_id not in images:
                     images[image_id] = self._image(store, image_id)
                 image_refs, problem = images[image_id]

@@ -14,7 +14,7 @@ import boto3
 import pytest
 from storage_suite import StorageSuite
 
-from drsvc.backup import IMAGES, image_key
+from drsvc.backup import IMAGES, image_record_id
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, chunk_key, pack_key, referenced_chunks
 from drsvc.prune import manifest_streams
@@ -81,8 +81,9 @@ def chunk_ids(manifest: dict[str, Any]) -> set[str]:
 def needed_chunks(store: ChunkStore, manifest: dict[str, Any]) -> set[str]:
     """Every chunk a point needs: its own streams' and its base image record's (shared by desktops)."""
     refs = list(manifest_streams(manifest))
-    if manifest.get("image"):
-        refs += manifest_streams(store.get_manifest(IMAGES, image_key(manifest["image"]["image_id"])))
+    image_id = image_record_id(manifest)
+    if image_id is not None:
+        refs += manifest_streams(store.get_manifest(IMAGES, image_id))
     return referenced_chunks(refs)
 
 
