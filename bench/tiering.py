@@ -10,7 +10,8 @@ cache flushed first): the local disk's writeback would otherwise set every speed
 bytes change in scattered overwrites and both tier/back up again; then an unchanged point is
 tiered; then a fleet of desktops sharing most of their data.
 
-    eval "$(dev/lab env)"; .venv/bin/python bench/tiering.py            # 1 GiB, ~2-3 min on 2 cores
+    apt-get install -y restic                                          # the reference, once
+    eval "$(dev/lab env)"; .venv/bin/python bench/tiering.py            # 1 GiB, ~3-4 min on 2 cores
     .venv/bin/python bench/tiering.py --mib 128 --fleet-mib 16         # quick run
 
 Everything written (hot prefixes, buckets, temp dirs) is removed at the end.
@@ -150,7 +151,9 @@ def scatter_overwrites(root: Path, fraction: float, write_kib: int, seed: int) -
 class Drsvc:
     """A drsvc config (hot prefix on RADOS, cold prefix on S3, catalog) in a temp dir."""
 
-    def __init__(self, work: Path, name: str, bucket: str, policy_desktops: list[str], cold_level: int = 3) -> None:
+    def __init__(
+        self, work: Path, name: str, bucket: str, policy_desktops: list[str], cold_level: int | None = None
+    ) -> None:
         self.dir = work / name
         (self.dir / "policies").mkdir(parents=True)
         generate_key_file(self.dir / "drsvc.key")
@@ -159,7 +162,8 @@ class Drsvc:
         (self.dir / "drsvc.toml").write_text(
             f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
             f'[hot]\nstore = "{self.hot_url}"\nceph_conf = "{os.environ["CEPH_CONF"]}"\n'
-            f'[cold]\nstore = "{self.cold_url}"\nendpoint_url = "{ENDPOINT}"\nzstd_level = {cold_level}\n'
+            f'[cold]\nstore = "{self.cold_url}"\nendpoint_url = "{ENDPOINT}"\n'
+            + (f"zstd_level = {cold_level}\n" if cold_level is not None else "")  # else drsvc's default
         )
         (self.dir / "policies" / "bench.yaml").write_text(
             json.dumps(
@@ -360,6 +364,8 @@ def main() -> None:
     ap.add_argument("--fleet-shared", type=float, default=0.7, help="shared fraction (default 0.7)")
     ap.add_argument("--workdir", default=None, help="where the data sets go (default: a temp dir)")
     args = ap.parse_args()
+    if shutil.which("restic") is None:
+        sys.exit("bench/tiering.py: restic is the reference and is not installed (apt-get install -y restic)")
 
     import boto3
     from boto3.s3.transfer import TransferConfig

@@ -4,7 +4,7 @@ Layout (DESIGN.md "Storage format")::
 
     config                          plaintext JSON: format version, chunker parameters, key fingerprint,
                                     a sealed key check (a wrong key fails before anything is written),
-                                    and ``packs``/``frames`` when the store keeps its chunks in packs (version 3)
+                                    and ``packs``/``frames`` when the store keeps its chunks in packs (version 4)
     chunks/<2 hex>/<id>             sealed(codec byte + zstd or raw chunk); id = keyed BLAKE3 of the plaintext
     packs/<2 hex>/<pack-id>         packed stores (the cold tier): sealed chunk blobs and frames, concatenated
     index/<pack-id>                 sealed(zstd(JSON)): chunk id -> (offset, length[, position, size]) list
@@ -25,12 +25,16 @@ thread): a pack is up to ``pack_size`` bytes (16 MiB by default, one ``PutObject
 of entries. An incompressible chunk is a blob **exactly as a loose chunk object holds it** --
 still sealed with the AAD of its own ``chunks/<2 hex>/<id>`` key, copied verbatim from the hot
 store, and a pack index entry pointing a chunk id at another chunk's bytes fails authentication.
-Compressible chunks (text, logs, binaries) are **frames**: a run of consecutive ones, about
-``FRAME_SIZE`` (1 MiB) of plaintext, compressed together and sealed for the frame's place
-(``packs/<2 hex>/<pack-id>@<offset>``). Dedup stays at chunk granularity (128 KiB: a small write
-re-stores little), while zstd gets a megabyte of context -- chunk by chunk, text whose vocabulary
-is larger than a chunk compresses 5-10 % worse (the fleet benchmark in docs/benchmarks.md). Every
-chunk, blob or frame slice, is re-hashed against its id when read. The pack id is random (32 hex).
+Compressible chunks (text, logs, binaries) are **frames**: a run of consecutive ones, at least
+``FRAME_SIZE`` (1 MiB) of plaintext unless the run ends, compressed together and sealed for the
+frame's place (``packs/<2 hex>/<pack-id>@<offset>``). Dedup stays at chunk granularity (128 KiB: a
+small write re-stores little), while zstd gets a megabyte of context -- chunk by chunk, text whose
+vocabulary is larger than a chunk compresses 5-10 % worse (the fleet benchmark in
+docs/benchmarks.md). Frames follow the volume's objects where the writer knows them: past
+``FRAME_SIZE`` a frame still takes the next chunk of the same object, up to ``FRAME_MAX`` (4 MiB),
+so a file of a few megabytes is compressed whole (cut at an arbitrary megabyte, the part after
+the cut lost its vocabulary: logs stored 3 % more). Every chunk, blob or frame slice, is
+re-hashed against its id when read. The pack id is random (32 hex).
 
 The index is a **separate small object** rather than a header or trailer inside the pack:
 
@@ -68,7 +72,7 @@ import io
 import json
 import secrets
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -86,7 +90,9 @@ KiB = 1024
 MiB = 1024 * KiB
 
 FORMAT = "drsvc-chunkstore"
-FORMAT_VERSION = 3  # 1: loose chunks; 2: packs; 3: frames in packs (a store holding packs is upgraded to 3)
+# 1: loose chunks; 2: packs; 3: frames in packs; 4: frames up to FRAME_MAX (version 3 readers stop at 1 MiB + a
+# chunk). A store holding packs is upgraded to 4 by its next pack write.
+FORMAT_VERSION = 4
 CONFIG_KEY = "config"
 CHUNKS_PREFIX = "chunks/"
 PACKS_PREFIX = "packs/"
@@ -96,7 +102,8 @@ PACK_SIZE = 16 * MiB  # default pack size: one PutObject (below the S3 store's m
 MAX_RANGE = 16 * MiB  # largest ranged GET when reading packs (a whole default pack)
 MAX_GAP = 256 * KiB  # bytes of unneeded chunks read through rather than starting a new range
 INDEX_FORMAT = "drsvc-pack-index"
-FRAME_SIZE = 1 * MiB  # a frame closes once it holds this much plaintext (compression context on packed stores)
+FRAME_SIZE = 1 * MiB  # a frame closes once it holds this much plaintext and the next chunk starts another object
+FRAME_MAX = 4 * MiB  # ... and at this much in any case (an object larger than that spans frames)
 BLOCK_SIZE = 8 * MiB  # read size of write_stream; the carried tail is at most one max-size chunk
 
 _CODEC_RAW = 0
@@ -335,7 +342,11 @@ def _object_segments(objects: Iterable[tuple[int, Iterable[bytes]]], align: int)
 
 def _packed_config(pack_size: int) -> dict[str, Any]:
     """What ``config`` records of a store that keeps its chunks in packs (with frames)."""
-    return {"version": FORMAT_VERSION, "packs": {"target_size": pack_size}, "frames": {"target_size": FRAME_SIZE}}
+    return {
+        "version": FORMAT_VERSION,
+        "packs": {"target_size": pack_size},
+        "frames": {"target_size": FRAME_SIZE, "max_size": FRAME_MAX},
+    }
 
 
 def _reader(source: BinaryIO | _Readable | Iterable[bytes | memoryview] | bytes) -> Any:
@@ -746,7 +757,7 @@ class ChunkStore:
         """A frame's plaintext, or the reason it cannot be read (every chunk in it is then unreadable)."""
         name = frame_name(pack_id, offset)
         try:
-            return self._decode(name, blob, FRAME_SIZE + self.params.max_size)
+            return self._decode(name, blob, FRAME_MAX + self.params.max_size)
         except IntegrityError as e:
             return e
 
@@ -928,6 +939,7 @@ class ChunkStore:
         *,
         storage_class: str | None = None,
         retain_until: datetime | None = None,
+        object_of: Mapping[str, Hashable] | None = None,
     ) -> list[PackIndex]:
         """Store chunks, given as sealed blobs (``(chunk id, blob)``, as a loose chunk object holds them), in packs.
 
@@ -935,10 +947,14 @@ class ChunkStore:
         so nothing bad becomes a packed copy. Blobs already in a pack (or repeated in ``blobs``)
         are skipped. An incompressible chunk is packed verbatim (no re-encryption). Runs of
         compressible chunks are decompressed and compressed again together as one *frame* of
-        about ``FRAME_SIZE`` bytes, sealed for its place in the pack: zstd then sees a megabyte of
+        ``FRAME_SIZE`` bytes or more, sealed for its place in the pack: zstd then sees a megabyte of
         context instead of one chunk's (logs and text shrink by another 5-10 %), while dedup keeps
         its chunk granularity. A run ends at an incompressible chunk, so a frame's chunks are
         consecutive in the stream that brought them and a restore reads each frame once.
+        ``object_of`` maps chunk ids to the object (file, RADOS object) they lie within, any
+        hashable token: a frame past ``FRAME_SIZE`` still takes the next chunk while it belongs to
+        the same object as the last, up to ``FRAME_MAX``, so an object is compressed whole. Chunks
+        not in it close frames at ``FRAME_SIZE``.
 
         Each pack is stored with ``storage_class`` and ``retain_until``, then its index (default
         class, same retention): a pack is visible once its index is. ``upload_workers`` packs
@@ -955,6 +971,7 @@ class ChunkStore:
         self._ensure_packs()
         self._upgrade_config(self.pack_size)
         pack_size = self.pack_size
+        objects = object_of or {}
         written: list[PackIndex] = []
         inflight: collections.deque[Future[PackIndex]] = collections.deque()
         pool = ThreadPoolExecutor(max_workers=self.upload_workers, thread_name_prefix="drsvc-pack")
@@ -984,6 +1001,7 @@ class ChunkStore:
             """A verbatim blob ``(id, blob)``, or a run of compressible chunks ``[(id, plaintext), ...]``."""
             run: list[tuple[str, bytes]] = []
             fill = 0
+            last: Hashable | None = None  # the object the run's last chunk lies within
             for cid, blob, plain in ordered_map(opened, fresh(), workers=self.workers, window=self.window):
                 if plain is None:
                     if run:
@@ -991,11 +1009,14 @@ class ChunkStore:
                         run, fill = [], 0
                     yield cid, blob
                     continue
-                run.append((cid, plain))
-                fill += len(plain)
-                if fill >= FRAME_SIZE:
+                within = objects.get(cid)
+                same = within is not None and within == last
+                if run and (fill >= FRAME_MAX or (fill >= FRAME_SIZE and not same)):
                     yield run
                     run, fill = [], 0
+                run.append((cid, plain))
+                fill += len(plain)
+                last = within
             if run:
                 yield run
 
@@ -1069,7 +1090,7 @@ class ChunkStore:
         return written
 
     def _upgrade_config(self, pack_size: int) -> None:
-        """Record in ``config`` that the store holds packs and frames (version 3: older drsvc refuses it)."""
+        """Record in ``config`` that the store holds packs and frames (version 4: older drsvc refuses it)."""
         config = self._config
         if config is None or int(config.get("version", 1)) >= FORMAT_VERSION:
             return

@@ -66,10 +66,10 @@ class ColdSection(_Section):
         default=16, ge=1, le=512, description="Chunks are stored in packs of about this size (MiB), one request each"
     )
     zstd_level: int = Field(
-        default=3,
+        default=4,
         ge=1,
         le=19,
-        description="zstd level of the cold tier's frames of compressible chunks: 3 keeps tiering fast; "
+        description="zstd level of the cold tier's frames of compressible chunks: 4 keeps tiering fast; "
         "7 stores text ~3 % smaller for ~4x the compression CPU",
     )
 

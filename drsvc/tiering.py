@@ -57,7 +57,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from drsvc import clock
-from drsvc.backup import IMAGES, image_record_id
+from drsvc.backup import IMAGES, chunk_objects, image_record_id
 from drsvc.catalog import Catalog
 from drsvc.chunks import MANIFESTS_PREFIX, ChunkStore, chunk_key, index_key, pack_key
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, CorruptChunk, DrsvcError, NotFound
@@ -167,6 +167,7 @@ class _Point:
     image_key: str | None = None
     image_raw: bytes | None = None
     wanted: list[str] = field(default_factory=list)
+    objects: dict[str, int] = field(default_factory=dict)  # volume chunk -> the object it lies within
 
 
 @dataclass
@@ -330,6 +331,11 @@ class TierJob:
             self.on_event("copying", move=point.move, missing=missing)
         storage_class = batch[0][0].policy.tiering.storage_class if batch[0][0].policy.tiering else None
         pack_until = max((p.until for p in points if p.until is not None), default=None)
+        # Frames follow the volume's objects, so zstd sees a file whole, as a file-aware tool compresses it.
+        object_of: dict[str, tuple[int, int]] = {}
+        for n, point in enumerate(points):
+            for cid, obj in point.objects.items():
+                object_of.setdefault(cid, (n, obj))  # as in `owner`: the first point needing a chunk
 
         def blobs() -> Iterator[tuple[str, bytes]]:
             keys = (chunk_key(cid) for cid in owner)
@@ -345,7 +351,9 @@ class TierJob:
         try:
             # write_packs authenticates every blob before packing it: hot-store rot is never
             # carried into the tier meant to survive the hot store.
-            written = cold.write_packs(blobs(), storage_class=storage_class, retain_until=pack_until)
+            written = cold.write_packs(
+                blobs(), storage_class=storage_class, retain_until=pack_until, object_of=object_of
+            )
             fresh = [pack_key(i.pack_id) for i in written] + [index_key(i.pack_id) for i in written]
             cold_ids.update(owner)
             for index in written:
@@ -420,6 +428,7 @@ class TierJob:
                 if image_id not in cold_images:
                     point.image_raw = hot.store.get(point.image_key)
         point.wanted = list(dict.fromkeys(cid for ref in streams for cid, _ in ref.chunks))
+        point.objects = chunk_objects(manifest)
 
     def _finish_point(self, point: _Point, cold: ChunkStore, cold_ids: set[str]) -> None:
         """Locks of what the point reuses, its image record if new, then its manifest (last)."""

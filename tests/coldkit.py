@@ -107,8 +107,13 @@ class ColdKit:
         checkpoint: bytes | None = None,
         image: bytes | None = None,
         policy: str | None = None,
+        objects: list[bytes] | None = None,
     ) -> str:
-        """Write one complete hot point as ``BackupJob`` would; returns its id."""
+        """Write one complete hot point as ``BackupJob`` would; returns its id.
+
+        With ``objects``, the volume is those objects back to back (``volume`` is ignored), written
+        and listed in the manifest as backup writes a volume's RADOS objects.
+        """
         hot = self.services.hot
         catalog = self.catalog
         point_id = f"{clock.compact(taken_at)}-{desktop}-{uuid.uuid4().hex[:6]}"
@@ -129,7 +134,11 @@ class ColdKit:
             ["rados://desktops", snap, clock.to_iso(taken_at)],
         )
         snap_row = catalog.query("SELECT id FROM pool_snapshots WHERE name = ?", [snap])[0]["id"]
-        vol = hot.write_stream(volume)
+        if objects is None:
+            vol, listed = hot.write_stream(volume), []
+        else:
+            vol = hot.write_objects((len(o), [o]) for o in objects)
+            listed = [{"name": f"obj{i:04d}", "size": len(o)} for i, o in enumerate(objects)]
         ckpt = hot.write_stream(checkpoint) if checkpoint is not None else None
         image_doc = None
         if image is not None:
@@ -164,7 +173,7 @@ class ColdKit:
             "volume": {
                 "url": f"rados://desktops/{desktop}",
                 "pool_snapshot": snap,
-                "objects": [],
+                "objects": listed,
                 "stream": vol.to_dict(),
             },
             "checkpoint": {"stream": ckpt.to_dict()} if ckpt else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import random
@@ -15,7 +16,8 @@ import pytest
 from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture, used through pytestmark)
 
 from drsvc import clock
-from drsvc.chunks import MAX_RANGE, PackIndex, StreamRef, chunk_key, index_key, object_aad, pack_key
+from drsvc.backup import chunk_objects
+from drsvc.chunks import FRAME_MAX, MAX_RANGE, PackIndex, StreamRef, chunk_key, index_key, object_aad, pack_key
 from drsvc.errors import EXIT_OK, IntegrityError
 from drsvc.prune import PruneJob
 from drsvc.storage.s3 import S3Store
@@ -265,7 +267,7 @@ def test_compressible_chunks_are_packed_in_frames_and_incompressible_ones_verbat
     assert cold.read_bytes(ref) == data
     assert len([g for g in gets if "Range" in g]) == 1  # 7 MiB of one pack: one ranged read, each frame once
     config = json.loads(cold.store.get("config"))
-    assert (config["version"], config["frames"]["target_size"]) == (3, MiB)
+    assert (config["version"], config["frames"]) == (4, {"target_size": MiB, "max_size": FRAME_MAX})
     kit.catalog.close()
 
 
@@ -327,3 +329,65 @@ def test_an_index_without_frames_stays_in_the_version_1_form(kit: ColdKit) -> No
     )
     doc = json.loads(raw)
     assert doc["version"] == 1 and doc["chunks"] == [[cid, 0, index.size]]
+
+
+def frame_bytes(kit: ColdKit) -> int:
+    [index] = kit.services.cold.refresh_packs().values()
+    return sum({e.offset: e.length for e in index.entries if e.in_frame}.values())
+
+
+def test_frames_follow_the_volume_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object of up to FRAME_MAX is compressed whole; a larger one spans frames; text stores smaller."""
+    logs = [log_lines(int(1.5 * MiB), seed) for seed in range(10, 14)]  # each its own vocabulary
+    objects = [logs[0], os.urandom(MiB // 2), logs[1], logs[2], *(log_lines(20_000, s) for s in (1, 2)), logs[3]]
+    objects.append(log_lines(6 * MiB, 20))
+    kit = ColdKit(tmp_path / "objects")
+    kit.policy("std", ["alice"])
+    pid = kit.point("alice", NOW - timedelta(hours=3), b"", objects=objects)
+    assert TierJob(kit.services, None).run(now=NOW).exit_code == EXIT_OK
+    cold = kit.fresh_services().cold
+    [index] = cold.refresh_packs().values()
+    frame_of = {e.cid: e.offset for e in index.entries if e.in_frame}
+    frame_size = collections.Counter()
+    for e in index.entries:
+        if e.in_frame:
+            frame_size[e.offset] += e.size
+    manifest = kit.services.hot.get_manifest("alice", pid)
+    within = chunk_objects(manifest)
+    by_object: dict[int, set[int]] = collections.defaultdict(set)
+    for cid, obj in within.items():
+        if cid in frame_of:
+            by_object[obj].add(frame_of[cid])
+    for obj in (0, 2, 3, 6):  # 1.5 MiB of text: one frame each
+        assert len(by_object[obj]) == 1, (obj, by_object[obj])
+    assert len(by_object[7]) == 2  # 6 MiB: cut at FRAME_MAX
+    assert max(frame_size.values()) <= FRAME_MAX + cold.params.max_size
+    assert cold.read_bytes(volume_ref(kit, "alice", pid)) == b"".join(objects)
+    kit.catalog.close()
+
+    # the same chunks framed without knowing the objects (points written before objects were listed)
+    plain = ColdKit(tmp_path / "plain", key_of=kit)
+    plain.policy("std", ["alice"])
+    plain.point("alice", NOW - timedelta(hours=3), b"", objects=objects)
+    monkeypatch.setattr("drsvc.tiering.chunk_objects", lambda manifest: {})
+    assert TierJob(plain.services, None).run(now=NOW).exit_code == EXIT_OK
+    with_objects, without = frame_bytes(kit), frame_bytes(plain)
+    print(f"frames: {with_objects} bytes following objects, {without} without")
+    assert with_objects < 0.98 * without
+    plain.catalog.close()
+
+
+def test_chunk_objects_names_the_object_a_chunk_lies_within() -> None:
+    # objects [0,300) [300,350) [350,350) [350,770); chunks [0,300) [300,370) [370,470) [470,770)
+    manifest = {
+        "volume": {
+            "objects": [{"name": n, "size": s} for n, s in (("a", 300), ("b", 50), ("empty", 0), ("c", 420))],
+            "stream": {
+                "size": 770,
+                "hash": "0" * 64,
+                "chunks": [["1" * 64, 300], ["2" * 64, 70], ["3" * 64, 100], ["4" * 64, 300]],
+            },
+        }
+    }
+    assert chunk_objects(manifest) == {"1" * 64: 0, "3" * 64: 3, "4" * 64: 3}  # "2..." straddles b and c
+    assert chunk_objects({"volume": None, "checkpoint": {"stream": manifest["volume"]["stream"]}}) == {}
