@@ -20,6 +20,10 @@ class CliResult:
     def json(self) -> Any:
         return json.loads(self.stdout)
 
+    def __str__(self) -> str:
+        """What a failed assertion shows: the exit code and both streams (a --json error is on stdout)."""
+        return f"exit {self.code}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-4000:]}"
+
 
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]):

@@ -51,7 +51,7 @@ def test_backup_destroy_restore_continues_the_process(
     t = time.monotonic()
     backup = drsvc_env.cli("--json", "backup", desktop)
     backup_seconds = time.monotonic() - t
-    assert backup.code == 0, backup.stderr
+    assert backup.code == 0, backup
     [result] = backup.json()["results"]
     assert result["status"] == "complete"
     # dockerd's runc hands CRIU /etc/criu/runc.conf: the freeze hook pairs memory with the snapshot
@@ -80,7 +80,7 @@ def test_backup_destroy_restore_continues_the_process(
     t = time.monotonic()
     restore = drsvc_env.cli("--json", "restore", desktop)
     restore_seconds = time.monotonic() - t
-    assert restore.code == 0, restore.stderr
+    assert restore.code == 0, restore
     doc = restore.json()
     assert doc["status"] == "ok" and doc["tier"] == "hot" and doc["point_id"] == point_id
     print(

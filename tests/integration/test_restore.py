@@ -25,7 +25,7 @@ def test_restore_after_the_desktop_is_destroyed_and_its_data_damaged(drsvc_env, 
     runtime = services.runtime
     at_backup, boot = _counter(runtime, desktop)
     backup = drsvc_env.cli("--json", "backup", desktop)
-    assert backup.code == 0, backup.stderr
+    assert backup.code == 0, backup
     point_id = backup.json()["results"][0]["point_id"]
     manifest = services.hot.get_manifest(desktop, point_id)
     url = manifest["volume"]["url"]
@@ -54,7 +54,7 @@ def test_restore_after_the_desktop_is_destroyed_and_its_data_damaged(drsvc_env, 
     assert _digests(services, url) != expected  # a dry run touches nothing
 
     result = drsvc_env.cli("--json", "restore", desktop)
-    assert result.code == 0, result.stderr
+    assert result.code == 0, result
     doc = result.json()
     assert doc["status"] == "ok" and doc["tier"] == "hot" and doc["point_id"] == point_id
     assert set(doc["phases"]) == {"plan", "fetch", "volume", "container", "health"}
@@ -82,7 +82,7 @@ def test_restore_as_a_clone_runs_beside_the_original(drsvc_env, make_fleet):
     original_before, boot = _counter(runtime, desktop)
     clone = f"{desktop}-clone"
     result = drsvc_env.cli("--json", "restore", desktop, "--as", clone)
-    assert result.code == 0, result.stderr
+    assert result.code == 0, result
     try:
         assert runtime.inspect(desktop).state == runtime.inspect(clone).state == "running"
         discovered = [d["desktop_id"] for d in drsvc_env.cli("--json", "desktops", "discover").json()["desktops"]]
