@@ -20,8 +20,12 @@ class CliResult:
     def json(self) -> Any:
         return json.loads(self.stdout)
 
-    def __str__(self) -> str:
-        """What a failed assertion shows: the exit code and both streams (a --json error is on stdout)."""
+    @property
+    def output(self) -> str:
+        """For assertion messages: the exit code and both streams (a --json error is on stdout).
+
+        A string, because pytest shows a message that is not one through a repr cut to 240 characters.
+        """
         return f"exit {self.code}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-4000:]}"
 
 

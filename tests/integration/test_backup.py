@@ -58,7 +58,7 @@ def test_point_pairs_memory_and_volume_at_the_same_instant(drsvc_env, make_fleet
     [desktop] = make_fleet(1, image="desktop")
     time.sleep(1.5)  # a few ticks on disk
     result = drsvc_env.cli("--json", "backup", desktop)
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     [outcome] = result.json()["results"]
     assert (outcome["status"], outcome["consistency"]) == ("complete", "paired"), outcome
     assert outcome["freeze_ms"] > 0
@@ -131,7 +131,7 @@ def test_prune_removes_a_pool_snapshot_once_no_hot_point_needs_it(drsvc_env, mak
     assert snap1 in _lssnap()  # a dry run changes nothing
 
     pruned = drsvc_env.cli("--json", "prune")
-    assert pruned.code == 0, pruned
+    assert pruned.code == 0, pruned.output
     assert pruned.json()["snapshots_removed"] == [snap1]
     assert snap1 not in _lssnap() and snap2 in _lssnap()
     statuses = {p["id"]: p["status"] for p in _points(drsvc_env, desktop)}
@@ -165,7 +165,7 @@ def test_kill_9_mid_backup_keeps_earlier_points_and_the_next_run_cleans_up(drsvc
     assert rc == rc2 == 0 and out != out2, "the desktop stayed frozen after drsvc was killed"
 
     again = drsvc_env.cli("--json", "backup", desktop)
-    assert again.code == 0, again
+    assert again.code == 0, again.output
     statuses = {p["id"]: (p["status"], p["reason"]) for p in _points(drsvc_env, desktop)}
     assert statuses[earlier["id"]][0] == "complete"
     assert statuses[pending["id"]][0] == "failed" and "interrupted" in statuses[pending["id"]][1]

@@ -70,7 +70,7 @@ def cold_env(drsvc_env: Any, bucket: str, pack_mib: int = 16) -> None:
 
 def backup(drsvc_env: Any, *desktops: str) -> list[dict[str, Any]]:
     result = drsvc_env.cli("--json", "backup", *desktops)
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     return result.json()["results"]
 
 
@@ -98,7 +98,7 @@ def test_storage_classes_then_verify_read_data_finds_flipped_bytes(
     outcomes = backup(drsvc_env, d1, d2)
     time.sleep(1.2)
     result = drsvc_env.cli("--json", "tier")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     moves = {m["desktop"]: m for m in result.json()["moves"]}
     assert {m["status"] for m in moves.values()} == {"done"}
 
@@ -172,7 +172,7 @@ def test_object_lock_refuses_deletes_and_cold_prune_skips_locked_points(
     [second] = backup(drsvc_env, desk)
     time.sleep(1.2)
     result = drsvc_env.cli("--json", "tier")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     assert [m["point_id"] for m in result.json()["moves"]] == [second["point_id"]]  # cold keeps 1: first never goes
     [move] = result.json()["moves"]
     assert move["retain_until"]
@@ -256,7 +256,7 @@ def test_killed_tier_resumes_without_duplicates_and_lost_catalog_is_rebuilt(
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     result = drsvc_env.cli("--json", "catalog", "rebuild")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     catalog = Catalog.open(db)
     after = {p["id"]: {f: p[f] for f in POINT_FIELDS} for p in catalog.points()}
     assert after == before

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import time
 
+from counting import counted_past, counter
+
 from drsvc.catalog import Catalog
 from drsvc.chunks import StreamRef, chunk_key
-
-
-def _counter(runtime, name: str) -> tuple[int, str]:
-    code, out = runtime.exec(name, ["cat", "/data/counter"])
-    assert code == 0, out
-    value, boot = out.split()
-    return int(value), boot
 
 
 def _digests(services, url: str) -> dict[str, str]:
@@ -23,9 +18,9 @@ def test_restore_after_the_desktop_is_destroyed_and_its_data_damaged(drsvc_env, 
     [desktop] = make_fleet(1, data_mib=4)
     services = drsvc_env.services()
     runtime = services.runtime
-    at_backup, boot = _counter(runtime, desktop)
+    at_backup, boot = counter(runtime, desktop)
     backup = drsvc_env.cli("--json", "backup", desktop)
-    assert backup.code == 0, backup
+    assert backup.code == 0, backup.output
     point_id = backup.json()["results"][0]["point_id"]
     manifest = services.hot.get_manifest(desktop, point_id)
     url = manifest["volume"]["url"]
@@ -36,8 +31,7 @@ def test_restore_after_the_desktop_is_destroyed_and_its_data_damaged(drsvc_env, 
     assert refused.code == 2 and "--force" in refused.stderr
 
     # the incident: the desktop is gone, its data damaged (deleted, overwritten, added)
-    time.sleep(1)
-    at_loss, _ = _counter(runtime, desktop)
+    at_loss = counted_past(runtime, desktop, 25)  # 5 s on: the restore has that long to be read
     runtime.remove(desktop)
     io = rados_cluster.open_ioctx("desktops")
     io.set_namespace(desktop)
@@ -54,7 +48,7 @@ def test_restore_after_the_desktop_is_destroyed_and_its_data_damaged(drsvc_env, 
     assert _digests(services, url) != expected  # a dry run touches nothing
 
     result = drsvc_env.cli("--json", "restore", desktop)
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     doc = result.json()
     assert doc["status"] == "ok" and doc["tier"] == "hot" and doc["point_id"] == point_id
     assert set(doc["phases"]) == {"plan", "fetch", "volume", "container", "health"}
@@ -63,11 +57,11 @@ def test_restore_after_the_desktop_is_destroyed_and_its_data_damaged(drsvc_env, 
     assert _digests(services, url) == expected
     assert fleetdata.verify_namespace(io, 42, desktop, 4) == []
     # the process continued from the checkpoint: same boot, counting on from the backup instant
-    after, after_boot = _counter(runtime, desktop)
+    after, after_boot = counter(runtime, desktop)
     assert after_boot == boot
     assert at_backup <= after < at_loss
     time.sleep(0.6)
-    assert _counter(runtime, desktop)[0] > after
+    assert counter(runtime, desktop)[0] > after
     catalog = Catalog.open(drsvc_env.root / "catalog.db")
     [row] = catalog.query("SELECT status, tier, rto_seconds, phases FROM restores WHERE point_id = ?", [point_id])
     assert row["status"] == "ok" and row["tier"] == "hot"
@@ -79,10 +73,10 @@ def test_restore_as_a_clone_runs_beside_the_original(drsvc_env, make_fleet):
     services = drsvc_env.services()
     runtime = services.runtime
     assert drsvc_env.cli("backup", desktop).code == 0
-    original_before, boot = _counter(runtime, desktop)
+    original_before, boot = counter(runtime, desktop)
     clone = f"{desktop}-clone"
     result = drsvc_env.cli("--json", "restore", desktop, "--as", clone)
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     try:
         assert runtime.inspect(desktop).state == runtime.inspect(clone).state == "running"
         discovered = [d["desktop_id"] for d in drsvc_env.cli("--json", "desktops", "discover").json()["desktops"]]
@@ -90,11 +84,11 @@ def test_restore_as_a_clone_runs_beside_the_original(drsvc_env, make_fleet):
         clone_ref = runtime.inspect(clone)
         assert clone_ref.desktop_id == clone and clone_ref.labels["drsvc.clone-of"] == desktop
         assert clone_ref.volume == f"rados://desktops/{clone}"
-        clone_value, clone_boot = _counter(runtime, clone)
+        clone_value, clone_boot = counter(runtime, clone)
         assert clone_boot == boot  # the clone continues the checkpointed process
         assert clone_value >= original_before
         time.sleep(0.5)
-        assert _counter(runtime, desktop)[0] > original_before  # the original never stopped
+        assert counter(runtime, desktop)[0] > original_before  # the original never stopped
         manifest = services.hot.get_manifest(desktop, result.json()["point_id"])
         assert _digests(services, clone_ref.volume) == {o["name"]: o["digest"] for o in manifest["volume"]["objects"]}
     finally:

@@ -35,14 +35,14 @@ def test_restore_from_a_cold_only_point(drsvc_env, make_fleet, cold_bucket):
         tiering={"after": "1s", "storage_class": "STANDARD_IA"},
     )
     first = drsvc_env.cli("--json", "backup", "--policy", "coldish")
-    assert first.code == 0, first
+    assert first.code == 0, first.output
     point_id = first.json()["results"][0]["point_id"]
     services = drsvc_env.services()
     runtime = services.runtime
     _, boot = runtime.exec(desktop, ["cat", "/data/counter"])[1].split()
     time.sleep(1.5)
     tiered = drsvc_env.cli("--json", "tier")
-    assert tiered.code == 0, tiered
+    assert tiered.code == 0, tiered.output
     assert drsvc_env.cli("backup", "--policy", "coldish").code == 0
     assert drsvc_env.cli("prune").code == 0  # hot keeps only the newest: the first point is cold-only now
     catalog = Catalog.open(drsvc_env.root / "catalog.db")
@@ -54,7 +54,7 @@ def test_restore_from_a_cold_only_point(drsvc_env, make_fleet, cold_bucket):
     volume.purge()  # the whole namespace lost, not just damaged
 
     result = drsvc_env.cli("--json", "restore", desktop, "--point", point_id, "--verify")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     doc = result.json()
     assert doc["tier"] == "cold" and doc["status"] == "ok" and doc["point_id"] == point_id
     assert doc["rto_seconds"] <= doc["target_seconds"]

@@ -30,7 +30,7 @@ def env(tmp_path, monkeypatch):
 @pytest.fixture
 def configured(env, run_cli):
     result = run_cli("--config", str(env / "drsvc.toml"), "init")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     return env / "drsvc.toml"
 
 
@@ -58,7 +58,7 @@ def test_every_command_has_help_text_and_lists_exit_codes(run_cli):
 def test_init_writes_config_key_policies_and_catalog_and_is_idempotent(env, run_cli):
     config = env / "drsvc.toml"
     first = run_cli("--config", str(config), "--json", "init")
-    assert first.code == 0, first
+    assert first.code == 0, first.output
     doc = first.json()
     assert str(config) in doc["created"]
     assert (env / "drsvc.key").stat().st_mode & 0o777 == 0o600
@@ -169,7 +169,7 @@ def test_drill_dry_run_lists_what_it_would_restore_and_touches_nothing(configure
         cat.set_tier(pid, "hot", "rados://drsvc-hot")
     cat.close()
     result = run_cli("--config", str(configured), "--json", "drill", "--policy", "standard", "--all", "--dry-run")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     assert result.json() == {"dry_run": True, "desktops": [{"desktop": "alice", "point_id": "new", "tiers": ["hot"]}]}
     assert Catalog.open(configured.parent / "catalog.db").query("SELECT * FROM drills") == []
     assert run_cli("--config", str(configured), "drill", "nobody", "--dry-run").code == 3

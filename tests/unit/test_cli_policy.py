@@ -34,7 +34,7 @@ def write(directory: Path, name: str, doc: Any) -> Path:
 
 def test_check_shipped_policies(run_cli) -> None:
     result = run_cli("policy", "check", POLICIES)
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     assert result.stdout.strip() == "OK  3 policies in 3 files"
     assert result.stderr == ""
 
@@ -139,7 +139,7 @@ def test_check_without_paths_needs_config(run_cli, tmp_path: Path, monkeypatch: 
 
 def test_plan_next_runs_exact(run_cli) -> None:
     result = run_cli("policy", "plan", "standard", "--policies", POLICIES, "--from", "2024-03-31T00:30:00+01:00")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     # Independently: hourly on the hour, stepped in UTC, shown in Berlin time (DST jump at 02:00).
     start = datetime(2024, 3, 31, 0, 0, tzinfo=UTC)
     expected = [(start + timedelta(hours=i)).astimezone(BERLIN) for i in range(5)]
@@ -286,8 +286,8 @@ def test_check_and_plan_use_the_configured_directory(run_cli, tmp_path: Path) ->
     config = tmp_path / "drsvc.toml"
     config.write_text('policies_dir = "pol"\n[catalog]\npath = "catalog.db"\n[keys]\nfile = "key"\n', encoding="utf-8")
     result = run_cli("--config", str(config), "--json", "policy", "check")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     assert result.json()["policies"] == ["p"]
     result = run_cli("--config", str(config), "--json", "policy", "plan", "p", "--next", "1", "--from", "2024-06-05")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     assert result.json()["next_runs"] == ["2024-06-09T00:00:00+00:00"]  # Sunday midnight

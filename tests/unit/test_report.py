@@ -369,7 +369,7 @@ def test_cli_writes_each_format(site, run_cli, tmp_path):
     config = str(site["config"])
     out = tmp_path / "q3.html"
     result = run_cli("--config", config, "report", "--quarter", "2026Q3", "-o", str(out))
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     assert "5/7 drill restores passed" in result.stdout and str(out) in result.stdout
     assert "71.4 %" in out.read_text()
     md = run_cli("--config", config, "report", "--quarter", "2026Q3", "--format", "md", "-o", "-")
@@ -380,7 +380,7 @@ def test_cli_writes_each_format(site, run_cli, tmp_path):
 def test_cli_json_prints_the_data_and_writes_nothing(site, run_cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run_cli("--config", str(site["config"]), "--json", "report", "--quarter", "2026q3")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     doc = result.json()
     assert doc["quarter"]["name"] == "2026Q3" and doc["summary"]["passed"] == 5
     assert doc["catalog"] == str(site["root"] / "catalog.db")
@@ -390,7 +390,7 @@ def test_cli_json_prints_the_data_and_writes_nothing(site, run_cli, tmp_path, mo
 def test_cli_default_file_name(site, run_cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run_cli("--config", str(site["config"]), "report", "--quarter", "2025Q1", "--format", "md")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     assert "no drills ran in 2025Q1" in result.stdout
     assert "No drills ran in 2025Q1" in (tmp_path / "drsvc-dr-report-2025Q1.md").read_text()
 

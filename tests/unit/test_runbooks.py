@@ -166,14 +166,14 @@ def test_commands_in_reads_only_shell_blocks():
 
 def test_cli_runbook_list_and_show(run_cli):
     listed = run_cli("--json", "runbook", "list")
-    assert listed.code == 0, listed
+    assert listed.code == 0, listed.output
     assert {b["name"] for b in listed.json()} >= EXPECTED
 
     human = run_cli("runbook", "list")
     assert human.code == 0 and "ransomware" in human.stdout
 
     shown = run_cli("runbook", "show", "ransomware")
-    assert shown.code == 0, shown
+    assert shown.code == 0, shown.output
     assert "Ransomware" in shown.stdout and "drsvc verify" in shown.stdout
 
     doc = run_cli("--json", "runbook", "show", "node-lost.md").json()

@@ -304,10 +304,10 @@ def test_tier_cli_json_and_exit_code(kit: ColdKit, run_cli: Any) -> None:
     pid = kit.point("alice", clock.now() - timedelta(hours=5), os.urandom(MiB))
     config = str(kit.root / "drsvc.toml")
     dry = run_cli("--config", config, "--json", "tier", "--dry-run")
-    assert dry.code == 0, dry
+    assert dry.code == 0, dry.output
     assert dry.json()["moves"][0]["point_id"] == pid and dry.json()["dry_run"] is True
     real = run_cli("--config", config, "--json", "tier")
-    assert real.code == 0, real
+    assert real.code == 0, real.output
     doc = real.json()
     assert doc["summary"]["done"] == 1 and doc["summary"]["chunks_uploaded"] >= 1
     human = run_cli("--config", config, "tier")

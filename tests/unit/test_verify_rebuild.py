@@ -78,7 +78,7 @@ def test_verify_all_ok_both_tiers(kit: ColdKit, run_cli: Any) -> None:
     assert report.copies == 5  # a1, b1 hot+cold, a2 hot
     assert set(report.chunks_checked) == {"hot", "cold"}
     result = run_cli("--config", str(kit.root / "drsvc.toml"), "--json", "verify", "--all")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     assert result.json()["ok"] is True
 
 
@@ -173,7 +173,7 @@ def test_rebuild_restores_identical_points_after_the_catalog_is_lost(kit: ColdKi
     assert services.catalog.points() == []
 
     result = run_cli("--config", str(kit.root / "drsvc.toml"), "--json", "catalog", "rebuild")
-    assert result.code == 0, result
+    assert result.code == 0, result.output
     doc = result.json()
     assert sorted(doc["points_added"]) == sorted(before) and doc["problems"] == []
     catalog = Catalog.open(db)
