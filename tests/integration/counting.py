@@ -12,10 +12,14 @@ from typing import Any
 
 def counter(runtime: Any, name: str) -> tuple[int, str]:
     """The desktop's (count, boot id) now."""
-    code, out = runtime.exec(name, ["cat", "/data/counter"])
-    assert code == 0, out
-    value, boot = out.split()
-    return int(value), boot
+    for _ in range(20):
+        code, out = runtime.exec(name, ["cat", "/data/counter"])
+        assert code == 0, out
+        fields = out.split()
+        if len(fields) == 2:
+            return int(fields[0]), fields[1]
+        time.sleep(0.05)  # read between the shell's truncate and its write: read again
+    raise AssertionError(f"{name}: /data/counter holds {out!r}")
 
 
 def counted_past(runtime: Any, name: str, ticks: int, timeout: float = 30.0) -> int:
