@@ -1121,6 +1121,10 @@ class ChunkStore:
 
     def get_manifest(self, desktop: str, point_id: str) -> dict[str, Any]:
         """Read and authenticate a manifest; ``NotFound`` if absent, ``IntegrityError`` if tampered."""
+        return self.get_sealed_manifest(desktop, point_id)[0]
+
+    def get_sealed_manifest(self, desktop: str, point_id: str) -> tuple[dict[str, Any], bytes]:
+        """``get_manifest``, and the sealed object as stored (one read, for a verbatim copy)."""
         key = self._manifest_key(desktop, point_id)
         try:
             blob = self.store.get(key)
@@ -1134,7 +1138,7 @@ class ChunkStore:
             raise IntegrityError(f"{key}: manifest is unreadable ({e})") from e
         if not isinstance(doc, dict):
             raise IntegrityError(f"{key}: manifest is not a JSON object")
-        return doc
+        return doc, blob
 
     def list_manifests(self, desktop: str | None = None) -> Iterator[tuple[str, str]]:
         """Yield ``(desktop, point_id)`` of every manifest (of one desktop if given)."""

@@ -417,16 +417,16 @@ class TierJob:
         _, cold_images = self._cold_state(self.services.cold)
         move = point.move
         point.key = manifest_key(move.desktop, move.point_id)
-        manifest = hot.get_manifest(move.desktop, move.point_id)  # authenticates it
-        point.raw_manifest = hot.store.get(point.key)
+        manifest, point.raw_manifest = hot.get_sealed_manifest(move.desktop, move.point_id)  # authenticated
         streams = list(manifest_streams(manifest))
         image_id = image_record_id(manifest)
         if image_id is not None:
             point.image_key = manifest_key(IMAGES, image_id)
             if image_id not in cold_images or point.until is not None:
-                streams += list(manifest_streams(hot.get_manifest(IMAGES, image_id)))
+                image, image_raw = hot.get_sealed_manifest(IMAGES, image_id)
+                streams += list(manifest_streams(image))
                 if image_id not in cold_images:
-                    point.image_raw = hot.store.get(point.image_key)
+                    point.image_raw = image_raw
         point.wanted = list(dict.fromkeys(cid for ref in streams for cid, _ in ref.chunks))
         point.objects = chunk_objects(manifest)
 
