@@ -5,13 +5,15 @@ to disk, ingested into a hot chunk store on RADOS (what ``drsvc backup`` does wi
 file in name order as one stream, large files cut on their own, boundaries kept in the manifest),
 then tiered to S3 by the real ``TierJob`` and restored from S3 to files. restic (Debian's) backs
 up and restores the same directory to a repository on the same radosgw; a raw boto3 multipart
-put/get of the same bytes is the ceiling. All three restore into tmpfs (best of two, the page
-cache flushed first): the local disk's writeback would otherwise set every speed. Then 2 % of the
-bytes change in scattered overwrites and both tier/back up again; then an unchanged point is
-tiered; then a fleet of desktops sharing most of their data.
+put/get of the same bytes is the ceiling. drsvc and restic take turns, round after round
+(``--rounds``, each tool's best kept, every round printed): the machine's speed drifts
+within minutes. All three restore into tmpfs (the page cache flushed first): the local disk's
+writeback would otherwise set every speed. Then 2 % of the bytes change in scattered overwrites
+and both tier/back up again; then an unchanged point is tiered; then a fleet of desktops sharing
+most of their data.
 
     apt-get install -y restic                                          # the reference, once
-    eval "$(dev/lab env)"; .venv/bin/python bench/tiering.py            # 1 GiB, ~3-4 min on 2 cores
+    eval "$(dev/lab env)"; .venv/bin/python bench/tiering.py            # 1 GiB, ~6-7 min on 2 cores
     .venv/bin/python bench/tiering.py --mib 128 --fleet-mib 16         # quick run
 
 Everything written (hot prefixes, buckets, temp dirs) is removed at the end.
@@ -326,21 +328,28 @@ def restore_scratch(work: Path, mib: float) -> Path:
     return work
 
 
-def best_restore(scratch: Path, source: Path, restore: Any, rounds: int = 2) -> float:
-    """Seconds of the fastest of ``rounds`` restores (``restore(target) -> seconds``), each checked.
+def restore_rounds(scratch: Path, source: Path, restores: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each restore (``name -> restore(target) -> seconds``) per round, the tools taking turns.
 
-    Dirty pages from the previous step (hot ingest, tiering, backups all write to this disk
-    through Ceph) are flushed first, so no tool pays for another's writeback.
+    Every restore is checked against ``source``. Dirty pages from the previous step (hot ingest,
+    tiering, backups all write to this disk through Ceph) are flushed first, so no tool pays for
+    another's writeback.
     """
     want = tree_hash(source)
-    best = float("inf")
+    seconds: dict[str, list[float]] = {name: [] for name in restores}
     for _ in range(rounds):
-        target = scratch / "restore"
-        os.sync()
-        best = min(best, restore(target))
-        assert tree_hash(target) == want, f"restore into {target} differs from {source}"
-        shutil.rmtree(target)
-    return best
+        for name, restore in restores.items():
+            target = scratch / "restore"
+            os.sync()
+            seconds[name].append(restore(target))
+            assert tree_hash(target) == want, f"{name}: restore into {target} differs from {source}"
+            shutil.rmtree(target)
+    return seconds
+
+
+def rates(mib: float, seconds: list[float]) -> str:
+    """The rounds as MiB/s, in the order run."""
+    return " ".join(f"{mib / s:.1f}" for s in seconds)
 
 
 def tree_hash(root: Path) -> str:
@@ -362,6 +371,7 @@ def main() -> None:
     ap.add_argument("--fleet", type=int, default=10, help="desktops in the fleet step (default 10)")
     ap.add_argument("--fleet-mib", type=int, default=100, help="MiB per fleet desktop (default 100)")
     ap.add_argument("--fleet-shared", type=float, default=0.7, help="shared fraction (default 0.7)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of tier/backup and restores, best kept (default 3)")
     ap.add_argument("--workdir", default=None, help="where the data sets go (default: a temp dir)")
     args = ap.parse_args()
     if shutil.which("restic") is None:
@@ -377,6 +387,7 @@ def main() -> None:
         "restic": f"bench-restic-{run}",
         "restic2": f"bench-resticf-{run}",
         "raw": f"bench-raw-{run}",
+        **{f"restic-{r}": f"bench-restic-r{r}-{run}" for r in range(1, max(1, args.rounds))},  # later rounds
     }
     work = Path(tempfile.mkdtemp(prefix="drsvc-bench-", dir=args.workdir))
     data = work / "data" / "desk"
@@ -391,8 +402,9 @@ def main() -> None:
         print(
             f"data set: {mib:.0f} MiB in {nfiles} files (generated in {time.perf_counter() - t:.0f} s); work dir {work}"
         )
-        for b in ("raw", "restic", "restic2"):
-            client.create_bucket(Bucket=buckets[b])
+        for b in buckets:
+            if b != "drsvc":  # drsvc creates its own
+                client.create_bucket(Bucket=buckets[b])
         scratch = restore_scratch(work, mib)
 
         # -- ceiling: raw boto3 multipart of the same bytes (one concatenated object)
@@ -412,30 +424,47 @@ def main() -> None:
         blob.unlink()
         print(f"boto3 raw   : put {mib / raw_put:6.1f} MiB/s  get {mib / raw_get:6.1f} MiB/s")
 
-        # -- drsvc: ingest into hot (backup's job), tier to S3, restore from S3
-        main_dep = Drsvc(work, "main", buckets["drsvc"], ["desk"])
-        deployments.append(main_dep)
-        p1, ingest1 = main_dep.ingest("desk", data)
-        tier1, rep1 = main_dep.tier()
-        restore1 = best_restore(scratch, data, lambda target: main_dep.restore("desk", p1, target))
-        cold1 = bucket_bytes(client, buckets["drsvc"], "main/")
-        print(
-            f"drsvc       : ingest to hot {mib / ingest1:6.1f} MiB/s  tier {mib / tier1:6.1f} MiB/s  "
-            f"restore {mib / restore1:6.1f} MiB/s  cold {cold1 / MiB:.0f} MiB "
-            f"({rep1.moves[0].chunks_uploaded} chunks)"
-        )
-
-        # -- restic: backup and restore the same directory
-        restic(buckets["restic"], "init")
-        rb1 = timed_restic(buckets["restic"], "backup", "--host", "bench", ".", cwd=data)
-        rr1 = best_restore(
+        # -- tier (drsvc) and backup (restic) of the same data, then restores, the tools taking turns.
+        # This machine's speed drifts by 10-20 % within minutes: a tool measured once,
+        # minutes after the other, would be compared with a moment rather than with the other tool.
+        # Each round runs both tools back to back, each keeps its best round, and every round is printed.
+        rounds = max(1, args.rounds)
+        tier_deps = [Drsvc(work, "main" if r == 0 else f"main{r}", buckets["drsvc"], ["desk"]) for r in range(rounds)]
+        deployments.extend(tier_deps)
+        main_dep = tier_deps[0]
+        ingested = [dep.ingest("desk", data) for dep in tier_deps]  # each round tiers its own hot copy
+        p1, ingest1 = ingested[0]
+        repos = [buckets["restic"]] + [buckets[f"restic-{r}"] for r in range(1, rounds)]
+        tiered: list[tuple[float, Any]] = []
+        backup_s: list[float] = []
+        for dep, repo in zip(tier_deps, repos, strict=True):
+            restic(repo, "init")
+            os.sync()
+            tiered.append(dep.tier())
+            os.sync()
+            backup_s.append(timed_restic(repo, "backup", "--host", "bench", ".", cwd=data))
+        tier_s, rep1 = [seconds for seconds, _ in tiered], tiered[0][1]
+        restore_s = restore_rounds(
             scratch,
             data,
-            lambda target: timed_restic(buckets["restic"], "restore", "latest", "--target", str(target)),
+            {
+                "drsvc": lambda target: main_dep.restore("desk", p1, target),
+                "restic": lambda target: timed_restic(buckets["restic"], "restore", "latest", "--target", str(target)),
+            },
+            rounds,
         )
+        tier1, rb1 = min(tier_s), min(backup_s)
+        restore1, rr1 = min(restore_s["drsvc"]), min(restore_s["restic"])
+        cold1 = bucket_bytes(client, buckets["drsvc"], "main/")
         restic1 = bucket_bytes(client, buckets["restic"])
         print(
-            f"restic      : backup {mib / rb1:6.1f} MiB/s  restore {mib / rr1:6.1f} MiB/s  repo {restic1 / MiB:.0f} MiB"
+            f"drsvc       : ingest to hot {mib / ingest1:6.1f} MiB/s  tier {rates(mib, tier_s)} MiB/s  "
+            f"restore {rates(mib, restore_s['drsvc'])} MiB/s  cold {cold1 / MiB:.0f} MiB "
+            f"({rep1.moves[0].chunks_uploaded} chunks)"
+        )
+        print(
+            f"restic      : backup {rates(mib, backup_s)} MiB/s  restore {rates(mib, restore_s['restic'])} MiB/s  "
+            f"repo {restic1 / MiB:.0f} MiB"
         )
 
         # -- 2 % scattered overwrites
@@ -503,6 +532,12 @@ def main() -> None:
             "files": nfiles,
             "tier": {"drsvc": mib / tier1, "restic": mib / rb1, "boto3": mib / raw_put},
             "restore": {"drsvc": mib / restore1, "restic": mib / rr1, "boto3": mib / raw_get},
+            "rounds": {
+                "drsvc_tier": [mib / s for s in tier_s],
+                "restic_backup": [mib / s for s in backup_s],
+                "drsvc_restore": [mib / s for s in restore_s["drsvc"]],
+                "restic_restore": [mib / s for s in restore_s["restic"]],
+            },
             "drsvc_hot_ingest": mib / ingest1,
             "changed_bytes": changed,
             "growth": {"drsvc": growth_d, "restic": growth_r},
