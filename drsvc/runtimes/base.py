@@ -14,6 +14,7 @@ checkpoint; pairing memory with a volume snapshot uses the CRIU freeze hook (``f
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,33 @@ _FULL_ID = re.compile(r"^[0-9a-f]{64}$")
 def is_full_id(value: str) -> bool:
     """Whether ``value`` is a full 64-hex-digit container/image id."""
     return bool(_FULL_ID.match(value or ""))
+
+
+_CRIU_LOG = re.compile(r"log file: (/\S+?\.log)\b")
+
+
+def with_criu_log(message: str, *, lines: int = 4) -> str:
+    """``message`` and, when it names a CRIU log on this host, that log's last error lines.
+
+    A runtime reports a failed CRIU run as e.g. ``criu failed: type NOTIFY errno 0 log file:
+    PATH``: the type is only the last message exchanged, the reason is in the log, and the
+    runtime deletes the log with the failed container or task. Read while it exists (a local
+    runtime), the error an operator sees says why; otherwise ``message`` is returned unchanged.
+    """
+    match = _CRIU_LOG.search(message)
+    if match is None:
+        return message
+    try:
+        with open(match.group(1), "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 256 * 1024))  # the end says why; logs can be long
+            tail = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return message
+    errors = [line for line in tail if "Error (" in line]
+    picked = (errors or tail)[-lines:]
+    if not picked:
+        return message
+    return f"{message} [CRIU log: {' | '.join(line[:300] for line in picked)}]"
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ from typing import Any, BinaryIO, cast
 
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
 from drsvc.runtimes import freeze
-from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, probe_tcp_in_netns
+from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, probe_tcp_in_netns, with_criu_log
 from drsvc.streams import IterReader
 
 CHUNK = 1 << 20
@@ -678,7 +678,7 @@ def _content_exists(resp: Any) -> bool:
 
 
 def _explain(e: Any) -> str:
-    return str(getattr(e, "explanation", None) or e).strip()
+    return with_criu_log(str(getattr(e, "explanation", None) or e).strip())
 
 
 def _cause(e: BaseException) -> str:

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO, cast
 
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
 from drsvc.runtimes import freeze
-from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, probe_tcp_in_netns
+from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, probe_tcp_in_netns, with_criu_log
 
 API_VERSION = "4.3.1"
 CHUNK = 1 << 20
@@ -301,7 +301,7 @@ class PodmanRuntime:
         except ValueError as e:
             raise BackendError(f"{what}: unexpected answer from Podman: {data[:500]!r}") from e
         if report.get("Err"):
-            raise BackendError(f"{what}: {report['Err']}")
+            raise BackendError(f"{what}: {with_criu_log(str(report['Err']))}")
         restored = report.get("Id") or name or ""
         if network == "none":
             # Podman restores into a fresh network namespace whose loopback is down; a sandbox is
@@ -463,7 +463,7 @@ def _raise_for(status: int, body: bytes, what: str, *, missing_is_not_found: boo
         pass
     if missing_is_not_found and (status == 404 or "no such container" in (cause or message)):
         raise NotFound(f"{what}: {message}")
-    raise BackendError(f"{what}: {message or 'no message'} (HTTP {status})")
+    raise BackendError(f"{what}: {with_criu_log(message) or 'no message'} (HTTP {status})")
 
 
 def _demux(resp: http.client.HTTPResponse) -> bytes:

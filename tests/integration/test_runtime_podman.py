@@ -7,6 +7,9 @@ through the container's mounted rootfs, which works while the container's proces
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tarfile
 import threading
 import time
 import uuid
@@ -17,6 +20,7 @@ from typing import Any
 import pytest
 from runtime_suite import RuntimeSuite
 
+from drsvc.errors import BackendError, NotFound
 from drsvc.runtimes import open_runtime
 from drsvc.runtimes.freeze import FreezeBatch, hook_installed, install_hook
 from drsvc.runtimes.podman import PodmanRuntime
@@ -53,6 +57,35 @@ class TestPodmanRuntime(RuntimeSuite):
         if podman_runtime.image_exists(f"{repo}:{tag}"):
             drop(f"{repo}:{tag}")
         assert podman_runtime.image_exists(IMAGE), "the lab's image must survive the suite"
+
+
+def test_a_restore_criu_rejects_says_why(
+    podman_runtime: PodmanRuntime, make_fleet: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    """runc reports any failed CRIU restore as "criu failed: type NOTIFY errno 0"; the reason
+    from CRIU's own log must reach the error. Here: an archive whose core images are missing."""
+    (name,) = make_fleet(1, data_mib=0.1)
+    archive, broken = tmp_path / "ckpt.tar", tmp_path / "broken.tar"
+    with podman_runtime.checkpoint(name) as stream, archive.open("wb") as f:
+        shutil.copyfileobj(stream, f)
+    dropped = []
+    with tarfile.open(archive) as src, tarfile.open(broken, "w") as dst:
+        for member in src:
+            if member.name.startswith("checkpoint/core-"):
+                dropped.append(member.name)
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    assert dropped, "a CRIU checkpoint holds one core image per task"
+    clone = f"{name}-broken"
+    try:
+        with broken.open("rb") as f, pytest.raises(BackendError) as caught:
+            podman_runtime.restore(f, name=clone)
+    finally:
+        with contextlib.suppress(NotFound):
+            podman_runtime.remove(clone)
+    said = str(caught.value)
+    assert "criu failed" in said, said
+    assert "[CRIU log:" in said and "Restoring FAILED" in said, said
 
 
 # ---------------------------------------------------------------------- freeze hook rendezvous

@@ -16,7 +16,7 @@ import pytest
 
 from drsvc.errors import BackendError, InvalidInput, NotFound
 from drsvc.runtimes import ContainerRuntime, DesktopRef, open_runtime, register_runtime, registered_runtimes
-from drsvc.runtimes.base import desktop_from_labels
+from drsvc.runtimes.base import desktop_from_labels, with_criu_log
 from drsvc.runtimes.podman import PodmanRuntime, rewrite_archive
 
 CID = "c" * 64
@@ -222,6 +222,47 @@ def test_restore_streams_chunked_or_with_length(fake: PodmanRuntime) -> None:
     FakeLibpod.routes[("POST", "/containers/import/restore")] = (500, {"message": "name already in use"})
     with pytest.raises(BackendError, match="already in use"):
         fake.restore(io.BytesIO(archive))
+
+
+RESTORE_LOG = """\
+(00.000046) Version: 4.2 (gitid 0)
+(00.081794) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted
+(00.190000) Running pre-restore scripts
+(00.210000) Error (criu/mount.c:2931): mnt: Can't mount at ./etc/hostname: No such file or directory
+(00.210100) Error (criu/cr-restore.c:2442): Restoring FAILED.
+"""
+
+
+def test_criu_failure_names_the_reason_from_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "userdata" / "restore.log"
+    log.parent.mkdir()
+    log.write_text(RESTORE_LOG)
+    message = f"runc: criu failed: type NOTIFY errno 0\nlog file: {log}: OCI runtime error"
+    said = with_criu_log(message)
+    assert said.startswith(message)
+    assert "Can't mount at ./etc/hostname" in said and "Restoring FAILED." in said
+    assert "Running pre-restore scripts" not in said  # error lines only, when there are any
+    assert said.count("Error (") == 3  # all three: the default keeps the last four error lines
+    assert "rlimit" not in with_criu_log(message, lines=2)
+    log.write_text("(00.1) Running pre-restore scripts\n(00.2) Restore finished with an odd ending\n")
+    assert with_criu_log(message).endswith(
+        "[CRIU log: (00.1) Running pre-restore scripts | (00.2) Restore finished with an odd ending]"
+    )
+    log.unlink()  # the runtime deleted it with the task: the message stays as it was
+    assert with_criu_log(message) == message
+    assert with_criu_log("criu failed: type RESTORE errno 1") == "criu failed: type RESTORE errno 1"
+
+
+def test_restore_error_carries_the_criu_log(fake: PodmanRuntime, tmp_path: Path) -> None:
+    log = tmp_path / "restore.log"
+    log.write_text(RESTORE_LOG)
+    FakeLibpod.routes[("POST", "/containers/import/restore")] = (
+        500,
+        {"message": f"runc: criu failed: type NOTIFY errno 0\nlog file: {log}: OCI runtime error"},
+    )
+    archive = make_tar({"config.dump": b'{"networkMode": "bridge"}', "checkpoint/pages-1.img": b"x" * 10})
+    with pytest.raises(BackendError, match=r"(?s)type NOTIFY errno 0.*Can't mount at \./etc/hostname"):
+        fake.restore(io.BytesIO(archive), name="c1-clone")
 
 
 def test_restore_without_network_rewrites_config(fake: PodmanRuntime) -> None:
