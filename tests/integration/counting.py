@@ -9,17 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-
-def counter(runtime: Any, name: str) -> tuple[int, str]:
-    """The desktop's (count, boot id) now."""
-    for _ in range(20):
-        code, out = runtime.exec(name, ["cat", "/data/counter"])
-        assert code == 0, out
-        fields = out.split()
-        if len(fields) == 2:
-            return int(fields[0]), fields[1]
-        time.sleep(0.05)  # read between the shell's truncate and its write: read again
-    raise AssertionError(f"{name}: /data/counter holds {out!r}")
+from runtime_suite import read_counter
 
 
 def counted_past(runtime: Any, name: str, ticks: int, timeout: float = 30.0) -> int:
@@ -29,9 +19,9 @@ def counted_past(runtime: Any, name: str, ticks: int, timeout: float = 30.0) -> 
     ``ticks`` x 0.2 s to restore and be read before its count could reach this one: a margin in
     counts, not in wall-clock guesses (a fixed sleep left ~1 s, less than a loaded restore takes).
     """
-    start, _ = counter(runtime, name)
+    start, _ = read_counter(runtime, name)
     deadline = time.monotonic() + timeout
-    while (now := counter(runtime, name)[0]) < start + ticks:
+    while (now := read_counter(runtime, name)[0]) < start + ticks:
         assert time.monotonic() < deadline, f"{name} counted {now - start} in {timeout} s"
         time.sleep(0.2)
     return now

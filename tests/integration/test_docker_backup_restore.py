@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from counting import counted_past, counter
+from counting import counted_past
+from runtime_suite import read_counter
 from test_runtime_docker import docker_socket, make_docker_fleet  # noqa: F401  (fixtures)
 
 from drsvc.catalog import Catalog
@@ -40,7 +41,7 @@ def test_backup_destroy_restore_continues_the_process(
     runtime = services.runtime
     assert runtime.url == f"docker://{docker_socket}"
     time.sleep(0.5)
-    at_backup, boot = counter(runtime, desktop)
+    at_backup, boot = read_counter(runtime, desktop)
 
     t = time.monotonic()
     backup = drsvc_env.cli("--json", "backup", desktop)
@@ -88,11 +89,11 @@ def test_backup_destroy_restore_continues_the_process(
     restored = runtime.inspect(desktop)
     assert restored.state == "running" and restored.restored_at
     assert (restored.volume, restored.tenant) == (f"rados://desktops/{desktop}", manifest["runtime"]["tenant"])
-    after, after_boot = counter(runtime, desktop)
+    after, after_boot = read_counter(runtime, desktop)
     assert after_boot == boot
     assert at_backup <= after < at_loss
     time.sleep(0.6)
-    assert counter(runtime, desktop)[0] > after
+    assert read_counter(runtime, desktop)[0] > after
     catalog = Catalog.open(drsvc_env.root / "catalog.db")
     [row] = catalog.query("SELECT status, consistency FROM points WHERE id = ?", [point_id])
     assert (row["status"], row["consistency"]) == ("complete", "paired")

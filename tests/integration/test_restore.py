@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from counting import counted_past, counter
+from counting import counted_past
+from runtime_suite import read_counter
 
 from drsvc.catalog import Catalog
 from drsvc.chunks import StreamRef, chunk_key
@@ -18,7 +19,7 @@ def test_restore_after_the_desktop_is_destroyed_and_its_data_damaged(drsvc_env, 
     [desktop] = make_fleet(1, data_mib=4)
     services = drsvc_env.services()
     runtime = services.runtime
-    at_backup, boot = counter(runtime, desktop)
+    at_backup, boot = read_counter(runtime, desktop)
     backup = drsvc_env.cli("--json", "backup", desktop)
     assert backup.code == 0, backup.output
     point_id = backup.json()["results"][0]["point_id"]
@@ -57,11 +58,11 @@ def test_restore_after_the_desktop_is_destroyed_and_its_data_damaged(drsvc_env, 
     assert _digests(services, url) == expected
     assert fleetdata.verify_namespace(io, 42, desktop, 4) == []
     # the process continued from the checkpoint: same boot, counting on from the backup instant
-    after, after_boot = counter(runtime, desktop)
+    after, after_boot = read_counter(runtime, desktop)
     assert after_boot == boot
     assert at_backup <= after < at_loss
     time.sleep(0.6)
-    assert counter(runtime, desktop)[0] > after
+    assert read_counter(runtime, desktop)[0] > after
     catalog = Catalog.open(drsvc_env.root / "catalog.db")
     [row] = catalog.query("SELECT status, tier, rto_seconds, phases FROM restores WHERE point_id = ?", [point_id])
     assert row["status"] == "ok" and row["tier"] == "hot"
@@ -75,9 +76,9 @@ def test_restore_as_a_clone_runs_beside_the_original(drsvc_env, make_fleet):
     # read before the backup: the checkpoint's count is at least this. (A count read after the
     # backup can be past what the clone reaches by the time it is read: the backup's upload after
     # the checkpoint may take longer than the restore's steps after the clone resumed.)
-    before_backup, boot = counter(runtime, desktop)
+    before_backup, boot = read_counter(runtime, desktop)
     assert drsvc_env.cli("backup", desktop).code == 0
-    original_before = counter(runtime, desktop)[0]
+    original_before = read_counter(runtime, desktop)[0]
     clone = f"{desktop}-clone"
     result = drsvc_env.cli("--json", "restore", desktop, "--as", clone)
     assert result.code == 0, result.output
@@ -88,11 +89,11 @@ def test_restore_as_a_clone_runs_beside_the_original(drsvc_env, make_fleet):
         clone_ref = runtime.inspect(clone)
         assert clone_ref.desktop_id == clone and clone_ref.labels["drsvc.clone-of"] == desktop
         assert clone_ref.volume == f"rados://desktops/{clone}"
-        clone_value, clone_boot = counter(runtime, clone)
+        clone_value, clone_boot = read_counter(runtime, clone)
         assert clone_boot == boot  # the clone continues the checkpointed process
         assert clone_value >= before_backup  # counts on from the checkpoint, not from zero
         time.sleep(0.5)
-        assert counter(runtime, desktop)[0] > original_before  # the original never stopped
+        assert read_counter(runtime, desktop)[0] > original_before  # the original never stopped
         manifest = services.hot.get_manifest(desktop, result.json()["point_id"])
         assert _digests(services, clone_ref.volume) == {o["name"]: o["digest"] for o in manifest["volume"]["objects"]}
     finally:
