@@ -50,7 +50,6 @@ import json
 import os
 import socket
 import ssl
-import tarfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -61,6 +60,7 @@ from typing import Any, BinaryIO, cast
 
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, MissingDependency, NotFound
 from drsvc.runtimes import freeze
+from drsvc.runtimes.archive import rewrite_archive
 from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, is_full_id
 from drsvc.streams import IterReader
 
@@ -345,7 +345,8 @@ class CrioRuntime:
                     "drsvc": {"container": container, "node": node, "archive": remote},
                     **_portable_pod(self._api.sanitize_for_serialization(pod)),
                 }
-                yield cast(BinaryIO, IterReader(_append_member(f, POD_MEMBER, json.dumps(doc).encode())))
+                pod_member = (POD_MEMBER, json.dumps(doc).encode())
+                yield cast(BinaryIO, IterReader(rewrite_archive(f, {}, append=[pod_member])))
         finally:
             # every memory page of the desktop: never leave it behind on the node
             local.unlink(missing_ok=True)
@@ -696,69 +697,8 @@ def _pod_doc(capture: dict[str, bytes], what: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- archive streams
-def _blocks(src: BinaryIO) -> Iterator[bytes]:
-    while chunk := src.read(CHUNK):
-        yield chunk
-
-
-def _append_member(src: BinaryIO, member: str, data: bytes) -> Iterator[bytes]:
-    """``src`` (a tar stream) unchanged up to its end-of-archive blocks, then ``member``, then a new end.
-
-    Tar members are 512-byte aligned and the archive ends with (at least) two zero blocks; bytes are
-    passed through as they come, holding back only the trailing zero blocks seen so far.
-    """
-    info = tarfile.TarInfo(member)
-    info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
-    extra = info.tobuf(tarfile.GNU_FORMAT) + data + b"\0" * (-len(data) % 512)
-    parser = _TarEnd()
-    for chunk in _blocks(src):
-        yield from parser.feed(chunk)
-    if not parser.ended:
-        raise BackendError("checkpoint archive ends without an end-of-archive marker (truncated?)")
-    yield extra + b"\0" * 1024
-
-
-class _TarEnd:
-    """Pass a tar stream through, withholding everything from its end-of-archive marker on."""
-
-    def __init__(self) -> None:
-        self.buf = b""
-        self.skip = 0  # bytes of member data still to pass before the next header
-        self.ended = False
-
-    def feed(self, chunk: bytes) -> Iterator[bytes]:
-        if self.ended:
-            return
-        self.buf += chunk
-        out = bytearray()
-        while True:
-            if self.skip:
-                n = min(self.skip, len(self.buf))
-                out += self.buf[:n]
-                self.buf, self.skip = self.buf[n:], self.skip - n
-                if self.skip:
-                    break
-            if len(self.buf) < 512:
-                break
-            header = self.buf[:512]
-            if header == b"\0" * 512:
-                self.ended = True
-                self.buf = b""
-                break
-            try:
-                info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-            except tarfile.HeaderError as e:
-                raise BackendError(f"checkpoint archive is not a tar stream: {e}") from e
-            out += header
-            self.buf = self.buf[512:]
-            self.skip = -(-info.size // 512) * 512
-        if out:
-            yield bytes(out)
-
-
 def _capturing(src: BinaryIO, member: str, into: dict[str, bytes]) -> Iterator[bytes]:
     """Pass ``src`` through unchanged while keeping a copy of the small member ``member``."""
-    from drsvc.runtimes.podman import rewrite_archive
 
     def keep(data: bytes) -> bytes:
         into[member] = data

@@ -29,15 +29,15 @@ import shutil
 import socket
 import struct
 import subprocess
-import tarfile
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, BinaryIO, cast
 
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
 from drsvc.runtimes import freeze
+from drsvc.runtimes.archive import Editor, rewrite_archive
 from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, probe_tcp_in_netns, with_criu_log
 
 API_VERSION = "4.3.1"
@@ -497,9 +497,6 @@ def criu_version() -> str | None:
 
 
 # ---------------------------------------------------------------------- archive rewriting
-Editor = Callable[[bytes], bytes]
-
-
 def _network_editor(network: str) -> Editor:
     def edit(data: bytes) -> bytes:
         cfg = json.loads(data)
@@ -529,78 +526,3 @@ def _chain(first: Editor | None, second: Editor) -> Editor:
     if first is None:
         return second
     return lambda data: second(first(data))
-
-
-def rewrite_archive(src: BinaryIO, edits: dict[str, Editor | None]) -> Iterator[bytes]:
-    """Stream a tar archive, replacing small members through ``edits[name]`` (None drops the member).
-
-    Members not named pass through block by block (memory stays bounded whatever their size);
-    named members are read whole, so only use it on small ones (``config.dump``).
-    """
-    pending: list[bytes] = []  # pax / GNU long-name headers that belong to the next member
-    pending_name: str | None = None
-    while True:
-        header = _read_exact(src, 512)
-        if len(header) < 512 or header == b"\0" * 512:
-            yield from pending
-            yield header
-            yield from _iter_chunks(src)
-            return
-        try:
-            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as e:
-            raise BackendError(f"checkpoint archive is not a tar stream: {e}") from e
-        padded = -(-info.size // 512) * 512
-        if info.type in (
-            tarfile.XHDTYPE,
-            tarfile.GNUTYPE_LONGNAME,
-            tarfile.GNUTYPE_LONGLINK,
-            tarfile.XGLTYPE,
-        ):
-            ext = _read_exact(src, padded)
-            if info.type == tarfile.GNUTYPE_LONGNAME:
-                pending_name = ext[: info.size].rstrip(b"\0").decode("utf-8", "surrogateescape")
-            elif info.type == tarfile.XHDTYPE:
-                pending_name = _pax_path(ext[: info.size]) or pending_name
-            pending.append(header + ext)
-            continue
-        member = (pending_name or info.name).removeprefix("./")
-        if member in edits and info.isfile():
-            data = _read_exact(src, padded)[: info.size]
-            editor = edits[member]
-            if editor is not None:
-                new = editor(data)
-                info.size = len(new)
-                yield from pending
-                yield info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
-                yield new + b"\0" * (-len(new) % 512)
-        else:
-            yield from pending
-            yield header
-            left = padded
-            while left:
-                block = src.read(min(CHUNK, left))
-                if not block:
-                    raise BackendError("checkpoint archive ends in the middle of a member")
-                left -= len(block)
-                yield block
-        pending, pending_name = [], None
-
-
-def _pax_path(records: bytes) -> str | None:
-    for line in records.split(b"\n"):
-        _, _, kv = line.partition(b" ")
-        key, _, value = kv.partition(b"=")
-        if key == b"path":
-            return value.decode("utf-8", "surrogateescape")
-    return None
-
-
-def _read_exact(src: BinaryIO, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        block = src.read(n - len(buf))
-        if not block:
-            break
-        buf += block
-    return bytes(buf)

@@ -16,8 +16,9 @@ import pytest
 
 from drsvc.errors import BackendError, InvalidInput, NotFound
 from drsvc.runtimes import ContainerRuntime, DesktopRef, open_runtime, register_runtime, registered_runtimes
+from drsvc.runtimes.archive import rewrite_archive
 from drsvc.runtimes.base import desktop_from_labels, with_criu_log
-from drsvc.runtimes.podman import PodmanRuntime, rewrite_archive
+from drsvc.runtimes.podman import PodmanRuntime
 
 CID = "c" * 64
 
