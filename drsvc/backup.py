@@ -9,7 +9,10 @@ batches of at most ``capture.freeze_batch``. For each batch:
    each desktop frozen after its memory was dumped; once every desktop of the batch is frozen, ONE
    pool snapshot is taken and all are released. Memory and disk therefore describe the same
    instant: nothing the desktop does after its dump reaches the snapshot. Podman cannot checkpoint a
-   paused container, which is why the freeze comes from CRIU rather than from ``pause``;
+   paused container, which is why the freeze comes from CRIU rather than from ``pause``. While a
+   desktop stands frozen, the files it holds open in its root filesystem are copied into its
+   archive (``drsvc.runtimes.heldfiles``), or a file written right after the dump could make the
+   checkpoint unrestorable;
 3. each archive streams into the hot chunk store (never whole in memory), then the desktop's
    namespace as it was at the snapshot (objects concatenated in name order into one stream, so
    thousands of small objects become a few chunks, not one write each), then its base image once
@@ -41,7 +44,7 @@ from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, NotFoun
 from drsvc.lease import Lease
 from drsvc.policy import Policy
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef
-from drsvc.runtimes.freeze import FreezeBatch, hook_installed
+from drsvc.runtimes.freeze import checkpoint_batch, hook_installed
 from drsvc.services import Services
 from drsvc.volumes.base import ObjectHasher, VolumeObject
 
@@ -69,6 +72,7 @@ class Outcome:
     new_bytes: int = 0
     freeze_ms: float | None = None
     checkpoint_ms: float | None = None
+    held: dict[str, Any] | None = None  # root filesystem files read inside the freeze (heldfiles)
     seconds: float = 0.0
     error: str | None = None
 
@@ -326,57 +330,39 @@ class BackupJob:
         self, batch: list[DesktopRef], outcomes: dict[str, Outcome], volumes: Any, snap: str
     ) -> dict[str, StreamRef]:
         """Checkpoint the batch, snapshot the pool while all are frozen, stream the archives."""
+        by_container = {d.container_id: d.desktop_id for d in batch}
+
+        def snapshot(frozen: set[str]) -> None:
+            self.on_event("snapshot", name=snap, frozen=sorted(by_container[c] for c in frozen))
+            volumes.create(snap)
+
+        self.on_event("freeze", desktops=[d.desktop_id for d in batch])
+        results = checkpoint_batch(
+            self.runtime,
+            batch,
+            lambda _d, stream: self.hot.write_stream(stream),
+            while_frozen=snapshot,
+            freeze_timeout=FREEZE_TIMEOUT,
+        )
         archives: dict[str, StreamRef] = {}
-        started: dict[str, float] = {}
-
-        def checkpoint(d: DesktopRef) -> StreamRef:
-            started[d.desktop_id] = time.monotonic()
-            with self.runtime.checkpoint(d.container) as stream:
-                return self.hot.write_stream(stream)
-
-        with (
-            FreezeBatch([d.container_id for d in batch], timeout=FREEZE_TIMEOUT + 10) as freeze,
-            cf.ThreadPoolExecutor(len(batch), thread_name_prefix="checkpoint") as pool,
-        ):
-            self.on_event("freeze", desktops=[d.desktop_id for d in batch])
-            futures = {d.desktop_id: pool.submit(checkpoint, d) for d in batch}
-            by_container = {d.container_id: d.desktop_id for d in batch}
-            deadline = time.monotonic() + FREEZE_TIMEOUT
-            frozen: set[str] = set()
-            while time.monotonic() < deadline:
-                frozen = {by_container[c] for c in freeze.frozen()}
-                waiting = [i for i, f in futures.items() if i not in frozen and not f.done()]
-                if not waiting:
-                    break
-                time.sleep(0.01)
-            self.on_event("snapshot", name=snap, frozen=sorted(frozen))
-            try:
-                volumes.create(snap)
-            finally:
-                freeze.release()
-            for d in batch:
-                o = outcomes[d.desktop_id]
-                try:
-                    ref = futures[d.desktop_id].result()
-                except DrsvcError as e:
-                    o.consistency, o.reason = "crash", f"checkpoint failed: {e}"
-                    continue
-                o.checkpoint_ms = (time.monotonic() - started[d.desktop_id]) * 1000
-                window = freeze.freeze_window(d.container_id)
-                o.freeze_ms = window * 1000 if window is not None else None
-                if {"timed-out", "owner-gone"} & set(freeze.timings(d.container_id)):
-                    # the hook let it go before the snapshot was taken
-                    o.consistency, o.reason = "crash", "released by the freeze hook before the snapshot"
-                    continue
-                if d.desktop_id not in frozen:
-                    # It froze after the snapshot (or never reported): its memory is from a later
-                    # instant than its disk. Keep the volume, drop the memory.
-                    o.consistency, o.reason = (
-                        "crash",
-                        f"did not freeze within {FREEZE_TIMEOUT:.0f}s of its batch",
-                    )
-                    continue
-                archives[d.desktop_id] = ref
+        for d in batch:
+            r, o = results[d.container_id], outcomes[d.desktop_id]
+            if r.error is not None or r.value is None:
+                o.consistency, o.reason = "crash", f"checkpoint failed: {r.error}"
+                continue
+            o.checkpoint_ms = r.seconds * 1000
+            o.freeze_ms = r.freeze_window * 1000 if r.freeze_window is not None else None
+            if r.released_early:
+                # the hook let it go before the snapshot was taken
+                o.consistency, o.reason = "crash", "released by the freeze hook before the snapshot"
+                continue
+            if not r.frozen:
+                # It froze after the snapshot (or never reported): its memory is from a later
+                # instant than its disk. Keep the volume, drop the memory.
+                o.consistency, o.reason = "crash", f"did not freeze within {FREEZE_TIMEOUT:.0f}s of its batch"
+                continue
+            o.held = r.held or None
+            archives[d.desktop_id] = r.value
         return archives
 
     def _record_snapshot(self, pool_url: str, name: str, taken_at: datetime, job_id: int) -> int:
@@ -473,7 +459,7 @@ class BackupJob:
                 "objects": hashers,
                 "stream": volume_ref.to_dict(),
             },
-            "checkpoint": {"stream": archive.to_dict()} if archive is not None else None,
+            "checkpoint": {"stream": archive.to_dict(), "held_files": outcome.held} if archive is not None else None,
             "image": image,
         }
         if archive is None:

@@ -5,8 +5,8 @@ Subclass ``RuntimeSuite`` and provide three fixtures:
 - ``runtime``: an open ``ContainerRuntime``;
 - ``make_desktop``: ``make_desktop(n) -> [container name, ...]`` of running, labelled desktops whose
   workload keeps an in-memory counter and writes ``"<count> <boot id>"`` to ``/data/counter``
-  every 0.2 s (the lab's busybox desktop); the fixture removes them (and clones named
-  ``<name>-…``) afterwards;
+  every 0.2 s, in place and at a fixed width (the lab's busybox desktop); the fixture removes
+  them (and clones named ``<name>-…``) afterwards;
 - ``scratch_image``: ``(reference, drop)``: a throwaway tagged copy of the desktop image that
   the test may save, untag (``drop(reference)``) and load again.
 
@@ -28,12 +28,13 @@ import pytest
 
 from drsvc.errors import DrsvcError, NotFound
 from drsvc.runtimes import ContainerRuntime, DesktopRef
+from drsvc.runtimes.freeze import checkpoint_batch
 
 MakeDesktop = Callable[[int], list[str]]
 
 
 def read_counter(runtime: ContainerRuntime, name: str, tries: int = 20) -> tuple[int, str]:
-    """(count, boot id) from the desktop's /data/counter (retried: the writer truncates first)."""
+    """(count, boot id) from the desktop's /data/counter (retried: a read can meet a write)."""
     last = ""
     for _ in range(tries):
         code, out = runtime.exec(name, ["cat", "/data/counter"], timeout=20)
@@ -52,6 +53,17 @@ def wait_counter_above(runtime: ContainerRuntime, name: str, count: int, timeout
         if value[0] > count or time.monotonic() > deadline:
             return value
         time.sleep(0.1)
+
+
+def start_growing(runtime: ContainerRuntime, name: str, path: str) -> None:
+    """Start a process in the desktop that grows ``path`` without pause through a descriptor opened
+    for writing, not appending (a journal): its size changes at every instant. Returns once it grew."""
+    writer = f"(exec 3>{path}; while true; do echo entry >&3; done) </dev/null >/dev/null 2>&1 &"
+    assert runtime.exec(name, ["sh", "-c", writer])[0] == 0
+    deadline = time.monotonic() + 10
+    while runtime.exec(name, ["test", "-s", path])[0] != 0:
+        assert time.monotonic() < deadline, f"{name}: the writer of {path} did not start"
+        time.sleep(0.05)
 
 
 class RuntimeSuite:
@@ -193,6 +205,35 @@ class RuntimeSuite:
             finally:
                 runtime.remove(clone)
         assert runtime.inspect(name).state == "running"
+
+    def test_a_file_resized_right_after_the_dump_comes_back_as_it_stood(
+        self, runtime: ContainerRuntime, make_desktop: MakeDesktop
+    ) -> None:
+        """drsvc's checkpoints copy the root filesystem files a desktop holds open inside the freeze.
+
+        A writer grows ``/tmp/held`` without pause through a descriptor opened for writing (not
+        appending): the runtime's own export of the root filesystem, read after CRIU resumed the
+        desktop, always finds it bigger than CRIU recorded, and CRIU refuses such a restore
+        (test_runtime_podman shows it). Through ``checkpoint_batch`` every round restores.
+        """
+        (name,) = make_desktop(1)
+        start_growing(runtime, name, "/tmp/held")
+        ref = runtime.inspect(name)
+        for round_ in range(3):
+            clone = self.clone_name(name, f"held{round_}")
+            result = checkpoint_batch(runtime, [ref], lambda _d, stream, c=clone: runtime.restore(stream, name=c))
+            r = result[ref.container_id]
+            try:
+                assert r.error is None, f"round {round_}: {r.error}"
+                assert r.frozen and r.value is not None and r.value.state == "running"
+                assert r.held["notes"] == [], r.held
+                [held] = [f for f in r.held["files"] if f["path"] == "tmp/held"]
+                assert held["size"] > 0
+                # the clone's writer goes on from the dump: never below what was copied
+                code, out = runtime.exec(r.value.container, ["sh", "-c", "wc -c </tmp/held"])
+                assert code == 0 and int(out) >= held["size"], (out, held)
+            finally:
+                runtime.remove(clone)
 
     def test_image_round_trip(
         self, runtime: ContainerRuntime, scratch_image: tuple[str, Callable[[str], None]], tmp_path: Path

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from rich.console import Console
 from rich.table import Table
 
 from drsvc.cli._common import App, DrsvcGroup, pass_app
+from drsvc.errors import DrsvcError
 from drsvc.units import format_bytes
 
 
@@ -84,6 +87,7 @@ def show_point(app: App, point_id: str) -> None:
         "tier_detail": tiers,
         "pool_snapshot_id": point["pool_snapshot_id"],
         "image": point["image"],
+        "held_files": _held_files(app, point, [t["tier"] for t in tiers]),
     }
 
     def render(out: Console) -> None:
@@ -99,5 +103,26 @@ def show_point(app: App, point_id: str) -> None:
                 f"{'artifact':12} {a['kind']} {a['name']}: {format_bytes(a['bytes'])} "
                 f"in {a['chunks']} chunks ({a['new_chunks']} new)"
             )
+        held = doc["held_files"] or {}
+        for f in held.get("files", ()):
+            out.print(f"{'held file':12} /{f['path']} ({format_bytes(f['size'])}, as at the freeze)")
+        for note in held.get("notes", ()):
+            out.print(f"{'held note':12} {note}")
 
     app.emit(doc, render)
+
+
+def _held_files(app: App, point: dict[str, Any], tiers: list[str]) -> dict[str, Any] | None:
+    """The manifest's record of root filesystem files read inside the freeze (None: no checkpoint,
+    or no store of the point could be read; the catalog alone answers the rest)."""
+    for tier in ("hot", "cold"):
+        if tier not in tiers:
+            continue
+        try:
+            store = app.services.hot if tier == "hot" else app.services.cold
+            manifest = store.get_manifest(point["desktop_id"], point["id"])
+        except DrsvcError:
+            continue
+        checkpoint = manifest.get("checkpoint")
+        return checkpoint.get("held_files") if isinstance(checkpoint, dict) else None
+    return None

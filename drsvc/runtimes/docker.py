@@ -38,7 +38,8 @@ Facts measured in the lab (Docker 20.10.24, containerd 1.6.20, runc 1.1.5, CRIU 
   backoff. A restore uploads its checkpoint directory the same way; a marker file unique to the
   restore keeps it from equalling containerd's copy of a checkpoint taken within the same second.
 - The rootfs diff is read right after CRIU let the container go (as Podman does), so files the
-  desktop writes in between appear in it; data belongs on the volume, not in the rootfs.
+  desktop writes in between appear in it; the files CRIU checks at restore are put back as they
+  stood at the dump by ``freeze.checkpoint_batch`` (``heldfiles``); data belongs on the volume.
 """
 
 from __future__ import annotations

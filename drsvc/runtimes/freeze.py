@@ -14,6 +14,10 @@ a hook sleeping 2 s kept a counter still for 2 s), so the hook is a rendezvous p
         fb.release()                              # CRIU resumes them; the archives stream
         ... consume the streams; fb.freeze_window(id) says how long each desktop stood still
 
+``checkpoint_batch`` is that choreography as backups run it, plus the files each frozen desktop
+holds open in its root filesystem, copied before the release and patched into its archive
+(``heldfiles``).
+
 While a checkpoint stands frozen, Podman holds that container's lock: ``inspect``, ``list`` (even
 of other containers), ``exec`` and friends block until the release or the hook's timeout
 (measured: a list during a freeze waited 8.9 s, until the 10 s timeout). Gather what the batch needs
@@ -26,17 +30,25 @@ every other checkpoint on the host passes through untouched. It never waits long
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import fcntl
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any, BinaryIO, Generic, TypeVar, cast
 
-from drsvc.errors import BackendError, InvalidInput
-from drsvc.runtimes.base import is_full_id
+from drsvc.errors import BackendError, DrsvcError, InvalidInput
+from drsvc.runtimes import heldfiles
+from drsvc.runtimes.base import ContainerRuntime, DesktopRef, is_full_id
+from drsvc.streams import IterReader
+
+T = TypeVar("T")
 
 DEFAULT_ROOT = Path("/run/drsvc/freeze")
 HOOK_NAME = "drsvc-freeze-hook"
@@ -139,6 +151,13 @@ class FreezeBatch:
                 return done
             time.sleep(poll)
 
+    def init_pid(self, container_id: str) -> int | None:
+        """Host pid of a frozen container's init, as the hook read it from CRIU (None if it did not say)."""
+        try:
+            return int((self.dir(container_id) / "init-pid").read_text())
+        except (OSError, ValueError):
+            return None
+
     def release(self) -> None:
         """Let every waiting hook return (CRIU resumes the containers); idempotent."""
         if self.released_at is not None:
@@ -164,7 +183,7 @@ class FreezeBatch:
         if not d.is_dir():
             return out
         for f in d.iterdir():
-            if f.name in ("frozen", "release", "timeout") or f.name.startswith("."):
+            if f.name in ("frozen", "release", "timeout", "init-pid") or f.name.startswith("."):
                 continue
             try:
                 out[f.name] = float(f.read_text().strip())
@@ -187,6 +206,108 @@ class FreezeBatch:
                 return None
             end = max(post, min(ends))
         return max(0.0, end - start)
+
+
+# ---------------------------------------------------------------------- a frozen batch of checkpoints
+@dataclass
+class FrozenCheckpoint(Generic[T]):
+    """What one desktop's checkpoint in a frozen batch gave."""
+
+    desktop: DesktopRef
+    value: T | None = None  # what ``consume`` returned; None when the checkpoint failed
+    error: DrsvcError | None = None
+    frozen: bool = False  # it stood frozen when ``while_frozen`` ran
+    released_early: bool = False  # the hook let it go before the release (timed out, drsvc gone)
+    freeze_window: float | None = None  # seconds its processes stood still
+    seconds: float = 0.0  # the checkpoint call, from its start until ``consume`` returned
+    held: dict[str, Any] = field(default_factory=dict)  # HeldFiles.summary() of what was read in the freeze
+
+
+def checkpoint_batch(
+    runtime: ContainerRuntime,
+    desktops: Sequence[DesktopRef],
+    consume: Callable[[DesktopRef, BinaryIO], T],
+    *,
+    while_frozen: Callable[[set[str]], None] = lambda _frozen: None,
+    freeze_timeout: float = 20.0,
+    held_budget: int = heldfiles.BUDGET,
+) -> dict[str, FrozenCheckpoint[T]]:
+    """Checkpoint ``desktops`` together and run ``while_frozen`` while all of them stand still.
+
+    The checkpoints start at once; each desktop is frozen by the hook after its memory dump. As
+    each one freezes, the files it holds in its root filesystem are copied (``heldfiles``);
+    once every desktop is frozen, or ``freeze_timeout`` has passed, ``while_frozen(frozen ids)``
+    runs (the pool snapshot) and all are released. Each archive, with its held files patched
+    in, is handed to ``consume`` in its own thread. The result maps container ids to outcomes;
+    an exception from ``while_frozen`` propagates after the release.
+    """
+    results = {d.container_id: FrozenCheckpoint[T](d) for d in desktops}
+    ready: dict[str, Future[heldfiles.HeldFiles | None]] = {cid: Future() for cid in results}
+
+    def one(r: FrozenCheckpoint[T]) -> None:
+        started = time.monotonic()
+        held: heldfiles.HeldFiles | None = None
+        try:
+            with runtime.checkpoint(r.desktop.container) as stream:
+                held = ready[r.desktop.container_id].result()  # set at the release at the latest
+                source = stream
+                if held is not None and held.files:
+                    source = cast(BinaryIO, IterReader(heldfiles.patch_archive(stream, held)))
+                r.value = consume(r.desktop, source)
+        except DrsvcError as e:
+            r.error = e
+        finally:
+            if held is not None:
+                held.close()
+            r.seconds = time.monotonic() - started
+
+    with (
+        FreezeBatch(results, timeout=freeze_timeout + 10) as batch,
+        cf.ThreadPoolExecutor(len(results), thread_name_prefix="checkpoint") as pool,
+        cf.ThreadPoolExecutor(2, thread_name_prefix="held-files") as readers,
+    ):
+        futures = {cid: pool.submit(one, r) for cid, r in results.items()}
+        captures: dict[str, Future[heldfiles.HeldFiles]] = {}
+        deadline = time.monotonic() + freeze_timeout
+        frozen: set[str] = set()
+        try:
+            while True:
+                frozen = batch.frozen()
+                for cid in frozen - captures.keys():
+                    captures[cid] = readers.submit(_read_held, batch, cid, held_budget)
+                if all(cid in frozen or f.done() for cid, f in futures.items()) or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.01)
+            while_frozen(set(frozen))
+        finally:
+            for cid, capture in captures.items():  # read before the release: only then is nothing moving
+                ready[cid].set_result(capture.result())
+            batch.release()
+            for future in ready.values():
+                if not future.done():
+                    future.set_result(None)
+        for cid, r in results.items():
+            futures[cid].result()
+            r.frozen = cid in frozen
+            r.released_early = bool({"timed-out", "owner-gone"} & set(batch.timings(cid)))
+            r.freeze_window = batch.freeze_window(cid)
+            if cid in captures:
+                held = captures[cid].result()
+                r.held = held.summary()
+                held.close()  # consumed by `one` already, unless its checkpoint failed first
+    return results
+
+
+def _read_held(batch: FreezeBatch, container_id: str, budget: int) -> heldfiles.HeldFiles:
+    pid = batch.init_pid(container_id)
+    if pid is None:
+        return heldfiles.HeldFiles(
+            notes=["root filesystem files not read: the freeze hook gave no init pid (update it)"]
+        )
+    try:
+        return heldfiles.capture(pid, budget=budget)
+    except Exception as e:  # never let reading fail a checkpoint: it is as it was without
+        return heldfiles.HeldFiles(notes=[f"root filesystem files not read: {e}"])
 
 
 # ---------------------------------------------------------------------- installation

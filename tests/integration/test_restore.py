@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from counting import counted_past
-from runtime_suite import read_counter
+from runtime_suite import read_counter, start_growing
 
 from drsvc.catalog import Catalog
 from drsvc.chunks import StreamRef, chunk_key
@@ -96,6 +96,37 @@ def test_restore_as_a_clone_runs_beside_the_original(drsvc_env, make_fleet):
         assert read_counter(runtime, desktop)[0] > original_before  # the original never stopped
         manifest = services.hot.get_manifest(desktop, result.json()["point_id"])
         assert _digests(services, clone_ref.volume) == {o["name"]: o["digest"] for o in manifest["volume"]["objects"]}
+    finally:
+        runtime.remove(clone)
+        services.volume(f"rados://desktops/{clone}").purge()
+
+
+def test_a_desktop_resizing_a_root_filesystem_file_all_the_time_is_restored(drsvc_env, make_fleet):
+    """A journal written without pause in the container's own filesystem: the point restores.
+
+    CRIU refuses a file whose size differs from the dump's, and the runtime reads the root
+    filesystem after the dump; drsvc copies such files inside the freeze (heldfiles).
+    """
+    [desktop] = make_fleet(1)
+    services = drsvc_env.services()
+    runtime = services.runtime
+    start_growing(runtime, desktop, "/root/journal")
+    backup = drsvc_env.cli("--json", "backup", desktop)
+    assert backup.code == 0, backup.output
+    [result] = backup.json()["results"]
+    assert result["consistency"] == "paired", result
+    [journal] = [f for f in result["held"]["files"] if f["path"] == "root/journal"]
+    manifest = services.hot.get_manifest(desktop, result["point_id"])
+    assert manifest["checkpoint"]["held_files"] == result["held"]
+    shown = drsvc_env.cli("--json", "points", "show", result["point_id"])
+    assert shown.code == 0 and shown.json()["held_files"] == result["held"], shown.output
+    clone = f"{desktop}-journal"
+    restored = drsvc_env.cli("--json", "restore", desktop, "--as", clone)
+    try:
+        assert restored.code == 0, restored.output
+        assert restored.json()["point_id"] == result["point_id"]
+        code, out = runtime.exec(clone, ["sh", "-c", "wc -c </root/journal"])
+        assert code == 0 and int(out) >= journal["size"] > 0  # the clone's writer goes on from the dump
     finally:
         runtime.remove(clone)
         services.volume(f"rados://desktops/{clone}").purge()

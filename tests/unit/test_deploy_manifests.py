@@ -89,9 +89,21 @@ def test_node_agent_template_mounts_what_the_agent_needs() -> None:
     job = load_template(DEPLOY / "node-agent-job.yaml")
     spec = job["spec"]["template"]["spec"]
     host = {v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
-    assert {"/var/lib/kubelet/checkpoints", "/run/drsvc/freeze", "/etc/criu", "/usr/local/lib/drsvc"} <= host
+    assert {
+        "/var/lib/kubelet/checkpoints",
+        "/run/drsvc/freeze",
+        "/etc/criu",
+        "/usr/local/lib/drsvc",
+        "/var/lib/containers/storage",
+    } <= host
     mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
-    assert {"/var/lib/kubelet/checkpoints", "/run/drsvc/freeze", "/var/lib/drsvc"} <= mounts
+    assert {
+        "/var/lib/kubelet/checkpoints",
+        "/run/drsvc/freeze",
+        "/var/lib/drsvc",
+        "/var/lib/containers/storage",
+    } <= mounts
+    assert spec["hostPID"] is True  # held files are read from the host's /proc
     cron = next(d for _, d in documents() if d["kind"] == "CronJob")
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == ["--json", "run", "--once"]

@@ -30,11 +30,13 @@ def cgroup_file(tmp_path: Path, cid: str, style: str = "podman-v1") -> Path:
 
 
 def hook(
-    action: str, root: Path, cgroup: Path | None, *, wait: bool = True
+    action: str, root: Path, cgroup: Path | None, *, wait: bool = True, init_pid: str | None = None
 ) -> subprocess.Popen[bytes] | subprocess.CompletedProcess[bytes]:
     env = {"PATH": "/usr/bin:/bin", "CRTOOLS_SCRIPT_ACTION": action, "DRSVC_FREEZE_ROOT": str(root)}
     if cgroup is not None:
         env["DRSVC_FREEZE_CGROUP_FILE"] = str(cgroup)
+    if init_pid is not None:
+        env["CRTOOLS_INIT_PID"] = init_pid
     if wait:
         return subprocess.run([str(HOOK)], env=env, capture_output=True, timeout=20)
     return subprocess.Popen([str(HOOK)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -91,9 +93,11 @@ def test_post_dump_waits_until_release(tmp_path: Path) -> None:
         for action in ("pre-dump", "network-lock"):
             assert timed(action, fb.root, cg)[0] == 0
         assert fb.frozen() == set()
-        p = hook("post-dump", fb.root, cg, wait=False)
+        assert fb.init_pid(CID) is None
+        p = hook("post-dump", fb.root, cg, wait=False, init_pid="4242")
         assert isinstance(p, subprocess.Popen)
         assert fb.wait_frozen(timeout=5) == {CID}
+        assert fb.init_pid(CID) == 4242  # written before `frozen`: drsvc reads the tree's files
         time.sleep(0.3)
         assert p.poll() is None, "the hook must hold post-dump until release"
         t = time.monotonic()
@@ -107,6 +111,16 @@ def test_post_dump_waits_until_release(tmp_path: Path) -> None:
         assert set(fb.timings(CID)) == {"pre-dump", "network-lock", "post-dump", "network-unlock"}
     assert not fb.dir(CID).exists()
     assert fb.freeze_window(CID) == window  # kept after cleanup
+
+
+def test_post_dump_writes_no_init_pid_it_cannot_trust(tmp_path: Path) -> None:
+    cg = cgroup_file(tmp_path, CID)
+    with FreezeBatch([CID], root=tmp_path / "freeze", timeout=20) as fb:
+        p = hook("post-dump", fb.root, cg, wait=False, init_pid="12; rm -rf /")
+        assert fb.wait_frozen(timeout=5) == {CID}
+        assert fb.init_pid(CID) is None and not (fb.dir(CID) / "init-pid").exists()
+        fb.release()
+        assert isinstance(p, subprocess.Popen) and p.wait(5) == 0
 
 
 def test_post_dump_gives_up_at_the_timeout(tmp_path: Path) -> None:
