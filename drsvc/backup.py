@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
+import json
 import secrets
 import time
 from collections import defaultdict
@@ -473,7 +474,9 @@ class BackupJob:
         with self.catalog.transaction():
             self.catalog.add_artifact(self._artifact(outcome.point_id, "volume", d.volume, volume_ref))
             if archive is not None:
-                self.catalog.add_artifact(self._artifact(outcome.point_id, "checkpoint", d.container, archive))
+                self.catalog.add_artifact(
+                    self._artifact(outcome.point_id, "checkpoint", d.container, archive, held=outcome.held)
+                )
             self.catalog.set_tier(outcome.point_id, "hot", self.hot.store.url, stored_bytes=outcome.new_bytes)
             self.catalog.update_point(
                 outcome.point_id,
@@ -487,7 +490,9 @@ class BackupJob:
             )
 
     @staticmethod
-    def _artifact(point_id: str, kind: str, name: str, ref: StreamRef) -> dict[str, Any]:
+    def _artifact(
+        point_id: str, kind: str, name: str, ref: StreamRef, *, held: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         return {
             "point_id": point_id,
             "kind": kind,
@@ -497,6 +502,7 @@ class BackupJob:
             "new_chunks": ref.stats.chunks_new,
             "new_bytes": ref.stats.bytes_new_stored,
             "digest": ref.hash,
+            "held_files": json.dumps(held) if held else None,
         }
 
     def _ensure_image(self, d: DesktopRef) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ of a copy whose manifest is gone from its configured store is dropped (the point
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -231,6 +232,7 @@ def _add_point(catalog: Any, pid: str, manifest: dict[str, Any], snap_id: int | 
             "completed_at": manifest["taken_at"],
         }
     )
+    held = checkpoint.get("held_files") if isinstance(checkpoint, dict) else None
     for kind, name, ref in refs:
         catalog.add_artifact(
             {
@@ -240,6 +242,7 @@ def _add_point(catalog: Any, pid: str, manifest: dict[str, Any], snap_id: int | 
                 "bytes": ref.size,
                 "chunks": len(ref.chunks),
                 "digest": ref.hash,
+                "held_files": json.dumps(held) if kind == "checkpoint" and held else None,
             }
         )
 

@@ -39,6 +39,10 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
+# what backup records of a checkpoint's root filesystem files read inside the freeze (heldfiles)
+HELD_FILES = {"files": [{"path": "tmp/held", "size": 12}], "notes": []}
+
+
 @dataclass
 class ColdKit:
     root: Path
@@ -176,7 +180,7 @@ class ColdKit:
                 "objects": listed,
                 "stream": vol.to_dict(),
             },
-            "checkpoint": {"stream": ckpt.to_dict()} if ckpt else None,
+            "checkpoint": {"stream": ckpt.to_dict(), "held_files": HELD_FILES} if ckpt else None,
             "image": image_doc,
         }
         hot.put_manifest(desktop, point_id, manifest)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import json
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from drsvc.cli._common import App, DrsvcGroup, pass_app
-from drsvc.errors import DrsvcError
 from drsvc.units import format_bytes
 
 
@@ -80,6 +79,8 @@ def show_point(app: App, point_id: str) -> None:
     """Show one recovery point (an unambiguous id prefix is enough)."""
     point = app.catalog.point(point_id)
     artifacts = app.catalog.artifacts(point["id"])
+    for a in artifacts:
+        a["held_files"] = json.loads(a["held_files"]) if a.get("held_files") else None
     tiers = app.catalog.query("SELECT * FROM point_tiers WHERE point_id = ? ORDER BY tier DESC", [point["id"]])
     doc = {
         **point_document(point),
@@ -87,7 +88,7 @@ def show_point(app: App, point_id: str) -> None:
         "tier_detail": tiers,
         "pool_snapshot_id": point["pool_snapshot_id"],
         "image": point["image"],
-        "held_files": _held_files(app, point, [t["tier"] for t in tiers]),
+        "held_files": next((a["held_files"] for a in artifacts if a["kind"] == "checkpoint"), None),
     }
 
     def render(out: Console) -> None:
@@ -110,19 +111,3 @@ def show_point(app: App, point_id: str) -> None:
             out.print(f"{'held note':12} {note}")
 
     app.emit(doc, render)
-
-
-def _held_files(app: App, point: dict[str, Any], tiers: list[str]) -> dict[str, Any] | None:
-    """The manifest's record of root filesystem files read inside the freeze (None: no checkpoint,
-    or no store of the point could be read; the catalog alone answers the rest)."""
-    for tier in ("hot", "cold"):
-        if tier not in tiers:
-            continue
-        try:
-            store = app.services.hot if tier == "hot" else app.services.cold
-            manifest = store.get_manifest(point["desktop_id"], point["id"])
-        except DrsvcError:
-            continue
-        checkpoint = manifest.get("checkpoint")
-        return checkpoint.get("held_files") if isinstance(checkpoint, dict) else None
-    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -10,7 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
-from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture, used through pytestmark)
+from coldkit import HELD_FILES, ColdKit, aws  # noqa: F401  (aws: the fixture, used through pytestmark)
 
 from drsvc import clock
 from drsvc.catalog import Catalog
@@ -188,6 +189,10 @@ def test_rebuild_restores_identical_points_after_the_catalog_is_lost(kit: ColdKi
         d["id"]: (d["container"], d["volume"], d["tenant"], d["labels"]) for d in catalog.desktops()
     } == desktops_before
     assert {a["kind"] for a in catalog.artifacts(kit.a1)} == {"volume", "checkpoint"}
+    held = {a["kind"]: a["held_files"] for a in catalog.artifacts(kit.a1)}
+    assert json.loads(held["checkpoint"]) == HELD_FILES and held["volume"] is None
+    shown = run_cli("--config", str(kit.root / "drsvc.toml"), "--json", "points", "show", kit.a1)
+    assert shown.json()["held_files"] == HELD_FILES
     catalog.close()
     again = run_cli("--config", str(kit.root / "drsvc.toml"), "--json", "catalog", "rebuild")
     assert again.json()["points_added"] == [] and again.json()["points_present"] == 3
