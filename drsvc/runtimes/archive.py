@@ -104,11 +104,9 @@ def member_header(template: tarfile.TarInfo, name: str, size: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
-def file_member(name: str, data: bytes, *, mode: int = 0o600, mtime: float = 0) -> bytes:
-    """A whole regular-file member (header, data, padding)."""
-    info = tarfile.TarInfo(name)
-    info.mode, info.mtime = mode, int(mtime)
-    return member_header(info, name, len(data)) + data + b"\0" * (-len(data) % BLOCK)
+def file_member(template: tarfile.TarInfo, name: str, data: bytes) -> bytes:
+    """A whole regular-file member (header with ``template``'s attributes, data, padding)."""
+    return member_header(template, name, len(data)) + data + b"\0" * (-len(data) % BLOCK)
 
 
 def stream_member(template: tarfile.TarInfo, name: str, size: int, source: BinaryIO) -> Iterator[bytes]:
@@ -142,12 +140,11 @@ def rewrite_archive(
             data = walker.read(m.info.size)
             editor = edits[m.name]
             if editor is not None:
-                new = editor(data)
-                yield member_header(m.info, m.name, len(new)) + new + b"\0" * (-len(new) % BLOCK)
+                yield file_member(m.info, m.name, editor(data))
         else:
             yield m.raw
             yield from walker.data()
-    extra = [file_member(name, data, mtime=time.time()) for name, data in append]
+    extra = [file_member(_new_file(name), name, data) for name, data in append]
     if extra:
         if not walker.ended:
             raise BackendError("checkpoint archive ends without an end-of-archive marker (truncated?)")
@@ -165,6 +162,12 @@ def read_exact(src: BinaryIO, n: int) -> bytes:
             break
         buf += block
     return bytes(buf)
+
+
+def _new_file(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.mode, info.mtime = 0o600, int(time.time())
+    return info
 
 
 def _padded(size: int) -> int:

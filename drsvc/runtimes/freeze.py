@@ -286,15 +286,16 @@ def checkpoint_batch(
             for future in ready.values():
                 if not future.done():
                     future.set_result(None)
-        for cid, r in results.items():
-            futures[cid].result()
-            r.frozen = cid in frozen
-            r.released_early = bool({"timed-out", "owner-gone"} & set(batch.timings(cid)))
-            r.freeze_window = batch.freeze_window(cid)
-            if cid in captures:
-                held = captures[cid].result()
-                r.held = held.summary()
-                held.close()  # consumed by `one` already, unless its checkpoint failed first
+    # every checkpoint has ended; the batch kept each desktop's timings when it cleaned up
+    for cid, r in results.items():
+        futures[cid].result()
+        r.frozen = cid in frozen
+        r.released_early = bool({"timed-out", "owner-gone"} & set(batch.timings(cid)))
+        r.freeze_window = batch.freeze_window(cid)
+        if cid in captures:
+            held = captures[cid].result()
+            r.held = held.summary()
+            held.close()  # consumed by `one` already, unless its checkpoint failed first
     return results
 
 

@@ -242,34 +242,36 @@ def patch_archive(src: BinaryIO, held: HeldFiles) -> Iterator[bytes]:
     for m in walker:
         if m.name == ROOTFS_DIFF and m.info.isfile() and held.files:
             seen_diff = True
-            with tempfile.TemporaryFile() as old, tempfile.TemporaryFile() as new:
+            with tempfile.TemporaryFile() as old:
                 for block in walker.data():
                     old.write(block)
                 old.seek(0)
-                _patch_rootfs_diff(old, new, held)
-                size = new.tell()
-                new.seek(0)
-                yield from stream_member(m.info, m.name, size, new)
+                yield from _rootfs_diff_member(m.info, old, held)
         elif m.name == DELETED_FILES and m.info.isfile() and held.files:
             gone = json.loads(walker.read(m.info.size) or b"[]") or []
             kept = [p for p in gone if str(p).lstrip("/") not in held.files]
-            yield file_member(m.name, json.dumps(kept).encode(), mode=m.info.mode, mtime=m.info.mtime)
+            yield file_member(m.info, m.name, json.dumps(kept).encode())
         else:
             yield m.raw
             yield from walker.data()
     if held.files and not seen_diff:  # the runtime found no changes left: the held files are the diff
-        with tempfile.TemporaryFile() as new:
-            _patch_rootfs_diff(None, new, held)
-            size = new.tell()
-            new.seek(0)
-            template = tarfile.TarInfo(ROOTFS_DIFF)
-            template.mode = 0o600
-            yield from stream_member(template, ROOTFS_DIFF, size, new)
+        template = tarfile.TarInfo(ROOTFS_DIFF)
+        template.mode = 0o600
+        yield from _rootfs_diff_member(template, None, held)
     yield from walker.end()
 
 
+def _rootfs_diff_member(template: tarfile.TarInfo, old: BinaryIO | None, held: HeldFiles) -> Iterator[bytes]:
+    """The ``rootfs-diff.tar`` member: ``old`` (a tar of the writable layer, or none) with the held
+    files replaced or added, spooled first (its size goes into the header)."""
+    with tempfile.TemporaryFile() as new:
+        _patch_rootfs_diff(old, new, held)
+        size = new.tell()
+        new.seek(0)
+        yield from stream_member(template, ROOTFS_DIFF, size, new)
+
+
 def _patch_rootfs_diff(old: BinaryIO | None, new: BinaryIO, held: HeldFiles) -> None:
-    """Write ``old`` (a tar of the writable layer) to ``new`` with the held files replaced or added."""
     pending = dict(held.files)
     with tarfile.open(fileobj=new, mode="w", format=tarfile.PAX_FORMAT) as out:
         if old is not None:
