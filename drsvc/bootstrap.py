@@ -13,11 +13,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from drsvc import data
 from drsvc.catalog import Catalog
 from drsvc.config import load_config
 from drsvc.crypto import generate_key_file
 
-SHIPPED_POLICIES = Path(__file__).resolve().parent.parent / "policies"
+SHIPPED_POLICIES = data.path("policies")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The catalog: every desktop, recovery point, job, tier move, drill and lease, in SQLite.
 
-Schema changes are ordered SQL files under ``catalog/`` (``NNN_name.sql``), applied in order,
-each in its own transaction, recorded in ``schema_migrations`` and ``PRAGMA user_version``.
+Schema changes are ordered SQL files shipped in the package (``drsvc/data/migrations/NNN_name.sql``,
+numbered without gaps), applied in order, each in its own transaction, recorded in
+``schema_migrations`` and ``PRAGMA user_version``.
 The connection runs in WAL mode with foreign keys on. Multi-row changes go through
 ``transaction()``. The catalog is a record, not the source of truth: every point can be rebuilt
 from the manifests in the stores (``drsvc catalog rebuild``).
@@ -24,10 +25,10 @@ from typing import Any
 
 import sqlite_utils
 
-from drsvc import clock
+from drsvc import clock, data
 from drsvc.errors import BackendError, NotFound
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "catalog"
+MIGRATIONS_DIR = data.path("migrations")
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 POINT_STATUSES = ("pending", "complete", "failed", "expired")

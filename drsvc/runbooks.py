@@ -1,11 +1,11 @@
-"""Incident runbooks: the Markdown files under ``runbooks/``, found, listed and parsed.
+"""Incident runbooks: the Markdown files shipped in ``drsvc/data/runbooks/``, found, listed and parsed.
 
 A runbook is ``runbooks/<name>.md``; its first ``# `` heading is its title and the first
 paragraph after it its summary. The commands an operator types are in fenced ``sh`` blocks; the
 test suite checks that every ``drsvc ...`` line there names a command and options that exist.
 
-Where the runbooks are: ``$DRSVC_RUNBOOKS`` when set, else ``runbooks/`` next to the package (a
-checkout or an editable install, like ``catalog/``), else ``/usr/share/drsvc/runbooks``.
+Where the runbooks are: ``$DRSVC_RUNBOOKS`` when set (a site's own runbooks), else the ones shipped
+inside the package (``runbooks/`` at the top of a checkout is a symlink to them).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from drsvc import data
 from drsvc.errors import NotFound
 
 __all__ = ["Runbook", "argv", "commands_in", "find", "runbook_dir", "runbooks"]
 
 _FENCE = re.compile(r"^```(\S*)\s*$")
 _SHELLS = ("sh", "bash", "shell", "console")
-_SEARCH = (Path(__file__).resolve().parent.parent / "runbooks", Path("/usr/share/drsvc/runbooks"))
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,7 @@ def runbook_dir() -> Path:
     override = os.environ.get("DRSVC_RUNBOOKS")
     if override:
         return Path(override)
-    for candidate in _SEARCH:
-        if candidate.is_dir():
-            return candidate
-    return _SEARCH[0]
+    return data.path("runbooks")
 
 
 def _parse(path: Path) -> Runbook:

@@ -35,6 +35,7 @@ from typing import Any, cast
 import yaml
 
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BackendError, ConfigError, DrsvcError
+from drsvc.optional import require
 from drsvc.runtimes.base import DesktopRef
 
 DEFAULT_TEMPLATE = "/etc/drsvc/node-agent/job.yaml"
@@ -85,7 +86,7 @@ class KubernetesExecutor:
         watch_seconds: int = 60,
         on_event: Callable[..., None] | None = None,
     ) -> None:
-        import kubernetes.client as kclient
+        kclient = require("kubernetes.client", "kubernetes", "the Kubernetes executor")
 
         self.namespace = namespace
         self.template = template

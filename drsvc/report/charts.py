@@ -14,6 +14,8 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+from drsvc.optional import require
+
 INK = "#1f2933"
 PASS = "#2f855a"
 FAIL = "#c53030"
@@ -54,15 +56,13 @@ def _svg(fig: Any, prefix: str) -> str:
 
 
 def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure  # heavy: only when a chart is drawn
-
-    return Figure(figsize=(width, height), layout="constrained")
+    figure = require("matplotlib.figure", "report", "report charts")  # heavy: only when a chart is drawn
+    return figure.Figure(figsize=(width, height), layout="constrained")
 
 
 def _style() -> Any:
-    import matplotlib
-
-    return matplotlib.rc_context(_STYLE)  # type: ignore[arg-type]  # keys are a Literal union in the stubs
+    matplotlib = require("matplotlib", "report", "report charts")
+    return matplotlib.rc_context(_STYLE)
 
 
 def _rto_results(doc: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import jinja2
-from markupsafe import Markup
+from typing import TYPE_CHECKING, Any
 
 from drsvc import clock
 from drsvc.errors import InvalidInput, MissingDependency
+from drsvc.optional import require
 from drsvc.units import format_bytes
 
-__all__ = ["FORMATS", "findings", "render", "render_html", "render_markdown", "render_pdf"]
+if TYPE_CHECKING:
+    import jinja2
+
+__all__ = ["FORMATS", "default_filename", "findings", "render", "render_html", "render_markdown", "render_pdf"]
 
 FORMATS = ("html", "pdf", "md")
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -170,6 +171,7 @@ def _md_cell(value: Any) -> str:
 
 
 def _environment(*, html: bool) -> jinja2.Environment:
+    jinja2 = require("jinja2", "report", "rendering the report as HTML, PDF or Markdown")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=html,
@@ -199,6 +201,8 @@ def _context(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def render_html(doc: Mapping[str, Any]) -> str:
+    from markupsafe import Markup  # installed with jinja2, which _environment requires first
+
     from drsvc.report.charts import all_charts
 
     env = _environment(html=True)
@@ -217,7 +221,7 @@ def render_pdf(doc: Mapping[str, Any], html: str | None = None) -> bytes:
         import weasyprint
     except ImportError as e:  # the Python package missing, or Pango (a Debian library) missing
         raise MissingDependency(
-            f"PDF reports need WeasyPrint and Pango ({e}): pip install weasyprint; "
+            f"PDF reports need WeasyPrint and Pango ({e}): pip install 'drsvc[report]'; "
             "apt-get install -y libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core",
         ) from None
     except OSError as e:
@@ -250,4 +254,5 @@ def render(doc: Mapping[str, Any], fmt: str) -> bytes:
 
 
 def default_filename(doc: Mapping[str, Any], fmt: str) -> str:
+    """``drsvc-dr-report-2026Q4.pdf``."""
     return f"drsvc-dr-report-{doc['quarter']['name']}.{fmt}"

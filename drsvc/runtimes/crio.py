@@ -58,7 +58,8 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
-from drsvc.errors import BackendError, DrsvcError, InvalidInput, MissingDependency, NotFound
+from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
+from drsvc.optional import require
 from drsvc.runtimes import freeze
 from drsvc.runtimes.archive import rewrite_archive
 from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, is_full_id
@@ -130,11 +131,7 @@ _URL_OPTIONS = (
 
 
 def _client() -> Any:
-    try:
-        import kubernetes.client as kclient
-    except ModuleNotFoundError as e:  # pragma: no cover - a declared dependency
-        raise MissingDependency("the crio:// runtime needs the kubernetes client: pip install kubernetes") from e
-    return kclient
+    return require("kubernetes.client", "kubernetes", "the crio:// runtime")
 
 
 def _load_configuration(kubeconfig: str | None, context: str | None) -> Any:

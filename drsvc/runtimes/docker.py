@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
+from drsvc.optional import require
 from drsvc.runtimes import freeze
 from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, probe_tcp_in_netns, with_criu_log
 from drsvc.streams import IterReader
@@ -107,7 +108,7 @@ class DockerRuntime:
         """The SDK's low-level client (created on first use, so opening never touches the socket)."""
         with self._lock:
             if self._api is None:
-                import docker
+                docker = require("docker", "docker")
 
                 try:
                     self._api = docker.APIClient(

@@ -43,6 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Generic, TypeVar, cast
 
+from drsvc import data
 from drsvc.errors import BackendError, DrsvcError, InvalidInput
 from drsvc.runtimes import heldfiles
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef, is_full_id
@@ -331,12 +332,13 @@ def hook_installed(conf: str | os.PathLike[str] = RUNC_CONF) -> bool:
 
 
 def hook_source() -> Path:
-    """The hook script shipped with drsvc (``deploy/criu/drsvc-freeze-hook``)."""
-    here = Path(__file__).resolve()
-    candidates = [
-        here.parents[2] / "deploy" / "criu" / HOOK_NAME,  # source checkout
-        Path(os.environ.get("DRSVC_SHARE", "/usr/share/drsvc")) / "criu" / HOOK_NAME,  # packaged
-    ]
+    """The hook script shipped with drsvc (``drsvc/data/criu/drsvc-freeze-hook``; ``deploy/criu/`` in a checkout).
+
+    ``$DRSVC_SHARE/criu/`` is looked at first, for distribution packages that keep it apart.
+    """
+    candidates = [data.path("criu", HOOK_NAME)]
+    if os.environ.get("DRSVC_SHARE"):
+        candidates.insert(0, Path(os.environ["DRSVC_SHARE"]) / "criu" / HOOK_NAME)
     for c in candidates:
         if c.is_file():
             return c

@@ -12,7 +12,7 @@ import pytest
 from drsvc.errors import InvalidInput
 from drsvc.runtimes.freeze import FreezeBatch, hook_installed, install_hook
 
-HOOK = Path(__file__).resolve().parents[2] / "deploy" / "criu" / "drsvc-freeze-hook"
+HOOK = Path(__file__).resolve().parents[2] / "drsvc" / "data" / "criu" / "drsvc-freeze-hook"
 CID = "a" * 40 + "0123456789abcdef01234567"
 CID2 = "b" * 64
 

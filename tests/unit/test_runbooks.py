@@ -113,7 +113,7 @@ def test_the_checker_catches_what_it_should():
 
 def test_all_runbooks_exist_and_have_their_sections():
     books = {b.name: b for b in runbooks()}
-    assert runbook_dir() == Path(__file__).resolve().parents[2] / "runbooks"
+    assert runbook_dir() == Path(__file__).resolve().parents[2] / "drsvc" / "data" / "runbooks"
     assert set(books) >= EXPECTED, f"missing runbooks: {EXPECTED - set(books)}"
     for name, book in books.items():
         text = book.text
