@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from drsvc import clock
+from drsvc import clock, faults
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, NotFound
@@ -283,6 +283,7 @@ class BackupJob:
                         "image": d.image_id,
                     }
                 )
+        faults.point("after-pending")
         want_memory = policy is None or (policy.capture.checkpoint and policy.capture.consistency == "paired")
         if want_memory and not hook_installed():
             for o in outcomes.values():
@@ -303,6 +304,7 @@ class BackupJob:
         else:
             self.on_event("snapshot", pool=pool_url, name=snap)
             volumes.create(snap)
+            faults.point("after-snapshot")
         snapshot_row = self._record_snapshot(pool_url, snap, taken_at, job_id)
         report.pool_snapshots.append(snap)
         self.catalog.execute(
@@ -336,6 +338,7 @@ class BackupJob:
         def snapshot(frozen: set[str]) -> None:
             self.on_event("snapshot", name=snap, frozen=sorted(by_container[c] for c in frozen))
             volumes.create(snap)
+            faults.point("after-snapshot")
 
         self.on_event("freeze", desktops=[d.desktop_id for d in batch])
         results = checkpoint_batch(
@@ -466,8 +469,10 @@ class BackupJob:
         if archive is None:
             outcome.consistency = "crash"
             outcome.reason = outcome.reason or "no checkpoint"
+        faults.point("before-manifest")
         self.lease.check()  # the fence: never commit under a lease someone else now holds
         self.hot.put_manifest(d.desktop_id, outcome.point_id, manifest)
+        faults.point("after-manifest")
         sizes = [volume_ref] + ([archive] if archive else [])
         outcome.bytes = sum(r.size for r in sizes)
         outcome.new_bytes = sum(r.stats.bytes_new_stored for r in sizes)

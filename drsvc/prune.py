@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from drsvc import clock
+from drsvc import clock, faults
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef, index_key, pack_key
 from drsvc.errors import NotFound
@@ -158,10 +158,12 @@ class PruneJob:
                 self.catalog.drop_tier(decision.point_id, "hot")
                 if not self.catalog.point(decision.point_id)["tiers"]:
                     self.catalog.update_point(decision.point_id, status="expired")
+            faults.point("prune-after-drop")
             self.on_event("dropped", decision=decision)
         for snap in self._unreferenced_snapshots(set()):
             self._check_lease()
             self.services.snapshots(snap["pool"]).remove(snap["name"])
+            faults.point("prune-after-snapshot-removed")
             self.catalog.execute(
                 "UPDATE pool_snapshots SET removed_at = ? WHERE id = ?",
                 [clock.to_iso(clock.now()), snap["id"]],

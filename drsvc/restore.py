@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from drsvc import clock
+from drsvc import clock, faults
 from drsvc.backup import IMAGES, image_key
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
@@ -339,6 +339,7 @@ class RestoreJob:
                 fetched = pool.submit(self._fetch, plan, result, store, spool_dir) if checkpoint else None
                 with self._phase(result, "volume"):
                     self._restore_volume(plan, store, verify=verify, result=result)
+                faults.point("after-restore-volume")
                 archive = fetched.result() if fetched else None
             if archive is None:
                 result.checks["container"] = "not restored: crash-consistent point (volume only)"
@@ -346,6 +347,7 @@ class RestoreJob:
             with self._phase(result, "container"):
                 if plan.container_state is not None:
                     runtime.remove(plan.name)
+                    faults.point("after-container-removed")
                 labels = None
                 if plan.as_name:
                     labels = {
@@ -372,6 +374,7 @@ class RestoreJob:
                             raise
                         runtime.remove(plan.name)
                         result.checks["container_retry"] = f"first restore attempt failed: {str(e)[:200]}"
+                faults.point("after-clone-created")
             with self._phase(result, "health"):
                 self._health(plan, restored, result)
         finally:

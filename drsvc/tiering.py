@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from drsvc import clock
+from drsvc import clock, faults
 from drsvc.backup import IMAGES, chunk_objects, image_record_id
 from drsvc.catalog import Catalog
 from drsvc.chunks import MANIFESTS_PREFIX, ChunkStore, chunk_key, index_key, pack_key
@@ -355,6 +355,7 @@ class TierJob:
                 blobs(), storage_class=storage_class, retain_until=pack_until, object_of=object_of
             )
             fresh = [pack_key(i.pack_id) for i in written] + [index_key(i.pack_id) for i in written]
+            faults.point("tier-after-packs")
             cold_ids.update(owner)
             for index in written:
                 for cid, stored in index.stored_bytes().items():
@@ -386,6 +387,7 @@ class TierJob:
             except BaseException:
                 self._finish_move(point.move_id, point.move, "failed")
                 raise
+            faults.point("tier-before-commit")
             point.move.status = "done"
             point.move.seconds = round(time.monotonic() - started, 3)
             with self.catalog.transaction():

@@ -43,7 +43,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Generic, TypeVar, cast
 
-from drsvc import data
+from drsvc import data, faults
 from drsvc.errors import BackendError, DrsvcError, InvalidInput
 from drsvc.runtimes import heldfiles
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef, is_full_id
@@ -279,6 +279,7 @@ def checkpoint_batch(
                 if all(cid in frozen or f.done() for cid, f in futures.items()) or time.monotonic() >= deadline:
                     break
                 time.sleep(0.01)
+            faults.point("after-freeze")
             while_frozen(set(frozen))
         finally:
             for cid, capture in captures.items():  # read before the release: only then is nothing moving
@@ -287,6 +288,7 @@ def checkpoint_batch(
             for future in ready.values():
                 if not future.done():
                     future.set_result(None)
+        faults.point("after-release")
     # every checkpoint has ended; the batch kept each desktop's timings when it cleaned up
     for cid, r in results.items():
         futures[cid].result()

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from drsvc import faults
 from drsvc.errors import BackendError, InvalidInput, NotFound
 from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map
 
@@ -45,6 +46,7 @@ class FileStore(StoreBase):
         self, key: str, data: bytes, *, storage_class: str | None = None, retain_until: datetime | None = None
     ) -> None:
         """Write (or atomically replace) one object."""
+        faults.point("mid-upload")
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
         try:

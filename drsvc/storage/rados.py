@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from drsvc import ceph
+from drsvc import ceph, faults
 from drsvc.errors import BackendError, InvalidInput, NotFound
 from drsvc.storage.base import StoreBase, check_key, check_prefix, split_store_url
 
@@ -72,6 +72,7 @@ class RadosStore(StoreBase):
         """Write (or atomically replace) one object."""
         oid = self._oid(key)
         self._check_size(key, data)
+        faults.point("mid-upload")
         with ceph.ceph_errors(f"rados put {self.pool}/{oid}"):
             self._ioctx.write_full(oid, bytes(data))
 
@@ -103,6 +104,7 @@ class RadosStore(StoreBase):
                 while inflight and (len(inflight) >= self._window or inflight_bytes + len(data) > self._window_bytes):
                     reap()
                 payload = bytes(data)
+                faults.point("mid-upload")
                 with ceph.ceph_errors(f"rados put {self.pool}/{oid}"):
                     comp = self._ioctx.aio_write_full(oid, payload)
                 inflight.append((oid, len(payload), comp))

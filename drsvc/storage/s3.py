@@ -36,6 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+from drsvc import faults
 from drsvc.errors import BackendError, InvalidInput, MissingDependency, NotFound
 from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map, split_store_url
 
@@ -288,6 +289,7 @@ class S3Store(StoreBase):
         return args
 
     def _put(self, oid: str, key: str, data: bytes, args: dict[str, Any]) -> None:
+        faults.point("mid-upload")
         try:
             if len(data) > self._multipart_threshold:
                 self._client.upload_fileobj(_ViewReader(data), self.bucket, oid, ExtraArgs=args, Config=self._transfer)

@@ -38,7 +38,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC
 from typing import Any
 
-from drsvc import ceph
+from drsvc import ceph, faults
 from drsvc.errors import BackendError, IntegrityError, InvalidInput, NotFound
 from drsvc.volumes.base import (
     READ_SIZE,
@@ -574,6 +574,7 @@ class RadosVolume:
         self._remove_many(io, [n for n in self._names(io) if n not in wanted])
 
         def roll(name: str) -> None:
+            faults.point("mid-restore-volume")
             try:
                 io.snap_rollback(name, snap_name)
             except rados.Error as e:
@@ -621,6 +622,7 @@ class RadosVolume:
             for obj, chunks in items:
                 if not obj.name or obj.name in written:
                     raise InvalidInput(f"write to {self.url}: empty or repeated object name {obj.name!r}")
+                faults.point("mid-restore-volume")
                 pieces = _coalesce(chunks, READ_SIZE)
                 first = next(pieces, b"")
                 room(len(first))
