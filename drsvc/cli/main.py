@@ -10,11 +10,38 @@ from pathlib import Path
 import click
 
 from drsvc import __version__
+from drsvc.cli import COMMANDS, load
 from drsvc.cli._common import App, DrsvcGroup
 from drsvc.errors import EXIT_FAILED, EXIT_INVALID, DrsvcError
 
 
-@click.group(cls=DrsvcGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(DrsvcGroup):
+    """The ``drsvc`` group: subcommands from ``drsvc.cli.COMMANDS``, each imported when first used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            self.add_command(load(cmd_name), cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list with the registry's help lines, so ``--help`` imports no command."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            # a stand-in carrying the registry's line is shortened exactly as the real command would be
+            command = self.commands.get(name) or click.Command(name, help=COMMANDS[name][1])
+            rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -36,16 +63,8 @@ def cli(ctx: click.Context, config_path: Path | None, json_output: bool) -> None
     ctx.call_on_close(app.close)
 
 
-def _register() -> None:
-    from drsvc.cli import commands
-
-    for command in commands():
-        cli.add_command(command)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and map every DrsvcError to its exit code."""
-    _register()
     json_output = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
         # Commands return an exit code when they finished but must not report plain success
