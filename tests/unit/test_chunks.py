@@ -107,7 +107,7 @@ def test_empty_and_tiny_streams(cs: ChunkStore) -> None:
 
 def test_sources_and_block_size_do_not_change_boundaries(store: CountingStore, key: Keys, cs: ChunkStore) -> None:
     data = pseudo(9 * MiB, 1)
-    whole = [(c.offset, c.length) for c in cs._cdc.cut_buf(data)]
+    whole = [(c.offset, c.length) for c in cs.cutter.cdc.cut_buf(data)]
     small_blocks = ChunkStore(store, key, cs.params, block_size=2 * MiB)
     rng = random.Random(3)
     pieces, i = [], 0

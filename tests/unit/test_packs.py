@@ -18,6 +18,7 @@ from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture, used through 
 from drsvc import clock
 from drsvc.backup import chunk_objects
 from drsvc.chunks import FRAME_MAX, MAX_RANGE, PackIndex, StreamRef, chunk_key, index_key, object_aad, pack_key
+from drsvc.chunks.pack import seal_index
 from drsvc.errors import EXIT_OK, IntegrityError
 from drsvc.prune import PruneJob
 from drsvc.storage.s3 import S3Store
@@ -202,7 +203,7 @@ def test_pack_buffers_are_reused_without_mixing_packs(kit: ColdKit) -> None:
     cold.pack_size, cold.upload_workers = 1 * MiB, 2
 
     def sealed(cid: str, size: int) -> bytes:  # incompressible: packed verbatim
-        return cold._encode(chunk_key(cid), os.urandom(size))
+        return cold.codec.encode(chunk_key(cid), os.urandom(size))
 
     ids = [os.urandom(32).hex() for _ in range(60)]
     blobs = {cid: sealed(cid, int.from_bytes(os.urandom(2)) * 4 + 1000) for cid in ids}
@@ -315,7 +316,7 @@ def test_chunks_pointed_at_another_frame_fail_their_hash(kit: ColdKit) -> None:
     frames = {e.offset: e.length for e in index.entries if e.in_frame}
     first, second = sorted(frames)[:2]
     moved = [e._replace(offset=first, length=frames[first]) if e.offset == second else e for e in index.entries]
-    cold.store.put(index_key(index.pack_id), cold._seal_index(PackIndex(index.pack_id, index.size, tuple(moved))))
+    cold.store.put(index_key(index.pack_id), seal_index(cold.codec, PackIndex(index.pack_id, index.size, tuple(moved))))
     report = kit.fresh_services().cold.verify_chunks(index.chunk_ids, read_data=True)
     assert sorted(report.corrupt) == sorted(e.cid for e in index.entries if e.offset == second)
 
@@ -323,8 +324,8 @@ def test_chunks_pointed_at_another_frame_fail_their_hash(kit: ColdKit) -> None:
 def test_an_index_without_frames_stays_in_the_version_1_form(kit: ColdKit) -> None:
     cold = kit.services.cold
     cid = os.urandom(32).hex()
-    [index] = cold.write_packs([(cid, cold._encode(chunk_key(cid), os.urandom(4096)))])
-    raw = cold._zstd()[1].decompress(
+    [index] = cold.write_packs([(cid, cold.codec.encode(chunk_key(cid), os.urandom(4096)))])
+    raw = cold.codec.zstd()[1].decompress(
         cold.keys.open_(cold.store.get(index_key(index.pack_id)), object_aad(index_key(index.pack_id)))
     )
     doc = json.loads(raw)

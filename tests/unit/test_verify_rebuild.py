@@ -16,6 +16,7 @@ from coldkit import HELD_FILES, ColdKit, aws  # noqa: F401  (aws: the fixture, u
 from drsvc import clock
 from drsvc.catalog import Catalog
 from drsvc.chunks import PackIndex, chunk_key, index_key, pack_key
+from drsvc.chunks.pack import seal_index
 from drsvc.errors import EXIT_INTEGRITY
 from drsvc.rebuild import catalog_drift, rebuild_catalog
 from drsvc.tiering import TierJob
@@ -91,7 +92,7 @@ def test_missing_cold_chunk_names_the_point_and_tier(kit: ColdKit, run_cli: Any)
     index = cold.refresh_packs()[pack]
     # the index of its pack no longer lists it (as if it had never been uploaded)
     shorter = PackIndex(pack, index.size, tuple(e for e in index.entries if e[0] != victim))
-    cold.store.put(index_key(pack), cold._seal_index(shorter))
+    cold.store.put(index_key(pack), seal_index(cold.codec, shorter))
     kit.fresh_services()  # indexes are immutable, so a running process caches them: a new process
     lists: list[Any] = []
     heads: list[Any] = []

@@ -1,0 +1,223 @@
+"""Reading chunks back: loose objects one GET each (pipelined), packs by coalesced ranged GETs.
+
+Reading a packed store fetches by pack: the chunks a stream needs are located through the index,
+runs of chunks that lie close together in one pack are coalesced into one ranged GET (up to
+``MAX_RANGE`` bytes, skipping gaps up to ``MAX_GAP``), ranges are fetched on ``read_workers``
+threads with ``read_ahead`` ranges in flight (bounded memory), each frame in a range is opened
+once, then every chunk is re-hashed alone; a bad blob or frame raises ``IntegrityError`` naming
+the chunk and its pack (a bad frame fails exactly the chunks in it). Loose chunks (stores written
+before packs existed) and version-2 packs (no frames) stay readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from drsvc.chunks.codec import Codec
+from drsvc.chunks.index import PackDirectory
+from drsvc.chunks.layout import FRAME_MAX, MAX_GAP, MAX_RANGE, chunk_key, frame_name, pack_key
+from drsvc.chunks.pack import PackEntry
+from drsvc.chunks.refs import StreamRef, VerifyReport
+from drsvc.errors import IntegrityError, NotFound
+from drsvc.storage.base import ObjectStore, ordered_map
+
+
+@dataclass
+class Range:
+    """One read: a ranged GET of a pack covering several chunks, or one loose chunk object."""
+
+    key: str
+    start: int
+    end: int
+    items: list[tuple[str, PackEntry | None, int | None]]  # (chunk id, where in the pack, plaintext size)
+    pack_id: str | None = None
+
+
+class Fetched(NamedTuple):
+    """A chunk as read: its sealed blob, or (``sealed`` false) its plaintext cut from a frame."""
+
+    cid: str
+    size: int | None
+    payload: bytes | memoryview | IntegrityError  # the error: its frame failed to open
+    where: str
+    sealed: bool = True
+
+
+class ChunkReader:
+    """Reads and verifies chunks of one store (``directory`` None: a store of loose chunks only)."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        codec: Codec,
+        directory: PackDirectory | None,
+        *,
+        max_chunk: int,
+        workers: int = 2,
+        window: int = 8,
+        read_workers: int = 3,
+        read_ahead: int = 4,
+    ) -> None:
+        self.store = store
+        self.codec = codec
+        self.directory = directory
+        self.max_chunk = max_chunk
+        self.workers = workers
+        self.window = window
+        self.read_workers = max(1, read_workers)
+        self.read_ahead = max(1, read_ahead)
+
+    def read_stream(self, ref: StreamRef) -> Iterator[bytes]:
+        """Yield the stream's plaintext chunk by chunk, verified; raise ``IntegrityError`` before bad data."""
+        hasher = self.codec.keys.hasher()
+        total = 0
+        try:
+            chunks = self.blobs(ref.chunks)
+            for data in ordered_map(self.open_fetched, chunks, workers=self.workers, window=self.window):
+                hasher.update(data)
+                total += len(data)
+                yield data
+        except NotFound as e:
+            raise IntegrityError(f"a chunk of the stream is missing: {e}") from e
+        if total != ref.size or hasher.hexdigest() != ref.hash:
+            raise IntegrityError("stream hash or size does not match its reference")
+
+    def open_fetched(self, item: Fetched) -> bytes:
+        """A fetched chunk's verified plaintext; ``IntegrityError`` naming the chunk and where it lies."""
+        try:
+            if isinstance(item.payload, IntegrityError):
+                raise item.payload
+            if item.sealed:
+                return self.codec.decode_chunk(item.cid, item.payload, item.size, self.max_chunk)
+            return self.codec.check_chunk(item.cid, bytes(item.payload), item.size)
+        except IntegrityError as e:
+            raise IntegrityError(f"{e}{item.where}") from e
+
+    def blobs(self, chunks: Iterable[tuple[str, int | None]]) -> Iterator[Fetched]:
+        """The chunks in input order, as read: loose objects, or ranges of packs (frames opened)."""
+        if self.directory is None:
+            items = list(chunks) if not isinstance(chunks, Sequence) else chunks
+            blobs = self.store.get_many(chunk_key(cid) for cid, _ in items)
+            for (cid, size), (_key, blob) in zip(items, blobs, strict=True):
+                yield Fetched(cid, size, blob, "")
+            return
+        self.directory.ensure_loaded()
+        for part in ordered_map(self.fetch, self.ranges(chunks), workers=self.read_workers, window=self.read_ahead):
+            yield from part
+
+    def ranges(self, chunks: Iterable[tuple[str, int | None]]) -> Iterator[Range]:
+        """Coalesce the reads of consecutive chunks: one ranged GET per run of nearby chunks of a pack."""
+        current: Range | None = None
+        where = self.directory.where if self.directory is not None else {}
+        for cid, size in chunks:
+            loc = where.get(bytes.fromhex(cid))
+            if loc is None:  # a loose chunk (or a missing one: its GET says NotFound)
+                if current is not None:
+                    yield current
+                    current = None
+                yield Range(chunk_key(cid), 0, 0, [(cid, None, size)])
+                continue
+            pid, entry = loc
+            off, n = entry.offset, entry.length
+            if (
+                current is not None
+                and current.pack_id == pid
+                and (current.end <= off <= current.end + MAX_GAP or off + n == current.end)  # or: the same frame
+                and off + n - current.start <= MAX_RANGE
+            ):
+                current.items.append((cid, entry, size))
+                current.end = max(current.end, off + n)
+            else:
+                if current is not None:
+                    yield current
+                current = Range(pack_key(pid), off, off + n, [(cid, entry, size)], pid)
+        if current is not None:
+            yield current
+
+    def fetch(self, r: Range) -> list[Fetched]:
+        """Read one range; a frame is opened once for all its chunks in the range."""
+        if r.pack_id is None:
+            cid, _, size = r.items[0]
+            return [Fetched(cid, size, self.store.get(r.key), "")]
+        data = memoryview(self.store.get_range(r.key, r.start, r.end - r.start))
+        frames: dict[int, bytes | IntegrityError] = {}
+        out: list[Fetched] = []
+        for cid, entry, size in r.items:
+            assert entry is not None
+            off, n = entry.offset, entry.length
+            blob = data[off - r.start : off - r.start + n]
+            where = f" (in pack {r.pack_id} at offset {off})"
+            if len(blob) != n:
+                raise IntegrityError(f"chunk {cid}: pack {r.pack_id} is truncated at offset {off}")
+            if not entry.in_frame:
+                out.append(Fetched(cid, size, blob, where))
+                continue
+            if off not in frames:
+                frames[off] = self._open_frame(r.pack_id, off, blob)
+            plain = frames[off]
+            if isinstance(plain, IntegrityError):
+                out.append(Fetched(cid, size, plain, where, sealed=False))
+            elif entry.pos + entry.size > len(plain):
+                problem = IntegrityError(f"chunk {cid}: beyond the end of its frame")
+                out.append(Fetched(cid, size, problem, where, sealed=False))
+            else:
+                piece = memoryview(plain)[entry.pos : entry.pos + entry.size]
+                out.append(Fetched(cid, size if size is not None else entry.size, piece, where, sealed=False))
+        return out
+
+    def _open_frame(self, pack_id: str, offset: int, blob: bytes | memoryview) -> bytes | IntegrityError:
+        """A frame's plaintext, or the reason it cannot be read (every chunk in it is then unreadable)."""
+        try:
+            return self.codec.decode(frame_name(pack_id, offset), blob, FRAME_MAX + self.max_chunk)
+        except IntegrityError as e:
+            return e
+
+    def verify(self, wanted: list[str], present: set[str], *, read_data: bool) -> VerifyReport:
+        """Which of ``wanted`` are missing from ``present`` and, with ``read_data``, which fail to read."""
+        report = VerifyReport(checked=len(wanted))
+        report.missing = [cid for cid in wanted if cid not in present]
+        if not read_data:
+            return report
+        have = [cid for cid in wanted if cid in present]
+        where = self.directory.where if self.directory is not None else {}
+
+        def place(cid: str) -> tuple[str, int]:  # pack order, then loose
+            loc = where.get(bytes.fromhex(cid))
+            return (loc[0], loc[1].offset) if loc else ("~", 0)
+
+        have.sort(key=place)
+
+        def check(item: Fetched) -> str | None:
+            try:
+                self.open_fetched(item)
+            except IntegrityError:
+                return item.cid
+            return None
+
+        def fetch(r: Range) -> list[Fetched]:
+            try:
+                return self.fetch(r)
+            except NotFound:  # vanished since the listing
+                report.missing.extend(cid for cid, _, _ in r.items)
+            except IntegrityError:  # a truncated pack: every chunk of the range is bad
+                report.corrupt.extend(cid for cid, _, _ in r.items)
+            return []
+
+        if self.directory is not None:
+            ranges = self.ranges((cid, None) for cid in have)
+            blobs: Iterator[Fetched] = (
+                item
+                for part in ordered_map(fetch, ranges, workers=self.read_workers, window=self.read_ahead)
+                for item in part
+            )
+        else:
+            blobs = (
+                Fetched(key.rsplit("/", 1)[1], None, blob, "")
+                for key, blob in self.store.get_many(chunk_key(c) for c in have)
+            )
+        for bad in ordered_map(check, blobs, workers=self.workers, window=self.window):
+            if bad:
+                report.corrupt.append(bad)
+        return report

@@ -1,0 +1,77 @@
+"""What a stored stream is (``StreamRef``, as manifests record it) and what writing or verifying reported."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from drsvc.chunks.layout import is_id
+from drsvc.errors import IntegrityError
+
+
+@dataclass
+class WriteStats:
+    """What one write (or a store's lifetime) added: the dedup report."""
+
+    chunks_total: int = 0
+    chunks_new: int = 0
+    bytes_in: int = 0
+    bytes_new_stored: int = 0
+
+    @property
+    def dedup_ratio(self) -> float:
+        """bytes_in / bytes_new_stored (compression and dedup together); inf when nothing new was stored."""
+        return self.bytes_in / self.bytes_new_stored if self.bytes_new_stored else float("inf")
+
+    def add(self, other: WriteStats) -> None:
+        """Accumulate ``other`` into this."""
+        self.chunks_total += other.chunks_total
+        self.chunks_new += other.chunks_new
+        self.bytes_in += other.bytes_in
+        self.bytes_new_stored += other.bytes_new_stored
+
+
+@dataclass
+class StreamRef:
+    """A stored stream: its chunks in order, total size, and keyed BLAKE3 of the whole plaintext."""
+
+    chunks: list[tuple[str, int]]
+    size: int
+    hash: str
+    stats: WriteStats = field(default_factory=WriteStats, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form for manifests."""
+        return {"size": self.size, "hash": self.hash, "chunks": [[cid, n] for cid, n in self.chunks]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StreamRef:
+        """Parse the manifest form, validating ids and sizes."""
+        try:
+            chunks = [(str(cid), int(n)) for cid, n in d["chunks"]]
+            ref = cls(chunks, int(d["size"]), str(d["hash"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise IntegrityError(f"malformed stream reference: {e}") from e
+        if any(not is_id(cid) or n <= 0 for cid, n in chunks) or sum(n for _, n in chunks) != ref.size:
+            raise IntegrityError("malformed stream reference: bad chunk id, size or total")
+        return ref
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of ``verify_chunks``."""
+
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is missing or corrupt."""
+        return not self.missing and not self.corrupt
+
+
+def referenced_chunks(refs: Iterable[StreamRef]) -> set[str]:
+    """Every chunk id the given stream references use (GC: keep these)."""
+    return {cid for ref in refs for cid, _ in ref.chunks}

@@ -1,0 +1,278 @@
+"""``ChunkStore``: the one object callers use -- a thin facade over the cutter, codec, writer,
+reader, pack writer, pack directory and manifests of one store (each in its own module)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from datetime import datetime
+from typing import Any, BinaryIO
+
+from drsvc.chunks.codec import Codec
+from drsvc.chunks.config import create_config, read_config, stored_pack_size, upgrade_config
+from drsvc.chunks.cutter import ChunkerParams, Cutter, ObjectSegments, Source
+from drsvc.chunks.index import PackDirectory
+from drsvc.chunks.layout import BLOCK_SIZE, CHUNKS_PREFIX, chunk_key, index_key, is_id, pack_key
+from drsvc.chunks.manifests import Manifests
+from drsvc.chunks.pack import PackIndex
+from drsvc.chunks.packer import PackWriter
+from drsvc.chunks.reader import ChunkReader
+from drsvc.chunks.refs import StreamRef, VerifyReport, WriteStats
+from drsvc.chunks.writer import ChunkWriter
+from drsvc.crypto import Keys
+from drsvc.errors import InvalidInput
+from drsvc.storage.base import ObjectStore
+from drsvc.streams import IterReader
+
+
+class ChunkStore:
+    """Chunks, manifests and config of one store; create with ``init`` or ``open``."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        keys: Keys,
+        params: ChunkerParams,
+        *,
+        level: int = 3,
+        workers: int = 2,
+        window: int = 8,
+        block_size: int = BLOCK_SIZE,
+        pack_size: int | None = None,
+        upload_workers: int = 4,
+        read_workers: int = 3,
+        read_ahead: int = 4,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.params = params
+        self.level = level
+        self.workers = workers
+        self.window = window
+        self.pack_size = pack_size
+        self.upload_workers = max(1, upload_workers)
+        self.read_workers = max(1, read_workers)
+        self.read_ahead = max(1, read_ahead)
+        self._config = config
+        self.codec = Codec(keys, level)
+        self.cutter = Cutter(params, keys.chunker_seed, block_size)
+        self.packs = PackDirectory(store, self.codec)
+        self.manifests = Manifests(store, self.codec)
+        self.writer = ChunkWriter(store, self.codec, self.cutter, self.list_chunk_ids, workers=workers, window=window)
+
+    @property
+    def stats(self) -> WriteStats:
+        """What this store object wrote (all streams together)."""
+        return self.writer.stats
+
+    @property
+    def block_size(self) -> int:
+        """Read size of ``write_stream``."""
+        return self.cutter.block_size
+
+    # ---------------------------------------------------------------- config
+
+    @classmethod
+    def init(
+        cls, store: ObjectStore, key: Keys | bytes, *, params: ChunkerParams | None = None, **options: Any
+    ) -> ChunkStore:
+        """Create a new chunk store (writes ``config``); refuse if one exists there."""
+        keys = key if isinstance(key, Keys) else Keys(key)
+        params = params or ChunkerParams()
+        config = create_config(store, keys, params, options.get("pack_size"))
+        return cls(store, keys, params, config=config, **options)
+
+    @classmethod
+    def open(cls, store: ObjectStore, key: Keys | bytes, **options: Any) -> ChunkStore:
+        """Open an existing chunk store, checking format version and that ``key`` is its key."""
+        keys = key if isinstance(key, Keys) else Keys(key)
+        config = read_config(store, keys)
+        packed = stored_pack_size(config)
+        if packed and not options.get("pack_size"):
+            # A store that holds packs is read as one whatever the caller asked for.
+            options["pack_size"] = packed
+        return cls(store, keys, ChunkerParams.from_dict(config["chunker"]), config=config, **options)
+
+    # ---------------------------------------------------------------- streams
+
+    def write_stream(self, source: Source) -> StreamRef:
+        """Chunk, dedup, compress, seal and store a stream (file object or iterable of bytes).
+
+        Memory stays bounded (one block, the carried tail and a small window of chunks in flight).
+        Returns the ``StreamRef`` once every new chunk is durably written; ``ref.stats`` reports dedup.
+        """
+        return self.writer.write([source])
+
+    def write_objects(self, objects: Iterable[tuple[int, Iterable[bytes]]]) -> StreamRef:
+        """``write_stream`` of objects back to back, given as ``(size, pieces)`` and read in order.
+
+        Every object of at least ``avg_size`` bytes starts and ends a chunk; smaller objects between
+        two such are chunked together (no tiny chunks). So a large object's chunks do not depend on
+        its neighbours: desktops cloned from one image dedup the image's objects whatever their own
+        objects beside them, as a file-aware backup tool dedups files. ``size`` only places cuts.
+        """
+        return self.writer.write(ObjectSegments(objects, self.params.avg_size))
+
+    def write_bytes(self, data: bytes) -> StreamRef:
+        """``write_stream`` of one in-memory buffer."""
+        return self.write_stream(data)
+
+    def _reader(self) -> ChunkReader:
+        return ChunkReader(
+            self.store,
+            self.codec,
+            self.packs if self.pack_size else None,
+            max_chunk=self.params.max_size,
+            workers=self.workers,
+            window=self.window,
+            read_workers=self.read_workers,
+            read_ahead=self.read_ahead,
+        )
+
+    def read_stream(self, ref: StreamRef) -> Iterator[bytes]:
+        """Yield the stream's plaintext chunk by chunk, verified; raise ``IntegrityError`` before bad data."""
+        return self._reader().read_stream(ref)
+
+    def open_stream(self, ref: StreamRef) -> BinaryIO:
+        """``read_stream`` as a file object (for APIs that read a body, e.g. a runtime restore)."""
+        return io.BufferedReader(IterReader(self.read_stream(ref)), buffer_size=1 << 20)
+
+    def read_bytes(self, ref: StreamRef) -> bytes:
+        """The whole stream in memory (small streams, tests)."""
+        return b"".join(self.read_stream(ref))
+
+    def verify_chunks(self, ids: Iterable[str], *, read_data: bool = False) -> VerifyReport:
+        """Check chunks exist (batched listings) and, with ``read_data``, decrypt and re-hash each.
+
+        A packed chunk exists when an index lists it and its pack object is in the listing of
+        ``packs/``; reading goes pack by pack in offset order, many chunks per ranged GET.
+        """
+        wanted = list(dict.fromkeys(ids))
+        present = set(self.list_chunk_ids())
+        return self._reader().verify(wanted, present, read_data=read_data)
+
+    # ---------------------------------------------------------------- packs
+
+    def refresh_packs(self) -> dict[str, PackIndex]:
+        """Load the pack indexes (one listing of ``index/`` and ``packs/``, a GET per *new* index);
+        the indexes whose pack object exists. Empty for a store of loose chunks."""
+        return self.packs.refresh() if self.pack_size else {}
+
+    def list_pack_objects(self) -> Iterator[str]:
+        """Yield the id of every pack object (one listing of ``packs/``; with or without an index)."""
+        return self.packs.list_pack_objects()
+
+    def pack_members(self) -> dict[str, list[str]]:
+        """Every pack object -> the chunk ids its index lists (empty: a pack without an index)."""
+        return self.packs.members() if self.pack_size else {}
+
+    def pack_of(self, cid: str) -> str | None:
+        """The pack a chunk is read from (None: a loose chunk, or unknown)."""
+        loc = self.packs.locate(cid) if self.pack_size else None
+        return loc[0] if loc else None
+
+    def pack_size_of(self, pack_id: str) -> int:
+        """Stored size of a known pack."""
+        return self.packs.size_of(pack_id)
+
+    def write_packs(
+        self,
+        blobs: Iterable[tuple[str, bytes]],
+        *,
+        storage_class: str | None = None,
+        retain_until: datetime | None = None,
+        object_of: Mapping[str, Hashable] | None = None,
+    ) -> list[PackIndex]:
+        """Store chunks, given as sealed blobs (``(chunk id, blob)``, as a loose chunk object holds them), in packs.
+
+        Every blob is authenticated first: a corrupt one raises ``CorruptChunk`` naming the chunk,
+        so nothing bad becomes a packed copy. Blobs already in a pack (or repeated in ``blobs``)
+        are skipped. An incompressible chunk is packed verbatim (no re-encryption); runs of
+        compressible chunks are compressed again together as *frames* (``drsvc.chunks.pack``).
+        ``object_of`` maps chunk ids to the object (file, RADOS object) they lie within, any
+        hashable token: a frame past ``FRAME_SIZE`` still takes the next chunk while it belongs to
+        the same object as the last, up to ``FRAME_MAX``. Each pack is stored with
+        ``storage_class`` and ``retain_until``, then its index (default class, same retention): a
+        pack is visible once its index is. How, and in how much memory: ``drsvc.chunks.packer``.
+        """
+        if not self.pack_size:
+            raise InvalidInput(f"{self.store.url}: not a packed chunk store")
+        self.packs.ensure_loaded()
+        self._config = upgrade_config(self.store, self._config, self.pack_size)
+        writer = PackWriter(
+            self.store,
+            self.codec,
+            self.packs,
+            pack_size=self.pack_size,
+            max_chunk=self.params.max_size,
+            workers=self.workers,
+            window=self.window,
+            upload_workers=self.upload_workers,
+            storage_class=storage_class,
+            retain_until=retain_until,
+            object_of=object_of,
+        )
+        return writer.write(blobs)
+
+    def delete_packs(self, pack_ids: Iterable[str]) -> int:
+        """Delete packs: their indexes first (readers stop seeing them), then the packs; return the count."""
+        ids = sorted(set(pack_ids))
+        self.store.delete_many(index_key(pid) for pid in ids)
+        self.packs.forget(ids)
+        self.writer.reset()
+        self.store.delete_many(pack_key(pid) for pid in ids)
+        return len(ids)
+
+    # ---------------------------------------------------------------- manifests
+
+    def put_manifest(self, desktop: str, point_id: str, doc: dict[str, Any]) -> None:
+        """Store a point's manifest (call after its streams are written: ``write_stream`` returns then)."""
+        self.manifests.put(desktop, point_id, doc)
+
+    def get_manifest(self, desktop: str, point_id: str) -> dict[str, Any]:
+        """Read and authenticate a manifest; ``NotFound`` if absent, ``IntegrityError`` if tampered."""
+        return self.manifests.get_sealed(desktop, point_id)[0]
+
+    def get_sealed_manifest(self, desktop: str, point_id: str) -> tuple[dict[str, Any], bytes]:
+        """``get_manifest``, and the sealed object as stored (one read, for a verbatim copy)."""
+        return self.manifests.get_sealed(desktop, point_id)
+
+    def list_manifests(self, desktop: str | None = None) -> Iterator[tuple[str, str]]:
+        """Yield ``(desktop, point_id)`` of every manifest (of one desktop if given)."""
+        return self.manifests.list(desktop)
+
+    def delete_manifest(self, desktop: str, point_id: str) -> None:
+        """Remove a manifest (its chunks stay until garbage collection)."""
+        self.manifests.delete(desktop, point_id)
+
+    # ---------------------------------------------------------------- garbage collection
+
+    def list_chunk_ids(self) -> Iterator[str]:
+        """Yield the id of every stored chunk: loose (one listing) and, in a packed store, packed (indexes)."""
+        seen: set[str] = set()
+        for cid in self.list_loose_chunk_ids():
+            seen.add(cid)
+            yield cid
+        for index in self.refresh_packs().values():
+            for cid in index.chunk_ids:
+                if cid not in seen:
+                    seen.add(cid)
+                    yield cid
+
+    def list_loose_chunk_ids(self) -> Iterator[str]:
+        """Yield the id of every chunk stored as its own object (one batched listing)."""
+        for key in self.store.list(CHUNKS_PREFIX):
+            parts = key.split("/")
+            if len(parts) == 3 and is_id(parts[2]) and parts[1] == parts[2][:2]:
+                yield parts[2]
+
+    def delete_chunks(self, ids: Iterable[str]) -> int:
+        """Delete loose chunks (pipelined; packed ones go with their pack); return how many ids were processed."""
+
+        def keys() -> Iterator[str]:
+            for cid in ids:
+                self.writer.forget(cid)
+                yield chunk_key(cid)
+
+        return self.store.delete_many(keys())

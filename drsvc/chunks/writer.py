@@ -1,0 +1,147 @@
+"""Writing streams as loose chunks: cut, dedup, compress, seal, store.
+
+Dedup checks an in-memory set of chunk ids loaded once by a batched listing (loose chunks and, in
+a packed store, pack indexes), never one request per chunk. Several threads may write streams at
+once (a backup stores a batch of desktops together): a chunk another writer is still uploading
+counts as stored only once that upload is acknowledged, so no stream ever refers to a chunk whose
+write failed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+from drsvc.chunks.codec import Codec
+from drsvc.chunks.cutter import Cutter, Source
+from drsvc.chunks.layout import chunk_key
+from drsvc.chunks.refs import StreamRef, WriteStats
+from drsvc.errors import BackendError
+from drsvc.storage.base import ObjectStore, ordered_map
+
+
+class ChunkWriter:
+    """Writes streams of one store; shared by the threads writing to it."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        codec: Codec,
+        cutter: Cutter,
+        list_ids: Callable[[], Iterable[str]],
+        *,
+        workers: int = 2,
+        window: int = 8,
+    ) -> None:
+        self.store = store
+        self.codec = codec
+        self.cutter = cutter
+        self.workers = workers
+        self.window = window
+        self.stats = WriteStats()  # everything this writer added
+        self._list_ids = list_ids
+        self._known: set[bytes] | None = None
+        self._inflight: dict[bytes, threading.Event] = {}  # chunk ids some writer is uploading now
+        self.lock = threading.Lock()
+
+    def known(self) -> set[bytes]:
+        """The ids (raw) of every chunk stored, loaded by one listing on first use."""
+        with self.lock:  # concurrent writers must share one set
+            if self._known is None:
+                self._known = {bytes.fromhex(cid) for cid in self._list_ids()}
+            return self._known
+
+    def forget(self, cid: str) -> None:
+        """A chunk was deleted: the next stream that holds it stores it again."""
+        if self._known is not None:
+            self._known.discard(bytes.fromhex(cid))
+
+    def reset(self) -> None:
+        """Chunks went away in bulk (packs deleted): list again on next use."""
+        self._known = None
+
+    def write(self, segments: Iterable[Source]) -> StreamRef:
+        """Store the chunks of ``segments``; the ``StreamRef`` once every new chunk is durably written."""
+        one = _StreamWrite(self, self.known())
+        ok = False  # not sys.exc_info(): a caller's own except clause would show up there
+        try:
+            self.store.put_many(one.items(segments))
+            ok = True
+        finally:
+            one.settle(ok)
+        one.wait_borrowed()
+        with self.lock:
+            self.stats.add(one.stats)
+        return StreamRef(one.entries, one.stats.bytes_in, one.hasher.hexdigest(), one.stats)
+
+    def claim(self, raw: bytes) -> threading.Event | None:
+        """Under ``lock``: claim the upload of a new chunk (None), or the event of the writer that has it."""
+        other = self._inflight.get(raw)
+        if other is None:
+            self._inflight[raw] = threading.Event()
+        return other
+
+    def release(self, raw: bytes) -> None:
+        """Under ``lock``: the upload of a claimed chunk is over (done or failed)."""
+        self._inflight.pop(raw).set()
+
+
+class _StreamWrite:
+    """The state of one stream being written: its chunk list, hash, stats, and the uploads it owns."""
+
+    def __init__(self, writer: ChunkWriter, known: set[bytes]) -> None:
+        self.writer = writer
+        self.known = known
+        self.stats = WriteStats()
+        self.hasher = writer.codec.keys.hasher()
+        self.entries: list[tuple[str, int]] = []
+        self.mine: list[bytes] = []  # ids this stream uploads
+        self.borrowed: list[tuple[str, threading.Event]] = []  # ids another writer is uploading
+
+    def _pieces(self, segments: Iterable[Source]) -> Iterator[memoryview]:
+        for piece in self.writer.cutter.cut(segments):
+            self.hasher.update(piece)
+            self.stats.bytes_in += len(piece)
+            yield piece
+
+    def _encode(self, piece: memoryview) -> tuple[str, int, bytes | None]:
+        """(id, size, sealed blob or None when the chunk is stored already); on a worker."""
+        cid = self.writer.codec.keys.chunk_id(piece)
+        if bytes.fromhex(cid) in self.known:
+            return cid, len(piece), None
+        return cid, len(piece), self.writer.codec.encode(chunk_key(cid), piece)
+
+    def items(self, segments: Iterable[Source]) -> Iterator[tuple[str, bytes]]:
+        """``(key, blob)`` of each chunk this stream must upload, in order."""
+        w = self.writer
+        for cid, size, blob in ordered_map(self._encode, self._pieces(segments), workers=w.workers, window=w.window):
+            self.entries.append((cid, size))
+            self.stats.chunks_total += 1
+            raw = bytes.fromhex(cid)
+            with w.lock:
+                if raw in self.known:  # stored, or a duplicate earlier in this stream
+                    continue
+                other = w.claim(raw)
+                if other is not None:
+                    self.borrowed.append((cid, other))
+                    continue
+                self.mine.append(raw)
+            assert blob is not None  # _encode skips only ids already in `known`, which only grows
+            self.stats.chunks_new += 1
+            self.stats.bytes_new_stored += len(blob)
+            yield chunk_key(cid), blob
+
+    def settle(self, ok: bool) -> None:
+        """The uploads of this stream are over: known if they succeeded, released either way."""
+        with self.writer.lock:
+            for raw in self.mine:
+                if ok:
+                    self.known.add(raw)
+                self.writer.release(raw)
+
+    def wait_borrowed(self) -> None:
+        """Wait for the chunks other writers were uploading; fail if one of those uploads failed."""
+        for cid, done in self.borrowed:
+            done.wait()
+            if bytes.fromhex(cid) not in self.known:
+                raise BackendError(f"chunk {cid}: a concurrent writer's upload failed; this stream is incomplete")
