@@ -91,10 +91,10 @@ def write_data(namespace: str, total_mib: int, objects: int) -> None:
         completions.append(io.aio_write_full(f"obj-{k:05d}", data))
         if len(completions) >= 64:
             for c in completions:
-                c.wait_for_complete()
+                c.wait_for_complete_and_cb()
             completions = []
     for c in completions:
-        c.wait_for_complete()
+        c.wait_for_complete_and_cb()
     io.close()
     cluster.shutdown()
 

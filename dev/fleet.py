@@ -149,13 +149,23 @@ def marker_value(seed: int, data_mib: float) -> bytes:
 
 
 # ---------------------------------------------------------------- RADOS side
-def _wait_all(comps: list) -> None:
+def _wait_all(comps: list, ok: tuple[int, ...] = ()) -> None:
+    """Wait for every completion (and its callback, if any), then raise the first failure.
+
+    Always wait_for_complete_and_cb, never wait_for_complete: python3-rados gives librados a
+    borrowed pointer to a completion that has a callback, and wait_for_complete returns before the
+    callback ran; a completion dropped then can be freed under librados' finisher thread (segfault).
+    Every completion is waited even after a failure, so none is left in flight.
+    """
+    failed = 0
     for c in comps:
-        c.wait_for_complete()
+        c.wait_for_complete_and_cb()
         rv = c.get_return_value()
-        if rv < 0:
-            raise OSError(-rv, f"rados aio op failed: {rv}")
+        if rv < 0 and rv not in ok and not failed:
+            failed = rv
     comps.clear()
+    if failed:
+        raise OSError(-failed, f"rados aio op failed: {failed}")
 
 
 def write_namespace(ioctx, seed: int, desktop: str, data_mib: float = 8, inflight: int = 32) -> int:
@@ -165,28 +175,26 @@ def write_namespace(ioctx, seed: int, desktop: str, data_mib: float = 8, infligh
     comps: list = []
     ops: list = []
     n = 0
-    for name, (data, xattrs, omap) in objs.items():
-        op = ioctx.create_write_op()
-        op.write_full(data)
-        for k, v in xattrs.items():
-            op.set_xattr(k, v)
-        if omap:
-            ioctx.set_omap(op, tuple(omap), tuple(omap.values()))
-        comps.append(ioctx.operate_aio_write_op(op, name))
-        ops.append(op)
-        n += len(data)
-        if len(comps) >= inflight:
-            _wait_all(comps)
-            for o in ops:
-                o.release()
-            ops.clear()
-    _wait_all(comps)
-    for o in ops:
-        o.release()
+    try:
+        for name, (data, xattrs, omap) in objs.items():
+            op = ioctx.create_write_op()
+            ops.append(op)  # released below, once, after its completion was waited
+            op.write_full(data)
+            for k, v in xattrs.items():
+                op.set_xattr(k, v)
+            if omap:
+                ioctx.set_omap(op, tuple(omap), tuple(omap.values()))
+            comps.append(ioctx.operate_aio_write_op(op, name))
+            n += len(data)
+            if len(comps) >= inflight:
+                _release_after(comps, ops)
+        _release_after(comps, ops)
+    finally:
+        _release_after(comps, ops)  # after an error: nothing left in flight, nothing leaked
     # the namespace holds exactly this data set afterwards (an older one may have been there)
     for stale in set(list_namespace(ioctx, desktop)) - set(objs) - IGNORED:
         comps.append(ioctx.aio_remove(stale))
-    _wait_all_ignore_enoent(comps)
+    _wait_all(comps, ok=(-2,))
     ioctx.write_full(MARKER, marker_value(seed, data_mib))
     return n
 
@@ -281,12 +289,17 @@ def purge_namespaces(ioctx, desktops: Iterable[str], all_fleet: bool = False) ->
 
 
 def _wait_all_ignore_enoent(comps: list) -> None:
-    for c in comps:
-        c.wait_for_complete()
-        rv = c.get_return_value()
-        if rv < 0 and rv != -2:
-            raise OSError(-rv, f"rados remove failed: {rv}")
-    comps.clear()
+    _wait_all(comps, ok=(-2,))  # already gone is fine
+
+
+def _release_after(comps: list, ops: list) -> None:
+    """Wait for the write ops' completions, then release each op exactly once (a second release
+    of a WriteOp is a double free in the binding: it keeps the pointer)."""
+    try:
+        _wait_all(comps)
+    finally:
+        while ops:
+            ops.pop().release()
 
 
 # ---------------------------------------------------------------- CLI

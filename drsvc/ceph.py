@@ -3,6 +3,18 @@
 ``import rados`` happens only here (Debian's python3-rados; nothing usable is on PyPI), with an
 install hint when it is missing. ``cluster()`` connects once per process and configuration and
 caches the handle; ``ceph_errors(op)`` turns ``rados.Error`` into drsvc errors naming the operation.
+
+**aio completions: always ``wait(completion)``, never ``wait_for_complete()``.** The pacific binding
+hands librados a *borrowed* pointer to the Python ``Completion`` as the callback argument; the
+only thing keeping a completion with a callback (``aio_stat``, ``aio_read``, any ``oncomplete``)
+alive is its Ioctx's list of pending completions, and the completion points back at the Ioctx.
+``wait_for_complete()`` returns when the op is done but *before* librados' finisher thread has run
+the callback. Drop the completion and the Ioctx then, and the pair is an unreachable reference
+cycle: the next cyclic garbage collection frees them, and the finisher thread calls back into
+freed memory (a segfault in a thread with no Python frame). ``wait_for_complete_and_cb()`` returns
+only after the callback ran and the binding unlinked the completion, so nothing can dangle.
+Completions without a callback and released write/read ops are safe once waited (librados holds
+its own reference and moves the ops at submission).
 """
 
 from __future__ import annotations
@@ -78,6 +90,12 @@ def open_ioctx(handle: Any, pool: str) -> Any:
         raise NotFound(f"Ceph pool {pool!r} does not exist (create it: ceph osd pool create {pool})")
     with ceph_errors(f"open pool {pool}"):
         return handle.open_ioctx(pool)
+
+
+def wait(completion: Any) -> Any:
+    """Wait until the aio op *and its callback* are done (see the module docstring); return it."""
+    completion.wait_for_complete_and_cb()
+    return completion
 
 
 @contextlib.contextmanager

@@ -92,7 +92,7 @@ class RadosStore(StoreBase):
             nonlocal inflight_bytes
             oid, size, comp = inflight.popleft()
             inflight_bytes -= size
-            comp.wait_for_complete()
+            ceph.wait(comp)
             rv = comp.get_return_value()
             if rv < 0:
                 raise BackendError(f"rados put {self.pool}/{oid}: {errno.errorcode.get(-rv, rv)} ({rv})")
@@ -115,7 +115,7 @@ class RadosStore(StoreBase):
         finally:
             # Never leave completions behind (an error above): wait, ignoring their results.
             for _, _, comp in inflight:
-                comp.wait_for_complete()
+                ceph.wait(comp)
         return count
 
     def get(self, key: str) -> bytes:
@@ -169,7 +169,7 @@ class RadosStore(StoreBase):
 
         def reap() -> tuple[str, bytes]:
             key, oid, comp, slot = inflight.popleft()
-            comp.wait_for_complete_and_cb()
+            ceph.wait(comp)
             rv = comp.get_return_value()
             if rv == -errno.ENOENT:
                 raise NotFound(f"object {key} not found in {self._url}")
@@ -189,7 +189,7 @@ class RadosStore(StoreBase):
                 yield reap()
         finally:
             for _, _, comp, _ in inflight:
-                comp.wait_for_complete_and_cb()
+                ceph.wait(comp)
 
     def exists(self, key: str) -> bool:
         """Whether the object exists."""
@@ -234,7 +234,7 @@ class RadosStore(StoreBase):
 
         def reap() -> None:
             oid, comp = inflight.popleft()
-            comp.wait_for_complete()
+            ceph.wait(comp)
             rv = comp.get_return_value()
             if rv < 0 and rv != -errno.ENOENT:
                 raise BackendError(f"rados delete {self.pool}/{oid}: {errno.errorcode.get(-rv, rv)} ({rv})")
@@ -251,7 +251,7 @@ class RadosStore(StoreBase):
                 reap()
         finally:
             for _, comp in inflight:
-                comp.wait_for_complete()
+                ceph.wait(comp)
         return count
 
     def close(self) -> None:

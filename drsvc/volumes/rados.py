@@ -169,11 +169,11 @@ class RadosPoolSnapshots:
                 with ceph.ceph_errors(f"settle pool snapshot of {self.pool}"):
                     inflight.append(io.aio_stat(f"{salt}.{i}", _ignore))
                 if len(inflight) >= 256:
-                    inflight.popleft().wait_for_complete()
+                    ceph.wait(inflight.popleft())
             while inflight:
-                inflight.popleft().wait_for_complete()
+                ceph.wait(inflight.popleft())
         finally:
-            _drain(inflight, lambda comp: comp.wait_for_complete())
+            _drain(inflight, ceph.wait)
 
     def remove(self, name: str) -> None:
         """Remove the pool snapshot ``name``; a missing one is fine."""
@@ -345,16 +345,16 @@ class RadosVolume:
 
         def wait(entry: tuple[str, Any, Any, Any, Any, dict[str, int]]) -> None:
             _, stat_comp, op, _, omap_comp, _ = entry
-            stat_comp.wait_for_complete_and_cb()
-            omap_comp.wait_for_complete()
+            ceph.wait(stat_comp)
+            ceph.wait(omap_comp)
             op.release()
 
         def reap() -> tuple[str, int, dict[str, bytes]] | None:
             entry = inflight.popleft()
             name, stat_comp, op, it, omap_comp, slot = entry
             try:
-                stat_comp.wait_for_complete_and_cb()
-                omap_comp.wait_for_complete()
+                ceph.wait(stat_comp)
+                ceph.wait(omap_comp)
                 rv, orv = stat_comp.get_return_value(), omap_comp.get_return_value()
                 if rv == -errno.ENOENT or orv == -errno.ENOENT:
                     return None
@@ -433,7 +433,7 @@ class RadosVolume:
 
         def wait(entry: tuple[VolumeObject, int, Any, dict[str, bytes]]) -> None:
             if entry[2] is not None:
-                entry[2].wait_for_complete_and_cb()
+                ceph.wait(entry[2])
 
         def reap() -> ObjectStream:
             nonlocal inflight_bytes
@@ -441,7 +441,7 @@ class RadosVolume:
             inflight_bytes -= want
             first = b""
             if comp is not None:
-                comp.wait_for_complete_and_cb()
+                ceph.wait(comp)
                 rv = comp.get_return_value()
                 if rv == -errno.ENOENT:
                     raise NotFound(f"object {obj.name} not found in {self.url}{where}")
@@ -600,7 +600,7 @@ class RadosVolume:
         inflight_bytes = 0
 
         def wait(entry: tuple[str, int, Any, Any]) -> None:
-            entry[2].wait_for_complete()
+            ceph.wait(entry[2])
             if entry[3] is not None:
                 entry[3].release()
 
@@ -690,7 +690,7 @@ class RadosVolume:
         def reap() -> None:
             nonlocal removed
             name, comp = inflight.popleft()
-            comp.wait_for_complete()
+            ceph.wait(comp)
             rv = comp.get_return_value()
             if rv == 0:
                 removed += 1
@@ -706,7 +706,7 @@ class RadosVolume:
             while inflight:
                 reap()
         finally:
-            _drain(inflight, lambda entry: entry[1].wait_for_complete())
+            _drain(inflight, lambda entry: ceph.wait(entry[1]))
         return removed
 
 

@@ -275,3 +275,39 @@ def test_two_thousand_small_objects_timing(ns, snap, ioctx):
     print(f"\n{n} small objects:")
     for label, secs in timings.items():
         print(f"  {label:42s} {secs:7.3f} s")
+
+
+_SETTLE_THEN_COLLECT = """
+import gc, sys, time
+from drsvc import ceph
+from drsvc.volumes.rados import RadosPoolSnapshots
+snaps = RadosPoolSnapshots(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    io = ceph.open_ioctx(ceph.cluster(), sys.argv[1])
+    snaps._settle(io)   # the aio_stat burst every pool snapshot ends with (callbacks)
+    io.close()
+    del io
+    gc.collect()        # holds the GIL: librados' finisher cannot run a pending callback first
+    time.sleep(0.005)   # ... now it can
+print("ok")
+"""
+
+
+def test_settle_survives_a_garbage_collection_right_after(lab):
+    """The CI segfault: callbacks still pending when the snapshot's Ioctx was dropped and collected.
+
+    Waiting with ``wait_for_complete()`` let ``create`` return before librados' finisher had run
+    the aio_stat callbacks; the completions and their Ioctx then formed an unreachable cycle that
+    the next garbage collection freed, and the finisher called back into freed memory. Run in a
+    child so that a crash fails this test instead of killing the session.
+    """
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", _SETTLE_THEN_COLLECT, POOL, "20"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0 and p.stdout.strip() == "ok", f"exit {p.returncode}\n{p.stderr[-3000:]}"
