@@ -396,7 +396,7 @@ class BackupJob:
                 break
             except DrsvcError as e:
                 outcome.error = str(e)
-                if attempt == self.retries or not e.traceback:
+                if attempt == self.retries or not e.retryable:
                     outcome.status = "failed"
                     self.catalog.update_point(
                         outcome.point_id, status="failed", consistency=outcome.consistency, reason=str(e)

@@ -20,18 +20,60 @@ its own reference and moves the ops at submission).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from drsvc.errors import BackendError, MissingDependency, NotFound
+from drsvc.errors import (
+    BackendError,
+    BackendForbidden,
+    BackendTimeout,
+    BackendUnavailable,
+    DrsvcError,
+    MissingDependency,
+    NotFound,
+)
 
 INSTALL_HINT = "apt-get install python3-rados; make Debian's binding visible to this Python (see dev/setup)"
+RUNBOOK = "ceph-unavailable"
 
-# Fail fast instead of hanging forever when the cluster is down (librados defaults to no timeout).
-_CLIENT_CONF = {"client_mount_timeout": "15", "rados_mon_op_timeout": "30"}
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long librados may wait: every op (OSD and monitor) and the connection to the cluster.
+
+    librados waits forever by default: a stopped OSD would hold a backup (and frozen desktops)
+    as long as it stays stopped. The config's ``[timeouts]`` section sets these for the process.
+    """
+
+    op_seconds: float = 30.0
+    connect_seconds: float = 15.0
+
+    def conf(self) -> dict[str, str]:
+        return {
+            "client_mount_timeout": f"{self.connect_seconds:g}",
+            "rados_mon_op_timeout": f"{self.op_seconds:g}",
+            "rados_osd_op_timeout": f"{self.op_seconds:g}",
+        }
+
+
+_timeouts = Timeouts()
+
+
+def set_timeouts(timeouts: Timeouts) -> None:
+    """Use ``timeouts`` for connections made from now on (``Services`` calls it from the config)."""
+    global _timeouts
+    _timeouts = timeouts
+
+
+def timeouts() -> Timeouts:
+    """The timeouts new connections get."""
+    return _timeouts
+
 
 _lock = threading.Lock()
 _clusters: dict[tuple[Any, ...], Any] = {}
@@ -55,20 +97,20 @@ def cluster(conffile: str | None = None, keyring: str | None = None, name: str |
     rados = rados_module()
     conffile = conffile or os.environ.get("CEPH_CONF") or None
     keyring = keyring or os.environ.get("CEPH_KEYRING") or None
-    cache_key = (os.getpid(), conffile, keyring, name)
+    limits = _timeouts
+    cache_key = (os.getpid(), conffile, keyring, name, limits)
     with _lock:
         handle = _clusters.get(cache_key)
         if handle is not None and handle.state == "connected":
             return handle
-        conf = dict(_CLIENT_CONF)
+        conf = limits.conf()
         if keyring:
             conf["keyring"] = keyring
-        where = conffile or "the default ceph.conf search path"
         try:
             handle = rados.Rados(conffile=conffile or "", name=name, conf=conf)
-            handle.connect()
+            handle.connect(timeout=int(max(1, limits.connect_seconds)))
         except rados.Error as e:
-            raise BackendError(f"connect to Ceph using {where}: {e}") from e
+            raise error("connect to the cluster", e) from e
         _clusters[cache_key] = handle
         return handle
 
@@ -98,13 +140,55 @@ def wait(completion: Any) -> Any:
     return completion
 
 
+def component() -> str:
+    """How errors name the cluster: ``ceph (/etc/ceph/ceph.conf)``."""
+    return f"ceph ({os.environ.get('CEPH_CONF') or 'default ceph.conf'})"
+
+
+_TIMED_OUT = (errno.ETIMEDOUT, errno.EINTR)  # librados reports an op timeout as either
+_FORBIDDEN = (errno.EACCES, errno.EPERM)
+_UNREACHABLE = (errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH)
+
+
+def classify(op: str, code: int, detail: str) -> DrsvcError:
+    """A failed librados call (positive errno ``code``) as a drsvc error naming the operation."""
+    if code == errno.ENOENT:
+        return NotFound(f"{op}: not found ({detail})")
+    if code in _TIMED_OUT:
+        limit = _timeouts.op_seconds if "connect" not in op else _timeouts.connect_seconds
+        return BackendTimeout(component(), op, f"no answer within {limit:g} s ({detail})", runbook=RUNBOOK)
+    if code in _FORBIDDEN:
+        return BackendForbidden(component(), op, f"{detail} (check the client's key and caps)", runbook=RUNBOOK)
+    if code in _UNREACHABLE:
+        return BackendUnavailable(component(), op, detail, runbook=RUNBOOK)
+    return BackendError(f"{op}: {detail}")
+
+
+def error(op: str, e: Exception) -> DrsvcError:
+    """Translate a ``rados.Error`` raised by ``op``."""
+    rados = rados_module()
+    if isinstance(e, rados.ObjectNotFound):
+        return NotFound(f"{op}: not found ({e})")
+    if isinstance(e, rados.TimedOut | rados.InterruptedOrTimeoutError):
+        return classify(op, errno.ETIMEDOUT, str(e))
+    if isinstance(e, rados.PermissionError | rados.PermissionDeniedError):
+        return classify(op, errno.EACCES, str(e))
+    if isinstance(e, rados.ConnectionShutdown | rados.NotConnected):
+        return classify(op, errno.ENOTCONN, str(e))
+    code = getattr(e, "errno", None)
+    return classify(op, abs(code) if isinstance(code, int) else -1, str(e))
+
+
+def rv_error(op: str, rv: int) -> DrsvcError:
+    """Translate the negative return value of an aio completion."""
+    return classify(op, -rv, f"{errno.errorcode.get(-rv, str(rv))} ({rv})")
+
+
 @contextlib.contextmanager
 def ceph_errors(op: str) -> Iterator[None]:
-    """Translate ``rados.ObjectNotFound`` to ``NotFound``, other ``rados.Error`` to ``BackendError``."""
+    """Translate ``rados.Error`` raised inside into drsvc errors (``error``)."""
     rados = rados_module()
     try:
         yield
-    except rados.ObjectNotFound as e:
-        raise NotFound(f"{op}: not found ({e})") from e
     except rados.Error as e:
-        raise BackendError(f"{op}: {e}") from e
+        raise error(op, e) from e

@@ -98,6 +98,20 @@ class SchedulerSection(_Section):
     )
 
 
+class TimeoutsSection(_Section):
+    """How long any one call to Ceph or S3 may take before drsvc gives up on it (never forever)."""
+
+    ceph_seconds: float = Field(
+        default=30, gt=0, le=3600, description="Every librados op (rados_osd_op_timeout, rados_mon_op_timeout)"
+    )
+    ceph_connect_seconds: float = Field(default=15, gt=0, le=3600, description="Connecting to the Ceph cluster")
+    s3_connect_seconds: float = Field(default=10, gt=0, le=3600, description="Opening a connection to the S3 endpoint")
+    s3_read_seconds: float = Field(
+        default=30, gt=0, le=3600, description="Waiting for the S3 endpoint's next bytes (per read, not per object)"
+    )
+    s3_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per S3 request (retries with backoff)")
+
+
 class Config(_Section):
     """A validated configuration; ``path`` is the file it came from."""
 
@@ -109,6 +123,7 @@ class Config(_Section):
     cold: ColdSection | None = None
     runtime: RuntimeSection | None = None
     scheduler: SchedulerSection = SchedulerSection()
+    timeouts: TimeoutsSection = TimeoutsSection()
 
 
 def find_config(explicit: Path | None) -> Path:

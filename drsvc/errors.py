@@ -33,6 +33,7 @@ class DrsvcError(Exception):
 
     exit_code = EXIT_FAILED
     traceback = False
+    retryable = False  # whether the same call may succeed when tried again later
 
     def __init__(self, message: str, *, details: list[str] | None = None) -> None:
         super().__init__(message)
@@ -90,9 +91,57 @@ class PartialFailure(DrsvcError):
 
 
 class BackendError(DrsvcError):
-    """A backend (Ceph, S3, container runtime) failed in a way drsvc did not expect."""
+    """A backend (Ceph, S3, container runtime) failed in a way drsvc did not expect.
+
+    ``retryable``: whether trying the same call again later may succeed (jobs retry those).
+    """
 
     traceback = True
+    retryable = True
+
+
+class BackendOutage(BackendError):
+    """An expected backend failure: one line naming the component, the operation and the runbook.
+
+    Subclasses say what kind (unreachable, forbidden, timed out, throttled). The message reads
+    ``COMPONENT: OPERATION: WHY (runbook: drsvc runbook show NAME)``; no traceback unless --debug.
+    """
+
+    traceback = False
+    kind = "failed"
+
+    def __init__(self, component: str, operation: str, why: str, *, runbook: str | None = None) -> None:
+        self.component = component
+        self.operation = operation
+        self.why = why
+        self.runbook = runbook
+        tail = f" (runbook: drsvc runbook show {runbook})" if runbook else ""
+        super().__init__(f"{component}: {operation}: {self.kind}: {why}{tail}")
+
+
+class BackendUnavailable(BackendOutage):
+    """The backend cannot be reached or answers with a server error (connection refused, 5xx)."""
+
+    kind = "unreachable"
+
+
+class BackendForbidden(BackendOutage):
+    """The backend refuses our credentials (S3 403, Ceph EACCES): retrying will not help."""
+
+    kind = "forbidden"
+    retryable = False
+
+
+class BackendTimeout(BackendOutage):
+    """A call did not finish within its configured timeout (a stalled OSD, a hung endpoint)."""
+
+    kind = "timed out"
+
+
+class BackendThrottled(BackendOutage):
+    """The backend kept asking us to slow down (S3 SlowDown / 503) after every retry."""
+
+    kind = "throttled"
 
 
 class Busy(DrsvcError):

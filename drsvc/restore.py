@@ -167,6 +167,10 @@ class RestoreJob:
     # ------------------------------------------------------------------ planning
 
     def choose_point(self, desktop_id: str, *, at: datetime | None = None, point_id: str | None = None) -> dict:
+        if at is not None and at > clock.now():
+            # "the latest point at or before a future time" would silently be the latest point:
+            # almost always a typo (a wrong year, a local time read as UTC), so refuse it
+            raise InvalidInput(f"--at {at.isoformat()} is in the future (now: {clock.to_iso(clock.now())})")
         self.catalog.desktop(desktop_id)  # unknown desktop: exit 3
         if point_id is not None:
             point = self.catalog.point(point_id)

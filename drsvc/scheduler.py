@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from drsvc.services import Services
 from drsvc.tiering import TierJob, prune_cold
 
 PURPOSES = ("backup", "drill")
+ERROR_RETRY = timedelta(minutes=1)  # after a failed daemon tick, the next one comes at most this late
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,7 @@ class Scheduler:
         self.services = services
         self.catalog = services.catalog
         self.on_event = on_event or (lambda *a, **k: None)
+        self.tick_errors = 0  # ticks of this daemon that ended in an exception
 
     def plan(self, now: datetime) -> list[dict[str, Any]]:
         """What is due now and for how many known desktops (catalog only: fast at fleet scale)."""
@@ -301,12 +304,28 @@ class Scheduler:
         return {"purpose": "drill", "policy": item.policy, "exit_code": result.exit_code, **result.document()}
 
     def serve(self, stopper: Stopper) -> None:
-        """The daemon: tick, sleep until the next due time, until SIGTERM/SIGINT."""
+        """The daemon: tick, sleep until the next due time, until SIGTERM/SIGINT.
+
+        No exception ends the daemon: a failed tick is reported (``error`` event, with the
+        traceback for what drsvc did not expect), counted in ``tick_errors``, and the next tick
+        comes at most ``ERROR_RETRY`` later (a window that failed is retried by its own backoff).
+        """
         while not stopper.event.is_set():
+            failed = False
             try:
                 self.tick()
-            except DrsvcError as e:
-                self.on_event("error", error=e)
-            now = clock.now()
-            if stopper.sleep((next_wakeup(self.services.policies, now) - now).total_seconds() + 0.5):
+            except Exception as e:
+                failed = True
+                self.tick_errors += 1
+                trace = None if isinstance(e, DrsvcError) and not e.traceback else traceback.format_exc()
+                self.on_event("error", error=e, traceback=trace, count=self.tick_errors)
+            try:
+                now = clock.now()
+                wait = (next_wakeup(self.services.policies, now) - now).total_seconds() + 0.5
+            except Exception as e:  # e.g. a policy file broken while the daemon runs
+                self.on_event("error", error=e, traceback=None, count=self.tick_errors)
+                wait = ERROR_RETRY.total_seconds()
+            if failed:
+                wait = min(wait, ERROR_RETRY.total_seconds())
+            if stopper.sleep(wait):
                 break

@@ -11,6 +11,7 @@ import os
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from drsvc import ceph
 from drsvc.catalog import Catalog
 from drsvc.config import Config
 from drsvc.errors import ConfigError, NotFound
@@ -33,6 +34,8 @@ class Services:
             # One place decides which cluster librados talks to: the config's ceph_conf when
             # given, for the hot store and the rados:// volumes alike.
             os.environ["CEPH_CONF"] = str(config.hot.ceph_conf)
+        limits = config.timeouts
+        ceph.set_timeouts(ceph.Timeouts(limits.ceph_seconds, limits.ceph_connect_seconds))
 
     @cached_property
     def policies(self) -> PolicySet:
@@ -58,6 +61,9 @@ class Services:
                 "object_lock": self.config.cold.object_lock,
             }
             options = {k: v for k, v in given.items() if v}
+            options["connect_timeout"] = self.config.timeouts.s3_connect_seconds
+            options["read_timeout"] = self.config.timeouts.s3_read_seconds
+            options["max_attempts"] = self.config.timeouts.s3_attempts
         store = open_store(url, **options)
         # The cold tier keeps its chunks in packs (S3 requests are costly; see drsvc.chunks).
         chunk_options: dict[str, Any] = {}

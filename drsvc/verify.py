@@ -23,7 +23,7 @@ from typing import Any
 from drsvc.backup import IMAGES, image_record_id
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
-from drsvc.errors import EXIT_INTEGRITY, EXIT_OK, IntegrityError, NotFound
+from drsvc.errors import EXIT_INTEGRITY, EXIT_OK, EXIT_PARTIAL, BackendError, IntegrityError, NotFound
 from drsvc.prune import manifest_streams
 from drsvc.services import Services
 
@@ -58,6 +58,8 @@ class VerifyReport:
     copies: int = 0
     chunks_checked: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    unchecked: dict[str, str] = field(default_factory=dict)  # tier -> why its copies could not be checked
+    unchecked_points: dict[str, list[str]] = field(default_factory=dict)  # tier -> the points left unchecked
 
     @property
     def ok(self) -> bool:
@@ -65,7 +67,10 @@ class VerifyReport:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_OK if self.ok else EXIT_INTEGRITY
+        """4 when a copy is damaged; else 6 when a tier could not be checked at all; else 0."""
+        if self.problems:
+            return EXIT_INTEGRITY
+        return EXIT_PARTIAL if self.unchecked else EXIT_OK
 
     @property
     def affected(self) -> list[str]:
@@ -81,6 +86,10 @@ class VerifyReport:
             "chunks_checked": self.chunks_checked,
             "affected_points": self.affected,
             "problems": [p.document() for p in self.problems],
+            "unchecked": [
+                {"tier": tier, "why": why, "points": self.unchecked_points.get(tier, [])}
+                for tier, why in self.unchecked.items()
+            ],
         }
 
 
@@ -114,15 +123,24 @@ class VerifyJob:
         try:
             for tier in TIERS:
                 members = [p for p in points if tier in p["tiers"]]
-                if members:
+                if not members:
+                    continue
+                try:
                     self._verify_tier(tier, members, report)
+                except BackendError as e:
+                    # An unreachable tier is not a verdict on its copies: check the other tier and
+                    # say what was not checked (exit 6), as the s3-unavailable runbook expects.
+                    report.unchecked[tier] = str(e)
+                    report.unchecked_points[tier] = [p["id"] for p in members]
+                    self.on_event("unchecked", tier=tier, error=e)
         except BaseException as e:
             self.catalog.finish_job(job_id, "failed", error=str(e) or type(e).__name__)
             raise
+        unchecked = [f"{tier} copies not checked: {why}" for tier, why in report.unchecked.items()]
         self.catalog.finish_job(
             job_id,
-            "ok" if report.ok else "failed",
-            error="; ".join(p.line() for p in report.problems[:20]) or None,
+            "failed" if not report.ok else "partial" if report.unchecked else "ok",
+            error="; ".join([p.line() for p in report.problems[:20]] + unchecked) or None,
             detail=report.document(),
         )
         return report

@@ -49,9 +49,10 @@ class LazyGroup(DrsvcGroup):
     help="Config file (default: $DRSVC_CONFIG, ./drsvc.toml, /etc/drsvc/drsvc.toml).",
 )
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--debug", is_flag=True, help="On an error, also print the Python traceback (for bug reports).")
 @click.version_option(__version__, prog_name="drsvc")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, json_output: bool) -> None:
+def cli(ctx: click.Context, config_path: Path | None, json_output: bool, debug: bool) -> None:
     """drsvc: backup and disaster recovery for container-based virtual desktops.
 
     Takes recovery points (CRIU container checkpoint + Ceph pool snapshot of the same instant)
@@ -65,13 +66,15 @@ def cli(ctx: click.Context, config_path: Path | None, json_output: bool) -> None
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and map every DrsvcError to its exit code."""
-    json_output = "--json" in (argv if argv is not None else sys.argv[1:])
+    args = argv if argv is not None else sys.argv[1:]
+    json_output = "--json" in args
+    debug = "--debug" in args or bool(os.environ.get("DRSVC_DEBUG"))
     try:
         # Commands return an exit code when they finished but must not report plain success
         # (e.g. 5: restored, but the RTO target was missed).
         rv = cli.main(args=argv, prog_name="drsvc", standalone_mode=False)
     except DrsvcError as e:
-        _report(e, json_output)
+        _report(e, json_output, debug)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -85,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _report(error: DrsvcError, json_output: bool) -> None:
-    if error.traceback or os.environ.get("DRSVC_DEBUG"):
+def _report(error: DrsvcError, json_output: bool, debug: bool) -> None:
+    if error.traceback or debug:
         traceback.print_exc()
     if json_output:
         import json

@@ -13,6 +13,12 @@ from drsvc.verify import VerifyJob, VerifyReport
 def render(report: VerifyReport, out: Console) -> None:
     mode = "read, decrypted and re-hashed" if report.read_data else "present (listing)"
     chunks = ", ".join(f"{n} {tier}" for tier, n in report.chunks_checked.items()) or "0"
+    for tier, why in report.unchecked.items():
+        out.print(f"[yellow]NOT CHECKED[/] {len(report.unchecked_points[tier])} {tier} copies: {why}")
+    if report.ok and report.unchecked:
+        checked = report.copies - sum(len(v) for v in report.unchecked_points.values())
+        out.print(f"OK  the {checked} copies that could be checked: manifests authentic, chunks {mode} ({chunks})")
+        return
     if report.ok:
         out.print(
             f"OK  {len(report.points)} point(s), {report.copies} copies: manifests authentic, chunks {mode} ({chunks})"
@@ -33,7 +39,8 @@ def command(app: App, point_id: str | None, all_points: bool, read_data: bool) -
 
     Without --read-data one batched listing per store checks that every chunk exists; with it
     every chunk is also read, decrypted and re-hashed. Exit 4 names the points (and tiers)
-    whose copies are damaged.
+    whose copies are damaged; exit 6 when a tier could not be reached (its copies are named as
+    not checked, the other tier is checked all the same).
     """
     if bool(point_id) == all_points:
         raise InvalidInput("name a point ID or give --all (not both)")
@@ -41,4 +48,7 @@ def command(app: App, point_id: str | None, all_points: bool, read_data: bool) -
     app.emit(report.document(), lambda out: render(report, out))
     if not report.ok:
         app.err.print(f"drsvc: error: integrity: damaged point(s): {', '.join(report.affected)}")
+    for tier, why in report.unchecked.items():
+        n = len(report.unchecked_points[tier])
+        app.err.print(f"drsvc: error: partial: {n} {tier} copies could not be checked: {why}")
     return report.exit_code

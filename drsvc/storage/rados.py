@@ -95,7 +95,7 @@ class RadosStore(StoreBase):
             ceph.wait(comp)
             rv = comp.get_return_value()
             if rv < 0:
-                raise BackendError(f"rados put {self.pool}/{oid}: {errno.errorcode.get(-rv, rv)} ({rv})")
+                raise ceph.rv_error(f"rados put {self.pool}/{oid}", rv)
 
         try:
             for key, data in items:
@@ -173,8 +173,10 @@ class RadosStore(StoreBase):
             rv = comp.get_return_value()
             if rv == -errno.ENOENT:
                 raise NotFound(f"object {key} not found in {self._url}")
-            if rv < 0 or slot.get("data") is None:
-                raise BackendError(f"rados get {self.pool}/{oid}: {errno.errorcode.get(-rv, rv)} ({rv})")
+            if rv < 0:
+                raise ceph.rv_error(f"rados get {self.pool}/{oid}", rv)
+            if slot.get("data") is None:
+                raise BackendError(f"rados get {self.pool}/{oid}: no data ({rv})")
             # rv is the length read: the binding hands back its whole buffer for an empty object
             data = slot["data"][:rv]
             with ceph.ceph_errors(f"rados get {self.pool}/{oid}"):
@@ -237,7 +239,7 @@ class RadosStore(StoreBase):
             ceph.wait(comp)
             rv = comp.get_return_value()
             if rv < 0 and rv != -errno.ENOENT:
-                raise BackendError(f"rados delete {self.pool}/{oid}: {errno.errorcode.get(-rv, rv)} ({rv})")
+                raise ceph.rv_error(f"rados delete {self.pool}/{oid}", rv)
 
         try:
             for key in keys:

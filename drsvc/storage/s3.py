@@ -37,7 +37,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from drsvc import faults
-from drsvc.errors import BackendError, InvalidInput, MissingDependency, NotFound
+from drsvc.errors import (
+    BackendError,
+    BackendForbidden,
+    BackendOutage,
+    BackendThrottled,
+    BackendTimeout,
+    BackendUnavailable,
+    InvalidInput,
+    MissingDependency,
+    NotFound,
+)
 from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map, split_store_url
 
 MiB = 1024 * 1024
@@ -108,6 +118,33 @@ class _ViewReader(io.RawIOBase):
         return self.read()
 
 
+RUNBOOK = "s3-unavailable"
+_FORBIDDEN = ("403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken")
+_THROTTLED = ("SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "429")
+_UNAVAILABLE = ("500", "502", "503", "504", "InternalError", "ServiceUnavailable", "BadGateway")
+
+
+def _outage(error: Exception, code: str) -> tuple[type[BackendOutage], str] | None:
+    """The expected failures of an S3 endpoint (down, stalled, refusing us, throttling), or None."""
+    from botocore import exceptions as bx
+
+    if isinstance(error, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return BackendForbidden, "no S3 credentials (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile)"
+    if isinstance(error, bx.ReadTimeoutError | bx.ConnectTimeoutError):
+        return BackendTimeout, f"no answer within the configured timeout ({error})"
+    if isinstance(error, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ConnectionError):
+        return BackendUnavailable, str(error)
+    if isinstance(error, bx.ResponseStreamingError):
+        return BackendUnavailable, f"the connection broke while reading ({error})"
+    if code in _FORBIDDEN:
+        return BackendForbidden, f"{code}: the endpoint refuses these credentials (check the S3 access key and secret)"
+    if code in _THROTTLED:
+        return BackendThrottled, f"{code}: still asked to slow down after every retry"
+    if code in _UNAVAILABLE:
+        return BackendUnavailable, f"{code}: server error after every retry"
+    return None
+
+
 def _code(error: Exception) -> str:
     response = getattr(error, "response", None) or {}
     return str(response.get("Error", {}).get("Code", "")) or str(
@@ -134,6 +171,8 @@ class S3Store(StoreBase):
         window_bytes: int = 64 * MiB,
         multipart_threshold: int = 16 * MiB,
         max_attempts: int = 10,
+        connect_timeout: float = 10,
+        read_timeout: float = 120,
         client: Any = None,
     ) -> None:
         if lock_mode not in LOCK_MODES:
@@ -161,8 +200,8 @@ class S3Store(StoreBase):
             config = Config(
                 retries={"mode": "standard", "max_attempts": max_attempts},
                 max_pool_connections=max(10, 2 * self._workers),
-                connect_timeout=10,
-                read_timeout=120,
+                connect_timeout=connect_timeout,
+                read_timeout=read_timeout,
                 region_name=region,
                 # No SHA-256 of every body for the signature: botocore already skips it over HTTPS
                 # (TLS + the CRC32 checksum it sends, which S3 verifies); on a plain-HTTP endpoint
@@ -205,6 +244,13 @@ class S3Store(StoreBase):
                 "object_lock_days: use a bucket created with Object Lock (drsvc creates one when opened "
                 "with object_lock=True) or drop object_lock_days"
             )
+        outage = _outage(error, code)
+        if outage is not None:
+            kind, why = outage
+            endpoint = getattr(getattr(self._client, "meta", None), "endpoint_url", None) or "AWS"
+            component = f"s3 store {self._url} (endpoint {endpoint})"
+            operation = f"{what} {key}" if key else what
+            return kind(component, operation, why, runbook=RUNBOOK)
         return BackendError(f"s3 {what} {where}: {code or type(error).__name__}: {error}")
 
     def _is_client_error(self, error: Exception) -> bool:

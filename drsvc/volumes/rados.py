@@ -39,7 +39,7 @@ from datetime import UTC
 from typing import Any
 
 from drsvc import ceph, faults
-from drsvc.errors import BackendError, IntegrityError, InvalidInput, NotFound
+from drsvc.errors import BackendError, DrsvcError, IntegrityError, InvalidInput, NotFound
 from drsvc.volumes.base import (
     READ_SIZE,
     ObjectStream,
@@ -77,8 +77,8 @@ def from_url(url: str, **options: Any) -> RadosVolume:
 
 
 # ---------------------------------------------------------------- helpers
-def _rv_error(op: str, rv: int) -> BackendError:
-    return BackendError(f"{op}: {errno.errorcode.get(-rv, str(rv))} ({rv})")
+def _rv_error(op: str, rv: int) -> DrsvcError:
+    return ceph.rv_error(op, rv)
 
 
 def _ioctx(pool: str, conn: dict[str, Any]) -> Any:
@@ -92,7 +92,7 @@ def _lookup_snap(io: Any, pool: str, snap_name: str) -> int:
     except rados.ObjectNotFound as e:
         raise NotFound(f"pool snapshot {snap_name!r} not found in pool {pool}") from e
     except rados.Error as e:
-        raise BackendError(f"look up pool snapshot {snap_name!r} in pool {pool}: {e}") from e
+        raise ceph.error(f"look up pool snapshot {snap_name!r} in pool {pool}", e) from e
 
 
 def _ignore(*_args: Any) -> None:
@@ -135,7 +135,7 @@ class RadosPoolSnapshots:
                         f"pool {self.pool} refuses pool snapshots ({e}): it holds self-managed (RBD) "
                         "snapshots, and a pool can have one kind or the other, never both"
                     ) from e
-                raise BackendError(f"create pool snapshot {name!r} in pool {self.pool}: {e}") from e
+                raise ceph.error(f"create pool snapshot {name!r} in pool {self.pool}", e) from e
             snap_id = _lookup_snap(io, self.pool, name)
             self._settle(io)
             return snap_id
@@ -184,7 +184,7 @@ class RadosPoolSnapshots:
         except rados.ObjectNotFound:
             pass
         except rados.Error as e:
-            raise BackendError(f"remove pool snapshot {name!r} from pool {self.pool}: {e}") from e
+            raise ceph.error(f"remove pool snapshot {name!r} from pool {self.pool}", e) from e
         finally:
             io.close()
 
@@ -578,7 +578,7 @@ class RadosVolume:
             try:
                 io.snap_rollback(name, snap_name)
             except rados.Error as e:
-                raise BackendError(f"roll {self.url}/{name} back to snapshot {snap_name}: {e}") from e
+                raise ceph.error(f"roll {self.url}/{name} back to snapshot {snap_name}", e) from e
 
         # no aio rollback in the binding; its sync call releases the GIL, so threads pipeline it
         # (2000 objects in the lab: 4 threads 1.4 s, 8: 1.0 s, 16: 0.75 s — writes wait longer than reads)

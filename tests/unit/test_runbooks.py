@@ -18,7 +18,15 @@ from drsvc.cli import commands
 from drsvc.cli.main import cli
 from drsvc.runbooks import argv, commands_in, runbook_dir, runbooks
 
-EXPECTED = {"desktop-lost", "node-lost", "ceph-pool-lost", "s3-unavailable", "catalog-lost", "ransomware"}
+EXPECTED = {
+    "desktop-lost",
+    "node-lost",
+    "ceph-pool-lost",
+    "ceph-unavailable",
+    "s3-unavailable",
+    "catalog-lost",
+    "ransomware",
+}
 SECTIONS = ("## Symptoms", "## Decision points", "## Verify", "## Report")
 
 
