@@ -25,6 +25,7 @@ from drsvc.catalog import Catalog
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, InvalidInput, NotFound
 from drsvc.restore import DEFAULT_TARGET, RestoreJob, RestorePlan
 from drsvc.services import Services
+from drsvc.targets import owned_clone
 
 Event = Callable[..., None]
 
@@ -228,7 +229,14 @@ class DrillJob:
         if plan is None or not plan.as_name:
             return
         try:
-            self.services.runtime.remove(plan.as_name)
+            runtime = self.services.runtime
+            try:
+                ref = runtime.inspect(plan.name)
+            except NotFound:
+                ref = None
+            # only the clone this drill made: never a container another restore or tenant put there
+            if ref is not None and owned_clone(ref, plan.desktop["id"], plan.name):
+                runtime.remove(plan.name)
             self.services.volume(plan.volume_url).purge()
         except DrsvcError as e:
             note = f"teardown failed: {e}"

@@ -13,8 +13,12 @@ Phases (each timed, recorded in ``restores``; the RTO is the wall clock of all o
 * ``health``: it runs, it was restored from the checkpoint (not restarted), and the policy's
   probe (TCP port or command) answers.
 
-A desktop that is running is not overwritten without ``force``. ``network`` (``'none'``) and the
-clone's own labels make drill sandboxes that cannot reach the production desktop's data.
+Before the first phase, ``plan`` checks who owns the target (``drsvc.targets``): a restore
+writes only into the desktop's own container and namespace, or a clone name no desktop owns whose
+namespace is empty; another desktop's target needs ``allow_cross_tenant`` (recorded). A desktop
+that is running is not overwritten without ``force``; a container is removed only while it is
+still the one the plan validated. ``network`` (``'none'``) and the clone's own labels make drill
+sandboxes that cannot reach the production desktop's data.
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ from drsvc.errors import (
 )
 from drsvc.policy import Policy
 from drsvc.prune import policy_for
-from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, LABEL_VOLUME, DesktopRef
+from drsvc.runtimes.base import DesktopRef
 from drsvc.services import Services
+from drsvc.targets import Fleet, Target, check_restore_target, confirm_identity, namespace_of
 from drsvc.volumes.base import VolumeObject
 
 PHASES = ("plan", "fetch", "volume", "container", "health")
@@ -76,13 +81,18 @@ class RestorePlan:
     as_name: str | None
     target_seconds: float
     predicted: dict[str, float]
-    container_state: str | None  # the existing container's state, None when there is none
+    target: Target  # where the restore may write, validated (drsvc.targets)
     policy: Policy | None = None
     plan_seconds: float = 0.0
 
     @property
     def name(self) -> str:
-        return self.as_name or self.manifest["runtime"]["container"]
+        return self.target.container
+
+    @property
+    def container_state(self) -> str | None:
+        """The state of the container the restore replaces, None when there is none."""
+        return self.target.existing.state if self.target.existing else None
 
     @property
     def predicted_rto(self) -> float:
@@ -90,10 +100,12 @@ class RestorePlan:
 
     @property
     def volume_url(self) -> str:
-        url: str = self.manifest["volume"]["url"]
-        if self.as_name:
-            return url.rsplit("/", 1)[0] + "/" + self.as_name
-        return url
+        return self.target.volume_url
+
+    @property
+    def in_place(self) -> bool:
+        """Whether the volume is the point's own namespace (rolled back, not copied)."""
+        return self.volume_url == self.manifest["volume"]["url"]
 
     def document(self) -> dict[str, Any]:
         return {
@@ -110,6 +122,7 @@ class RestorePlan:
             "predicted_phases": {k: round(v, 2) for k, v in self.predicted.items()},
             "target_seconds": self.target_seconds,
             "bytes": self.point["bytes"],
+            "target": self.target.document(),
         }
 
 
@@ -207,7 +220,9 @@ class RestoreJob:
         point_id: str | None = None,
         as_name: str | None = None,
         tier: str | None = None,
+        allow_cross_tenant: bool = False,
     ) -> RestorePlan:
+        """Choose the point and tier, read its manifest, validate the target; nothing is touched."""
         started = time.monotonic()
         point = self.choose_point(desktop_id, at=at, point_id=point_id)
         tier = tier or self._tier(point)
@@ -216,29 +231,43 @@ class RestoreJob:
         manifest = self.store(tier).get_manifest(desktop_id, point["id"])
         desktop = self.catalog.desktop(desktop_id)
         policy = policy_for(point, self.services.policies, {desktop_id: desktop})
-        target = policy.objectives.rto.total_seconds() if policy else DEFAULT_TARGET
-        if as_name is not None and as_name == manifest["runtime"]["container"]:
-            raise InvalidInput(
-                f"--as {as_name}: that is the desktop's own container name; omit --as to restore in place"
-            )
-        try:
-            state: str | None = self.services.runtime.inspect(as_name or manifest["runtime"]["container"]).state
-        except NotFound:
-            state = None
+        rto_target = policy.objectives.rto.total_seconds() if policy else DEFAULT_TARGET
+        target = self.check_target(desktop, manifest, as_name, allow_cross_tenant=allow_cross_tenant)
         plan = RestorePlan(
             desktop=desktop,
             point=point,
             tier=tier,
             manifest=manifest,
             as_name=as_name,
-            target_seconds=target,
+            target_seconds=rto_target,
             predicted={},
-            container_state=state,
+            target=target,
             policy=policy,
         )
         plan.plan_seconds = time.monotonic() - started
         plan.predicted = self.predict(plan)
         return plan
+
+    def check_target(
+        self,
+        desktop: dict[str, Any],
+        manifest: dict[str, Any],
+        as_name: str | None,
+        *,
+        allow_cross_tenant: bool = False,
+    ) -> Target:
+        """Where restoring ``manifest`` may write (``drsvc.targets`` rules); exit 2 when nowhere."""
+        runtime = self.services.runtime
+        fleet = Fleet.gather(self.catalog.desktops(), runtime.list_desktops())
+        return check_restore_target(
+            desktop=desktop,
+            manifest=manifest,
+            as_name=as_name,
+            fleet=fleet,
+            inspect=runtime.inspect,
+            namespace_empty=lambda url: not self.services.volume(url).objects_now(),
+            allow_cross_tenant=allow_cross_tenant,
+        )
 
     def predict(self, plan: RestorePlan) -> dict[str, float]:
         """Phase times from past restores of this tier (median rate per byte), else defaults."""
@@ -284,17 +313,26 @@ class RestoreJob:
             raise InvalidInput(f"{what} is running; refusing to overwrite it without --force")
         result = RestoreResult(plan)
         result.phases["plan"] = plan.plan_seconds
+        now = clock.to_iso(clock.now())
+        target = plan.target
         cursor = self.catalog.execute(
-            "INSERT INTO restores (desktop_id, point_id, tier, as_name, drill_id, started_at, target_seconds, status) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
+            "INSERT INTO restores (desktop_id, point_id, tier, as_name, drill_id, started_at, target_seconds, status, "
+            "target_container, target_volume, foreign_owner, foreign_tenant, allowed_by, allowed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?)",
             [
                 plan.desktop["id"],
                 plan.point["id"],
                 plan.tier,
                 plan.as_name,
                 drill_id,
-                clock.to_iso(clock.now()),
+                now,
                 plan.target_seconds,
+                target.container,
+                target.volume_url,
+                target.foreign.desktop_id if target.foreign else None,
+                target.foreign.tenant if target.foreign else None,
+                target.allowed_by,
+                now if target.allowed_by else None,
             ],
         )
         result.restore_id = int(cursor.lastrowid or 0)
@@ -349,22 +387,16 @@ class RestoreJob:
                 result.checks["container"] = "not restored: crash-consistent point (volume only)"
                 return
             with self._phase(result, "container"):
-                if plan.container_state is not None:
+                if confirm_identity(runtime.inspect, plan.target):  # still the container validated
                     runtime.remove(plan.name)
                     faults.point("after-container-removed")
-                labels = None
-                if plan.as_name:
-                    labels = {
-                        LABEL_DESKTOP: plan.as_name,
-                        LABEL_VOLUME: plan.volume_url,
-                        LABEL_CLONE_OF: plan.desktop["id"],
-                    }
+                labels = plan.target.labels()
                 for attempt in (1, 2):
                     try:
                         with archive.open("rb") as body:
                             restored = runtime.restore(
                                 body,
-                                name=plan.as_name,
+                                name=None if plan.name == manifest["runtime"]["container"] else plan.name,
                                 tcp_established=bool(manifest["runtime"].get("tcp_established", True)),
                                 network=network,
                                 size=archive.stat().st_size,
@@ -403,12 +435,12 @@ class RestoreJob:
         source = self.services.volume(manifest["volume"]["url"])
         snap = manifest["volume"]["pool_snapshot"]
         objects = manifest["volume"]["objects"]
-        if plan.tier == "hot" and not plan.as_name:
+        if plan.tier == "hot" and plan.in_place:
             source.rollback_to(snap, keep=[o["name"] for o in objects])
             target = source
             result.checks["volume"] = f"rolled back to pool snapshot {snap}"
         elif plan.tier == "hot":
-            target = source.clone_from_snapshot(snap, plan.as_name or "")
+            target = source.clone_from_snapshot(snap, namespace_of(plan.volume_url) or "")
             result.checks["volume"] = f"copied from pool snapshot {snap} into {plan.volume_url}"
         else:
             target = self.services.volume(plan.volume_url)

@@ -32,6 +32,12 @@ def render_plan(plan: RestorePlan, out: Console) -> None:
     )
     where = f"as clone {doc['as']} (volume {doc['volume']})" if doc["as"] else f"in place (volume {doc['volume']})"
     out.print(f"  {where}; existing container: {doc['existing_container'] or 'none'}")
+    if doc["target"]["foreign_owner"]:
+        t = doc["target"]
+        out.print(
+            f"  [yellow]replaces {t['foreign_owner']} (tenant {t['foreign_tenant'] or 'none'}): "
+            f"allowed by {t['allowed_by']}[/]"
+        )
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in doc["predicted_phases"].items())
     out.print(f"  predicted RTO {doc['predicted_rto_seconds']:.1f} s (target {doc['target_seconds']:.0f} s): {phases}")
 
@@ -62,6 +68,11 @@ def render_result(result: RestoreResult, out: Console) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan and the predicted RTO; touch nothing.")
 @click.option("--force", is_flag=True, help="Overwrite the desktop even though it is running.")
 @click.option("--verify", is_flag=True, help="Also hash the restored volume against the manifest.")
+@click.option(
+    "--allow-cross-tenant",
+    is_flag=True,
+    help="Allow replacing a target another desktop owns (usually another tenant's); recorded with who and when.",
+)
 @pass_app
 def command(
     app: App,
@@ -73,6 +84,7 @@ def command(
     dry_run: bool,
     force: bool,
     verify: bool,
+    allow_cross_tenant: bool,
 ) -> int:
     """Bring DESKTOP back from a recovery point and report the RTO, phase by phase.
 
@@ -81,11 +93,22 @@ def command(
     continue where they were), checks health, and compares the RTO with the policy's target
     (30 s by default): exit 5 when the target is missed. A running desktop is only overwritten
     with --force.
+
+    A restore writes only into the desktop's own container and namespace, or (--as) a clone name
+    that no desktop uses and whose namespace is empty; everything is checked before the first
+    phase (exit 2, nothing touched). Another desktop's target needs --allow-cross-tenant.
     """
     if at and point_id:
         raise InvalidInput("give --at or --point, not both")
     job = RestoreJob(app.services, on_event=phase_printer(app))
-    plan = job.plan(desktop, at=parse_time(at) if at else None, point_id=point_id, as_name=as_name, tier=tier)
+    plan = job.plan(
+        desktop,
+        at=parse_time(at) if at else None,
+        point_id=point_id,
+        as_name=as_name,
+        tier=tier,
+        allow_cross_tenant=allow_cross_tenant,
+    )
     if dry_run:
         app.emit({**plan.document(), "dry_run": True}, lambda out: render_plan(plan, out))
         return 0
