@@ -30,6 +30,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import json
+import logging
 import secrets
 import time
 from collections import defaultdict
@@ -43,11 +44,14 @@ from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, NotFound
 from drsvc.lease import Lease
+from drsvc.log import event
 from drsvc.policy import Policy
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef
 from drsvc.runtimes.freeze import checkpoint_batch, hook_installed
 from drsvc.services import Services
 from drsvc.volumes.base import ObjectHasher, VolumeObject
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
 IMAGES = "_images"  # manifest "desktop" under which base images are stored, once per image id
@@ -404,6 +408,16 @@ class BackupJob:
                     break
                 time.sleep(min(2**attempt, 30))
         outcome.seconds = time.monotonic() - started
+        event(
+            log,
+            logging.INFO,
+            "backup.desktop",
+            f"{outcome.desktop} {outcome.status} ({outcome.consistency}) in {outcome.seconds:.1f}s",
+            desktop=outcome.desktop,
+            point=outcome.point_id,
+            policy=policy.name if policy else None,
+            error=outcome.error if outcome.status == "failed" else None,
+        )
         self.on_event("desktop", outcome=outcome)
 
     def _store_once(

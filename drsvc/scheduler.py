@@ -9,8 +9,11 @@ A tick then prunes, tiers when a cold store is configured, and runs due drills.
 
 from __future__ import annotations
 
+import logging
 import signal
+import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from drsvc.drill import DrillJob
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, Busy, DrsvcError
 from drsvc.inventory import select
 from drsvc.lease import Lease
+from drsvc.log import event
 from drsvc.policy import Policy, PolicySet
 from drsvc.prune import PruneJob
 from drsvc.services import Services
@@ -31,6 +35,8 @@ from drsvc.tiering import TierJob, prune_cold
 
 PURPOSES = ("backup", "drill")
 ERROR_RETRY = timedelta(minutes=1)  # after a failed daemon tick, the next one comes at most this late
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -211,18 +217,58 @@ def run_due(items: list[Due], catalog: Catalog, runner: Runner) -> list[dict[str
             }
             error = str(e)
         record_outcome(catalog, item, error, clock.now())
+        _log_result(item, result, error)
         results.append(result)
     return results
+
+
+def _log_result(item: Due, result: dict[str, Any], error: str | None) -> None:
+    name = f"scheduler.{item.purpose}"
+    fields = {"policy": item.policy, "job": result.get("job_id"), "exit_code": result["exit_code"]}
+    if error is None:
+        event(log, logging.INFO, name, f"{item.purpose} of {item.policy} done (exit {result['exit_code']})", **fields)
+    else:
+        window = clock.to_iso(item.window)
+        event(
+            log, logging.ERROR, name, f"{item.purpose} of {item.policy} failed (window {window})", error=error, **fields
+        )
+
+
+def record_tick(
+    catalog: Catalog,
+    started: datetime,
+    *,
+    seconds: float | None = None,
+    exit_code: int | None = None,
+    error: str | None = None,
+) -> None:
+    """Remember this host's latest tick (start, then end) for ``status``, metrics and the no-tick alert."""
+    finished = clock.to_iso(clock.now()) if seconds is not None else None
+    catalog.execute(
+        "INSERT INTO scheduler_ticks (host, started_at, finished_at, seconds, exit_code, error) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (host) DO UPDATE SET started_at = excluded.started_at, "
+        "finished_at = COALESCE(excluded.finished_at, scheduler_ticks.finished_at), "
+        "seconds = COALESCE(excluded.seconds, scheduler_ticks.seconds), "
+        "exit_code = COALESCE(excluded.exit_code, scheduler_ticks.exit_code), error = excluded.error",
+        [socket.gethostname(), clock.to_iso(started), finished, seconds, exit_code, error],
+    )
 
 
 class Scheduler:
     """One tick: run what is due under the work lease; the daemon calls it in a loop."""
 
-    def __init__(self, services: Services, *, on_event: Callable[..., None] | None = None) -> None:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        on_event: Callable[..., None] | None = None,
+        on_tick: Callable[[float, BaseException | None], None] | None = None,
+    ) -> None:
         self.services = services
         self.catalog = services.catalog
         self.on_event = on_event or (lambda *a, **k: None)
         self.tick_errors = 0  # ticks of this daemon that ended in an exception
+        self.on_tick = on_tick or (lambda seconds, error: None)
 
     def plan(self, now: datetime) -> list[dict[str, Any]]:
         """What is due now and for how many known desktops (catalog only: fast at fleet scale)."""
@@ -239,12 +285,39 @@ class Scheduler:
         return planned
 
     def tick(self, *, dry_run: bool = False, now: datetime | None = None) -> TickReport:
+        """One tick; every real one (not --dry-run) is recorded in the catalog and logged."""
         now = now or clock.now()
-        report = TickReport(now, dry_run)
         if dry_run:
-            report.ran = []
+            report = TickReport(now, dry_run)
             report.due = due(self.services.policies, load_states(self.catalog), now)
             return report
+        started, t0 = clock.now(), time.monotonic()
+        record_tick(self.catalog, started)
+        try:
+            report = self._tick(now)
+        except BaseException as e:
+            seconds = time.monotonic() - t0
+            record_tick(self.catalog, started, seconds=seconds, exit_code=getattr(e, "exit_code", 1), error=str(e))
+            self.on_tick(seconds, e)
+            raise
+        seconds = time.monotonic() - t0
+        record_tick(self.catalog, started, seconds=seconds, exit_code=report.exit_code)
+        self.on_tick(seconds, None)
+        if report.skipped:
+            event(log, logging.INFO, "scheduler.skipped", report.skipped)
+        else:
+            ran = ", ".join(f"{r.get('purpose', '?')} exit {r['exit_code']}" for r in report.ran) or "nothing"
+            event(
+                log,
+                logging.INFO if report.due or report.ran else logging.DEBUG,
+                "scheduler.tick",
+                f"tick done in {seconds:.1f}s: {len(report.due)} due, ran {ran}",
+                exit_code=report.exit_code,
+            )
+        return report
+
+    def _tick(self, now: datetime) -> TickReport:
+        report = TickReport(now, False)
         lease = Lease(self.catalog, ttl=self.services.config.scheduler.lease_seconds)
         try:
             lease.__enter__()
@@ -318,11 +391,15 @@ class Scheduler:
                 failed = True
                 self.tick_errors += 1
                 trace = None if isinstance(e, DrsvcError) and not e.traceback else traceback.format_exc()
+                message = f"tick failed: {e}" if isinstance(e, DrsvcError) else f"tick failed unexpectedly: {e!r}"
+                message += f" ({self.tick_errors} failed tick(s); the next comes within {ERROR_RETRY})"
+                event(log, logging.ERROR, "scheduler.error", message, error=str(e), exc_info=e, count=self.tick_errors)
                 self.on_event("error", error=e, traceback=trace, count=self.tick_errors)
             try:
                 now = clock.now()
                 wait = (next_wakeup(self.services.policies, now) - now).total_seconds() + 0.5
             except Exception as e:  # e.g. a policy file broken while the daemon runs
+                event(log, logging.ERROR, "scheduler.error", f"cannot plan the next tick: {e}", error=str(e))
                 self.on_event("error", error=e, traceback=None, count=self.tick_errors)
                 wait = ERROR_RETRY.total_seconds()
             if failed:

@@ -44,3 +44,13 @@ def run_cli(capsys: pytest.CaptureFixture[str]):
         return CliResult(code, out.out, out.err)
 
     return run
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    """A real catalog with one policy (tests/fleetkit.py), filled by the test."""
+    from fleetkit import Fleet
+
+    kit = Fleet(tmp_path)
+    yield kit
+    kit.catalog.close()

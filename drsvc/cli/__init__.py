@@ -17,6 +17,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("init_cmd", "Write a commented starter config wired to what this machine has, plus key and catalog."),
     "policy": ("policy_cmd", "Validate policy files and preview what a policy does."),
     "desktops": ("desktops_cmd", "Desktops: containers labelled drsvc.desktop, and their data volumes."),
+    "status": (
+        "status_cmd",
+        "Show objectives per policy and desktop: last point vs RPO, failures, next run, tier lag, drills.",
+    ),
+    "metrics": (
+        "metrics_cmd",
+        "Print the Prometheus metrics (text exposition format), or write them for node_exporter.",
+    ),
     "run": ("run_cmd", "Run the scheduler: due backups, tiering to S3, drills, then retention on every tier."),
     "backup": ("backup_cmd", "Take recovery points now: memory (CRIU checkpoint) and data (pool snapshot) paired."),
     "restore": ("restore_cmd", "Bring DESKTOP back from a recovery point and report the RTO, phase by phase."),

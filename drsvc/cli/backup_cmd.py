@@ -25,11 +25,6 @@ def progress_printer(app: App) -> Any:
             err.print(f"[dim]freezing {len(fields['desktops'])} desktop(s) for one pool snapshot…[/]")
         elif kind == "snapshot":
             err.print(f"[dim]pool snapshot {fields['name']}[/]")
-        elif kind == "error":
-            # the daemon goes on after a failed tick: say so, with the traceback only for the unexpected
-            err.print(f"[red]drsvc: error: {fields['error']}[/] (tick failed {fields.get('count', 1)}x; retrying)")
-            if fields.get("traceback"):
-                err.print(fields["traceback"], markup=False, highlight=False)
         elif kind == "desktop":
             o: Outcome = fields["outcome"]
             mark = "[green]✓[/]" if o.status == "complete" else "[red]✗[/]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -13,6 +14,10 @@ from drsvc import __version__
 from drsvc.cli import COMMANDS, load
 from drsvc.cli._common import App, DrsvcGroup
 from drsvc.errors import EXIT_FAILED, EXIT_INVALID, DrsvcError
+from drsvc.log import level_for
+from drsvc.log import setup as setup_logging
+
+LOG_INFO_BY_DEFAULT = ("run",)
 
 
 class LazyGroup(DrsvcGroup):
@@ -48,31 +53,64 @@ class LazyGroup(DrsvcGroup):
     type=click.Path(path_type=Path, dir_okay=False),
     help="Config file (default: $DRSVC_CONFIG, ./drsvc.toml, /etc/drsvc/drsvc.toml).",
 )
-@click.option("--json", "json_output", is_flag=True, help="Print one JSON document on stdout.")
+@click.option("--json", "json_output", is_flag=True, help="Print one JSON document on stdout (also after the command).")
 @click.option("--debug", is_flag=True, help="On an error, also print the Python traceback (for bug reports).")
+@click.option("-v", "--verbose", count=True, help="More log lines on stderr (-v info, -vv debug).")
+@click.option("-q", "--quiet", count=True, help="Fewer log lines on stderr (errors only).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines as text, or one JSON object a line (time, level, event, desktop, point, job, error).",
+)
 @click.version_option(__version__, prog_name="drsvc")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, json_output: bool, debug: bool) -> None:
+def cli(
+    ctx: click.Context,
+    config_path: Path | None,
+    json_output: bool,
+    debug: bool,
+    verbose: int,
+    quiet: int,
+    log_format: str,
+) -> None:
     """drsvc: backup and disaster recovery for container-based virtual desktops.
 
     Takes recovery points (CRIU container checkpoint + Ceph pool snapshot of the same instant)
     per policy, keeps them on a hot Ceph tier and a cold S3 tier, restores a desktop in one
     command and measures its RTO, and proves it with drills and a quarterly report.
     """
+    # the scheduler (cron, daemon) reports what it did in its log; other commands print their results
+    default = logging.INFO if ctx.invoked_subcommand in LOG_INFO_BY_DEFAULT else logging.WARNING
+    setup_logging(level_for(verbose, quiet, default), log_format)
     app = App(config_path=config_path, json_output=json_output)
     ctx.obj = app
     ctx.call_on_close(app.close)
 
 
+def hoist_json(args: list[str]) -> list[str]:
+    """``drsvc points list --json`` means ``drsvc --json points list``: move ``--json`` to the front.
+
+    Only before a ``--`` (after it, ``--json`` is an argument), and only for commands that do not
+    take a ``--json`` of their own (none does: it is a global option).
+    """
+    end = args.index("--") if "--" in args else len(args)
+    if "--json" not in args[:end]:
+        return args
+    rest = [a for a in args[:end] if a != "--json"] + args[end:]
+    return ["--json", *rest]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and map every DrsvcError to its exit code."""
-    args = argv if argv is not None else sys.argv[1:]
+    args = hoist_json(list(argv if argv is not None else sys.argv[1:]))
     json_output = "--json" in args
     debug = "--debug" in args or bool(os.environ.get("DRSVC_DEBUG"))
     try:
         # Commands return an exit code when they finished but must not report plain success
         # (e.g. 5: restored, but the RTO target was missed).
-        rv = cli.main(args=argv, prog_name="drsvc", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="drsvc", standalone_mode=False)
     except DrsvcError as e:
         _report(e, json_output, debug)
         sys.exit(e.exit_code)

@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 
 import click
 from rich.console import Console
 
 from drsvc import clock
 from drsvc.cli._common import App, DrsvcCommand, pass_app
-from drsvc.cli.backup_cmd import progress_printer
+from drsvc.errors import InvalidInput
 from drsvc.scheduler import Scheduler, Stopper, TickReport
+
+log = logging.getLogger(__name__)
+
+
+def start_metrics(app: App, listen: str) -> Callable[[float, BaseException | None], None]:
+    """Serve /metrics from a background thread; returns the scheduler's per-tick callback."""
+    from drsvc import metrics
+
+    if ":" not in listen or not listen.rpartition(":")[2].isdigit():
+        raise InvalidInput(f"--metrics-listen {listen!r}: give HOST:PORT or :PORT")
+    registry = metrics.registry(app.config.catalog.path, lambda: app.services.policies)
+    daemon = metrics.DaemonMetrics(registry)
+    try:
+        metrics.serve(registry, listen)
+    except OSError as e:
+        raise InvalidInput(f"--metrics-listen {listen}: {e.strerror or e}") from None
+    log.info("serving metrics on http://%s/metrics", listen, extra={"drsvc": {"event": "metrics.listen"}})
+
+    def on_tick(seconds: float, error: BaseException | None) -> None:
+        daemon.ticks.observe(seconds)
+        if error is not None:
+            daemon.errors.inc()
+
+    return on_tick
 
 
 def render(report: TickReport, planned: list[dict] | None, out: Console) -> None:
@@ -34,15 +60,24 @@ def render(report: TickReport, planned: list[dict] | None, out: Console) -> None
 @click.command("run", cls=DrsvcCommand)
 @click.option("--once", is_flag=True, help="One tick and exit (for cron, every minute is fine).")
 @click.option("--dry-run", is_flag=True, help="List what is due and why; run nothing.")
+@click.option(
+    "--metrics-listen",
+    metavar="ADDR",
+    help="Serve Prometheus metrics on http://ADDR/metrics while running (HOST:PORT or :PORT).",
+)
 @pass_app
-def command(app: App, once: bool, dry_run: bool) -> int:
+def command(app: App, once: bool, dry_run: bool, metrics_listen: str | None) -> int:
     """Run the scheduler: due backups, tiering to S3, drills, then retention on every tier.
 
     Safe to start from cron every minute: a lease in the catalog lets one tick work at a time,
     each policy window runs once, missed windows run once, and failures retry with backoff.
     Without --once it runs as a daemon until SIGTERM.
     """
-    scheduler = Scheduler(app.services, on_event=progress_printer(app))
+    on_tick = None
+    if metrics_listen:
+        on_tick = start_metrics(app, metrics_listen)
+    # the scheduler reports through its log (drsvc.log: text or JSON lines, every error included)
+    scheduler = Scheduler(app.services, on_tick=on_tick)
     if dry_run:
         started = time.perf_counter()
         now = clock.now()

@@ -1,0 +1,123 @@
+"""Prometheus metrics from the catalog: values, naming conventions, bounded labels, the textfile."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from fleetkit import NOW
+from prometheus_client.parser import text_string_to_metric_families
+
+from drsvc import metrics
+
+# every label drsvc may put on a series: each has a bounded set of values (see drsvc/metrics.py)
+BOUNDED_LABELS = {"desktop", "policy", "tier", "kind", "result", "lease", "host", "version"}
+UNIT_SUFFIXES = ("_seconds", "_bytes", "_total", "_info", "_points", "_desktops", "_failures", "_attempts")
+
+
+def scrape(fleet) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    registry = metrics.registry(fleet.catalog.path, lambda: fleet.policies)
+    text = metrics.render(registry).decode()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return samples
+
+
+def one(samples, name: str, **labels: str) -> float:
+    return samples[name][tuple(sorted(labels.items()))]
+
+
+def test_objectives_per_desktop_and_policy(fleet) -> None:
+    fleet.desktop("ok")
+    fleet.point("ok", timedelta(minutes=10))
+    fleet.desktop("late")
+    fleet.point("late", timedelta(hours=7))
+    fleet.point("late", timedelta(hours=1), status="failed", reason="boom")
+    fleet.point("late", timedelta(minutes=2), status="failed", reason="boom again")
+    s = scrape(fleet)
+    assert one(s, "drsvc_rpo_breached", desktop="ok", policy="gold") == 0
+    assert one(s, "drsvc_rpo_breached", desktop="late", policy="gold") == 1
+    assert one(s, "drsvc_backup_consecutive_failures", desktop="late", policy="gold") == 2
+    assert (
+        one(s, "drsvc_last_point_timestamp_seconds", desktop="ok", policy="gold")
+        == (NOW - timedelta(minutes=10)).timestamp()
+    )
+    assert one(s, "drsvc_rpo_objective_seconds", policy="gold") == 7200
+    assert one(s, "drsvc_rto_objective_seconds", policy="gold") == 30
+    assert one(s, "drsvc_backup_points_total", policy="gold", result="failed") == 2
+    assert one(s, "drsvc_backup_points_total", policy="gold", result="ok") == 2
+    assert one(s, "drsvc_policy_desktops", policy="gold") == 2
+
+
+def test_freeze_histogram_counts_every_point(fleet) -> None:
+    fleet.desktop("d")
+    for minutes in (10, 20, 30):
+        fleet.point("d", timedelta(minutes=minutes))  # freeze 121, 122, 123 ms
+    s = scrape(fleet)
+    assert one(s, "drsvc_freeze_seconds_count", policy="gold") == 3
+    assert one(s, "drsvc_freeze_seconds_bucket", policy="gold", le="0.1") == 0
+    assert one(s, "drsvc_freeze_seconds_bucket", policy="gold", le="0.25") == 3
+    assert abs(one(s, "drsvc_freeze_seconds_sum", policy="gold") - 0.366) < 1e-9
+    assert one(s, "drsvc_freeze_last_seconds", desktop="d", policy="gold") == 0.121
+
+
+def test_drills_and_restores(fleet) -> None:
+    fleet.desktop("d")
+    fleet.point("d", timedelta(minutes=5))
+    fleet.drill(timedelta(hours=2), [("d", 12.5, True)])
+    fleet.drill(timedelta(hours=1), [("d", 44.0, False)])
+    s = scrape(fleet)
+    assert one(s, "drsvc_drills_total", policy="gold", result="passed") == 1
+    assert one(s, "drsvc_drills_total", policy="gold", result="failed") == 1
+    assert one(s, "drsvc_drill_last_success", policy="gold") == 0
+    assert one(s, "drsvc_drill_last_rto_seconds", policy="gold") == 44.0
+
+
+def test_jobs_counted_by_kind_and_result_with_every_series_present(fleet) -> None:
+    job = fleet.catalog.start_job("backup", policy="gold")
+    fleet.catalog.finish_job(job, "failed", error="x")
+    fleet.catalog.start_job("tier")  # still running: not counted yet
+    s = scrape(fleet)
+    assert one(s, "drsvc_jobs_total", kind="backup", result="failed") == 1
+    assert one(s, "drsvc_jobs_total", kind="tier", result="ok") == 0  # present at 0, so rate() works
+    assert len(s["drsvc_jobs_total"]) == len(metrics.JOB_KINDS) * len(metrics.JOB_RESULTS)
+
+
+def test_names_follow_prometheus_conventions_and_labels_stay_bounded(fleet) -> None:
+    fleet.desktop("d")
+    fleet.point("d", timedelta(minutes=5), status="failed", reason="a long error text that must not be a label")
+    fleet.drill(timedelta(hours=1), [("d", 3.0, True)])
+    s = scrape(fleet)
+    for name, series in s.items():
+        assert re.fullmatch(r"drsvc_[a-z0-9_]+", name), name
+        base = re.sub(r"_(bucket|count|sum|created)$", "", name)
+        assert base.endswith(UNIT_SUFFIXES) or base in {
+            "drsvc_rpo_breached",
+            "drsvc_drill_last_success",
+            "drsvc_verify_last_success",
+            "drsvc_lease_held",
+            "drsvc_catalog_healthy",
+            "drsvc_catalog_schema_version",
+            "drsvc_restores_interrupted",
+            "drsvc_desktops_unprotected",
+            "drsvc_scheduler_last_tick_exit_code",
+        }, name
+        for labels in series:
+            assert {k for k, _ in labels} - {"le"} <= BOUNDED_LABELS, (name, labels)
+            assert all("error" not in v for _, v in labels), (name, labels)
+
+
+def test_textfile_is_written_atomically_for_node_exporter(fleet, tmp_path, run_cli) -> None:
+    config = fleet.config()
+    fleet.desktop("d")
+    fleet.point("d", timedelta(hours=3))
+    path = tmp_path / "drsvc.prom"
+    result = run_cli("--config", str(config), "metrics", "--textfile", str(path))
+    assert result.code == 0, result.output
+    text = path.read_text()
+    assert 'drsvc_rpo_breached{desktop="d",policy="gold"} 1.0' in text
+    assert not list(tmp_path.glob("drsvc.prom.*"))  # no temp file left behind
+    stdout = run_cli("--config", str(config), "metrics")
+    assert stdout.code == 0 and "# TYPE drsvc_jobs_total counter" in stdout.stdout
