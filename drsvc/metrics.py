@@ -37,6 +37,7 @@ __all__ = ["FREEZE_BUCKETS", "RTO_BUCKETS", "CatalogCollector", "DaemonMetrics",
 FREEZE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RTO_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 TICK_BUCKETS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
+DEFAULT_FREEZE_BUDGET = 5.0  # seconds a desktop may stand frozen when its policy sets no budget
 JOB_KINDS = ("backup", "tier", "prune", "restore", "drill", "verify", "gc")
 JOB_RESULTS = ("ok", "partial", "failed", "interrupted")
 
@@ -152,9 +153,9 @@ class CatalogCollector(Collector):
             if p.rpo_seconds is not None:
                 rpo.add_metric(key, p.rpo_seconds)
             rto.add_metric(key, p.rto_seconds)
+            # the policy's own budget where policies carry one (capture.freeze_timeout), else the default
             freeze_budget = getattr(policies.get(p.policy).capture, "freeze_timeout", None)
-            if freeze_budget is not None:
-                budget.add_metric(key, freeze_budget.total_seconds())
+            budget.add_metric(key, freeze_budget.total_seconds() if freeze_budget else DEFAULT_FREEZE_BUDGET)
             lag.add_metric(key, float(p.tier_lag))
             attempts.add_metric(key, float(p.attempts))
             if p.next_backup is not None:

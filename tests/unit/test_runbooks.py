@@ -26,6 +26,7 @@ EXPECTED = {
     "s3-unavailable",
     "catalog-lost",
     "ransomware",
+    "backups-failing",
 }
 SECTIONS = ("## Symptoms", "## Decision points", "## Verify", "## Report")
 
