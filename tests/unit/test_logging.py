@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from drsvc.cli.main import hoist_json
-from drsvc.errors import BackendError
+from drsvc.errors import Busy
 from drsvc.log import event, level_for, setup
 
 
@@ -26,7 +26,7 @@ def test_json_lines_carry_the_documented_fields(captured) -> None:
     setup(logging.INFO, "json", captured)
     log = logging.getLogger("drsvc.backup")
     event(log, logging.INFO, "backup.desktop", "d1 complete", desktop="d1", point="d1-20261206", job=7, policy=None)
-    event(log, logging.ERROR, "scheduler.error", "tick failed", error="pool full", exc_info=BackendError("pool full"))
+    event(log, logging.ERROR, "scheduler.error", "tick failed", error="pool full", exc_info=Busy("pool full"))
     first, second = (json.loads(line) for line in captured.getvalue().splitlines())
     assert first["event"] == "backup.desktop" and first["level"] == "info"
     assert (first["desktop"], first["point"], first["job"]) == ("d1", "d1-20261206", 7)
