@@ -1,4 +1,4 @@
--- drsvc catalog, migration 6: the scheduler's last tick per host, and what was notified.
+-- drsvc catalog, migration 7: the scheduler's last tick per host, and what was notified.
 -- scheduler_ticks lets `drsvc metrics` and `drsvc status` say when the scheduler last ran, also for
 -- cron users (each `run --once` is a new process); the "no tick for N minutes" alert reads it.
 -- notifications remembers, per condition (e.g. rpo:desk-001:gold), whether it is firing and when
