@@ -30,7 +30,8 @@ def holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _holder_dead(holder: str) -> bool:
+def holder_dead(holder: str) -> bool:
+    """Whether ``holder`` (``host:pid``) is a process on this host that no longer exists."""
     host, _, pid = holder.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
@@ -44,10 +45,18 @@ def _holder_dead(holder: str) -> bool:
 
 
 class Lease:
-    """Context manager: acquire (or raise ``Busy``), renew in the background, release on exit."""
+    """Context manager: acquire (or raise ``Busy``), renew in the background, release on exit.
+
+    This one keeps the lease in the catalog. ``drsvc.executors.kubernetes_lease.KubernetesLease``
+    keeps it in a ``coordination.k8s.io`` Lease instead (a multi-node deployment shares no
+    catalog); both fill in the four steps below: acquire, renew, release, valid.
+    """
 
     def __init__(self, catalog: Catalog, name: str = WORK_LEASE, ttl: float = 900) -> None:
         self.catalog = catalog
+        self._setup(name, ttl)
+
+    def _setup(self, name: str, ttl: float) -> None:
         self.name = name
         self.ttl = ttl
         self.holder = holder_id()
@@ -57,16 +66,33 @@ class Lease:
         self._thread: threading.Thread | None = None
         self.joined = False
 
-    def __enter__(self) -> Lease:
+    # ---- the four steps a lease store provides
+    def _acquire(self) -> int:
+        """Take the lease; its new fencing token, or ``Busy``."""
         token = self.catalog.acquire_lease(self.name, self.holder, self.ttl)
         if token is None:
             rows = self.catalog.query("SELECT holder FROM leases WHERE name = ?", [self.name])
             other = rows[0]["holder"] if rows else "?"
-            if _holder_dead(other):
+            if holder_dead(other):
                 token = self.catalog.acquire_lease(self.name, self.holder, self.ttl, take_from=other)
             if token is None:
                 raise Busy(f"another drsvc run holds the {self.name!r} lease ({other}); try again later")
-        self.token = token
+        return token
+
+    def _renew_once(self, token: int) -> bool:
+        """Extend the lease; False when it was lost."""
+        return self.catalog.renew_lease(self.name, token, self.ttl)
+
+    def _release(self, token: int) -> None:
+        self.catalog.release_lease(self.name, token)
+
+    def _valid(self, token: int) -> bool:
+        """Whether ``token`` is still the lease's current, unexpired token."""
+        return self.catalog.lease_valid(self.name, token)
+
+    # ---- shared behaviour
+    def __enter__(self) -> Lease:
+        self.token = self._acquire()
         self._thread = threading.Thread(target=self._renew, name=f"lease-{self.name}", daemon=True)
         self._thread.start()
         return self
@@ -76,18 +102,22 @@ class Lease:
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.token is not None:
-            self.catalog.release_lease(self.name, self.token)
+            self._release(self.token)
 
     def _renew(self) -> None:
         assert self.token is not None
         while not self._stop.wait(self.ttl / 3):
-            if not self.catalog.renew_lease(self.name, self.token, self.ttl):
+            try:
+                renewed = self._renew_once(self.token)
+            except DrsvcError:
+                continue  # the lease store is unreachable for now: try again; expiry decides
+            if not renewed:
                 self._lost.set()
                 return
 
     def check(self) -> None:
         """Raise ``LeaseLost`` unless this lease is still held with its token (the fence)."""
-        if self.token is None or self._lost.is_set() or not self.catalog.lease_valid(self.name, self.token):
+        if self.token is None or self._lost.is_set() or not self._valid(self.token):
             self._lost.set()
             raise LeaseLost(f"lost the {self.name!r} lease (token {self.token}); stopping without committing")
 

@@ -154,39 +154,71 @@ def rebuild_catalog(
         for desktop, manifest in sorted(newest.items()):
             if desktop in known_desktops:
                 continue
-            runtime = manifest.get("runtime") or {}
-            catalog.upsert_desktop(
-                {
-                    "id": desktop,
-                    "runtime_url": runtime.get("url") or "unknown://",
-                    "container": runtime.get("container") or desktop,
-                    "volume": (manifest.get("volume") or {}).get("url"),
-                    "tenant": runtime.get("tenant"),
-                    "labels": runtime.get("labels") or {},
-                    "image": runtime.get("image"),
-                }
-            )
+            add_desktop(catalog, manifest)
             report.desktops_added.append(desktop)
         for pid, manifest, tiers in documents:
             if pid not in known_points:
-                snap_id = _snapshot(services, manifest, hot_snapshots, now, report)
-                _add_point(catalog, pid, manifest, snap_id)
+                snapshot_live = manifest_snapshot(manifest) in hot_snapshots
+                snap_id = record_snapshot(services, manifest, snapshot_live=snapshot_live, now=now, report=report)
+                add_point(catalog, pid, manifest, snap_id)
                 report.points_added.append(pid)
             for tier, store in tiers.items():
-                retain = None
-                lookup = getattr(store.store, "retain_until", None)
-                if tier == "cold" and lookup is not None:
-                    until = lookup(manifest_key(manifest["desktop"], pid))
-                    retain = clock.to_iso(until) if until else None
-                catalog.set_tier(pid, tier, store.store.url, retain_until=retain)
+                add_copy(catalog, pid, manifest, tier, store)
                 report.tiers_added.append(f"{pid}:{tier}")
             on_event("point", point_id=pid)
     return report
 
 
-def _snapshot(
-    services: Services, manifest: dict[str, Any], hot_snapshots: set[Any], now: datetime, report: RebuildReport
+# ---------------------------------------------------------------------- one point from its manifest
+# rebuild_catalog uses these for every manifest it lacks; drsvc.agents for exactly the points a
+# node agent reports.
+
+
+def manifest_snapshot(manifest: dict[str, Any]) -> str | None:
+    """The pool snapshot a manifest's volume was read from."""
+    return (manifest.get("volume") or {}).get("pool_snapshot")
+
+
+def add_desktop(catalog: Any, manifest: dict[str, Any]) -> None:
+    """Record the desktop a manifest describes (container, volume, tenant, labels, image)."""
+    runtime = manifest.get("runtime") or {}
+    catalog.upsert_desktop(
+        {
+            "id": manifest["desktop"],
+            "runtime_url": runtime.get("url") or "unknown://",
+            "container": runtime.get("container") or manifest["desktop"],
+            "volume": (manifest.get("volume") or {}).get("url"),
+            "tenant": runtime.get("tenant"),
+            "labels": runtime.get("labels") or {},
+            "image": runtime.get("image"),
+        }
+    )
+
+
+def add_copy(catalog: Any, pid: str, manifest: dict[str, Any], tier: str, store: ChunkStore, **fields: Any) -> None:
+    """Record that ``store`` holds the point (the cold tier with its Object Lock retention)."""
+    retain = None
+    lookup = getattr(store.store, "retain_until", None)
+    if tier == "cold" and lookup is not None:
+        until = lookup(manifest_key(manifest["desktop"], pid))
+        retain = clock.to_iso(until) if until else None
+    catalog.set_tier(pid, tier, store.store.url, retain_until=retain, **fields)
+
+
+def record_snapshot(
+    services: Services,
+    manifest: dict[str, Any],
+    *,
+    snapshot_live: bool,
+    now: datetime,
+    report: RebuildReport | None = None,
+    job_id: int | None = None,
 ) -> int | None:
+    """The catalog row of the pool snapshot a manifest names, added when missing.
+
+    ``snapshot_live``: whether the snapshot still exists (prune removes one once no hot copy needs
+    it, so a point with no hot copy left names a snapshot that is gone).
+    """
     volume = manifest.get("volume") or {}
     name, url = volume.get("pool_snapshot"), volume.get("url")
     if not name or not url:
@@ -196,17 +228,17 @@ def _snapshot(
     rows = catalog.query("SELECT id FROM pool_snapshots WHERE pool = ? AND name = ?", [pool, name])
     if rows:
         return int(rows[0]["id"])
-    # prune removes a pool snapshot once no hot copy needs it: one with no hot copy left is gone
-    removed = None if name in hot_snapshots else clock.to_iso(now)
     cursor = catalog.execute(
-        "INSERT INTO pool_snapshots (pool, name, taken_at, removed_at) VALUES (?, ?, ?, ?)",
-        [pool, name, manifest["taken_at"], removed],
+        "INSERT INTO pool_snapshots (pool, name, taken_at, removed_at, job_id) VALUES (?, ?, ?, ?, ?)",
+        [pool, name, manifest["taken_at"], None if snapshot_live else clock.to_iso(now), job_id],
     )
-    report.snapshots_added.append(name)
+    if report is not None:
+        report.snapshots_added.append(name)
     return int(cursor.lastrowid or 0)
 
 
-def _add_point(catalog: Any, pid: str, manifest: dict[str, Any], snap_id: int | None) -> None:
+def add_point(catalog: Any, pid: str, manifest: dict[str, Any], snap_id: int | None, **fields: Any) -> None:
+    """The point row and its artifacts, from the manifest; ``fields`` add what only a live run knew."""
     volume = manifest.get("volume") or {}
     checkpoint = manifest.get("checkpoint") or None
     runtime = manifest.get("runtime") or {}
@@ -230,6 +262,7 @@ def _add_point(catalog: Any, pid: str, manifest: dict[str, Any], snap_id: int | 
             "bytes": sum(ref.size for _, _, ref in refs),
             "freeze_ms": manifest.get("freeze_ms"),
             "completed_at": manifest["taken_at"],
+            **fields,
         }
     )
     held = checkpoint.get("held_files") if isinstance(checkpoint, dict) else None

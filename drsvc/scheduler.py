@@ -30,6 +30,7 @@ from drsvc.lease import Lease
 from drsvc.log import event
 from drsvc.policy import Policy, PolicySet
 from drsvc.prune import PruneJob
+from drsvc.runtimes.base import DesktopRef
 from drsvc.services import Services
 from drsvc.tiering import TierJob, prune_cold
 
@@ -318,7 +319,7 @@ class Scheduler:
 
     def _tick(self, now: datetime) -> TickReport:
         report = TickReport(now, False)
-        lease = Lease(self.catalog, ttl=self.services.config.scheduler.lease_seconds)
+        lease = self.services.work_lease()
         try:
             lease.__enter__()
         except Busy as e:
@@ -355,16 +356,54 @@ class Scheduler:
         if not desktops:
             return {"policy": item.policy, "purpose": "backup", "exit_code": EXIT_OK, "desktops": 0}
         if self.services.config.scheduler.executor == "kubernetes":
-            # one Job per node runs `drsvc backup --node N --lease-token T` where the archives are
-            from drsvc.executors import open_executor
-
-            executor = open_executor(self.services.config, on_event=self.on_event)
-            try:
-                return executor.run_backup(item.policy, desktops, lease_token=lease.token)
-            finally:
-                executor.close()
+            return self._backup_on_nodes(item, desktops, lease)
         result = BackupJob(self.services, lease, on_event=self.on_event).run(desktops, policy)
         return {"purpose": "backup", "exit_code": result.exit_code, **result.document()}
+
+    def _backup_on_nodes(self, item: Due, desktops: list[DesktopRef], lease: Lease) -> dict[str, Any]:
+        """One node-agent Job per node (``drsvc.executors``), then import what the agents report."""
+        from drsvc.agents import import_run
+        from drsvc.executors import open_executor
+        from drsvc.executors.kubernetes import new_run_id
+
+        run_id = new_run_id()
+        job_id = self.catalog.start_job(
+            "backup",
+            policy=item.policy,
+            token=lease.token,
+            detail={"executor": "kubernetes", "run": run_id, "desktops": [d.desktop_id for d in desktops]},
+        )
+        executor = open_executor(self.services.config, on_event=self.on_event)
+        try:
+            result = executor.run_backup(item.policy, desktops, lease_token=lease.token, run_id=run_id)
+        except BaseException as e:
+            self.catalog.finish_job(job_id, "failed", error=str(e) or type(e).__name__)
+            raise
+        finally:
+            executor.close()
+        assigned = {n["node"]: n["desktops"] for n in result["nodes"]}
+        imported = import_run(self.services, run_id, assigned, job_id=job_id, lease=lease, on_event=self.on_event)
+        for n in result["nodes"]:
+            trouble = [p.split(": ", 1)[1] for p in imported.problems if p.split(": ", 1)[0] == n["node"]]
+            if trouble and n["exit_code"] == EXIT_OK:
+                n.update(status="failed", exit_code=EXIT_FAILED, error="; ".join(trouble))
+        result["points"] = imported.points
+        result["pool_snapshots"] = imported.snapshots
+        codes = {n["exit_code"] for n in result["nodes"]}
+        complete = sum(p["status"] == "complete" for p in imported.points)
+        if codes <= {EXIT_OK} and complete == len(desktops):
+            result["exit_code"] = EXIT_OK
+        elif complete or codes & {EXIT_OK, EXIT_PARTIAL}:
+            result["exit_code"] = EXIT_PARTIAL
+        else:
+            result["exit_code"] = EXIT_FAILED
+        errors = "; ".join(f"{n['node']}: {n['error']}" for n in result["nodes"] if n.get("error"))
+        if errors:
+            result["error"] = errors
+        status = {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(result["exit_code"], "failed")
+        self.catalog.finish_job(job_id, status, error=errors or None, detail=result)
+        result["job_id"] = job_id
+        return result
 
     def _drill(self, item: Due) -> dict[str, Any]:
         self.on_event("due", item=item)

@@ -19,6 +19,7 @@ from drsvc.errors import ConfigError, NotFound
 if TYPE_CHECKING:
     from drsvc.chunks import ChunkStore
     from drsvc.crypto import Keys
+    from drsvc.lease import Lease
     from drsvc.policy import PolicySet
     from drsvc.runtimes.base import ContainerRuntime
     from drsvc.volumes.base import PoolSnapshots, Volume
@@ -111,6 +112,31 @@ class Services:
         from drsvc.volumes import open_snapshots
 
         return open_snapshots(scope)
+
+    def work_lease(self) -> Lease:
+        """The work lease (backups, prune, tiering): in the catalog, or a Kubernetes Lease.
+
+        With ``executor = "kubernetes"`` the scheduler and its node agents share no catalog, so the
+        lease lives in the API server (``drsvc.executors.kubernetes_lease``).
+        """
+        ttl = self.config.scheduler.lease_seconds
+        if self.config.scheduler.executor == "kubernetes":
+            from drsvc.executors.kubernetes_lease import KubernetesLease, namespace_from_environment
+
+            return KubernetesLease(namespace=namespace_from_environment(), ttl=ttl)
+        from drsvc.lease import Lease
+
+        return Lease(self.catalog, ttl=ttl)
+
+    def joined_lease(self, token: int) -> Lease:
+        """The scheduler's work lease, joined by its fencing token (node agents)."""
+        if self.config.scheduler.executor == "kubernetes":
+            from drsvc.executors.kubernetes_lease import KubernetesLease, namespace_from_environment
+
+            return KubernetesLease.join(token, namespace=namespace_from_environment())
+        from drsvc.lease import JoinedLease
+
+        return JoinedLease(self.catalog, token)
 
     def close(self) -> None:
         for name in ("runtime",):

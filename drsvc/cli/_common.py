@@ -85,11 +85,17 @@ class App:
             self._services = Services(self.config, self.catalog)
         return self._services
 
-    def lease(self) -> Lease:
-        """The work lease (backups, prune, tiering) for this config's catalog."""
-        from drsvc.lease import Lease
+    def use_private_catalog(self) -> None:
+        """Work on an in-memory catalog and never open the configured one (node agents: see drsvc.agents)."""
+        from drsvc.catalog import Catalog
 
-        return Lease(self.catalog, ttl=self.config.scheduler.lease_seconds)
+        if self._catalog is not None:
+            raise RuntimeError("the configured catalog is already open")
+        self._catalog = Catalog.open(":memory:")
+
+    def lease(self) -> Lease:
+        """The work lease (backups, prune, tiering): the catalog's, or the Kubernetes Lease."""
+        return self.services.work_lease()
 
     def close(self) -> None:
         if self._services is not None:

@@ -12,7 +12,6 @@ from drsvc.backup import BackupJob, BackupReport, Outcome
 from drsvc.cli._common import App, DrsvcCommand, pass_app
 from drsvc.errors import InvalidInput
 from drsvc.inventory import select
-from drsvc.lease import JoinedLease
 from drsvc.units import format_bytes
 
 
@@ -60,11 +59,28 @@ def render_report(report: BackupReport, out: Console) -> None:
     )
 
 
+def _reporting(on_event: Any, writer: Any) -> Any:
+    """Also rewrite the node agent's result document each time a desktop finishes."""
+
+    def both(kind: str, **fields: Any) -> None:
+        on_event(kind, **fields)
+        if kind == "desktop":
+            writer.progress()
+
+    return both
+
+
 @click.command("backup", cls=DrsvcCommand)
 @click.argument("desktops", nargs=-1)
 @click.option("--policy", "policy_name", help="Back up every desktop this policy covers.")
 @click.option("--node", help="Only desktops running on this node (the Kubernetes executor's node agents).")
 @click.option("--lease-token", type=int, help="Work under the scheduler's lease with this fencing token.")
+@click.option(
+    "--run",
+    "run_id",
+    help="Run as a node agent of this scheduler run: private catalog, result to the hot store "
+    "(with --node, --lease-token).",
+)
 @click.option("--dry-run", is_flag=True, help="Show which desktops would be backed up, change nothing.")
 @pass_app
 def command(
@@ -73,6 +89,7 @@ def command(
     policy_name: str | None,
     node: str | None,
     lease_token: int | None,
+    run_id: str | None,
     dry_run: bool,
 ) -> int:
     """Take recovery points now: memory (CRIU checkpoint) and data (pool snapshot) paired.
@@ -82,6 +99,10 @@ def command(
     """
     if bool(desktops) == bool(policy_name):
         raise InvalidInput("name DESKTOPs or give --policy NAME (not both)")
+    if run_id is not None:
+        if node is None or lease_token is None:
+            raise InvalidInput("--run (a node agent) needs --node and --lease-token")
+        app.use_private_catalog()  # agents never write the shared catalog (drsvc.agents)
     services = app.services
     policy = services.policies.get(policy_name) if policy_name else None
     chosen = select(services, names=list(desktops), policy=policy_name)
@@ -92,11 +113,25 @@ def command(
         doc = {"dry_run": True, "policy": policy_name, "desktops": names}
         app.emit(doc, lambda out: out.print("would back up: " + (", ".join(names) or "nothing")))
         return 0
+    writer = None
+    on_event = progress_printer(app)
+    if run_id is not None:
+        from drsvc.agents import ResultWriter
+
+        assert node is not None
+        writer = ResultWriter(services.hot, app.catalog, run=run_id, node=node)
+        on_event = _reporting(on_event, writer)
     if not chosen:
+        if writer is not None:
+            writer.final()  # the scheduler waits for a report from every node it sent work to
         app.emit({"policy": policy_name, "results": []}, lambda out: out.print("no desktops to back up"))
         return 0
-    lease = JoinedLease(app.catalog, lease_token) if lease_token is not None else app.lease()
+    lease = services.joined_lease(lease_token) if lease_token is not None else app.lease()
     with lease:
-        report = BackupJob(services, lease, on_event=progress_printer(app)).run(chosen, policy)
+        try:
+            report = BackupJob(services, lease, on_event=on_event).run(chosen, policy)
+        finally:
+            if writer is not None:
+                writer.final()
     app.emit(report.document(), lambda out: render_report(report, out))
     return report.exit_code

@@ -2,18 +2,18 @@
 
 A CRI-O checkpoint archive lands on the desktop's node (``/var/lib/kubelet/checkpoints``), and the
 CRIU freeze hook's rendezvous directory is node-local too, so the work of a run is cut by node:
-the scheduler (a CronJob running ``drsvc run --once``) creates one node-agent Job per node that
+the scheduler (a Deployment running ``drsvc run``) creates one node-agent Job per node that
 holds desktops of the due policy, pinned there with ``nodeName``, running
 
-    drsvc --json backup --policy POLICY --node NODE --lease-token TOKEN
+    drsvc --json backup --policy POLICY --node NODE --lease-token TOKEN --run RUN
 
 from the Job template ``deploy/kubernetes/node-agent-job.yaml`` (mounted into the scheduler pod,
-path ``$DRSVC_NODE_AGENT_TEMPLATE``). Each agent takes and records its points in the shared catalog
-exactly as a local run would. The executor watches the Jobs (watch API, bounded by a timeout),
-reads each agent's exit code (the CLI contract: 0 ok, 6 partial, else failed) from its pod, and
-returns one outcome per node plus the run's exit code. A Job that dies leaves ``pending`` points:
-the next tick's ``recover_interrupted`` (under the work lease) marks them failed. Jobs still
-running at the deadline are deleted and reported failed.
+path ``$DRSVC_NODE_AGENT_TEMPLATE``). Agents never open the scheduler's catalog: each writes its
+points' manifests and a result document to the hot store, which the scheduler imports
+(``drsvc.agents``). The executor watches the Jobs (watch API, bounded by a timeout), reads each
+agent's exit code (the CLI contract: 0 ok, 6 partial, else failed) from its pod, and returns one
+outcome per node plus the run's exit code. Jobs still running at the deadline are deleted and
+reported failed.
 
 Entry point: ``KubernetesExecutor.from_environment().run_backup(policy, desktops, lease_token=…)``.
 """
@@ -39,7 +39,6 @@ from drsvc.optional import require
 from drsvc.runtimes.base import DesktopRef
 
 DEFAULT_TEMPLATE = "/etc/drsvc/node-agent/job.yaml"
-SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 AGENT_CONTAINER = "drsvc"
 LABEL_RUN = "drsvc.run"
 
@@ -54,12 +53,17 @@ API_CALLS: list[tuple[str, str, str]] = [
 ]
 
 
-def agent_args(policy: str, node: str, lease_token: int | None) -> list[str]:
+def agent_args(policy: str, node: str, lease_token: int | None, run_id: str) -> list[str]:
     """The node agent's command line (the image's entrypoint is ``drsvc``)."""
     args = ["--json", "backup", "--policy", policy, "--node", node]
     if lease_token is not None:
         args += ["--lease-token", str(lease_token)]
-    return args
+    return [*args, "--run", run_id]
+
+
+def new_run_id() -> str:
+    """A run's id: part of Job names (DNS labels) and of the agents' result keys."""
+    return secrets.token_hex(3)
 
 
 def _dns_label(text: str, limit: int) -> str:
@@ -94,9 +98,9 @@ class KubernetesExecutor:
         self.watch_seconds = watch_seconds
         self.on_event = on_event or (lambda *a, **k: None)
         if configuration is None:
-            from drsvc.runtimes.crio import _load_configuration
+            from drsvc.executors.kubernetes_lease import client_configuration
 
-            configuration = _load_configuration(None, None)
+            configuration = client_configuration()
         self._api = kclient.ApiClient(configuration)
         self._batch = kclient.BatchV1Api(self._api)
         self._core = kclient.CoreV1Api(self._api)
@@ -104,12 +108,12 @@ class KubernetesExecutor:
     @classmethod
     def from_environment(cls, **options: Any) -> KubernetesExecutor:
         """Namespace: ``$DRSVC_NAMESPACE`` or the pod's own; Job template: ``$DRSVC_NODE_AGENT_TEMPLATE``."""
-        namespace = os.environ.get("DRSVC_NAMESPACE")
-        if not namespace and Path(SA_NAMESPACE_FILE).is_file():
-            namespace = Path(SA_NAMESPACE_FILE).read_text().strip()
+        from drsvc.executors.kubernetes_lease import namespace_from_environment
+
+        namespace = namespace_from_environment()
         path = Path(os.environ.get("DRSVC_NODE_AGENT_TEMPLATE") or DEFAULT_TEMPLATE)
         options.setdefault("timeout", float(os.environ.get("DRSVC_NODE_AGENT_TIMEOUT") or 3600))
-        return cls(namespace=namespace or "drsvc", template=load_template(path), **options)
+        return cls(namespace=namespace, template=load_template(path), **options)
 
     # ------------------------------------------------------------------ Jobs
     def jobs_for(
@@ -141,7 +145,7 @@ class KubernetesExecutor:
             container = next((c for c in pod["spec"]["containers"] if c["name"] == AGENT_CONTAINER), None)
             if container is None:
                 raise ConfigError(f"node-agent Job template: no container named {AGENT_CONTAINER!r}")
-            container["args"] = agent_args(policy, node, lease_token)
+            container["args"] = agent_args(policy, node, lease_token, run_id)
             jobs[node] = job
         return jobs
 
@@ -164,10 +168,15 @@ class KubernetesExecutor:
             raise BackendError(f"{what}: Kubernetes API server unreachable: {e}") from e
 
     def run_backup(
-        self, policy: str, desktops: Sequence[DesktopRef], *, lease_token: int | None = None
+        self,
+        policy: str,
+        desktops: Sequence[DesktopRef],
+        *,
+        lease_token: int | None = None,
+        run_id: str | None = None,
     ) -> dict[str, Any]:
-        """Back up ``desktops`` of ``policy`` with one Job per node; the result has the shape of a local run's."""
-        run_id = secrets.token_hex(3)
+        """Back up ``desktops`` of ``policy`` with one Job per node; per-node outcomes and the run's exit code."""
+        run_id = run_id or new_run_id()
         bodies = self.jobs_for(policy, desktops, run_id=run_id, lease_token=lease_token)
         started = time.monotonic()
         created: dict[str, str] = {}  # job name -> node

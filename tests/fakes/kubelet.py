@@ -15,7 +15,10 @@ kubelet can run:
   batch/v1 jobs create, get, delete, watch (``?watch=true``, newline-delimited events, honours
   ``resourceVersion`` and ``timeoutSeconds``); ``/version``. ``allowed`` (a set of
   ``(group, resource, verb)``) turns anything else into a 403 Status as RBAC would; every call is
-  recorded in ``calls`` as ``(group, resource, verb)``.
+  recorded in ``calls`` as ``(group, resource, verb)``; coordination.k8s.io/v1 leases get, create,
+  update (``PUT`` with optimistic concurrency: a stale ``metadata.resourceVersion`` is 409 Conflict,
+  an existing name on create 409 AlreadyExists, a ``MicroTime`` without its six fractional digits
+  400 BadRequest, as the API server's decoder answers).
 
 What the containers *are* is a ``Node`` backend: ``SyntheticNode`` (unit tests: archives are
 made-up tar files, pods "run" at once) or a Podman-backed one in the integration test (real CRIU
@@ -156,6 +159,7 @@ class FakeCluster:
     allowed: set[tuple[str, str, str]] | None = None  # None: everything (RBAC off)
     pods: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     jobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    leases: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, str, str]] = field(default_factory=list)
     kubelet_calls: list[str] = field(default_factory=list)
     fail_checkpoint: list[tuple[int, str]] = field(default_factory=list)  # queued (status, text)
@@ -296,6 +300,8 @@ def _matches(labels: dict[str, str], selector: str) -> bool:
 
 _POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?$")
 _JOB = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs(?:/([^/]+))?$")
+_LEASE = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?:/([^/]+))?$")
+_MICROTIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|[+-]\d\d:\d\d)$")
 _CKPT = re.compile(r"^(?:/api/v1/nodes/([^/]+)/proxy)?/checkpoint/([^/]+)/([^/]+)/([^/]+)$")
 
 
@@ -321,6 +327,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _authorised(self, group: str, resource: str, verb: str) -> bool:
         cluster = self.server.cluster
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}" or (
+            cluster.allowed is not None and (group, resource, verb) not in cluster.allowed
+        ):
+            self._body()  # refused: drain the request body, or it would be read as the next request
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
             self._send(401, _status(401, "Unauthorized", "Unauthorized"))
             return False
@@ -366,6 +376,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._pods(verb, ns, name, query)
             return
+        if m := _LEASE.match(path):
+            ns, name = m.groups()
+            verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update"}.get(method, "?")
+            if not self._authorised("coordination.k8s.io", "leases", verb):
+                return
+            self._leases(verb, ns, name)
+            return
         if m := _JOB.match(path):
             ns, name = m.groups()
             verb = {"GET": "get" if name else "list", "POST": "create", "DELETE": "delete"}.get(method, "?")
@@ -385,6 +402,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._route("DELETE")
+
+    def do_PUT(self) -> None:
+        self._route("PUT")
 
     # ---- kubelet
     def _checkpoint(self, ns: str, pod_name: str, ctr: str, query: dict[str, str]) -> None:
@@ -496,6 +516,79 @@ class _Handler(BaseHTTPRequestHandler):
         dest.write_bytes(reg.blobs[manifest["layers"][0]["digest"]])
         return dest
 
+    # ---- leases (coordination.k8s.io/v1)
+    def _leases(self, verb: str, ns: str, name: str | None) -> None:
+        cluster = self.server.cluster
+        if verb == "get":
+            assert name is not None
+            with cluster.lock:
+                lease = cluster.leases.get((ns, name))
+            if lease is None:
+                self._send(404, _status(404, "NotFound", f'leases.coordination.k8s.io "{name}" not found'))
+            else:
+                self._send(200, lease)
+            return
+        if verb not in ("create", "update"):
+            self._send(405, _status(405, "MethodNotAllowed", f"{verb} is not supported on leases here"))
+            return
+        lease = json.loads(self._body())
+        spec = lease.get("spec") or {}
+        for key in ("acquireTime", "renewTime"):
+            value = spec.get(key)
+            if value is not None and not (isinstance(value, str) and _MICROTIME.match(value)):
+                self._send(
+                    400,
+                    _status(
+                        400,
+                        "BadRequest",
+                        f'Lease in version "v1" cannot be handled as a Lease: parsing time {json.dumps(value)} '
+                        'as "2006-01-02T15:04:05.000000Z07:00": cannot parse',
+                    ),
+                )
+                return
+            if value is not None:
+                spec[key] = dt.datetime.fromisoformat(value).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        meta = lease.setdefault("metadata", {})
+        body_name = meta.get("name")
+        with cluster.lock:
+            if verb == "create":
+                if (ns, body_name) in cluster.leases:
+                    self._send(
+                        409,
+                        _status(409, "AlreadyExists", f'leases.coordination.k8s.io "{body_name}" already exists'),
+                    )
+                    return
+                meta.update(namespace=ns, uid=secrets.token_hex(8), creationTimestamp=_now())
+            else:
+                current = cluster.leases.get((ns, name or ""))
+                if body_name != name:
+                    self._send(400, _status(400, "BadRequest", "the name of the object does not match the URL"))
+                    return
+                if current is None:
+                    self._send(404, _status(404, "NotFound", f'leases.coordination.k8s.io "{name}" not found'))
+                    return
+                given = meta.get("resourceVersion")
+                if given and given != current["metadata"]["resourceVersion"]:
+                    self._send(
+                        409,
+                        _status(
+                            409,
+                            "Conflict",
+                            f'Operation cannot be fulfilled on leases.coordination.k8s.io "{name}": the object has '
+                            "been modified; please apply your changes to the latest version and try again",
+                        ),
+                    )
+                    return
+                meta.update(
+                    namespace=ns,
+                    uid=current["metadata"]["uid"],
+                    creationTimestamp=current["metadata"]["creationTimestamp"],
+                )
+            lease.update(apiVersion="coordination.k8s.io/v1", kind="Lease")
+            meta["resourceVersion"] = str(cluster._next_rv())
+            cluster.leases[(ns, meta["name"])] = lease
+        self._send(201 if verb == "create" else 200, lease)
+
     # ---- jobs
     def _jobs(self, verb: str, ns: str, name: str | None, query: dict[str, str]) -> None:
         cluster = self.server.cluster
@@ -597,6 +690,23 @@ class FakeKubelet:
         c.api_key = {"authorization": token}
         c.api_key_prefix = {"authorization": "Bearer"}
         return c
+
+    def kubeconfig(self, path: Path, token: str = TOKEN) -> Path:
+        """A kubeconfig file for this fake (what ``$KUBECONFIG`` or ``kubeconfig=`` would name)."""
+        import yaml
+
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "fake", "cluster": {"server": self.url, "certificate-authority": str(self.certs.ca)}}
+            ],
+            "users": [{"name": "drsvc", "user": {"token": token}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "drsvc"}}],
+            "current-context": "fake",
+        }
+        path.write_text(yaml.safe_dump(doc))
+        return path
 
     def stop(self) -> None:
         self.server.stopping = True

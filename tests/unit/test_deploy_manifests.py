@@ -21,7 +21,9 @@ import yaml
 from fakes.kubelet import FakeEnv, fake_env
 
 from drsvc.executors import kubernetes as executor_mod
+from drsvc.executors import kubernetes_lease as lease_mod
 from drsvc.executors.kubernetes import KubernetesExecutor, load_template
+from drsvc.executors.kubernetes_lease import KubernetesLease
 from drsvc.runtimes import crio
 from drsvc.runtimes.base import DesktopRef
 
@@ -32,11 +34,12 @@ DRSVC_NS, DESKTOPS_NS = "drsvc", "desktops"
 # which operations each service account performs, and in which namespace (None: cluster scope)
 ROLE_OF_SA: dict[str, list[tuple[str, list[tuple[str, str, str]]]]] = {
     "drsvc-scheduler": [
-        (DRSVC_NS, executor_mod.API_CALLS),
+        (DRSVC_NS, executor_mod.API_CALLS + lease_mod.API_CALLS["hold"]),
         (DESKTOPS_NS, crio.API_CALLS["discover"]),
     ],
     "drsvc-node-agent": [
         (DESKTOPS_NS, crio.API_CALLS["discover"] + crio.API_CALLS["checkpoint"]),
+        (DRSVC_NS, lease_mod.API_CALLS["join"]),
     ],
     "drsvc-restore": [
         (DESKTOPS_NS, [c for op in ("discover", "inspect", "restore", "remove") for c in crio.API_CALLS[op]]),
@@ -72,7 +75,7 @@ def test_every_manifest_is_a_valid_kubernetes_object() -> None:
         # a round trip through the model keeps every key: a misspelt or unknown field would vanish
         assert _strip_none(api.sanitize_for_serialization(obj)) == _strip_none(doc), f"{name}: {doc['kind']}"
         kinds.append(doc["kind"])
-    assert {"CronJob", "Job", "ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ConfigMap", "Secret"} <= set(
+    assert {"Deployment", "Job", "ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ConfigMap", "Secret"} <= set(
         kinds
     )
 
@@ -104,9 +107,15 @@ def test_node_agent_template_mounts_what_the_agent_needs() -> None:
         "/var/lib/containers/storage",
     } <= mounts
     assert spec["hostPID"] is True  # held files are read from the host's /proc
-    cron = next(d for _, d in documents() if d["kind"] == "CronJob")
-    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["--json", "run", "--once"]
+    # agents never mount the scheduler's catalog (they report through the hot store: drsvc.agents)
+    assert not any("persistentVolumeClaim" in v for v in spec["volumes"])
+    scheduler = next(d for _, d in documents() if d["kind"] == "Deployment")
+    assert scheduler["spec"]["replicas"] == 1 and scheduler["spec"]["strategy"]["type"] == "Recreate"
+    pod = scheduler["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["run"], "the scheduler is the daemon, not a pod a minute"
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    pvc = next(d for _, d in documents() if d["kind"] == "PersistentVolumeClaim")
+    assert claims == {pvc["metadata"]["name"]} and pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
     config = next(d for _, d in documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "drsvc-config")
     assert 'executor = "kubernetes"' in config["data"]["drsvc.toml"]
 
@@ -138,6 +147,13 @@ def granted() -> dict[str, set[tuple[str | None, str, str, str]]]:
                         for verb in rule["verbs"]:
                             out[subject["name"]].add((ns, group, resource, verb))
     return out
+
+
+def test_lease_reads_and_updates_name_only_the_work_lease() -> None:
+    for _, doc in documents():
+        for rule in doc.get("rules") or []:
+            if "leases" in rule["resources"] and set(rule["verbs"]) - {"create"}:
+                assert rule.get("resourceNames") == [lease_mod.lease_object_name("work")], doc["metadata"]["name"]
 
 
 def test_rbac_grants_exactly_what_the_code_calls() -> None:
@@ -202,6 +218,17 @@ def test_declared_calls_are_the_calls_observed(env: FakeEnv) -> None:
         while not env.cluster.jobs:
             time.sleep(0.02)
         env.cluster.finish_job(next(iter(env.cluster.jobs))[1], exit_code=0)
+
+    env.cluster.calls.clear()
+    with KubernetesLease(namespace=DRSVC_NS, configuration=env.kubelet.configuration()) as held:
+        assert held.token is not None
+        with KubernetesLease.join(held.token, namespace=DRSVC_NS, configuration=env.kubelet.configuration()):
+            pass
+    assert set(env.cluster.calls) == set(lease_mod.API_CALLS["hold"])
+    joined = KubernetesLease.join(1, namespace=DRSVC_NS, configuration=env.kubelet.configuration())
+    env.cluster.calls.clear()
+    joined._valid(1)
+    assert set(env.cluster.calls) == set(lease_mod.API_CALLS["join"])
 
     env.cluster.calls.clear()
     t = threading.Thread(target=finish, daemon=True)

@@ -64,10 +64,11 @@ def test_job_bodies_one_per_node() -> None:
     assert n1["metadata"]["annotations"]["drsvc.desktops"] == "a,c"
     pod = n1["spec"]["template"]["spec"]
     assert pod["nodeName"] == "n1" and pod["serviceAccountName"] == "drsvc-node-agent"
-    assert pod["containers"][0]["args"] == agent_args("standard", "n1", 7)
-    assert agent_args("standard", "n1", 7) == [
-        "--json", "backup", "--policy", "standard", "--node", "n1", "--lease-token", "7"
+    assert pod["containers"][0]["args"] == agent_args("standard", "n1", 7, "abc123")
+    assert agent_args("standard", "n1", 7, "abc123") == [
+        "--json", "backup", "--policy", "standard", "--node", "n1", "--lease-token", "7", "--run", "abc123"
     ]  # fmt: skip
+    assert "catalog" not in {v["name"] for v in pod["volumes"]}, "agents never mount the shared catalog"
     long = job_name("a-very-long-policy-name-indeed", "abc123", "ip-10-0-0-1.eu-west-1.compute.internal")
     assert len(long) <= 63 and long.replace("-", "").isalnum()
 
