@@ -36,8 +36,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
 
 from drsvc import clock, faults
 from drsvc.catalog import Catalog
@@ -48,6 +48,7 @@ from drsvc.log import event
 from drsvc.policy import Policy
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef
 from drsvc.runtimes.freeze import checkpoint_batch, hook_installed
+from drsvc.runtimes.tarindex import ArchiveIndexer
 from drsvc.services import Services
 from drsvc.volumes.base import ObjectHasher, VolumeObject
 
@@ -80,9 +81,10 @@ class Outcome:
     held: dict[str, Any] | None = None  # root filesystem files read inside the freeze (heldfiles)
     seconds: float = 0.0
     error: str | None = None
+    rootfs: dict[str, Any] | None = None  # index of the archive's root filesystem diff (tarindex), manifest only
 
     def document(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "rootfs"}
 
 
 @dataclass
@@ -345,10 +347,18 @@ class BackupJob:
             faults.point("after-snapshot")
 
         self.on_event("freeze", desktops=[d.desktop_id for d in batch])
+
+        def store_archive(_d: DesktopRef, stream: BinaryIO) -> tuple[StreamRef, dict[str, Any]]:
+            # indexed on its way into the store: `points ls` and `mount` list (and read) single
+            # root filesystem files later without fetching the memory pages around them
+            indexer = ArchiveIndexer(stream)
+            ref = self.hot.write_stream(indexer)
+            return ref, indexer.finish().document()
+
         results = checkpoint_batch(
             self.runtime,
             batch,
-            lambda _d, stream: self.hot.write_stream(stream),
+            store_archive,
             while_frozen=snapshot,
             freeze_timeout=FREEZE_TIMEOUT,
         )
@@ -370,7 +380,7 @@ class BackupJob:
                 o.consistency, o.reason = "crash", f"did not freeze within {FREEZE_TIMEOUT:.0f}s of its batch"
                 continue
             o.held = r.held or None
-            archives[d.desktop_id] = r.value
+            archives[d.desktop_id], o.rootfs = r.value
         return archives
 
     def _record_snapshot(self, pool_url: str, name: str, taken_at: datetime, job_id: int) -> int:
@@ -443,6 +453,7 @@ class BackupJob:
                     "name": obj.name,
                     "size": obj.size,
                     "digest": hasher.finish(obj.xattrs, obj.omap),
+                    "mtime": clock.to_iso(datetime.fromtimestamp(obj.mtime, UTC)) if obj.mtime is not None else None,
                     "xattrs": {k: v.hex() for k, v in sorted(obj.xattrs.items())},
                     "omap": {k: v.hex() for k, v in sorted(obj.omap.items())},
                 }
@@ -477,7 +488,9 @@ class BackupJob:
                 "objects": hashers,
                 "stream": volume_ref.to_dict(),
             },
-            "checkpoint": {"stream": archive.to_dict(), "held_files": outcome.held} if archive is not None else None,
+            "checkpoint": {"stream": archive.to_dict(), "held_files": outcome.held, "rootfs": outcome.rootfs}
+            if archive is not None
+            else None,
             "image": image,
         }
         if archive is None:

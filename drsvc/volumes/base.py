@@ -26,12 +26,17 @@ _DIGEST_TAG = b"drsvc-object-v1\0"
 
 @dataclass(frozen=True)
 class VolumeObject:
-    """One object of a volume: its name, data size, xattrs and omap (both name -> raw bytes)."""
+    """One object of a volume: its name, data size, xattrs and omap (both name -> raw bytes).
+
+    ``mtime`` (seconds since the epoch, whole) is what the backend reports when it lists with
+    metadata; informational only (shown by ``points ls``), so it takes no part in equality.
+    """
 
     name: str
     size: int
     xattrs: dict[str, bytes] = field(default_factory=dict)
     omap: dict[str, bytes] = field(default_factory=dict)
+    mtime: int | None = field(default=None, compare=False)
 
 
 class SnapshotInfo(NamedTuple):
@@ -98,6 +103,10 @@ class Volume(Protocol):
 
     def read(self, name: str) -> Iterator[bytes]:
         """Stream one live object's data."""
+        ...
+
+    def stat(self, name: str) -> VolumeObject | None:
+        """One live object with its xattrs and omap, or None when it does not exist."""
         ...
 
     def digest_at(self, snap_name: str) -> dict[str, str]:

@@ -32,6 +32,7 @@ import contextlib
 import errno
 import json
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -302,14 +303,14 @@ class RadosVolume:
         with ceph.ceph_errors(f"list {self.url}"):
             return sorted({o.key for o in io.list_objects()})
 
-    def _scan(self, io: Any, where: str) -> list[VolumeObject]:
-        """List, then stat + omap (aio window) and xattrs (threads) each name; keep those io's view has."""
-        names = self._names(io)
-        found: dict[str, tuple[int, dict[str, bytes]]] = {}
+    def _scan(self, io: Any, where: str, names: list[str] | None = None) -> list[VolumeObject]:
+        """List (or take ``names``), then stat + omap (aio window) and xattrs (threads) each; keep what io sees."""
+        names = self._names(io) if names is None else names
+        found: dict[str, tuple[int, dict[str, bytes], int | None]] = {}
         xattr_futures: dict[str, Future[dict[str, bytes] | None]] = {}
         with ThreadPoolExecutor(self._threads, thread_name_prefix="drsvc-xattrs") as pool:
-            for name, size, omap in self._stat_omap(io, names, where):
-                found[name] = (size, omap)
+            for name, size, omap, mtime in self._stat_omap(io, names, where):
+                found[name] = (size, omap, mtime)
                 xattr_futures[name] = pool.submit(self._xattrs, io, name, where)
             out = []
             for name in names:
@@ -318,19 +319,23 @@ class RadosVolume:
                 xattrs = xattr_futures[name].result()
                 if xattrs is None:  # removed between stat and getxattrs (live volume only)
                     continue
-                size, omap = found[name]
-                out.append(VolumeObject(name, size, xattrs, omap))
+                size, omap, mtime = found[name]
+                out.append(VolumeObject(name, size, xattrs, omap, mtime))
         return out
 
-    def _stat_omap(self, io: Any, names: list[str], where: str) -> Iterator[tuple[str, int, dict[str, bytes]]]:
+    def _stat_omap(
+        self, io: Any, names: list[str], where: str
+    ) -> Iterator[tuple[str, int, dict[str, bytes], int | None]]:
         inflight: collections.deque[tuple[str, Any, Any, Any, Any, dict[str, int]]] = collections.deque()
 
         def submit(name: str) -> None:
             slot: dict[str, int] = {}
 
-            def on_stat(_comp: Any, size: int | None, _mtime: Any) -> None:
+            def on_stat(_comp: Any, size: int | None, mtime: time.struct_time | None) -> None:
                 if size is not None:
                     slot["size"] = int(size)
+                if mtime is not None:  # the binding converts with localtime(); mktime undoes it
+                    slot["mtime"] = int(time.mktime(mtime))
 
             op = io.create_read_op()
             try:
@@ -349,7 +354,7 @@ class RadosVolume:
             ceph.wait(omap_comp)
             op.release()
 
-        def reap() -> tuple[str, int, dict[str, bytes]] | None:
+        def reap() -> tuple[str, int, dict[str, bytes], int | None] | None:
             entry = inflight.popleft()
             name, stat_comp, op, it, omap_comp, slot = entry
             try:
@@ -367,7 +372,7 @@ class RadosVolume:
                 op.release()
             if len(omap) >= _OMAP_PAGE:
                 omap = self._omap_rest(io, name, omap, where)
-            return name, slot["size"], omap
+            return name, slot["size"], omap, slot.get("mtime")
 
         try:
             for name in names:
@@ -555,6 +560,11 @@ class RadosVolume:
         io = self._head_io()
         obj = self._stat_one(io, name, "")
         return self._rest(io, obj, b"", 0, "", exact_size=False)
+
+    def stat(self, name: str) -> VolumeObject | None:
+        """One live object with xattrs, omap and mtime (one stat, no listing); None when absent."""
+        found = self._scan(self._head_io(), "", [name])
+        return found[0] if found else None
 
     def digests_now(self) -> dict[str, str]:
         """name -> ``object_digest`` of every live object."""
