@@ -20,6 +20,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "report": ("the quarterly report's HTML, PDF and Markdown editions", ("jinja2", "matplotlib", "weasyprint")),
     "kubernetes": ("the crio:// runtime and the Kubernetes executor", ("kubernetes",)),
     "docker": ("the docker:// runtime", ("docker",)),
+    "mount": ("drsvc mount (FUSE; also needs Debian's fuse3)", ("mfusepy",)),
 }
 
 

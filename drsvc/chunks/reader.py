@@ -84,6 +84,18 @@ class ChunkReader:
         if total != ref.size or hasher.hexdigest() != ref.hash:
             raise IntegrityError("stream hash or size does not match its reference")
 
+    def read_chunks(self, chunks: Sequence[tuple[str, int]]) -> Iterator[bytes]:
+        """Yield the plaintext of ``chunks`` (a slice of a stream's list) in order, each verified against its id.
+
+        For reading part of a stream (one object of a volume, one file of an archive): every chunk
+        is authenticated and re-hashed, but there is no whole-stream hash to check.
+        """
+        try:
+            fetched = self.blobs(chunks)
+            yield from ordered_map(self.open_fetched, fetched, workers=self.workers, window=self.window)
+        except NotFound as e:
+            raise IntegrityError(f"a chunk of the stream is missing: {e}") from e
+
     def open_fetched(self, item: Fetched) -> bytes:
         """A fetched chunk's verified plaintext; ``IntegrityError`` naming the chunk and where it lies."""
         try:

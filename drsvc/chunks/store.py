@@ -4,7 +4,7 @@ reader, pack writer, pack directory and manifests of one store (each in its own 
 from __future__ import annotations
 
 import io
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO
 
@@ -133,6 +133,10 @@ class ChunkStore:
     def read_stream(self, ref: StreamRef) -> Iterator[bytes]:
         """Yield the stream's plaintext chunk by chunk, verified; raise ``IntegrityError`` before bad data."""
         return self._reader().read_stream(ref)
+
+    def read_chunks(self, chunks: Sequence[tuple[str, int]]) -> Iterator[bytes]:
+        """Yield a slice of a stream's chunks (``StreamRef.chunks[i:j]``), each verified; no whole-stream hash."""
+        return self._reader().read_chunks(chunks)
 
     def open_stream(self, ref: StreamRef) -> BinaryIO:
         """``read_stream`` as a file object (for APIs that read a body, e.g. a runtime restore)."""

@@ -30,6 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("restore_cmd", "Bring DESKTOP back from a recovery point and report the RTO, phase by phase."),
     "drill": ("drill_cmd", "Restore desktops as sandboxed clones, verify data and process continuity, measure RTO."),
     "points": ("points_cmd", "Recovery points: what can be restored, from which tier."),
+    "dump": ("dump_cmd", "Write OBJECT of recovery point POINT to stdout, as it was at the point."),
+    "mount": (
+        "mount_cmd",
+        "Mount a recovery point (or every point of DESKTOP, as dated directories) read-only at DIRECTORY.",
+    ),
     "prune": (
         "prune_cmd",
         "Apply each policy's retention on every tier; drop pool snapshots and chunks nothing needs.",

@@ -111,3 +111,10 @@ def show_point(app: App, point_id: str) -> None:
             out.print(f"{'held note':12} {note}")
 
     app.emit(doc, render)
+
+
+# `points ls` and `points diff` (granular restore) live beside, in their own module
+from drsvc.cli.points_browse import diff_command, ls_command  # noqa: E402
+
+command.add_command(ls_command)
+command.add_command(diff_command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -9,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.cli.restore_objects import restore_objects
 from drsvc.errors import InvalidInput
 from drsvc.restore import PHASES, RestoreJob, RestorePlan, RestoreResult, parse_time
 from drsvc.units import format_bytes
@@ -73,6 +75,25 @@ def render_result(result: RestoreResult, out: Console) -> None:
     is_flag=True,
     help="Allow replacing a target another desktop owns (usually another tenant's); recorded with who and when.",
 )
+@click.option(
+    "--object",
+    "objects",
+    multiple=True,
+    metavar="NAME",
+    help="Restore only this object of the volume (repeatable), into the running desktop's namespace.",
+)
+@click.option("--prefix", help="Restore only the objects whose name starts with this, into the running desktop.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="With --object/--prefix: replace current objects (default: keep them as NAME.drsvc-POINT).",
+)
+@click.option(
+    "--to-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="With --object/--prefix: write the objects as files beneath this directory instead.",
+)
+@click.option("--tenant", help="Act for this tenant only: desktops of other tenants are refused (and recorded).")
 @pass_app
 def command(
     app: App,
@@ -85,6 +106,11 @@ def command(
     force: bool,
     verify: bool,
     allow_cross_tenant: bool,
+    objects: tuple[str, ...],
+    prefix: str | None,
+    overwrite: bool,
+    to_dir: Path | None,
+    tenant: str | None,
 ) -> int:
     """Bring DESKTOP back from a recovery point and report the RTO, phase by phase.
 
@@ -97,9 +123,32 @@ def command(
     A restore writes only into the desktop's own container and namespace, or (--as) a clone name
     that no desktop uses and whose namespace is empty; everything is checked before the first
     phase (exit 2, nothing touched). Another desktop's target needs --allow-cross-tenant.
+
+    With --object NAME (repeatable) or --prefix P only those objects come back, with their xattrs
+    and omap, into the desktop's own namespace while it keeps running; nothing else is touched.
+    A current object is kept as NAME.drsvc-POINT unless --overwrite; --to-dir DIR writes files
+    instead. Data comes from the fastest copy: the pool snapshot, hot chunks, cold chunks.
     """
     if at and point_id:
         raise InvalidInput("give --at or --point, not both")
+    if objects or prefix is not None:
+        refused = {"--as": as_name, "--force": force, "--verify": verify, "--allow-cross-tenant": allow_cross_tenant}
+        return restore_objects(
+            app,
+            desktop,
+            objects=objects,
+            prefix=prefix,
+            at=at,
+            point_id=point_id,
+            tier=tier,
+            overwrite=overwrite,
+            to_dir=to_dir,
+            tenant=tenant,
+            dry_run=dry_run,
+            refused=refused,
+        )
+    if overwrite or to_dir or tenant:
+        raise InvalidInput("--overwrite, --to-dir and --tenant go with --object or --prefix")
     job = RestoreJob(app.services, on_event=phase_printer(app))
     plan = job.plan(
         desktop,
