@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from drsvc.cli._common import App, DrsvcCommand, pass_app
-from drsvc.granular.browse import PointDiff, PointListing, diff_points, list_point
-from drsvc.granular.scope import Scope
 from drsvc.units import format_bytes
+
+if TYPE_CHECKING:  # the jobs load when a subcommand runs, not with `drsvc points list`
+    from drsvc.granular.browse import PointDiff, PointListing
 
 TENANT_HELP = "Act for this tenant only: desktops of other tenants are refused (and the refusal recorded)."
 
@@ -67,6 +69,9 @@ def ls_command(app: App, point_id: str, prefix: str | None, long: bool, tenant: 
     omap counts of every object; type, mode, size and mtime of every file the checkpoint's root
     filesystem diff holds (points taken before drsvc recorded them say so). No data is read.
     """
+    from drsvc.granular.browse import list_point
+    from drsvc.granular.scope import Scope
+
     json_flag(app, json_output)
     result = list_point(app.services, Scope(app.catalog, tenant, "ls"), point_id, prefix)
     if app.json_output:
@@ -114,6 +119,9 @@ def diff_command(app: App, point_a: str, point_b: str, tenant: str | None, json_
     From the two manifests alone (digests cover data, xattrs and omap; nothing is read). After
     ransomware, diff consecutive points to find the last one before mass changes began.
     """
+    from drsvc.granular.browse import diff_points
+    from drsvc.granular.scope import Scope
+
     json_flag(app, json_output)
     result = diff_points(app.services, Scope(app.catalog, tenant, "diff"), point_a, point_b)
     if app.json_output:
