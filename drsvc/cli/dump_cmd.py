@@ -16,10 +16,15 @@ from drsvc.granular.scope import Scope
 @click.command("dump", cls=DrsvcCommand)
 @click.argument("point_id")
 @click.argument("object_name", metavar="OBJECT")
-@click.option("--tier", type=click.Choice(["hot", "cold"]), help="Read from this tier (default: the fastest copy).")
+@click.option(
+    "--from",
+    "copy",
+    type=click.Choice(["snapshot", "hot", "cold"]),
+    help="Read from this copy: the pool snapshot, hot chunks or cold chunks (default: the fastest that answers).",
+)
 @click.option("--tenant", help=TENANT_HELP)
 @pass_app
-def command(app: App, point_id: str, object_name: str, tier: str | None, tenant: str | None) -> None:
+def command(app: App, point_id: str, object_name: str, copy: str | None, tenant: str | None) -> None:
     """Write OBJECT of recovery point POINT to stdout, as it was at the point.
 
     Streamed with bounded memory from the fastest copy (the pool snapshot while it exists, else hot
@@ -32,6 +37,6 @@ def command(app: App, point_id: str, object_name: str, tier: str | None, tenant:
     if sys.stdout.isatty():
         raise InvalidInput("dump writes raw bytes: redirect stdout to a file or a pipe")
     used, written = dump_object(
-        app.services, Scope(app.catalog, tenant, "dump"), point_id, object_name, sys.stdout.buffer, tier=tier
+        app.services, Scope(app.catalog, tenant, "dump"), point_id, object_name, sys.stdout.buffer, copy=copy
     )
     app.err.print(f"[dim]{written} bytes from the {used} copy[/]")

@@ -100,7 +100,7 @@ def diff_points(services: Services, scope: Scope, a_ref: str, b_ref: str) -> Poi
 
 
 def dump_object(
-    services: Services, scope: Scope, point_ref: str, name: str, out: BinaryIO, *, tier: str | None = None
+    services: Services, scope: Scope, point_ref: str, name: str, out: BinaryIO, *, copy: str | None = None
 ) -> tuple[str, int]:
     """Write one object's bytes to ``out`` as they arrive (bounded memory); returns (tier, bytes).
 
@@ -112,11 +112,9 @@ def dump_object(
     with audited(scope, desktop=desktop["id"], point=point["id"], detail=detail):
         source = open_point(services, point, desktop)
         entry = source.entry(name)
-        tiers = source.tiers
-        if tier == "hot":
-            tiers = [t for t in tiers if t in ("snapshot", "hot")]
-        elif tier == "cold":
-            tiers = [t for t in tiers if t == "cold"]
+        tiers = [t for t in source.tiers if copy is None or t == copy]
+        if not tiers:
+            raise NotFound(f"point {point['id']} has no {copy} copy (copies: {', '.join(source.tiers)})")
         used, data = source.open_object(entry, tiers)
         written = 0
         for piece in data:
