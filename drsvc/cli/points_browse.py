@@ -17,11 +17,6 @@ if TYPE_CHECKING:  # the jobs load when a subcommand runs, not with `drsvc point
 TENANT_HELP = "Act for this tenant only: desktops of other tenants are refused (and the refusal recorded)."
 
 
-def json_flag(app: App, given: bool) -> None:
-    """``--json`` after the subcommand means the same as before it."""
-    app.json_output = app.json_output or given
-
-
 def _mtime(text: str | None) -> str:
     return text[:19].replace("T", " ") if text else "-" * 19
 
@@ -60,9 +55,8 @@ def render_listing(result: PointListing, long: bool) -> None:
 @click.argument("prefix", required=False)
 @click.option("--long", "-l", "long", is_flag=True, help="Digests, xattr and omap counts (JSON: their values).")
 @click.option("--tenant", help=TENANT_HELP)
-@click.option("--json", "json_output", is_flag=True, help="One JSON document (same as drsvc --json).")
 @pass_app
-def ls_command(app: App, point_id: str, prefix: str | None, long: bool, tenant: str | None, json_output: bool) -> None:
+def ls_command(app: App, point_id: str, prefix: str | None, long: bool, tenant: str | None) -> None:
     """List the objects of a point's volume (under PREFIX) and its root filesystem changes.
 
     Answers from the point's manifest alone: name, size, mtime (where recorded), digest, xattr and
@@ -72,7 +66,6 @@ def ls_command(app: App, point_id: str, prefix: str | None, long: bool, tenant: 
     from drsvc.granular.browse import list_point
     from drsvc.granular.scope import Scope
 
-    json_flag(app, json_output)
     result = list_point(app.services, Scope(app.catalog, tenant, "ls"), point_id, prefix)
     if app.json_output:
         app.emit(result.document(long=long), lambda _out: None)
@@ -111,9 +104,8 @@ def render_diff(result: PointDiff) -> None:
 @click.argument("point_a")
 @click.argument("point_b")
 @click.option("--tenant", help=TENANT_HELP)
-@click.option("--json", "json_output", is_flag=True, help="One JSON document (same as drsvc --json).")
 @pass_app
-def diff_command(app: App, point_a: str, point_b: str, tenant: str | None, json_output: bool) -> None:
+def diff_command(app: App, point_a: str, point_b: str, tenant: str | None) -> None:
     """Objects added, removed and changed from POINT_A to POINT_B of one desktop.
 
     From the two manifests alone (digests cover data, xattrs and omap; nothing is read). After
@@ -122,7 +114,6 @@ def diff_command(app: App, point_a: str, point_b: str, tenant: str | None, json_
     from drsvc.granular.browse import diff_points
     from drsvc.granular.scope import Scope
 
-    json_flag(app, json_output)
     result = diff_points(app.services, Scope(app.catalog, tenant, "diff"), point_a, point_b)
     if app.json_output:
         app.emit(result.document(), lambda _out: None)
