@@ -78,6 +78,14 @@ class CorruptChunk(IntegrityError):
         self.chunk_id = chunk_id
 
 
+class ObjectTooLarge(IntegrityError):
+    """A stored object is larger than anything drsvc writes at its place: refused before it is read."""
+
+    def __init__(self, message: str, *, key: str, size: int | None, limit: int) -> None:
+        super().__init__(message)
+        self.key, self.size, self.limit = key, size, limit
+
+
 class ObjectiveMissed(DrsvcError):
     """The work was done but an objective (RTO, RPO) was missed."""
 

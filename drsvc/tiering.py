@@ -338,9 +338,7 @@ class TierJob:
                 object_of.setdefault(cid, (n, obj))  # as in `owner`: the first point needing a chunk
 
         def blobs() -> Iterator[tuple[str, bytes]]:
-            keys = (chunk_key(cid) for cid in owner)
-            for n, (ck, blob) in enumerate(hot.store.get_many(keys)):
-                cid = ck.rsplit("/", 1)[1]
+            for n, (cid, blob) in enumerate(hot.sealed_chunks(owner)):
                 if n % 1024 == 1023:
                     self._check_lease()
                 owner[cid].move.chunks_uploaded += 1

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from drsvc.errors import InvalidInput, NotFound
+from drsvc.errors import IntegrityError, InvalidInput, NotFound, ObjectTooLarge
 from drsvc.storage import ObjectStore
 
 
@@ -143,6 +143,25 @@ class StorageSuite:
         assert store.get_range("gr/1", len(data) - 3, 100) == data[-3:]  # short at the end
         with pytest.raises(NotFound):
             store.get_range("gr/missing", 0, 10)
+
+    def test_get_bounded_refuses_larger_objects(self, store: ObjectStore) -> None:
+        big = os.urandom(5 * 1024 * 1024 + 7)  # past one RADOS read block
+        store.put_many([("gb/small", b"12345"), ("gb/big", big), ("gb/empty", b"")])
+        assert store.get("gb/small", max_size=5) == b"12345"
+        assert store.get("gb/empty", max_size=0) == b""
+        assert store.get("gb/big", max_size=len(big)) == big
+        for key, limit in (("gb/small", 4), ("gb/big", 1000), ("gb/big", len(big) - 1)):
+            with pytest.raises(ObjectTooLarge, match=f"{key}.*more than the {limit}") as e:
+                store.get(key, max_size=limit)
+            assert isinstance(e.value, IntegrityError) and e.value.exit_code == 4
+        with pytest.raises(NotFound):
+            store.get("gb/missing", max_size=10)
+
+    def test_get_many_bounded(self, store: ObjectStore) -> None:
+        store.put_many([("gmb/1", b"a" * 10), ("gmb/2", b"b" * 11)])
+        assert [d for _, d in store.get_many(["gmb/1", "gmb/1"], max_size=10)] == [b"a" * 10] * 2
+        with pytest.raises(ObjectTooLarge, match="gmb/2"):
+            list(store.get_many(["gmb/1", "gmb/2"], max_size=10))
 
     def test_storage_class_and_retention_accepted(self, store: ObjectStore) -> None:
         until = datetime.now(UTC) + timedelta(days=1)

@@ -56,10 +56,22 @@ class Codec:
             return bytes(body)
         if codec == CODEC_ZSTD:
             try:
-                return self.zstd()[1].decompress(body, max_output_size=limit)
+                return self._decompress(key, body, limit)
             except zstandard.ZstdError as e:
                 raise IntegrityError(f"{key}: cannot decompress ({e})") from e
         raise IntegrityError(f"{key}: unknown codec {codec}")
+
+    def _decompress(self, key: str, body: bytes | memoryview, limit: int) -> bytes:
+        """zstd-decompress at most ``limit`` bytes; the size a frame declares is checked first.
+
+        python-zstandard allocates what the frame header declares and ignores ``max_output_size``
+        then, so a 16 KiB frame declaring 512 MiB would cost 512 MiB: refused here unread. A frame
+        that declares no size is decompressed into at most ``limit`` bytes (an error past it).
+        """
+        declared = zstandard.frame_content_size(body)
+        if declared > limit:
+            raise IntegrityError(f"{key}: zstd frame declares {declared} bytes, more than the {limit} allowed there")
+        return self.zstd()[1].decompress(body, max_output_size=limit)
 
     def encode(self, key: str, data: memoryview | bytes) -> bytes:
         """Compress and seal ``data`` for the object ``key``."""
@@ -88,5 +100,8 @@ class Codec:
         return self.keys.seal(self.zstd()[0].compress(raw), object_aad(key))
 
     def open_doc(self, key: str, blob: bytes | memoryview, limit: int) -> bytes:
-        """Open a sealed document; ``zstandard.ZstdError`` if it does not decompress within ``limit``."""
-        return self.zstd()[1].decompress(self.keys.open_(blob, object_aad(key)), max_output_size=limit)
+        """Open a sealed document; ``IntegrityError`` if it is not one (tampered, or past ``limit`` bytes)."""
+        try:
+            return self._decompress(key, self.keys.open_(blob, object_aad(key)), limit)
+        except zstandard.ZstdError as e:
+            raise IntegrityError(f"{key}: cannot decompress ({e})") from e

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 
 from drsvc.chunks.codec import Codec
-from drsvc.chunks.layout import INDEX_PREFIX, PACKS_PREFIX, index_key, is_pack_id
+from drsvc.chunks.layout import INDEX_PREFIX, INDEX_STORED_MAX, PACKS_PREFIX, index_key, is_pack_id
 from drsvc.chunks.pack import PackEntry, PackIndex, open_index
 from drsvc.storage.base import ObjectStore
 
@@ -22,9 +22,10 @@ Location = tuple[str, PackEntry]  # (pack id, where in it)
 class PackDirectory:
     """Pack indexes of one store, and chunk id -> location; thread-safe."""
 
-    def __init__(self, store: ObjectStore, codec: Codec) -> None:
+    def __init__(self, store: ObjectStore, codec: Codec, max_chunk: int) -> None:
         self.store = store
         self.codec = codec
+        self.max_chunk = max_chunk
         self._packs: dict[str, PackIndex] = {}
         self._where: dict[bytes, Location] = {}  # chunk id (raw) -> location
         self._pack_objects: set[str] = set()  # pack ids whose pack object was listed (or written)
@@ -51,8 +52,8 @@ class PackDirectory:
         objects = set(self.list_pack_objects())
         self.forget(set(self._packs) - listed)
         new = sorted(listed - set(self._packs))
-        for key, blob in self.store.get_many(index_key(pid) for pid in new):
-            self.register(open_index(self.codec, key[len(INDEX_PREFIX) :], blob))
+        for key, blob in self.store.get_many((index_key(pid) for pid in new), max_size=INDEX_STORED_MAX):
+            self.register(open_index(self.codec, key[len(INDEX_PREFIX) :], blob, self.max_chunk))
         with self._lock:
             self._pack_objects = objects  # listed after the indexes: every listed index's pack is in it
             self._loaded = True

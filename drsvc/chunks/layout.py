@@ -2,9 +2,9 @@
 
 Layout (DESIGN.md "Storage format")::
 
-    config                          plaintext JSON: format version, chunker parameters, key fingerprint,
-                                    a sealed key check (a wrong key fails before anything is written),
-                                    and ``packs``/``frames`` when the store keeps its chunks in packs (version 4)
+    config                          JSON: format, version, key fingerprint, and sealed(settings: chunker
+                                    parameters, codec, cipher, ``packs``/``frames`` of a packed store);
+                                    versions 1-4 kept the settings in plaintext (``drsvc.chunks.config``)
     chunks/<2 hex>/<id>             sealed(codec byte + zstd or raw chunk); id = keyed BLAKE3 of the plaintext
     packs/<2 hex>/<pack-id>         packed stores (the cold tier): sealed chunk blobs and frames, concatenated
     index/<pack-id>                 sealed(zstd(JSON)): chunk id -> (offset, length[, position, size]) list
@@ -17,6 +17,7 @@ for its place in its pack (``frame_name``).
 
 from __future__ import annotations
 
+from drsvc.crypto import OVERHEAD
 from drsvc.errors import InvalidInput
 from drsvc.storage.base import check_key
 
@@ -25,21 +26,50 @@ MiB = 1024 * KiB
 
 FORMAT = "drsvc-chunkstore"
 # 1: loose chunks; 2: packs; 3: frames in packs; 4: frames up to FRAME_MAX (version 3 readers stop at 1 MiB + a
-# chunk). A store holding packs is upgraded to 4 by its next pack write.
-FORMAT_VERSION = 4
+# chunk); 5: the config sealed (``config``). A store is upgraded to 5 by its next write.
+FORMAT_VERSION = 5
 CONFIG_KEY = "config"
 CHUNKS_PREFIX = "chunks/"
 PACKS_PREFIX = "packs/"
 INDEX_PREFIX = "index/"
 MANIFESTS_PREFIX = "manifests/"
 PACK_SIZE = 16 * MiB  # default pack size: one PutObject (below the S3 store's multipart threshold)
+PACK_MAX = 1024 * MiB  # largest pack size a config may name
 MAX_RANGE = 16 * MiB  # largest ranged GET when reading packs (a whole default pack)
 MAX_GAP = 256 * KiB  # bytes of unneeded chunks read through rather than starting a new range
 FRAME_SIZE = 1 * MiB  # a frame closes once it holds this much plaintext and the next chunk starts another object
 FRAME_MAX = 4 * MiB  # ... and at this much in any case (an object larger than that spans frames)
 BLOCK_SIZE = 8 * MiB  # read size of write_stream; the carried tail is at most one max-size chunk
 
+# What a reader accepts of each kind of object (what a store holds is hostile input): the stored
+# size is checked before an object is read (``ObjectStore.get(max_size=)``), the size a zstd frame
+# declares before it is decompressed. Chunks and frames are bounded by the chunker's ``max_size``
+# (``Limits``); documents by these constants.
+CONFIG_MAX = 64 * KiB  # the config object (a few hundred bytes)
+# A manifest as stored: ~1 MiB per GiB of a volume of 5,000 files; the RADOS hot store takes no
+# object above 90 MiB (rados.MAX_OBJECT_BYTES), so no manifest drsvc wrote is larger.
+MANIFEST_STORED_MAX = 96 * MiB
+MANIFEST_MAX = 384 * MiB  # ... and its JSON, decompressed
+INDEX_STORED_MAX = 16 * MiB  # a pack index as stored (~50 KiB for a 16 MiB pack)
+INDEX_MAX = 64 * MiB  # ... and its JSON
+KEY_RECORD_MAX = 64 * KiB  # a sealed key record
+
 _HEX = frozenset("0123456789abcdef")
+
+
+def chunk_stored_max(max_chunk: int) -> int:
+    """Largest sealed chunk (a loose object, or a blob in a pack): the codec byte, raw, sealed."""
+    return max_chunk + 1 + OVERHEAD
+
+
+def frame_plain_max(max_chunk: int) -> int:
+    """Largest frame plaintext: ``FRAME_MAX`` and the chunk that crossed it."""
+    return FRAME_MAX + max_chunk
+
+
+def frame_stored_max(max_chunk: int) -> int:
+    """Largest sealed frame."""
+    return frame_plain_max(max_chunk) + 1 + OVERHEAD
 
 
 def is_id(cid: str) -> bool:

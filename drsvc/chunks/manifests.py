@@ -11,14 +11,10 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import zstandard
-
 from drsvc.chunks.codec import Codec
-from drsvc.chunks.layout import MANIFESTS_PREFIX, segment
+from drsvc.chunks.layout import MANIFEST_MAX, MANIFEST_STORED_MAX, MANIFESTS_PREFIX, segment
 from drsvc.errors import IntegrityError, NotFound
 from drsvc.storage.base import ObjectStore
-
-MANIFEST_MAX = 1 << 30  # largest manifest plaintext a reader accepts
 
 
 def manifest_key(desktop: str, point_id: str) -> str:
@@ -43,12 +39,12 @@ class Manifests:
         """The manifest, authenticated, and the sealed object as stored (one read, for a verbatim copy)."""
         key = manifest_key(desktop, point_id)
         try:
-            blob = self.store.get(key)
+            blob = self.store.get(key, max_size=MANIFEST_STORED_MAX)
         except NotFound:
             raise NotFound(f"no manifest for {desktop}/{point_id} in {self.store.url}") from None
         try:
             doc = json.loads(self.codec.open_doc(key, blob, MANIFEST_MAX))
-        except (ValueError, zstandard.ZstdError) as e:
+        except ValueError as e:
             raise IntegrityError(f"{key}: manifest is unreadable ({e})") from e
         if not isinstance(doc, dict):
             raise IntegrityError(f"{key}: manifest is not a JSON object")

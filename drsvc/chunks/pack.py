@@ -41,14 +41,11 @@ import json
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import zstandard
-
 from drsvc.chunks.codec import Codec
-from drsvc.chunks.layout import MiB, index_key, is_id
+from drsvc.chunks.layout import INDEX_MAX, chunk_stored_max, frame_plain_max, frame_stored_max, index_key, is_id
 from drsvc.errors import IntegrityError
 
 INDEX_FORMAT = "drsvc-pack-index"
-INDEX_MAX = 64 * MiB  # largest index plaintext a reader accepts
 
 
 class PackEntry(NamedTuple):
@@ -110,8 +107,13 @@ def seal_index(codec: Codec, index: PackIndex) -> bytes:
     return codec.seal_doc(index_key(index.pack_id), json.dumps(doc, separators=(",", ":")).encode())
 
 
-def open_index(codec: Codec, pack_id: str, blob: bytes | memoryview) -> PackIndex:
-    """Authenticate and parse the index of ``pack_id``; ``IntegrityError`` if it is not a sound one."""
+def open_index(codec: Codec, pack_id: str, blob: bytes | memoryview, max_chunk: int) -> PackIndex:
+    """Authenticate and parse the index of ``pack_id``; ``IntegrityError`` if it is not a sound one.
+
+    Entries are bounded as well as placed: a blob no larger than a sealed chunk, a frame no larger
+    than a sealed frame (``max_chunk``: the chunker's ``max_size``), so no index makes a reader
+    fetch or open more than the format allows.
+    """
     key = index_key(pack_id)
     try:
         doc = json.loads(codec.open_doc(key, blob, INDEX_MAX))
@@ -121,14 +123,16 @@ def open_index(codec: Codec, pack_id: str, blob: bytes | memoryview) -> PackInde
             raise ValueError("an entry is neither a blob nor a chunk in a frame")
         entries = tuple(PackEntry(str(e[0]), *(int(x) for x in e[1:])) for e in doc["chunks"])
         index = PackIndex(pack_id, int(doc["size"]), entries)
-    except (ValueError, KeyError, TypeError, zstandard.ZstdError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise IntegrityError(f"{key}: pack index is unreadable ({e})") from e
+    blob_max, frame_max = chunk_stored_max(max_chunk), frame_stored_max(max_chunk)
     if any(
         not is_id(e.cid)
         or e.offset < 0
         or e.length <= 0
         or e.offset + e.length > index.size
-        or (e.in_frame and e.size <= 0)
+        or e.length > (frame_max if e.in_frame else blob_max)
+        or (e.in_frame and not (0 < e.size <= max_chunk and e.pos + e.size <= frame_plain_max(max_chunk)))
         for e in entries
     ):
         raise IntegrityError(f"{key}: pack index has a bad entry")

@@ -17,7 +17,15 @@ from typing import NamedTuple
 
 from drsvc.chunks.codec import Codec
 from drsvc.chunks.index import PackDirectory
-from drsvc.chunks.layout import FRAME_MAX, MAX_GAP, MAX_RANGE, chunk_key, frame_name, pack_key
+from drsvc.chunks.layout import (
+    MAX_GAP,
+    MAX_RANGE,
+    chunk_key,
+    chunk_stored_max,
+    frame_name,
+    frame_plain_max,
+    pack_key,
+)
 from drsvc.chunks.pack import PackEntry
 from drsvc.chunks.refs import StreamRef, VerifyReport
 from drsvc.errors import IntegrityError, NotFound
@@ -64,6 +72,7 @@ class ChunkReader:
         self.codec = codec
         self.directory = directory
         self.max_chunk = max_chunk
+        self.chunk_max = chunk_stored_max(max_chunk)  # a sealed chunk: what a loose chunk object may hold
         self.workers = workers
         self.window = window
         self.read_workers = max(1, read_workers)
@@ -111,7 +120,7 @@ class ChunkReader:
         """The chunks in input order, as read: loose objects, or ranges of packs (frames opened)."""
         if self.directory is None:
             items = list(chunks) if not isinstance(chunks, Sequence) else chunks
-            blobs = self.store.get_many(chunk_key(cid) for cid, _ in items)
+            blobs = self.store.get_many((chunk_key(cid) for cid, _ in items), max_size=self.chunk_max)
             for (cid, size), (_key, blob) in zip(items, blobs, strict=True):
                 yield Fetched(cid, size, blob, "")
             return
@@ -152,7 +161,7 @@ class ChunkReader:
         """Read one range; a frame is opened once for all its chunks in the range."""
         if r.pack_id is None:
             cid, _, size = r.items[0]
-            return [Fetched(cid, size, self.store.get(r.key), "")]
+            return [Fetched(cid, size, self.store.get(r.key, max_size=self.chunk_max), "")]
         data = memoryview(self.store.get_range(r.key, r.start, r.end - r.start))
         frames: dict[int, bytes | IntegrityError] = {}
         out: list[Fetched] = []
@@ -182,7 +191,7 @@ class ChunkReader:
     def _open_frame(self, pack_id: str, offset: int, blob: bytes | memoryview) -> bytes | IntegrityError:
         """A frame's plaintext, or the reason it cannot be read (every chunk in it is then unreadable)."""
         try:
-            return self.codec.decode(frame_name(pack_id, offset), blob, FRAME_MAX + self.max_chunk)
+            return self.codec.decode(frame_name(pack_id, offset), blob, frame_plain_max(self.max_chunk))
         except IntegrityError as e:
             return e
 
@@ -227,7 +236,7 @@ class ChunkReader:
         else:
             blobs = (
                 Fetched(key.rsplit("/", 1)[1], None, blob, "")
-                for key, blob in self.store.get_many(chunk_key(c) for c in have)
+                for key, blob in self.store.get_many((chunk_key(c) for c in have), max_size=self.chunk_max)
             )
         for bad in ordered_map(check, blobs, workers=self.workers, window=self.window):
             if bad:

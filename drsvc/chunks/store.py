@@ -9,10 +9,10 @@ from datetime import datetime
 from typing import Any, BinaryIO
 
 from drsvc.chunks.codec import Codec
-from drsvc.chunks.config import create_config, read_config, stored_pack_size, upgrade_config
+from drsvc.chunks.config import ConfigFile
 from drsvc.chunks.cutter import ChunkerParams, Cutter, ObjectSegments, Source
 from drsvc.chunks.index import PackDirectory
-from drsvc.chunks.layout import BLOCK_SIZE, CHUNKS_PREFIX, chunk_key, index_key, is_id, pack_key
+from drsvc.chunks.layout import BLOCK_SIZE, CHUNKS_PREFIX, chunk_key, chunk_stored_max, index_key, is_id, pack_key
 from drsvc.chunks.manifests import Manifests
 from drsvc.chunks.pack import PackIndex
 from drsvc.chunks.packer import PackWriter
@@ -42,7 +42,7 @@ class ChunkStore:
         upload_workers: int = 4,
         read_workers: int = 3,
         read_ahead: int = 4,
-        config: dict[str, Any] | None = None,
+        config: ConfigFile | None = None,
     ) -> None:
         self.store = store
         self.keys = keys
@@ -54,10 +54,10 @@ class ChunkStore:
         self.upload_workers = max(1, upload_workers)
         self.read_workers = max(1, read_workers)
         self.read_ahead = max(1, read_ahead)
-        self._config = config
+        self.config = config  # None: a store object made without one (tests); nothing is upgraded then
         self.codec = Codec(keys, level)
         self.cutter = Cutter(params, keys.chunker_seed, block_size)
-        self.packs = PackDirectory(store, self.codec)
+        self.packs = PackDirectory(store, self.codec, params.max_size)
         self.manifests = Manifests(store, self.codec)
         self.writer = ChunkWriter(store, self.codec, self.cutter, self.list_chunk_ids, workers=workers, window=window)
 
@@ -80,19 +80,23 @@ class ChunkStore:
         """Create a new chunk store (writes ``config``); refuse if one exists there."""
         keys = key if isinstance(key, Keys) else Keys(key)
         params = params or ChunkerParams()
-        config = create_config(store, keys, params, options.get("pack_size"))
+        config = ConfigFile.create(store, keys, params, options.get("pack_size"))
         return cls(store, keys, params, config=config, **options)
 
     @classmethod
     def open(cls, store: ObjectStore, key: Keys | bytes, **options: Any) -> ChunkStore:
         """Open an existing chunk store, checking format version and that ``key`` is its key."""
         keys = key if isinstance(key, Keys) else Keys(key)
-        config = read_config(store, keys)
-        packed = stored_pack_size(config)
-        if packed and not options.get("pack_size"):
+        config = ConfigFile.read(store, keys)
+        if config.pack_size and not options.get("pack_size"):
             # A store that holds packs is read as one whatever the caller asked for.
-            options["pack_size"] = packed
-        return cls(store, keys, ChunkerParams.from_dict(config["chunker"]), config=config, **options)
+            options["pack_size"] = config.pack_size
+        return cls(store, keys, config.params, config=config, **options)
+
+    def _before_write(self, pack_size: int | None = None) -> None:
+        """A store written before its config was sealed is sealed by its first write (see ``config``)."""
+        if self.config is not None:
+            self.config.ensure_sealed(pack_size)
 
     # ---------------------------------------------------------------- streams
 
@@ -102,6 +106,7 @@ class ChunkStore:
         Memory stays bounded (one block, the carried tail and a small window of chunks in flight).
         Returns the ``StreamRef`` once every new chunk is durably written; ``ref.stats`` reports dedup.
         """
+        self._before_write()
         return self.writer.write([source])
 
     def write_objects(self, objects: Iterable[tuple[int, Iterable[bytes]]]) -> StreamRef:
@@ -112,6 +117,7 @@ class ChunkStore:
         its neighbours: desktops cloned from one image dedup the image's objects whatever their own
         objects beside them, as a file-aware backup tool dedups files. ``size`` only places cuts.
         """
+        self._before_write()
         return self.writer.write(ObjectSegments(objects, self.params.avg_size))
 
     def write_bytes(self, data: bytes) -> StreamRef:
@@ -203,7 +209,7 @@ class ChunkStore:
         if not self.pack_size:
             raise InvalidInput(f"{self.store.url}: not a packed chunk store")
         self.packs.ensure_loaded()
-        self._config = upgrade_config(self.store, self._config, self.pack_size)
+        self._before_write(self.pack_size)
         writer = PackWriter(
             self.store,
             self.codec,
@@ -219,6 +225,13 @@ class ChunkStore:
         )
         return writer.write(blobs)
 
+    def sealed_chunks(self, ids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        """``(id, sealed blob)`` of loose chunks, pipelined, in input order, as stored (not yet
+        authenticated: ``write_packs`` does that); an object larger than a chunk is refused unread."""
+        keys = (chunk_key(cid) for cid in ids)
+        for key, blob in self.store.get_many(keys, max_size=chunk_stored_max(self.params.max_size)):
+            yield key.rsplit("/", 1)[1], blob
+
     def delete_packs(self, pack_ids: Iterable[str]) -> int:
         """Delete packs: their indexes first (readers stop seeing them), then the packs; return the count."""
         ids = sorted(set(pack_ids))
@@ -232,6 +245,7 @@ class ChunkStore:
 
     def put_manifest(self, desktop: str, point_id: str, doc: dict[str, Any]) -> None:
         """Store a point's manifest (call after its streams are written: ``write_stream`` returns then)."""
+        self._before_write()
         self.manifests.put(desktop, point_id, doc)
 
     def get_manifest(self, desktop: str, point_id: str) -> dict[str, Any]:

@@ -7,6 +7,12 @@ and, where the client library allows it, pipelined ``put_many`` / ``get_many`` /
 that way); ``StoreBase`` supplies sequential fallbacks and ``ordered_map`` bounded
 thread-pool pipelining for backends whose library is blocking.
 
+``max_size`` on ``get``/``get_many``: what a store holds is hostile input, so a reader that knows
+how large an object at a place can be passes that bound, and the backend refuses a larger object
+with ``ObjectTooLarge`` (an ``IntegrityError``) before it holds more than ``max_size`` bytes of it
+plus one read block (file: ``fstat``; RADOS: reads of 4 MiB up to the bound; S3: the GET's
+``Content-Length``, before the body is read).
+
 Parameters meant for the S3 cold tier:
 
 - ``storage_class``: the S3 storage class (``STANDARD_IA``, ``GLACIER`` …). file:// and rados://
@@ -24,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Protocol, TypeVar, runtime_checkable
 
-from drsvc.errors import InvalidInput
+from drsvc.errors import InvalidInput, ObjectTooLarge
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -57,12 +63,13 @@ class ObjectStore(Protocol):
         """Write many objects pipelined, consuming ``items`` lazily (bounded window); return the count."""
         ...
 
-    def get(self, key: str) -> bytes:
-        """Read one whole object; raise ``NotFound`` if it does not exist."""
+    def get(self, key: str, *, max_size: int | None = None) -> bytes:
+        """Read one whole object; ``NotFound`` if it does not exist, ``ObjectTooLarge`` past ``max_size`` bytes."""
         ...
 
-    def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
-        """Read many objects pipelined with bounded read-ahead, yielding ``(key, data)`` in input order."""
+    def get_many(self, keys: Iterable[str], *, max_size: int | None = None) -> Iterator[tuple[str, bytes]]:
+        """Read many objects pipelined with bounded read-ahead, yielding ``(key, data)`` in input order
+        (``max_size``: as ``get``, for each)."""
         ...
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
@@ -92,6 +99,17 @@ class ObjectStore(Protocol):
     def close(self) -> None:
         """Release connections and threads; the store is unusable afterwards."""
         ...
+
+
+def too_large(url: str, key: str, size: int | None, limit: int) -> ObjectTooLarge:
+    """The error for an object past the ``max_size`` its reader allows (``size`` None: not known)."""
+    what = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+    return ObjectTooLarge(
+        f"object {key} in {url} is {what}, more than the {limit} drsvc ever writes there (refused unread)",
+        key=key,
+        size=size,
+        limit=limit,
+    )
 
 
 def check_key(key: str) -> str:
@@ -170,8 +188,8 @@ class StoreBase:
         """Write (or atomically replace) one object."""
         raise NotImplementedError
 
-    def get(self, key: str) -> bytes:
-        """Read one whole object; raise ``NotFound`` if it does not exist."""
+    def get(self, key: str, *, max_size: int | None = None) -> bytes:
+        """Read one whole object; ``NotFound`` if it does not exist, ``ObjectTooLarge`` past ``max_size`` bytes."""
         raise NotImplementedError
 
     def delete(self, key: str) -> None:
@@ -196,10 +214,10 @@ class StoreBase:
         """Read part of one object (fallback: the whole object, sliced)."""
         return self.get(key)[start : start + length]
 
-    def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+    def get_many(self, keys: Iterable[str], *, max_size: int | None = None) -> Iterator[tuple[str, bytes]]:
         """Read many objects in input order (sequential fallback)."""
         for key in keys:
-            yield key, self.get(key)
+            yield key, self.get(key, max_size=max_size)
 
     def delete_many(self, keys: Iterable[str]) -> int:
         """Remove many objects (sequential fallback); return how many keys were processed."""

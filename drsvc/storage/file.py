@@ -17,7 +17,7 @@ from typing import Any
 
 from drsvc import faults
 from drsvc.errors import BackendError, InvalidInput, NotFound
-from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map
+from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map, too_large
 
 
 def from_url(url: str, **options: Any) -> FileStore:
@@ -85,11 +85,20 @@ class FileStore(StoreBase):
 
         return sum(1 for _ in ordered_map(one, items, workers=self._workers, window=4 * self._workers))
 
-    def get(self, key: str) -> bytes:
-        """Read one whole object; raise ``NotFound`` if it does not exist."""
+    def get(self, key: str, *, max_size: int | None = None) -> bytes:
+        """Read one whole object; ``NotFound`` if it does not exist, ``ObjectTooLarge`` past ``max_size`` bytes."""
         path = self._path(key)
         try:
-            return path.read_bytes()
+            if max_size is None:
+                return path.read_bytes()
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > max_size:
+                    raise too_large(self._url, key, size, max_size)
+                data = f.read(max_size + 1)  # the file may have grown since the fstat
+                if len(data) > max_size:
+                    raise too_large(self._url, key, None, max_size)
+                return data
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
             raise NotFound(f"object {key} not found in {self._url}") from e
         except OSError as e:
@@ -107,9 +116,11 @@ class FileStore(StoreBase):
         except OSError as e:
             raise BackendError(f"file store {self._url}: get {key}: {e.strerror or e}") from e
 
-    def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+    def get_many(self, keys: Iterable[str], *, max_size: int | None = None) -> Iterator[tuple[str, bytes]]:
         """Read many objects with thread-pool read-ahead, in input order."""
-        return ordered_map(lambda k: (k, self.get(k)), keys, workers=self._workers, window=4 * self._workers)
+        return ordered_map(
+            lambda k: (k, self.get(k, max_size=max_size)), keys, workers=self._workers, window=4 * self._workers
+        )
 
     def exists(self, key: str) -> bool:
         """Whether the object exists."""

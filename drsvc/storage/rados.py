@@ -18,10 +18,17 @@ from typing import Any
 
 from drsvc import ceph, faults
 from drsvc.errors import BackendError, InvalidInput, NotFound
-from drsvc.storage.base import StoreBase, check_key, check_prefix, split_store_url
+from drsvc.storage.base import StoreBase, check_key, check_prefix, split_store_url, too_large
 
 MAX_OBJECT_BYTES = 90 * 1024 * 1024
 _READ_SIZE = 4 * 1024 * 1024  # first aio read; larger objects are finished with sync reads
+
+
+def _first_read(max_size: int | None) -> int:
+    """Bytes asked by an object's first read: one block, or one byte past a smaller bound."""
+    return _READ_SIZE if max_size is None else min(_READ_SIZE, max_size + 1)
+
+
 _POOL = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -118,13 +125,13 @@ class RadosStore(StoreBase):
                 ceph.wait(comp)
         return count
 
-    def get(self, key: str) -> bytes:
-        """Read one whole object; raise ``NotFound`` if it does not exist."""
+    def get(self, key: str, *, max_size: int | None = None) -> bytes:
+        """Read one whole object; ``NotFound`` if it does not exist, ``ObjectTooLarge`` past ``max_size`` bytes."""
         oid = self._oid(key)
         try:
             with ceph.ceph_errors(f"rados get {self.pool}/{oid}"):
-                data = self._ioctx.read(oid, _READ_SIZE, 0)
-                return self._finish_read(oid, data)
+                data = self._ioctx.read(oid, _first_read(max_size), 0)
+                return self._finish_read(key, oid, data, max_size)
         except NotFound as e:
             raise NotFound(f"object {key} not found in {self._url}") from e
 
@@ -140,19 +147,34 @@ class RadosStore(StoreBase):
         except NotFound as e:
             raise NotFound(f"object {key} not found in {self._url}") from e
 
-    def _finish_read(self, oid: str, data: bytes) -> bytes:
-        if len(data) < _READ_SIZE:
+    def _finish_read(self, key: str, oid: str, data: bytes, max_size: int | None) -> bytes:
+        """The rest of an object whose first read filled its buffer: further reads up to ``max_size``.
+
+        No stat first (a round trip per object): an object up to one read block is read at once,
+        one byte past a smaller bound says it is too large; a larger one is stat'ed before reading
+        on, so an object past the bound costs at most one read block of memory.
+        """
+        first = _first_read(max_size)
+        if max_size is not None and len(data) > max_size:
+            raise too_large(self._url, key, None, max_size)
+        if len(data) < first:
             return data
+        if max_size is not None:
+            size, _mtime = self._ioctx.stat(oid)
+            if size > max_size:
+                raise too_large(self._url, key, int(size), max_size)
         parts = [data]
         offset = len(data)
         while True:
             more = self._ioctx.read(oid, _READ_SIZE, offset)
             parts.append(more)
             offset += len(more)
+            if max_size is not None and offset > max_size:
+                raise too_large(self._url, key, None, max_size)
             if len(more) < _READ_SIZE:
                 return b"".join(parts)
 
-    def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+    def get_many(self, keys: Iterable[str], *, max_size: int | None = None) -> Iterator[tuple[str, bytes]]:
         """Read many objects with ``aio_read``, ``window`` in flight, yielding in input order."""
         inflight: collections.deque[tuple[str, str, Any, dict[str, Any]]] = collections.deque()
 
@@ -164,7 +186,7 @@ class RadosStore(StoreBase):
                 slot["data"] = data
 
             with ceph.ceph_errors(f"rados get {self.pool}/{oid}"):
-                comp = self._ioctx.aio_read(oid, _READ_SIZE, 0, done)
+                comp = self._ioctx.aio_read(oid, _first_read(max_size), 0, done)
             inflight.append((key, oid, comp, slot))
 
         def reap() -> tuple[str, bytes]:
@@ -180,7 +202,7 @@ class RadosStore(StoreBase):
             # rv is the length read: the binding hands back its whole buffer for an empty object
             data = slot["data"][:rv]
             with ceph.ceph_errors(f"rados get {self.pool}/{oid}"):
-                return key, self._finish_read(oid, data)
+                return key, self._finish_read(key, oid, data, max_size)
 
         try:
             for key in keys:

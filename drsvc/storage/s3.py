@@ -48,7 +48,7 @@ from drsvc.errors import (
     MissingDependency,
     NotFound,
 )
-from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map, split_store_url
+from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map, split_store_url, too_large
 
 MiB = 1024 * 1024
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
@@ -400,12 +400,28 @@ class S3Store(StoreBase):
             pool.shutdown(wait=True, cancel_futures=True)
         return count
 
-    def get(self, key: str) -> bytes:
-        """Read one whole object; raise ``NotFound`` if it does not exist."""
+    def get(self, key: str, *, max_size: int | None = None) -> bytes:
+        """Read one whole object; ``NotFound`` if it does not exist, ``ObjectTooLarge`` past ``max_size`` bytes.
+
+        The bound is checked on the response's ``Content-Length`` before the body is read (one
+        request, no HEAD), and the body is read no further than the bound in any case.
+        """
         oid = self._oid(key)
         try:
             response = self._client.get_object(Bucket=self.bucket, Key=oid)
-            return bytes(response["Body"].read())
+            body = response["Body"]
+            if max_size is None:
+                return bytes(body.read())
+            size = int(response.get("ContentLength", 0))
+            try:
+                if size > max_size:
+                    raise too_large(self._url, key, size, max_size)
+                data = bytes(body.read(max_size + 1))
+                if len(data) > max_size:
+                    raise too_large(self._url, key, None, max_size)
+                return data
+            finally:
+                body.close()
         except Exception as e:
             if not self._is_client_error(e):
                 raise
@@ -427,9 +443,11 @@ class S3Store(StoreBase):
                 return b""
             raise self._fail("get", key, e) from e
 
-    def get_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+    def get_many(self, keys: Iterable[str], *, max_size: int | None = None) -> Iterator[tuple[str, bytes]]:
         """Read many objects on a thread pool with ``window`` read-ahead, in input order."""
-        return ordered_map(lambda k: (k, self.get(k)), keys, workers=self._workers, window=self._window)
+        return ordered_map(
+            lambda k: (k, self.get(k, max_size=max_size)), keys, workers=self._workers, window=self._window
+        )
 
     def exists(self, key: str) -> bool:
         """Whether the object exists (one HEAD)."""

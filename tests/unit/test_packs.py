@@ -267,8 +267,9 @@ def test_compressible_chunks_are_packed_in_frames_and_incompressible_ones_verbat
     ref = volume_ref(kit, "alice", pid)
     assert cold.read_bytes(ref) == data
     assert len([g for g in gets if "Range" in g]) == 1  # 7 MiB of one pack: one ranged read, each frame once
-    config = json.loads(cold.store.get("config"))
-    assert (config["version"], config["frames"]) == (4, {"target_size": MiB, "max_size": FRAME_MAX})
+    config = kit.fresh_services().cold.config
+    assert config is not None and config.sealed
+    assert (config.settings["version"], config.settings["frames"]) == (5, {"target_size": MiB, "max_size": FRAME_MAX})
     kit.catalog.close()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,19 @@ def _index_docs(root: Path) -> list[list[Any]]:
     return sorted(docs)
 
 
-def _config(root: Path) -> dict[str, Any]:
+def _settings(root: Path) -> tuple[int, dict[str, Any]]:
+    """(version, settings) of a config: sealed since version 5, plaintext with a key check before."""
     config = json.loads((root / "config").read_bytes())
-    assert KEYS.open_(bytes.fromhex(config.pop("key_check")), b"drsvc/config") == b"drsvc chunk store key check v1"
-    return config
+    assert config.pop("key_fingerprint") == KEYS.fingerprint
+    if config["version"] >= 5:
+        assert set(config) == {"format", "version", "sealed"}
+        settings = json.loads(KEYS.open_(bytes.fromhex(config["sealed"]), b"drsvc/config"))
+        assert (settings["format"], settings["version"]) == (config["format"], config["version"])
+    else:
+        check = KEYS.open_(bytes.fromhex(config.pop("key_check")), b"drsvc/config")
+        assert check == b"drsvc chunk store key check v1"
+        settings = config
+    return settings.pop("version"), settings
 
 
 def test_todays_writer_writes_the_same_objects(tmp_path: Path) -> None:
@@ -115,7 +125,10 @@ def test_todays_writer_writes_the_same_objects(tmp_path: Path) -> None:
         mk.OUT = saved
     for name in ("hot", "cold"):
         old, new = STORE / name, out / name
-        assert _config(new) == _config(old)
+        # The one deliberate change since the golden store: the config is sealed (version 5).
+        (old_version, old_settings), (new_version, new_settings) = _settings(old), _settings(new)
+        assert (old_version, new_version) == ({"hot": 1, "cold": 4}[name], 5)
+        assert new_settings == old_settings
         for prefix in ("chunks", "manifests"):
             assert _files(new, prefix) == _files(old, prefix)
         assert _chunk_payloads(new) == _chunk_payloads(old)
@@ -140,3 +153,22 @@ def test_golden_manifests_decode_independently() -> None:
         assert set(chunk_objects(doc)) <= {cid for cid, _ in doc["volume"]["stream"]["chunks"]}
     assert index_key("ab" * 16) == "index/" + "ab" * 16
     assert ChunkerParams(**mk.PARAMS) == _open("hot").params
+
+
+@pytest.mark.parametrize("name", ["hot", "cold"])
+def test_an_old_store_is_sealed_by_its_first_write_not_by_readers(tmp_path: Path, name: str) -> None:
+    """The migration rule of drsvc.chunks.config: read as is, sealed (same settings) by the next write."""
+    root = tmp_path / name
+    shutil.copytree(STORE / name, root)
+    before = (root / "config").read_bytes()
+    cs = ChunkStore.open(FileStore(root), KEYS)
+    doc = cs.get_manifest(mk.DESKTOP, "p1")
+    cs.verify_chunks([cid for cid, _ in doc["memory"]["stream"]["chunks"]], read_data=True)
+    assert (root / "config").read_bytes() == before and cs.config is not None and not cs.config.sealed
+    old_version, old_settings = _settings(root)
+    cs.put_manifest(mk.DESKTOP, "p3", doc)  # any write
+    version, settings = _settings(root)
+    assert (version, settings) == (5, old_settings) and old_version < 5
+    again = ChunkStore.open(FileStore(root), KEYS)
+    assert again.config is not None and again.config.sealed and again.params == cs.params
+    assert again.read_bytes(StreamRef.from_dict(doc["volume"]["stream"])) == b"".join(mk.objects("p1"))
