@@ -141,9 +141,7 @@ class ResultWriter:
 def read_result(hot: ChunkStore, run: str, node: str) -> dict[str, Any]:
     """Read and authenticate a node's result; ``NotFound`` when it reported nothing."""
     key = result_key(run, node)
-    blob = hot.store.get(key)
-    if len(blob) > MAX_RESULT:
-        raise IntegrityError(f"{key}: result document of {len(blob)} bytes is larger than {MAX_RESULT}")
+    blob = hot.store.get(key, max_size=MAX_RESULT)  # a larger one is refused unread (ObjectTooLarge)
     try:
         doc = json.loads(hot.keys.open_(blob, object_aad(key)))
     except ValueError as e:
