@@ -297,7 +297,7 @@ class TierJob:
     def _tier_batch(self, batch: list[tuple[Candidate, TierMove]], job_id: int, now: datetime) -> None:
         """Copy the batch's missing chunks as packs, then each point's image record and manifest."""
         started = time.monotonic()
-        hot, cold = self.services.hot, self.services.cold
+        cold = self.services.cold
         points: list[_Point] = []
         for c, move in batch:
             tiering = c.policy.tiering
@@ -320,56 +320,18 @@ class TierJob:
                 raise
             points.append(point)
         cold_ids, _ = self._cold_state(cold)
-        owner: dict[str, _Point] = {}  # a missing chunk is counted to the first point needing it
-        for point in points:
-            point.move.chunks = len(point.wanted)
-            missing = 0
-            for cid in point.wanted:
-                if cid not in cold_ids and cid not in owner:
-                    owner[cid] = point
-                    missing += 1
-            self.on_event("copying", move=point.move, missing=missing)
         storage_class = batch[0][0].policy.tiering.storage_class if batch[0][0].policy.tiering else None
-        pack_until = max((p.until for p in points if p.until is not None), default=None)
-        # Frames follow the volume's objects, so zstd sees a file whole, as a file-aware tool compresses it.
-        object_of: dict[str, tuple[int, int]] = {}
-        for n, point in enumerate(points):
-            for cid, obj in point.objects.items():
-                object_of.setdefault(cid, (n, obj))  # as in `owner`: the first point needing a chunk
-
-        def blobs() -> Iterator[tuple[str, bytes]]:
-            for n, (cid, blob) in enumerate(hot.sealed_chunks(owner)):
-                if n % 1024 == 1023:
-                    self._check_lease()
-                owner[cid].move.chunks_uploaded += 1
-                yield cid, blob
-
         error: str | None = None
-        fresh: list[str] = []
-        try:
-            # write_packs authenticates every blob before packing it: hot-store rot is never
-            # carried into the tier meant to survive the hot store.
-            written = cold.write_packs(
-                blobs(), storage_class=storage_class, retain_until=pack_until, object_of=object_of
-            )
-            fresh = [pack_key(i.pack_id) for i in written] + [index_key(i.pack_id) for i in written]
-            faults.point("tier-after-packs")
-            cold_ids.update(owner)
-            for index in written:
-                for cid, stored in index.stored_bytes().items():
-                    owner[cid].move.bytes_uploaded += stored
-        except DrsvcError as e:
-            error = str(e)
-            if isinstance(e, CorruptChunk):
-                error = f"hot chunk {e.chunk_id} of point {owner[e.chunk_id].move.point_id} is corrupt: {e}"
-            self._cold_ids = self._cold_images = None  # some packs may have landed: list again
-            cold_ids, _ = self._cold_state(cold)
-        except BaseException:
-            for point in points:
-                self._finish_move(point.move_id, point.move, "failed")
-            raise
-        if pack_until is not None and fresh:
-            self._record_locks(cold, fresh, pack_until)
+        while points:
+            error, corrupt, cold_ids = self._copy_chunks(points, cold, cold_ids, storage_class)
+            if corrupt is None:
+                break
+            # A corrupt hot chunk fails the points that need it, not their batch-mates: copy the
+            # others again (packs that landed before the bad chunk was met count as copied).
+            for point in [p for p in points if corrupt in p.wanted]:
+                self._fail(point, error or "corrupt hot chunk", started)
+            points = [p for p in points if corrupt not in p.wanted]
+            error = None
         for point in points:
             lacking = [cid for cid in point.wanted if cid not in cold_ids]
             if lacking:
@@ -398,6 +360,65 @@ class TierJob:
                 )
                 self._finish_move(point.move_id, point.move, "ok")
             self.on_event("moved", move=point.move)
+
+    def _copy_chunks(
+        self, points: list[_Point], cold: ChunkStore, cold_ids: set[str], storage_class: str | None
+    ) -> tuple[str | None, str | None, set[str]]:
+        """Pack the chunks the points need that the cold store lacks: (error, corrupt chunk id, cold ids)."""
+        hot = self.services.hot
+        owner: dict[str, _Point] = {}  # a missing chunk is counted to the first point needing it
+        for point in points:
+            point.move.chunks = len(point.wanted)
+            point.move.chunks_uploaded = point.move.bytes_uploaded = 0
+            missing = 0
+            for cid in point.wanted:
+                if cid not in cold_ids and cid not in owner:
+                    owner[cid] = point
+                    missing += 1
+            self.on_event("copying", move=point.move, missing=missing)
+        pack_until = max((p.until for p in points if p.until is not None), default=None)
+        # Frames follow the volume's objects, so zstd sees a file whole, as a file-aware tool compresses it.
+        object_of: dict[str, tuple[int, int]] = {}
+        for n, point in enumerate(points):
+            for cid, obj in point.objects.items():
+                object_of.setdefault(cid, (n, obj))  # as in `owner`: the first point needing a chunk
+
+        def blobs() -> Iterator[tuple[str, bytes]]:
+            for n, (cid, blob) in enumerate(hot.sealed_chunks(owner)):
+                if n % 1024 == 1023:
+                    self._check_lease()
+                owner[cid].move.chunks_uploaded += 1
+                yield cid, blob
+
+        error: str | None = None
+        corrupt: str | None = None
+        fresh: list[str] = []
+        try:
+            # write_packs authenticates every blob before packing it: hot-store rot is never
+            # carried into the tier meant to survive the hot store.
+            written = cold.write_packs(
+                blobs(), storage_class=storage_class, retain_until=pack_until, object_of=object_of
+            )
+            fresh = [pack_key(i.pack_id) for i in written] + [index_key(i.pack_id) for i in written]
+            faults.point("tier-after-packs")
+            cold_ids.update(owner)
+            for index in written:
+                for cid, stored in index.stored_bytes().items():
+                    owner[cid].move.bytes_uploaded += stored
+        except DrsvcError as e:
+            error = str(e)
+            if isinstance(e, CorruptChunk):
+                corrupt = e.chunk_id
+                error = f"hot chunk {e.chunk_id} of point {owner[e.chunk_id].move.point_id} is corrupt: {e}"
+            self._cold_ids = self._cold_images = None  # some packs may have landed: list again
+            cold_ids, _ = self._cold_state(cold)
+        except BaseException:
+            for point in points:
+                self._finish_move(point.move_id, point.move, "failed")
+            raise
+        if pack_until is not None and fresh:
+            self._record_locks(cold, fresh, pack_until)
+        return error, corrupt, cold_ids
 
     def _fail(self, point: _Point, error: str, started: float) -> None:
         point.move.status, point.move.error = "failed", error
