@@ -2,9 +2,10 @@
 
 Every error a user can meet is a ``DrsvcError`` subclass carrying the process exit code of the
 CLI contract (docs/architecture.md). Adapters translate their library's exceptions into these;
-the CLI entry point catches ``DrsvcError`` once and exits with its code. ``traceback`` says whether
-a stack trace would help the reader (bugs, unexpected backend failures) or only add noise
-(bad input, things not found).
+the CLI entry point catches ``DrsvcError`` once, prints its one-line message and exits with its
+code. ``traceback`` says whether the error was unexpected (bugs, backend failures: jobs retry
+those, and ``DRSVC_DEBUG=1`` prints their stack trace) or is the user's to fix (bad input, things
+not found).
 """
 
 from __future__ import annotations

@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _report(error: DrsvcError, json_output: bool, debug: bool) -> None:
-    if error.traceback or debug:
+    # The contract is one line (and the exit code); --debug / DRSVC_DEBUG=1 add the stack trace
+    # for a bug report. Unexpected backend errors (``error.traceback``) were printed with one by
+    # default, which buried the message under 30 lines a cron mail or a ticket had to carry.
+    if debug:
         traceback.print_exc()
     if json_output:
         import json
