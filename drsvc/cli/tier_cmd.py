@@ -6,9 +6,11 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.errors import ConfigError
 from drsvc.tiering import TierJob, TierMove, TierReport
 from drsvc.units import format_bytes
 
@@ -31,7 +33,7 @@ def progress_printer(app: App) -> Any:
 
 def render(report: TierReport, out: Console) -> None:
     if report.note:
-        out.print(report.note)
+        out.print(escape(report.note))
     if not report.moves:
         out.print("nothing to tier")
         return
@@ -71,6 +73,8 @@ def command(app: App, dry_run: bool) -> int:
     retention would not keep are not uploaded. Safe to interrupt: the next run resumes.
     """
     services = app.services
+    if not services.has_cold:
+        raise ConfigError(f"{app.config.path}: cold.store: no cold tier configured, so nothing can be tiered")
     if dry_run:
         report = TierJob(services, None).run(dry_run=True)
     else:
