@@ -21,7 +21,6 @@ from drsvc.errors import ConfigError
 SEARCH_PATH = (Path("drsvc.toml"), Path("/etc/drsvc/drsvc.toml"))
 
 STORE_SCHEMES = ("rados", "s3", "file")
-RUNTIME_SCHEMES = ("podman", "docker", "crio")
 
 
 class _Section(BaseModel):
@@ -85,7 +84,10 @@ class RuntimeSection(_Section):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _check_url(v, RUNTIME_SCHEMES)
+        # the registry decides (built-ins podman, docker, crio register as an add-on would)
+        from drsvc.runtimes import registered_runtimes
+
+        return _check_url(v, tuple(registered_runtimes()))
 
 
 class SchedulerSection(_Section):
