@@ -1,0 +1,657 @@
+"""FAKES of the container runtime and volume protocols: a desktop fleet kept in a directory.
+
+Named as fakes: nothing here is drsvc's real behaviour. They let the real jobs (backup, restore,
+drill, tier, prune, the CLI) run where no Podman, CRIU or Ceph can (a contributor who is not
+root, the contract suite, unit tests of restore and drill), and they let a test force what the
+lab cannot do on demand: a checkpoint that fails, a restore that takes longer than the target, a
+clone that dies, a probe that never answers, a volume that cannot be read.
+
+* ``fake://NAME`` (``FakeRuntime``): containers are JSON files. ``checkpoint`` plays the CRIU
+  freeze hook's side of the rendezvous protocol (``drsvc/runtimes/freeze.py``) when drsvc made a
+  rendezvous directory for the container, as the real hook does; its archive is the container's
+  record and "memory" (a dict the test sets), so a restore proves the memory came back.
+* ``fakevol://POOL/NAMESPACE`` (``FakeVolume``) and ``fakevol://POOL`` (``FakePoolSnapshots``):
+  objects (data, xattrs, omap) as files; a pool snapshot copies the pool's namespaces.
+* Knobs (``FakeWorld.knobs``) are per desktop, in the world directory, so a drsvc process started
+  by a test (``tests/fakes/drsvc_cli.py``) sees them too.
+
+The world is found through ``register(root)`` (in-process) or ``$DRSVC_FAKE_WORLD`` (children).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from drsvc import runtimes, volumes
+from drsvc.errors import BackendError, InvalidInput, NotFound
+from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, LABEL_TENANT, LABEL_VOLUME, DesktopRef
+from drsvc.volumes.base import ObjectStream, SnapshotInfo, VolumeObject, digest_streams
+
+WORLD_ENV = "DRSVC_FAKE_WORLD"
+RUNTIME_SCHEME = "fake"
+VOLUME_SCHEME = "fakevol"
+DEFAULT_FREEZE_ROOT = "/run/drsvc/freeze"
+
+_root: Path | None = None
+_lock = threading.Lock()  # one process's threads; processes rely on atomic renames
+
+
+def register(root: str | os.PathLike[str]) -> FakeWorld:
+    """Make ``fake://`` and ``fakevol://`` URLs open in the world at ``root`` (created if needed)."""
+    global _root
+    _root = Path(root)
+    world = FakeWorld(_root)
+    runtimes.register_runtime(RUNTIME_SCHEME, runtime_from_url)
+    volumes.register_volume_scheme(VOLUME_SCHEME, volume_from_url)
+    return world
+
+
+def unregister() -> None:
+    global _root
+    _root = None
+    runtimes._REGISTRY.unregister(RUNTIME_SCHEME)
+    volumes._REGISTRY.unregister(VOLUME_SCHEME)
+
+
+def _world() -> FakeWorld:
+    root = _root or (Path(os.environ[WORLD_ENV]) if os.environ.get(WORLD_ENV) else None)
+    if root is None:
+        raise InvalidInput("fake:// and fakevol:// need a fake world: tests.fakes.desktops.register(root)")
+    return FakeWorld(root)
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _qname(name: str) -> str:
+    return urllib.parse.quote(name, safe="") + ".json"
+
+
+def _unq(filename: str) -> str:
+    return urllib.parse.unquote(filename.removesuffix(".json"))
+
+
+# ---------------------------------------------------------------------- the world
+class FakeWorld:
+    """The directory holding a fake fleet: containers, images, pools, knobs."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        for sub in ("containers", "images", "pools"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------ the host
+    @property
+    def hook_installed(self) -> bool:
+        """Whether this fake host has the CRIU freeze hook (default yes; the fake runtime plays it)."""
+        return not (self.root / "no-freeze-hook").exists()
+
+    @hook_installed.setter
+    def hook_installed(self, value: bool) -> None:
+        flag = self.root / "no-freeze-hook"
+        if value:
+            flag.unlink(missing_ok=True)
+        else:
+            flag.touch()
+
+    # ------------------------------------------------------------ knobs
+    @property
+    def _knobs_file(self) -> Path:
+        return self.root / "knobs.json"
+
+    def knobs(self, desktop: str) -> dict[str, Any]:
+        """The knobs of one desktop (its clones and restores follow them too)."""
+        try:
+            all_knobs = json.loads(self._knobs_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return dict(all_knobs.get(desktop, {}))
+
+    def set_knobs(self, desktop: str, **knobs: Any) -> None:
+        """Set knobs; a value of None removes one. Known knobs:
+
+        ``checkpoint_error`` (str): checkpoint raises BackendError with it;
+        ``hook`` ("freeze" default, "silent": never reports frozen, "early": lets go before the
+        release); ``restore_error`` (str); ``restore_seconds`` (float): restore takes this long;
+        ``dies_after_restore`` (bool): the restored container is exited at once;
+        ``not_from_checkpoint`` (bool): restored without restored_at (a fresh start);
+        ``tcp_ports`` (list of int, default [5900]); ``exec_exit`` (int, default 0);
+        ``read_error`` (str): reading its volume at a snapshot raises BackendError;
+        ``remove_error`` (str): removing its clone raises BackendError.
+        """
+        with _lock:
+            try:
+                all_knobs = json.loads(self._knobs_file.read_text())
+            except FileNotFoundError:
+                all_knobs = {}
+            mine = all_knobs.setdefault(desktop, {})
+            for k, v in knobs.items():
+                if v is None:
+                    mine.pop(k, None)
+                else:
+                    mine[k] = v
+            _atomic_write(self._knobs_file, json.dumps(all_knobs, indent=1).encode())
+
+    # ------------------------------------------------------------ containers
+    def _cfile(self, name: str) -> Path:
+        return self.root / "containers" / f"{name}.json"
+
+    def containers(self) -> list[dict[str, Any]]:
+        out = []
+        for f in sorted((self.root / "containers").glob("*.json")):
+            with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+                out.append(json.loads(f.read_text()))
+        return out
+
+    def container(self, name_or_id: str) -> dict[str, Any]:
+        f = self._cfile(name_or_id)
+        if f.exists():
+            return dict(json.loads(f.read_text()))
+        for c in self.containers():
+            if c["id"] == name_or_id:
+                return c
+        raise NotFound(f"no such container: {name_or_id}")
+
+    def save_container(self, record: dict[str, Any]) -> None:
+        _atomic_write(self._cfile(record["name"]), json.dumps(record, indent=1).encode())
+
+    def remove_container(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._cfile(name).unlink()
+
+    def add_desktop(
+        self,
+        name: str,
+        objects: dict[str, bytes | tuple[bytes, dict[str, bytes], dict[str, bytes]]] | None = None,
+        *,
+        pool: str = "desktops",
+        tenant: str = "acme",
+        labels: dict[str, str] | None = None,
+        image: str = "localhost/fake-desk:1",
+        memory: dict[str, Any] | None = None,
+        node: str | None = None,
+        state: str = "running",
+    ) -> dict[str, Any]:
+        """A running desktop container labelled for drsvc, with its volume's objects written."""
+        volume = f"{VOLUME_SCHEME}://{pool}/{name}"
+        all_labels = {LABEL_DESKTOP: name, LABEL_VOLUME: volume, LABEL_TENANT: tenant, **(labels or {})}
+        record = {
+            "name": name,
+            "id": secrets.token_hex(32),
+            "labels": all_labels,
+            "image": image,
+            "image_id": self.ensure_image(image),
+            "state": state,
+            "restored_at": None,
+            "network": "bridge",
+            "node": node,
+            "memory": memory if memory is not None else {"counter": 0},
+        }
+        self.save_container(record)
+        if objects is not None:
+            self.write_volume(pool, name, objects)
+        return record
+
+    def set_memory(self, name: str, **memory: Any) -> None:
+        record = self.container(name)
+        record["memory"] = {**record["memory"], **memory}
+        self.save_container(record)
+
+    # ------------------------------------------------------------ images
+    def ensure_image(self, image: str) -> str:
+        """The image's id (sha256 of its name, stable), stored in the world's image store."""
+        import hashlib
+
+        image_id = "sha256:" + hashlib.sha256(image.encode()).hexdigest()
+        path = self.root / "images" / image_id.removeprefix("sha256:")
+        if not path.exists():
+            layer = hashlib.sha512(image.encode()).hexdigest()
+            body = json.dumps({"image": image, "image_id": image_id, "layer": layer})
+            _atomic_write(path, body.encode())
+        return image_id
+
+    def drop_image(self, image_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "images" / image_id.removeprefix("sha256:")).unlink()
+
+    # ------------------------------------------------------------ volumes
+    def live(self, pool: str, namespace: str) -> Path:
+        return self.root / "pools" / pool / "live" / namespace
+
+    def write_volume(
+        self, pool: str, namespace: str, objects: dict[str, bytes | tuple[bytes, dict[str, bytes], dict[str, bytes]]]
+    ) -> None:
+        """Make the live namespace hold exactly ``objects`` (name -> data or (data, xattrs, omap))."""
+        d = self.live(pool, namespace)
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        for name, value in objects.items():
+            data, xattrs, omap = value if isinstance(value, tuple) else (value, {}, {})
+            _write_object(d, name, data, xattrs, omap)
+
+    def tamper_snapshot(self, pool: str, namespace: str, name: str, data: bytes) -> None:
+        """Change one object in every pool snapshot holding it (storage rot under drsvc's feet)."""
+        for d in (self.root / "pools" / pool / "snaps").glob(f"*/{namespace}"):
+            f = d / _qname(name)
+            if f.exists():
+                _, xattrs, omap = _read_object(f)
+                _write_object(d, name, data, xattrs, omap)
+
+    def read_volume(self, pool: str, namespace: str) -> dict[str, tuple[bytes, dict[str, bytes], dict[str, bytes]]]:
+        """What the live namespace holds (for the test's own comparisons)."""
+        d = self.live(pool, namespace)
+        return {_unq(f.name): _read_object(f) for f in sorted(d.glob("*.json"))} if d.is_dir() else {}
+
+
+def _write_object(d: Path, name: str, data: bytes, xattrs: dict[str, bytes], omap: dict[str, bytes]) -> None:
+    doc = {
+        "data": base64.b64encode(data).decode(),
+        "xattrs": {k: v.hex() for k, v in xattrs.items()},
+        "omap": {k: v.hex() for k, v in omap.items()},
+    }
+    _atomic_write(d / _qname(name), json.dumps(doc).encode())
+
+
+def _read_object(f: Path) -> tuple[bytes, dict[str, bytes], dict[str, bytes]]:
+    doc = json.loads(f.read_text())
+    return (
+        base64.b64decode(doc["data"]),
+        {k: bytes.fromhex(v) for k, v in doc["xattrs"].items()},
+        {k: bytes.fromhex(v) for k, v in doc["omap"].items()},
+    )
+
+
+# ---------------------------------------------------------------------- runtime
+def runtime_from_url(url: str, **_options: Any) -> FakeRuntime:
+    return FakeRuntime(url, _world())
+
+
+class FakeRuntime:
+    """FAKE container runtime (``fake://NAME``) over a ``FakeWorld``."""
+
+    stores_images = True
+
+    def __init__(self, url: str, world: FakeWorld) -> None:
+        self._url = url
+        self.world = world
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def _ref(self, c: dict[str, Any]) -> DesktopRef:
+        labels = c["labels"]
+        return DesktopRef(
+            desktop_id=labels.get(LABEL_DESKTOP, c["name"]),
+            container=c["name"],
+            container_id=c["id"],
+            volume=labels.get(LABEL_VOLUME),
+            tenant=labels.get(LABEL_TENANT),
+            labels=dict(labels),
+            image=c["image"],
+            image_id=c["image_id"],
+            state=c["state"],
+            node=c.get("node"),
+            network=c.get("network"),
+            restored_at=c.get("restored_at"),
+        )
+
+    def _knobs_of(self, c: dict[str, Any]) -> dict[str, Any]:
+        labels = c["labels"]
+        return self.world.knobs(labels.get(LABEL_CLONE_OF) or labels.get(LABEL_DESKTOP) or c["name"])
+
+    def list_desktops(self) -> list[DesktopRef]:
+        return [self._ref(c) for c in self.world.containers() if LABEL_DESKTOP in c["labels"]]
+
+    def inspect(self, name: str) -> DesktopRef:
+        return self._ref(self.world.container(name))
+
+    def pause(self, name: str) -> None:
+        c = self.world.container(name)
+        c["state"] = "paused"
+        self.world.save_container(c)
+
+    def unpause(self, name: str) -> None:
+        c = self.world.container(name)
+        c["state"] = "running"
+        self.world.save_container(c)
+
+    @contextlib.contextmanager
+    def checkpoint(self, name: str, *, tcp_established: bool = True) -> Iterator[BinaryIO]:
+        c = self.world.container(name)
+        knobs = self._knobs_of(c)
+        if knobs.get("checkpoint_error"):
+            raise BackendError(f"fake checkpoint of {name} failed: {knobs['checkpoint_error']}")
+        archive = {"container": c, "checkpointed_at": _now_iso(), "tcp_established": tcp_established}
+        body = json.dumps(archive).encode()
+        self._play_hook(c["id"], knobs.get("hook", "freeze"))
+        yield io.BytesIO(body)
+
+    @staticmethod
+    def _play_hook(container_id: str, mode: str) -> None:
+        """The CRIU freeze hook's side of drsvc's rendezvous (see drsvc-freeze-hook), faked."""
+        d = Path(os.environ.get("DRSVC_FREEZE_ROOT") or DEFAULT_FREEZE_ROOT) / container_id
+        if not d.is_dir():
+            return  # not a checkpoint drsvc asked to hold: the real hook passes it through too
+
+        def stamp(action: str) -> None:
+            with contextlib.suppress(OSError):
+                (d / action).write_text(f"{time.time():.6f}\n")
+
+        stamp("pre-dump")
+        stamp("network-lock")
+        stamp("post-dump")
+        if mode == "silent":
+            return  # never says frozen (a hook that is not there for this container)
+        try:
+            limit = float((d / "timeout").read_text())
+        except (OSError, ValueError):
+            limit = 30.0
+        with contextlib.suppress(OSError):
+            (d / "frozen").touch()
+        if mode == "early":
+            stamp("timed-out")  # let go before drsvc said so
+        else:
+            deadline = time.monotonic() + limit
+            while not (d / "release").exists():
+                if time.monotonic() >= deadline:
+                    stamp("timed-out")
+                    break
+                time.sleep(0.002)
+        stamp("network-unlock")
+
+    def restore(
+        self,
+        archive: BinaryIO,
+        *,
+        name: str | None = None,
+        tcp_established: bool = True,
+        network: str | None = None,
+        size: int | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> DesktopRef:
+        try:
+            doc = json.loads(archive.read())
+            old = doc["container"]
+        except (ValueError, KeyError) as e:
+            raise BackendError(f"fake restore: not a fake checkpoint archive ({e})") from e
+        target = name or old["name"]
+        knobs = self.world.knobs(old["labels"].get(LABEL_DESKTOP, old["name"]))
+        if knobs.get("restore_seconds"):
+            time.sleep(float(knobs["restore_seconds"]))
+        if knobs.get("restore_error"):
+            raise BackendError(f"fake restore of {target} failed: {knobs['restore_error']}")
+        with contextlib.suppress(NotFound):
+            self.world.container(target)
+            raise BackendError(f"fake restore: the container name {target!r} is already in use")
+        if not self.image_exists(old["image_id"]):
+            raise BackendError(f"fake restore: image {old['image']} ({old['image_id']}) is not present")
+        record = {
+            **old,
+            "name": target,
+            "id": secrets.token_hex(32),
+            "labels": {**old["labels"], **(labels or {})},
+            "state": "exited" if knobs.get("dies_after_restore") else "running",
+            "restored_at": None if knobs.get("not_from_checkpoint") else _now_iso(),
+            "network": network or old.get("network"),
+        }
+        self.world.save_container(record)
+        return self._ref(record)
+
+    def remove(self, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            c = self.world.container(name)
+            if LABEL_CLONE_OF in c["labels"] and self._knobs_of(c).get("remove_error"):
+                raise BackendError(f"fake remove of {name} failed: {self._knobs_of(c)['remove_error']}")
+        self.world.remove_container(name)
+
+    def exec(self, name: str, argv: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
+        c = self.world.container(name)
+        if c["state"] != "running":
+            return 125, f"container {name} is {c['state']}"
+        if list(argv[:1]) == ["memory"]:
+            return 0, json.dumps(c["memory"])
+        code = int(self._knobs_of(c).get("exec_exit", 0))
+        return code, f"fake exec {' '.join(argv)} -> {code}"
+
+    def probe_tcp(self, name: str, port: int, timeout: float = 2.0) -> bool:
+        c = self.world.container(name)
+        return c["state"] == "running" and port in self._knobs_of(c).get("tcp_ports", [5900])
+
+    def image_exists(self, image_id: str) -> bool:
+        key = image_id.removeprefix("sha256:")
+        if (self.world.root / "images" / key).exists():
+            return True
+        return any(json.loads(f.read_text())["image"] == image_id for f in (self.world.root / "images").iterdir())
+
+    @contextlib.contextmanager
+    def save_image(self, image: str) -> Iterator[BinaryIO]:
+        for f in (self.world.root / "images").iterdir():
+            doc = json.loads(f.read_text())
+            if image in (doc["image"], doc["image_id"]):
+                yield io.BytesIO(f.read_bytes())
+                return
+        raise NotFound(f"fake runtime: no image {image}")
+
+    def load_image(self, stream: BinaryIO) -> list[str]:
+        body = stream.read()
+        doc = json.loads(body)
+        _atomic_write(self.world.root / "images" / doc["image_id"].removeprefix("sha256:"), body)
+        return [doc["image"], doc["image_id"]]
+
+    def health(self) -> dict[str, Any]:
+        return {"runtime": "fake", "version": "0", "criu": None, "freeze_hook": True}
+
+    def close(self) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------- volumes
+def volume_from_url(url: str, **_options: Any) -> FakeVolume:
+    prefix = f"{VOLUME_SCHEME}://"
+    pool, _, namespace = url.removeprefix(prefix).partition("/")
+    if not url.startswith(prefix) or not pool or not namespace or "/" in namespace:
+        raise InvalidInput(f"malformed fake volume URL {url!r}: expected {prefix}POOL/NAMESPACE")
+    return FakeVolume(_world(), pool, namespace)
+
+
+def snapshots_from_scope(scope: str, **_options: Any) -> FakePoolSnapshots:
+    pool = scope.removeprefix(f"{VOLUME_SCHEME}://")
+    if not scope.startswith(f"{VOLUME_SCHEME}://") or not pool or "/" in pool:
+        raise InvalidInput(f"malformed fake snapshot scope {scope!r}")
+    return FakePoolSnapshots(_world(), pool)
+
+
+class FakePoolSnapshots:
+    """FAKE pool snapshots: a snapshot is a copy of every namespace of the pool."""
+
+    def __init__(self, world: FakeWorld, pool: str) -> None:
+        self.world = world
+        self.pool = pool
+        self.scope = f"{VOLUME_SCHEME}://{pool}"
+        self._dir = world.root / "pools" / pool
+
+    def _index(self) -> list[dict[str, Any]]:
+        try:
+            return list(json.loads((self._dir / "snaps.json").read_text()))
+        except FileNotFoundError:
+            return []
+
+    def snap_dir(self, name: str) -> Path:
+        return self._dir / "snaps" / name
+
+    def create(self, name: str) -> int:
+        with _lock:
+            index = self._index()
+            if any(s["name"] == name for s in index):
+                raise BackendError(f"pool snapshot {name!r} already exists in fake pool {self.pool}")
+            live = self._dir / "live"
+            dest = self.snap_dir(name)
+            if live.is_dir():
+                shutil.copytree(live, dest)
+            else:
+                dest.mkdir(parents=True)
+            snap_id = max((s["id"] for s in index), default=0) + 1
+            index.append({"name": name, "id": snap_id, "created": _now_iso()})
+            _atomic_write(self._dir / "snaps.json", json.dumps(index).encode())
+            return snap_id
+
+    def remove(self, name: str) -> None:
+        with _lock:
+            index = [s for s in self._index() if s["name"] != name]
+            shutil.rmtree(self.snap_dir(name), ignore_errors=True)
+            _atomic_write(self._dir / "snaps.json", json.dumps(index).encode())
+
+    def list(self) -> list[SnapshotInfo]:
+        return [
+            SnapshotInfo(s["name"], s["id"], datetime.fromisoformat(s["created"].replace("Z", "+00:00")))
+            for s in self._index()
+        ]
+
+
+class FakeVolume:
+    """FAKE ``Volume``: one namespace of a fake pool."""
+
+    def __init__(self, world: FakeWorld, pool: str, namespace: str) -> None:
+        self.world = world
+        self.pool = pool
+        self.namespace = namespace
+        self.url = f"{VOLUME_SCHEME}://{pool}/{namespace}"
+        self.scope = f"{VOLUME_SCHEME}://{pool}"
+
+    def __repr__(self) -> str:
+        return f"FakeVolume({self.url!r})"
+
+    def snapshots(self) -> FakePoolSnapshots:
+        return FakePoolSnapshots(self.world, self.pool)
+
+    def _at(self, snap_name: str) -> Path:
+        snaps = self.snapshots()
+        if not any(s.name == snap_name for s in snaps.list()):
+            raise NotFound(f"pool snapshot {snap_name!r} not found in fake pool {self.pool}")
+        knobs = self.world.knobs(self.namespace)
+        if knobs.get("read_error"):
+            raise BackendError(f"fake read of {self.url} failed: {knobs['read_error']}")
+        return snaps.snap_dir(snap_name) / self.namespace
+
+    def _live(self) -> Path:
+        return self.world.live(self.pool, self.namespace)
+
+    @staticmethod
+    def _objects(d: Path) -> list[VolumeObject]:
+        if not d.is_dir():
+            return []
+        out = []
+        for f in sorted(d.glob("*.json"), key=lambda p: _unq(p.name)):
+            data, xattrs, omap = _read_object(f)
+            out.append(VolumeObject(_unq(f.name), len(data), xattrs, omap))
+        return sorted(out, key=lambda o: o.name)
+
+    @staticmethod
+    def _stream(d: Path, objects: Iterable[VolumeObject]) -> Iterator[ObjectStream]:
+        for obj in objects:
+            f = d / _qname(obj.name)
+            if not f.exists():
+                raise NotFound(f"object {obj.name} not found in {d}")
+            data = _read_object(f)[0]
+            yield obj, iter([data[i : i + 65536] for i in range(0, len(data), 65536)] or [b""])
+
+    def objects_at(self, snap_name: str) -> list[VolumeObject]:
+        return self._objects(self._at(snap_name))
+
+    def read_objects_at(self, snap_name: str, objects: Iterable[VolumeObject] | None = None) -> Iterator[ObjectStream]:
+        d = self._at(snap_name)
+        return self._stream(d, self._objects(d) if objects is None else objects)
+
+    def read_at(self, snap_name: str, name: str) -> Iterator[bytes]:
+        f = self._at(snap_name) / _qname(name)
+        if not f.exists():
+            raise NotFound(f"object {name} not found in {self.url} at snapshot {snap_name}")
+        return iter([_read_object(f)[0]])
+
+    def objects_now(self) -> list[VolumeObject]:
+        return self._objects(self._live())
+
+    def read_objects(self, objects: Iterable[VolumeObject] | None = None) -> Iterator[ObjectStream]:
+        d = self._live()
+        return self._stream(d, self._objects(d) if objects is None else objects)
+
+    def read(self, name: str) -> Iterator[bytes]:
+        f = self._live() / _qname(name)
+        if not f.exists():
+            raise NotFound(f"object {name} not found in {self.url}")
+        return iter([_read_object(f)[0]])
+
+    def digest_at(self, snap_name: str) -> dict[str, str]:
+        return digest_streams(self.read_objects_at(snap_name))
+
+    def digests_now(self) -> dict[str, str]:
+        return digest_streams(self.read_objects())
+
+    def rollback_to(self, snap_name: str, keep: Iterable[str] | None = None) -> None:
+        src = self._at(snap_name)
+        wanted = set(keep) if keep is not None else {o.name for o in self._objects(src)}
+        live = self._live()
+        live.mkdir(parents=True, exist_ok=True)
+        for f in list(live.glob("*.json")):
+            if _unq(f.name) not in wanted:
+                f.unlink()
+        for name in wanted:
+            f = src / _qname(name)
+            if f.exists():
+                shutil.copy2(f, live / f.name)
+
+    def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True) -> int:
+        live = self._live()
+        live.mkdir(parents=True, exist_ok=True)
+        written: set[str] = set()
+        for obj, chunks in items:
+            data = b"".join(chunks)
+            if len(data) != obj.size:
+                raise BackendError(f"write {self.url}/{obj.name}: {len(data)} bytes, expected {obj.size}")
+            _write_object(live, obj.name, data, dict(obj.xattrs), dict(obj.omap))
+            written.add(obj.name)
+        if exact:
+            for f in list(live.glob("*.json")):
+                if _unq(f.name) not in written:
+                    f.unlink()
+        return len(written)
+
+    def clone_from_snapshot(self, snap_name: str, target: str) -> FakeVolume:
+        if target == self.namespace:
+            raise InvalidInput(f"clone of {self.url} into itself: use rollback_to")
+        clone = FakeVolume(self.world, self.pool, target)
+        clone.write_objects(self.read_objects_at(snap_name), exact=True)
+        return clone
+
+    def purge(self) -> int:
+        live = self._live()
+        n = len(list(live.glob("*.json"))) if live.is_dir() else 0
+        shutil.rmtree(live, ignore_errors=True)
+        return n
+
+    def close(self) -> None:
+        return None
