@@ -178,6 +178,15 @@ class Deployment:
             env=self.env(**env),
         )
 
+    def run_child(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[bytes]:
+        """``drsvc ARGS`` as a child process to its end, output as bytes (``dump`` writes raw bytes)."""
+        return subprocess.run(
+            [sys.executable, str(CLI), "--config", str(self.config_path), *args],
+            capture_output=True,
+            env=self.env(**env),
+            timeout=timeout,
+        )
+
     def close(self) -> None:
         for s in self._services:
             s.close()

@@ -22,7 +22,7 @@ from drsvc.cli import COMMANDS, load
 
 HERE = Path(__file__).resolve().parent
 README = HERE.parents[1] / "README.md"
-EXIT = re.compile(r"\bexit(?: code)? ([0-6])\b")
+EXIT = re.compile(r"\bexit(?:s| code)? ([0-6])\b")
 
 # failures the contract names for these commands even where no help text spells out the code
 PROMISED: dict[str, set[int]] = {

@@ -605,6 +605,13 @@ class FakeVolume:
             raise NotFound(f"object {name} not found in {self.url}")
         return iter([_read_object(f)[0]])
 
+    def stat(self, name: str) -> VolumeObject | None:
+        f = self._live() / _qname(name)
+        if not f.exists():
+            return None
+        data, xattrs, omap = _read_object(f)
+        return VolumeObject(name, len(data), xattrs, omap)
+
     def digest_at(self, snap_name: str) -> dict[str, str]:
         return digest_streams(self.read_objects_at(snap_name))
 
