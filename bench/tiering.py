@@ -183,9 +183,11 @@ class Drsvc:
         self.services.cold  # noqa: B018 - open (create) the cold store outside the timings
         self.clock = clock.now() - timedelta(days=1)
 
-    def ingest(self, desktop: str, root: Path) -> tuple[str, float]:
-        """Files -> hot chunk store as one point (what backup does with a volume); returns (id, seconds)."""
-        hot, catalog = self.services.hot, self.services.catalog
+    def ingest(self, desktop: str, root: Path, tenant: str | None = None) -> tuple[str, float]:
+        """Files -> hot chunk store as one point (what backup does with a volume); returns (id, seconds).
+
+        ``tenant``: write with that tenant's data key (None: the fleet key)."""
+        hot, catalog = self.services.hot.for_tenant(tenant), self.services.catalog
         files = files_of(root)
         objects = [{"name": str(p.relative_to(root)), "size": p.stat().st_size} for p in files]
 

@@ -348,11 +348,11 @@ class BackupJob:
 
         self.on_event("freeze", desktops=[d.desktop_id for d in batch])
 
-        def store_archive(_d: DesktopRef, stream: BinaryIO) -> tuple[StreamRef, dict[str, Any]]:
+        def store_archive(d: DesktopRef, stream: BinaryIO) -> tuple[StreamRef, dict[str, Any]]:
             # indexed on its way into the store: `points ls` and `mount` list (and read) single
             # root filesystem files later without fetching the memory pages around them
             indexer = ArchiveIndexer(stream)
-            ref = self.hot.write_stream(indexer)
+            ref = self.hot.for_tenant(d.tenant).write_stream(indexer)
             return ref, indexer.finish().document()
 
         results = checkpoint_batch(
@@ -461,7 +461,8 @@ class BackupJob:
 
         # One stream of every object's data in name order; the manifest keeps the boundaries.
         objects = ((obj.size, hashed(obj, pieces)) for obj, pieces in volume.read_objects_at(snap))
-        volume_ref = self.hot.write_objects(objects)
+        hot = self.hot.for_tenant(d.tenant)  # the tenant's data key (the fleet key in the fleet scope)
+        volume_ref = hot.write_objects(objects)
         image = self._ensure_image(d)
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -498,7 +499,7 @@ class BackupJob:
             outcome.reason = outcome.reason or "no checkpoint"
         faults.point("before-manifest")
         self.lease.check()  # the fence: never commit under a lease someone else now holds
-        self.hot.put_manifest(d.desktop_id, outcome.point_id, manifest)
+        hot.put_manifest(d.desktop_id, outcome.point_id, manifest)
         faults.point("after-manifest")
         sizes = [volume_ref] + ([archive] if archive else [])
         outcome.bytes = sum(r.size for r in sizes)
@@ -541,11 +542,14 @@ class BackupJob:
         """Store the desktop's base image once per image id, so a restore never depends on a registry."""
         if not d.image_id or not getattr(self.runtime, "stores_images", True):
             return None  # e.g. CRI-O: base images stay in their registry
+        hot = self.hot.for_tenant(d.tenant)
         key = image_key(d.image_id)
+        if hot.write_keys.key_id is not None:  # one record per image and tenant key: dedup stays in a tenant
+            key = f"{key}-{hot.write_keys.key_id}"
         try:
-            self.hot.get_manifest(IMAGES, key)
+            hot.get_manifest(IMAGES, key)
         except NotFound:
             with self.runtime.save_image(d.image or d.image_id) as stream:
-                ref = self.hot.write_stream(stream)
-            self.hot.put_manifest(IMAGES, key, {"image": d.image, "image_id": d.image_id, "stream": ref.to_dict()})
+                ref = hot.write_stream(stream)
+            hot.put_manifest(IMAGES, key, {"image": d.image, "image_id": d.image_id, "stream": ref.to_dict()})
         return {"image": d.image, "image_id": d.image_id, "manifest": f"{IMAGES}/{key}"}

@@ -98,9 +98,12 @@ policies_dir = "{os.path.relpath(policies_dir.resolve(), base)}"
 path = "{os.path.relpath(state / "catalog.db", base) if state == base else state / "catalog.db"}"
 
 [keys]
-# 32-byte key (hex) that keys chunk ids and encrypts chunks and manifests.
+# 32-byte key (hex) that wraps each tenant's data key (stored in the stores) and seals the stores.
 # Keep a copy OFF this host: without it no point can be restored. Never store it beside the data.
+# Mode 0600 (or 0400), owned by the user running drsvc, not a symlink.
 file = "drsvc.key"
+# tenant: a data key per tenant (dedup within a tenant); fleet: this key for every desktop.
+scope = "tenant"
 
 {hot}
 {cold}

@@ -42,6 +42,13 @@ class CatalogSection(_Section):
 
 class KeysSection(_Section):
     file: Path = Field(description="Key file (32 random bytes, hex); never stored beside the data")
+    scope: Literal["tenant", "fleet"] = Field(
+        default="tenant",
+        description=(
+            "tenant: a data key per tenant, wrapped by the key file's key and stored in the stores (dedup "
+            "within a tenant); fleet: the key file's key for every desktop (single-tenant installations)"
+        ),
+    )
 
 
 class HotSection(_Section):

@@ -11,12 +11,20 @@ Independent subkeys are derived from it with BLAKE3's key derivation mode:
 - ``fingerprint``: a short public id of the key, written into the store config so a wrong key
   is recognised by name.
 
-Sealed format: ``version (1 byte) | nonce (12) | ciphertext | tag (16)``. Random nonces are fine
-up to ~2^32 objects per key (≈1 PiB of 256 KiB chunks).
+Sealed formats: ``1 | nonce (12) | ciphertext | tag (16)`` for the installation's master key
+used as a data key (the fleet scope, and every object written before per-tenant keys), and
+``2 | key id (8) | nonce | ciphertext | tag`` for a *tagged* data key (a tenant's, see
+``drsvc.chunks.keyring``): the object says which key opens it, so a reader finds the key of a
+manifest it did not know the tenant of, and a blob sealed with one key is refused by name when
+another is expected. Random nonces are fine up to ~2^32 objects per key (≈1 PiB of 256 KiB chunks).
+
+The key file must be a regular file (not a symlink) owned by the user running drsvc, mode 0600 or
+0400: anything else is refused (exit 2) with the command that fixes it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -33,7 +41,11 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
 SEAL_VERSION = 1
+SEAL_TAGGED = 2
+KEY_ID_BYTES = 8
 OVERHEAD = 1 + NONCE_BYTES + TAG_BYTES
+TAGGED_OVERHEAD = OVERHEAD + KEY_ID_BYTES
+MAX_OVERHEAD = TAGGED_OVERHEAD
 
 _CTX = "drsvc 2024-06 {} v1"
 
@@ -57,25 +69,44 @@ def generate_key_file(path: str | os.PathLike[str]) -> Path:
 
 
 def load_key(path: str | os.PathLike[str]) -> Keys:
-    """Read and validate a key file; errors name the path, never the content."""
+    """Read and validate a key file; errors name the path and the fix, never the content."""
+    return Keys(read_key_file(path))
+
+
+def read_key_file(path: str | os.PathLike[str]) -> bytes:
+    """The 32-byte key in a key file: a regular file, not a symlink, owned by this user, 0600/0400."""
     p = Path(path)
     try:
-        st = p.stat()
-        raw = p.read_bytes()
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError as e:
         raise InvalidInput(f"key file {p} does not exist (create one with generate_key_file / drsvc init)") from e
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InvalidInput(
+                f"key file {p} is a symlink; keep the key in a regular file at that path "
+                f'(cp --remove-destination "$(readlink -f {p})" {p})'
+            ) from e
         raise InvalidInput(f"cannot read key file {p}: {e.strerror or e}") from e
-    if st.st_mode & stat.S_IROTH:
-        raise InvalidInput(f"key file {p} is readable by everyone; chmod 600 {p}")
+    try:
+        st = os.fstat(fd)  # of what was opened: no window between the check and the read
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidInput(f"key file {p} is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise InvalidInput(f"key file {p} is owned by uid {st.st_uid}, not by this user; chown {os.geteuid()} {p}")
+        if st.st_mode & 0o177:
+            raise InvalidInput(
+                f"key file {p} has mode {stat.S_IMODE(st.st_mode):04o}; only its owner may read it: chmod 600 {p}"
+            )
+        raw = os.read(fd, 4 * KEY_BYTES)
+    finally:
+        os.close(fd)
     text = raw.strip()
     if len(text) != 2 * KEY_BYTES:
         raise InvalidInput(f"key file {p} is malformed: expected {2 * KEY_BYTES} hex characters")
     try:
-        master = bytes.fromhex(text.decode("ascii"))
+        return bytes.fromhex(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         raise InvalidInput(f"key file {p} is malformed: expected {2 * KEY_BYTES} hex characters") from None
-    return Keys(master)
 
 
 def _derive(master: bytes, purpose: str) -> bytes:
@@ -84,9 +115,14 @@ def _derive(master: bytes, purpose: str) -> bytes:
 
 @dataclass(frozen=True, repr=False)
 class Keys:
-    """The master key and its derived subkeys; ``repr`` shows only the public fingerprint."""
+    """A key and its derived subkeys; ``repr`` shows only the public fingerprint.
+
+    The installation's master key is one (the *fleet* key: ``tagged`` false, format-1 seals); a
+    tenant's data key is another (``tagged``: format-2 seals that carry its ``fingerprint``).
+    """
 
     master: bytes
+    tagged: bool = False
     id_key: bytes = field(init=False)
     enc_key: bytes = field(init=False)
     chunker_seed: int = field(init=False)
@@ -101,16 +137,31 @@ class Keys:
         # 63 bits: pyfastcdc's Cython code computes ``seed << 1`` into a uint64
         seed = (int.from_bytes(_derive(self.master, "fastcdc seed")[:8], "little") >> 1) or 1
         object.__setattr__(self, "chunker_seed", seed)
-        object.__setattr__(self, "fingerprint", _derive(self.master, "fingerprint")[:8].hex())
-        object.__setattr__(self, "_cipher", Cipher(self.enc_key))
+        fingerprint = _derive(self.master, "fingerprint")[:KEY_ID_BYTES]
+        object.__setattr__(self, "fingerprint", fingerprint.hex())
+        object.__setattr__(self, "_cipher", Cipher(self.enc_key, fingerprint if self.tagged else None))
 
     def __repr__(self) -> str:
-        return f"Keys(fingerprint={self.fingerprint})"
+        return f"Keys(fingerprint={self.fingerprint}{', tagged' if self.tagged else ''})"
 
     @classmethod
-    def generate(cls) -> Keys:
-        """A fresh random key (tests, ``init``); persist it with a key file in real use."""
-        return cls(os.urandom(KEY_BYTES))
+    def generate(cls, *, tagged: bool = False) -> Keys:
+        """A fresh random key (tests, ``init``, a tenant's new data key)."""
+        return cls(os.urandom(KEY_BYTES), tagged)
+
+    @property
+    def key_id(self) -> str | None:
+        """What this key's seals say opens them (None: format 1, the fleet key)."""
+        return self.fingerprint if self.tagged else None
+
+    @property
+    def overhead(self) -> int:
+        """Bytes a seal adds to its plaintext."""
+        return TAGGED_OVERHEAD if self.tagged else OVERHEAD
+
+    def derive(self, purpose: str) -> bytes:
+        """An independent 32-byte subkey for ``purpose`` (e.g. wrapping data keys)."""
+        return _derive(self.master, purpose)
 
     def chunk_id(self, data: bytes | memoryview) -> str:
         """Keyed BLAKE3 of ``data`` as 64 hex chars."""
@@ -133,24 +184,44 @@ class Keys:
         return self._cipher.verify(blob, aad)
 
 
-class Cipher:
-    """AES-256-GCM with random nonces and the object's role/key as associated data."""
+def sealed_key_id(blob: bytes | memoryview) -> str | None:
+    """The key id a sealed object names (format 2), or None (format 1: the fleet key)."""
+    if len(blob) >= TAGGED_OVERHEAD and blob[0] == SEAL_TAGGED:
+        return bytes(blob[1 : 1 + KEY_ID_BYTES]).hex()
+    return None
 
-    def __init__(self, enc_key: bytes) -> None:
+
+class Cipher:
+    """AES-256-GCM with random nonces and the object's role/key as associated data.
+
+    With a ``key_id`` it writes format 2 (the id in the header) and opens only format-2 objects
+    naming that id; without, format 1 only. A mismatch is an ``IntegrityError`` naming both keys.
+    """
+
+    def __init__(self, enc_key: bytes, key_id: bytes | None = None) -> None:
         self._aead = AESGCM(enc_key)
+        self._key_id = key_id
+        self._header = bytes([SEAL_TAGGED]) + key_id if key_id else bytes([SEAL_VERSION])
         self._scratch = threading.local()  # verify's reusable plaintext buffer, one per thread
 
     def seal(self, plaintext: bytes | memoryview, aad: bytes) -> bytes:
         """Encrypt and authenticate ``plaintext`` bound to ``aad``."""
         nonce = os.urandom(NONCE_BYTES)
-        return bytes([SEAL_VERSION]) + nonce + self._aead.encrypt(nonce, bytes(plaintext), aad)
+        return self._header + nonce + self._aead.encrypt(nonce, bytes(plaintext), aad)
 
-    @staticmethod
-    def _check_header(blob: bytes | memoryview, aad: bytes) -> None:
-        if len(blob) < OVERHEAD:
-            raise IntegrityError(f"{aad.decode('utf-8', 'replace')}: sealed object truncated ({len(blob)} bytes)")
-        if blob[0] != SEAL_VERSION:
-            raise IntegrityError(f"{aad.decode('utf-8', 'replace')}: unknown sealed format version {blob[0]}")
+    def _check_header(self, blob: bytes | memoryview, aad: bytes) -> int:
+        """Where the nonce starts, after checking the header is this key's."""
+        what = aad.decode("utf-8", "replace")
+        if len(blob) < len(self._header) + NONCE_BYTES + TAG_BYTES:
+            raise IntegrityError(f"{what}: sealed object truncated ({len(blob)} bytes)")
+        version = blob[0]
+        if version not in (SEAL_VERSION, SEAL_TAGGED):
+            raise IntegrityError(f"{what}: unknown sealed format version {version}")
+        named = bytes(blob[1 : 1 + KEY_ID_BYTES]).hex() if version == SEAL_TAGGED else "the fleet key"
+        mine = self._key_id.hex() if self._key_id else "the fleet key"
+        if named != mine:
+            raise IntegrityError(f"{what}: sealed with key {named}, not with {mine} (another tenant's or misplaced)")
+        return len(self._header)
 
     @staticmethod
     def _tampered(aad: bytes) -> IntegrityError:
@@ -161,9 +232,9 @@ class Cipher:
 
     def open_(self, blob: bytes | memoryview, aad: bytes) -> bytes:
         """Authenticate and decrypt ``blob`` sealed for ``aad``; raise ``IntegrityError`` on any tampering."""
-        self._check_header(blob, aad)
+        at = self._check_header(blob, aad)
         try:
-            return self._aead.decrypt(blob[1 : 1 + NONCE_BYTES], blob[1 + NONCE_BYTES :], aad)
+            return self._aead.decrypt(blob[at : at + NONCE_BYTES], blob[at + NONCE_BYTES :], aad)
         except InvalidTag:
             raise self._tampered(aad) from None
 
@@ -179,9 +250,9 @@ class Cipher:
         not AES but the fresh plaintext buffer of every call (large allocations are fresh mmap'd
         pages: a page fault per 4 KiB); tiering checks ~1 GiB of blobs, most of which it packs verbatim.
         """
-        self._check_header(blob, aad)
+        at = self._check_header(blob, aad)
         view = memoryview(blob)
-        size = len(view) - OVERHEAD
+        size = len(view) - at - NONCE_BYTES - TAG_BYTES
         decrypt_into = getattr(self._aead, "decrypt_into", None)
         if decrypt_into is None:  # an older cryptography without decrypt_into
             return memoryview(self.open_(blob, aad))
@@ -189,7 +260,7 @@ class Cipher:
         if scratch is None or len(scratch) < size:
             scratch = self._scratch.buf = bytearray(max(size, 1 << 20))
         try:
-            decrypt_into(view[1 : 1 + NONCE_BYTES], view[1 + NONCE_BYTES :], aad, memoryview(scratch)[:size])
+            decrypt_into(view[at : at + NONCE_BYTES], view[at + NONCE_BYTES :], aad, memoryview(scratch)[:size])
         except InvalidTag:
             raise self._tampered(aad) from None
         return memoryview(scratch)[:size]

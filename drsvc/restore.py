@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from drsvc import clock, faults
-from drsvc.backup import IMAGES, image_key
+from drsvc.backup import IMAGES, image_key, image_record_id
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import (
@@ -421,8 +421,13 @@ class RestoreJob:
             image = plan.manifest.get("image")
             runtime = self.services.runtime
             if image and image.get("image_id") and not runtime.image_exists(image["image_id"]):
-                record = store.get_manifest(IMAGES, image_key(image["image_id"]))
-                runtime.load_image(store.open_stream(StreamRef.from_dict(record["stream"])))
+                record = store.get_manifest(IMAGES, image_record_id(plan.manifest) or image_key(image["image_id"]))
+                ref = StreamRef.from_dict(record["stream"])
+                if ref.key_id != StreamRef.from_dict(plan.manifest["volume"]["stream"]).key_id:
+                    # a point names only its own tenant's image records (dedup stays in a tenant)
+                    point_id = plan.point["id"]
+                    raise IntegrityError(f"base image record of point {point_id} is sealed with another tenant's key")
+                runtime.load_image(store.open_stream(ref))
                 result.checks["image"] = f"loaded {image['image']} from the {plan.tier} store"
             path = spool_dir / "checkpoint.tar"
             with path.open("wb") as out:

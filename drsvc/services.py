@@ -19,6 +19,7 @@ from drsvc.errors import ConfigError, NotFound
 if TYPE_CHECKING:
     from drsvc.chunks import ChunkStore
     from drsvc.crypto import Keys
+    from drsvc.kms import KeyProvider
     from drsvc.lease import Lease
     from drsvc.policy import PolicySet
     from drsvc.runtimes.base import ContainerRuntime
@@ -50,6 +51,13 @@ class Services:
 
         return load_key(self.config.keys.file)
 
+    @cached_property
+    def key_provider(self) -> KeyProvider:
+        """What wraps the tenants' data keys (``drsvc.kms``): the key file's master key."""
+        from drsvc.kms import FileKeyProvider
+
+        return FileKeyProvider(self.keys)
+
     def _chunk_store(self, url: str, *, cold: bool = False) -> ChunkStore:
         from drsvc.chunks import ChunkStore
         from drsvc.storage import open_store
@@ -71,12 +79,13 @@ class Services:
         if cold and self.config.cold:
             chunk_options["pack_size"] = self.config.cold.pack_mib * 1024 * 1024
             chunk_options["level"] = self.config.cold.zstd_level
+        chunk_options["scope"] = self.config.keys.scope
         try:
-            return ChunkStore.open(store, self.keys, **chunk_options)
+            return ChunkStore.open(store, self.key_provider, **chunk_options)
         except NotFound:
-            # First use of this store: create it. The key check in its config makes a later
-            # open with another key fail loudly instead of mixing data.
-            return ChunkStore.init(store, self.keys, **chunk_options)
+            # First use of this store: create it. Its sealed config makes a later open with
+            # another key fail loudly instead of mixing data.
+            return ChunkStore.init(store, self.key_provider, **chunk_options)
 
     @cached_property
     def hot(self) -> ChunkStore:

@@ -60,7 +60,8 @@ from drsvc import clock, faults
 from drsvc.backup import IMAGES, chunk_objects, image_record_id
 from drsvc.catalog import Catalog
 from drsvc.chunks import MANIFESTS_PREFIX, ChunkStore, chunk_key, index_key, pack_key
-from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, CorruptChunk, DrsvcError, NotFound
+from drsvc.crypto import Keys
+from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, CorruptChunk, DrsvcError, IntegrityError, NotFound
 from drsvc.lease import Lease
 from drsvc.policy import Policy, PolicySet
 from drsvc.prune import Decision, PruneJob, manifest_streams, policy_for
@@ -168,6 +169,7 @@ class _Point:
     image_raw: bytes | None = None
     wanted: list[str] = field(default_factory=list)
     objects: dict[str, int] = field(default_factory=dict)  # volume chunk -> the object it lies within
+    keys: Keys | None = None  # the data key of the point's manifest and chunks (the fleet key or a tenant's)
 
 
 @dataclass
@@ -383,22 +385,36 @@ class TierJob:
             for cid, obj in point.objects.items():
                 object_of.setdefault(cid, (n, obj))  # as in `owner`: the first point needing a chunk
 
-        def blobs() -> Iterator[tuple[str, bytes]]:
-            for n, (cid, blob) in enumerate(hot.sealed_chunks(owner)):
+        def blobs(ids: list[str]) -> Iterator[tuple[str, bytes]]:
+            for n, (cid, blob) in enumerate(hot.sealed_chunks(ids)):
                 if n % 1024 == 1023:
                     self._check_lease()
                 owner[cid].move.chunks_uploaded += 1
                 yield cid, blob
 
+        # A pack holds one key's chunks (its frames and index are sealed with that key), so the
+        # batch's chunks go out per data key; each tenant key's record goes first (wrapped, verbatim).
+        by_key: dict[str | None, tuple[Keys, list[str]]] = {}
+        for point in points:
+            assert point.keys is not None
+            by_key.setdefault(point.keys.key_id, (point.keys, []))
+        for cid, point in owner.items():
+            assert point.keys is not None
+            by_key[point.keys.key_id][1].append(cid)
         error: str | None = None
         corrupt: str | None = None
         fresh: list[str] = []
         try:
-            # write_packs authenticates every blob before packing it: hot-store rot is never
-            # carried into the tier meant to survive the hot store.
-            written = cold.write_packs(
-                blobs(), storage_class=storage_class, retain_until=pack_until, object_of=object_of
-            )
+            for key_id in by_key:
+                if key_id is not None:
+                    cold.keyring.add_sealed(*hot.keyring.sealed_record(key_id))
+            written = []
+            for keys, ids in by_key.values():
+                # write_packs authenticates every blob before packing it: hot-store rot is never
+                # carried into the tier meant to survive the hot store.
+                written += cold.keyed(keys).write_packs(
+                    blobs(ids), storage_class=storage_class, retain_until=pack_until, object_of=object_of
+                )
             fresh = [pack_key(i.pack_id) for i in written] + [index_key(i.pack_id) for i in written]
             faults.point("tier-after-packs")
             cold_ids.update(owner)
@@ -439,12 +455,15 @@ class TierJob:
         move = point.move
         point.key = manifest_key(move.desktop, move.point_id)
         manifest, point.raw_manifest = hot.get_sealed_manifest(move.desktop, move.point_id)  # authenticated
+        point.keys = hot.manifest_keys(point.raw_manifest)
         streams = list(manifest_streams(manifest))
         image_id = image_record_id(manifest)
         if image_id is not None:
             point.image_key = manifest_key(IMAGES, image_id)
             if image_id not in cold_images or point.until is not None:
                 image, image_raw = hot.get_sealed_manifest(IMAGES, image_id)
+                if hot.manifest_keys(image_raw).key_id != point.keys.key_id:
+                    raise IntegrityError(f"{point.image_key}: sealed with another key than the point naming it")
                 streams += list(manifest_streams(image))
                 if image_id not in cold_images:
                     point.image_raw = image_raw

@@ -162,6 +162,7 @@ class VerifyJob:
             return
         url = store.store.url
         needs: dict[str, set[str]] = defaultdict(set)  # chunk id -> points needing it
+        key_of: dict[str, str | None] = {}  # chunk id -> the data key of its streams
         images: dict[str, tuple[list[StreamRef] | None, str | None]] = {}  # image id -> (refs, problem)
         desktop_of = {p["id"]: p["desktop_id"] for p in members}
         for p in members:
@@ -197,9 +198,10 @@ class VerifyJob:
             for ref in refs:
                 for cid, _ in ref.chunks:
                     needs[cid].add(pid)
+                    key_of[cid] = ref.key_id
             self.on_event("manifest", tier=tier, point_id=pid)
         self.on_event("chunks", tier=tier, count=len(needs))
-        result = store.verify_chunks(needs, read_data=report.read_data)
+        result = store.verify_chunks(needs, read_data=report.read_data, key_of=key_of)
         report.chunks_checked[tier] = result.checked
         for kind, ids in (("chunks-missing", result.missing), ("chunks-corrupt", result.corrupt)):
             per_point: dict[str, list[str]] = defaultdict(list)

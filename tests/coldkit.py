@@ -112,13 +112,14 @@ class ColdKit:
         image: bytes | None = None,
         policy: str | None = None,
         objects: list[bytes] | None = None,
+        tenant: str | None = None,
     ) -> str:
         """Write one complete hot point as ``BackupJob`` would; returns its id.
 
         With ``objects``, the volume is those objects back to back (``volume`` is ignored), written
         and listed in the manifest as backup writes a volume's RADOS objects.
         """
-        hot = self.services.hot
+        hot = self.services.hot.for_tenant(tenant)  # None: the fleet key, as points before per-tenant keys
         catalog = self.catalog
         point_id = f"{clock.compact(taken_at)}-{desktop}-{uuid.uuid4().hex[:6]}"
         catalog.upsert_desktop(
@@ -127,7 +128,7 @@ class ColdKit:
                 "runtime_url": "podman:///run/p.sock",
                 "container": desktop,
                 "volume": f"rados://desktops/{desktop}",
-                "tenant": "acme",
+                "tenant": tenant or "acme",
                 "labels": {"drsvc.desktop": desktop},
                 "image": "localhost/desk:1",
             }
@@ -147,14 +148,17 @@ class ColdKit:
         image_doc = None
         if image is not None:
             image_id = uuid.uuid5(uuid.NAMESPACE_OID, image.hex()[:64]).hex
+            record = image_id
+            if hot.write_keys.key_id is not None:  # as backup names a tenant's image record
+                record = f"{image_id}-{hot.write_keys.key_id}"
             try:
-                hot.get_manifest(IMAGES, image_id)
+                hot.get_manifest(IMAGES, record)
             except Exception:
                 ref = hot.write_stream(image)
                 hot.put_manifest(
-                    IMAGES, image_id, {"image": "localhost/desk:1", "image_id": image_id, "stream": ref.to_dict()}
+                    IMAGES, record, {"image": "localhost/desk:1", "image_id": image_id, "stream": ref.to_dict()}
                 )
-            image_doc = {"image": "localhost/desk:1", "image_id": image_id, "manifest": f"{IMAGES}/{image_id}"}
+            image_doc = {"image": "localhost/desk:1", "image_id": image_id, "manifest": f"{IMAGES}/{record}"}
         manifest = {
             "format": MANIFEST_FORMAT,
             "point_id": point_id,
@@ -171,7 +175,7 @@ class ColdKit:
                 "image": "localhost/desk:1",
                 "image_id": image_doc and image_doc["image_id"],
                 "labels": {"drsvc.desktop": desktop},
-                "tenant": "acme",
+                "tenant": tenant or "acme",
                 "tcp_established": True,
             },
             "volume": {

@@ -9,7 +9,7 @@ first registered; when that pack goes, the other takes over.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from drsvc.chunks.codec import Codec
 from drsvc.chunks.layout import INDEX_PREFIX, INDEX_STORED_MAX, PACKS_PREFIX, index_key, is_pack_id
@@ -22,9 +22,9 @@ Location = tuple[str, PackEntry]  # (pack id, where in it)
 class PackDirectory:
     """Pack indexes of one store, and chunk id -> location; thread-safe."""
 
-    def __init__(self, store: ObjectStore, codec: Codec, max_chunk: int) -> None:
+    def __init__(self, store: ObjectStore, codec_of: Callable[[bytes | memoryview], Codec], max_chunk: int) -> None:
         self.store = store
-        self.codec = codec
+        self.codec_of = codec_of  # an index is sealed with the key of its pack's chunks
         self.max_chunk = max_chunk
         self._packs: dict[str, PackIndex] = {}
         self._where: dict[bytes, Location] = {}  # chunk id (raw) -> location
@@ -53,7 +53,7 @@ class PackDirectory:
         self.forget(set(self._packs) - listed)
         new = sorted(listed - set(self._packs))
         for key, blob in self.store.get_many((index_key(pid) for pid in new), max_size=INDEX_STORED_MAX):
-            self.register(open_index(self.codec, key[len(INDEX_PREFIX) :], blob, self.max_chunk))
+            self.register(open_index(self.codec_of(blob), key[len(INDEX_PREFIX) :], blob, self.max_chunk))
         with self._lock:
             self._pack_objects = objects  # listed after the indexes: every listed index's pack is in it
             self._loaded = True

@@ -9,15 +9,17 @@ Layout (DESIGN.md "Storage format")::
     packs/<2 hex>/<pack-id>         packed stores (the cold tier): sealed chunk blobs and frames, concatenated
     index/<pack-id>                 sealed(zstd(JSON)): chunk id -> (offset, length[, position, size]) list
     manifests/<desktop>/<point-id>  sealed(zstd(JSON document))
+    keys/<tenant tag>/<key id>      a tenant's data key, wrapped by the key provider (``keyring``)
 
-Every sealed object carries ``b"drsvc/" + its key`` as associated data (``object_aad``), so no
+Objects are sealed with the fleet key (format 1) or a tenant's data key (format 2, naming the key:
+``drsvc.crypto``). Every sealed object carries ``b"drsvc/" + its key`` as associated data (``object_aad``), so no
 object can stand in for another (a manifest for a chunk, chunk A for chunk B); a frame is sealed
 for its place in its pack (``frame_name``).
 """
 
 from __future__ import annotations
 
-from drsvc.crypto import OVERHEAD
+from drsvc.crypto import MAX_OVERHEAD
 from drsvc.errors import InvalidInput
 from drsvc.storage.base import check_key
 
@@ -33,6 +35,7 @@ CHUNKS_PREFIX = "chunks/"
 PACKS_PREFIX = "packs/"
 INDEX_PREFIX = "index/"
 MANIFESTS_PREFIX = "manifests/"
+KEYS_PREFIX = "keys/"
 PACK_SIZE = 16 * MiB  # default pack size: one PutObject (below the S3 store's multipart threshold)
 PACK_MAX = 1024 * MiB  # largest pack size a config may name
 MAX_RANGE = 16 * MiB  # largest ranged GET when reading packs (a whole default pack)
@@ -59,7 +62,7 @@ _HEX = frozenset("0123456789abcdef")
 
 def chunk_stored_max(max_chunk: int) -> int:
     """Largest sealed chunk (a loose object, or a blob in a pack): the codec byte, raw, sealed."""
-    return max_chunk + 1 + OVERHEAD
+    return max_chunk + 1 + MAX_OVERHEAD
 
 
 def frame_plain_max(max_chunk: int) -> int:
@@ -69,12 +72,17 @@ def frame_plain_max(max_chunk: int) -> int:
 
 def frame_stored_max(max_chunk: int) -> int:
     """Largest sealed frame."""
-    return frame_plain_max(max_chunk) + 1 + OVERHEAD
+    return frame_plain_max(max_chunk) + 1 + MAX_OVERHEAD
 
 
 def is_id(cid: str) -> bool:
     """Whether ``cid`` is a well-formed chunk id (64 lowercase hex)."""
     return len(cid) == 64 and set(cid) <= _HEX
+
+
+def is_key_id(kid: str) -> bool:
+    """Whether ``kid`` is a well-formed data key id (16 lowercase hex)."""
+    return len(kid) == 16 and set(kid) <= _HEX
 
 
 def is_pack_id(pid: str) -> bool:

@@ -33,7 +33,6 @@ from drsvc.chunks.codec import CODEC_ZSTD, Codec
 from drsvc.chunks.index import PackDirectory
 from drsvc.chunks.layout import FRAME_MAX, FRAME_SIZE, chunk_key, frame_name, index_key, object_aad, pack_key
 from drsvc.chunks.pack import Frame, PackEntry, PackIndex, seal_index
-from drsvc.crypto import OVERHEAD
 from drsvc.errors import CorruptChunk, IntegrityError
 from drsvc.storage.base import ObjectStore, ordered_map
 
@@ -153,7 +152,7 @@ class PackWriter:
     def _add(self, unit: _Blob | Frame) -> None:
         """Append a frame (sealed here, for its place) or a verbatim blob to the current pack."""
         if isinstance(unit, Frame):
-            self._place(len(unit.body) + OVERHEAD)
+            self._place(len(unit.body) + self.codec.keys.overhead)
             blob = self.codec.keys.seal(unit.body, object_aad(frame_name(self._pack_id, self._fill)))
             self._entries.extend(PackEntry(cid, self._fill, len(blob), pos, size) for cid, pos, size in unit.members)
         else:

@@ -11,7 +11,7 @@ before packs existed) and version-2 packs (no frames) stay readable.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -28,6 +28,7 @@ from drsvc.chunks.layout import (
 )
 from drsvc.chunks.pack import PackEntry
 from drsvc.chunks.refs import StreamRef, VerifyReport
+from drsvc.crypto import Keys, sealed_key_id
 from drsvc.errors import IntegrityError, NotFound
 from drsvc.storage.base import ObjectStore, ordered_map
 
@@ -51,15 +52,21 @@ class Fetched(NamedTuple):
     payload: bytes | memoryview | IntegrityError  # the error: its frame failed to open
     where: str
     sealed: bool = True
+    codec: Codec | None = None  # of a frame slice: the key that opened its frame (re-hashes it)
 
 
 class ChunkReader:
-    """Reads and verifies chunks of one store (``directory`` None: a store of loose chunks only)."""
+    """Reads and verifies chunks of one store (``directory`` None: a store of loose chunks only).
+
+    ``codec_of`` says which key opens a sealed blob or frame: for a stream, the stream's key for
+    every object (a blob sealed with any other key is refused: a manifest cannot pull in another
+    tenant's chunks); for ``verify``, the key each object names.
+    """
 
     def __init__(
         self,
         store: ObjectStore,
-        codec: Codec,
+        codec_of: Callable[[bytes | memoryview], Codec],
         directory: PackDirectory | None,
         *,
         max_chunk: int,
@@ -69,7 +76,7 @@ class ChunkReader:
         read_ahead: int = 4,
     ) -> None:
         self.store = store
-        self.codec = codec
+        self.codec_of = codec_of
         self.directory = directory
         self.max_chunk = max_chunk
         self.chunk_max = chunk_stored_max(max_chunk)  # a sealed chunk: what a loose chunk object may hold
@@ -78,9 +85,12 @@ class ChunkReader:
         self.read_workers = max(1, read_workers)
         self.read_ahead = max(1, read_ahead)
 
-    def read_stream(self, ref: StreamRef) -> Iterator[bytes]:
-        """Yield the stream's plaintext chunk by chunk, verified; raise ``IntegrityError`` before bad data."""
-        hasher = self.codec.keys.hasher()
+    def read_stream(self, ref: StreamRef, keys: Keys) -> Iterator[bytes]:
+        """Yield the stream's plaintext chunk by chunk, verified; raise ``IntegrityError`` before bad data.
+
+        ``keys``: the stream's key, for the whole-stream hash (the reader's ``codec_of`` must open
+        its chunks with that key alone)."""
+        hasher = keys.hasher()
         total = 0
         try:
             chunks = self.blobs(ref.chunks)
@@ -111,8 +121,9 @@ class ChunkReader:
             if isinstance(item.payload, IntegrityError):
                 raise item.payload
             if item.sealed:
-                return self.codec.decode_chunk(item.cid, item.payload, item.size, self.max_chunk)
-            return self.codec.check_chunk(item.cid, bytes(item.payload), item.size)
+                return self.codec_of(item.payload).decode_chunk(item.cid, item.payload, item.size, self.max_chunk)
+            assert item.codec is not None
+            return item.codec.check_chunk(item.cid, bytes(item.payload), item.size)
         except IntegrityError as e:
             raise IntegrityError(f"{e}{item.where}") from e
 
@@ -163,7 +174,7 @@ class ChunkReader:
             cid, _, size = r.items[0]
             return [Fetched(cid, size, self.store.get(r.key, max_size=self.chunk_max), "")]
         data = memoryview(self.store.get_range(r.key, r.start, r.end - r.start))
-        frames: dict[int, bytes | IntegrityError] = {}
+        frames: dict[int, tuple[bytes, Codec] | IntegrityError] = {}
         out: list[Fetched] = []
         for cid, entry, size in r.items:
             assert entry is not None
@@ -177,26 +188,35 @@ class ChunkReader:
                 continue
             if off not in frames:
                 frames[off] = self._open_frame(r.pack_id, off, blob)
-            plain = frames[off]
-            if isinstance(plain, IntegrityError):
-                out.append(Fetched(cid, size, plain, where, sealed=False))
-            elif entry.pos + entry.size > len(plain):
+            opened = frames[off]
+            if isinstance(opened, IntegrityError):
+                out.append(Fetched(cid, size, opened, where, sealed=False))
+                continue
+            plain, codec = opened
+            if entry.pos + entry.size > len(plain):
                 problem = IntegrityError(f"chunk {cid}: beyond the end of its frame")
                 out.append(Fetched(cid, size, problem, where, sealed=False))
             else:
                 piece = memoryview(plain)[entry.pos : entry.pos + entry.size]
-                out.append(Fetched(cid, size if size is not None else entry.size, piece, where, sealed=False))
+                size = size if size is not None else entry.size
+                out.append(Fetched(cid, size, piece, where, sealed=False, codec=codec))
         return out
 
-    def _open_frame(self, pack_id: str, offset: int, blob: bytes | memoryview) -> bytes | IntegrityError:
-        """A frame's plaintext, or the reason it cannot be read (every chunk in it is then unreadable)."""
+    def _open_frame(self, pack_id: str, offset: int, blob: bytes | memoryview) -> tuple[bytes, Codec] | IntegrityError:
+        """A frame's plaintext and the codec that opened it, or the reason it cannot be read
+        (every chunk in it is then unreadable)."""
         try:
-            return self.codec.decode(frame_name(pack_id, offset), blob, frame_plain_max(self.max_chunk))
+            codec = self.codec_of(blob)
+            return codec.decode(frame_name(pack_id, offset), blob, frame_plain_max(self.max_chunk)), codec
         except IntegrityError as e:
             return e
 
-    def verify(self, wanted: list[str], present: set[str], *, read_data: bool) -> VerifyReport:
-        """Which of ``wanted`` are missing from ``present`` and, with ``read_data``, which fail to read."""
+    def verify(
+        self, wanted: list[str], present: set[str], *, read_data: bool, key_of: Mapping[str, str | None] | None = None
+    ) -> VerifyReport:
+        """Which of ``wanted`` are missing from ``present`` and, with ``read_data``, which fail to read
+        (``key_of``: chunk id -> the data key its stream names; a chunk sealed with another counts as
+        corrupt, since a restore would refuse it)."""
         report = VerifyReport(checked=len(wanted))
         report.missing = [cid for cid in wanted if cid not in present]
         if not read_data:
@@ -215,6 +235,10 @@ class ChunkReader:
                 self.open_fetched(item)
             except IntegrityError:
                 return item.cid
+            if key_of is not None and item.cid in key_of:
+                opened_with = item.codec.keys.key_id if item.codec is not None else _key_id(item.payload)
+                if opened_with != key_of[item.cid]:
+                    return item.cid
             return None
 
         def fetch(r: Range) -> list[Fetched]:
@@ -242,3 +266,7 @@ class ChunkReader:
             if bad:
                 report.corrupt.append(bad)
         return report
+
+
+def _key_id(payload: bytes | memoryview | IntegrityError) -> str | None:
+    return None if isinstance(payload, IntegrityError) else sealed_key_id(payload)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from drsvc.chunks.layout import is_id
+from drsvc.chunks.layout import is_id, is_key_id
 from drsvc.errors import IntegrityError
 
 
@@ -34,28 +34,41 @@ class WriteStats:
 
 @dataclass
 class StreamRef:
-    """A stored stream: its chunks in order, total size, and keyed BLAKE3 of the whole plaintext."""
+    """A stored stream: its chunks in order, total size, keyed BLAKE3 of the whole plaintext, and
+    the data key its chunks are keyed and sealed with (``key_id``; None: the fleet key)."""
 
     chunks: list[tuple[str, int]]
     size: int
     hash: str
     stats: WriteStats = field(default_factory=WriteStats, compare=False)
+    key_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form for manifests."""
-        return {"size": self.size, "hash": self.hash, "chunks": [[cid, n] for cid, n in self.chunks]}
+        """JSON form for manifests (``data_key`` only for a tenant's key: fleet streams as before)."""
+        d: dict[str, Any] = {"size": self.size, "hash": self.hash, "chunks": [[cid, n] for cid, n in self.chunks]}
+        if self.key_id is not None:
+            d["data_key"] = self.key_id
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StreamRef:
         """Parse the manifest form, validating ids and sizes."""
         try:
             chunks = [(str(cid), int(n)) for cid, n in d["chunks"]]
-            ref = cls(chunks, int(d["size"]), str(d["hash"]))
-        except (KeyError, TypeError, ValueError) as e:
+            key_id = d.get("data_key")
+            ref = cls(chunks, int(d["size"]), str(d["hash"]), key_id=None if key_id is None else str(key_id))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise IntegrityError(f"malformed stream reference: {e}") from e
         if any(not is_id(cid) or n <= 0 for cid, n in chunks) or sum(n for _, n in chunks) != ref.size:
             raise IntegrityError("malformed stream reference: bad chunk id, size or total")
+        if ref.key_id is not None and not is_key_id(ref.key_id):
+            raise IntegrityError(f"malformed stream reference: bad data key id {ref.key_id!r}")
         return ref
+
+
+def is_stream_dict(d: Any) -> bool:
+    """Whether a manifest value is a stream reference (in any part of any manifest)."""
+    return isinstance(d, dict) and "chunks" in d and "hash" in d and "size" in d
 
 
 @dataclass

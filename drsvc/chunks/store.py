@@ -3,15 +3,17 @@ reader, pack writer, pack directory and manifests of one store (each in its own 
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from drsvc.chunks.codec import Codec
 from drsvc.chunks.config import ConfigFile
-from drsvc.chunks.cutter import ChunkerParams, Cutter, ObjectSegments, Source
+from drsvc.chunks.cutter import ChunkerParams, ObjectSegments, Source
 from drsvc.chunks.index import PackDirectory
+from drsvc.chunks.keyring import Keyring
 from drsvc.chunks.layout import BLOCK_SIZE, CHUNKS_PREFIX, chunk_key, chunk_stored_max, index_key, is_id, pack_key
 from drsvc.chunks.manifests import Manifests
 from drsvc.chunks.pack import PackIndex
@@ -21,17 +23,24 @@ from drsvc.chunks.refs import StreamRef, VerifyReport, WriteStats
 from drsvc.chunks.writer import ChunkWriter
 from drsvc.crypto import Keys
 from drsvc.errors import InvalidInput
+from drsvc.kms import FileKeyProvider, KeyProvider
 from drsvc.storage.base import ObjectStore
 from drsvc.streams import IterReader
 
+Scope = Literal["tenant", "fleet"]
+
 
 class ChunkStore:
-    """Chunks, manifests and config of one store; create with ``init`` or ``open``."""
+    """Chunks, manifests, config and data keys of one store; create with ``init`` or ``open``.
+
+    A store object writes with one key (``write_keys``: the fleet key unless it is a tenant's view,
+    ``for_tenant``) and reads with whichever key each object names (``drsvc.chunks.keyring``).
+    """
 
     def __init__(
         self,
         store: ObjectStore,
-        keys: Keys,
+        keys: Keys | KeyProvider,
         params: ChunkerParams,
         *,
         level: int = 3,
@@ -42,10 +51,12 @@ class ChunkStore:
         upload_workers: int = 4,
         read_workers: int = 3,
         read_ahead: int = 4,
+        scope: Scope = "tenant",
         config: ConfigFile | None = None,
     ) -> None:
+        provider = _provider(keys)
         self.store = store
-        self.keys = keys
+        self.keys = provider.fleet_keys()  # the store's own objects (config) and the fleet scope
         self.params = params
         self.level = level
         self.workers = workers
@@ -54,12 +65,46 @@ class ChunkStore:
         self.upload_workers = max(1, upload_workers)
         self.read_workers = max(1, read_workers)
         self.read_ahead = max(1, read_ahead)
+        if scope not in ("tenant", "fleet"):
+            raise InvalidInput(f"keys scope {scope!r}: expected tenant or fleet")
+        self.scope = scope
         self.config = config  # None: a store object made without one (tests); nothing is upgraded then
-        self.codec = Codec(keys, level)
-        self.cutter = Cutter(params, keys.chunker_seed, block_size)
-        self.packs = PackDirectory(store, self.codec, params.max_size)
-        self.manifests = Manifests(store, self.codec)
-        self.writer = ChunkWriter(store, self.codec, self.cutter, self.list_chunk_ids, workers=workers, window=window)
+        self.keyring = Keyring(store, provider, params, level=level)
+        self._block_size = block_size
+        self.packs = PackDirectory(store, self.keyring.codec_of, params.max_size)
+        self.manifests = Manifests(store, self.keyring.codec_of)
+        self.writer = ChunkWriter(store, self.list_chunk_ids, workers=workers, window=window)
+        self._use(self.keys)
+
+    def _use(self, keys: Keys) -> None:
+        self.write_keys = keys
+        self.codec = self.keyring.codec(keys)
+        self.cutter = self.keyring.cutter(keys, self._block_size)
+
+    # ---------------------------------------------------------------- keys
+
+    def keyed(self, keys: Keys) -> ChunkStore:
+        """This store, writing with ``keys`` (sharing everything else: caches, dedup set, stats)."""
+        if keys is self.write_keys:
+            return self
+        view = copy.copy(self)
+        view._use(keys)
+        return view
+
+    def key_for(self, tenant: str | None) -> Keys:
+        """The key a tenant's new points use: its current data key (made on first use), or the
+        fleet key in the fleet scope and for desktops without a tenant."""
+        if self.scope == "fleet" or not tenant:
+            return self.keys
+        return self.keyring.current(tenant)
+
+    def for_tenant(self, tenant: str | None) -> ChunkStore:
+        """This store, writing with ``key_for(tenant)``."""
+        return self.keyed(self.key_for(tenant))
+
+    def manifest_keys(self, blob: bytes) -> Keys:
+        """The key a sealed manifest (as ``get_sealed_manifest`` returns it) is sealed with."""
+        return self.keyring.keys_of(blob)
 
     @property
     def stats(self) -> WriteStats:
@@ -75,23 +120,28 @@ class ChunkStore:
 
     @classmethod
     def init(
-        cls, store: ObjectStore, key: Keys | bytes, *, params: ChunkerParams | None = None, **options: Any
+        cls,
+        store: ObjectStore,
+        key: Keys | KeyProvider | bytes,
+        *,
+        params: ChunkerParams | None = None,
+        **options: Any,
     ) -> ChunkStore:
         """Create a new chunk store (writes ``config``); refuse if one exists there."""
-        keys = key if isinstance(key, Keys) else Keys(key)
+        provider = _provider(key)
         params = params or ChunkerParams()
-        config = ConfigFile.create(store, keys, params, options.get("pack_size"))
-        return cls(store, keys, params, config=config, **options)
+        config = ConfigFile.create(store, provider.fleet_keys(), params, options.get("pack_size"))
+        return cls(store, provider, params, config=config, **options)
 
     @classmethod
-    def open(cls, store: ObjectStore, key: Keys | bytes, **options: Any) -> ChunkStore:
+    def open(cls, store: ObjectStore, key: Keys | KeyProvider | bytes, **options: Any) -> ChunkStore:
         """Open an existing chunk store, checking format version and that ``key`` is its key."""
-        keys = key if isinstance(key, Keys) else Keys(key)
-        config = ConfigFile.read(store, keys)
+        provider = _provider(key)
+        config = ConfigFile.read(store, provider.fleet_keys())
         if config.pack_size and not options.get("pack_size"):
             # A store that holds packs is read as one whatever the caller asked for.
             options["pack_size"] = config.pack_size
-        return cls(store, keys, config.params, config=config, **options)
+        return cls(store, provider, config.params, config=config, **options)
 
     def _before_write(self, pack_size: int | None = None) -> None:
         """A store written before its config was sealed is sealed by its first write (see ``config``)."""
@@ -107,7 +157,7 @@ class ChunkStore:
         Returns the ``StreamRef`` once every new chunk is durably written; ``ref.stats`` reports dedup.
         """
         self._before_write()
-        return self.writer.write([source])
+        return self.writer.write([source], self.codec, self.cutter)
 
     def write_objects(self, objects: Iterable[tuple[int, Iterable[bytes]]]) -> StreamRef:
         """``write_stream`` of objects back to back, given as ``(size, pieces)`` and read in order.
@@ -118,16 +168,17 @@ class ChunkStore:
         objects beside them, as a file-aware backup tool dedups files. ``size`` only places cuts.
         """
         self._before_write()
-        return self.writer.write(ObjectSegments(objects, self.params.avg_size))
+        return self.writer.write(ObjectSegments(objects, self.params.avg_size), self.codec, self.cutter)
 
     def write_bytes(self, data: bytes) -> StreamRef:
         """``write_stream`` of one in-memory buffer."""
         return self.write_stream(data)
 
-    def _reader(self) -> ChunkReader:
+    def _reader(self, codec: Codec | None = None) -> ChunkReader:
+        """A reader opening everything with ``codec``, or (None) with the key each object names."""
         return ChunkReader(
             self.store,
-            self.codec,
+            (lambda _blob: codec) if codec is not None else self.keyring.codec_of,
             self.packs if self.pack_size else None,
             max_chunk=self.params.max_size,
             workers=self.workers,
@@ -137,12 +188,17 @@ class ChunkStore:
         )
 
     def read_stream(self, ref: StreamRef) -> Iterator[bytes]:
-        """Yield the stream's plaintext chunk by chunk, verified; raise ``IntegrityError`` before bad data."""
-        return self._reader().read_stream(ref)
+        """Yield the stream's plaintext chunk by chunk, verified; raise ``IntegrityError`` before bad data.
 
-    def read_chunks(self, chunks: Sequence[tuple[str, int]]) -> Iterator[bytes]:
-        """Yield a slice of a stream's chunks (``StreamRef.chunks[i:j]``), each verified; no whole-stream hash."""
-        return self._reader().read_chunks(chunks)
+        Every chunk must open with the stream's own key (``ref.key_id``), which ``get_manifest``
+        checked is the manifest's."""
+        keys = self.keyring.keys(ref.key_id)
+        return self._reader(self.keyring.codec(keys)).read_stream(ref, keys)
+
+    def read_chunks(self, chunks: Sequence[tuple[str, int]], *, key_id: str | None = None) -> Iterator[bytes]:
+        """Yield a slice of a stream's chunks (``StreamRef.chunks[i:j]``), each verified; no whole-stream
+        hash. ``key_id``: the stream's (``StreamRef.key_id``); its chunks open with that key alone."""
+        return self._reader(self.keyring.codec(self.keyring.keys(key_id))).read_chunks(chunks)
 
     def open_stream(self, ref: StreamRef) -> BinaryIO:
         """``read_stream`` as a file object (for APIs that read a body, e.g. a runtime restore)."""
@@ -152,15 +208,19 @@ class ChunkStore:
         """The whole stream in memory (small streams, tests)."""
         return b"".join(self.read_stream(ref))
 
-    def verify_chunks(self, ids: Iterable[str], *, read_data: bool = False) -> VerifyReport:
+    def verify_chunks(
+        self, ids: Iterable[str], *, read_data: bool = False, key_of: Mapping[str, str | None] | None = None
+    ) -> VerifyReport:
         """Check chunks exist (batched listings) and, with ``read_data``, decrypt and re-hash each.
 
         A packed chunk exists when an index lists it and its pack object is in the listing of
-        ``packs/``; reading goes pack by pack in offset order, many chunks per ranged GET.
+        ``packs/``; reading goes pack by pack in offset order, many chunks per ranged GET. Each
+        chunk opens with the key it names; ``key_of`` (chunk id -> ``StreamRef.key_id``) also
+        requires that key to be its stream's.
         """
         wanted = list(dict.fromkeys(ids))
         present = set(self.list_chunk_ids())
-        return self._reader().verify(wanted, present, read_data=read_data)
+        return self._reader().verify(wanted, present, read_data=read_data, key_of=key_of)
 
     # ---------------------------------------------------------------- packs
 
@@ -246,7 +306,7 @@ class ChunkStore:
     def put_manifest(self, desktop: str, point_id: str, doc: dict[str, Any]) -> None:
         """Store a point's manifest (call after its streams are written: ``write_stream`` returns then)."""
         self._before_write()
-        self.manifests.put(desktop, point_id, doc)
+        self.manifests.put(desktop, point_id, doc, self.codec)
 
     def get_manifest(self, desktop: str, point_id: str) -> dict[str, Any]:
         """Read and authenticate a manifest; ``NotFound`` if absent, ``IntegrityError`` if tampered."""
@@ -294,3 +354,10 @@ class ChunkStore:
                 yield chunk_key(cid)
 
         return self.store.delete_many(keys())
+
+
+def _provider(key: Keys | KeyProvider | bytes) -> KeyProvider:
+    """What a store is opened with: a provider, or a master key (the file provider's)."""
+    if isinstance(key, bytes):
+        key = Keys(key)
+    return FileKeyProvider(key) if isinstance(key, Keys) else key

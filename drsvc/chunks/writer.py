@@ -21,21 +21,21 @@ from drsvc.storage.base import ObjectStore, ordered_map
 
 
 class ChunkWriter:
-    """Writes streams of one store; shared by the threads writing to it."""
+    """Writes streams of one store, with any key; shared by the threads writing to it.
+
+    One set of known ids serves every key: ids are keyed per tenant, so two tenants' ids meet only
+    by a 256-bit collision.
+    """
 
     def __init__(
         self,
         store: ObjectStore,
-        codec: Codec,
-        cutter: Cutter,
         list_ids: Callable[[], Iterable[str]],
         *,
         workers: int = 2,
         window: int = 8,
     ) -> None:
         self.store = store
-        self.codec = codec
-        self.cutter = cutter
         self.workers = workers
         self.window = window
         self.stats = WriteStats()  # everything this writer added
@@ -60,9 +60,10 @@ class ChunkWriter:
         """Chunks went away in bulk (packs deleted): list again on next use."""
         self._known = None
 
-    def write(self, segments: Iterable[Source]) -> StreamRef:
-        """Store the chunks of ``segments``; the ``StreamRef`` once every new chunk is durably written."""
-        one = _StreamWrite(self, self.known())
+    def write(self, segments: Iterable[Source], codec: Codec, cutter: Cutter) -> StreamRef:
+        """Store the chunks of ``segments`` cut by ``cutter``, sealed by ``codec``; the ``StreamRef``
+        once every new chunk is durably written."""
+        one = _StreamWrite(self, self.known(), codec, cutter)
         ok = False  # not sys.exc_info(): a caller's own except clause would show up there
         try:
             self.store.put_many(one.items(segments))
@@ -72,7 +73,7 @@ class ChunkWriter:
         one.wait_borrowed()
         with self.lock:
             self.stats.add(one.stats)
-        return StreamRef(one.entries, one.stats.bytes_in, one.hasher.hexdigest(), one.stats)
+        return StreamRef(one.entries, one.stats.bytes_in, one.hasher.hexdigest(), one.stats, codec.keys.key_id)
 
     def claim(self, raw: bytes) -> threading.Event | None:
         """Under ``lock``: claim the upload of a new chunk (None), or the event of the writer that has it."""
@@ -89,27 +90,29 @@ class ChunkWriter:
 class _StreamWrite:
     """The state of one stream being written: its chunk list, hash, stats, and the uploads it owns."""
 
-    def __init__(self, writer: ChunkWriter, known: set[bytes]) -> None:
+    def __init__(self, writer: ChunkWriter, known: set[bytes], codec: Codec, cutter: Cutter) -> None:
         self.writer = writer
         self.known = known
+        self.codec = codec
+        self.cutter = cutter
         self.stats = WriteStats()
-        self.hasher = writer.codec.keys.hasher()
+        self.hasher = codec.keys.hasher()
         self.entries: list[tuple[str, int]] = []
         self.mine: list[bytes] = []  # ids this stream uploads
         self.borrowed: list[tuple[str, threading.Event]] = []  # ids another writer is uploading
 
     def _pieces(self, segments: Iterable[Source]) -> Iterator[memoryview]:
-        for piece in self.writer.cutter.cut(segments):
+        for piece in self.cutter.cut(segments):
             self.hasher.update(piece)
             self.stats.bytes_in += len(piece)
             yield piece
 
     def _encode(self, piece: memoryview) -> tuple[str, int, bytes | None]:
         """(id, size, sealed blob or None when the chunk is stored already); on a worker."""
-        cid = self.writer.codec.keys.chunk_id(piece)
+        cid = self.codec.keys.chunk_id(piece)
         if bytes.fromhex(cid) in self.known:
             return cid, len(piece), None
-        return cid, len(piece), self.writer.codec.encode(chunk_key(cid), piece)
+        return cid, len(piece), self.codec.encode(chunk_key(cid), piece)
 
     def items(self, segments: Iterable[Source]) -> Iterator[tuple[str, bytes]]:
         """``(key, blob)`` of each chunk this stream must upload, in order."""

@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "catalog_cmd",
         "The SQLite catalog: check its integrity and drift, export it, rebuild it from the stores.",
     ),
+    "keys": ("keys_cmd", "Data keys: one per tenant, wrapped by the key file's key and stored in the stores."),
     "report": ("report_cmd", "Write the quarterly DR drill report an auditor reads."),
     "runbook": (
         "runbook_cmd",

@@ -67,7 +67,7 @@ def read_range(store: ChunkStore, slicer: StreamSlicer, offset: int, length: int
     first, last = slicer.span(offset, length)
     skip = offset - slicer.starts[first]
     left = length
-    for data in store.read_chunks(slicer.ref.chunks[first : last + 1]):
+    for data in store.read_chunks(slicer.ref.chunks[first : last + 1], key_id=slicer.ref.key_id):
         piece = memoryview(data)[skip : skip + left]
         skip = 0
         left -= len(piece)
@@ -229,14 +229,16 @@ class ChunkCache:
             while ahead + 1 < len(slicer.ref.chunks) and budget > 0:
                 ahead += 1
                 budget -= slicer.ref.chunks[ahead][1]
-        futures = self._ensure(store, slicer.ref.chunks, first, ahead)
+        futures = self._ensure(store, slicer.ref.chunks, first, ahead, slicer.ref.key_id)
         out = bytearray()
         for i in range(first, last + 1):
             out += futures[i].result()
         skip = offset - slicer.starts[first]
         return bytes(out[skip : skip + size])
 
-    def _ensure(self, store: ChunkStore, chunks: Sequence[tuple[str, int]], first: int, last: int) -> dict[int, Future]:
+    def _ensure(
+        self, store: ChunkStore, chunks: Sequence[tuple[str, int]], first: int, last: int, key_id: str | None = None
+    ) -> dict[int, Future]:
         """Futures for chunks ``first..last``: cached, in flight, or fetched now in runs of consecutive missing ones."""
         futures: dict[int, Future[bytes]] = {}
         runs: list[list[tuple[int, str, int]]] = []
@@ -267,13 +269,13 @@ class ChunkCache:
             if run:
                 runs.append(run)
         for r in runs:
-            self._pool.submit(self._fetch, store, r)
+            self._pool.submit(self._fetch, store, r, key_id)
         return futures
 
-    def _fetch(self, store: ChunkStore, run: list[tuple[int, str, int]]) -> None:
+    def _fetch(self, store: ChunkStore, run: list[tuple[int, str, int]], key_id: str | None = None) -> None:
         pending = collections.deque(run)
         try:
-            for data in store.read_chunks([(cid, n) for _i, cid, n in run]):
+            for data in store.read_chunks([(cid, n) for _i, cid, n in run], key_id=key_id):
                 _i, cid, _n = pending.popleft()
                 self._store(cid, data)
                 if not pending:
