@@ -133,18 +133,22 @@ class ObjectRestoreJob:
             raise InvalidInput("give --object NAME (one or more) or --prefix P, not both")
         request = {"objects": objects, "prefix": prefix, "point": point_id, "to_dir": str(to_dir) if to_dir else None}
         desktop = self.scope.desktop(desktop_id, detail=request)
-        point = RestoreJob(self.services).choose_point(desktop_id, at=at, point_id=point_id)
-        source = open_point(self.services, point, desktop)
-        entries = self._select(source, objects, prefix)
-        tiers = self._tiers(source, tier)
-        if to_dir is not None:
-            mode, target = "to-dir", str(to_dir)
-            self._check_dir(to_dir, entries, overwrite)
-        else:
-            mode = "overwrite" if overwrite else "keep"
-            target = self._own_volume(desktop, source)
-            if not overwrite:
-                self._check_kept_names(target, entries, source.id)
+        try:
+            point = RestoreJob(self.services).choose_point(desktop_id, at=at, point_id=point_id)
+            source = open_point(self.services, point, desktop)
+            entries = self._select(source, objects, prefix)
+            tiers = self._tiers(source, tier)
+            if to_dir is not None:
+                mode, target = "to-dir", str(to_dir)
+                self._check_dir(to_dir, entries, overwrite)
+            else:
+                mode = "overwrite" if overwrite else "keep"
+                target = self._own_volume(desktop, source)
+                if not overwrite:
+                    self._check_kept_names(target, entries, source.id)
+        except DrsvcError as e:  # refused before anything was touched: recorded all the same
+            self.scope.record("refused", desktop=desktop_id, point=point_id, detail={**request, "reason": str(e)})
+            raise
         return ObjectPlan(source, entries, mode, target, tiers, overwrite, time.monotonic() - started)
 
     @staticmethod

@@ -260,10 +260,14 @@ def test_restore_to_dir_writes_hostile_names_beneath_the_directory(kit, run_cli,
     assert row["bytes"] == sum(len(o.data) for o in objs.values())
 
 
-def test_object_restore_refuses_unknown_names_and_whole_desktop_options(kit, run_cli):
+def test_object_restore_refuses_unknown_names_and_whole_desktop_options(kit, run_cli, tmp_path):
     pid = kit.point("desk-1", _objects())
-    missing = cli(run_cli, kit, "restore", "desk-1", "--object", "nope", "--point", pid, "--to-dir", "/tmp/x")
+    target = tmp_path / "x"
+    missing = cli(run_cli, kit, "restore", "desk-1", "--object", "nope", "--point", pid, "--to-dir", str(target))
     assert missing.code == 3 and "no object 'nope'" in missing.stderr
+    [row] = kit.catalog.query("SELECT action, outcome, detail FROM point_access WHERE action = 'restore-objects'")
+    assert row["outcome"] == "refused" and "nope" in row["detail"]
+    assert not target.exists()  # refused before anything was written
     mixed = cli(run_cli, kit, "restore", "desk-1", "--object", "small", "--as", "clone")
     assert mixed.code == 2
     both = cli(run_cli, kit, "restore", "desk-1", "--object", "small", "--prefix", "d")
