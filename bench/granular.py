@@ -8,7 +8,7 @@ restic in the same run:
    restic backs the same two files up to a repository on the same radosgw.
 2. Each object is deleted and brought back, rounds alternating:
    ``drsvc restore D --object NAME`` (hot: the pool snapshot, the copy drsvc picks),
-   the same from hot chunks (``--to-dir`` is not used: the job API with the hot copy forced),
+   the same from hot chunks (``--from hot``: the pool snapshot skipped),
    ``drsvc restore D --object NAME --tier cold`` (cold chunks: ranged GETs of packs), and
    ``drsvc restore D --object NAME --to-dir`` from cold, beside
    ``restic restore latest --include /NAME --target DIR`` (files into the same tmpfs).
@@ -53,8 +53,6 @@ from drsvc import clock  # noqa: E402
 from drsvc.catalog import Catalog  # noqa: E402
 from drsvc.config import load_config  # noqa: E402
 from drsvc.crypto import generate_key_file  # noqa: E402
-from drsvc.granular.objects import ObjectRestoreJob  # noqa: E402
-from drsvc.granular.scope import Scope  # noqa: E402
 from drsvc.services import Services  # noqa: E402
 
 MiB = 1 << 20
@@ -178,7 +176,11 @@ class Bench:
                 note(name, "drsvc hot (pool snapshot)", self.t_drsvc("restore", self.desktop, "--object", name))
                 self.check(name)
                 self.io.remove_object(name)
-                note(name, "drsvc hot chunks (job API)", self.hot_chunks(point, name))
+                note(
+                    name,
+                    "drsvc hot chunks (--from hot)",
+                    self.t_drsvc("restore", self.desktop, "--object", name, "--from", "hot"),
+                )
                 self.check(name)
                 self.io.remove_object(name)
                 note(name, "drsvc cold", self.t_drsvc("restore", self.desktop, "--object", name, "--tier", "cold"))
@@ -201,17 +203,6 @@ class Bench:
                 assert len(found) == 1 and found[0].read_bytes() == data, found
                 shutil.rmtree(target)
         return out
-
-    def hot_chunks(self, point: str, name: str) -> float:
-        """The same restore with the hot chunk store forced (the pool snapshot skipped)."""
-        t = time.perf_counter()
-        services = self.services()
-        job = ObjectRestoreJob(services, Scope(services.catalog, None, "restore-objects"))
-        plan = job.plan(self.desktop, objects=[name], point_id=point)
-        plan.tiers = ["hot"]
-        job.run(plan)
-        services.catalog.close()
-        return time.perf_counter() - t
 
     # ------------------------------------------------------------------ points ls at scale
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -68,7 +69,8 @@ def ls_command(app: App, point_id: str, prefix: str | None, long: bool, tenant: 
 
     result = list_point(app.services, Scope(app.catalog, tenant, "ls"), point_id, prefix)
     if app.json_output:
-        app.emit(result.document(long=long), lambda _out: None)
+        # one line, through json's C encoder: indenting 100,000 objects took seconds
+        sys.stdout.write(json.dumps(result.document(long=long), separators=(",", ":")) + "\n")
     else:
         render_listing(result, long)
 

@@ -93,6 +93,12 @@ def render_result(result: RestoreResult, out: Console) -> None:
     type=click.Path(path_type=Path, file_okay=False),
     help="With --object/--prefix: write the objects as files beneath this directory instead.",
 )
+@click.option(
+    "--from",
+    "copy",
+    type=click.Choice(["snapshot", "hot", "cold"]),
+    help="With --object/--prefix: read from this copy (pool snapshot, hot or cold chunks; default: the fastest).",
+)
 @click.option("--tenant", help="Act for this tenant only: desktops of other tenants are refused (and recorded).")
 @pass_app
 def command(
@@ -110,6 +116,7 @@ def command(
     prefix: str | None,
     overwrite: bool,
     to_dir: Path | None,
+    copy: str | None,
     tenant: str | None,
 ) -> int:
     """Bring DESKTOP back from a recovery point and report the RTO, phase by phase.
@@ -141,14 +148,15 @@ def command(
             at=at,
             point_id=point_id,
             tier=tier,
+            copy=copy,
             overwrite=overwrite,
             to_dir=to_dir,
             tenant=tenant,
             dry_run=dry_run,
             refused=refused,
         )
-    if overwrite or to_dir or tenant:
-        raise InvalidInput("--overwrite, --to-dir and --tenant go with --object or --prefix")
+    if overwrite or to_dir or tenant or copy:
+        raise InvalidInput("--overwrite, --to-dir, --from and --tenant go with --object or --prefix")
     job = RestoreJob(app.services, on_event=phase_printer(app))
     plan = job.plan(
         desktop,

@@ -53,6 +53,7 @@ def restore_objects(
     at: str | None,
     point_id: str | None,
     tier: str | None,
+    copy: str | None,
     overwrite: bool,
     to_dir: Path | None,
     tenant: str | None,
@@ -71,6 +72,7 @@ def restore_objects(
         point_id=point_id,
         at=parse_time(at) if at else None,
         tier=tier,
+        copy=copy,
         overwrite=overwrite,
         to_dir=to_dir,
     )

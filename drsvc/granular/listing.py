@@ -20,7 +20,7 @@ from drsvc.errors import IntegrityError
 _HEX = re.compile(r"^[0-9a-f]*$")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ObjectEntry:
     """One volume object as its point recorded it (xattrs and omap as raw bytes)."""
 
@@ -85,43 +85,55 @@ class RootfsListing:
 
 
 def _bytes_map(value: Any, what: str) -> dict[str, bytes]:
+    if not value:
+        if value is None or isinstance(value, dict):
+            return {}
+        raise IntegrityError(f"manifest: {what} is not a mapping")
     if not isinstance(value, dict):
         raise IntegrityError(f"manifest: {what} is not a mapping")
     out = {}
-    for k, v in value.items():
-        if not isinstance(k, str) or not isinstance(v, str) or len(v) % 2 or not _HEX.match(v):
-            raise IntegrityError(f"manifest: {what} entry {k!r} is not hex")
-        out[k] = bytes.fromhex(v)
+    try:
+        for k, v in value.items():
+            if type(k) is not str or type(v) is not str:
+                raise IntegrityError(f"manifest: {what} holds a key or value that is not a string")
+            out[k] = bytes.fromhex(v)
+    except ValueError:
+        raise IntegrityError(f"manifest: {what} holds a value that is not hex") from None
     return out
 
 
 def objects(manifest: dict[str, Any]) -> list[ObjectEntry]:
-    """The volume's objects in stream order, with offsets; ``IntegrityError`` when the manifest is malformed."""
+    """The volume's objects in stream order, with offsets; ``IntegrityError`` when the manifest is malformed.
+
+    One pass, cheap per object: a point may hold 100,000 of them and ``points ls`` waits on this.
+    """
     volume = manifest.get("volume")
     if not isinstance(volume, dict) or not isinstance(volume.get("objects"), list):
         raise IntegrityError("manifest has no volume object list")
     out: list[ObjectEntry] = []
+    append = out.append
     offset = 0
     for i, o in enumerate(volume["objects"]):
-        if not isinstance(o, dict):
-            raise IntegrityError(f"manifest: volume object #{i} is not a mapping")
-        name, size, digest = o.get("name"), o.get("size"), o.get("digest")
-        if not isinstance(name, str) or not name or "\0" in name:
+        try:
+            name, size, digest = o["name"], o["size"], o["digest"]
+        except (KeyError, TypeError):
+            raise IntegrityError(f"manifest: volume object #{i} lacks a name, size or digest") from None
+        if type(name) is not str or not name or "\0" in name:
             raise IntegrityError(f"manifest: volume object #{i} has no valid name")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if type(size) is not int or size < 0:
             raise IntegrityError(f"manifest: volume object {name!r} has no valid size")
-        if not isinstance(digest, str) or not _HEX.match(digest):
+        if type(digest) is not str or len(digest) != 64 or not _HEX.match(digest):
             raise IntegrityError(f"manifest: volume object {name!r} has no valid digest")
         mtime = o.get("mtime")
-        out.append(
+        append(
             ObjectEntry(
                 name,
                 size,
                 digest,
                 offset,
-                _bytes_map(o.get("xattrs", {}), f"{name!r} xattrs"),
-                _bytes_map(o.get("omap", {}), f"{name!r} omap"),
-                mtime if isinstance(mtime, str) else None,
+                _bytes_map(o.get("xattrs"), f"{name!r} xattrs"),
+                _bytes_map(o.get("omap"), f"{name!r} omap"),
+                mtime if type(mtime) is str else None,
             )
         )
         offset += size

@@ -125,9 +125,11 @@ class ObjectRestoreJob:
         point_id: str | None = None,
         at: datetime | None = None,
         tier: str | None = None,
+        copy: str | None = None,
         overwrite: bool = False,
         to_dir: Path | None = None,
     ) -> ObjectPlan:
+        """Validate a request (``tier`` hot|cold narrows the copies; ``copy`` names one: snapshot|hot|cold)."""
         started = time.monotonic()
         if bool(objects) == (prefix is not None):
             raise InvalidInput("give --object NAME (one or more) or --prefix P, not both")
@@ -137,7 +139,7 @@ class ObjectRestoreJob:
             point = RestoreJob(self.services).choose_point(desktop_id, at=at, point_id=point_id)
             source = open_point(self.services, point, desktop)
             entries = self._select(source, objects, prefix)
-            tiers = self._tiers(source, tier)
+            tiers = self._tiers(source, tier, copy)
             if to_dir is not None:
                 mode, target = "to-dir", str(to_dir)
                 self._check_dir(to_dir, entries, overwrite)
@@ -170,8 +172,12 @@ class ObjectRestoreJob:
         return [everything[n] for n in dict.fromkeys(objects)]
 
     @staticmethod
-    def _tiers(source: PointSource, tier: str | None) -> list[str]:
+    def _tiers(source: PointSource, tier: str | None, copy: str | None = None) -> list[str]:
         tiers = source.tiers
+        if copy is not None:
+            if copy not in tiers:
+                raise NotFound(f"point {source.id} has no {copy} copy (copies: {', '.join(tiers) or 'none'})")
+            return [copy]
         if tier == "hot":
             tiers = [t for t in tiers if t in ("snapshot", "hot")]
         elif tier == "cold":

@@ -268,6 +268,8 @@ def test_object_restore_refuses_unknown_names_and_whole_desktop_options(kit, run
     [row] = kit.catalog.query("SELECT action, outcome, detail FROM point_access WHERE action = 'restore-objects'")
     assert row["outcome"] == "refused" and "nope" in row["detail"]
     assert not target.exists()  # refused before anything was written
+    no_copy = cli(run_cli, kit, "restore", "desk-1", "--object", "small", "--from", "cold", "--to-dir", str(target))
+    assert no_copy.code == 3 and "no cold copy" in no_copy.stderr
     mixed = cli(run_cli, kit, "restore", "desk-1", "--object", "small", "--as", "clone")
     assert mixed.code == 2
     both = cli(run_cli, kit, "restore", "desk-1", "--object", "small", "--prefix", "d")
