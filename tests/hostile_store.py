@@ -34,6 +34,7 @@ from drsvc.chunks.layout import (
     CONFIG_KEY,
     CONFIG_MAX,
     INDEX_STORED_MAX,
+    KEY_RECORD_MAX,
     MANIFEST_STORED_MAX,
     chunk_stored_max,
     object_aad,
@@ -197,6 +198,13 @@ class HostileStoreSuite:
         limit = chunk_stored_max(PARAMS.max_size)
         self.big_object(store, chunk_key(ref.chunks[1][0]), 8 * MiB)
         self.refused(url, "stream", DESK, "p1", match=f"more than the {limit}")
+
+    def test_huge_key_record(self, url: str, store: ObjectStore, loose: Any) -> None:
+        cs, _ref = loose
+        record = cs.keyring.rotate("acme")
+        self.big_object(store, record.object_key, 4 * MiB)
+        with pytest.raises(IntegrityError, match=f"more than the {KEY_RECORD_MAX}"):
+            ChunkStore.open(open_store(url), KEY).keyring.records()
 
     def test_huge_config(self, url: str, store: ObjectStore, loose: Any) -> None:
         self.big_object(store, CONFIG_KEY, 4 * MiB)
