@@ -9,7 +9,7 @@ Layout (DESIGN.md "Storage format")::
     packs/<2 hex>/<pack-id>         packed stores (the cold tier): sealed chunk blobs and frames, concatenated
     index/<pack-id>                 sealed(zstd(JSON)): chunk id -> (offset, length[, position, size]) list
     manifests/<desktop>/<point-id>  sealed(zstd(JSON document))
-    keys/<tenant tag>/<key id>      a tenant's data key, wrapped by the key provider (``keyring``)
+    keys/<key id>, keys/current/<t>  a tenant's data key wrapped by the key provider; its current key (``keyring``)
 
 Objects are sealed with the fleet key (format 1) or a tenant's data key (format 2, naming the key:
 ``drsvc.crypto``). Every sealed object carries ``b"drsvc/" + its key`` as associated data (``object_aad``), so no

@@ -13,7 +13,7 @@ from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture)
 
 from drsvc import clock
 from drsvc.chunks import ChunkStore, StreamRef, chunk_key
-from drsvc.chunks.keyring import record_key, tenant_tag
+from drsvc.chunks.keyring import pointer_key, record_key, tenant_tag
 from drsvc.chunks.layout import object_aad
 from drsvc.crypto import SEAL_TAGGED, Keys, generate_key_file, load_key, sealed_key_id
 from drsvc.errors import IntegrityError, InvalidInput
@@ -138,21 +138,29 @@ def test_key_records_are_wrapped_bound_to_their_place_and_their_kek(cs: ChunkSto
     raw = cs.store.get(record.object_key)
     doc = json.loads(raw)
     assert record.keys.master.hex() not in raw.decode() and "acme" not in raw.decode()
-    assert record.object_key == record_key("acme", record.key_id) == f"keys/{tenant_tag('acme')}/{record.key_id}"
-    # moved to another tenant's place: refused
-    cs.store.put(record_key("globex", record.key_id), raw)
+    assert record.object_key == record_key(record.key_id) == f"keys/{record.key_id}"
+    pointer = cs.store.get(pointer_key("acme"))
+    assert pointer_key("acme") == f"keys/current/{tenant_tag('acme')}" and b"acme" not in pointer
+    other = cs.keyring.rotate("globex")
+    # a record at another key id's place: refused
+    other_raw = cs.store.get(other.object_key)
+    cs.store.put(other.object_key, raw)
     with pytest.raises(IntegrityError, match="does not authenticate"):
-        fresh(cs).keyring.records()
-    cs.store.delete(record_key("globex", record.key_id))
+        fresh(cs).keyring.keys(other.key_id)
+    cs.store.put(other.object_key, other_raw)
     # tampered
     cs.store.put(record.object_key, json.dumps({**doc, "wrapped": "00" + doc["wrapped"][2:]}).encode())
     with pytest.raises(IntegrityError, match="does not authenticate"):
-        fresh(cs).keyring.records()
+        fresh(cs).keyring.keys(record.key_id)
     cs.store.put(record.object_key, raw)
+    # one tenant's pointer put in place of another's: refused, not followed
+    cs.store.put(pointer_key("globex"), pointer)
+    with pytest.raises(IntegrityError, match="pointer does not authenticate"):
+        fresh(cs).for_tenant("globex")
     # another installation's key (a store copied elsewhere, opened with the wrong master key)
-    other = FileKeyProvider(Keys.generate())
+    stranger = FileKeyProvider(Keys.generate())
     with pytest.raises(IntegrityError, match="wrapped by key"):
-        ChunkStore(cs.store, other, cs.params).keyring.records()
+        ChunkStore(cs.store, stranger, cs.params).keyring.keys(record.key_id)
 
 
 def test_an_existing_fleet_store_moves_to_tenant_keys_without_a_step(tmp_path: Path) -> None:
