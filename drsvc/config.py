@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -121,6 +121,36 @@ class TimeoutsSection(_Section):
     s3_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per S3 request (retries with backoff)")
 
 
+NotifyEvent = Literal["backup_failed", "rpo_breach", "drill_failed", "verify_failed", "restore_interrupted"]
+NOTIFY_EVENTS: tuple[str, ...] = get_args(NotifyEvent)
+
+
+class WebhookSection(_Section):
+    """One webhook: where notifications are POSTed and in which shape."""
+
+    url: str = Field(description="http(s) URL the notifications are POSTed to")
+    format: Literal["json", "slack"] = Field(
+        default="json", description="json: drsvc's own document; slack: {text} for Slack-compatible incoming webhooks"
+    )
+    events: list[NotifyEvent] | None = Field(default=None, description="Only these kinds (default: every kind)")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if urlparse(v).scheme not in ("http", "https") or not urlparse(v).netloc:
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v
+
+
+class NotifySection(_Section):
+    """Webhook notifications of failures and missed objectives (drsvc/notify.py)."""
+
+    webhooks: list[WebhookSection] = Field(default_factory=list)
+    attempts: int = Field(default=4, ge=1, le=10, description="Tries per delivery in one tick (backoff doubling)")
+    backoff_seconds: float = Field(default=1.0, ge=0, le=60, description="Wait before the first retry")
+    timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="Deadline of one HTTP request")
+
+
 class Config(_Section):
     """A validated configuration; ``path`` is the file it came from."""
 
@@ -132,6 +162,7 @@ class Config(_Section):
     cold: ColdSection | None = None
     runtime: RuntimeSection | None = None
     scheduler: SchedulerSection = SchedulerSection()
+    notify: NotifySection = NotifySection()
     timeouts: TimeoutsSection = TimeoutsSection()
 
 

@@ -346,8 +346,22 @@ class Scheduler:
                     cold = prune_cold(self.services, lease, now=clock.now(), on_event=self.on_event)
                     report.ran.append({"purpose": "prune-cold", "exit_code": EXIT_OK, **cold.document()})
         finally:
+            self.notify()  # under the lease: one process tells the webhooks, even after a failed tick
             lease.__exit__(None, None, None)
         return report
+
+    def notify(self) -> None:
+        """Tell the configured webhooks what changed in the fleet's health (never fails the tick)."""
+        config = self.services.config.notify
+        if not config.webhooks:
+            return
+        from drsvc.health import read_health
+        from drsvc.notify import Notifier
+
+        try:
+            Notifier(self.catalog, config).run(read_health(self.catalog, self.services.policies))
+        except Exception as e:
+            event(log, logging.ERROR, "notify.error", f"notifications not sent: {e}", error=str(e), exc_info=e)
 
     def _backup(self, item: Due, lease: Lease) -> dict[str, Any]:
         self.on_event("due", item=item)
