@@ -201,11 +201,12 @@ def _context(doc: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def render_html(doc: Mapping[str, Any]) -> str:
-    from markupsafe import Markup  # installed with jinja2, which _environment requires first
+    env = _environment(html=True)  # first: it names the extra when Jinja2 is missing
+
+    from markupsafe import Markup  # installed with Jinja2
 
     from drsvc.report.charts import all_charts
 
-    env = _environment(html=True)
     css = (TEMPLATES / "report.css").read_text(encoding="utf-8")
     charts = {k: (Markup(v) if v else None) for k, v in all_charts(doc).items()}
     return env.get_template("report.html.j2").render(**_context(doc), css=Markup(css), charts=charts)

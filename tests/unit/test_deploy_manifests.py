@@ -112,7 +112,9 @@ def test_node_agent_template_mounts_what_the_agent_needs() -> None:
     scheduler = next(d for _, d in documents() if d["kind"] == "Deployment")
     assert scheduler["spec"]["replicas"] == 1 and scheduler["spec"]["strategy"]["type"] == "Recreate"
     pod = scheduler["spec"]["template"]["spec"]
-    assert pod["containers"][0]["args"] == ["run"], "the scheduler is the daemon, not a pod a minute"
+    args = pod["containers"][0]["args"]
+    assert "run" in args and "--once" not in args, "the scheduler is the daemon, not a pod a minute"
+    assert args[args.index("--metrics-listen") + 1] == ":9477"  # /metrics, on the container's metrics port
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
     pvc = next(d for _, d in documents() if d["kind"] == "PersistentVolumeClaim")
     assert claims == {pvc["metadata"]["name"]} and pvc["spec"]["accessModes"] == ["ReadWriteOnce"]

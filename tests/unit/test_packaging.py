@@ -103,5 +103,7 @@ def test_report_rendering_without_jinja_says_which_extra(monkeypatch) -> None:
     from drsvc.report import render
 
     monkeypatch.setitem(sys.modules, "jinja2", None)
-    with pytest.raises(MissingDependency, match=r"drsvc\[report\]"):
-        render({"quarter": {"name": "2026Q1"}}, "md")
+    monkeypatch.setitem(sys.modules, "markupsafe", None)  # comes with Jinja2: missing together
+    for fmt in ("md", "html"):
+        with pytest.raises(MissingDependency, match=r"drsvc\[report\]"):
+            render({"quarter": {"name": "2026Q1"}}, fmt)
