@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from drsvc import clock, data
 from drsvc.errors import BackendError, NotFound
+from drsvc.sqlite import Database
 
 MIGRATIONS_DIR = data.path("migrations")
 _MIGRATION_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
@@ -84,7 +83,7 @@ class Catalog:
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self.path = path
-        self.db = sqlite_utils.Database(conn)
+        self.db = Database(conn)
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -180,7 +179,7 @@ class Catalog:
             row["first_seen"] = existing[0]["first_seen"] if existing else now
             row["last_seen"] = now
             row["gone_since"] = None
-            self.db["desktops"].upsert(row, pk="id")  # type: ignore[union-attr]
+            self.db["desktops"].upsert(row, pk="id")
 
     def mark_gone(self, present_ids: set[str], runtime_url: str) -> list[str]:
         """Desktops of ``runtime_url`` discovery no longer finds; their points are kept."""
@@ -250,13 +249,13 @@ class Catalog:
     def add_point(self, point: dict[str, Any]) -> None:
         row = {"created_at": clock.to_iso(clock.now()), **point}
         with self._lock:
-            self.db["points"].insert(row)  # type: ignore[union-attr]
+            self.db["points"].insert(row)
 
     def update_point(self, point_id: str, **fields: Any) -> None:
         if "status" in fields and fields["status"] not in POINT_STATUSES:
             raise ValueError(f"bad point status {fields['status']!r}")
         with self._lock:
-            self.db["points"].update(point_id, fields)  # type: ignore[union-attr]
+            self.db["points"].update(point_id, fields)
 
     def set_tier(self, point_id: str, tier: str, store_url: str, **fields: Any) -> None:
         row = {
@@ -267,14 +266,14 @@ class Catalog:
             **fields,
         }
         with self._lock:
-            self.db["point_tiers"].upsert(row, pk=("point_id", "tier"))  # type: ignore[union-attr]
+            self.db["point_tiers"].upsert(row, pk=("point_id", "tier"))
 
     def drop_tier(self, point_id: str, tier: str) -> None:
         self.execute("DELETE FROM point_tiers WHERE point_id = ? AND tier = ?", [point_id, tier])
 
     def add_artifact(self, artifact: dict[str, Any]) -> None:
         with self._lock:
-            self.db["artifacts"].upsert(artifact, pk=("point_id", "kind", "name"))  # type: ignore[union-attr]
+            self.db["artifacts"].upsert(artifact, pk=("point_id", "kind", "name"))
 
     def artifacts(self, point_id: str) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM artifacts WHERE point_id = ? ORDER BY kind, name", [point_id])
@@ -311,7 +310,7 @@ class Catalog:
         if detail is not None:
             fields["detail"] = json.dumps(detail, default=str)
         with self._lock:
-            self.db["jobs"].update(job_id, fields)  # type: ignore[union-attr]
+            self.db["jobs"].update(job_id, fields)
 
     # ------------------------------------------------------------------ leases
     def acquire_lease(self, name: str, holder: str, ttl: float, *, take_from: str | None = None) -> int | None:

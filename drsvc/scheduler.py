@@ -21,18 +21,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from drsvc import clock
-from drsvc.backup import BackupJob, recover_interrupted
 from drsvc.catalog import Catalog
-from drsvc.drill import DrillJob
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, Busy, DrsvcError
-from drsvc.inventory import select
 from drsvc.lease import Lease
 from drsvc.log import event
 from drsvc.policy import Policy, PolicySet
-from drsvc.prune import PruneJob
 from drsvc.runtimes.base import DesktopRef
 from drsvc.services import Services
-from drsvc.tiering import TierJob, prune_cold
 
 PURPOSES = ("backup", "drill")
 ERROR_RETRY = timedelta(minutes=1)  # after a failed daemon tick, the next one comes at most this late
@@ -235,6 +230,15 @@ def _log_result(item: Due, result: dict[str, Any], error: str | None) -> None:
         )
 
 
+def _interrupted_backups(catalog: Catalog) -> bool:
+    """Whether a backup job died mid-way (one indexed lookup; recovering imports the backup job)."""
+    rows = catalog.query(
+        "SELECT 1 FROM jobs WHERE kind = 'backup' AND status = 'running' "
+        "UNION ALL SELECT 1 FROM points WHERE status = 'pending' LIMIT 1"
+    )
+    return bool(rows)
+
+
 def record_tick(
     catalog: Catalog,
     started: datetime,
@@ -326,13 +330,18 @@ class Scheduler:
             report.skipped = str(e)
             return report
         try:
-            recover_interrupted(self.catalog)
+            if _interrupted_backups(self.catalog):
+                from drsvc.backup import recover_interrupted
+
+                recover_interrupted(self.catalog)
             report.due = due(self.services.policies, load_states(self.catalog), now)
             backups = [d for d in report.due if d.purpose == "backup"]
             if backups:
                 report.ran += run_due(backups, self.catalog, lambda item: self._backup(item, lease))
             if self.services.has_cold:
                 # cheap when nothing is due: the plan reads only the catalog
+                from drsvc.tiering import TierJob
+
                 tier = TierJob(self.services, lease, on_event=self.on_event).run(now=clock.now())
                 if tier.moves:
                     report.ran.append({"purpose": "tier", "exit_code": tier.exit_code, **tier.document()})
@@ -340,6 +349,9 @@ class Scheduler:
             if drills:
                 report.ran += run_due(drills, self.catalog, self._drill)
             if backups:
+                from drsvc.prune import PruneJob
+                from drsvc.tiering import prune_cold
+
                 prune = PruneJob(self.services, lease, on_event=self.on_event).run(now=clock.now())
                 report.ran.append({"purpose": "prune", "exit_code": EXIT_OK, **prune.document()})
                 if self.services.has_cold:
@@ -366,6 +378,9 @@ class Scheduler:
     def _backup(self, item: Due, lease: Lease) -> dict[str, Any]:
         self.on_event("due", item=item)
         policy = self.services.policies.get(item.policy)
+        from drsvc.backup import BackupJob
+        from drsvc.inventory import select
+
         desktops = select(self.services, policy=item.policy)
         if not desktops:
             return {"policy": item.policy, "purpose": "backup", "exit_code": EXIT_OK, "desktops": 0}
@@ -421,6 +436,8 @@ class Scheduler:
 
     def _drill(self, item: Due) -> dict[str, Any]:
         self.on_event("due", item=item)
+        from drsvc.drill import DrillJob
+
         job = DrillJob(self.services, on_event=self.on_event)
         chosen = job.choose(policy=item.policy)
         if not chosen:
