@@ -476,6 +476,15 @@ class Drill(_Model):
         return max(1, math.ceil(population * float(self.sample.rstrip("%")) / 100))
 
 
+class Verify(Drill):
+    """Scheduled verification: when it runs, how many of the policy's complete points it checks (a
+    count, or a percentage of them; each desktop's newest point, the one a restore would use, is
+    picked before older ones), and whether it reads, decrypts and re-hashes every chunk."""
+
+    sample: Sample = 1
+    read_data: bool = False
+
+
 def _check_port(value: Any) -> int:
     if type(value) is not int or not 1 <= value <= 65535:
         raise ValueError(f"must be a TCP port 1-65535, got {value!r}")
@@ -524,6 +533,7 @@ class Policy(_Model):
     tiering: Tiering | None = None
     objectives: Objectives = Objectives()
     drill: Drill | None = None
+    verify: Verify | None = None
     probe: Probe | None = None
 
     _cron: CronSchedule = PrivateAttr()
@@ -540,6 +550,8 @@ class Policy(_Model):
         if self.drill is not None:
             # The drill runs on the policy's wall clock; a drill section has no zone of its own.
             self.drill._cron = CronSchedule(self.drill.schedule, self._cron.tz)
+        if self.verify is not None:
+            self.verify._cron = CronSchedule(self.verify.schedule, self._cron.tz)
 
     @property
     def tz(self) -> ZoneInfo:

@@ -29,7 +29,7 @@ from drsvc.policy import Policy, PolicySet
 from drsvc.runtimes.base import DesktopRef
 from drsvc.services import Services
 
-PURPOSES = ("backup", "drill")
+PURPOSES = ("backup", "drill", "verify")
 ERROR_RETRY = timedelta(minutes=1)  # after a failed daemon tick, the next one comes at most this late
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ class Due:
 def _schedule(policy: Policy, purpose: str) -> Any:
     if purpose == "backup":
         return policy.cron
+    if purpose == "verify":
+        return policy.verify.cron if policy.verify else None
     return policy.drill.cron if policy.drill else None
 
 
@@ -203,7 +205,9 @@ def run_due(items: list[Due], catalog: Catalog, runner: Runner) -> list[dict[str
     for item in items:
         try:
             result = runner(item)
-            error = None if result["exit_code"] in (EXIT_OK, EXIT_PARTIAL) else result.get("error", "failed")
+            # a verification that found damage ran to its end: its finding is the result, not a reason to retry
+            done = result["exit_code"] in (EXIT_OK, EXIT_PARTIAL) or result.get("completed", False)
+            error = None if done else result.get("error", "failed")
         except DrsvcError as e:
             result = {
                 "policy": item.policy,
@@ -221,7 +225,10 @@ def run_due(items: list[Due], catalog: Catalog, runner: Runner) -> list[dict[str
 def _log_result(item: Due, result: dict[str, Any], error: str | None) -> None:
     name = f"scheduler.{item.purpose}"
     fields = {"policy": item.policy, "job": result.get("job_id"), "exit_code": result["exit_code"]}
-    if error is None:
+    if error is None and result.get("error"):  # ran to its end with a finding (verify: damage)
+        message = f"{item.purpose} of {item.policy}: {result['error']}"
+        event(log, logging.ERROR, name, message, error=result["error"], **fields)
+    elif error is None:
         event(log, logging.INFO, name, f"{item.purpose} of {item.policy} done (exit {result['exit_code']})", **fields)
     else:
         window = clock.to_iso(item.window)
@@ -348,6 +355,9 @@ class Scheduler:
             drills = [d for d in report.due if d.purpose == "drill"]
             if drills:
                 report.ran += run_due(drills, self.catalog, self._drill)
+            verifies = [d for d in report.due if d.purpose == "verify"]
+            if verifies:
+                report.ran += run_due(verifies, self.catalog, self._verify)
             if backups:
                 from drsvc.prune import PruneJob
                 from drsvc.tiering import prune_cold
@@ -433,6 +443,23 @@ class Scheduler:
         self.catalog.finish_job(job_id, status, error=errors or None, detail=result)
         result["job_id"] = job_id
         return result
+
+    def _verify(self, item: Due) -> dict[str, Any]:
+        from drsvc.verify import VerifyJob, sample_points
+
+        self.on_event("due", item=item)
+        policy = self.services.policies.get(item.policy)
+        assert policy.verify is not None
+        chosen = sample_points(self.catalog, policy)
+        if not chosen:
+            return {"policy": item.policy, "purpose": "verify", "exit_code": EXIT_OK, "points": 0}
+        report = VerifyJob(self.services, on_event=self.on_event).run(
+            chosen, read_data=policy.verify.read_data, policy=item.policy
+        )
+        doc = {"purpose": "verify", "policy": item.policy, "exit_code": report.exit_code, "completed": True}
+        if not report.ok:
+            doc["error"] = f"{len(report.affected)} damaged point(s): {', '.join(report.affected[:5])}"
+        return {**doc, **report.document()}
 
     def _drill(self, item: Due) -> dict[str, Any]:
         self.on_event("due", item=item)

@@ -15,6 +15,7 @@ so ``read_data`` on such a cold tier fails with a clear error; the existence che
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from drsvc.backup import IMAGES, image_record_id
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import EXIT_INTEGRITY, EXIT_OK, EXIT_PARTIAL, BackendError, IntegrityError, NotFound
+from drsvc.policy import Policy
 from drsvc.prune import manifest_streams
 from drsvc.services import Services
 
@@ -97,6 +99,25 @@ def _refs(doc: dict[str, Any]) -> list[StreamRef]:
     return list(manifest_streams(doc))
 
 
+def sample_points(catalog: Catalog, policy: Policy, rng: random.Random | None = None) -> list[str]:
+    """The points a scheduled verification of ``policy`` checks (see ``policy.Verify``).
+
+    Each desktop's newest complete point first (in random order), then older ones at random, up to
+    the sample size; only points with a stored copy.
+    """
+    assert policy.verify is not None
+    rng = rng or random.Random()
+    points = [p for p in catalog.points(status="complete", policy=policy.name) if p["tiers"]]
+    newest: dict[str, str] = {}
+    for p in points:  # newest first
+        newest.setdefault(p["desktop_id"], p["id"])
+    first = list(newest.values())
+    rest = [p["id"] for p in points if p["id"] not in set(first)]
+    rng.shuffle(first)
+    rng.shuffle(rest)
+    return (first + rest)[: policy.verify.sample_size(len(points))]
+
+
 class VerifyJob:
     """Checks manifests and chunks of the chosen points on every tier they have a copy on."""
 
@@ -116,10 +137,13 @@ class VerifyJob:
             return None
         return self.services.hot if tier == "hot" else self.services.cold
 
-    def run(self, point_ids: Iterable[str] | None = None, *, read_data: bool = False) -> VerifyReport:
+    def run(
+        self, point_ids: Iterable[str] | None = None, *, read_data: bool = False, policy: str | None = None
+    ) -> VerifyReport:
+        """Verify the points; ``policy`` names the policy a scheduled verification ran for."""
         points = self.choose(point_ids)
         report = VerifyReport(read_data, points=[p["id"] for p in points])
-        job_id = self.catalog.start_job("verify", detail={"points": len(points), "read_data": read_data})
+        job_id = self.catalog.start_job("verify", policy=policy, detail={"points": len(points), "read_data": read_data})
         try:
             for tier in TIERS:
                 members = [p for p in points if tier in p["tiers"]]
