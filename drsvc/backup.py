@@ -430,6 +430,15 @@ class BackupJob:
         )
         self.on_event("desktop", outcome=outcome)
 
+    def _expected_bytes(self, desktop: str) -> int | None:
+        """The volume size of the desktop's last complete point: the progress bar's estimate."""
+        rows = self.catalog.query(
+            "SELECT a.bytes FROM points p JOIN artifacts a ON a.point_id = p.id AND a.kind = 'volume' "
+            "WHERE p.desktop_id = ? AND p.status = 'complete' ORDER BY p.taken_at DESC LIMIT 1",
+            [desktop],
+        )
+        return rows[0]["bytes"] if rows else None
+
     def _store_once(
         self,
         d: DesktopRef,
@@ -442,11 +451,13 @@ class BackupJob:
         assert d.volume is not None
         volume = self.services.volume(d.volume)
         hashers: list[dict[str, Any]] = []
+        task, expected = f"backup {d.desktop_id}", self._expected_bytes(d.desktop_id)
 
         def hashed(obj: VolumeObject, pieces: Iterable[bytes]) -> Iterator[bytes]:
             hasher = ObjectHasher()
             for piece in pieces:
                 hasher.update(piece)
+                self.on_event("progress", task=task, advance=len(piece), total=expected)
                 yield piece
             hashers.append(
                 {
@@ -463,6 +474,7 @@ class BackupJob:
         objects = ((obj.size, hashed(obj, pieces)) for obj, pieces in volume.read_objects_at(snap))
         hot = self.hot.for_tenant(d.tenant)  # the tenant's data key (the fleet key in the fleet scope)
         volume_ref = hot.write_objects(objects)
+        self.on_event("progress", task=task, done=True)
         image = self._ensure_image(d)
         manifest = {
             "format": MANIFEST_FORMAT,

@@ -430,9 +430,13 @@ class RestoreJob:
                 runtime.load_image(store.open_stream(ref))
                 result.checks["image"] = f"loaded {image['image']} from the {plan.tier} store"
             path = spool_dir / "checkpoint.tar"
+            ref = StreamRef.from_dict(plan.manifest["checkpoint"]["stream"])
+            task = f"fetch checkpoint ({plan.tier})"
             with path.open("wb") as out:
-                for piece in store.read_stream(StreamRef.from_dict(plan.manifest["checkpoint"]["stream"])):
+                for piece in store.read_stream(ref):
                     out.write(piece)
+                    self.on_event("progress", task=task, advance=len(piece), total=ref.size)
+            self.on_event("progress", task=task, done=True)
             return path
 
     def _restore_volume(self, plan: RestorePlan, store: ChunkStore, *, verify: bool, result: RestoreResult) -> None:

@@ -390,6 +390,7 @@ class TierJob:
                 if n % 1024 == 1023:
                     self._check_lease()
                 owner[cid].move.chunks_uploaded += 1
+                self.on_event("progress", task="tier to cold", advance=len(blob), item=1, items=len(owner))
                 yield cid, blob
 
         # A pack holds one key's chunks (its frames and index are sealed with that key), so the
@@ -416,6 +417,7 @@ class TierJob:
                     blobs(ids), storage_class=storage_class, retain_until=pack_until, object_of=object_of
                 )
             fresh = [pack_key(i.pack_id) for i in written] + [index_key(i.pack_id) for i in written]
+            self.on_event("progress", task="tier to cold", done=True)
             faults.point("tier-after-packs")
             cold_ids.update(owner)
             for index in written:

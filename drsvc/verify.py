@@ -225,7 +225,16 @@ class VerifyJob:
                     key_of[cid] = ref.key_id
             self.on_event("manifest", tier=tier, point_id=pid)
         self.on_event("chunks", tier=tier, count=len(needs))
-        result = store.verify_chunks(needs, read_data=report.read_data, key_of=key_of)
+        task = f"verify {tier} (read data)"
+
+        def progress(n: int) -> None:
+            self.on_event("progress", task=task, advance=n, item=1, items=len(needs))
+
+        result = store.verify_chunks(
+            needs, read_data=report.read_data, key_of=key_of, progress=progress if report.read_data else None
+        )
+        if report.read_data:
+            self.on_event("progress", task=task, done=True)
         report.chunks_checked[tier] = result.checked
         for kind, ids in (("chunks-missing", result.missing), ("chunks-corrupt", result.corrupt)):
             per_point: dict[str, list[str]] = defaultdict(list)

@@ -212,11 +212,17 @@ class ChunkReader:
             return e
 
     def verify(
-        self, wanted: list[str], present: set[str], *, read_data: bool, key_of: Mapping[str, str | None] | None = None
+        self,
+        wanted: list[str],
+        present: set[str],
+        *,
+        read_data: bool,
+        key_of: Mapping[str, str | None] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> VerifyReport:
         """Which of ``wanted`` are missing from ``present`` and, with ``read_data``, which fail to read
         (``key_of``: chunk id -> the data key its stream names; a chunk sealed with another counts as
-        corrupt, since a restore would refuse it)."""
+        corrupt, since a restore would refuse it; ``progress``: called with each chunk's size as read)."""
         report = VerifyReport(checked=len(wanted))
         report.missing = [cid for cid in wanted if cid not in present]
         if not read_data:
@@ -262,6 +268,8 @@ class ChunkReader:
                 Fetched(key.rsplit("/", 1)[1], None, blob, "")
                 for key, blob in self.store.get_many((chunk_key(c) for c in have), max_size=self.chunk_max)
             )
+        if progress is not None:
+            blobs = _reported(blobs, progress)
         for bad in ordered_map(check, blobs, workers=self.workers, window=self.window):
             if bad:
                 report.corrupt.append(bad)
@@ -270,3 +278,10 @@ class ChunkReader:
 
 def _key_id(payload: bytes | memoryview | IntegrityError) -> str | None:
     return None if isinstance(payload, IntegrityError) else sealed_key_id(payload)
+
+
+def _reported(items: Iterator[Fetched], progress: Callable[[int], None]) -> Iterator[Fetched]:
+    """``items``, calling ``progress`` with each one's size as it is read."""
+    for item in items:
+        progress(0 if isinstance(item.payload, IntegrityError) else len(item.payload))
+        yield item

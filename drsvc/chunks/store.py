@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, Literal
 
@@ -209,18 +209,24 @@ class ChunkStore:
         return b"".join(self.read_stream(ref))
 
     def verify_chunks(
-        self, ids: Iterable[str], *, read_data: bool = False, key_of: Mapping[str, str | None] | None = None
+        self,
+        ids: Iterable[str],
+        *,
+        read_data: bool = False,
+        key_of: Mapping[str, str | None] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> VerifyReport:
         """Check chunks exist (batched listings) and, with ``read_data``, decrypt and re-hash each.
 
         A packed chunk exists when an index lists it and its pack object is in the listing of
         ``packs/``; reading goes pack by pack in offset order, many chunks per ranged GET. Each
         chunk opens with the key it names; ``key_of`` (chunk id -> ``StreamRef.key_id``) also
-        requires that key to be its stream's.
+        requires that key to be its stream's. ``progress`` is called with the stored size of each
+        chunk read.
         """
         wanted = list(dict.fromkeys(ids))
         present = set(self.list_chunk_ids())
-        return self._reader().verify(wanted, present, read_data=read_data, key_of=key_of)
+        return self._reader().verify(wanted, present, read_data=read_data, key_of=key_of, progress=progress)
 
     # ---------------------------------------------------------------- packs
 

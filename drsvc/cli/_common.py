@@ -59,6 +59,7 @@ class App:
     _config: Config | None = field(default=None, repr=False)
     _catalog: Catalog | None = field(default=None, repr=False)
     _services: Services | None = field(default=None, repr=False)
+    _views: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def config(self) -> Config:
@@ -97,7 +98,19 @@ class App:
         """The work lease (backups, prune, tiering): the catalog's, or the Kubernetes Lease."""
         return self.services.work_lease()
 
+    def progress(self, then: Callable[..., None] | None = None) -> Callable[..., None]:
+        """An ``on_event`` for jobs: progress bars (bytes, ETA) on a terminal, plain lines otherwise;
+        other events go to ``then``."""
+        from drsvc.cli.progress import ProgressView
+
+        view = ProgressView(self.err, then=then)
+        self._views.append(view)
+        return view
+
     def close(self) -> None:
+        for view in self._views:
+            view.close()
+        self._views.clear()
         if self._services is not None:
             self._services.close()
             self._services = None

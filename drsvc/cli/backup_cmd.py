@@ -114,7 +114,7 @@ def command(
         app.emit(doc, lambda out: out.print("would back up: " + (", ".join(names) or "nothing")))
         return 0
     writer = None
-    on_event = progress_printer(app)
+    on_event = app.progress(progress_printer(app))
     if run_id is not None:
         from drsvc.agents import ResultWriter
 

@@ -157,7 +157,7 @@ def command(
         )
     if overwrite or to_dir or tenant or copy:
         raise InvalidInput("--overwrite, --to-dir, --from and --tenant go with --object or --prefix")
-    job = RestoreJob(app.services, on_event=phase_printer(app))
+    job = RestoreJob(app.services, on_event=app.progress(phase_printer(app)))
     plan = job.plan(
         desktop,
         at=parse_time(at) if at else None,

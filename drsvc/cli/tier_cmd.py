@@ -79,6 +79,6 @@ def command(app: App, dry_run: bool) -> int:
         report = TierJob(services, None).run(dry_run=True)
     else:
         with app.lease() as lease:
-            report = TierJob(services, lease, on_event=progress_printer(app)).run()
+            report = TierJob(services, lease, on_event=app.progress(progress_printer(app))).run()
     app.emit(report.document(), lambda out: render(report, out))
     return report.exit_code

@@ -44,7 +44,9 @@ def command(app: App, point_id: str | None, all_points: bool, read_data: bool) -
     """
     if bool(point_id) == all_points:
         raise InvalidInput("name a point ID or give --all (not both)")
-    report = VerifyJob(app.services).run(None if all_points else [point_id or ""], read_data=read_data)
+    report = VerifyJob(app.services, on_event=app.progress()).run(
+        None if all_points else [point_id or ""], read_data=read_data
+    )
     app.emit(report.document(), lambda out: render(report, out))
     if not report.ok:
         app.err.print(f"drsvc: error: integrity: damaged point(s): {', '.join(report.affected)}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -83,3 +84,14 @@ def test_the_scheduler_logs_a_failed_window_as_json(fleet) -> None:
     assert failed, done.stderr
     assert failed[0]["level"] == "error" and failed[0]["policy"] == "gold"
     assert "no container runtime configured" in failed[0]["error"]
+
+
+def test_shell_completion_as_the_readme_documents() -> None:
+    env = {
+        **os.environ,
+        "_DRSVC_COMPLETE": "bash_complete",
+        "COMP_WORDS": "drsvc stat",
+        "COMP_CWORD": "1",
+    }
+    done = subprocess.run([sys.executable, "-m", "drsvc"], env=env, capture_output=True, text=True, check=False)
+    assert "status" in done.stdout, done.stdout + done.stderr

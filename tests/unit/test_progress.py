@@ -1,0 +1,80 @@
+"""Progress: bars with bytes and ETA on a terminal, plain lines otherwise; jobs report their bytes."""
+
+from __future__ import annotations
+
+import io
+import os
+from datetime import timedelta
+
+import pytest
+from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture, used through pytestmark)
+from rich.console import Console
+
+from drsvc import clock
+from drsvc.cli.progress import ProgressView
+
+MiB = 1024 * 1024
+
+
+def test_plain_lines_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    others: list[str] = []
+    view = ProgressView(Console(file=out, width=200), then=lambda kind, **f: others.append(kind), every=0)
+    view("progress", task="backup d1", advance=MiB, total=4 * MiB)
+    view("desktop", outcome=None)
+    view("progress", task="backup d1", advance=3 * MiB, total=4 * MiB)
+    view("progress", task="backup d1", done=True)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("backup d1: 1.0 MiB of 4.0 MiB (25%,")
+    assert "s left)" in lines[0]
+    assert lines[-1].startswith("backup d1: done, 4.0 MiB in ")
+    assert others == ["desktop"]  # other events pass through
+
+
+def test_plain_lines_are_rate_limited_and_count_items() -> None:
+    out = io.StringIO()
+    view = ProgressView(Console(file=out, width=200), every=3600)
+    for _ in range(100):
+        view("progress", task="tier to cold", advance=1000, item=1, items=100)
+    view("progress", task="tier to cold", done=True)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2  # the first, then the end: not one per chunk
+    assert lines[0].startswith("tier to cold: 1 of 100 chunks (1%,")
+    assert lines[1].startswith("tier to cold: done, 97.7 KiB, 100 chunks in ")
+
+
+def test_a_bar_with_bytes_and_eta_on_a_terminal() -> None:
+    out = io.StringIO()
+    view = ProgressView(Console(file=out, force_terminal=True, width=120))
+    view("progress", task="fetch checkpoint (hot)", advance=2 * MiB, total=8 * MiB)
+    view("progress", task="fetch checkpoint (hot)", advance=6 * MiB, total=8 * MiB)
+    view("progress", task="fetch checkpoint (hot)", done=True)
+    text = out.getvalue()
+    assert "fetch checkpoint (hot)" in text and "8.0 MiB / 8.0 MiB" in text
+    view.close()
+
+
+@pytest.mark.usefixtures("aws")
+def test_verify_read_data_reports_its_progress(tmp_path, run_cli) -> None:
+    kit = ColdKit(tmp_path)
+    kit.policy("std", ["alice"])
+    kit.point("alice", clock.now() - timedelta(hours=1), os.urandom(3 * MiB), policy="std")
+    result = run_cli("--config", str(tmp_path / "drsvc.toml"), "verify", "--all", "--read-data")
+    assert result.code == 0, result.output
+    assert "verify hot (read data): done, " in result.stderr and " chunks in " in result.stderr
+    kit.catalog.close()
+
+
+@pytest.mark.usefixtures("aws")
+def test_tiering_reports_chunks_and_bytes(tmp_path) -> None:
+    from drsvc.tiering import TierJob
+
+    kit = ColdKit(tmp_path)
+    kit.policy("std", ["alice"])
+    kit.point("alice", clock.now() - timedelta(hours=3), os.urandom(3 * MiB), policy="std")
+    events: list[dict] = []
+    TierJob(kit.services, None, on_event=lambda kind, **f: events.append(f) if kind == "progress" else None).run()
+    assert events and events[-1] == {"task": "tier to cold", "done": True}
+    moved = events[:-1]
+    assert sum(e["advance"] for e in moved) >= 3 * MiB and {e["items"] for e in moved} == {len(moved)}
+    kit.catalog.close()
