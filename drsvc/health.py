@@ -14,7 +14,7 @@ failures, interrupted restores) is a *problem*: reported, alerted on, but not an
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -201,9 +201,17 @@ def tier_lag(catalog: Catalog, policies: PolicySet, now: datetime) -> dict[tuple
 
 
 def read_health(
-    catalog: Catalog, policies: PolicySet, now: datetime | None = None, *, with_tier_lag: bool = True
+    catalog: Catalog,
+    policies: PolicySet,
+    now: datetime | None = None,
+    *,
+    tier_lag_known: Mapping[tuple[str, str], int] | None = None,
 ) -> FleetHealth:
-    """The fleet's health at ``now`` from the catalog and the policies."""
+    """The fleet's health at ``now`` from the catalog and the policies.
+
+    Tier lag needs tiering's plan (retention over every point: seconds at fleet scale); a caller
+    that has a fresh one (the daemon, from its last tier run) passes it as ``tier_lag_known``.
+    """
     now = now or clock.now()
     reader = _Reader(catalog)
     health = FleetHealth(now)
@@ -212,7 +220,10 @@ def read_health(
     schedule = reader.schedule()
     drill_of_policy, drill_of_desktop = reader.last_drills()
     verifies = reader.last_verify()
-    lag = tier_lag(catalog, policies, now) if with_tier_lag and any(p.tiering for p in policies) else {}
+    if tier_lag_known is not None:
+        lag = dict(tier_lag_known)
+    else:
+        lag = tier_lag(catalog, policies, now) if any(p.tiering for p in policies) else {}
 
     by_policy = {p.name: _policy_health(p, schedule, drill_of_policy, verifies, now) for p in policies}
     for desktop in catalog.desktops():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +69,22 @@ class CatalogCollector(Collector):
     policy set.
     """
 
-    def __init__(self, open_catalog: Callable[[], Catalog], policies: Callable[[], PolicySet]) -> None:
+    def __init__(
+        self,
+        open_catalog: Callable[[], Catalog],
+        policies: Callable[[], PolicySet],
+        tier_lag: Callable[[], Mapping[tuple[str, str], int] | None] | None = None,
+    ) -> None:
         self.open_catalog = open_catalog
         self.policies = policies
+        self.tier_lag = tier_lag or (lambda: None)
 
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
         catalog = self.open_catalog()
         try:
             policies = self.policies()
-            health = read_health(catalog, policies)
+            health = read_health(catalog, policies, tier_lag_known=self.tier_lag())
             yield from self._health(health, policies)
             yield from self._outcomes(catalog)
             yield from self._distributions(catalog)
@@ -216,19 +222,18 @@ class CatalogCollector(Collector):
 
     # ------------------------------------------------------------------ freeze and RTO distributions
     def _distributions(self, catalog: Catalog) -> Iterator[Metric]:
-        freezes: dict[tuple[str, ...], list[float]] = {}
-        for r in catalog.query(
-            "SELECT COALESCE(policy, '') AS policy, freeze_ms FROM points "
-            "WHERE status IN ('complete', 'expired') AND freeze_ms IS NOT NULL"
-        ):
-            freezes.setdefault((r["policy"],), []).append(r["freeze_ms"] / 1000)
-        yield _histogram(
-            "drsvc_freeze_seconds",
-            "Freeze window of each point (desktops stood frozen).",
-            ["policy"],
-            freezes,
-            FREEZE_BUCKETS,
+        # bucket counts in SQL: one row per policy, however many points (Python would see each)
+        counts = ", ".join(f"SUM(freeze_ms <= {b * 1000:g}) AS b{i}" for i, b in enumerate(FREEZE_BUCKETS))
+        freezes = HistogramMetricFamily(
+            "drsvc_freeze_seconds", "Freeze window of each point (desktops stood frozen).", labels=["policy"]
         )
+        for r in catalog.query(
+            f"SELECT COALESCE(policy, '') AS policy, COUNT(*) AS n, SUM(freeze_ms) AS total, {counts} FROM points "
+            "WHERE status IN ('complete', 'expired') AND freeze_ms IS NOT NULL GROUP BY 1 ORDER BY 1"
+        ):
+            buckets = [(str(b), float(r[f"b{i}"])) for i, b in enumerate(FREEZE_BUCKETS)] + [("+Inf", float(r["n"]))]
+            freezes.add_metric([r["policy"]], buckets, sum_value=r["total"] / 1000)
+        yield freezes
         rtos: dict[tuple[str, ...], list[float]] = {}
         last: dict[str, tuple[str, float]] = {}
         for r in catalog.query(
@@ -357,10 +362,18 @@ class DaemonMetrics:
         )
 
 
-def registry(catalog_path: str | Path, policies: Callable[[], PolicySet]) -> CollectorRegistry:
-    """A registry holding the catalog collector for the catalog at ``catalog_path``."""
+def registry(
+    catalog_path: str | Path,
+    policies: Callable[[], PolicySet],
+    tier_lag: Callable[[], Mapping[tuple[str, str], int] | None] | None = None,
+) -> CollectorRegistry:
+    """A registry holding the catalog collector for the catalog at ``catalog_path``.
+
+    ``tier_lag``: the daemon's tier lag from its last tier run (None until it has one), so a scrape
+    need not plan tiering over every point itself.
+    """
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(CatalogCollector(lambda: Catalog.open(catalog_path, migrate=False), policies))
+    reg.register(CatalogCollector(lambda: Catalog.open(catalog_path, migrate=False), policies, tier_lag))
     return reg
 
 

@@ -281,6 +281,8 @@ class Scheduler:
         self.on_event = on_event or (lambda *a, **k: None)
         self.tick_errors = 0  # ticks of this daemon that ended in an exception
         self.on_tick = on_tick or (lambda seconds, error: None)
+        # points the last tier run found due and did not move, per (desktop, policy); None before one
+        self.tier_lag: dict[tuple[str, str], int] | None = None
 
     def plan(self, now: datetime) -> list[dict[str, Any]]:
         """What is due now and for how many known desktops (catalog only: fast at fleet scale)."""
@@ -345,11 +347,14 @@ class Scheduler:
             backups = [d for d in report.due if d.purpose == "backup"]
             if backups:
                 report.ran += run_due(backups, self.catalog, lambda item: self._backup(item, lease))
-            if self.services.has_cold:
+            if not self.services.has_cold:
+                self.tier_lag = {}
+            else:
                 # cheap when nothing is due: the plan reads only the catalog
                 from drsvc.tiering import TierJob
 
                 tier = TierJob(self.services, lease, on_event=self.on_event).run(now=clock.now())
+                self.tier_lag = tier.lag()
                 if tier.moves:
                     report.ran.append({"purpose": "tier", "exit_code": tier.exit_code, **tier.document()})
             drills = [d for d in report.due if d.purpose == "drill"]

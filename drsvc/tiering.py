@@ -186,6 +186,14 @@ class TierReport:
             return EXIT_OK
         return EXIT_PARTIAL if failed < len(self.moves) else EXIT_FAILED
 
+    def lag(self) -> dict[tuple[str, str], int]:
+        """Points this run found due for the cold tier and did not get there, per (desktop, policy)."""
+        out: dict[tuple[str, str], int] = {}
+        for m in self.moves:
+            if m.status != "done":
+                out[(m.desktop, m.policy)] = out.get((m.desktop, m.policy), 0) + 1
+        return out
+
     def document(self) -> dict[str, Any]:
         done = [m for m in self.moves if m.status == "done"]
         return {

@@ -17,13 +17,15 @@ from drsvc.scheduler import Scheduler, Stopper, TickReport
 log = logging.getLogger(__name__)
 
 
-def start_metrics(app: App, listen: str) -> Callable[[float, BaseException | None], None]:
+def start_metrics(
+    app: App, listen: str, tier_lag: Callable[[], dict[tuple[str, str], int] | None]
+) -> Callable[[float, BaseException | None], None]:
     """Serve /metrics from a background thread; returns the scheduler's per-tick callback."""
     from drsvc import metrics
 
     if ":" not in listen or not listen.rpartition(":")[2].isdigit():
         raise InvalidInput(f"--metrics-listen {listen!r}: give HOST:PORT or :PORT")
-    registry = metrics.registry(app.config.catalog.path, lambda: app.services.policies)
+    registry = metrics.registry(app.config.catalog.path, lambda: app.services.policies, tier_lag)
     daemon = metrics.DaemonMetrics(registry)
     try:
         metrics.serve(registry, listen)
@@ -73,11 +75,10 @@ def command(app: App, once: bool, dry_run: bool, metrics_listen: str | None) -> 
     each policy window runs once, missed windows run once, and failures retry with backoff.
     Without --once it runs as a daemon until SIGTERM.
     """
-    on_tick = None
-    if metrics_listen:
-        on_tick = start_metrics(app, metrics_listen)
     # the scheduler reports through its log (drsvc.log: text or JSON lines, every error included)
-    scheduler = Scheduler(app.services, on_tick=on_tick)
+    scheduler = Scheduler(app.services)
+    if metrics_listen:
+        scheduler.on_tick = start_metrics(app, metrics_listen, lambda: scheduler.tier_lag)
     if dry_run:
         started = time.perf_counter()
         now = clock.now()
