@@ -131,6 +131,7 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--before", default="1bebca9")
+    ap.add_argument("--list-rounds", type=int, default=1, help="Rounds of the full listings (slow).")
     ap.add_argument("--no-core", action="store_true", help="Skip the core-install venv (saves a minute).")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="drsvc-bench-startup-"))
@@ -157,10 +158,13 @@ def main() -> None:
         if shutil.which("restic"):
             refs["restic --help"] = ["restic", "--help"]
         results: dict[tuple[str, str], list[tuple[float, float, int]]] = {}
-        for _ in range(args.rounds):
+        full = {label for label, argv in commands.items() if argv[-1] == "list"}  # minutes each: once
+        for round_no in range(args.rounds):
             for name, cmd in refs.items():
                 results.setdefault(("reference", name), []).append(measure(cmd, base_env))
             for label, argv in commands.items():
+                if label in full and round_no >= args.list_rounds:
+                    continue
                 for build, (prefix, env) in builds.items():
                     results.setdefault((build, label), []).append(measure([*prefix, *argv], env, cwd=root))
         print(f"{'build':22} {'command':32} {'wall best':>9} {'median':>8} {'peak RSS':>9}  exit")
