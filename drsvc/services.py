@@ -7,7 +7,6 @@ pointed at the lab or at temporary directories.
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +31,15 @@ class Services:
     def __init__(self, config: Config, catalog: Catalog) -> None:
         self.config = config
         self.catalog = catalog
-        if config.hot and config.hot.ceph_conf:
-            # One place decides which cluster librados talks to: the config's ceph_conf when
-            # given, for the hot store and the rados:// volumes alike.
-            os.environ["CEPH_CONF"] = str(config.hot.ceph_conf)
         limits = config.timeouts
         ceph.set_timeouts(ceph.Timeouts(limits.ceph_seconds, limits.ceph_connect_seconds))
+
+    def _ceph(self, url: str) -> dict[str, Any]:
+        """Which cluster a ``rados://`` store, volume or snapshot scope talks to: the config's
+        ceph_conf, passed to the adapter (not put in the environment, where it would outlive this
+        Services and reach everything else in the process); else librados' own defaults."""
+        conf = self.config.hot.ceph_conf if self.config.hot else None
+        return {"conffile": str(conf)} if conf and url.startswith("rados://") else {}
 
     @cached_property
     def policies(self) -> PolicySet:
@@ -62,7 +64,7 @@ class Services:
         from drsvc.chunks import ChunkStore
         from drsvc.storage import open_store
 
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = self._ceph(url)
         if url.startswith("s3://") and self.config.cold:
             given = {
                 "endpoint_url": self.config.cold.endpoint_url,
@@ -114,13 +116,13 @@ class Services:
     def volume(self, url: str) -> Volume:
         from drsvc.volumes import open_volume
 
-        return open_volume(url)
+        return open_volume(url, **self._ceph(url))
 
     def snapshots(self, scope: str) -> PoolSnapshots:
         """The snapshots of a volume scope (``rados://POOL``)."""
         from drsvc.volumes import open_snapshots
 
-        return open_snapshots(scope)
+        return open_snapshots(scope, **self._ceph(scope))
 
     def work_lease(self) -> Lease:
         """The work lease (backups, prune, tiering): in the catalog, or a Kubernetes Lease.

@@ -1,7 +1,8 @@
 """Integration tests run against the real local lab (dev/lab): Ceph + radosgw + Podman/CRIU.
 
 * `lab` (session): uses a running lab (`dev/lab status`) or starts one (`dev/lab up`), parses
-  `dev/lab env` into `lab.env` and exports it into os.environ for the session. When the lab
+  `dev/lab env` into `lab.env`; `_lab_env` exports it into os.environ for each integration
+  module while it runs (never for the unit tests that follow). When the lab
   cannot run here (not root, not Debian 12, `up` failed) every integration test is skipped with
   the reason (shown by `-ra`); set DRSVC_LAB_REQUIRED=1 (CI) to make that a failure instead.
   DRSVC_LAB_NO_START=1: never start the lab, skip when it is not running.
@@ -152,17 +153,18 @@ def lab() -> Iterator[Lab]:
             unavailable(f"`dev/lab up` failed after {time.monotonic() - t:.0f} s:\n{_tail(up.stderr)}")
     envp = subprocess.run([str(LAB_SCRIPT), "env"], capture_output=True, text=True, timeout=30, check=True)
     env = parse_env(envp.stdout)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     _ensure_rados_importable(env)
-    try:
-        yield Lab(dir=Path(env["DRSVC_LAB_DIR"]), env=env, up_output=up_out)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    yield Lab(dir=Path(env["DRSVC_LAB_DIR"]), env=env, up_output=up_out)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _lab_env(lab: Lab) -> Iterator[None]:
+    """The lab's settings (CEPH_CONF, S3 endpoint and keys, sockets) in os.environ for one
+    integration module at a time: unit tests that run after it never see them."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in lab.env.items():
+            mp.setenv(k, v)
+        yield
 
 
 # ---------------------------------------------------------------- rados + fleet data

@@ -1,0 +1,37 @@
+"""Library code never changes the process environment; the Ceph config travels with the adapters."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from drsvc.catalog import Catalog
+from drsvc.config import parse_config
+from drsvc.crypto import generate_key_file
+from drsvc.services import Services
+
+
+def test_services_pass_ceph_conf_to_rados_adapters_not_through_the_environment(tmp_path: Path) -> None:
+    conf = tmp_path / "elsewhere.conf"
+    conf.write_text("[global]\n")
+    generate_key_file(tmp_path / "drsvc.key")
+    (tmp_path / "policies").mkdir()
+    text = (
+        'policies_dir = "policies"\n[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
+        f'[hot]\nstore = "rados://drsvc-hot"\nceph_conf = "{conf}"\n'
+    )
+    (tmp_path / "drsvc.toml").write_text(text)
+    config = parse_config(tomllib.loads(text), tmp_path / "drsvc.toml")
+    before = dict(os.environ)
+    services = Services(config, Catalog.open(tmp_path / "catalog.db"))
+    try:
+        volume = services.volume("rados://desktops/alice")  # opening does not connect
+        snapshots = services.snapshots("rados://desktops")
+        assert dict(os.environ) == before
+        assert volume._conn["conffile"] == str(conf)  # type: ignore[attr-defined]
+        assert snapshots._conn["conffile"] == str(conf)  # type: ignore[attr-defined]
+        clone_conn = volume.snapshots()._conn  # type: ignore[attr-defined]
+        assert clone_conn["conffile"] == str(conf)
+    finally:
+        services.catalog.close()
