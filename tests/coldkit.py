@@ -1,12 +1,16 @@
 """A drsvc deployment for unit tests of the cold tier: file:// hot store, moto S3 cold store.
 
-Points are written the way ``BackupJob`` writes them (streams into the hot chunk store, the base
-image once under ``_images``, the manifest last, then the catalog rows), without containers.
+Points are taken by the real ``BackupJob`` (the manifest, the chunk streams, the base image record
+and the catalog rows are exactly what ``drsvc backup`` writes), on the FAKE runtime and volumes
+of ``fakes/desktops.py`` holding the bytes the test gives, with drsvc's clock set to the point's
+time. So when the manifest format or the catalog rows move, these tests move with them.
 Use inside ``mock_aws`` (the ``aws`` fixture of the tests).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -14,16 +18,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
+from fakes.desktops import FakeWorld, register, unregister
 from moto import mock_aws
 
+import drsvc.backup
 from drsvc import clock
-from drsvc.backup import IMAGES, MANIFEST_FORMAT
+from drsvc.backup import BackupJob
 from drsvc.catalog import Catalog
 from drsvc.config import parse_config
 from drsvc.crypto import generate_key_file
+from drsvc.errors import NotFound
+from drsvc.inventory import select
+from drsvc.lease import Lease
 from drsvc.services import Services
 
 
@@ -39,10 +49,6 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-# what backup records of a checkpoint's root filesystem files read inside the freeze (heldfiles)
-HELD_FILES = {"files": [{"path": "tmp/held", "size": 12}], "notes": []}
-
-
 @dataclass
 class ColdKit:
     root: Path
@@ -51,9 +57,13 @@ class ColdKit:
     zstd_level: int = 3
     key_of: ColdKit | None = None  # share another kit's key (and so its chunk boundaries)
     services: Services = field(init=False)
+    world: FakeWorld = field(init=False)
 
     def __post_init__(self) -> None:
         (self.root / "policies").mkdir(parents=True, exist_ok=True)
+        (self.root / "freeze").mkdir(exist_ok=True)
+        self.name = f"kit{uuid.uuid4().hex[:8]}"  # this kit's fake runtime and pool
+        self.world = register(self.root / "world", runtime=self.name, pool=self.name)
         if self.key_of is None:
             generate_key_file(self.root / "drsvc.key")
         else:
@@ -70,7 +80,8 @@ class ColdKit:
             f'policies_dir = "policies"\n[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
             f'[hot]\nstore = "file://{self.root}/hot"\n[cold]\nstore = "{self.cold_url}"\npack_mib = {self.pack_mib}\n'
             f"zstd_level = {self.zstd_level}\n"
-            f"[scheduler]\ngc_grace_seconds = 0\n"
+            f'[runtime]\nurl = "fake://{self.name}"\n'
+            f"[scheduler]\ngc_grace_seconds = 0\nretries = 0\n"
         )
 
     def _services(self) -> Services:
@@ -90,6 +101,10 @@ class ColdKit:
     @property
     def catalog(self) -> Catalog:
         return self.services.catalog
+
+    def close(self) -> None:
+        self.services.catalog.close()
+        unregister(self.world.root)
 
     def policy(self, name: str, desktops: list[str], **fields: Any) -> None:
         doc: dict[str, Any] = {
@@ -114,96 +129,41 @@ class ColdKit:
         objects: list[bytes] | None = None,
         tenant: str | None = None,
     ) -> str:
-        """Write one complete hot point as ``BackupJob`` would; returns its id.
+        """Take one complete hot point with ``BackupJob`` as if at ``taken_at``; return its id.
 
-        With ``objects``, the volume is those objects back to back (``volume`` is ignored), written
-        and listed in the manifest as backup writes a volume's RADOS objects.
+        The desktop's volume holds ``volume`` as one object (or ``objects``, named obj0000…),
+        its checkpoint archive is ``checkpoint`` (none: a crash-consistent point, the checkpoint
+        having failed) and its base image ``image``; ``tenant`` is its tenant label (default acme,
+        whose points are sealed with the fleet key unless the config gives acme a key of its own).
         """
-        hot = self.services.hot.for_tenant(tenant)  # None: the fleet key, as points before per-tenant keys
-        catalog = self.catalog
-        point_id = f"{clock.compact(taken_at)}-{desktop}-{uuid.uuid4().hex[:6]}"
-        catalog.upsert_desktop(
-            {
-                "id": desktop,
-                "runtime_url": "podman:///run/p.sock",
-                "container": desktop,
-                "volume": f"rados://desktops/{desktop}",
-                "tenant": tenant or "acme",
-                "labels": {"drsvc.desktop": desktop},
-                "image": "localhost/desk:1",
-            }
-        )
-        snap = f"drsvc-{policy or 'manual'}-{clock.compact(taken_at)}-1"
-        catalog.execute(
-            "INSERT OR IGNORE INTO pool_snapshots (pool, name, taken_at) VALUES (?, ?, ?)",
-            ["rados://desktops", snap, clock.to_iso(taken_at)],
-        )
-        snap_row = catalog.query("SELECT id FROM pool_snapshots WHERE name = ?", [snap])[0]["id"]
-        if objects is None:
-            vol, listed = hot.write_stream(volume), []
+        contents = {"volume.bin": volume} if objects is None else {f"obj{i:04d}": o for i, o in enumerate(objects)}
+        image_name = f"localhost/desk:{hashlib.sha256(image).hexdigest()[:8]}" if image is not None else ""
+        try:
+            record = self.world.container(desktop)
+        except NotFound:
+            record = self.world.add_desktop(desktop, None, tenant=tenant or "acme", labels={"drsvc.desktop": desktop})
+        record["image"] = image_name
+        record["image_id"] = self.world.ensure_image(image_name, image) if image is not None else ""
+        self.world.save_container(record)
+        self.world.write_volume(self.world.pool, desktop, contents)
+        if checkpoint is not None:
+            self.world.set_archive(desktop, checkpoint)
+            self.world.set_knobs(desktop, checkpoint_error=None)
         else:
-            vol = hot.write_objects((len(o), [o]) for o in objects)
-            listed = [{"name": f"obj{i:04d}", "size": len(o)} for i, o in enumerate(objects)]
-        ckpt = hot.write_stream(checkpoint) if checkpoint is not None else None
-        image_doc = None
-        if image is not None:
-            image_id = uuid.uuid5(uuid.NAMESPACE_OID, image.hex()[:64]).hex
-            record = image_id
-            if hot.write_keys.key_id is not None:  # as backup names a tenant's image record
-                record = f"{image_id}-{hot.write_keys.key_id}"
-            try:
-                hot.get_manifest(IMAGES, record)
-            except Exception:
-                ref = hot.write_stream(image)
-                hot.put_manifest(
-                    IMAGES, record, {"image": "localhost/desk:1", "image_id": image_id, "stream": ref.to_dict()}
-                )
-            image_doc = {"image": "localhost/desk:1", "image_id": image_id, "manifest": f"{IMAGES}/{record}"}
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "point_id": point_id,
-            "desktop": desktop,
-            "taken_at": clock.to_iso(taken_at),
-            "policy": policy,
-            "consistency": "paired" if ckpt else "crash",
-            "reason": None if ckpt else "no checkpoint",
-            "freeze_ms": 12.5 if ckpt else None,
-            "runtime": {
-                "url": "podman:///run/p.sock",
-                "container": desktop,
-                "container_id": "c" * 64,
-                "image": "localhost/desk:1",
-                "image_id": image_doc and image_doc["image_id"],
-                "labels": {"drsvc.desktop": desktop},
-                "tenant": tenant or "acme",
-                "tcp_established": True,
-            },
-            "volume": {
-                "url": f"rados://desktops/{desktop}",
-                "pool_snapshot": snap,
-                "objects": listed,
-                "stream": vol.to_dict(),
-            },
-            "checkpoint": {"stream": ckpt.to_dict(), "held_files": HELD_FILES} if ckpt else None,
-            "image": image_doc,
-        }
-        hot.put_manifest(desktop, point_id, manifest)
-        with catalog.transaction():
-            catalog.add_point(
-                {
-                    "id": point_id,
-                    "desktop_id": desktop,
-                    "policy": policy,
-                    "taken_at": clock.to_iso(taken_at),
-                    "status": "complete",
-                    "consistency": manifest["consistency"],
-                    "reason": manifest["reason"],
-                    "pool_snapshot_id": snap_row,
-                    "image": image_doc and image_doc["image_id"],
-                    "bytes": vol.size + (ckpt.size if ckpt else 0),
-                    "freeze_ms": manifest["freeze_ms"],
-                    "completed_at": clock.to_iso(taken_at),
-                }
-            )
-            catalog.set_tier(point_id, "hot", hot.store.url, stored_bytes=vol.stats.bytes_new_stored)
-        return point_id
+            self.world.set_knobs(desktop, checkpoint_error="no checkpoint wanted by the test")
+        services = self.services
+        chosen = services.policies.get(policy) if policy else None
+        offset = taken_at - clock.now()
+        real_now = clock.now
+        env = {"DRSVC_FREEZE_ROOT": str(self.root / "freeze")}
+        with (
+            mock.patch.object(clock, "now", lambda: real_now() + offset),
+            mock.patch.object(drsvc.backup, "hook_installed", lambda *_a: True),
+            mock.patch.dict(os.environ, env),
+            Lease(services.catalog) as lease,
+        ):
+            desktops = [d for d in select(services, names=[desktop])]
+            report = BackupJob(services, lease).run(desktops, chosen)
+        (outcome,) = report.outcomes
+        assert outcome.status == "complete", f"coldkit: the backup of {desktop} failed: {outcome.error}"
+        return outcome.point_id

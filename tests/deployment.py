@@ -213,4 +213,4 @@ def deploy(tmp_path: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch) -> Ite
     finally:
         d.close()
         faults.configure(None)
-        unregister()
+        unregister(world.root)

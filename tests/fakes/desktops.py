@@ -46,31 +46,36 @@ RUNTIME_SCHEME = "fake"
 VOLUME_SCHEME = "fakevol"
 DEFAULT_FREEZE_ROOT = "/run/drsvc/freeze"
 
-_root: Path | None = None
+_worlds: dict[str, Path] = {}  # "runtime:NAME" / "pool:POOL" -> world root (in-process)
 _lock = threading.Lock()  # one process's threads; processes rely on atomic renames
 
 
-def register(root: str | os.PathLike[str]) -> FakeWorld:
-    """Make ``fake://`` and ``fakevol://`` URLs open in the world at ``root`` (created if needed)."""
-    global _root
-    _root = Path(root)
-    world = FakeWorld(_root)
+def register(root: str | os.PathLike[str], *, runtime: str = "fleet", pool: str = "desktops") -> FakeWorld:
+    """Make ``fake://RUNTIME`` and ``fakevol://POOL/…`` open in the world at ``root`` (created if needed).
+
+    Several worlds may be registered at once under different runtime and pool names.
+    """
+    world = FakeWorld(root, pool=pool)
+    _worlds[f"runtime:{runtime}"] = world.root
+    _worlds[f"pool:{pool}"] = world.root
     runtimes.register_runtime(RUNTIME_SCHEME, runtime_from_url)
     volumes.register_volume_scheme(VOLUME_SCHEME, volume_from_url)
     return world
 
 
-def unregister() -> None:
-    global _root
-    _root = None
-    runtimes._REGISTRY.unregister(RUNTIME_SCHEME)
-    volumes._REGISTRY.unregister(VOLUME_SCHEME)
+def unregister(root: str | os.PathLike[str] | None = None) -> None:
+    """Forget the world at ``root`` (every world when None); the schemes go with the last one."""
+    for key in [k for k, v in _worlds.items() if root is None or v == Path(root)]:
+        del _worlds[key]
+    if not _worlds:
+        runtimes._REGISTRY.unregister(RUNTIME_SCHEME)
+        volumes._REGISTRY.unregister(VOLUME_SCHEME)
 
 
-def _world() -> FakeWorld:
-    root = _root or (Path(os.environ[WORLD_ENV]) if os.environ.get(WORLD_ENV) else None)
+def _world(key: str) -> FakeWorld:
+    root = _worlds.get(key) or (Path(os.environ[WORLD_ENV]) if os.environ.get(WORLD_ENV) else None)
     if root is None:
-        raise InvalidInput("fake:// and fakevol:// need a fake world: tests.fakes.desktops.register(root)")
+        raise InvalidInput(f"no fake world for {key}: tests.fakes.desktops.register(root) first")
     return FakeWorld(root)
 
 
@@ -98,8 +103,9 @@ def _unq(filename: str) -> str:
 class FakeWorld:
     """The directory holding a fake fleet: containers, images, pools, knobs."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike[str], *, pool: str = "desktops") -> None:
+        self.root = Path(root).absolute()
+        self.pool = pool
         for sub in ("containers", "images", "pools"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -187,7 +193,7 @@ class FakeWorld:
         name: str,
         objects: dict[str, bytes | tuple[bytes, dict[str, bytes], dict[str, bytes]]] | None = None,
         *,
-        pool: str = "desktops",
+        pool: str | None = None,
         tenant: str = "acme",
         labels: dict[str, str] | None = None,
         image: str = "localhost/fake-desk:1",
@@ -196,6 +202,7 @@ class FakeWorld:
         state: str = "running",
     ) -> dict[str, Any]:
         """A running desktop container labelled for drsvc, with its volume's objects written."""
+        pool = pool or self.pool
         volume = f"{VOLUME_SCHEME}://{pool}/{name}"
         all_labels = {LABEL_DESKTOP: name, LABEL_VOLUME: volume, LABEL_TENANT: tenant, **(labels or {})}
         record = {
@@ -221,21 +228,36 @@ class FakeWorld:
         self.save_container(record)
 
     # ------------------------------------------------------------ images
-    def ensure_image(self, image: str) -> str:
-        """The image's id (sha256 of its name, stable), stored in the world's image store."""
+    def ensure_image(self, image: str, content: bytes | None = None) -> str:
+        """Store an image (content: given, else made from its name); return its id, sha256 of the content."""
         import hashlib
 
-        image_id = "sha256:" + hashlib.sha256(image.encode()).hexdigest()
-        path = self.root / "images" / image_id.removeprefix("sha256:")
-        if not path.exists():
-            layer = hashlib.sha512(image.encode()).hexdigest()
-            body = json.dumps({"image": image, "image_id": image_id, "layer": layer})
-            _atomic_write(path, body.encode())
+        if content is None:
+            content = hashlib.sha512(image.encode()).digest() * 64
+        image_id = "sha256:" + hashlib.sha256(content).hexdigest()
+        key = image_id.removeprefix("sha256:")
+        if not (self.root / "images" / f"{key}.tar").exists():
+            _atomic_write(self.root / "images" / f"{key}.tar", content)
+            meta = {"image": image, "image_id": image_id}
+            _atomic_write(self.root / "images" / f"{key}.json", json.dumps(meta).encode())
         return image_id
 
+    def images(self) -> list[dict[str, str]]:
+        return [json.loads(f.read_text()) for f in sorted((self.root / "images").glob("*.json"))]
+
     def drop_image(self, image_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.root / "images" / image_id.removeprefix("sha256:")).unlink()
+        key = image_id.removeprefix("sha256:")
+        for suffix in (".tar", ".json"):
+            (self.root / "images" / f"{key}{suffix}").unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ raw checkpoint archives
+    def set_archive(self, name: str, data: bytes) -> None:
+        """Make ``name``'s checkpoints these bytes (not a restorable fake archive: store-level tests)."""
+        path = self.root / "archives" / name
+        _atomic_write(path, data)
+        record = self.container(name)
+        record["archive"] = str(path)
+        self.save_container(record)
 
     # ------------------------------------------------------------ volumes
     def live(self, pool: str, namespace: str) -> Path:
@@ -286,7 +308,7 @@ def _read_object(f: Path) -> tuple[bytes, dict[str, bytes], dict[str, bytes]]:
 
 # ---------------------------------------------------------------------- runtime
 def runtime_from_url(url: str, **_options: Any) -> FakeRuntime:
-    return FakeRuntime(url, _world())
+    return FakeRuntime(url, _world(f"runtime:{url.removeprefix(RUNTIME_SCHEME + '://')}"))
 
 
 class FakeRuntime:
@@ -345,8 +367,11 @@ class FakeRuntime:
         knobs = self._knobs_of(c)
         if knobs.get("checkpoint_error"):
             raise BackendError(f"fake checkpoint of {name} failed: {knobs['checkpoint_error']}")
-        archive = {"container": c, "checkpointed_at": _now_iso(), "tcp_established": tcp_established}
-        body = json.dumps(archive).encode()
+        if c.get("archive"):
+            body = Path(c["archive"]).read_bytes()
+        else:
+            archive = {"container": c, "checkpointed_at": _now_iso(), "tcp_established": tcp_established}
+            body = json.dumps(archive).encode()
         self._play_hook(c["id"], knobs.get("hook", "freeze"))
         yield io.BytesIO(body)
 
@@ -441,26 +466,22 @@ class FakeRuntime:
         c = self.world.container(name)
         return c["state"] == "running" and port in self._knobs_of(c).get("tcp_ports", [5900])
 
+    def _image(self, image: str) -> dict[str, str] | None:
+        return next((i for i in self.world.images() if image in (i["image"], i["image_id"])), None)
+
     def image_exists(self, image_id: str) -> bool:
-        key = image_id.removeprefix("sha256:")
-        if (self.world.root / "images" / key).exists():
-            return True
-        return any(json.loads(f.read_text())["image"] == image_id for f in (self.world.root / "images").iterdir())
+        return self._image(image_id) is not None
 
     @contextlib.contextmanager
     def save_image(self, image: str) -> Iterator[BinaryIO]:
-        for f in (self.world.root / "images").iterdir():
-            doc = json.loads(f.read_text())
-            if image in (doc["image"], doc["image_id"]):
-                yield io.BytesIO(f.read_bytes())
-                return
-        raise NotFound(f"fake runtime: no image {image}")
+        found = self._image(image)
+        if found is None:
+            raise NotFound(f"fake runtime: no image {image}")
+        yield io.BytesIO((self.world.root / "images" / f"{found['image_id'].removeprefix('sha256:')}.tar").read_bytes())
 
     def load_image(self, stream: BinaryIO) -> list[str]:
-        body = stream.read()
-        doc = json.loads(body)
-        _atomic_write(self.world.root / "images" / doc["image_id"].removeprefix("sha256:"), body)
-        return [doc["image"], doc["image_id"]]
+        image_id = self.world.ensure_image("", stream.read())
+        return [image_id]
 
     def health(self) -> dict[str, Any]:
         return {"runtime": "fake", "version": "0", "criu": None, "freeze_hook": True}
@@ -475,14 +496,14 @@ def volume_from_url(url: str, **_options: Any) -> FakeVolume:
     pool, _, namespace = url.removeprefix(prefix).partition("/")
     if not url.startswith(prefix) or not pool or not namespace or "/" in namespace:
         raise InvalidInput(f"malformed fake volume URL {url!r}: expected {prefix}POOL/NAMESPACE")
-    return FakeVolume(_world(), pool, namespace)
+    return FakeVolume(_world(f"pool:{pool}"), pool, namespace)
 
 
 def snapshots_from_scope(scope: str, **_options: Any) -> FakePoolSnapshots:
     pool = scope.removeprefix(f"{VOLUME_SCHEME}://")
     if not scope.startswith(f"{VOLUME_SCHEME}://") or not pool or "/" in pool:
         raise InvalidInput(f"malformed fake snapshot scope {scope!r}")
-    return FakePoolSnapshots(_world(), pool)
+    return FakePoolSnapshots(_world(f"pool:{pool}"), pool)
 
 
 class FakePoolSnapshots:

@@ -240,7 +240,10 @@ def framed_point(kit: ColdKit, data: bytes | None = None) -> tuple[str, bytes]:
     kit.policy("std", ["alice"])
     if data is None:
         data = os.urandom(MiB) + log_lines(3 * MiB, 1) + os.urandom(MiB // 2) + log_lines(2 * MiB, 2)
-    pid = kit.point("alice", NOW - timedelta(hours=3), data)
+    # files of a megabyte (the volume's objects; frames follow them, so ~1 MiB frames)
+    pid = kit.point(
+        "alice", NOW - timedelta(hours=3), b"", objects=[data[i : i + MiB] for i in range(0, len(data), MiB)]
+    )
     assert TierJob(kit.services, None).run(now=NOW).exit_code == EXIT_OK
     return pid, data
 
