@@ -9,7 +9,6 @@ not by the code under test.
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 import zlib
@@ -17,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from golden import check_golden
 
 from drsvc import __version__, clock
 from drsvc.bootstrap import init
@@ -308,10 +308,10 @@ def test_in_progress_quarter_counts_new_desktops_and_rpo_up_to_now(site):
 def test_markdown_matches_golden(q3):
     doc = {**q3, "catalog": "/var/lib/drsvc/catalog.db", "drsvc_version": "0.0.0-golden"}
     text = render_markdown(doc)
-    golden = GOLDEN / "report_2026Q3.md"
-    if os.environ.get("UPDATE_GOLDEN"):
-        golden.write_text(text, encoding="utf-8")
-    assert text == golden.read_text(encoding="utf-8")
+    # facts checked without the golden file (the HTML test checks the same figures)
+    for figure in ("71.4 %", "5 of 7", "14.0 s", "41.0 s"):
+        assert figure in text, figure
+    check_golden(GOLDEN / "report_2026Q3.md", text)
 
 
 def test_html_is_self_contained_with_summary_numbers_and_charts(q3):
