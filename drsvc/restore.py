@@ -84,6 +84,7 @@ class RestorePlan:
     target: Target  # where the restore may write, validated (drsvc.targets)
     policy: Policy | None = None
     plan_seconds: float = 0.0
+    from_snapshot: bool = True  # hot: the pool snapshot exists (else the volume is written from chunks)
 
     @property
     def name(self) -> str:
@@ -198,11 +199,16 @@ class RestoreJob:
         when = f" at or before {at.isoformat()}" if at else ""
         raise NotFound(f"no restorable recovery point of {desktop_id}{when}")
 
+    def _snapshot_alive(self, point: dict[str, Any]) -> bool:
+        """Whether the point's pool snapshot still exists (the catalog has not recorded its removal)."""
+        if point["pool_snapshot_id"] is None:
+            return False
+        rows = self.catalog.query("SELECT removed_at FROM pool_snapshots WHERE id = ?", [point["pool_snapshot_id"]])
+        return bool(rows) and rows[0]["removed_at"] is None
+
     def _tier(self, point: dict[str, Any]) -> str:
-        if "hot" in point["tiers"] and point["pool_snapshot_id"] is not None:
-            rows = self.catalog.query("SELECT removed_at FROM pool_snapshots WHERE id = ?", [point["pool_snapshot_id"]])
-            if rows and rows[0]["removed_at"] is None:
-                return "hot"
+        if "hot" in point["tiers"] and self._snapshot_alive(point):
+            return "hot"
         if "cold" in point["tiers"]:
             return "cold"
         if "hot" in point["tiers"]:
@@ -243,6 +249,7 @@ class RestoreJob:
             predicted={},
             target=target,
             policy=policy,
+            from_snapshot=tier == "hot" and self._snapshot_alive(point),
         )
         plan.plan_seconds = time.monotonic() - started
         plan.predicted = self.predict(plan)
@@ -444,18 +451,18 @@ class RestoreJob:
         source = self.services.volume(manifest["volume"]["url"])
         snap = manifest["volume"]["pool_snapshot"]
         objects = manifest["volume"]["objects"]
-        if plan.tier == "hot" and plan.in_place:
+        if plan.tier == "hot" and plan.from_snapshot and plan.in_place:
             source.rollback_to(snap, keep=[o["name"] for o in objects])
             target = source
             result.checks["volume"] = f"rolled back to pool snapshot {snap}"
-        elif plan.tier == "hot":
+        elif plan.tier == "hot" and plan.from_snapshot:
             target = source.clone_from_snapshot(snap, namespace_of(plan.volume_url) or "")
             result.checks["volume"] = f"copied from pool snapshot {snap} into {plan.volume_url}"
-        else:
+        else:  # cold, or hot chunks whose pool snapshot is gone
             target = self.services.volume(plan.volume_url)
             stream = store.read_stream(StreamRef.from_dict(manifest["volume"]["stream"]))
             target.write_objects(_split_objects(objects, stream), exact=True)
-            result.checks["volume"] = f"written from {len(objects)} objects' chunks in the cold store"
+            result.checks["volume"] = f"written from {len(objects)} objects' chunks in the {plan.tier} store"
         if verify:
             expected = {o["name"]: o["digest"] for o in objects}
             actual = target.digests_now()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +29,15 @@ class CliResult:
         A string, because pytest shows a message that is not one through a repr cut to 240 characters.
         """
         return f"exit {self.code}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-4000:]}"
+
+
+@pytest.fixture
+def deploy(tmp_path: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A whole drsvc deployment on the FAKE runtime and volumes (tests/deployment.py)."""
+    from deployment import deployment
+
+    with deployment(tmp_path, run_cli, monkeypatch) as d:
+        yield d
 
 
 @pytest.fixture

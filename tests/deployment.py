@@ -194,9 +194,10 @@ class Deployment:
         self._services.clear()
 
 
-@pytest.fixture
-def deploy(tmp_path: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
-    """A fresh deployment on the fakes: config, the default policy, a key; no desktops yet."""
+@contextlib.contextmanager
+def deployment(tmp_path: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
+    """A fresh deployment on the fakes: config, the default policy, a key; no desktops yet
+    (the ``deploy`` fixture of tests/conftest.py)."""
     root = tmp_path / "drsvc"
     (root / "policies").mkdir(parents=True)
     world = register(root / "world")

@@ -11,7 +11,7 @@ that no test asserts. Errors are checked for the contract's shape too: the code,
 from __future__ import annotations
 
 import pytest
-from deployment import Deployment, deploy  # noqa: F401  (deploy: the fixture)
+from deployment import Deployment
 
 from drsvc import restore
 
@@ -24,7 +24,7 @@ def _quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def fleet(deploy: Deployment) -> Deployment:  # noqa: F811  (the fixture imported above)
+def fleet(deploy: Deployment) -> Deployment:
     """alice and bob (tenant acme, policy standard), discovered, each with one complete point."""
     deploy.desktop("alice", seed=1)
     deploy.desktop("bob", seed=2)
