@@ -46,12 +46,18 @@ def read_counter(runtime: ContainerRuntime, name: str, tries: int = 20) -> tuple
     raise AssertionError(f"{name}: unreadable counter {last!r}")
 
 
-def wait_counter_above(runtime: ContainerRuntime, name: str, count: int, timeout: float = 5) -> tuple[int, str]:
+def wait_counter_above(runtime: ContainerRuntime, name: str, count: int, timeout: float = 15) -> tuple[int, str]:
+    """The desktop's (count, boot) once it counted past ``count``; fails loudly if it does not.
+
+    It used to return the last value quietly at the deadline, so a desktop that never resumed
+    reached the caller's next assertion, which then tested something else.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = read_counter(runtime, name)
-        if value[0] > count or time.monotonic() > deadline:
+        if value[0] > count:
             return value
+        assert time.monotonic() < deadline, f"{name}: counter stuck at {value[0]} (<= {count}) for {timeout:g} s"
         time.sleep(0.1)
 
 

@@ -7,16 +7,18 @@ import re
 import signal
 import subprocess
 import tarfile
-import time
 from datetime import timedelta
+from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+from runtime_suite import read_counter, wait_counter_above
+from waits import finish, wait_for
 
-from drsvc import clock
+from drsvc import clock, faults
 from drsvc.catalog import Catalog
 from drsvc.chunks import StreamRef, chunk_key
-from drsvc.errors import IntegrityError
+from drsvc.errors import IntegrityError, NotFound
 from drsvc.prune import referenced_by_manifests
 from drsvc.scheduler import Scheduler
 
@@ -35,6 +37,13 @@ def _lssnap() -> str:
 
 def _counter(services, desktop: str) -> str:
     return b"".join(services.volume(f"rados://desktops/{desktop}").read("counter")).decode().strip()
+
+
+def _counter_or_none(services, desktop: str) -> str | None:
+    try:
+        return _counter(services, desktop)
+    except NotFound:
+        return None
 
 
 def _memory_counter(archive: BinaryIO, boot: str) -> int:
@@ -56,14 +65,15 @@ def test_point_pairs_memory_and_volume_at_the_same_instant(drsvc_env, make_fleet
     memory pages) equals the counter object in the point's pool snapshot: same instant (up to
     the one write that may be in flight when the desktop freezes)."""
     [desktop] = make_fleet(1, image="desktop")
-    time.sleep(1.5)  # a few ticks on disk
+    services = drsvc_env.services()
+    first = int(wait_for("the workload's first tick on disk", lambda: _counter_or_none(services, desktop)).split()[0])
+    wait_for("a few ticks on disk", lambda: int(_counter(services, desktop).split()[0]) >= first + 3)
     result = drsvc_env.cli("--json", "backup", desktop)
     assert result.code == 0, result.output
     [outcome] = result.json()["results"]
     assert (outcome["status"], outcome["consistency"]) == ("complete", "paired"), outcome
     assert outcome["freeze_ms"] > 0
 
-    services = drsvc_env.services()
     manifest = services.hot.get_manifest(desktop, outcome["point_id"])
     snap = manifest["volume"]["pool_snapshot"]
     volume = services.volume(manifest["volume"]["url"])
@@ -82,8 +92,7 @@ def test_point_pairs_memory_and_volume_at_the_same_instant(drsvc_env, make_fleet
             assert data[offset : offset + obj["size"]].decode().split() == [on_disk, boot]
         offset += obj["size"]
     # the desktop kept running (and counting) through the backup
-    time.sleep(1)
-    assert int(_counter(services, desktop).split()[0]) > in_memory
+    wait_for("the desktop to count on", lambda: int(_counter(services, desktop).split()[0]) > in_memory)
 
 
 def test_run_once_across_a_schedule_boundary_takes_two_points(drsvc_env, make_fleet):
@@ -106,15 +115,29 @@ def test_run_once_across_a_schedule_boundary_takes_two_points(drsvc_env, make_fl
     assert len(_points(drsvc_env, desktop, "complete")) == 3
 
 
-def test_concurrent_run_once_take_one_point(drsvc_env, make_fleet):
+def test_concurrent_run_once_take_one_point(drsvc_env, make_fleet, tmp_path):
+    """Two `run --once` started together; the one holding the lease is parked at the fault point
+    after-pending (its desktop recorded, nothing frozen) until the other has ended, so the other
+    ran while the lease was held and must have been refused: one after the other, both would
+    succeed, the second saying "nothing due"."""
     [desktop] = make_fleet(1)
     drsvc_env.policy("hourly", [desktop])
-    procs = [drsvc_env.subprocess("run", "--once") for _ in range(2)]
-    outputs = [p.communicate(timeout=180) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    assert len(_points(drsvc_env, desktop)) == 1, outputs
-    said = "".join(out + err for out, err in outputs)
-    assert "skipped" in said or "nothing due" in said
+    go, log = tmp_path / "go", tmp_path / "faults.log"
+    env = {**os.environ, faults.ENV: f"after-pending:wait={go}", faults.LOG_ENV: str(log)}
+    procs = [drsvc_env.subprocess("run", "--once", env=env) for _ in range(2)]
+    try:
+        wait_for("one run to hold the lease and reach after-pending", lambda: Path(f"{go}.reached").exists())
+        (parked,) = {pid for point, _, pid in faults.hits(log) if point == "after-pending"}
+        [loser] = [p for p in procs if p.pid != parked]
+        code, out, err = finish(loser, "the refused run")
+        assert [p.poll() for p in procs if p.pid == parked] == [None], "not concurrent: the first had ended"
+        assert code == 0 and "skipped: another drsvc run holds the 'work' lease" in out, out + err
+    finally:
+        go.touch()
+    [winner] = [p for p in procs if p.pid == parked]
+    code, out, err = finish(winner, "the working run", timeout=300)
+    assert code == 0 and "ran: backup hourly exit 0" in out, out + err
+    assert [p["status"] for p in _points(drsvc_env, desktop)] == ["complete"]
 
 
 def test_prune_removes_a_pool_snapshot_once_no_hot_point_needs_it(drsvc_env, make_fleet):
@@ -141,28 +164,27 @@ def test_prune_removes_a_pool_snapshot_once_no_hot_point_needs_it(drsvc_env, mak
     }
 
 
-def test_kill_9_mid_backup_keeps_earlier_points_and_the_next_run_cleans_up(drsvc_env, make_fleet):
-    [desktop] = make_fleet(1, data_mib=48)
+@pytest.mark.parametrize("moment", ["after-freeze", "mid-upload"])
+def test_kill_9_mid_backup_keeps_earlier_points_and_the_next_run_cleans_up(drsvc_env, make_fleet, moment):
+    """kill -9 at a named moment (drsvc.faults): with the desktop frozen, or between chunk uploads."""
+    [desktop] = make_fleet(1, data_mib=4)
     assert drsvc_env.cli("backup", desktop).code == 0
     [earlier] = _points(drsvc_env, desktop, "complete")
 
-    proc = drsvc_env.subprocess("backup", desktop)
+    point, _, hit = moment.partition("@")
+    spec = f"{point}:kill" + (f"@{hit}" if hit else "")
+    proc = drsvc_env.subprocess("backup", desktop, env={**os.environ, faults.ENV: spec})
+    code, out, err = finish(proc, f"the backup killed at {moment}")
+    assert code == -signal.SIGKILL, f"not killed at {moment} (exit {code}): {out}{err}"
     catalog = Catalog.open(drsvc_env.root / "catalog.db")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not catalog.points(desktop, status="pending"):
-        time.sleep(0.005)
-    time.sleep(0.3)  # inside the freeze or the chunk writes
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
     [pending] = catalog.points(desktop, status="pending")
     assert catalog.point(earlier["id"])["status"] == "complete"
     catalog.close()
 
+    # a desktop frozen when drsvc died is let go by the hook (its owner lock is free): it counts on
     runtime = drsvc_env.services().runtime
-    rc, out = runtime.exec(desktop, ["cat", "/data/counter"])
-    time.sleep(0.6)
-    rc2, out2 = runtime.exec(desktop, ["cat", "/data/counter"])
-    assert rc == rc2 == 0 and out != out2, "the desktop stayed frozen after drsvc was killed"
+    count, _ = read_counter(runtime, desktop)
+    wait_counter_above(runtime, desktop, count)
 
     again = drsvc_env.cli("--json", "backup", desktop)
     assert again.code == 0, again.output

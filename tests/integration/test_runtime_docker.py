@@ -287,7 +287,7 @@ def test_dockerd_checkpoint_honours_the_freeze_hook(
         f"checkpoint call {result['seconds']:.2f} s, {result['bytes']} bytes, actions {sorted(timings)}"
     )
     assert result["bytes"] > 10_000
-    assert window is not None and 0.6 <= window < 10
+    assert window is not None and window >= 0.6  # it stood still while we held it
     assert {"pre-dump", "post-dump", "network-unlock"} <= set(timings)
     deadline = time.monotonic() + 5
     while host_counter(rootfs)[0] <= c1[0] and time.monotonic() < deadline:

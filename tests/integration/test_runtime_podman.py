@@ -23,7 +23,7 @@ from runtime_suite import RuntimeSuite
 
 from drsvc.errors import BackendError, NotFound
 from drsvc.runtimes import open_runtime
-from drsvc.runtimes.freeze import FreezeBatch, hook_installed, install_hook
+from drsvc.runtimes.freeze import DEFAULT_ROOT, FreezeBatch, hook_installed, install_hook
 from drsvc.runtimes.podman import PodmanRuntime
 
 IMAGE = "localhost/drsvc-desk:busybox"
@@ -177,7 +177,10 @@ def test_checkpoint_not_requested_by_drsvc_passes_through(
         n = len(stream.read())
     elapsed = time.monotonic() - t
     print(f"\ncheckpoint with the hook installed, no batch: {n} bytes in {elapsed:.2f} s")
-    assert n > 10_000 and elapsed < 5
+    # passed through: the hook made no rendezvous of its own (a held checkpoint would instead
+    # have hung until the hook's timeout; the checkpoint call's own limit fails that loudly)
+    assert n > 10_000
+    assert not (DEFAULT_ROOT / podman_runtime.inspect(name).container_id).exists()
 
 
 def test_freeze_holds_checkpoint_until_release(
@@ -210,7 +213,7 @@ def test_freeze_holds_checkpoint_until_release(
         f"\nfrozen after {t_frozen:.2f} s, window {window:.2f} s, checkpoint call {worker.seconds:.2f} s, "
         f"{worker.nbytes} bytes, actions {sorted(timings)}"
     )
-    assert window is not None and 0.6 <= window < 10
+    assert window is not None and window >= 0.6  # it stood still while we held it
     assert {"pre-dump", "post-dump", "network-unlock"} <= set(timings)
     assert wait_host_counter_above(rootfs, c2[0]) > c2[0], "released desktop must run on"
     assert host_counter(rootfs)[1] == c1[1]
@@ -261,8 +264,6 @@ def test_exception_in_batch_releases_and_cleans_up(
         worker.start()
         assert fb.wait_frozen(timeout=15) == {ref.container_id}
         raise RuntimeError("snapshot failed")
-    t = time.monotonic()
-    worker.join(10)
+    worker.join(10)  # the exception released it: the checkpoint finishes (else: still alive, below)
     assert not worker.is_alive() and worker.error is None and worker.nbytes > 10_000
-    assert time.monotonic() - t < 5
     assert not fb.dir(ref.container_id).exists()

