@@ -19,6 +19,8 @@ import os
 import random
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,12 +29,13 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import fakes.desktops
 import pytest
 import yaml
 from fakes.desktops import WORLD_ENV, FakeWorld, register, unregister
 
 import drsvc.backup
-from drsvc import clock, faults
+from drsvc import clock, faults, restore
 from drsvc.catalog import Catalog
 from drsvc.config import parse_config
 from drsvc.crypto import generate_key_file
@@ -68,6 +71,34 @@ def digests(objects: Objects) -> dict[str, str]:
             h.update(b"\0o" + k.encode() + b"=" + omap[k])
         out[name] = h.hexdigest()
     return out
+
+
+class VirtualTime:
+    """``time`` for drsvc.restore in-process: sleeping advances a virtual clock instead of waiting.
+
+    Restore measures its RTO with ``time.monotonic()`` and waits with ``time.sleep`` (the settle
+    pause, the probe's polling until its timeout). With this in place a fake restore that "takes"
+    1.2 s (the fake runtime's ``restore_seconds``) misses a 1 s target exactly, at once, on any
+    machine, and a probe that never answers times out without the test waiting for it.
+    """
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._lock = threading.Lock()
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._offset += max(0.0, seconds)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self._offset
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+        time.sleep(0)  # let other threads run, as a real sleep would
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
 
 
 POLICY: dict[str, Any] = {
@@ -206,6 +237,10 @@ def deployment(tmp_path: Path, run_cli: Any, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("DRSVC_FREEZE_ROOT", str(d.freeze_root))
     # the host probe for the CRIU hook answers for the fake host (the fake runtime plays the hook)
     monkeypatch.setattr(drsvc.backup, "hook_installed", lambda *_a: world.hook_installed)
+    # restores in this process run on virtual time (children of `spawn` sleep for real)
+    virtual = VirtualTime()
+    monkeypatch.setattr(restore, "time", virtual)
+    monkeypatch.setattr(fakes.desktops, "delay", virtual.advance)
     generate_key_file(root / "drsvc.key")
     d.write_config()
     d.policy()

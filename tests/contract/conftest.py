@@ -13,15 +13,6 @@ from __future__ import annotations
 import pytest
 from deployment import Deployment
 
-from drsvc import restore
-
-
-@pytest.fixture(autouse=True)
-def _quick_settle(monkeypatch: pytest.MonkeyPatch) -> None:
-    # a restored fake container does not need 0.3 s to prove it stays up; tests that need time
-    # to pass use the fake runtime's restore_seconds knob instead
-    monkeypatch.setattr(restore, "SETTLE_SECONDS", 0.01)
-
 
 @pytest.fixture
 def fleet(deploy: Deployment) -> Deployment:

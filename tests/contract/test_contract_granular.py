@@ -72,9 +72,7 @@ def test_dump_of_rotted_data_exits_4(fleet: Deployment) -> None:
 
 @contract("dump", 3)
 def test_dump_of_an_unknown_object(fleet: Deployment) -> None:
-    p = fleet.run_child("dump", _point(fleet, "alice"), "no/such/object")
-    assert p.returncode == 3, p.stderr.decode()
-    assert b"no/such/object" in p.stderr
+    assert_exit(fleet.cli("dump", _point(fleet, "alice"), "no/such/object"), 3, "no/such/object")
 
 
 @contract("restore", 0)

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -47,6 +47,9 @@ VOLUME_SCHEME = "fakevol"
 DEFAULT_FREEZE_ROOT = "/run/drsvc/freeze"
 
 _worlds: dict[str, Path] = {}  # "runtime:NAME" / "pool:POOL" -> world root (in-process)
+# how the fake runtime "takes time" (restore_seconds): a real sleep in a child process; a test
+# running drsvc in-process may advance a virtual clock instead (deployment.VirtualTime)
+delay: Callable[[float], None] = time.sleep
 _lock = threading.Lock()  # one process's threads; processes rely on atomic renames
 
 
@@ -426,7 +429,7 @@ class FakeRuntime:
         target = name or old["name"]
         knobs = self.world.knobs(old["labels"].get(LABEL_DESKTOP, old["name"]))
         if knobs.get("restore_seconds"):
-            time.sleep(float(knobs["restore_seconds"]))
+            delay(float(knobs["restore_seconds"]))
         if knobs.get("restore_error"):
             raise BackendError(f"fake restore of {target} failed: {knobs['restore_error']}")
         with contextlib.suppress(NotFound):

@@ -11,11 +11,6 @@ from drsvc.drill import DrillJob
 from drsvc.errors import InvalidInput, NotFound
 
 
-@pytest.fixture(autouse=True)
-def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(restore, "SETTLE_SECONDS", 0.0)
-
-
 def fleet(d: Deployment, *names: str) -> None:
     for n, name in enumerate(names):
         d.desktop(name, seed=n + 1)

@@ -12,16 +12,11 @@ from datetime import timedelta
 import pytest
 from deployment import Deployment, digests, volume_for
 
-from drsvc import clock, restore
+from drsvc import clock
 from drsvc.errors import DrsvcError, InvalidInput, NotFound
 from drsvc.restore import RestoreJob
 
 HOUR = timedelta(hours=1)
-
-
-@pytest.fixture(autouse=True)
-def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(restore, "SETTLE_SECONDS", 0.0)
 
 
 def three_points(d: Deployment) -> list[str]:
