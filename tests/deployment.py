@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import random
 import subprocess
@@ -208,6 +209,22 @@ class Deployment:
             text=True,
             env=self.env(**env),
         )
+
+    def cli_bytes(self, *args: str) -> tuple[int, bytes, str]:
+        """``drsvc ARGS`` in this process with stdout captured as bytes (``dump``): code, stdout, stderr."""
+        from drsvc.cli.main import main
+
+        raw = io.BytesIO()
+        out = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+        err = io.StringIO()
+        code = 0
+        with mock.patch.object(sys, "stdout", out), mock.patch.object(sys, "stderr", err):
+            try:
+                main(["--config", str(self.config_path), *args])
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            out.flush()
+        return code, raw.getvalue(), err.getvalue()
 
     def run_child(self, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[bytes]:
         """``drsvc ARGS`` as a child process to its end, output as bytes (``dump`` writes raw bytes)."""

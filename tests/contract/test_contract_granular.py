@@ -56,18 +56,18 @@ def test_dump_writes_the_objects_bytes(fleet: Deployment) -> None:
     name, data = _some_object(1, "alice")
     point = _point(fleet, "alice")
     for source in ("snapshot", "hot"):
-        p = fleet.run_child("dump", point, name, "--from", source)
-        assert p.returncode == 0, p.stderr.decode()
-        assert p.stdout == data, f"dump --from {source} gave other bytes than the test wrote"
+        code, out, err = fleet.cli_bytes("dump", point, name, "--from", source)
+        assert code == 0, err
+        assert out == data, f"dump --from {source} gave other bytes than the test wrote"
 
 
 @contract("dump", 4)
 def test_dump_of_rotted_data_exits_4(fleet: Deployment) -> None:
     name, _ = _some_object(1, "alice")
     fleet.world.tamper_snapshot("desktops", "alice", name, b"rot" * 10)
-    p = fleet.run_child("dump", _point(fleet, "alice"), name, "--from", "snapshot")
-    assert p.returncode == 4, p.stderr.decode()
-    assert b"drsvc: error:" in p.stderr and b"Traceback" not in p.stderr
+    code, _, err = fleet.cli_bytes("dump", _point(fleet, "alice"), name, "--from", "snapshot")
+    assert code == 4, err
+    assert err.count("drsvc: error:") == 1 and "Traceback" not in err
 
 
 @contract("dump", 3)

@@ -20,7 +20,6 @@ The world is found through ``register(root)`` (in-process) or ``$DRSVC_FAKE_WORL
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 import json
@@ -291,22 +290,54 @@ class FakeWorld:
         return {_unq(f.name): _read_object(f) for f in sorted(d.glob("*.json"))} if d.is_dir() else {}
 
 
+def _data_file(meta: Path) -> Path:
+    return meta.parent / (meta.name.removesuffix(".json") + ".data")
+
+
 def _write_object(d: Path, name: str, data: bytes, xattrs: dict[str, bytes], omap: dict[str, bytes]) -> None:
+    """An object is two files: NAME.data (its bytes) and NAME.json (size, xattrs, omap), written last."""
+    meta = d / _qname(name)
+    _atomic_write(_data_file(meta), data)
     doc = {
-        "data": base64.b64encode(data).decode(),
+        "size": len(data),
         "xattrs": {k: v.hex() for k, v in xattrs.items()},
         "omap": {k: v.hex() for k, v in omap.items()},
     }
-    _atomic_write(d / _qname(name), json.dumps(doc).encode())
+    _atomic_write(meta, json.dumps(doc).encode())
 
 
-def _read_object(f: Path) -> tuple[bytes, dict[str, bytes], dict[str, bytes]]:
+def _read_meta(f: Path) -> tuple[int, dict[str, bytes], dict[str, bytes]]:
     doc = json.loads(f.read_text())
     return (
-        base64.b64decode(doc["data"]),
+        int(doc["size"]),
         {k: bytes.fromhex(v) for k, v in doc["xattrs"].items()},
         {k: bytes.fromhex(v) for k, v in doc["omap"].items()},
     )
+
+
+def _read_object(f: Path) -> tuple[bytes, dict[str, bytes], dict[str, bytes]]:
+    _, xattrs, omap = _read_meta(f)
+    return _data_file(f).read_bytes(), xattrs, omap
+
+
+def _remove_object(f: Path) -> None:
+    f.unlink(missing_ok=True)
+    _data_file(f).unlink(missing_ok=True)
+
+
+def _link(src: str, dst: str) -> None:
+    """Snapshots share files with what they copy: every write replaces a file (rename), never edits it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _copy_object(f: Path, dest: Path) -> None:
+    for src in (_data_file(f), f):
+        target = dest / src.name
+        target.unlink(missing_ok=True)
+        _link(str(src), str(target))
 
 
 # ---------------------------------------------------------------------- runtime
@@ -535,7 +566,7 @@ class FakePoolSnapshots:
             live = self._dir / "live"
             dest = self.snap_dir(name)
             if live.is_dir():
-                shutil.copytree(live, dest)
+                shutil.copytree(live, dest, copy_function=_link)
             else:
                 dest.mkdir(parents=True)
             snap_id = max((s["id"] for s in index), default=0) + 1
@@ -590,8 +621,8 @@ class FakeVolume:
             return []
         out = []
         for f in sorted(d.glob("*.json"), key=lambda p: _unq(p.name)):
-            data, xattrs, omap = _read_object(f)
-            out.append(VolumeObject(_unq(f.name), len(data), xattrs, omap))
+            size, xattrs, omap = _read_meta(f)
+            out.append(VolumeObject(_unq(f.name), size, xattrs, omap))
         return sorted(out, key=lambda o: o.name)
 
     @staticmethod
@@ -633,8 +664,8 @@ class FakeVolume:
         f = self._live() / _qname(name)
         if not f.exists():
             return None
-        data, xattrs, omap = _read_object(f)
-        return VolumeObject(name, len(data), xattrs, omap)
+        size, xattrs, omap = _read_meta(f)
+        return VolumeObject(name, size, xattrs, omap)
 
     def digest_at(self, snap_name: str) -> dict[str, str]:
         return digest_streams(self.read_objects_at(snap_name))
@@ -649,11 +680,11 @@ class FakeVolume:
         live.mkdir(parents=True, exist_ok=True)
         for f in list(live.glob("*.json")):
             if _unq(f.name) not in wanted:
-                f.unlink()
+                _remove_object(f)
         for name in wanted:
             f = src / _qname(name)
             if f.exists():
-                shutil.copy2(f, live / f.name)
+                _copy_object(f, live)
 
     def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True) -> int:
         live = self._live()
@@ -668,7 +699,7 @@ class FakeVolume:
         if exact:
             for f in list(live.glob("*.json")):
                 if _unq(f.name) not in written:
-                    f.unlink()
+                    _remove_object(f)
         return len(written)
 
     def clone_from_snapshot(self, snap_name: str, target: str) -> FakeVolume:

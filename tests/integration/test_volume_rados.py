@@ -305,7 +305,7 @@ def test_settle_survives_a_garbage_collection_right_after(lab):
     import sys
 
     p = subprocess.run(
-        [sys.executable, "-X", "faulthandler", "-c", _SETTLE_THEN_COLLECT, POOL, "20"],
+        [sys.executable, "-X", "faulthandler", "-c", _SETTLE_THEN_COLLECT, POOL, "5"],
         capture_output=True,
         text=True,
         timeout=300,
