@@ -1,5 +1,5 @@
 """Hostile store content on file:// (the shared cases: tests/hostile_store.py); the lab runs them
-on RADOS and radosgw (tests/integration/test_hostile_store.py)."""
+on RADOS and radosgw (tests/integration/test_hostile_store_lab.py)."""
 
 from __future__ import annotations
 
