@@ -27,7 +27,17 @@ from drsvc.verify import VerifyJob
 
 pytestmark = pytest.mark.usefixtures("aws")
 
-NOW = clock.now()
+NOW = clock.now()  # set again as each test starts (below): moto enforces Object Lock on real time
+
+
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    """A test's "now" is when it starts, not when the module was imported (minutes earlier in a
+    long or parallel run), so locks computed from it relate to moto's real clock as intended."""
+    global NOW
+    NOW = clock.now()
+
+
 MiB = 1024 * 1024
 
 
