@@ -35,3 +35,19 @@ def test_services_pass_ceph_conf_to_rados_adapters_not_through_the_environment(t
         assert clone_conn["conffile"] == str(conf)
     finally:
         services.catalog.close()
+
+
+def test_library_code_never_writes_the_process_environment() -> None:
+    import re
+
+    writes = re.compile(
+        r"os\.environ\s*\[[^]]+\]\s*=|os\.environ\.(update|setdefault|pop|clear)\(|os\.(putenv|unsetenv)\("
+    )
+    src = Path(__file__).resolve().parents[2] / "drsvc"
+    found = [
+        f"{p.relative_to(src.parent)}:{n}: {line.strip()}"
+        for p in sorted(src.rglob("*.py"))
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if writes.search(line)
+    ]
+    assert not found, "pass settings to the adapter instead:\n" + "\n".join(found)
