@@ -68,7 +68,7 @@ class Install:
     def __init__(self, work: Path, scope: str) -> None:
         self.scope = scope
         self.dir = work / scope
-        self.dir.mkdir()
+        (self.dir / "policies").mkdir(parents=True)  # none: `drsvc backup` of named desktops needs no policy
         generate_key_file(self.dir / "drsvc.key")
         self.hot_url = f"rados://drsvc-hot/{PREFIX}-{scope}-{uuid.uuid4().hex[:6]}"
         (self.dir / "drsvc.toml").write_text(
