@@ -64,7 +64,7 @@ def test_the_installed_wheel_carries_its_data_and_names_missing_extras(installed
 
 
 def test_init_policy_check_backup_and_restore_from_the_wheel(installed, tmp_path, make_fleet, lab) -> None:
-    from conftest import DrsvcEnv
+    from envkit import DrsvcEnv
 
     [desktop] = make_fleet(1)
     cfg = tmp_path / "drsvc.toml"
