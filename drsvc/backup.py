@@ -420,7 +420,7 @@ class BackupJob:
         outcome.seconds = time.monotonic() - started
         event(
             log,
-            logging.INFO,
+            logging.WARNING if outcome.status == "failed" else logging.INFO,  # a partial run still exits 6
             "backup.desktop",
             f"{outcome.desktop} {outcome.status} ({outcome.consistency}) in {outcome.seconds:.1f}s",
             desktop=outcome.desktop,
