@@ -158,3 +158,13 @@ def test_runbook_list_and_show(run_cli) -> None:  # type: ignore[no-untyped-def]
 @contract("runbook", 3)
 def test_runbook_show_unknown(run_cli) -> None:  # type: ignore[no-untyped-def]
     assert_exit(run_cli("runbook", "show", "meteor-strike"), 3, "meteor-strike")
+
+
+@contract("points", 0)
+def test_json_may_follow_the_subcommand(fleet: Deployment) -> None:
+    before, after = fleet.cli("--json", "points", "list"), fleet.cli("points", "list", "--json")
+    assert_exit(after, 0)
+    assert after.json() == before.json() and len(after.json()) == 2
+    failed = fleet.cli("points", "show", "20010101T000000Z-nobody", "--json")
+    assert_exit(failed, 3, "20010101T000000Z-nobody")
+    assert failed.json()["exit_code"] == 3, "a --json error is one JSON document on stdout too"

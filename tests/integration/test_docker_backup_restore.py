@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from counting import counted_past
-from runtime_suite import read_counter
+from runtime_suite import read_counter, wait_counter_above
 from test_runtime_docker import docker_socket, make_docker_fleet  # noqa: F401  (fixtures)
 
 from drsvc.catalog import Catalog
@@ -40,7 +40,7 @@ def test_backup_destroy_restore_continues_the_process(
     services = drsvc_env.services()
     runtime = services.runtime
     assert runtime.url == f"docker://{docker_socket}"
-    time.sleep(0.5)
+    wait_counter_above(runtime, desktop, 0)  # it has started counting
     at_backup, boot = read_counter(runtime, desktop)
 
     t = time.monotonic()
@@ -92,8 +92,7 @@ def test_backup_destroy_restore_continues_the_process(
     after, after_boot = read_counter(runtime, desktop)
     assert after_boot == boot
     assert at_backup <= after < at_loss
-    time.sleep(0.6)
-    assert read_counter(runtime, desktop)[0] > after
+    wait_counter_above(runtime, desktop, after)  # and it counts on
     catalog = Catalog.open(drsvc_env.root / "catalog.db")
     [row] = catalog.query("SELECT status, consistency FROM points WHERE id = ?", [point_id])
     assert (row["status"], row["consistency"]) == ("complete", "paired")
