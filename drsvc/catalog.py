@@ -207,7 +207,9 @@ class Catalog:
     # ------------------------------------------------------------------ points
     _POINT_SELECT = (
         "SELECT p.*, (SELECT group_concat(tier, ',') FROM "
-        "(SELECT tier FROM point_tiers t WHERE t.point_id = p.id ORDER BY tier DESC)) AS tiers "
+        "(SELECT tier FROM point_tiers t WHERE t.point_id = p.id ORDER BY tier DESC)) AS tiers, "
+        "(SELECT group_concat(site, ',') FROM "
+        "(SELECT site FROM point_sites s WHERE s.point_id = p.id ORDER BY site)) AS sites "
         "FROM points p"
     )
 
@@ -219,7 +221,7 @@ class Catalog:
         policy: str | None = None,
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Recovery points, newest first, each with ``tiers`` as a list (hot before cold)."""
+        """Recovery points, newest first, each with ``tiers`` as a list (hot before cold) and ``sites``."""
         where, params = [], []
         if desktop_id is not None:
             where.append("p.desktop_id = ?")
@@ -270,6 +272,22 @@ class Catalog:
 
     def drop_tier(self, point_id: str, tier: str) -> None:
         self.execute("DELETE FROM point_tiers WHERE point_id = ? AND tier = ?", [point_id, tier])
+
+    def set_site(self, point_id: str, site: str, store_url: str, **fields: Any) -> None:
+        """Record (or refresh) a point's copy at another site."""
+        row = {"point_id": point_id, "site": site, "store_url": store_url, "added_at": clock.to_iso(clock.now())}
+        row.update(fields)
+        with self._lock:
+            self.db["point_sites"].upsert(row, pk=("point_id", "site"))  # type: ignore[union-attr]
+
+    def drop_site(self, point_id: str, site: str) -> None:
+        self.execute("DELETE FROM point_sites WHERE point_id = ? AND site = ?", [point_id, site])
+
+    def expire_if_uncopied(self, point_id: str) -> None:
+        """Mark a point expired once no tier and no site holds a copy of it any more."""
+        point = self.point(point_id)
+        if not point["tiers"] and not point["sites"]:
+            self.update_point(point_id, status="expired")
 
     def add_artifact(self, artifact: dict[str, Any]) -> None:
         with self._lock:
@@ -356,6 +374,7 @@ class Catalog:
 
 def _point_row(row: dict[str, Any]) -> dict[str, Any]:
     row["tiers"] = row["tiers"].split(",") if row.get("tiers") else []
+    row["sites"] = row["sites"].split(",") if row.get("sites") else []
     return row
 
 

@@ -9,6 +9,7 @@ load: unknown keys, malformed URLs and missing files are errors that name the ke
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -151,6 +152,75 @@ class NotifySection(_Section):
     timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="Deadline of one HTTP request")
 
 
+SITE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+SITE_STORAGE_CLASSES = Literal[
+    "STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER", "GLACIER_IR", "DEEP_ARCHIVE"
+]
+
+
+def _check_credentials(value: str | None) -> str | None:
+    if value is None:
+        return None
+    kind, _, arg = value.partition(":")
+    if kind not in ("env", "profile", "file") or not arg:
+        raise ValueError(
+            f"{value!r}: expected env:PREFIX (PREFIX_ACCESS_KEY_ID, PREFIX_SECRET_ACCESS_KEY), "
+            "profile:NAME (an AWS profile) or file:PATH (an AWS credentials file)"
+        )
+    return value
+
+
+class SiteSection(_Section):
+    """Another site's S3 store: where ``drsvc copy`` puts copies and ``site recover`` reads them."""
+
+    store: str = Field(description="The site's chunk store, s3://BUCKET[/PREFIX]")
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint of the site (default: AWS)")
+    region: str | None = None
+    credentials: str | None = Field(
+        default=None,
+        description="env:PREFIX | profile:NAME | file:PATH (default: the standard AWS chain); never the secret itself",
+    )
+    storage_class: SITE_STORAGE_CLASSES = Field(default="STANDARD_IA", description="S3 class of copied packs")
+    object_lock: bool = Field(default=False, description="The bucket has (or is created with) S3 Object Lock")
+    object_lock_days: int | None = Field(
+        default=None, ge=1, description="Lock copies this long unless the policy's site entry says otherwise"
+    )
+    restore_pool: str | None = Field(
+        default=None,
+        description="rados://POOL where desktops recovered at this site get their volumes (same namespaces)",
+    )
+    ceph_conf: Path | None = Field(default=None, description="ceph.conf of this site's Ceph (recovery only)")
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str) -> str:
+        _check_url(v, ("s3",))
+        return v
+
+    @field_validator("credentials")
+    @classmethod
+    def _credentials(cls, v: str | None) -> str | None:
+        return _check_credentials(v)
+
+    @field_validator("restore_pool")
+    @classmethod
+    def _pool(cls, v: str | None) -> str | None:
+        if v is not None:
+            parsed = urlparse(v)
+            if parsed.scheme != "rados" or not parsed.netloc or parsed.path.strip("/"):
+                raise ValueError(f"{v!r}: expected rados://POOL (each desktop keeps its namespace)")
+        return v
+
+
+class RecoverySection(_Section):
+    """Admission control of restore storms and site recovery: bounded work per shared resource."""
+
+    parallel: int = Field(default=4, ge=1, le=256, description="Desktops in flight (--parallel overrides)")
+    downloads: int = Field(default=3, ge=1, le=256, description="Desktops reading from the store at once")
+    ceph_writes: int = Field(default=2, ge=1, le=256, description="Volumes written into Ceph at once")
+    criu_per_host: int = Field(default=2, ge=1, le=64, description="CRIU restores at once on one host")
+
+
 class Config(_Section):
     """A validated configuration; ``path`` is the file it came from."""
 
@@ -164,6 +234,16 @@ class Config(_Section):
     scheduler: SchedulerSection = SchedulerSection()
     notify: NotifySection = NotifySection()
     timeouts: TimeoutsSection = TimeoutsSection()
+    sites: dict[str, SiteSection] = {}
+    recovery: RecoverySection = RecoverySection()
+
+    @field_validator("sites")
+    @classmethod
+    def _site_names(cls, v: dict[str, SiteSection]) -> dict[str, SiteSection]:
+        for name in v:
+            if not SITE_NAME.match(name):
+                raise ValueError(f"site name {name!r}: lower-case letters, digits and '-' (max 32)")
+        return v
 
 
 def find_config(explicit: Path | None) -> Path:
@@ -214,6 +294,19 @@ def parse_config(raw: dict[str, Any], path: Path, *, check_files: bool = True) -
 _PATH_KEYS = {("policies_dir",), ("catalog", "path"), ("keys", "file"), ("hot", "ceph_conf")}
 
 
+def _resolve_site_paths(raw: dict[str, Any], base: Path) -> None:
+    sites = raw.get("sites")
+    if not isinstance(sites, dict):
+        return
+    raw["sites"] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in sites.items()}
+    for site in raw["sites"].values():
+        if isinstance(site, dict) and isinstance(site.get("ceph_conf"), str):
+            site["ceph_conf"] = str((base / os.path.expanduser(site["ceph_conf"])).resolve())
+        cred = site.get("credentials") if isinstance(site, dict) else None
+        if isinstance(cred, str) and cred.startswith("file:"):
+            site["credentials"] = "file:" + str((base / os.path.expanduser(cred[5:])).resolve())
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for key_path in _PATH_KEYS:
@@ -223,6 +316,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         last = key_path[-1]
         if isinstance(holder, dict) and isinstance(holder.get(last), str):
             holder[last] = str((base / os.path.expanduser(holder[last])).resolve())
+    _resolve_site_paths(out, base)
     return out
 
 
@@ -234,6 +328,11 @@ def _missing_files(config: Config) -> list[tuple[str, str]]:
         problems.append(("keys.file", f"key file {config.keys.file} does not exist (drsvc init creates one)"))
     if config.hot and config.hot.ceph_conf and not config.hot.ceph_conf.is_file():
         problems.append(("hot.ceph_conf", f"file {config.hot.ceph_conf} does not exist"))
+    for name, site in config.sites.items():
+        if site.ceph_conf and not site.ceph_conf.is_file():
+            problems.append((f"sites.{name}.ceph_conf", f"file {site.ceph_conf} does not exist"))
+        if site.credentials and site.credentials.startswith("file:") and not Path(site.credentials[5:]).is_file():
+            problems.append((f"sites.{name}.credentials", f"file {site.credentials[5:]} does not exist"))
     if not config.catalog.path.parent.is_dir():
         problems.append(("catalog.path", f"directory {config.catalog.path.parent} does not exist"))
     return problems

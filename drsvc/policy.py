@@ -41,6 +41,7 @@ from croniter import croniter
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -70,6 +71,7 @@ __all__ = [
     "Probe",
     "Retention",
     "Selector",
+    "SiteCopy",
     "Tiering",
     "load_policies",
     "policy_files",
@@ -445,6 +447,29 @@ class Tiering(_Model):
     object_lock_days: Count | None = None
 
 
+_SITE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+
+
+class SiteCopy(_Model):
+    """Copies of this policy's points at another site (``[sites.NAME]`` in the config)."""
+
+    after: Duration = timedelta(0)
+    """A point is copied once it is cold and at least this old."""
+    retention: TierRules = PolicyRetentionRules()
+    """The site's own retention; empty keeps every copy."""
+    object_lock_days: Count | None = None
+    """S3 Object Lock of the copies (default: the site's ``object_lock_days``)."""
+
+
+def _check_sites(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a mapping of site name -> {{after, retention, object_lock_days}}, got {value!r}")
+    for name in value:
+        if not isinstance(name, str) or not _SITE_NAME.match(name):
+            raise ValueError(f"site name {name!r}: lower-case letters, digits and '-' (max 32), as in [sites.NAME]")
+    return value
+
+
 class Objectives(_Model):
     """Recovery point and recovery time objectives; ``rpo`` None means not tracked."""
 
@@ -535,6 +560,9 @@ class Policy(_Model):
     drill: Drill | None = None
     verify: Verify | None = None
     probe: Probe | None = None
+    priority: PositiveCount = 100
+    """Order in a site recovery or restore storm: 1 first; ties go by RTO target, then desktop id."""
+    sites: Annotated[dict[str, SiteCopy], BeforeValidator(_check_sites)] = {}
 
     _cron: CronSchedule = PrivateAttr()
 
@@ -753,6 +781,8 @@ def _warnings(file: Path, policy: Policy) -> list[str]:
             )
     if not policy.retention.cold.empty and policy.tiering is None:
         out.append(f"{file}: retention.cold: rules given but no tiering section, so no point ever goes cold")
+    if policy.sites and policy.tiering is None:
+        out.append(f"{file}: sites: copies go to other sites from the cold tier, but there is no tiering section")
     return out
 
 

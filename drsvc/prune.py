@@ -156,8 +156,7 @@ class PruneJob:
                 hot.delete_manifest(decision.desktop, decision.point_id)
             with self.catalog.transaction():
                 self.catalog.drop_tier(decision.point_id, "hot")
-                if not self.catalog.point(decision.point_id)["tiers"]:
-                    self.catalog.update_point(decision.point_id, status="expired")
+                self.catalog.expire_if_uncopied(decision.point_id)  # copies at other sites keep it
             faults.point("prune-after-drop")
             self.on_event("dropped", decision=decision)
         for snap in self._unreferenced_snapshots(set()):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from drsvc.lease import Lease
     from drsvc.policy import PolicySet
     from drsvc.runtimes.base import ContainerRuntime
+    from drsvc.storage.base import ObjectStore
     from drsvc.volumes.base import PoolSnapshots, Volume
 
 
@@ -104,6 +105,39 @@ class Services:
     @property
     def has_cold(self) -> bool:
         return self.config.cold is not None
+
+    def site_objects(self, name: str, *, create: bool = True) -> ObjectStore:
+        """The raw object store of site ``name`` (cached): copies write here before a chunk store exists."""
+        from drsvc import sites
+        from drsvc.errors import BackendError
+        from drsvc.storage import open_store
+
+        cache: dict[str, ObjectStore] = self.__dict__.setdefault("_site_objects", {})
+        if name not in cache:
+            section = sites.site_section(self.config, name)
+            try:
+                cache[name] = open_store(section.store, **sites.store_options(name, section, create=create))
+            except BackendError as e:
+                raise sites.unreachable(name, section, e) from None
+        return cache[name]
+
+    def site(self, name: str) -> ChunkStore:
+        """Site ``name``'s chunk store (cached); ``NotFound`` when nothing was copied there yet."""
+        from drsvc import sites
+        from drsvc.chunks import ChunkStore
+        from drsvc.errors import BackendError
+
+        cache: dict[str, ChunkStore] = self.__dict__.setdefault("_sites", {})
+        if name not in cache:
+            objects = self.site_objects(name, create=False)
+            try:
+                cache[name] = ChunkStore.open(objects, self.keys)
+            except NotFound as e:
+                hint = f"nothing copied there yet: drsvc copy --site {name}"
+                raise NotFound(f"site {name}: {e.message} ({hint})") from None
+            except BackendError as e:
+                raise sites.unreachable(name, sites.site_section(self.config, name), e) from None
+        return cache[name]
 
     @cached_property
     def runtime(self) -> ContainerRuntime:

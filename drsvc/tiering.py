@@ -629,8 +629,7 @@ class ColdPruneJob:
                 cold.delete_manifest(decision.desktop, decision.point_id)
             with self.catalog.transaction():
                 self.catalog.drop_tier(decision.point_id, "cold")
-                if not self.catalog.point(decision.point_id)["tiers"]:
-                    self.catalog.update_point(decision.point_id, status="expired")
+                self.catalog.expire_if_uncopied(decision.point_id)  # copies at other sites keep it
             self.on_event("dropped", decision=decision)
         # Same mark-and-sweep with grace as the hot store (a tier run between its chunks and its
         # manifest is protected by the grace period, exactly as a backup is on the hot side).

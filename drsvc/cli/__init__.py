@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Apply each policy's retention on every tier; drop pool snapshots and chunks nothing needs.",
     ),
     "tier": ("tier_cmd", "Copy points older than their policy's tiering.after to the cold tier (S3)."),
+    "copy": ("copy_cmd", "Copy due points from the cold tier to other sites, as they are (never decrypted)."),
     "verify": ("verify_cmd", "Check that points' manifests authenticate and their chunks exist (hot and cold copies)."),
     "catalog": (
         "catalog_cmd",

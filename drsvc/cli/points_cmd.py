@@ -26,6 +26,7 @@ def point_document(point: dict) -> dict:
         "status": point["status"],
         "consistency": point["consistency"],
         "tiers": point["tiers"],
+        "sites": point.get("sites", []),
         "bytes": point["bytes"],
         "policy": point["policy"],
         "reason": point["reason"],
@@ -53,11 +54,15 @@ def list_points(app: App, desktop: str | None, status: str | None, limit: int | 
             out.print("no recovery points" + (f" for {desktop}" if desktop else ""))
             return
         table = Table(box=None, pad_edge=False)
-        for col in ("ID", "DESKTOP", "TAKEN (UTC)", "STATUS", "CONSISTENCY", "TIERS", "SIZE", "FREEZE"):
+        with_sites = any(p["sites"] for p in points)
+        columns = ["ID", "DESKTOP", "TAKEN (UTC)", "STATUS", "CONSISTENCY", "TIERS", "SIZE", "FREEZE"]
+        if with_sites:
+            columns.insert(6, "SITES")
+        for col in columns:
             table.add_column(col)
         for p in points:
             freeze = f"{p['freeze_ms']:.0f} ms" if p["freeze_ms"] is not None else "-"
-            table.add_row(
+            row = [
                 p["id"],
                 p["desktop_id"],
                 p["taken_at"][:19].replace("T", " "),
@@ -66,7 +71,10 @@ def list_points(app: App, desktop: str | None, status: str | None, limit: int | 
                 ",".join(p["tiers"]) or "-",
                 format_bytes(p["bytes"]),
                 freeze,
-            )
+            ]
+            if with_sites:
+                row.insert(6, ",".join(p["sites"]) or "-")
+            table.add_row(*row)
         out.print(table)
 
     app.emit([point_document(p) for p in points], render)
@@ -82,10 +90,12 @@ def show_point(app: App, point_id: str) -> None:
     for a in artifacts:
         a["held_files"] = json.loads(a["held_files"]) if a.get("held_files") else None
     tiers = app.catalog.query("SELECT * FROM point_tiers WHERE point_id = ? ORDER BY tier DESC", [point["id"]])
+    sites = app.catalog.query("SELECT * FROM point_sites WHERE point_id = ? ORDER BY site", [point["id"]])
     doc = {
         **point_document(point),
         "artifacts": artifacts,
         "tier_detail": tiers,
+        "site_detail": sites,
         "pool_snapshot_id": point["pool_snapshot_id"],
         "image": point["image"],
         "held_files": next((a["held_files"] for a in artifacts if a["kind"] == "checkpoint"), None),
@@ -99,6 +109,9 @@ def show_point(app: App, point_id: str) -> None:
         for t in tiers:
             lock = f", locked until {t['retain_until']}" if t["retain_until"] else ""
             out.print(f"{'tier':12} {t['tier']} in {t['store_url']} (+{format_bytes(t['stored_bytes'])}{lock})")
+        for t in sites:
+            lock = f", locked until {t['retain_until']}" if t["retain_until"] else ""
+            out.print(f"{'site':12} {t['site']} in {t['store_url']} (+{format_bytes(t['copied_bytes'])} copied{lock})")
         for a in artifacts:
             out.print(
                 f"{'artifact':12} {a['kind']} {a['name']}: {format_bytes(a['bytes'])} "

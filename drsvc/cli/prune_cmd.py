@@ -6,6 +6,7 @@ import click
 from rich.console import Console
 
 from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.offsite.prune import SitePruneReport, prune_site
 from drsvc.prune import PruneJob, PruneReport
 from drsvc.tiering import ColdPruneReport, prune_cold
 
@@ -33,22 +34,28 @@ def command(app: App, dry_run: bool) -> None:
     """Apply each policy's retention on every tier; drop pool snapshots and chunks nothing needs.
 
     Hot: hot retention, unreferenced pool snapshots, hot chunk GC. Cold (when configured): cold
-    retention, never touching a copy whose S3 Object Lock has not expired, cold chunk GC.
+    retention, never touching a copy whose S3 Object Lock has not expired, cold chunk GC. Each
+    other site ([sites.NAME]) with copies: its own retention, its own locks, its own GC.
     """
     services = app.services
     cold: ColdPruneReport | None = None
+    sites: list[SitePruneReport] = []
     if dry_run:
         report = PruneJob(services, None).run(dry_run=True)
         if services.has_cold:
             cold = prune_cold(services, None, dry_run=True)
+        sites = [prune_site(services, name, None, dry_run=True) for name in sorted(app.config.sites)]
     else:
         with app.lease() as lease:
             report = PruneJob(services, lease).run()
             if services.has_cold:
                 cold = prune_cold(services, lease)
+            sites = [prune_site(services, name, lease) for name in sorted(app.config.sites)]
     doc = report.document()
     if cold is not None:
         doc["cold"] = cold.document()
+    if sites:
+        doc["sites"] = {s.site: s.document() for s in sites}
 
     def show(out: Console) -> None:
         render(report, out)
@@ -58,6 +65,13 @@ def command(app: App, dry_run: bool) -> None:
             out.print(
                 f"cold: {len(c['dropped'])} copies {verb}, {c['kept']} kept, {len(c['locked'])} still "
                 f"object-locked (skipped until the lock expires)"
+            )
+        for s in sites:
+            d = s.document()
+            verb = "would drop" if dry_run else "dropped"
+            out.print(
+                f"site {s.site}: {len(d['dropped'])} copies {verb}, {d['kept']} kept, {len(d['locked'])} still "
+                f"object-locked there"
             )
 
     app.emit(doc, show)

@@ -33,8 +33,9 @@ def render(report: VerifyReport, out: Console) -> None:
 @click.argument("point_id", required=False)
 @click.option("--all", "all_points", is_flag=True, help="Verify every point that has a stored copy.")
 @click.option("--read-data", is_flag=True, help="Read, decrypt and re-hash every chunk (slow, thorough).")
+@click.option("--site", "site", help="Verify the copies at this other site ([sites.NAME]) instead of the tiers.")
 @pass_app
-def command(app: App, point_id: str | None, all_points: bool, read_data: bool) -> int:
+def command(app: App, point_id: str | None, all_points: bool, read_data: bool, site: str | None) -> int:
     """Check that points' manifests authenticate and their chunks exist (hot and cold copies).
 
     Without --read-data one batched listing per store checks that every chunk exists; with it
@@ -44,9 +45,14 @@ def command(app: App, point_id: str | None, all_points: bool, read_data: bool) -
     """
     if bool(point_id) == all_points:
         raise InvalidInput("name a point ID or give --all (not both)")
-    report = VerifyJob(app.services, on_event=app.progress()).run(
-        None if all_points else [point_id or ""], read_data=read_data
-    )
+    job = VerifyJob(app.services, on_event=app.progress())
+    if site is not None:
+        from drsvc.offsite.verify import SiteVerifyJob
+        from drsvc.sites import site_section
+
+        site_section(app.config, site)  # an unknown site: exit 3 naming the configured ones
+        job = SiteVerifyJob(app.services, site, on_event=app.progress())
+    report = job.run(None if all_points else [point_id or ""], read_data=read_data)
     app.emit(report.document(), lambda out: render(report, out))
     if not report.ok:
         app.err.print(f"drsvc: error: integrity: damaged point(s): {', '.join(report.affected)}")

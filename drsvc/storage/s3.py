@@ -163,6 +163,8 @@ class S3Store(StoreBase):
         endpoint_url: str | None = None,
         region: str | None = None,
         profile: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
         create: bool = True,
         object_lock: bool = False,
         lock_mode: str = "COMPLIANCE",
@@ -195,6 +197,10 @@ class S3Store(StoreBase):
             max_concurrency=self._workers,
         )
         self._multipart_threshold = multipart_threshold
+        self.endpoint = endpoint_url or os.environ.get("S3_ENDPOINT_URL") or None
+        # Who the client acts as: with the endpoint, decides whether another store is reachable by
+        # server-side copy (``copy_from``). The access key id is not a secret.
+        self.identity = access_key or profile or os.environ.get("AWS_ACCESS_KEY_ID") or ""
         if client is None:
             session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
             config = Config(
@@ -209,12 +215,10 @@ class S3Store(StoreBase):
                 # Bodies keep their CRC32, and everything stored is sealed (AES-GCM) besides.
                 s3={"payload_signing_enabled": False},
             )
-            client = session.client(
-                "s3",
-                endpoint_url=endpoint_url or os.environ.get("S3_ENDPOINT_URL") or None,
-                region_name=region,
-                config=config,
-            )
+            keys: dict[str, str] = {}
+            if access_key and secret_key:
+                keys = {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key}
+            client = session.client("s3", endpoint_url=self.endpoint, region_name=region, config=config, **keys)
         self._client = client
         self._errors = client.exceptions
         if create:
@@ -535,6 +539,55 @@ class S3Store(StoreBase):
         if until is None:
             return None
         return until if until.tzinfo else until.replace(tzinfo=UTC)
+
+    def head(self, key: str) -> dict[str, Any]:
+        """Size, ETag (quotes stripped), storage class and lock of one object (one HEAD)."""
+        h = self._head(key)
+        until = h.get("ObjectLockRetainUntilDate")
+        return {
+            "size": int(h["ContentLength"]),
+            "etag": str(h.get("ETag") or "").strip('"'),
+            "storage_class": str(h.get("StorageClass") or "STANDARD"),
+            "retain_until": (until if until is None or until.tzinfo else until.replace(tzinfo=UTC)),
+        }
+
+    def same_service(self, other: S3Store) -> bool:
+        """Whether ``other`` is on this endpoint under the same identity (server-side copy can work)."""
+        return self.endpoint == other.endpoint and self.identity == other.identity
+
+    def copy_from(
+        self,
+        source: S3Store,
+        key: str,
+        *,
+        storage_class: str | None = None,
+        retain_until: datetime | None = None,
+    ) -> str:
+        """Server-side copy of ``source``'s object ``key`` to the same key here; returns the new ETag.
+
+        One request whatever the size up to 5 GiB (CopyObject): the bytes never leave the S3
+        service. Larger objects are refused here (the caller streams them instead).
+        """
+        # The retention is set right after the copy (PutObjectRetention): a CopyObject carrying it
+        # is refused by S3 implementations that want a body checksum with every locked write.
+        args = self._put_args(storage_class, None)
+        if storage_class is None:
+            args["StorageClass"] = "STANDARD"  # CopyObject would otherwise keep the source's class
+        try:
+            response = self._client.copy_object(
+                Bucket=self.bucket,
+                Key=self._oid(key),
+                CopySource={"Bucket": source.bucket, "Key": source._oid(key)},
+                MetadataDirective="COPY",
+                **args,
+            )
+        except Exception as e:
+            if not self._is_client_error(e):
+                raise
+            raise self._fail("copy", key, e) from e
+        if retain_until is not None:
+            self.extend_retention([key], retain_until)
+        return str(response.get("CopyObjectResult", {}).get("ETag") or "").strip('"')
 
     def storage_class(self, key: str) -> str:
         """The object's storage class (S3 omits it for STANDARD)."""

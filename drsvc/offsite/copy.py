@@ -1,0 +1,422 @@
+"""``drsvc copy``: replicate due points' sealed objects from the cold tier to other sites.
+
+Nothing is decrypted or re-encrypted: every object of a chunk store is sealed for its own key
+(AES-GCM with ``drsvc/<key>`` as associated data), and a site's store uses the same keys, so the
+cold tier's pack, its index, the image record and the manifest are copied byte for byte
+(``drsvc.storage.transfer``: server-side when both stores are one S3 service, streamed
+otherwise, each object verified at the destination). The store's ``config`` goes first, so the
+site is a chunk store of its own that ``site recover`` opens with the key material alone.
+
+**Order, and so resumability.** Per site one listing says what is there already (packs, indexes,
+image records, manifests). Then: the packs (and loose chunks of stores tiered before packs) the
+due points need, in parallel; then their indexes (an index is the commit record of its pack, as
+in the cold tier); then per point its image record and **its manifest last**. A run killed at any
+moment leaves objects that the next run's listing skips, and no manifest whose data is missing: a
+point is at the site only once its manifest is. Copies are recorded in ``point_sites``.
+
+**Object Lock per site.** Copied objects get the site's lock (``sites.NAME.object_lock_days`` of
+the policy, else of the site); objects already there that a newly locked point reuses are extended
+(``cold_locks`` remembers each object's retention per store URL, as for the cold tier). A site's
+locks are its own: prune at the primary or at another site never deletes anything here.
+
+**Bandwidth**: ``--limit-upload`` (KiB/s) bounds the bytes copied per second over all workers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from drsvc import clock
+from drsvc.backup import IMAGES, image_record_id
+from drsvc.chunks import CONFIG_KEY, ChunkStore, chunk_key, index_key, pack_key
+from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, IntegrityError, InvalidInput, NotFound
+from drsvc.lease import Lease
+from drsvc.offsite.plan import CopyCandidate, plan_copies
+from drsvc.prune import manifest_streams
+from drsvc.services import Services
+from drsvc.sites import site_section
+from drsvc.storage.base import ObjectStore, ordered_map
+from drsvc.storage.transfer import RateLimit, Transfer
+from drsvc.tiering import META_CLASS, manifest_key
+
+Event = Callable[..., None]
+WORKERS = 4  # objects in flight per site (packs are ~16 MiB: memory stays ~64 MiB when streamed)
+# Store-level objects a site needs to be read with the key material alone (besides packs and
+# indexes): the config (format, chunker parameters, key check).
+STORE_OBJECTS = (CONFIG_KEY,)
+
+
+def _quiet(*_a: Any, **_k: Any) -> None:
+    return None
+
+
+@dataclass
+class CopyMove:
+    """One point's copy to one site."""
+
+    point_id: str
+    desktop: str
+    policy: str
+    site: str
+    taken_at: str
+    status: str = "planned"  # planned | done | failed
+    retain_until: str | None = None
+    objects: int = 0
+    objects_copied: int = 0
+    bytes_copied: int = 0
+    seconds: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class CopyReport:
+    dry_run: bool
+    job_id: int | None = None
+    moves: list[CopyMove] = field(default_factory=list)
+    modes: dict[str, str] = field(default_factory=dict)  # site -> server-side | streamed
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        failed = sum(m.status == "failed" for m in self.moves)
+        if not failed:
+            return EXIT_OK
+        return EXIT_PARTIAL if failed < len(self.moves) else EXIT_FAILED
+
+    def document(self) -> dict[str, Any]:
+        done = [m for m in self.moves if m.status == "done"]
+        return {
+            "dry_run": self.dry_run,
+            "job_id": self.job_id,
+            "notes": self.notes,
+            "modes": self.modes,
+            "moves": [m.document() for m in self.moves],
+            "summary": {
+                "count": len(self.moves),
+                "done": len(done),
+                "failed": sum(m.status == "failed" for m in self.moves),
+                "objects_copied": sum(m.objects_copied for m in self.moves),
+                "bytes_copied": sum(m.bytes_copied for m in self.moves),
+            },
+        }
+
+
+@dataclass
+class _Point:
+    """A point being copied: its move, lock, and the objects it needs at the site."""
+
+    move: CopyMove
+    until: datetime | None
+    lock_days: int
+    manifest_key: str = ""
+    manifest: bytes = b""
+    image_key: str | None = None
+    image: bytes | None = None
+    data: list[str] = field(default_factory=list)  # packs and loose chunks
+    indexes: list[str] = field(default_factory=list)
+
+
+class _Destination:
+    """What a site's store holds, from one listing per prefix, kept current as objects land."""
+
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+        self.keys: set[str] = set()
+        for prefix in ("packs/", "index/", "chunks/", f"manifests/{IMAGES}/"):
+            self.keys.update(objects.list(prefix))
+
+    def has(self, key: str) -> bool:
+        return key in self.keys
+
+
+class CopyJob:
+    """Copies due points from the cold tier to other sites, under the work lease."""
+
+    def __init__(
+        self,
+        services: Services,
+        lease: Lease | None,
+        *,
+        limit: RateLimit | None = None,
+        on_event: Event | None = None,
+    ) -> None:
+        self.services = services
+        self.catalog = services.catalog
+        self.lease = lease
+        self.limit = limit or RateLimit(None)
+        self.on_event = on_event or _quiet
+
+    def run(self, *, site: str | None = None, dry_run: bool = False, now: datetime | None = None) -> CopyReport:
+        """Copy every due point (to ``site`` only, when given); ``dry_run`` says which, touching nothing."""
+        now = now or clock.now()
+        report = CopyReport(dry_run)
+        config = self.services.config
+        if site is not None:
+            site_section(config, site)  # an unknown name is a clear error before anything else
+        if not config.sites:
+            report.notes.append("no sites configured ([sites.NAME] in the config): nothing to copy")
+            return report
+        candidates = plan_copies(self.catalog, self.services.policies, config.sites, now, site=site)
+        if candidates and not self.services.has_cold:
+            report.notes.append("sites copy the cold tier's packs: configure [cold] and tier points first")
+            return report
+        report.moves = [self._move(c, now) for c in candidates]
+        if dry_run or not candidates:
+            return report
+        report.job_id = self.catalog.start_job("copy", token=self.lease.token if self.lease else None)
+        try:
+            for name in sorted({c.site for c in candidates}):
+                items = [(c, m) for c, m in zip(candidates, report.moves, strict=True) if c.site == name]
+                self._copy_site(name, items, report)
+        except BaseException as e:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            self.catalog.finish_job(report.job_id, status, error=str(e) or type(e).__name__, detail=report.document())
+            raise
+        status = {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(report.exit_code, "failed")
+        errors = "; ".join(f"{m.point_id}@{m.site}: {m.error}" for m in report.moves if m.error)
+        self.catalog.finish_job(report.job_id, status, error=errors or None, detail=report.document())
+        return report
+
+    # ------------------------------------------------------------------ planning helpers
+
+    def _move(self, c: CopyCandidate, now: datetime) -> CopyMove:
+        move = CopyMove(c.point["id"], c.point["desktop_id"], c.policy.name, c.site, c.point["taken_at"])
+        move.reasons = c.reasons
+        if c.problem:
+            move.status, move.error = "failed", c.problem
+            return move
+        days = self._lock_days(c)
+        if days:
+            move.retain_until = clock.to_iso(now + timedelta(days=days))
+        return move
+
+    def _lock_days(self, c: CopyCandidate) -> int:
+        section = self.services.config.sites.get(c.site)
+        days = (c.copy.object_lock_days if c.copy else None) or (section.object_lock_days if section else None)
+        return int(days or 0)
+
+    def _check_lease(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
+
+    # ------------------------------------------------------------------ one site
+
+    def _copy_site(self, name: str, items: list[tuple[CopyCandidate, CopyMove]], report: CopyReport) -> None:
+        started = time.monotonic()
+        todo = [(c, m) for c, m in items if m.status == "planned"]
+        if not todo:
+            return
+        section = site_section(self.services.config, name)
+        try:
+            if any(self._lock_days(c) for c, _ in todo) and not section.object_lock:
+                raise InvalidInput(
+                    f"site {name}: a policy asks for object_lock_days but [sites.{name}] object_lock is false"
+                )
+            cold = self.services.cold
+            objects = self.services.site_objects(name)
+            transfer = Transfer(cold.store, objects, limit=self.limit)
+            report.modes[name] = transfer.mode
+            self._ensure_store(name, cold, objects, transfer)
+            dest = _Destination(objects)
+        except DrsvcError as e:
+            for _, move in todo:
+                self._fail(move, str(e), started)
+            return
+        points: list[_Point] = []
+        for c, move in todo:
+            until = clock.from_iso(move.retain_until) if move.retain_until else None
+            point = _Point(move, until, self._lock_days(c))
+            try:
+                self._prepare(cold, point)
+            except DrsvcError as e:
+                self._fail(move, str(e), started)
+                continue
+            points.append(point)
+            self.on_event("copying", move=move, missing=sum(not dest.has(k) for k in point.data + point.indexes))
+        failed = self._copy_objects(transfer, dest, points, section.storage_class, "data")
+        failed.update(self._copy_objects(transfer, dest, points, META_CLASS, "indexes", skip=failed))
+        for point in points:
+            lacking = [k for k in point.data + point.indexes if not dest.has(k)]
+            if lacking:
+                why = failed.get(lacking[0]) or f"{len(lacking)} object(s) did not reach the site"
+                self._fail(point.move, f"{lacking[0]}: {why}", started)
+                continue
+            try:
+                self._finish_point(name, transfer, dest, point)
+            except DrsvcError as e:
+                self._fail(point.move, str(e), started)
+                continue
+            point.move.status = "done"
+            point.move.seconds = round(time.monotonic() - started, 3)
+            self.catalog.set_site(
+                point.move.point_id,
+                name,
+                objects.url,
+                copied_bytes=point.move.bytes_copied,
+                retain_until=point.move.retain_until,
+            )
+            self.on_event("copied", move=point.move)
+
+    def _fail(self, move: CopyMove, error: str, started: float) -> None:
+        move.status, move.error = "failed", error
+        move.seconds = round(time.monotonic() - started, 3)
+        self.on_event("copied", move=move)
+
+    def _ensure_store(self, name: str, cold: ChunkStore, objects: ObjectStore, transfer: Transfer) -> None:
+        """The site's store config first (copied verbatim); an existing one must be for this key."""
+        if objects.exists(CONFIG_KEY):
+            ChunkStore.open(objects, self.services.keys)  # wrong key, wrong format: a clear error
+            return
+        for key in STORE_OBJECTS:
+            try:
+                transfer.copy(key, storage_class=META_CLASS)
+            except NotFound:
+                continue
+        self.on_event("site_created", site=name, url=objects.url)
+
+    def _prepare(self, cold: ChunkStore, point: _Point) -> None:
+        """Read and authenticate the point's manifest and image record; which objects it needs."""
+        move = point.move
+        manifest, point.manifest = cold.get_sealed_manifest(move.desktop, move.point_id)
+        point.manifest_key = manifest_key(move.desktop, move.point_id)
+        streams = list(manifest_streams(manifest))
+        image_id = image_record_id(manifest)
+        if image_id is not None:
+            image, point.image = cold.get_sealed_manifest(IMAGES, image_id)
+            point.image_key = manifest_key(IMAGES, image_id)
+            streams += list(manifest_streams(image))
+        chunk_ids = dict.fromkeys(cid for ref in streams for cid, _ in ref.chunks)
+        data: dict[str, None] = {}
+        indexes: dict[str, None] = {}
+        loose: set[str] | None = None
+        for cid in chunk_ids:
+            pid = cold.pack_of(cid)
+            if pid is not None:
+                data[pack_key(pid)] = indexes[index_key(pid)] = None
+                continue
+            if loose is None:  # stores tiered before packs: one listing, only when needed
+                loose = set(cold.list_loose_chunk_ids())
+            if cid not in loose:
+                raise IntegrityError(f"chunk {cid} of point {move.point_id} is missing from the cold tier")
+            data[chunk_key(cid)] = None
+        point.data, point.indexes = list(data), list(indexes)
+        move.objects = len(point.data) + len(point.indexes) + 1 + (point.image is not None)
+
+    def _copy_objects(
+        self,
+        transfer: Transfer,
+        dest: _Destination,
+        points: list[_Point],
+        storage_class: str,
+        kind: str,
+        *,
+        skip: dict[str, str] | None = None,
+    ) -> dict[str, str]:
+        """Copy the points' missing ``data`` or ``indexes`` in parallel; returns key -> error of failures."""
+        owner: dict[str, _Point] = {}  # counted to the first point needing it
+        until: dict[str, datetime | None] = {}
+        for point in points:
+            for key in getattr(point, kind):
+                if dest.has(key):
+                    continue
+                owner.setdefault(key, point)
+                if point.until is not None:
+                    current = until.get(key)
+                    until[key] = point.until if current is None else max(current, point.until)
+                else:
+                    until.setdefault(key, None)
+        if kind == "indexes" and skip:
+            # an index is copied only after its pack: a pack that failed keeps its index back
+            owner = {k: p for k, p in owner.items() if pack_key(k.rsplit("/", 1)[1]) not in skip}
+        failures: dict[str, str] = {}
+
+        def one(key: str) -> tuple[str, int, str | None]:
+            try:
+                return key, transfer.copy(key, storage_class=storage_class, retain_until=until[key]).size, None
+            except DrsvcError as e:
+                return key, 0, str(e)
+
+        for n, (key, size, error) in enumerate(ordered_map(one, list(owner), workers=WORKERS, window=WORKERS * 2)):
+            if n % 64 == 63:
+                self._check_lease()
+            if error is not None:
+                failures[key] = error
+                continue
+            dest.keys.add(key)
+            move = owner[key].move
+            move.objects_copied += 1
+            move.bytes_copied += size
+            if until[key] is not None:
+                self._record_lock(dest.objects.url, [key], until[key])
+        return failures
+
+    def _finish_point(self, name: str, transfer: Transfer, dest: _Destination, point: _Point) -> None:
+        """Locks of what the point reuses, its image record if new, then its manifest (last)."""
+        move = point.move
+        if point.until is not None:
+            reused = [k for k in point.data + point.indexes]
+            if point.image_key is not None and dest.has(point.image_key):
+                reused.append(point.image_key)
+            self._extend_locks(dest.objects, reused, point.until, point.lock_days)
+        if point.image_key is not None and point.image is not None and not dest.has(point.image_key):
+            dest.objects.put(point.image_key, point.image, storage_class=META_CLASS, retain_until=point.until)
+            dest.keys.add(point.image_key)
+            move.objects_copied += 1
+            move.bytes_copied += len(point.image)
+        self._check_lease()  # the fence: a point is at the site only under a lease still ours
+        transfer.limit.take(len(point.manifest))
+        dest.objects.put(point.manifest_key, point.manifest, storage_class=META_CLASS, retain_until=point.until)
+        if dest.objects.get(point.manifest_key) != point.manifest:
+            raise IntegrityError(f"site {name}: manifest {point.manifest_key} reads back different")
+        move.objects_copied += 1
+        move.bytes_copied += len(point.manifest)
+
+    # ------------------------------------------------------------------ object lock bookkeeping
+
+    def _record_lock(self, url: str, keys: list[str], until: datetime | None) -> None:
+        if until is None:
+            return
+        with self.catalog.transaction():
+            self.catalog.db.conn.executemany(
+                "INSERT OR REPLACE INTO cold_locks VALUES (?, ?, ?)", [(url, k, clock.to_iso(until)) for k in keys]
+            )
+
+    def _extend_locks(self, objects: ObjectStore, keys: list[str], until: datetime, days: int) -> int:
+        """Extend the lock of objects a locked point reuses when it falls short (twice the period: once per period)."""
+        url, need = objects.url, clock.to_iso(until)
+        known: dict[str, str] = {}
+        for start in range(0, len(keys), 500):
+            part = keys[start : start + 500]
+            marks = ",".join("?" * len(part))
+            rows = self.catalog.query(
+                f"SELECT key, retain_until FROM cold_locks WHERE store_url = ? AND key IN ({marks})", [url, *part]
+            )
+            known.update((r["key"], r["retain_until"]) for r in rows)
+        short = [k for k in keys if known.get(k, "") < need]
+        extend = getattr(objects, "extend_retention", None)
+        if not short or extend is None:
+            return 0
+        extended_to = until + timedelta(days=days)
+        extend(short, extended_to)
+        with self.catalog.transaction():
+            self.catalog.db.conn.executemany(
+                "INSERT INTO cold_locks VALUES (?, ?, ?) ON CONFLICT (store_url, key) DO UPDATE SET "
+                "retain_until = max(retain_until, excluded.retain_until)",
+                [(url, k, clock.to_iso(extended_to)) for k in short],
+            )
+        return len(short)
+
+
+def iter_site_points(services: Services, site: str) -> Iterator[dict[str, Any]]:
+    """Points the catalog records at ``site``, newest first."""
+    for point in services.catalog.points():
+        if site in point["sites"]:
+            yield point
