@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "tier": ("tier_cmd", "Copy points older than their policy's tiering.after to the cold tier (S3)."),
     "copy": ("copy_cmd", "Copy due points from the cold tier to other sites, as they are (never decrypted)."),
+    "site": ("site_cmd", "Other sites ([sites.NAME]): what they hold, recovering a whole site from one, drilling it."),
     "verify": ("verify_cmd", "Check that points' manifests authenticate and their chunks exist (hot and cold copies)."),
     "catalog": (
         "catalog_cmd",

@@ -62,7 +62,7 @@ def render_result(result: RestoreResult, out: Console) -> None:
 
 
 @click.command("restore", cls=DrsvcCommand)
-@click.argument("desktop")
+@click.argument("desktop", required=False)
 @click.option("--at", "at", help="Latest point taken at or before this time (ISO-8601, e.g. 2026-11-27T02:00Z).")
 @click.option("--point", "point_id", help="Restore this recovery point (an unambiguous id prefix is enough).")
 @click.option("--as", "as_name", help="Restore as a clone with this name, beside the original.")
@@ -99,11 +99,19 @@ def render_result(result: RestoreResult, out: Console) -> None:
     type=click.Choice(["snapshot", "hot", "cold"]),
     help="With --object/--prefix: read from this copy (pool snapshot, hot or cold chunks; default: the fastest).",
 )
-@click.option("--tenant", help="Act for this tenant only: desktops of other tenants are refused (and recorded).")
+@click.option(
+    "--tenant",
+    help="With --object/--prefix: act for this tenant only (others refused, recorded). Alone: a storm of its desktops.",
+)
+@click.option("--all", "everything", is_flag=True, help="A storm: every desktop, in priority order.")
+@click.option("--node", help="A storm: every desktop of this node.")
+@click.option("--pool", help="A storm: every desktop whose volume is in this Ceph pool.")
+@click.option("--parallel", type=click.IntRange(min=1), help="Storm: desktops in flight (default [recovery] parallel).")
+@click.option("--no-admission", is_flag=True, help="Storm: no bounds per shared resource (for comparison).")
 @pass_app
 def command(
     app: App,
-    desktop: str,
+    desktop: str | None,
     at: str | None,
     point_id: str | None,
     as_name: str | None,
@@ -118,6 +126,11 @@ def command(
     to_dir: Path | None,
     copy: str | None,
     tenant: str | None,
+    everything: bool,
+    node: str | None,
+    pool: str | None,
+    parallel: int | None,
+    no_admission: bool,
 ) -> int:
     """Bring DESKTOP back from a recovery point and report the RTO, phase by phase.
 
@@ -135,7 +148,27 @@ def command(
     and omap, into the desktop's own namespace while it keeps running; nothing else is touched.
     A current object is kept as NAME.drsvc-POINT unless --overwrite; --to-dir DIR writes files
     instead. Data comes from the fastest copy: the pool snapshot, hot chunks, cold chunks.
+
+    A restore storm (--all, --node N, --tenant T, --pool P) restores many desktops in place, each
+    from its latest point, in priority order (the policy's priority, then RTO target), --parallel
+    at once with admission control (downloads, Ceph writes, CRIU restores per host bounded by
+    [recovery]), and prints the fleet table: time to first, 50 %, 95 % and all up, each desktop's
+    RTO. Exit 6 when some desktops failed, 5 when all are up but some over their target.
     """
+    if desktop is None and (everything or node or tenant or pool):
+        if at or point_id or as_name or objects or prefix is not None or overwrite or to_dir or copy:
+            raise InvalidInput(
+                "a storm (--all, --node, --tenant, --pool) takes no --at, --point, --as, --object, --prefix, "
+                "--overwrite, --to-dir or --from"
+            )
+        from drsvc.cli._storm import Selection, run_storm
+
+        selection = Selection(everything, node, tenant, pool)
+        return run_storm(app, selection, parallel, no_admission, tier, dry_run, force, verify)
+    if desktop is None:
+        raise InvalidInput("name a DESKTOP, or give --all, --node N, --tenant T or --pool P for a storm")
+    if everything or node or pool or parallel is not None or no_admission:
+        raise InvalidInput("--all, --node, --pool, --parallel and --no-admission make a storm: they take no DESKTOP")
     if at and point_id:
         raise InvalidInput("give --at or --point, not both")
     if objects or prefix is not None:

@@ -426,6 +426,37 @@ def _drills(catalog: Catalog, start: datetime, end: datetime) -> list[dict[str, 
     )
 
 
+def _site_recoveries(catalog: Catalog, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """Site recoveries, their drills and restore storms of the quarter, with the fleet's times."""
+    runs = catalog.query(
+        "SELECT id, kind, site, started_at, finished_at, selection, parallel, status, summary "
+        "FROM site_recoveries WHERE started_at >= ? AND started_at < ? ORDER BY started_at",
+        [_iso(start), _iso(end)],
+    )
+    out = []
+    for run in runs:
+        summary = json.loads(run.pop("summary") or "{}")
+        failures = catalog.query(
+            "SELECT desktop_id, status, error FROM site_recovery_desktops WHERE recovery_id = ? "
+            "AND status NOT IN ('ok', 'skipped') ORDER BY rank",
+            [run["id"]],
+        )
+        out.append(
+            {
+                **run,
+                "desktops": summary.get("desktops", 0),
+                "up": summary.get("up", 0),
+                "within_target": summary.get("within_target", 0),
+                "first_up_seconds": summary.get("first_up_seconds"),
+                "p50_up_seconds": summary.get("p50_up_seconds"),
+                "p95_up_seconds": summary.get("p95_up_seconds"),
+                "all_up_seconds": summary.get("all_up_seconds"),
+                "failures": failures,
+            }
+        )
+    return out
+
+
 def _phases(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     names = list(PHASES) + sorted({k for r in results for k in r["phases"]} - set(PHASES))
     docs = []
@@ -512,6 +543,7 @@ def build_report(
         "summary": summary,
         "policies": _policies(results, rpo, objectives),
         "drills": drills,
+        "site_recoveries": _site_recoveries(catalog, start, end),
         "desktops": latest,
         "failures": failures,
         "never_drilled": never,

@@ -152,6 +152,33 @@ def populate(catalog: Catalog) -> None:
                 "rpo_seconds, phases, verified, passed, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [*r[:7], phases, *r[7:]],
             )
+        # a site drill in Q3: three desktops, one failed; and a restore storm in Q4 (not counted)
+        for rid, kind, site, started in (
+            (1, "drill", "dr", "2026-08-20T02:00Z"),
+            (2, "storm", None, "2026-10-20T02:00Z"),
+        ):
+            summary = {
+                "desktops": 3,
+                "up": 2,
+                "within_target": 2,
+                "first_up_seconds": 4.2,
+                "p50_up_seconds": 6.9,
+                "p95_up_seconds": None,
+                "all_up_seconds": None,
+            }
+            db.execute(
+                "INSERT INTO site_recoveries (id, kind, site, started_at, finished_at, selection, parallel, status, "
+                "summary) VALUES (?, ?, ?, ?, ?, '--all', 4, 'partial', ?)",
+                [rid, kind, site, iso(started), iso(started[:-1] + ":01Z"), json.dumps(summary)],
+            )
+            for rank, (desktop, status, error) in enumerate(
+                (("dave", "ok", None), ("alice", "ok", None), ("bob", "failed", "criu failed: restore of bob"))
+            ):
+                db.execute(
+                    "INSERT INTO site_recovery_desktops (recovery_id, desktop_id, rank, status, error) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [rid, desktop, rank + 1, status, error],
+                )
 
 
 @pytest.fixture(scope="module")
@@ -303,6 +330,15 @@ def test_in_progress_quarter_counts_new_desktops_and_rpo_up_to_now(site):
 
 
 # ------------------------------------------------------------------ formats
+
+
+def test_site_recoveries_of_the_quarter_with_their_failures(q3):
+    [run] = q3["site_recoveries"]  # the Q4 storm is not in Q3
+    assert (run["kind"], run["site"], run["up"], run["desktops"], run["first_up_seconds"]) == ("drill", "dr", 2, 3, 4.2)
+    assert run["all_up_seconds"] is None and run["status"] == "partial"
+    assert run["failures"] == [{"desktop_id": "bob", "status": "failed", "error": "criu failed: restore of bob"}]
+    text = render_markdown(q3)
+    assert "## Site recovery" in text and "| #1 | drill | dr |" in text and "criu failed: restore of bob" in text
 
 
 def test_markdown_matches_golden(q3):

@@ -27,6 +27,7 @@ EXPECTED = {
     "catalog-lost",
     "ransomware",
     "backups-failing",
+    "site-lost",
 }
 SECTIONS = ("## Symptoms", "## Decision points", "## Verify", "## Report")
 
@@ -113,7 +114,7 @@ def test_the_checker_catches_what_it_should():
     assert "no command 'nosuch'" in check(["nosuch"])[0]
     assert check(["catalog"]) == ["drsvc catalog: a group, names no command"]
     assert "takes 1 argument(s)" in check(["points", "show", "a", "b"])[0]
-    assert "needs 1 argument(s)" in check(["restore"])[0]
+    assert "needs 1 argument(s)" in check(["points", "show"])[0]
     assert "needs a value" in check(["restore", "alice", "--at"])[0]
     assert "'sometimes'" in check(["points", "list", "--status", "sometimes"])[0]
     assert "missing required --quarter" in check(["report"])[0]

@@ -1,0 +1,48 @@
+"""``site recover`` at a site that has only the copies (moto S3; restores themselves run on the lab)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from coldkit import aws  # noqa: F401  (aws: the fixture, used through pytestmark)
+from sitekit import NOW, SiteKit, cold_points, site_kit
+
+from drsvc.catalog import Catalog
+from drsvc.offsite.copy import CopyJob
+
+pytestmark = pytest.mark.usefixtures("aws")
+
+
+@pytest.fixture
+def kit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SiteKit]:
+    yield from site_kit(tmp_path, monkeypatch)
+
+
+def test_site_recover_dry_run_at_a_site_with_only_the_copies(kit: SiteKit, run_cli: Any, tmp_path: Path) -> None:
+    _, p2 = cold_points(kit, {"dr": {"after": "1h"}}, priority=3)
+    CopyJob(kit.services, None).run(now=NOW)
+    # the DR site: its own config with no hot, no cold, an empty catalog; the key and the policies
+    dr = tmp_path / "dr-site"
+    (dr / "policies").mkdir(parents=True)
+    shutil.copy2(kit.root / "drsvc.key", dr / "drsvc.key")  # the key material, mode and all
+    (dr / "policies" / "std.yaml").write_bytes((kit.root / "policies" / "std.yaml").read_bytes())
+    (dr / "drsvc.toml").write_text(
+        f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
+        f'[sites.dr]\nstore = "s3://{kit.dr_bucket}/site"\nrestore_pool = "rados://dr-desktops"\n'
+    )
+    config = str(dr / "drsvc.toml")
+    plan = run_cli("--config", config, "--json", "site", "recover", "--from", "dr", "--dry-run")
+    assert plan.code == 0, plan.output
+    doc = plan.json()
+    assert doc["prepare"]["manifests"] == 2 and doc["prepare"]["points_added"] == 2
+    [item] = doc["desktops"]  # one desktop, its latest point at the site, from the site's store
+    assert item["desktop"] == "alice" and item["point_id"] == p2 and item["priority"] == 3
+    assert item["tier"] == "cold" and item["status"] == "planned"
+    # a dry run leaves the DR catalog empty
+    assert Catalog.open(dr / "catalog.db").points() == []
+    bad = run_cli("--config", config, "site", "recover", "--from", "primary")
+    assert bad.code == 3 and "no site named 'primary'" in bad.stderr
