@@ -51,7 +51,7 @@ from drsvc.errors import (
 )
 from drsvc.policy import Policy
 from drsvc.prune import policy_for
-from drsvc.runtimes.base import DesktopRef
+from drsvc.runtimes.base import LABEL_VOLUME, DesktopRef
 from drsvc.services import Services
 from drsvc.targets import Fleet, Target, check_restore_target, confirm_identity, namespace_of
 from drsvc.volumes.base import VolumeObject
@@ -173,10 +173,16 @@ def parse_time(text: str) -> datetime:
 class RestoreJob:
     """Plans and runs restores of single desktops."""
 
-    def __init__(self, services: Services, *, on_event: Event = _quiet) -> None:
+    def __init__(
+        self, services: Services, *, on_event: Event = _quiet, relocate: Callable[[str], str] | None = None
+    ) -> None:
         self.services = services
         self.catalog: Catalog = services.catalog
         self.on_event = on_event
+        # Where a point's volume goes when it is restored somewhere else than where it was taken
+        # (a site recovery writes into its own pool, drsvc.offsite.recover): applied to the
+        # manifest before the target is validated, so every rule and phase sees the new place.
+        self.relocate = relocate
 
     # ------------------------------------------------------------------ planning
 
@@ -235,6 +241,10 @@ class RestoreJob:
         if tier not in point["tiers"]:
             raise NotFound(f"point {point['id']} has no {tier} copy (tiers: {', '.join(point['tiers'])})")
         manifest = self.store(tier).get_manifest(desktop_id, point["id"])
+        if self.relocate is not None:
+            volume = dict(manifest["volume"])
+            volume["url"] = self.relocate(volume["url"])
+            manifest = {**manifest, "volume": volume}
         desktop = self.catalog.desktop(desktop_id)
         policy = policy_for(point, self.services.policies, {desktop_id: desktop})
         rto_target = policy.objectives.rto.total_seconds() if policy else DEFAULT_TARGET
@@ -398,6 +408,8 @@ class RestoreJob:
                     runtime.remove(plan.name)
                     faults.point("after-container-removed")
                 labels = plan.target.labels()
+                if labels is None and self.relocate is not None:
+                    labels = {LABEL_VOLUME: plan.volume_url}  # restored in place, its volume elsewhere
                 for attempt in (1, 2):
                     try:
                         with archive.open("rb") as body:

@@ -357,6 +357,13 @@ class Scheduler:
                 self.tier_lag = tier.lag()
                 if tier.moves:
                     report.ran.append({"purpose": "tier", "exit_code": tier.exit_code, **tier.document()})
+            if self.services.has_cold and self.services.config.sites:
+                # copies at other sites follow the cold tier (cheap when nothing is due)
+                from drsvc.offsite.copy import CopyJob
+
+                copy = CopyJob(self.services, lease, on_event=self.on_event).run(now=clock.now())
+                if copy.moves:
+                    report.ran.append({"purpose": "copy", "exit_code": copy.exit_code, **copy.document()})
             drills = [d for d in report.due if d.purpose == "drill"]
             if drills:
                 report.ran += run_due(drills, self.catalog, self._drill)
@@ -372,6 +379,8 @@ class Scheduler:
                 if self.services.has_cold:
                     cold = prune_cold(self.services, lease, now=clock.now(), on_event=self.on_event)
                     report.ran.append({"purpose": "prune-cold", "exit_code": EXIT_OK, **cold.document()})
+                for site in sorted(self.services.config.sites):
+                    report.ran.append(self._prune_site(site, lease))
         finally:
             self.notify()  # under the lease: one process tells the webhooks, even after a failed tick
             lease.__exit__(None, None, None)
@@ -389,6 +398,16 @@ class Scheduler:
             Notifier(self.catalog, config).run(read_health(self.catalog, self.services.policies))
         except Exception as e:
             event(log, logging.ERROR, "notify.error", f"notifications not sent: {e}", error=str(e), exc_info=e)
+
+    def _prune_site(self, site: str, lease: Lease) -> dict[str, Any]:
+        """One site's own retention and GC; a site that cannot be reached fails only its own entry."""
+        from drsvc.offsite.prune import prune_site
+
+        try:
+            pruned = prune_site(self.services, site, lease, now=clock.now(), on_event=self.on_event)
+        except DrsvcError as e:
+            return {"purpose": f"prune-site-{site}", "exit_code": e.exit_code, "error": str(e)}
+        return {"purpose": f"prune-site-{site}", "exit_code": EXIT_OK, **pruned.document()}
 
     def _backup(self, item: Due, lease: Lease) -> dict[str, Any]:
         self.on_event("due", item=item)

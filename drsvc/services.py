@@ -116,7 +116,8 @@ class Services:
         if name not in cache:
             section = sites.site_section(self.config, name)
             try:
-                cache[name] = open_store(section.store, **sites.store_options(name, section, create=create))
+                options = sites.store_options(name, section, create=create, timeouts=self.config.timeouts)
+                cache[name] = open_store(section.store, **options)
             except BackendError as e:
                 raise sites.unreachable(name, section, e) from None
         return cache[name]

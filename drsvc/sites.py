@@ -15,12 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from drsvc.config import Config, SiteSection
+from drsvc.config import Config, SiteSection, TimeoutsSection
 from drsvc.errors import ConfigError, DrsvcError, NotFound
-
-# Connection errors fail a site within seconds instead of botocore's ten attempts with backoff:
-# an unreachable DR endpoint must be a clear error, not a minute of silence.
-SITE_MAX_ATTEMPTS = 3
 
 
 class SiteUnreachable(DrsvcError):
@@ -63,9 +59,15 @@ def credentials(name: str, site: SiteSection) -> dict[str, str]:
     return {"access_key": section["aws_access_key_id"], "secret_key": section["aws_secret_access_key"]}
 
 
-def store_options(name: str, site: SiteSection, *, create: bool) -> dict[str, Any]:
-    """Every option ``open_store(site.store, ...)`` needs for this site."""
-    options: dict[str, Any] = {"create": create, "max_attempts": SITE_MAX_ATTEMPTS, **credentials(name, site)}
+def store_options(name: str, site: SiteSection, *, create: bool, timeouts: TimeoutsSection) -> dict[str, Any]:
+    """Every option ``open_store(site.store, ...)`` needs for this site (timeouts as for the cold tier)."""
+    options: dict[str, Any] = {
+        "create": create,
+        "connect_timeout": timeouts.s3_connect_seconds,
+        "read_timeout": timeouts.s3_read_seconds,
+        "max_attempts": timeouts.s3_attempts,
+        **credentials(name, site),
+    }
     if site.endpoint_url:
         options["endpoint_url"] = site.endpoint_url
     if site.region:

@@ -221,8 +221,8 @@ def plan_fleet(services: Services, desktops: Sequence[dict[str, Any]]) -> list[F
 class FleetRestore:
     """Restores planned desktops with admission control, and records the run in ``record``.
 
-    ``prepare(plan)`` may adjust each plan before it runs (a site recovery moves volumes to its
-    own pool); ``finish(item, plan)`` runs after each desktop whatever happened (a drill tears its
+    ``relocate(url)`` moves each point's volume (a site recovery writes into its own pool, see
+    ``RestoreJob``); ``finish(item, plan)`` runs after each desktop whatever happened (a drill tears its
     clone down); ``clone_name(item)`` restores each desktop as a clone of that name instead of in
     place. ``record`` is the catalog the run is recorded in (a drill restores through a scratch
     catalog but is recorded in the real one).
@@ -241,7 +241,7 @@ class FleetRestore:
         network: str | None = None,
         verify: bool = False,
         clone_name: Callable[[FleetItem], str] | None = None,
-        prepare: Callable[[RestorePlan], None] | None = None,
+        relocate: Callable[[str], str] | None = None,
         finish: Callable[[FleetItem, RestorePlan], None] | None = None,
         on_event: Event | None = None,
     ) -> None:
@@ -257,7 +257,7 @@ class FleetRestore:
         self.network = network
         self.verify = verify
         self.clone_name = clone_name
-        self.prepare = prepare
+        self.relocate = relocate
         self.finish = finish
         self.on_event = on_event or _quiet
         self._lock = threading.Lock()
@@ -298,15 +298,13 @@ class FleetRestore:
 
     def _one(self, item: FleetItem, t0: float) -> None:
         gate = RestoreGate(self.admission, item.host)
-        job = RestoreJob(self.services, on_event=gate)
+        job = RestoreJob(self.services, on_event=gate, relocate=self.relocate)
         plan: RestorePlan | None = None
         item.status = "running"
         self.on_event("started", item=item, elapsed=time.monotonic() - t0)
         try:
             item.clone = self.clone_name(item) if self.clone_name else None
             plan = job.plan(item.desktop, point_id=item.point_id, tier=item.tier, as_name=item.clone)
-            if self.prepare is not None:
-                self.prepare(plan)
             item.target_seconds = plan.target_seconds
             if plan.container_state == "running" and not self.force:
                 item.status = "skipped"

@@ -108,6 +108,7 @@ def recover(
     """
     parallel = parallel or app.config.recovery.parallel
     recovery = SiteRecovery(app.services, site, on_event=None)
+    app.services.site(site)  # unreachable, empty or another key: one clear error before anything
     if not dry_run:
         app.err.print(f"recovering from site {site}: rebuilding the catalog from its manifests…")
         recovery.on_event = _fleet.progress_printer(app, 0)

@@ -138,13 +138,9 @@ class SiteRecovery:
             # As [hot] ceph_conf does for the primary: which cluster the recovered volumes go to.
             os.environ["CEPH_CONF"] = str(self.section.ceph_conf)
 
-    def _relocate(self, plan: RestorePlan) -> None:
-        """The volume goes to this site's pool (same namespace; a clone's namespace is its name)."""
-        volume = plan.manifest.get("volume") or {}
-        url = volume.get("url")
-        moved = relocate_volume(url, self.section.restore_pool) if url else url
-        if moved != url:
-            plan.manifest = {**plan.manifest, "volume": {**volume, "url": moved}}
+    def _relocate(self, url: str) -> str:
+        """A volume goes to this site's pool, in the same namespace (a clone's is its own name)."""
+        return relocate_volume(url, self.section.restore_pool)
 
     def _plan(self, site_services: SiteServices, tenant: str | None, policy: str | None) -> tuple[list[FleetItem], str]:
         desktops = select_desktops(
@@ -186,7 +182,7 @@ class SiteRecovery:
             parallel=parallel,
             limits=limits,
             force=force,
-            prepare=self._relocate,
+            relocate=self._relocate,
             on_event=self.on_event,
         )
         return job.run(items, selection=selection, started=started, report=report)
@@ -224,7 +220,7 @@ class SiteRecovery:
                 network="none",
                 verify=True,
                 clone_name=lambda item: f"sitedrill-{token}-{item.desktop}",
-                prepare=self._relocate,
+                relocate=self._relocate,
                 finish=lambda item, plan: self._teardown(site_services, item, plan),
                 on_event=self.on_event,
             )

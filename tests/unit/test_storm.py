@@ -180,7 +180,7 @@ class FakeRestores:
     most: dict[str, int] = field(default_factory=dict)  # phase -> most desktops in it at once
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def factory(self, services: Any, on_event: Any = None) -> Any:
+    def factory(self, services: Any, on_event: Any = None, relocate: Any = None) -> Any:
         fake = self
 
         class Plan:
