@@ -19,6 +19,7 @@ streamed: two identities) against a raw boto3 copy of the same objects with the 
     eval "$(dev/lab env)"
     flock /tmp/drsvc-lab.lock .venv/bin/python bench/siterecovery.py setup     # ~4 min
     flock /tmp/drsvc-lab.lock .venv/bin/python bench/siterecovery.py round     # ~3 min; repeat
+    flock /tmp/drsvc-lab.lock .venv/bin/python bench/siterecovery.py copy      # copy vs raw boto3 again
     flock /tmp/drsvc-lab.lock .venv/bin/python bench/siterecovery.py cleanup
     .venv/bin/python bench/siterecovery.py report                              # every round so far
 
@@ -164,6 +165,7 @@ def setup() -> None:
         f"drsvc copy: {copy['summary']['done']} points, {copied / MiB:.0f} MiB in {took:.1f} s = "
         f"{copied / MiB / took:.1f} MiB/s ({copy['modes']})"
     )
+    print(f"  where the time went: {copy['timings']}")
     dr = _client(True)
     keys = []
     for page in dr.get_paginator("list_objects_v2").paginate(Bucket=DR_BUCKET, Prefix="fleet/"):
@@ -189,6 +191,47 @@ def setup() -> None:
             )
             + "\n"
         )
+
+
+def _empty(client: Any, bucket: str) -> None:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
+def copy_round() -> None:
+    """drsvc copy and the raw boto3 copy again, each into an emptied bucket (taking turns first)."""
+    import sqlite3
+
+    config = STATE / "primary" / "drsvc.toml"
+    dr = _client(True)
+    results = []
+    keys: list[str] = []
+    for first in ("drsvc", "raw"):
+        order = ["drsvc", "raw"] if first == "drsvc" else ["raw", "drsvc"]
+        for tool in order:
+            if tool == "drsvc":
+                _empty(dr, DR_BUCKET)
+                with sqlite3.connect(STATE / "primary" / "catalog.db") as db:
+                    db.execute("DELETE FROM point_sites")
+                    db.execute("DELETE FROM cold_locks WHERE store_url LIKE ?", [f"s3://{DR_BUCKET}%"])
+                t = time.perf_counter()
+                doc = drsvc(config, "copy")
+                took = time.perf_counter() - t
+                copied = doc["summary"]["bytes_copied"]
+                results.append(("drsvc copy", copied, took, doc["timings"]))
+                keys = []  # the same objects for the reference: what drsvc put at the site
+                for page in dr.get_paginator("list_objects_v2").paginate(Bucket=DR_BUCKET):
+                    keys += [o["Key"] for o in page.get("Contents", [])]
+            else:
+                _empty(dr, REF_BUCKET)
+                total, raw = raw_copy(keys)
+                results.append(("raw boto3", total, raw, {}))
+    for tool, size, took, timings in results:
+        print(f"{tool:10} {size / MiB:7.0f} MiB in {took:5.1f} s = {size / MiB / took:6.1f} MiB/s {timings or ''}")
+    with (STATE / "results.jsonl").open("a") as f:
+        f.write(json.dumps({"copy_round": [r[:3] for r in results]}) + "\n")
 
 
 def lose_primary() -> None:
@@ -268,7 +311,10 @@ def report() -> None:
     rounds = []
     for line in (STATE / "results.jsonl").read_text().splitlines():
         doc = json.loads(line)
-        if "copy" in doc:
+        if "copy_round" in doc:
+            for tool, size, took in doc["copy_round"]:
+                print(f"copy round: {tool:10} {size / MiB / took:6.1f} MiB/s ({size / MiB:.0f} MiB)")
+        elif "copy" in doc:
             c = doc["copy"]
             print(
                 f"copy site to site: drsvc {c['bytes'] / MiB / c['seconds']:.1f} MiB/s ({c['bytes'] / MiB:.0f} MiB, "
@@ -335,13 +381,15 @@ def cleanup() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=["setup", "round", "report", "cleanup"])
+    ap.add_argument("step", choices=["setup", "round", "copy", "report", "cleanup"])
     ap.add_argument("--modes", default="admission,serial,all", help="comma-separated, in this order")
     args = ap.parse_args()
     if args.step == "setup":
         setup()
     elif args.step == "round":
         round_(args.modes.split(","))
+    elif args.step == "copy":
+        copy_round()
     elif args.step == "report":
         report()
     else:

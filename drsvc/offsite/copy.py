@@ -82,6 +82,7 @@ class CopyReport:
     job_id: int | None = None
     moves: list[CopyMove] = field(default_factory=list)
     modes: dict[str, str] = field(default_factory=dict)  # site -> server-side | streamed
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> step -> seconds
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -98,6 +99,7 @@ class CopyReport:
             "job_id": self.job_id,
             "notes": self.notes,
             "modes": self.modes,
+            "timings": self.timings,
             "moves": [m.document() for m in self.moves],
             "summary": {
                 "count": len(self.moves),
@@ -122,6 +124,19 @@ class _Point:
     image: bytes | None = None
     data: list[str] = field(default_factory=list)  # packs and loose chunks
     indexes: list[str] = field(default_factory=list)
+
+
+class _Stopwatch:
+    """Seconds per step of one site's copy, into ``laps`` (the report's timings: where time goes)."""
+
+    def __init__(self, laps: dict[str, float]) -> None:
+        self.laps = laps
+        self._mark = time.monotonic()
+
+    def __call__(self, step: str) -> None:
+        now = time.monotonic()
+        self.laps[step] = round(now - self._mark, 3)
+        self._mark = now
 
 
 class _Destination:
@@ -215,6 +230,7 @@ class CopyJob:
         if not todo:
             return
         section = site_section(self.services.config, name)
+        step = _Stopwatch(report.timings.setdefault(name, {}))
         try:
             if any(self._lock_days(c) for c, _ in todo) and not section.object_lock:
                 raise InvalidInput(
@@ -226,6 +242,7 @@ class CopyJob:
             report.modes[name] = transfer.mode
             self._ensure_store(name, cold, objects, transfer)
             dest = _Destination(objects)
+            step("open_and_list")
         except DrsvcError as e:
             for _, move in todo:
                 self._fail(move, str(e), started)
@@ -241,8 +258,11 @@ class CopyJob:
                 continue
             points.append(point)
             self.on_event("copying", move=move, missing=sum(not dest.has(k) for k in point.data + point.indexes))
+        step("manifests")
         failed = self._copy_objects(transfer, dest, points, section.storage_class, "data")
+        step("packs")
         failed.update(self._copy_objects(transfer, dest, points, META_CLASS, "indexes", skip=failed))
+        step("indexes")
         for point in points:
             lacking = [k for k in point.data + point.indexes if not dest.has(k)]
             if lacking:
@@ -264,6 +284,7 @@ class CopyJob:
                 retain_until=point.move.retain_until,
             )
             self.on_event("copied", move=point.move)
+        step("points")
 
     def _fail(self, move: CopyMove, error: str, started: float) -> None:
         move.status, move.error = "failed", error

@@ -338,15 +338,17 @@ class S3Store(StoreBase):
             args["ObjectLockRetainUntilDate"] = until.astimezone(UTC)
         return args
 
-    def _put(self, oid: str, key: str, data: bytes, args: dict[str, Any]) -> None:
+    def _put(self, oid: str, key: str, data: bytes, args: dict[str, Any]) -> str | None:
+        """Write one object; returns S3's ETag of a one-part write (None for multipart)."""
         faults.point("mid-upload")
         try:
             if len(data) > self._multipart_threshold:
                 self._client.upload_fileobj(_ViewReader(data), self.bucket, oid, ExtraArgs=args, Config=self._transfer)
-            else:
-                # bytes go as they are; a view (a pack buffer, reused once this returns) as a file
-                body: Any = data if isinstance(data, bytes) else _ViewReader(data)
-                self._client.put_object(Bucket=self.bucket, Key=oid, Body=body, **args)
+                return None
+            # bytes go as they are; a view (a pack buffer, reused once this returns) as a file
+            body: Any = data if isinstance(data, bytes) else _ViewReader(data)
+            response = self._client.put_object(Bucket=self.bucket, Key=oid, Body=body, **args)
+            return str(response.get("ETag") or "").strip('"') or None
         except Exception as e:
             if not self._is_client_error(e):
                 raise
@@ -378,7 +380,7 @@ class S3Store(StoreBase):
     ) -> int:
         """Write many objects on a thread pool; at most ``window`` / ``window_bytes`` in flight."""
         args = self._put_args(storage_class, retain_until)
-        inflight: collections.deque[tuple[int, Future[None]]] = collections.deque()
+        inflight: collections.deque[tuple[int, Future[str | None]]] = collections.deque()
         inflight_bytes = 0
         count = 0
         pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="drsvc-s3")
@@ -550,6 +552,23 @@ class S3Store(StoreBase):
             "storage_class": str(h.get("StorageClass") or "STANDARD"),
             "retain_until": (until if until is None or until.tzinfo else until.replace(tzinfo=UTC)),
         }
+
+    def get_tagged(self, key: str) -> tuple[bytes, str]:
+        """One object and its ETag, from one GET (a copy compares it with what it read)."""
+        oid = self._oid(key)
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=oid)
+            return bytes(response["Body"].read()), str(response.get("ETag") or "").strip('"')
+        except Exception as e:
+            if not self._is_client_error(e):
+                raise
+            raise self._fail("get", key, e) from e
+
+    def put_tagged(
+        self, key: str, data: bytes, *, storage_class: str | None = None, retain_until: datetime | None = None
+    ) -> str | None:
+        """``put``, returning the ETag S3 computed of what it stored (None when written in parts)."""
+        return self._put(self._oid(key), key, data, self._put_args(storage_class, retain_until))
 
     def same_service(self, other: S3Store) -> bool:
         """Whether ``other`` is on this endpoint under the same identity (server-side copy can work)."""

@@ -10,9 +10,10 @@ store's config) move byte for byte, never decrypted. ``Transfer.copy`` picks per
 
 Every copy is **verified at the destination**: its size, and its MD5 where S3 gives one (the ETag
 of an object written in one part). A streamed object is hashed on the way; its hash must equal
-the source's ETag (nothing changed in transit from the source) and the destination's (nothing
-changed on the way in); a destination that reports no usable ETag (multipart, or not S3) is read
-back and hashed. A mismatch deletes nothing and raises ``IntegrityError`` naming the object.
+the source's ETag from the GET (nothing changed in transit from the source) and the ETag the
+destination answers the PUT with (its own MD5 of what it stored: no extra request); a destination
+that reports no usable ETag (multipart, or not S3) is read back and hashed. A mismatch deletes
+nothing and raises ``IntegrityError`` naming the object.
 
 ``RateLimit`` (bytes per second, shared by all workers) implements ``--limit-upload``: it counts
 the bytes copied, server-side ones included (they cross the provider's network all the same).
@@ -110,17 +111,25 @@ class Transfer:
         return Copied(key, head["size"], "server-side")
 
     def _streamed(self, key: str, storage_class: str | None, retain_until: datetime | None) -> Copied:
-        data = self.source.get(key)
+        tagged = getattr(self.source, "get_tagged", None)
+        data, source_etag = tagged(key) if tagged is not None else (self.source.get(key), None)
         digest = hashlib.md5(data, usedforsecurity=False).hexdigest()
-        head = getattr(self.source, "head", None)
-        if head is not None:
-            source_md5 = _single_part_md5(head(key)["etag"])
-            if source_md5 is not None and source_md5 != digest:
-                raise IntegrityError(
-                    f"copy of {key}: the bytes read from {self.source.url} do not match its ETag (changed in transit)"
-                )
+        source_md5 = _single_part_md5(source_etag)
+        if source_md5 is not None and source_md5 != digest:
+            raise IntegrityError(
+                f"copy of {key}: the bytes read from {self.source.url} do not match its ETag (changed in transit)"
+            )
         self.limit.take(len(data))
-        self.destination.put(key, data, storage_class=storage_class, retain_until=retain_until)
+        put_tagged = getattr(self.destination, "put_tagged", None)
+        if put_tagged is not None:
+            # the ETag of the PUT's answer is S3's own MD5 of what it stored: verified there, no HEAD
+            etag = _single_part_md5(put_tagged(key, data, storage_class=storage_class, retain_until=retain_until))
+            if etag is not None:
+                if etag != digest:
+                    raise IntegrityError(f"copy of {key} to {self.destination.url}: content differs (MD5)")
+                return Copied(key, len(data), "streamed")
+        else:
+            self.destination.put(key, data, storage_class=storage_class, retain_until=retain_until)
         self._verify(key, len(data), digest, None, data=data)
         return Copied(key, len(data), "streamed")
 

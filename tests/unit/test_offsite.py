@@ -219,12 +219,12 @@ def test_a_destination_that_stores_other_bytes_is_caught(kit: SiteKit) -> None:
     source = S3Store(kit.bucket, "src")
     source.put("packs/ab/x", os.urandom(300_000))
     dest = S3Store(kit.dr_bucket, "dst")
-    real_put = dest.put
+    real_put = dest._put
 
-    def flipping(key: str, data: bytes, **kw: Any) -> None:
-        real_put(key, bytes([data[0] ^ 1]) + data[1:], **kw)
+    def flipping(oid: str, key: str, data: bytes, args: dict[str, Any]) -> str | None:
+        return real_put(oid, key, bytes([data[0] ^ 1]) + data[1:], args)  # a bit flipped on the way in
 
-    dest.put = flipping  # type: ignore[method-assign]
+    dest._put = flipping  # type: ignore[method-assign]
     transfer = Transfer(source, dest)
     transfer.server_side = False
     with pytest.raises(IntegrityError, match="content differs"):
