@@ -251,3 +251,14 @@ def test_copy_cli_json_dry_run_and_unknown_site(kit: SiteKit, run_cli: Any) -> N
     assert bad.code == 3 and "no site named 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     bad = run_cli("--config", config, "verify", "--all", "--site", "nope")
     assert bad.code == 3, bad.output
+
+
+def test_the_scheduler_copies_after_tiering(kit: SiteKit) -> None:
+    from drsvc.scheduler import Scheduler
+
+    kit.policy("std", ["alice"], sites={"dr": {"after": "1h"}})
+    pid = kit.point("alice", NOW - timedelta(hours=5), os.urandom(300_000))
+    report = Scheduler(kit.services).tick(now=NOW)  # its backup of alice fails here: no runtime in unit tests
+    purposes = [r["purpose"] for r in report.ran]
+    assert purposes.index("tier") < purposes.index("copy")
+    assert kit.catalog.point(pid)["tiers"] == ["hot", "cold"] and kit.catalog.point(pid)["sites"] == ["dr"]
