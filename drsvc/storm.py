@@ -192,7 +192,11 @@ def select_desktops(
 
 
 def plan_fleet(services: Services, desktops: Sequence[dict[str, Any]]) -> list[FleetItem]:
-    """Each desktop's point and tier, in restore order (priority, RTO target, id): catalog only."""
+    """Each desktop's point and tier, in restore order (priority, RTO target, id).
+
+    The catalog decides, except for a desktop with no restorable point: the runtime says whether it
+    is lost (a failure to report) or running untouched (skipped: nothing to restore).
+    """
     restore = RestoreJob(services)
     items: list[FleetItem] = []
     for d in desktops:
@@ -203,7 +207,7 @@ def plan_fleet(services: Services, desktops: Sequence[dict[str, Any]]) -> list[F
             item.tier = restore._tier(point)
             policy = policy_for(point, services.policies, {d["id"]: d})
         except DrsvcError as e:
-            item.status, item.error = "failed", str(e)
+            item.status, item.error = ("skipped" if _running(services, d) else "failed"), str(e)
             policy = None
         if policy is not None:
             item.priority = policy.priority
@@ -213,6 +217,13 @@ def plan_fleet(services: Services, desktops: Sequence[dict[str, Any]]) -> list[F
     for rank, item in enumerate(items, start=1):
         item.rank = rank
     return items
+
+
+def _running(services: Services, desktop: dict[str, Any]) -> bool:
+    try:
+        return services.runtime.inspect(desktop["container"]).state == "running"
+    except DrsvcError:
+        return False
 
 
 # ---------------------------------------------------------------------- running

@@ -265,3 +265,21 @@ def test_storm_cli_argument_rules(fleet: Services, run_cli: Any, tmp_path: Path)
     assert dry.code == 0, dry.output
     assert [d["desktop"] for d in dry.json()["desktops"]] == ["e-1", "k-1", "s-a", "s-b", "lonely"]
     assert fleet.catalog.query("SELECT * FROM site_recoveries") == []  # a dry run records nothing
+
+
+def test_a_desktop_without_a_point_fails_only_when_it_is_down(fleet: Services) -> None:
+    for name in ("never-backed-up", "new-and-running"):
+        fleet.catalog.upsert_desktop(
+            {"id": name, "runtime_url": "podman:///x", "container": name, "tenant": "acme", "labels": {}}
+        )
+
+    class Runtime:
+        def inspect(self, name: str) -> Any:
+            return type("Ref", (), {"state": "running" if name == "new-and-running" else "exited"})()
+
+    fleet.__dict__["runtime"] = Runtime()
+    items = {i.desktop: i for i in plan_fleet(fleet, select_desktops(fleet.catalog, fleet.policies, tenant="acme"))}
+    assert items["never-backed-up"].status == "failed"
+    assert "no restorable recovery point" in (items["never-backed-up"].error or "")
+    assert items["new-and-running"].status == "skipped"  # running, untouched: nothing to restore
+    assert items["e-1"].status == "planned"
