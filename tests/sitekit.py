@@ -59,7 +59,13 @@ def cold_points(kit: SiteKit, sites: dict[str, Any], n: int = 2, **policy: Any) 
     kit.policy("std", ["alice"], sites=sites, **policy)
     base = os.urandom(2 * MiB)
     ids = [
-        kit.point("alice", NOW - timedelta(hours=10 - i), base + os.urandom(300_000), checkpoint=os.urandom(50_000))
+        kit.point(
+            "alice",
+            NOW - timedelta(hours=10 - i),
+            base + os.urandom(300_000),
+            checkpoint=os.urandom(50_000),
+            tenant="acme",  # sealed with the tenant's data key, which the site needs too
+        )
         for i in range(n)
     ]
     assert TierJob(kit.services, None).run(now=NOW).exit_code == EXIT_OK

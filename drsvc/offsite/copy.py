@@ -5,7 +5,8 @@ Nothing is decrypted or re-encrypted: every object of a chunk store is sealed fo
 cold tier's pack, its index, the image record and the manifest are copied byte for byte
 (``drsvc.storage.transfer``: server-side when both stores are one S3 service, streamed
 otherwise, each object verified at the destination). The store's ``config`` goes first, so the
-site is a chunk store of its own that ``site recover`` opens with the key material alone.
+site is a chunk store of its own that ``site recover`` opens with the key material alone; the
+tenants' wrapped data keys (``keys/``) follow before any point that needs them.
 
 **Order, and so resumability.** Per site one listing says what is there already (packs, indexes,
 image records, manifests). Then: the packs (and loose chunks of stores tiered before packs) the
@@ -33,6 +34,7 @@ from typing import Any
 from drsvc import clock
 from drsvc.backup import IMAGES, image_record_id
 from drsvc.chunks import CONFIG_KEY, ChunkStore, chunk_key, index_key, pack_key
+from drsvc.chunks.layout import KEYS_PREFIX
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, IntegrityError, InvalidInput, NotFound
 from drsvc.lease import Lease
 from drsvc.offsite.plan import CopyCandidate, plan_copies
@@ -45,9 +47,10 @@ from drsvc.tiering import META_CLASS, manifest_key
 
 Event = Callable[..., None]
 WORKERS = 4  # objects in flight per site (packs are ~16 MiB: memory stays ~64 MiB when streamed)
-# Store-level objects a site needs to be read with the key material alone (besides packs and
-# indexes): the config (format, chunker parameters, key check).
+# Store-level objects a site needs to be read with the key material alone, besides packs and
+# indexes: the config (format, chunker parameters, key check) and the tenants' wrapped data keys.
 STORE_OBJECTS = (CONFIG_KEY,)
+STORE_PREFIXES = (KEYS_PREFIX,)
 
 
 def _quiet(*_a: Any, **_k: Any) -> None:
@@ -145,7 +148,7 @@ class _Destination:
     def __init__(self, objects: ObjectStore) -> None:
         self.objects = objects
         self.keys: set[str] = set()
-        for prefix in ("packs/", "index/", "chunks/", f"manifests/{IMAGES}/"):
+        for prefix in ("packs/", "index/", "chunks/", f"manifests/{IMAGES}/", *STORE_PREFIXES):
             self.keys.update(objects.list(prefix))
 
     def has(self, key: str) -> bool:
@@ -242,6 +245,7 @@ class CopyJob:
             report.modes[name] = transfer.mode
             self._ensure_store(name, cold, objects, transfer)
             dest = _Destination(objects)
+            self._sync_store_objects(cold, dest, transfer)
             step("open_and_list")
         except DrsvcError as e:
             for _, move in todo:
@@ -302,6 +306,14 @@ class CopyJob:
             except NotFound:
                 continue
         self.on_event("site_created", site=name, url=objects.url)
+
+    def _sync_store_objects(self, cold: ChunkStore, dest: _Destination, transfer: Transfer) -> None:
+        """The wrapped data keys the site lacks, before any point that needs one (immutable, small)."""
+        for prefix in STORE_PREFIXES:
+            for key in cold.store.list(prefix):
+                if not dest.has(key):
+                    transfer.copy(key, storage_class=META_CLASS)
+                    dest.keys.add(key)
 
     def _prepare(self, cold: ChunkStore, point: _Point) -> None:
         """Read and authenticate the point's manifest and image record; which objects it needs."""

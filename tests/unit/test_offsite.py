@@ -46,9 +46,10 @@ def test_due_points_reach_the_site_byte_for_byte_and_read_back_with_the_key(kit:
     # config, packs, indexes, manifests: the same bytes under the same keys (nothing re-encrypted)
     assert set(site) <= set(cold) and "config" in site
     assert all(site[k] == cold[k] for k in site)
-    assert {k for k in cold if k.startswith(("packs/", "index/", "manifests/"))} == {
-        k for k in site if k.startswith(("packs/", "index/", "manifests/"))
+    assert {k for k in cold if k.startswith(("packs/", "index/", "manifests/", "keys/"))} == {
+        k for k in site if k.startswith(("packs/", "index/", "manifests/", "keys/"))
     }
+    assert any(k.startswith("keys/") for k in site)  # the tenant's wrapped data key went too
     # the site is a chunk store of its own: opened with the key alone, it reads the points back
     store = ChunkStore.open(S3Store(kit.dr_bucket, "site", create=False), kit.services.keys)
     for pid in (p1, p2):
