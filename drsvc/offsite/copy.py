@@ -46,7 +46,8 @@ from drsvc.storage.transfer import RateLimit, Transfer
 from drsvc.tiering import META_CLASS, manifest_key
 
 Event = Callable[..., None]
-WORKERS = 4  # objects in flight per site (packs are ~16 MiB: memory stays ~64 MiB when streamed)
+WORKERS = 4  # packs in flight per site (~16 MiB each: memory stays ~64 MiB when streamed)
+SMALL_WORKERS = 16  # indexes, image records, manifests: small, so latency-bound, not bandwidth-bound
 # Store-level objects a site needs to be read with the key material alone, besides packs and
 # indexes: the config (format, chunker parameters, key check) and the tenants' wrapped data keys.
 STORE_OBJECTS = (CONFIG_KEY,)
@@ -123,10 +124,9 @@ class _Point:
     lock_days: int
     manifest_key: str = ""
     manifest: bytes = b""
-    image_key: str | None = None
-    image: bytes | None = None
     data: list[str] = field(default_factory=list)  # packs and loose chunks
     indexes: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)  # its base image record, copied like the rest
 
 
 class _Stopwatch:
@@ -251,32 +251,34 @@ class CopyJob:
             for _, move in todo:
                 self._fail(move, str(e), started)
             return
-        points: list[_Point] = []
-        for c, move in todo:
-            until = clock.from_iso(move.retain_until) if move.retain_until else None
-            point = _Point(move, until, self._lock_days(c))
-            try:
-                self._prepare(cold, point)
-            except DrsvcError as e:
-                self._fail(move, str(e), started)
-                continue
-            points.append(point)
-            self.on_event("copying", move=move, missing=sum(not dest.has(k) for k in point.data + point.indexes))
+        points = self._prepared(cold, dest, todo, started)
         step("manifests")
         failed = self._copy_objects(transfer, dest, points, section.storage_class, "data")
         step("packs")
         failed.update(self._copy_objects(transfer, dest, points, META_CLASS, "indexes", skip=failed))
+        failed.update(self._copy_objects(transfer, dest, points, META_CLASS, "images"))
         step("indexes")
+        ready: list[_Point] = []
         for point in points:
-            lacking = [k for k in point.data + point.indexes if not dest.has(k)]
+            lacking = [k for k in point.data + point.indexes + point.images if not dest.has(k)]
             if lacking:
                 why = failed.get(lacking[0]) or f"{len(lacking)} object(s) did not reach the site"
                 self._fail(point.move, f"{lacking[0]}: {why}", started)
-                continue
+            else:
+                ready.append(point)
+
+        def finish(point: _Point) -> str | None:
             try:
                 self._finish_point(name, transfer, dest, point)
             except DrsvcError as e:
-                self._fail(point.move, str(e), started)
+                return str(e)
+            return None
+
+        for point, error in zip(
+            ready, ordered_map(finish, ready, workers=SMALL_WORKERS, window=SMALL_WORKERS), strict=True
+        ):
+            if error is not None:
+                self._fail(point.move, error, started)
                 continue
             point.move.status = "done"
             point.move.seconds = round(time.monotonic() - started, 3)
@@ -315,6 +317,33 @@ class CopyJob:
                     transfer.copy(key, storage_class=META_CLASS)
                     dest.keys.add(key)
 
+    def _prepared(
+        self, cold: ChunkStore, dest: _Destination, todo: list[tuple[CopyCandidate, CopyMove]], started: float
+    ) -> list[_Point]:
+        """Every point's manifest and image record read (in parallel): what each needs at the site."""
+        cold.refresh_packs()  # one load of the pack indexes, before the threads ask where chunks are
+        points = []
+        for c, move in todo:
+            until = clock.from_iso(move.retain_until) if move.retain_until else None
+            points.append(_Point(move, until, self._lock_days(c)))
+
+        def prepare(point: _Point) -> str | None:
+            try:
+                self._prepare(cold, point)
+            except DrsvcError as e:
+                return str(e)
+            return None
+
+        ready = []
+        for point, error in zip(points, ordered_map(prepare, points, workers=WORKERS, window=WORKERS * 2), strict=True):
+            if error is not None:
+                self._fail(point.move, error, started)
+                continue
+            ready.append(point)
+            missing = sum(not dest.has(k) for k in point.data + point.indexes + point.images)
+            self.on_event("copying", move=point.move, missing=missing)
+        return ready
+
     def _prepare(self, cold: ChunkStore, point: _Point) -> None:
         """Read and authenticate the point's manifest and image record; which objects it needs."""
         move = point.move
@@ -323,8 +352,8 @@ class CopyJob:
         streams = list(manifest_streams(manifest))
         image_id = image_record_id(manifest)
         if image_id is not None:
-            image, point.image = cold.get_sealed_manifest(IMAGES, image_id)
-            point.image_key = manifest_key(IMAGES, image_id)
+            image, _ = cold.get_sealed_manifest(IMAGES, image_id)
+            point.images = [manifest_key(IMAGES, image_id)]
             streams += list(manifest_streams(image))
         chunk_ids = dict.fromkeys(cid for ref in streams for cid, _ in ref.chunks)
         data: dict[str, None] = {}
@@ -341,7 +370,7 @@ class CopyJob:
                 raise IntegrityError(f"chunk {cid} of point {move.point_id} is missing from the cold tier")
             data[chunk_key(cid)] = None
         point.data, point.indexes = list(data), list(indexes)
-        move.objects = len(point.data) + len(point.indexes) + 1 + (point.image is not None)
+        move.objects = len(point.data) + len(point.indexes) + len(point.images) + 1
 
     def _copy_objects(
         self,
@@ -353,7 +382,7 @@ class CopyJob:
         *,
         skip: dict[str, str] | None = None,
     ) -> dict[str, str]:
-        """Copy the points' missing ``data`` or ``indexes`` in parallel; returns key -> error of failures."""
+        """Copy the points' missing ``data``, ``indexes`` or ``images`` in parallel; key -> error of failures."""
         owner: dict[str, _Point] = {}  # counted to the first point needing it
         until: dict[str, datetime | None] = {}
         for point in points:
@@ -377,7 +406,8 @@ class CopyJob:
             except DrsvcError as e:
                 return key, 0, str(e)
 
-        for n, (key, size, error) in enumerate(ordered_map(one, list(owner), workers=WORKERS, window=WORKERS * 2)):
+        workers = WORKERS if kind == "data" else SMALL_WORKERS
+        for n, (key, size, error) in enumerate(ordered_map(one, list(owner), workers=workers, window=workers * 2)):
             if n % 64 == 63:
                 self._check_lease()
             if error is not None:
@@ -392,18 +422,10 @@ class CopyJob:
         return failures
 
     def _finish_point(self, name: str, transfer: Transfer, dest: _Destination, point: _Point) -> None:
-        """Locks of what the point reuses, its image record if new, then its manifest (last)."""
+        """Locks of what the point reuses (extended where they fall short), then its manifest (last)."""
         move = point.move
         if point.until is not None:
-            reused = [k for k in point.data + point.indexes]
-            if point.image_key is not None and dest.has(point.image_key):
-                reused.append(point.image_key)
-            self._extend_locks(dest.objects, reused, point.until, point.lock_days)
-        if point.image_key is not None and point.image is not None and not dest.has(point.image_key):
-            dest.objects.put(point.image_key, point.image, storage_class=META_CLASS, retain_until=point.until)
-            dest.keys.add(point.image_key)
-            move.objects_copied += 1
-            move.bytes_copied += len(point.image)
+            self._extend_locks(dest.objects, point.data + point.indexes + point.images, point.until, point.lock_days)
         self._check_lease()  # the fence: a point is at the site only under a lease still ours
         transfer.limit.take(len(point.manifest))
         dest.objects.put(point.manifest_key, point.manifest, storage_class=META_CLASS, retain_until=point.until)
