@@ -278,7 +278,7 @@ class Catalog:
         row = {"point_id": point_id, "site": site, "store_url": store_url, "added_at": clock.to_iso(clock.now())}
         row.update(fields)
         with self._lock:
-            self.db["point_sites"].upsert(row, pk=("point_id", "site"))  # type: ignore[union-attr]
+            self.db["point_sites"].upsert(row, pk=("point_id", "site"))
 
     def drop_site(self, point_id: str, site: str) -> None:
         self.execute("DELETE FROM point_sites WHERE point_id = ? AND site = ?", [point_id, site])

@@ -31,12 +31,14 @@ class SiteVerifyJob(VerifyJob):
             return [p for p in self.catalog.points() if self.site in p["sites"]]
         return [self.catalog.point(pid) for pid in point_ids]
 
-    def run(self, point_ids: Iterable[str] | None = None, *, read_data: bool = False) -> VerifyReport:
+    def run(
+        self, point_ids: Iterable[str] | None = None, *, read_data: bool = False, policy: str | None = None
+    ) -> VerifyReport:
         self.services.site(self.site)  # unreachable or empty site: one clear error before anything
         points = self.choose(point_ids)
         report = VerifyReport(read_data, points=[p["id"] for p in points])
         tier = f"site:{self.site}"
-        job_id = self.catalog.start_job("verify", detail={"site": self.site, "points": len(points)})
+        job_id = self.catalog.start_job("verify", policy=policy, detail={"site": self.site, "points": len(points)})
         try:
             members = [p for p in points if self.site in p["sites"]]
             for p in points:
