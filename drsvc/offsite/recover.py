@@ -24,7 +24,6 @@ Simulated in the lab: the recovery site's runtime is the same Podman host (``doc
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import tempfile
@@ -65,6 +64,13 @@ class SiteServices(Services):
         super().__init__(base.config.model_copy(update={"hot": None, "cold": None}), catalog)
         self.base = base
         self.site_name = site
+
+    def _ceph(self, url: str) -> dict[str, Any]:
+        """The recovery site's Ceph (``sites.NAME.ceph_conf``) when given, else the base's choice."""
+        conf = self.base.config.sites[self.site_name].ceph_conf
+        if conf and url.startswith("rados://"):
+            return {"conffile": str(conf)}
+        return self.base._ceph(url)
 
     @cached_property
     def policies(self) -> PolicySet:
@@ -133,11 +139,6 @@ class SiteRecovery:
         self.section = site_section(services.config, site)  # unknown site: exit 3 before anything
         self.on_event = on_event
 
-    def _prepare_env(self) -> None:
-        if self.section.ceph_conf:
-            # As [hot] ceph_conf does for the primary: which cluster the recovered volumes go to.
-            os.environ["CEPH_CONF"] = str(self.section.ceph_conf)
-
     def _relocate(self, url: str) -> str:
         """A volume goes to this site's pool, in the same namespace (a clone's is its own name)."""
         return relocate_volume(url, self.section.restore_pool)
@@ -161,7 +162,6 @@ class SiteRecovery:
     ) -> FleetReport:
         """Rebuild the catalog from the site, then restore every selected desktop here."""
         started = time.monotonic()
-        self._prepare_env()
         self.services.site(self.site)  # unreachable, empty or wrong key: one clear error first
         report = FleetReport("recover", self.site, parallel=parallel, dry_run=dry_run)
         report.admission = limits.document() if limits else {}
@@ -198,7 +198,6 @@ class SiteRecovery:
     ) -> FleetReport:
         """The same as ``recover`` on sandboxed clones; nothing live is touched, the clones are removed."""
         started = time.monotonic()
-        self._prepare_env()
         self.services.site(self.site)
         report = FleetReport("drill", self.site, parallel=parallel, dry_run=dry_run)
         report.admission = limits.document() if limits else {}
