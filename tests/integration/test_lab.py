@@ -155,6 +155,42 @@ def test_s3_storage_classes(lab):
         s3.delete_bucket(Bucket=bucket)
 
 
+def test_second_site_is_another_endpoint_identity_and_pool(lab):
+    """The DR site (docs/offsite.md): its own radosgw, S3 user and RADOS pool; the users see
+    nothing of each other's buckets (nothing server-side between the sites)."""
+    boto3 = pytest.importorskip("boto3")
+    env = lab.env
+    assert env["DRSVC_DR_S3_ENDPOINT_URL"] == "http://127.0.0.1:7481"
+    pools = json.loads(lab.ceph("osd", "pool", "ls", "detail", "-f", "json"))
+    dr_pool = {p["pool_name"]: p for p in pools}.get(env["DRSVC_DR_POOL"])
+    assert dr_pool is not None and "rados" in dr_pool["application_metadata"]
+
+    def client(prefix: str, endpoint: str):
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=env[f"{prefix}ACCESS_KEY_ID"],
+            aws_secret_access_key=env[f"{prefix}SECRET_ACCESS_KEY"],
+            region_name=env["AWS_DEFAULT_REGION"],
+        )
+
+    dr = client("DRSVC_DR_", env["DRSVC_DR_S3_ENDPOINT_URL"])
+    primary = client("AWS_", env["S3_ENDPOINT_URL"])
+    assert env["DRSVC_DR_ACCESS_KEY_ID"] != env["AWS_ACCESS_KEY_ID"]
+    bucket = f"itest-dr-{uuid.uuid4().hex[:10]}"
+    dr.create_bucket(Bucket=bucket)
+    try:
+        dr.put_object(Bucket=bucket, Key="k", Body=b"at the DR site")
+        assert dr.get_object(Bucket=bucket, Key="k")["Body"].read() == b"at the DR site"
+        assert bucket not in {b["Name"] for b in primary.list_buckets()["Buckets"]}
+        with pytest.raises(primary.exceptions.ClientError) as denied:
+            primary.get_object(Bucket=bucket, Key="k")
+        assert denied.value.response["Error"]["Code"] == "AccessDenied"
+    finally:
+        dr.delete_object(Bucket=bucket, Key="k")
+        dr.delete_bucket(Bucket=bucket)
+
+
 # ---------------------------------------------------------------- Podman + CRIU
 def test_checkpoint_export_remove_import_continues(lab, make_fleet, podman_api, tmp_path):
     (desk,) = make_fleet(1)
