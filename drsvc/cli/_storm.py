@@ -17,11 +17,12 @@ class Selection:
     node: str | None
     tenant: str | None
     pool: str | None
+    policy: str | None = None
 
     def describe(self) -> str:
         if self.everything:
             return "--all"
-        given = (("node", self.node), ("tenant", self.tenant), ("pool", self.pool))
+        given = (("node", self.node), ("tenant", self.tenant), ("pool", self.pool), ("policy", self.policy))
         return " ".join(f"--{k} {v}" for k, v in given if v)
 
 
@@ -44,6 +45,7 @@ def run_storm(
         node=which.node,
         tenant=which.tenant,
         pool=which.pool,
+        policy=which.policy,
     )
     items = plan_fleet(services, desktops)
     if tier is not None:

@@ -106,6 +106,7 @@ def render_result(result: RestoreResult, out: Console) -> None:
 @click.option("--all", "everything", is_flag=True, help="A storm: every desktop, in priority order.")
 @click.option("--node", help="A storm: every desktop of this node.")
 @click.option("--pool", help="A storm: every desktop whose volume is in this Ceph pool.")
+@click.option("--policy", help="A storm: every desktop this policy covers (alone, or narrowing the others).")
 @click.option("--parallel", type=click.IntRange(min=1), help="Storm: desktops in flight (default [recovery] parallel).")
 @click.option("--no-admission", is_flag=True, help="Storm: no bounds per shared resource (for comparison).")
 @pass_app
@@ -129,6 +130,7 @@ def command(
     everything: bool,
     node: str | None,
     pool: str | None,
+    policy: str | None,
     parallel: int | None,
     no_admission: bool,
 ) -> int:
@@ -149,13 +151,13 @@ def command(
     A current object is kept as NAME.drsvc-POINT unless --overwrite; --to-dir DIR writes files
     instead. Data comes from the fastest copy: the pool snapshot, hot chunks, cold chunks.
 
-    A restore storm (--all, --node N, --tenant T, --pool P) restores many desktops in place, each
+    A restore storm (--all, --node N, --tenant T, --pool P, --policy P) restores many desktops in place, each
     from its latest point, in priority order (the policy's priority, then RTO target), --parallel
     at once with admission control (downloads, Ceph writes, CRIU restores per host bounded by
     [recovery]), and prints the fleet table: time to first, 50 %, 95 % and all up, each desktop's
     RTO. Exit 6 when some desktops failed, 5 when all are up but some over their target.
     """
-    if desktop is None and (everything or node or tenant or pool):
+    if desktop is None and (everything or node or tenant or pool or policy):
         if at or point_id or as_name or objects or prefix is not None or overwrite or to_dir or copy:
             raise InvalidInput(
                 "a storm (--all, --node, --tenant, --pool) takes no --at, --point, --as, --object, --prefix, "
@@ -163,12 +165,14 @@ def command(
             )
         from drsvc.cli._storm import Selection, run_storm
 
-        selection = Selection(everything, node, tenant, pool)
+        selection = Selection(everything, node, tenant, pool, policy)
         return run_storm(app, selection, parallel, no_admission, tier, dry_run, force, verify)
     if desktop is None:
-        raise InvalidInput("name a DESKTOP, or give --all, --node N, --tenant T or --pool P for a storm")
-    if everything or node or pool or parallel is not None or no_admission:
-        raise InvalidInput("--all, --node, --pool, --parallel and --no-admission make a storm: they take no DESKTOP")
+        raise InvalidInput("name a DESKTOP, or give --all, --node N, --tenant T, --pool P or --policy P for a storm")
+    if everything or node or pool or policy or parallel is not None or no_admission:
+        raise InvalidInput(
+            "--all, --node, --pool, --policy, --parallel and --no-admission make a storm: they take no DESKTOP"
+        )
     if at and point_id:
         raise InvalidInput("give --at or --point, not both")
     if objects or prefix is not None:

@@ -245,13 +245,12 @@ def test_a_storm_at_the_primary_restores_a_tenant_in_place(drsvc_env: Any, make_
     boots = {d: read_counter(runtime, d)[1] for d in acme}
     for d in acme:
         runtime.remove(d)  # their node is lost
-    storm = drsvc_env.cli("--json", "restore", "--tenant", "acme", "--parallel", "2")
+    # --policy keeps the storm to this test's desktops: the shared lab's other acme desktops (other
+    # tests, benchmarks) may be down with no point in this catalog, which a storm rightly reports
+    storm = drsvc_env.cli("--json", "restore", "--tenant", "acme", "--policy", "storm", "--parallel", "2")
     assert storm.code == 0, storm.output
     doc = storm.json()
-    mine = [d for d in doc["desktops"] if d["desktop"] in desktops]
-    assert [(d["desktop"], d["status"]) for d in mine] == [(d, "ok") for d in sorted(acme)]
-    # the lab's other acme desktops (other tests, benchmarks) run untouched: skipped, not failed
-    assert all(d["status"] == "skipped" for d in doc["desktops"] if d["desktop"] not in desktops)
+    assert [(d["desktop"], d["status"]) for d in doc["desktops"]] == [(d, "ok") for d in sorted(acme)]
     assert all(read_counter(runtime, d)[1] == boots[d] for d in acme)
     rows = Catalog.open(drsvc_env.root / "catalog.db").query("SELECT kind, status FROM site_recoveries")
     assert rows == [{"kind": "storm", "status": "ok"}]

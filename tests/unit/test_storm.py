@@ -265,6 +265,17 @@ def test_storm_cli_argument_rules(fleet: Services, run_cli: Any, tmp_path: Path)
     assert dry.code == 0, dry.output
     assert [d["desktop"] for d in dry.json()["desktops"]] == ["e-1", "k-1", "s-a", "s-b", "lonely"]
     assert fleet.catalog.query("SELECT * FROM site_recoveries") == []  # a dry run records nothing
+    # --policy narrows a storm (alone or with --tenant/--node); a single restore takes none
+    narrowed = run_cli("--config", str(config), "--json", "restore", "--tenant", "acme", "--policy", "std", "--dry-run")
+    assert narrowed.code == 0, narrowed.output
+    assert [d["desktop"] for d in narrowed.json()["desktops"]] == ["s-a", "s-b"]
+    assert narrowed.json()["selection"] == "--tenant acme --policy std"
+    alone = run_cli("--config", str(config), "--json", "restore", "--policy", "exec", "--dry-run")
+    assert alone.code == 0 and [d["desktop"] for d in alone.json()["desktops"]] == ["e-1"], alone.output
+    bad = run_cli("--config", str(config), "restore", "alice", "--policy", "std")
+    assert bad.code == 2 and "make a storm: they take no DESKTOP" in bad.stderr
+    unknown = run_cli("--config", str(config), "restore", "--all", "--policy", "nope", "--dry-run")
+    assert unknown.code == 3 and "nope" in unknown.stderr, unknown.output
 
 
 def test_a_desktop_without_a_point_fails_only_when_it_is_down(fleet: Services) -> None:
