@@ -30,6 +30,7 @@ class VolumeObject:
 
     ``mtime`` (seconds since the epoch, whole) is what the backend reports when it lists with
     metadata; informational only (shown by ``points ls``), so it takes no part in equality.
+    ``version`` neither: it says when the content changed, it is not the content.
     """
 
     name: str
@@ -37,6 +38,9 @@ class VolumeObject:
     xattrs: dict[str, bytes] = field(default_factory=dict)
     omap: dict[str, bytes] = field(default_factory=dict)
     mtime: int | None = field(default=None, compare=False)
+    version: int | None = field(default=None, compare=False)
+    """The backend's change counter at the snapshot read (RADOS user version), when it has one:
+    any change to data, xattrs or omap gives another value (``drsvc.volumes.rados_meta``)."""
 
 
 class SnapshotInfo(NamedTuple):
@@ -135,6 +139,23 @@ class Volume(Protocol):
 
     def close(self) -> None:
         """Release backend handles."""
+        ...
+
+
+@runtime_checkable
+class VersionedVolume(Volume, Protocol):
+    """A volume whose objects carry a version that every change moves: what incremental capture needs."""
+
+    def stamp_scope(self) -> str:
+        """Where versions are comparable (a cluster and pool): versions of two scopes never are."""
+        ...
+
+    def stamps_at(self, snap_name: str) -> list[VolumeObject]:
+        """Every object at the snapshot with size and version only (no xattrs, omap or data), sorted."""
+        ...
+
+    def objects_at(self, snap_name: str, names: list[str] | None = None) -> list[VolumeObject]:
+        """``Volume.objects_at``, of ``names`` only when given (names absent at the snapshot left out)."""
         ...
 
 

@@ -32,10 +32,9 @@ import contextlib
 import errno
 import json
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 from typing import Any
 
@@ -48,11 +47,11 @@ from drsvc.volumes.base import (
     VolumeObject,
     digest_streams,
 )
+from drsvc.volumes.rados_meta import MetadataScan
 
 SCHEME = "rados"
 _POOL = re.compile(r"^[A-Za-z0-9_.-]+$")
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.@+=:-]+$")
-_OMAP_PAGE = 1000
 _SETTLE_PER_PG = 16
 _SETTLE_NAMESPACE = "drsvc.snapshot-settle"  # only stat'ed, never written
 
@@ -279,14 +278,16 @@ class RadosVolume:
             self._head = self._open()
         return self._head
 
-    def _snap_io(self, snap_name: str) -> Any:
+    def _snap_io(self, snap_name: str) -> tuple[Any, int]:
+        """A context reading at pool snapshot ``snap_name``, and the snapshot's id."""
         io = self._open()
         try:
-            io.set_read(_lookup_snap(io, self.pool, snap_name))
+            snap_id = _lookup_snap(io, self.pool, snap_name)
+            io.set_read(snap_id)
         except BaseException:
             io.close()
             raise
-        return io
+        return io, snap_id
 
     def close(self) -> None:
         """Close the live I/O context (the cluster connection stays cached for the process)."""
@@ -303,110 +304,18 @@ class RadosVolume:
         with ceph.ceph_errors(f"list {self.url}"):
             return sorted({o.key for o in io.list_objects()})
 
-    def _scan(self, io: Any, where: str, names: list[str] | None = None) -> list[VolumeObject]:
-        """List (or take ``names``), then stat + omap (aio window) and xattrs (threads) each; keep what io sees."""
-        names = self._names(io) if names is None else names
-        found: dict[str, tuple[int, dict[str, bytes], int | None]] = {}
-        xattr_futures: dict[str, Future[dict[str, bytes] | None]] = {}
-        with ThreadPoolExecutor(self._threads, thread_name_prefix="drsvc-xattrs") as pool:
-            for name, size, omap, mtime in self._stat_omap(io, names, where):
-                found[name] = (size, omap, mtime)
-                xattr_futures[name] = pool.submit(self._xattrs, io, name, where)
-            out = []
-            for name in names:
-                if name not in found:
-                    continue
-                xattrs = xattr_futures[name].result()
-                if xattrs is None:  # removed between stat and getxattrs (live volume only)
-                    continue
-                size, omap, mtime = found[name]
-                out.append(VolumeObject(name, size, xattrs, omap, mtime))
-        return out
+    def _meta(self, snap_id: int | None, where: str) -> MetadataScan:
+        return MetadataScan(lambda: self._open(snap_id), self.url, where, window=self._window, threads=self._threads)
 
-    def _stat_omap(
-        self, io: Any, names: list[str], where: str
-    ) -> Iterator[tuple[str, int, dict[str, bytes], int | None]]:
-        inflight: collections.deque[tuple[str, Any, Any, Any, Any, dict[str, int]]] = collections.deque()
-
-        def submit(name: str) -> None:
-            slot: dict[str, int] = {}
-
-            def on_stat(_comp: Any, size: int | None, mtime: time.struct_time | None) -> None:
-                if size is not None:
-                    slot["size"] = int(size)
-                if mtime is not None:  # the binding converts with localtime(); mktime undoes it
-                    slot["mtime"] = int(time.mktime(mtime))
-
-            op = io.create_read_op()
-            try:
-                with ceph.ceph_errors(f"stat {self.url}/{name}{where}"):
-                    stat_comp = io.aio_stat(name, on_stat)
-                    it, _ = io.get_omap_vals(op, "", "", _OMAP_PAGE)
-                    omap_comp = io.operate_aio_read_op(op, name)
-            except BaseException:
-                op.release()
-                raise
-            inflight.append((name, stat_comp, op, it, omap_comp, slot))
-
-        def wait(entry: tuple[str, Any, Any, Any, Any, dict[str, int]]) -> None:
-            _, stat_comp, op, _, omap_comp, _ = entry
-            ceph.wait(stat_comp)
-            ceph.wait(omap_comp)
-            op.release()
-
-        def reap() -> tuple[str, int, dict[str, bytes], int | None] | None:
-            entry = inflight.popleft()
-            name, stat_comp, op, it, omap_comp, slot = entry
-            try:
-                ceph.wait(stat_comp)
-                ceph.wait(omap_comp)
-                rv, orv = stat_comp.get_return_value(), omap_comp.get_return_value()
-                if rv == -errno.ENOENT or orv == -errno.ENOENT:
-                    return None
-                if rv < 0:
-                    raise _rv_error(f"stat {self.url}/{name}{where}", rv)
-                if orv < 0:
-                    raise _rv_error(f"read omap of {self.url}/{name}{where}", orv)
-                omap = {k: bytes(v) for k, v in it}
-            finally:
-                op.release()
-            if len(omap) >= _OMAP_PAGE:
-                omap = self._omap_rest(io, name, omap, where)
-            return name, slot["size"], omap, slot.get("mtime")
-
+    def _scan(
+        self, io: Any, where: str, snap_id: int | None = None, names: list[str] | None = None
+    ) -> list[VolumeObject]:
+        """Metadata (size, version, xattrs, omap) of ``names`` (default: a listing) as ``io`` sees them."""
+        meta = self._meta(snap_id, where)
         try:
-            for name in names:
-                submit(name)
-                if len(inflight) >= self._window:
-                    got = reap()
-                    if got:
-                        yield got
-            while inflight:
-                got = reap()
-                if got:
-                    yield got
+            return meta.objects(io, self._names(io) if names is None else sorted(set(names)))
         finally:
-            _drain(inflight, wait)
-
-    def _omap_rest(self, io: Any, name: str, omap: dict[str, bytes], where: str) -> dict[str, bytes]:
-        rados = ceph.rados_module()
-        after = max(omap)
-        while True:
-            with ceph.ceph_errors(f"read omap of {self.url}/{name}{where}"), rados.ReadOpCtx() as op:
-                it, _ = io.get_omap_vals(op, after, "", _OMAP_PAGE)
-                io.operate_read_op(op, name)
-                page = [(k, bytes(v)) for k, v in it]
-            omap.update(page)
-            if len(page) < _OMAP_PAGE:
-                return omap
-            after = page[-1][0]
-
-    def _xattrs(self, io: Any, name: str, where: str) -> dict[str, bytes] | None:
-        try:
-            with ceph.ceph_errors(f"read xattrs of {self.url}/{name}{where}"):
-                return {k: bytes(v) for k, v in io.get_xattrs(name)}
-        except NotFound:
-            return None
+            meta.close()
 
     # ------------------------------------------------------------ data
     def _stream(self, io: Any, objects: Iterable[VolumeObject], where: str, exact_size: bool) -> Iterator[ObjectStream]:
@@ -510,20 +419,44 @@ class RadosVolume:
             io.close()
 
     # ------------------------------------------------------------ at a snapshot
-    def objects_at(self, snap_name: str) -> list[VolumeObject]:
-        """Exactly the namespace's objects at pool snapshot ``snap_name``, sorted, with xattrs and omap."""
-        io = self._snap_io(snap_name)
+    def objects_at(self, snap_name: str, names: list[str] | None = None) -> list[VolumeObject]:
+        """The namespace's objects at pool snapshot ``snap_name`` (only ``names`` if given), sorted, with
+        version, xattrs and omap; names absent at the snapshot are left out."""
+        io, snap_id = self._snap_io(snap_name)
         try:
-            return self._scan(io, f" at snapshot {snap_name}")
+            return self._scan(io, f" at snapshot {snap_name}", snap_id, names)
         finally:
             io.close()
 
+    def stamps_at(self, snap_name: str) -> list[VolumeObject]:
+        """Every object at the snapshot with its size and version only (no xattrs, omap or data), sorted.
+
+        One listing and one stat per object: what incremental capture compares with the parent
+        point (``drsvc.volumes.rados_meta`` says why the version is the thing to compare).
+        """
+        io, snap_id = self._snap_io(snap_name)
+        where = f" at snapshot {snap_name}"
+        meta = self._meta(snap_id, where)
+        try:
+            return meta.stamps(self._names(io))
+        finally:
+            meta.close()
+            io.close()
+
+    def stamp_scope(self) -> str:
+        """Where versions are comparable: this cluster (fsid) and pool (id); a re-created pool is another scope."""
+        io = self._head_io()
+        with ceph.ceph_errors(f"read the pool id of {self.pool}"):
+            pool_id = io.get_pool_id()
+            fsid = ceph.cluster(**self._conn).get_fsid()
+        return f"rados:{fsid}:{pool_id}"
+
     def read_objects_at(self, snap_name: str, objects: Iterable[VolumeObject] | None = None) -> Iterator[ObjectStream]:
         """Yield (object, data chunks) at the snapshot in input order (default: ``objects_at``), pipelined."""
-        io = self._snap_io(snap_name)
+        io, snap_id = self._snap_io(snap_name)
         where = f" at snapshot {snap_name}"
         try:
-            objs = self._scan(io, where) if objects is None else objects
+            objs = self._scan(io, where, snap_id) if objects is None else objects
         except BaseException:
             io.close()
             raise
@@ -531,7 +464,7 @@ class RadosVolume:
 
     def read_at(self, snap_name: str, name: str) -> Iterator[bytes]:
         """Stream one object's data at the snapshot in reads of ≤ 4 MiB; ``NotFound`` if absent there."""
-        io = self._snap_io(snap_name)
+        io, _ = self._snap_io(snap_name)
         where = f" at snapshot {snap_name}"
         try:
             obj = self._stat_one(io, name, where)
@@ -563,7 +496,7 @@ class RadosVolume:
 
     def stat(self, name: str) -> VolumeObject | None:
         """One live object with xattrs, omap and mtime (one stat, no listing); None when absent."""
-        found = self._scan(self._head_io(), "", [name])
+        found = self._scan(self._head_io(), "", names=[name])
         return found[0] if found else None
 
     def digests_now(self) -> dict[str, str]:
