@@ -7,7 +7,8 @@ apart the same way); callers use ``ChunkStore`` and the names re-exported here:
 - ``cutter``: FastCDC with a keyed gear table, block by block, objects aligned to chunk boundaries;
 - ``codec``: codec byte + zstd, AES-256-GCM sealing bound to the object key, chunk re-hashing;
 - ``refs``: ``StreamRef`` (a stored stream, as manifests hold it), ``WriteStats``, ``VerifyReport``;
-- ``writer``: streams to loose chunks, dedup against one listing, concurrent writers;
+- ``writer``: streams to loose chunks, dedup against one listing, concurrent writers; streams
+  composed of reused chunk runs and new objects (incremental capture);
 - ``pack``: the pack format (blobs and frames) and its index object;
 - ``index``: the in-memory pack directory (chunk id -> pack and offset);
 - ``packer``: ``PackWriter``, sealed blobs into packs and indexes (the cold tier);
@@ -50,6 +51,7 @@ from drsvc.chunks.layout import (
 from drsvc.chunks.pack import INDEX_FORMAT, PackEntry, PackIndex
 from drsvc.chunks.refs import StreamRef, VerifyReport, WriteStats, referenced_chunks
 from drsvc.chunks.store import ChunkStore
+from drsvc.chunks.writer import Reuse
 
 __all__ = [
     "BLOCK_SIZE",
@@ -70,6 +72,7 @@ __all__ = [
     "ChunkerParams",
     "PackEntry",
     "PackIndex",
+    "Reuse",
     "StreamRef",
     "VerifyReport",
     "WriteStats",

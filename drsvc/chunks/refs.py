@@ -32,10 +32,24 @@ class WriteStats:
         self.bytes_new_stored += other.bytes_new_stored
 
 
+LIST_HASH = "chunks:"
+"""Prefix of a composed stream's hash (``chunk_list_hash``): reused chunks were never read, so the
+whole plaintext was never seen; every chunk is still verified by its id when read."""
+
+
+def chunk_list_hash(hasher: Any, chunks: Iterable[tuple[str, int]]) -> str:
+    """``chunks:`` + keyed BLAKE3 (``hasher``: a fresh keyed hasher) of the ordered ``(id, size)`` list."""
+    for cid, size in chunks:
+        hasher.update(f"{cid}:{size}\n".encode())
+    return LIST_HASH + str(hasher.hexdigest())
+
+
 @dataclass
 class StreamRef:
-    """A stored stream: its chunks in order, total size, keyed BLAKE3 of the whole plaintext, and
-    the data key its chunks are keyed and sealed with (``key_id``; None: the fleet key)."""
+    """A stored stream: its chunks in order, total size, a hash, and the data key its chunks are
+    keyed and sealed with (``key_id``; None: the fleet key). The hash is keyed BLAKE3 of the whole
+    plaintext, or for a stream composed of earlier chunks (``ChunkStore.write_parts``) of its chunk
+    list (``chunk_list_hash``)."""
 
     chunks: list[tuple[str, int]]
     size: int

@@ -20,7 +20,7 @@ from drsvc.chunks.pack import PackIndex
 from drsvc.chunks.packer import PackWriter
 from drsvc.chunks.reader import ChunkReader
 from drsvc.chunks.refs import StreamRef, VerifyReport, WriteStats
-from drsvc.chunks.writer import ChunkWriter
+from drsvc.chunks.writer import ChunkWriter, Part
 from drsvc.crypto import Keys
 from drsvc.errors import InvalidInput
 from drsvc.kms import FileKeyProvider, KeyProvider
@@ -169,6 +169,20 @@ class ChunkStore:
         """
         self._before_write()
         return self.writer.write(ObjectSegments(objects, self.params.avg_size), self.codec, self.cutter)
+
+    def write_parts(self, parts: Iterable[Part]) -> StreamRef:
+        """A volume stream made of chunk runs reused from an earlier stream (``Reuse``) and new objects.
+
+        New objects are cut exactly as ``write_objects`` cuts them; reused runs are taken as they
+        are, unread (each must be stored: see ``missing``). Incremental capture uses it.
+        """
+        self._before_write()
+        return self.writer.write_parts(parts, self.codec, self.cutter, self.params.avg_size)
+
+    def missing(self, ids: Iterable[str]) -> set[str]:
+        """Of ``ids``, those not stored (the writer's listing of stored chunks: no request per id)."""
+        known = self.writer.known()
+        return {cid for cid in ids if bytes.fromhex(cid) not in known}
 
     def write_bytes(self, data: bytes) -> StreamRef:
         """``write_stream`` of one in-memory buffer."""

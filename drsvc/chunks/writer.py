@@ -11,13 +11,39 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from drsvc.chunks.codec import Codec
-from drsvc.chunks.cutter import Cutter, Source
+from drsvc.chunks.cutter import Cutter, ObjectSegments, Source
 from drsvc.chunks.layout import chunk_key
-from drsvc.chunks.refs import StreamRef, WriteStats
-from drsvc.errors import BackendError
+from drsvc.chunks.refs import StreamRef, WriteStats, chunk_list_hash
+from drsvc.errors import BackendError, IntegrityError
 from drsvc.storage.base import ObjectStore, ordered_map
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """A run of chunks of an earlier stream, taken as they are: their data is not read again.
+
+    For ``ChunkStore.write_parts``: the run must start and end on the boundaries of what it stands
+    for, its chunks keyed with the new stream's key, and every chunk stored (the write checks).
+    """
+
+    chunks: tuple[tuple[str, int], ...]
+
+
+# A part of a composed stream: reused chunks, or objects ``(size, pieces)`` cut as write_objects cuts them
+Part = Reuse | Iterable[tuple[int, Iterable[bytes]]]
+
+
+class _Reused:
+    """One reused chunk travelling through the encode pipeline in its place."""
+
+    __slots__ = ("cid", "size")
+
+    def __init__(self, cid: str, size: int) -> None:
+        self.cid = cid
+        self.size = size
 
 
 class ChunkWriter:
@@ -75,6 +101,25 @@ class ChunkWriter:
             self.stats.add(one.stats)
         return StreamRef(one.entries, one.stats.bytes_in, one.hasher.hexdigest(), one.stats, codec.keys.key_id)
 
+    def write_parts(self, parts: Iterable[Part], codec: Codec, cutter: Cutter, align: int) -> StreamRef:
+        """A stream made of reused chunk runs and new objects, in order (see ``Reuse``).
+
+        New objects are cut as ``write_objects`` cuts them (``align``), each run of them starting on
+        a chunk boundary. The stream's hash is its chunk list's (``chunk_list_hash``).
+        """
+        one = _StreamWrite(self, self.known(), codec, cutter)
+        ok = False
+        try:
+            self.store.put_many(one.items_of_parts(parts, align))
+            ok = True
+        finally:
+            one.settle(ok)
+        one.wait_borrowed()
+        with self.lock:
+            self.stats.add(one.stats)
+        digest = chunk_list_hash(codec.keys.hasher(), one.entries)
+        return StreamRef(one.entries, one.stats.bytes_in, digest, one.stats, codec.keys.key_id)
+
     def claim(self, raw: bytes) -> threading.Event | None:
         """Under ``lock``: claim the upload of a new chunk (None), or the event of the writer that has it."""
         other = self._inflight.get(raw)
@@ -107,17 +152,40 @@ class _StreamWrite:
             self.stats.bytes_in += len(piece)
             yield piece
 
-    def _encode(self, piece: memoryview) -> tuple[str, int, bytes | None]:
+    def _encode(self, piece: memoryview | _Reused) -> tuple[str, int, bytes | None]:
         """(id, size, sealed blob or None when the chunk is stored already); on a worker."""
+        if isinstance(piece, _Reused):
+            return piece.cid, piece.size, None
         cid = self.codec.keys.chunk_id(piece)
         if bytes.fromhex(cid) in self.known:
             return cid, len(piece), None
         return cid, len(piece), self.codec.encode(chunk_key(cid), piece)
 
+    def _part_pieces(self, parts: Iterable[Part], align: int) -> Iterator[memoryview | _Reused]:
+        """The chunks of a composed stream in order: reused ones as markers, new ones cut (not hashed)."""
+        for part in parts:
+            if isinstance(part, Reuse):
+                for cid, size in part.chunks:
+                    if bytes.fromhex(cid) not in self.known:
+                        raise IntegrityError(f"chunk {cid} to be reused is not in the store")
+                    self.stats.bytes_in += size
+                    yield _Reused(cid, size)
+                continue
+            for piece in self.cutter.cut(ObjectSegments(part, align)):
+                self.stats.bytes_in += len(piece)
+                yield piece
+
+    def items_of_parts(self, parts: Iterable[Part], align: int) -> Iterator[tuple[str, bytes]]:
+        """``items`` of a composed stream (``ChunkWriter.write_parts``)."""
+        return self._upload(self._part_pieces(parts, align))
+
     def items(self, segments: Iterable[Source]) -> Iterator[tuple[str, bytes]]:
         """``(key, blob)`` of each chunk this stream must upload, in order."""
+        return self._upload(self._pieces(segments))
+
+    def _upload(self, pieces: Iterable[memoryview | _Reused]) -> Iterator[tuple[str, bytes]]:
         w = self.writer
-        for cid, size, blob in ordered_map(self._encode, self._pieces(segments), workers=w.workers, window=w.window):
+        for cid, size, blob in ordered_map(self._encode, pieces, workers=w.workers, window=w.window):
             self.entries.append((cid, size))
             self.stats.chunks_total += 1
             raw = bytes.fromhex(cid)
