@@ -34,9 +34,10 @@ import logging
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
+from functools import cached_property
 from typing import Any, BinaryIO
 
 from drsvc import clock, faults
@@ -50,12 +51,13 @@ from drsvc.runtimes.base import ContainerRuntime, DesktopRef
 from drsvc.runtimes.freeze import checkpoint_batch, hook_installed
 from drsvc.runtimes.tarindex import ArchiveIndexer
 from drsvc.services import Services
-from drsvc.volumes.base import ObjectHasher, VolumeObject
+from drsvc.volume_capture import ParentFinder, VolumeCapture
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
 IMAGES = "_images"  # manifest "desktop" under which base images are stored, once per image id
+DEFAULT_FULL_EVERY = 24  # a manual backup (no policy) reads everything every 24th point, as the policy default
 FREEZE_TIMEOUT = 20.0  # seconds to wait for a batch to freeze before snapshotting without the stragglers
 
 Event = Callable[..., None]
@@ -449,31 +451,13 @@ class BackupJob:
         policy: Policy | None,
     ) -> None:
         assert d.volume is not None
-        volume = self.services.volume(d.volume)
-        hashers: list[dict[str, Any]] = []
+        hot = self.hot.for_tenant(d.tenant)  # the tenant's data key (the fleet key in the fleet scope)
         task, expected = f"backup {d.desktop_id}", self._expected_bytes(d.desktop_id)
 
-        def hashed(obj: VolumeObject, pieces: Iterable[bytes]) -> Iterator[bytes]:
-            hasher = ObjectHasher()
-            for piece in pieces:
-                hasher.update(piece)
-                self.on_event("progress", task=task, advance=len(piece), total=expected)
-                yield piece
-            hashers.append(
-                {
-                    "name": obj.name,
-                    "size": obj.size,
-                    "digest": hasher.finish(obj.xattrs, obj.omap),
-                    "mtime": clock.to_iso(datetime.fromtimestamp(obj.mtime, UTC)) if obj.mtime is not None else None,
-                    "xattrs": {k: v.hex() for k, v in sorted(obj.xattrs.items())},
-                    "omap": {k: v.hex() for k, v in sorted(obj.omap.items())},
-                }
-            )
+        def progress(n: int) -> None:
+            self.on_event("progress", task=task, advance=n, total=expected)
 
-        # One stream of every object's data in name order; the manifest keeps the boundaries.
-        objects = ((obj.size, hashed(obj, pieces)) for obj, pieces in volume.read_objects_at(snap))
-        hot = self.hot.for_tenant(d.tenant)  # the tenant's data key (the fleet key in the fleet scope)
-        volume_ref = hot.write_objects(objects)
+        volume_section, volume_ref = self._capture_volume(d, hot, snap, policy, progress)
         self.on_event("progress", task=task, done=True)
         image = self._ensure_image(d)
         manifest = {
@@ -495,12 +479,7 @@ class BackupJob:
                 "tenant": d.tenant,
                 "tcp_established": True,
             },
-            "volume": {
-                "url": d.volume,
-                "pool_snapshot": snap,
-                "objects": hashers,
-                "stream": volume_ref.to_dict(),
-            },
+            "volume": {"url": d.volume, **volume_section},
             "checkpoint": {"stream": archive.to_dict(), "held_files": outcome.held, "rootfs": outcome.rootfs}
             if archive is not None
             else None,
@@ -533,6 +512,20 @@ class BackupJob:
                 checkpoint_ms=outcome.checkpoint_ms,
                 completed_at=clock.to_iso(clock.now()),
             )
+
+    def _capture_volume(
+        self, d: DesktopRef, hot: ChunkStore, snap: str, policy: Policy | None, progress: Callable[[int], None]
+    ) -> tuple[dict[str, Any], StreamRef]:
+        """The volume at the snapshot into ``hot``: only what changed since the parent point when
+        that can be told, else everything (``drsvc.volume_capture``)."""
+        assert d.volume is not None
+        full_every = policy.capture.full_every if policy else DEFAULT_FULL_EVERY
+        capture = VolumeCapture(hot, self._parents, progress)
+        return capture.capture(self.services.volume(d.volume), d.desktop_id, snap, full_every=full_every)
+
+    @cached_property
+    def _parents(self) -> ParentFinder:
+        return ParentFinder(self.catalog, self.hot, skip=IMAGES)
 
     @staticmethod
     def _artifact(

@@ -388,6 +388,9 @@ class Capture(_Model):
     consistency: Literal["paired", "crash"] = Field(default="paired", validate_default=True)
     freeze_batch: PositiveCount = 8
     """Max desktops frozen together for one pool snapshot (bounds the pause every user sees)."""
+    full_every: PositiveCount = 24
+    """Every N-th point reads the whole volume; the others read only objects whose version changed
+    since the previous point (1: always read everything)."""
 
     @field_validator("consistency")
     @classmethod
