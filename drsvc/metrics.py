@@ -16,12 +16,16 @@ outcomes); never a point id, an error text or a pid.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -30,6 +34,7 @@ from prometheus_client.registry import Collector
 from drsvc import __version__, clock
 from drsvc.catalog import Catalog
 from drsvc.health import FleetHealth, read_health
+from drsvc.liveness import DaemonHealth
 from drsvc.policy import PolicySet
 
 __all__ = ["FREEZE_BUCKETS", "RTO_BUCKETS", "CatalogCollector", "DaemonMetrics", "registry", "render", "write_textfile"]
@@ -387,10 +392,46 @@ def write_textfile(reg: CollectorRegistry, path: str | os.PathLike[str]) -> None
     write_to_textfile(str(path), reg)
 
 
-def serve(reg: CollectorRegistry, listen: str) -> tuple[Any, threading.Thread]:
-    """Serve ``/metrics`` on ``listen`` (``HOST:PORT`` or ``:PORT``) from a background thread."""
-    from prometheus_client import start_http_server
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a scrape in flight never holds up the daemon's exit
 
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds are not news
+        pass
+
+
+def _app(reg: CollectorRegistry, health: DaemonHealth | None) -> Callable[..., Any]:
+    """``/healthz`` (when the daemon passes its ``health``), and the exposition on every other path."""
+    from prometheus_client import make_wsgi_app
+
+    exposition = make_wsgi_app(reg)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if health is None or environ.get("PATH_INFO") != "/healthz":
+            return exposition(environ, start_response)
+        ok, doc = health.check()
+        body = json.dumps(doc).encode()
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        start_response("200 OK" if ok else "503 Service Unavailable", headers)
+        return [body]
+
+    return app
+
+
+def serve(
+    reg: CollectorRegistry, listen: str, health: DaemonHealth | None = None
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` (and ``/healthz`` from ``health``) on ``listen`` (``HOST:PORT`` or ``:PORT``)
+    from a background thread."""
     host, _, port = listen.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
-    return start_http_server(int(port), addr=host, registry=reg)
+    # the address family that fits HOST (an IPv6 literal needs AF_INET6)
+    family, *_, sockaddr = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    server_class = type("_FamilyServer", (_Server,), {"address_family": family})
+    httpd: WSGIServer = make_server(
+        str(sockaddr[0]), int(port), _app(reg, health), server_class, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return httpd, thread

@@ -281,6 +281,7 @@ class Scheduler:
         self.on_event = on_event or (lambda *a, **k: None)
         self.tick_errors = 0  # ticks of this daemon that ended in an exception
         self.on_tick = on_tick or (lambda seconds, error: None)
+        self.on_tick_start: Callable[[], None] = lambda: None  # the daemon's /healthz follows its ticks
         # points the last tier run found due and did not move, per (desktop, policy); None before one
         self.tier_lag: dict[tuple[str, str], int] | None = None
 
@@ -305,6 +306,7 @@ class Scheduler:
             report = TickReport(now, dry_run)
             report.due = due(self.services.policies, load_states(self.catalog), now)
             return report
+        self.on_tick_start()
         started, t0 = clock.now(), time.monotonic()
         record_tick(self.catalog, started)
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 import click
 from rich.console import Console
@@ -17,18 +16,18 @@ from drsvc.scheduler import Scheduler, Stopper, TickReport
 log = logging.getLogger(__name__)
 
 
-def start_metrics(
-    app: App, listen: str, tier_lag: Callable[[], dict[tuple[str, str], int] | None]
-) -> Callable[[float, BaseException | None], None]:
-    """Serve /metrics from a background thread; returns the scheduler's per-tick callback."""
+def start_metrics(app: App, listen: str, scheduler: Scheduler) -> None:
+    """Serve /metrics and /healthz from a background thread, fed by the scheduler's tick hooks."""
     from drsvc import metrics
+    from drsvc.liveness import DaemonHealth
 
     if ":" not in listen or not listen.rpartition(":")[2].isdigit():
         raise InvalidInput(f"--metrics-listen {listen!r}: give HOST:PORT or :PORT")
-    registry = metrics.registry(app.config.catalog.path, lambda: app.services.policies, tier_lag)
+    registry = metrics.registry(app.config.catalog.path, lambda: app.services.policies, lambda: scheduler.tier_lag)
     daemon = metrics.DaemonMetrics(registry)
+    health = DaemonHealth()
     try:
-        metrics.serve(registry, listen)
+        metrics.serve(registry, listen, health)
     except OSError as e:
         raise InvalidInput(f"--metrics-listen {listen}: {e.strerror or e}") from None
     log.info("serving metrics on http://%s/metrics", listen, extra={"drsvc": {"event": "metrics.listen"}})
@@ -37,8 +36,10 @@ def start_metrics(
         daemon.ticks.observe(seconds)
         if error is not None:
             daemon.errors.inc()
+        health.tick_finished(seconds, error)
 
-    return on_tick
+    scheduler.on_tick = on_tick
+    scheduler.on_tick_start = health.tick_started
 
 
 def render(report: TickReport, planned: list[dict] | None, out: Console) -> None:
@@ -65,7 +66,8 @@ def render(report: TickReport, planned: list[dict] | None, out: Console) -> None
 @click.option(
     "--metrics-listen",
     metavar="ADDR",
-    help="Serve Prometheus metrics on http://ADDR/metrics while running (HOST:PORT or :PORT).",
+    help="Serve Prometheus metrics on http://ADDR/metrics and the daemon's liveness on /healthz "
+    "(200, or 503 when its ticks keep failing or stopped) while running (HOST:PORT or :PORT).",
 )
 @pass_app
 def command(app: App, once: bool, dry_run: bool, metrics_listen: str | None) -> int:
@@ -78,7 +80,7 @@ def command(app: App, once: bool, dry_run: bool, metrics_listen: str | None) -> 
     # the scheduler reports through its log (drsvc.log: text or JSON lines, every error included)
     scheduler = Scheduler(app.services)
     if metrics_listen:
-        scheduler.on_tick = start_metrics(app, metrics_listen, lambda: scheduler.tier_lag)
+        start_metrics(app, metrics_listen, scheduler)
     if dry_run:
         started = time.perf_counter()
         now = clock.now()

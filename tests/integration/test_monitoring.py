@@ -123,6 +123,9 @@ def test_prometheus_fires_backups_failing_for_the_desktop_whose_backups_fail(
         assert {r["metric"]["desktop"] for r in query} == {good, broken_desktop}
         healthy = _get(f"{api}/query?query=drsvc_backup_consecutive_failures%7Bpolicy%3D%22good%22%7D")
         assert [r["value"][1] for r in healthy["data"]["result"]] == ["0"]
+        # failing backups are objectives, not a sick daemon: its liveness stays 200
+        live = _get(f"http://127.0.0.1:{metrics_port}/healthz")
+        assert live["healthy"] and live["ticks"] >= 1 and live["failed_ticks_in_a_row"] == 0, live
     finally:
         server.terminate()
         daemon.terminate()
