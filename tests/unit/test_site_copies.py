@@ -245,9 +245,15 @@ def test_copy_cli_json_dry_run_and_unknown_site(kit: SiteKit, run_cli: Any) -> N
     assert dry.code == 0, dry.output
     assert dry.json()["moves"][0]["site"] == "dr" and dry.json()["dry_run"] is True
     real = run_cli("--config", config, "--json", "copy", "--limit-upload", "100000")
-    assert real.code == 0, real.output and real.json()["summary"]["done"] == 1
+    assert real.code == 0, real.output
+    assert real.json()["summary"]["done"] == 1
     listed = run_cli("--config", config, "--json", "points", "list")
     assert listed.json()[0]["sites"] == ["dr"]
+    table = run_cli("--config", config, "points", "list").stdout.splitlines()
+    at = table[0].index("SITES")
+    assert table[1][at:].split()[0] == "dr", table
+    shown = run_cli("--config", config, "--json", "points", "show", listed.json()[0]["id"]).json()
+    assert [s["site"] for s in shown["site_detail"]] == ["dr"]
     bad = run_cli("--config", config, "copy", "--site", "nope")
     assert bad.code == 3 and "no site named 'nope'" in bad.stderr and "Traceback" not in bad.stderr
     bad = run_cli("--config", config, "verify", "--all", "--site", "nope")

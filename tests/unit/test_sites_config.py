@@ -13,7 +13,7 @@ from drsvc.config import load_config
 from drsvc.errors import ConfigError, PolicyError
 from drsvc.policy import load_policies
 from drsvc.services import Services
-from drsvc.sites import SiteUnreachable, credentials, relocate_volume
+from drsvc.sites import SiteUnreachable, credentials, relocate_volume, store_options
 
 BASE = '[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
 
@@ -72,6 +72,25 @@ def test_credentials_come_from_where_the_site_says(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("DRA_SECRET_ACCESS_KEY")
     with pytest.raises(ConfigError, match=r"sites\.a\.credentials: DRA_ACCESS_KEY_ID and DRA_SECRET_ACCESS_KEY"):
         credentials("a", config.sites["a"])
+
+
+def test_a_sites_endpoint_region_lock_and_deadlines_reach_its_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(
+        _write(
+            tmp_path,
+            '[sites.dr]\nstore = "s3://dr-bucket/fleet"\nendpoint_url = "https://s3.dr.example"\n'
+            'region = "eu-west-3"\ncredentials = "env:DRA"\nobject_lock = true\n'
+            "[timeouts]\ns3_read_seconds = 7\n",
+        )
+    )
+    monkeypatch.setenv("DRA_ACCESS_KEY_ID", "AKENV")
+    monkeypatch.setenv("DRA_SECRET_ACCESS_KEY", "x")
+    options = store_options("dr", config.sites["dr"], create=False, timeouts=config.timeouts)
+    assert options["endpoint_url"] == "https://s3.dr.example" and options["region"] == "eu-west-3"
+    assert options["object_lock"] is True and options["read_timeout"] == 7 and options["create"] is False
+    assert options["access_key"] == "AKENV" and options["secret_key"] == "x"
 
 
 def test_volumes_move_to_the_recovery_sites_pool_in_their_own_namespace() -> None:

@@ -240,6 +240,23 @@ def test_a_storm_restores_in_order_within_the_limits_and_records_every_desktop(
     assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed", "ok"]
     [run] = fleet.catalog.query("SELECT * FROM site_recoveries")
     assert run["kind"] == "storm" and run["status"] == "partial" and '"downloads": 1' in run["admission"]
+    # what a person reads: each desktop with its RTO, the failure's reason, the fleet's times
+    from io import StringIO
+
+    from rich.console import Console
+
+    from drsvc.cli._fleet import render
+
+    out = StringIO()
+    render(report, Console(file=out, width=240, no_color=True))
+    text = out.getvalue()
+    assert "restore storm: 5 desktop(s), 5 in flight, admission downloads 1" in text
+    assert "criu failed for s-b" in text and "up: 4/5 (4 within target, 1 failed, 0 skipped)" in text
+    s = doc["summary"]
+    assert f"time to first up {s['first_up_seconds']:.1f} s, 50 % {s['p50_up_seconds']:.1f} s" in text
+    assert "all - s" in text  # never all up: one failed
+    e1 = next(line for line in text.splitlines() if " e-1 " in line)
+    assert f"{next(i.up_seconds for i in report.items if i.desktop == 'e-1'):.1f}" in e1
 
 
 def test_everything_at_once_has_no_bounds(fleet: Services, monkeypatch: pytest.MonkeyPatch) -> None:
