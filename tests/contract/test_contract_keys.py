@@ -17,10 +17,13 @@ def test_keys_list_and_rotate_keep_every_point_restorable(fleet: Deployment) -> 
     assert fleet.cli("--json", "keys", "list").stdout == before, "a dry run wrote a key"
     assert_exit(fleet.cli("keys", "rotate", "--tenant", "acme"), 0)
     assert fleet.cli("--json", "keys", "list").stdout != before
+    [first] = [p["id"] for p in fleet.cli("--json", "points", "list", "alice").json()]
     fleet.world.write_volume("desktops", "alice", volume_for(7, "alice"))
-    assert_exit(fleet.cli("backup", "alice"), 0)
+    backup = fleet.cli("--json", "backup", "alice")
+    assert_exit(backup, 0)
+    # ids of two points taken in one second need not sort by time: take each from where it was made
+    [newest] = [o["point_id"] for o in backup.json()["results"]]
     # the point sealed with the old key and the one sealed with the new key both come back
-    first, newest = sorted(p["id"] for p in fleet.cli("--json", "points", "list", "alice").json())
     assert_exit(fleet.cli("restore", "alice", "--point", first, "--force", "--verify"), 0)
     assert digests(fleet.world.read_volume("desktops", "alice")) == digests(volume_for(1, "alice"))
     assert_exit(fleet.cli("restore", "alice", "--point", newest, "--force", "--verify"), 0)
