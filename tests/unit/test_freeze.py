@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
-from drsvc.errors import InvalidInput
-from drsvc.runtimes.freeze import FreezeBatch, hook_installed, install_hook
+from drsvc.errors import BackendError, InvalidInput
+from drsvc.runtimes.base import DesktopRef
+from drsvc.runtimes.freeze import FreezeBatch, checkpoint_batch, hook_installed, install_hook
 
 HOOK = Path(__file__).resolve().parents[2] / "drsvc" / "data" / "criu" / "drsvc-freeze-hook"
 CID = "a" * 40 + "0123456789abcdef01234567"
@@ -154,6 +159,45 @@ def test_exception_releases_and_cleans_up(tmp_path: Path) -> None:
         raise RuntimeError("pool snapshot failed")
     assert isinstance(p, subprocess.Popen) and p.wait(5) == 0
     assert list(fb.root.iterdir()) == []
+
+
+class HookedRuntime:
+    """A runtime whose checkpoint runs the real hook as CRIU would (pre-dump, network-lock, then
+    post-dump, which holds the desktop frozen) and notes, per container, whether the hook let go
+    because drsvc released it or because its own timeout ran out."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.root = tmp_path / "freeze"
+        self.let_go: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def checkpoint(self, name: str, *, tcp_established: bool = True) -> Iterator[BinaryIO]:
+        cg = cgroup_file(self.tmp_path, name)
+        for action in ("pre-dump", "network-lock", "post-dump"):
+            hook(action, self.root, cg)
+        timed_out = (self.root / name / "timed-out").exists()
+        self.let_go[name] = "its own timeout" if timed_out else "release"
+        yield io.BytesIO(b"archive of " + name.encode())
+
+
+def test_a_failed_snapshot_still_releases_every_desktop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool snapshot fails while both desktops are frozen: drsvc releases them at once and
+    reports the failure; neither is left standing until the hook gives up."""
+    monkeypatch.setenv("DRSVC_FREEZE_ROOT", str(tmp_path / "freeze"))
+    runtime = HookedRuntime(tmp_path)
+    desktops = [DesktopRef(f"desk-{i}", cid, cid, None, None) for i, cid in enumerate((CID, CID2))]
+    seen: list[set[str]] = []
+
+    def snapshot(frozen: set[str]) -> None:
+        seen.append(frozen)
+        raise BackendError("pool snapshot failed")
+
+    with pytest.raises(BackendError, match="pool snapshot failed"):
+        checkpoint_batch(runtime, desktops, lambda _d, s: s.read(), while_frozen=snapshot, freeze_timeout=1)  # type: ignore[arg-type]
+    assert seen == [{CID, CID2}], "the snapshot ran with both desktops frozen"
+    assert runtime.let_go == {CID: "release", CID2: "release"}
+    assert not (tmp_path / "freeze" / CID).exists()
 
 
 def test_wait_frozen_returns_partial_set_at_deadline(tmp_path: Path) -> None:
