@@ -13,6 +13,7 @@ from contractlib import assert_exit, contract
 from deployment import Deployment, digests, volume_for
 
 from drsvc import clock
+from drsvc.runtimes.base import LABEL_DESKTOP
 
 
 def _live(d: Deployment, name: str) -> dict[str, str]:
@@ -145,6 +146,20 @@ def test_restore_never_writes_another_desktops_target(fleet: Deployment) -> None
     assert_exit(r, 2, "bob")
     assert fleet.world.read_volume("desktops", "bob") == before
     assert fleet.world.container("bob")["restored_at"] is None
+
+
+@contract("restore", 2)
+def test_restore_in_place_refuses_a_container_of_that_name_that_is_another_desktops(fleet: Deployment) -> None:
+    # the container named alice now carries bob's label (recreated by hand, say): even --force
+    # must not replace it, and alice's volume stays as it is
+    c = fleet.world.container("alice")
+    c["labels"] = {**c["labels"], LABEL_DESKTOP: "bob"}
+    fleet.world.save_container(c)
+    before = _live(fleet, "alice")
+    r = fleet.cli("restore", "alice", "--force")
+    assert_exit(r, 2, "desktop bob", "nothing was touched")
+    assert fleet.world.container("alice")["restored_at"] is None
+    assert _live(fleet, "alice") == before
 
 
 @contract("restore", 3)

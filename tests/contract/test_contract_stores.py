@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 from contractlib import assert_exit, contract
-from deployment import Deployment
+from deployment import Deployment, digests, volume_for
 
 from drsvc import clock
 from drsvc.errors import BackendUnavailable
@@ -118,6 +118,30 @@ def test_prune_keeps_what_retention_keeps(deploy: Deployment) -> None:
     assert kept == sorted(ids[-2:])
     # what is left restores, with the test's own data
     assert_exit(deploy.cli("restore", "alice", "--force", "--verify"), 0)
+
+
+@contract("prune", 0)
+def test_prune_keeps_hot_copies_cold_retention_still_waits_for(deploy: Deployment) -> None:
+    # hot keeps the newest point only; cold keeps one a day: the older points' hot copies are
+    # all there is of them until `tier` copies them, so prune must leave them alone until then
+    deploy.policy(retention={"hot": {"last": 1}, "cold": {"daily": 30}})
+    deploy.desktop("alice")
+    ids = []
+    for day in (3, 2, 1):
+        deploy.world.write_volume("desktops", "alice", volume_for(10 + day, "alice"))
+        ids += deploy.backup_at(clock.now() - timedelta(days=day), "alice")
+    assert_exit(deploy.cli("prune"), 0)
+    assert _point_tiers(deploy) == {i: ["hot"] for i in ids}, "prune dropped points cold retention keeps"
+    assert_exit(deploy.cli("tier"), 0)
+    assert_exit(deploy.cli("prune"), 0)
+    assert _point_tiers(deploy) == {ids[0]: ["cold"], ids[1]: ["cold"], ids[2]: ["cold", "hot"]}
+    # the oldest point comes back from the cold tier with what the test wrote then
+    assert_exit(deploy.cli("restore", "alice", "--point", ids[0], "--force", "--verify"), 0)
+    assert digests(deploy.world.read_volume("desktops", "alice")) == digests(volume_for(13, "alice"))
+
+
+def _point_tiers(d: Deployment) -> dict[str, list[str]]:
+    return {p["id"]: sorted(p["tiers"]) for p in d.cli("--json", "points", "list").json() if p["tiers"]}
 
 
 @contract("prune", 2)
