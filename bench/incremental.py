@@ -1,0 +1,300 @@
+"""Backups that cost what changed: ``drsvc backup`` + ``drsvc tier`` vs ``restic backup``, end to end.
+
+Through the real CLI (``drsvc`` in its own process: what a user or the cron minute waits for), on
+the lab, beside restic in the same run, on the same files:
+
+1. A lab desktop (``dev/lab fleet``, busybox, checkpointed with CRIU as a policy backup does) gets
+   the mixed desktop data set of ``bench/tiering.py`` (base image, media, logs, thousands of small
+   files) as RADOS objects in its namespace; the same files lie in tmpfs for restic.
+2. First backup: ``drsvc backup`` (a full read: no parent) + ``drsvc tier`` (to S3 on radosgw),
+   beside ``restic backup`` into an empty repository on the same radosgw.
+3. Nothing changed, ``--rounds`` times: drsvc incremental (the default), drsvc with
+   ``capture.full_every: 1`` (every backup reads the whole volume, as before incremental capture),
+   and restic.
+4. A 2 % scattered change (64 KiB overwrites at random places in the larger files, the same bytes
+   in RADOS and in tmpfs), ``--rounds`` times: drsvc incremental and restic; stored growth is the
+   cold bucket's (drsvc) and the repository bucket's (restic).
+
+drsvc's columns say how many object bytes the backup read from the pool snapshot and the hot
+store (the manifest's ``volume.capture``). ``tier`` waits out the policy's ``after: 1s`` before
+it runs (not timed).
+
+    apt-get install -y restic
+    eval "$(dev/lab env)"; flock /tmp/drsvc-lab.lock .venv/bin/python bench/incremental.py [--mib 1024 --rounds 3]
+
+Everything it creates (desktop, namespace, pool snapshots, hot prefix, buckets, temp dirs) is
+removed at the end. Numbers are noisy on a shared 2-core machine: compare the columns of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+try:
+    import rados
+except ImportError:
+    sys.path.append(os.environ.get("DRSVC_LAB_PYSHIM", "/var/lib/drsvc-lab/pyshim"))
+    import rados
+
+import boto3  # noqa: E402
+from chunkstore import media  # noqa: E402
+from tiering import bucket_bytes, files_of, make_desktop  # noqa: E402
+
+from drsvc.catalog import Catalog  # noqa: E402
+from drsvc.config import load_config  # noqa: E402
+from drsvc.crypto import generate_key_file  # noqa: E402
+from drsvc.services import Services  # noqa: E402
+
+MiB = 1 << 20
+ENDPOINT = os.environ.get("S3_ENDPOINT_URL", "http://127.0.0.1:7480")
+DRSVC = str(ROOT / ".venv" / "bin" / "drsvc")
+WRITE = 64 * 1024  # one scattered overwrite
+
+
+def run(*cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(list(cmd), capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:6])}: exit {p.returncode}: {p.stderr[-2000:]}")
+    return p
+
+
+def scatter(root: Path, fraction: float, seed: int) -> dict[str, list[tuple[int, bytes]]]:
+    """``fraction`` of all bytes overwritten in place, 64 KiB at a time at random places; the writes by file."""
+    rng = random.Random(seed)
+    files = [(p, p.stat().st_size) for p in files_of(root)]
+    big = [(p, s) for p, s in files if s > WRITE]
+    goal = int(sum(s for _, s in files) * fraction)
+    writes: dict[str, list[tuple[int, bytes]]] = {}
+    changed, k = 0, 0
+    while changed < goal:
+        ((path, size),) = rng.choices(big, weights=[s for _, s in big])
+        n = min(WRITE, goal - changed)
+        off = rng.randrange(0, size - n)
+        data = media(n, f"inc-patch{seed}-{k}")
+        with open(path, "r+b") as f:
+            f.seek(off)
+            f.write(data)
+        writes.setdefault(str(path.relative_to(root)), []).append((off, data))
+        changed += n
+        k += 1
+    return writes
+
+
+class Bench:
+    def __init__(self, work: Path, src: Path) -> None:
+        self.work, self.src = work, src
+        tag = uuid.uuid4().hex[:6]
+        self.prefix = f"perf-inc-{tag}"
+        self.desktop = f"{self.prefix}-001"
+        self.bucket = f"perf-inc-{tag}"
+        self.restic_bucket = f"perf-inc-restic-{tag}"
+        self.dir = work / "drsvc"
+        (self.dir / "policies").mkdir(parents=True)
+        generate_key_file(self.dir / "drsvc.key")
+        self.hot_url = f"rados://drsvc-hot/{self.prefix}"
+        self.config = self.dir / "drsvc.toml"
+        self.config.write_text(
+            f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
+            f'[hot]\nstore = "{self.hot_url}"\nceph_conf = "{os.environ["CEPH_CONF"]}"\n'
+            f'[cold]\nstore = "s3://{self.bucket}/fleet"\nendpoint_url = "{ENDPOINT}"\n'
+            f'[runtime]\nurl = "podman://{os.environ["DRSVC_PODMAN_SOCKET"]}"\n'
+        )
+        self.policy(full_every=24)
+        self.cluster = rados.Rados(conffile=os.environ["CEPH_CONF"])
+        self.cluster.connect(timeout=15)
+        self.io = self.cluster.open_ioctx("desktops")
+        self.io.set_namespace(self.desktop)
+        self.s3 = boto3.client("s3", endpoint_url=ENDPOINT)
+
+    def policy(self, *, full_every: int) -> None:
+        (self.dir / "policies" / "bench.yaml").write_text(
+            json.dumps(
+                {
+                    "name": "bench",
+                    "selector": {"desktops": [self.desktop]},
+                    "schedule": "0 * * * *",
+                    "capture": {"full_every": full_every},
+                    "retention": {"hot": {"last": 100}, "cold": {"last": 100}},
+                    "tiering": {"after": "1s", "storage_class": "STANDARD"},
+                }
+            )
+        )
+
+    def drsvc(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run(DRSVC, "--config", str(self.config), *args, timeout=1200)
+
+    def restic(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(self.work / "restic-cache")}
+        return run("restic", "-r", f"s3:{ENDPOINT}/{self.restic_bucket}", *args, cwd=self.src, env=env, timeout=1200)
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, mib: float, seed: int) -> int:
+        run(str(ROOT / "dev" / "lab"), "fleet", "1", "--prefix", self.prefix, "--data-mib", "1", timeout=600)
+        for o in list(self.io.list_objects()):  # the fleet's own data set: this bench writes its own
+            self.io.remove_object(o.key)
+        written = make_desktop(self.src, mib, seed)
+        for path in files_of(self.src):
+            data = path.read_bytes()
+            name = str(path.relative_to(self.src))
+            self.io.write_full(name, data[: 64 * MiB])
+            for off in range(64 * MiB, len(data), 64 * MiB):
+                self.io.write(name, data[off : off + 64 * MiB], off)
+        self.restic("init")
+        return written
+
+    def change(self, fraction: float, seed: int) -> int:
+        writes = scatter(self.src, fraction, seed)
+        for name, pieces in writes.items():
+            for off, data in pieces:
+                self.io.write(name, data, off)
+        return sum(len(d) for pieces in writes.values() for _, d in pieces)
+
+    # ------------------------------------------------------------------ one backup each
+
+    def drsvc_round(self) -> dict[str, float]:
+        before = bucket_bytes(self.s3, self.bucket) if self.cold_exists() else 0
+        t = time.perf_counter()
+        doc = json.loads(self.drsvc("--json", "backup", "--policy", "bench").stdout)
+        backup = time.perf_counter() - t
+        (result,) = doc["results"]
+        assert result["status"] == "complete", result
+        time.sleep(1.1)  # the policy's tiering.after
+        t = time.perf_counter()
+        self.drsvc("tier")
+        tier = time.perf_counter() - t
+        capture = self.capture(result["point_id"])
+        return {
+            "backup": backup,
+            "tier": tier,
+            "total": backup + tier,
+            "read_mib": (capture["read_bytes"] + capture.get("hot_bytes_read", 0)) / MiB,
+            "stored_mib": (bucket_bytes(self.s3, self.bucket) - before) / MiB,
+            "incremental": float(capture["mode"] == "incremental"),
+        }
+
+    def restic_round(self) -> dict[str, float]:
+        before = bucket_bytes(self.s3, self.restic_bucket)
+        t = time.perf_counter()
+        self.restic("backup", ".")
+        total = time.perf_counter() - t
+        return {"total": total, "stored_mib": (bucket_bytes(self.s3, self.restic_bucket) - before) / MiB}
+
+    def cold_exists(self) -> bool:
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+            return True
+        except Exception:
+            return False
+
+    def capture(self, point: str) -> dict[str, Any]:
+        config = load_config(self.config)
+        catalog = Catalog.open(config.catalog.path)
+        try:
+            manifest = Services(config, catalog).hot.get_manifest(self.desktop, point)
+        finally:
+            catalog.close()
+        return dict(manifest["volume"]["capture"])
+
+    # ------------------------------------------------------------------ cleanup
+
+    def cleanup(self) -> None:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", self.desktop], capture_output=True, timeout=120)
+        for o in list(self.io.list_objects()):
+            self.io.remove_object(o.key)
+        try:
+            catalog = Catalog.open(self.dir / "catalog.db")
+            from drsvc.volumes import open_snapshots
+
+            for row in catalog.query("SELECT pool, name FROM pool_snapshots WHERE removed_at IS NULL"):
+                open_snapshots(row["pool"]).remove(row["name"])
+            catalog.close()
+        except Exception as e:  # the bench's own leftovers: report, go on cleaning
+            print(f"cleanup: pool snapshots: {e}", file=sys.stderr)
+        from drsvc.storage import open_store
+
+        hot = open_store(self.hot_url)
+        hot.delete_many(list(hot.list("")))
+        for bucket in (self.bucket, self.restic_bucket):
+            subprocess.run(
+                ["radosgw-admin", "bucket", "rm", "--bucket", bucket, "--purge-objects", "--bypass-gc"],
+                capture_output=True,
+                timeout=300,
+            )
+        self.io.close()
+        self.cluster.shutdown()
+
+
+def show(title: str, rows: dict[str, list[dict[str, float]]], keys: tuple[str, ...]) -> None:
+    print(f"\n{title}")
+    for what, runs in rows.items():
+        cells = []
+        for key in keys:
+            values = [r[key] for r in runs if key in r]
+            if values:
+                each = "/".join(f"{v:.2f}" for v in values)
+                cells.append(f"{key} {statistics.median(values):.2f} ({each})")
+        print(f"  {what:<34} " + "   ".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mib", type=float, default=1024, help="size of the desktop data set")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--change", type=float, default=0.02, help="fraction of bytes overwritten per change round")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    if not shutil.which("restic"):
+        sys.exit("restic is not installed (apt-get install -y restic): it is the reference")
+    work = Path(tempfile.mkdtemp(prefix="perf-inc-bench-"))
+    src = Path(tempfile.mkdtemp(prefix="perf-inc-bench-src-", dir="/dev/shm"))
+    bench = Bench(work, src)
+    try:
+        written = bench.setup(args.mib, args.seed)
+        print(f"desktop {bench.desktop}: {written / MiB:.0f} MiB in {len(files_of(src))} objects; seconds, MiB")
+        keys = ("total", "backup", "tier", "read_mib", "stored_mib")
+        first = {"drsvc backup + tier (full)": [bench.drsvc_round()], "restic backup": [bench.restic_round()]}
+        show("first backup into S3", first, keys)
+        same: dict[str, list[dict[str, float]]] = {"drsvc incremental": [], "drsvc full read": [], "restic": []}
+        for _ in range(args.rounds):
+            same["drsvc incremental"].append(bench.drsvc_round())
+            bench.policy(full_every=1)
+            same["drsvc full read"].append(bench.drsvc_round())
+            bench.policy(full_every=24)
+            same["restic"].append(bench.restic_round())
+        show("nothing changed", same, keys)
+        changed: dict[str, list[dict[str, float]]] = {"drsvc incremental": [], "restic": []}
+        sizes = []
+        for r in range(args.rounds):
+            sizes.append(bench.change(args.change, args.seed * 100 + r) / MiB)
+            changed["drsvc incremental"].append(bench.drsvc_round())
+            changed["restic"].append(bench.restic_round())
+        show(f"after a {args.change:.0%} scattered change ({'/'.join(f'{s:.1f}' for s in sizes)} MiB)", changed, keys)
+        assert all(r["incremental"] for r in same["drsvc incremental"] + changed["drsvc incremental"])
+        growth = [d["stored_mib"] / s for d, s in zip(changed["drsvc incremental"], sizes, strict=True)]
+        rgrowth = [d["stored_mib"] / s for d, s in zip(changed["restic"], sizes, strict=True)]
+        print(f"  stored growth / changed bytes: drsvc {statistics.median(growth):.2f}x, "
+              f"restic {statistics.median(rgrowth):.2f}x")  # fmt: skip
+    finally:
+        bench.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(src, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
