@@ -28,6 +28,7 @@ dump of its batch. Larger batches mean fewer pool snapshots, smaller ones shorte
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import itertools
 import json
 import logging
@@ -36,19 +37,19 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, BinaryIO
 
-from drsvc import clock, faults
+from drsvc import ceph, clock, faults
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
-from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, NotFound
+from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BackendError, DrsvcError, NotFound
 from drsvc.lease import Lease
 from drsvc.log import event
 from drsvc.policy import Policy
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef
-from drsvc.runtimes.freeze import checkpoint_batch, hook_installed
+from drsvc.runtimes.freeze import FreezeBudgetExceeded, checkpoint_batch, hook_installed
 from drsvc.runtimes.tarindex import ArchiveIndexer
 from drsvc.services import Services
 from drsvc.volume_capture import ParentFinder, VolumeCapture
@@ -58,7 +59,8 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = 1
 IMAGES = "_images"  # manifest "desktop" under which base images are stored, once per image id
 DEFAULT_FULL_EVERY = 24  # a manual backup (no policy) reads everything every 24th point, as the policy default
-FREEZE_TIMEOUT = 20.0  # seconds to wait for a batch to freeze before snapshotting without the stragglers
+FREEZE_WAIT = 20.0  # seconds to wait for a batch's first desktop to freeze (its dump may take a while)
+DEFAULT_FREEZE_BUDGET = timedelta(seconds=5)  # manual backups without a policy
 
 Event = Callable[..., None]
 
@@ -276,8 +278,13 @@ class BackupJob:
         report: BackupReport,
     ) -> list[Outcome]:
         taken_at = clock.now()
+        budget = (policy.capture.freeze_timeout if policy else DEFAULT_FREEZE_BUDGET).total_seconds()
         outcomes = {d.desktop_id: Outcome(d.desktop_id, new_point_id(d.desktop_id, taken_at)) for d in batch}
+        snap = snapshot_name(policy.name if policy else None, taken_at, batch_no)
         with self.catalog.transaction():
+            # The pool snapshot is recorded before it is made: if this process dies in between,
+            # the row (referenced by no complete point) is what prune and cleanup remove.
+            snapshot_row = self._record_snapshot(pool_url, snap, taken_at, job_id)
             for d in batch:
                 self.catalog.add_point(
                     {
@@ -289,6 +296,8 @@ class BackupJob:
                         "consistency": "paired",
                         "job_id": job_id,
                         "image": d.image_id,
+                        "pool_snapshot_id": snapshot_row,
+                        "freeze_budget_ms": budget * 1000,
                     }
                 )
         faults.point("after-pending")
@@ -304,21 +313,26 @@ class BackupJob:
             for o in outcomes.values():
                 o.consistency, o.reason = "crash", "policy asks for crash consistency"
 
-        snap = snapshot_name(policy.name if policy else None, taken_at, batch_no)
         volumes = self.services.snapshots(pool_url)
         archives: dict[str, StreamRef] = {}
-        if want_memory:
-            archives = self._paired_capture(batch, outcomes, volumes, snap)
-        else:
-            self.on_event("snapshot", pool=pool_url, name=snap)
-            volumes.create(snap)
-            faults.point("after-snapshot")
-        snapshot_row = self._record_snapshot(pool_url, snap, taken_at, job_id)
+        try:
+            if want_memory:
+                archives = self._paired_capture(batch, outcomes, volumes, snap, budget)
+            else:
+                self.on_event("snapshot", pool=pool_url, name=snap)
+                volumes.create(snap)
+                faults.point("after-snapshot")
+        except FreezeBudgetExceeded as e:
+            # Thawed without a snapshot: no point of this batch pairs (or even has) a volume image.
+            self._freeze_facts(batch, outcomes, e.results)
+            self._fail_batch(outcomes, f"pool snapshot {snap} failed: {e}")
+            self._drop_snapshot(volumes, snap, snapshot_row, e.pending)
+            return [outcomes[d.desktop_id] for d in batch]
+        except BackendError as e:
+            self._fail_batch(outcomes, f"pool snapshot {snap} failed: {e}")
+            self._drop_snapshot(volumes, snap, snapshot_row, None)
+            return [outcomes[d.desktop_id] for d in batch]
         report.pool_snapshots.append(snap)
-        self.catalog.execute(
-            f"UPDATE points SET pool_snapshot_id = ? WHERE id IN ({','.join('?' * len(outcomes))})",
-            [snapshot_row, *[o.point_id for o in outcomes.values()]],
-        )
 
         with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="store") as pool:
             futures = [
@@ -338,9 +352,14 @@ class BackupJob:
         return [outcomes[d.desktop_id] for d in batch]
 
     def _paired_capture(
-        self, batch: list[DesktopRef], outcomes: dict[str, Outcome], volumes: Any, snap: str
+        self, batch: list[DesktopRef], outcomes: dict[str, Outcome], volumes: Any, snap: str, budget: float
     ) -> dict[str, StreamRef]:
-        """Checkpoint the batch, snapshot the pool while all are frozen, stream the archives."""
+        """Checkpoint the batch, snapshot the pool while all are frozen, stream the archives.
+
+        The freeze ``budget`` (seconds) bounds every desktop's freeze: at its end they are thawed
+        whatever the snapshot is doing (``FreezeBudgetExceeded``); a desktop that stood still
+        longer anyway (its own memory dump outlasted the budget) is crash-consistent.
+        """
         by_container = {d.container_id: d.desktop_id for d in batch}
 
         def snapshot(frozen: set[str]) -> None:
@@ -348,7 +367,7 @@ class BackupJob:
             volumes.create(snap)
             faults.point("after-snapshot")
 
-        self.on_event("freeze", desktops=[d.desktop_id for d in batch])
+        self.on_event("freeze", desktops=[d.desktop_id for d in batch], budget=budget)
 
         def store_archive(d: DesktopRef, stream: BinaryIO) -> tuple[StreamRef, dict[str, Any]]:
             # indexed on its way into the store: `points ls` and `mount` list (and read) single
@@ -362,16 +381,16 @@ class BackupJob:
             batch,
             store_archive,
             while_frozen=snapshot,
-            freeze_timeout=FREEZE_TIMEOUT,
+            freeze_timeout=FREEZE_WAIT,
+            freeze_budget=budget,
         )
+        self._freeze_facts(batch, outcomes, results)
         archives: dict[str, StreamRef] = {}
         for d in batch:
             r, o = results[d.container_id], outcomes[d.desktop_id]
             if r.error is not None or r.value is None:
                 o.consistency, o.reason = "crash", f"checkpoint failed: {r.error}"
                 continue
-            o.checkpoint_ms = r.seconds * 1000
-            o.freeze_ms = r.freeze_window * 1000 if r.freeze_window is not None else None
             if r.released_early:
                 # the hook let it go before the snapshot was taken
                 o.consistency, o.reason = "crash", "released by the freeze hook before the snapshot"
@@ -379,11 +398,56 @@ class BackupJob:
             if not r.frozen:
                 # It froze after the snapshot (or never reported): its memory is from a later
                 # instant than its disk. Keep the volume, drop the memory.
-                o.consistency, o.reason = "crash", f"did not freeze within {FREEZE_TIMEOUT:.0f}s of its batch"
+                o.consistency, o.reason = "crash", "did not freeze in time to be in its batch's pool snapshot"
+                continue
+            if r.overran:
+                o.consistency = "crash"
+                o.reason = f"stood frozen {o.freeze_ms:.0f} ms, over its freeze budget of {budget:g} s"
                 continue
             o.held = r.held or None
             archives[d.desktop_id], o.rootfs = r.value
         return archives
+
+    @staticmethod
+    def _freeze_facts(batch: list[DesktopRef], outcomes: dict[str, Outcome], results: dict[str, Any]) -> None:
+        for d in batch:
+            r = results.get(d.container_id)
+            if r is None:
+                continue
+            o = outcomes[d.desktop_id]
+            o.checkpoint_ms = r.seconds * 1000
+            o.freeze_ms = r.freeze_window * 1000 if r.freeze_window is not None else None
+
+    def _fail_batch(self, outcomes: dict[str, Outcome], reason: str) -> None:
+        for o in outcomes.values():
+            o.status, o.error = "failed", reason
+            self.catalog.update_point(
+                o.point_id,
+                status="failed",
+                consistency="crash",
+                reason=reason,
+                freeze_ms=o.freeze_ms,
+                checkpoint_ms=o.checkpoint_ms,
+            )
+            self.on_event("desktop", outcome=o)
+
+    def _drop_snapshot(self, volumes: Any, snap: str, row: int, pending: cf.Future[None] | None) -> None:
+        """Remove a snapshot the batch could not use (it may exist, or appear once Ceph answers).
+
+        Waits for a still running create (bounded by its own Ceph timeout) first. When Ceph does
+        not answer, the recorded row stays for ``prune`` / ``cleanup``, which retry.
+        """
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                pending.result(timeout=ceph.timeouts().op_seconds + 5)
+            if not pending.done():
+                return
+        try:
+            volumes.remove(snap)
+        except DrsvcError as e:
+            self.on_event("snapshot-left", name=snap, error=e)
+            return
+        self.catalog.execute("UPDATE pool_snapshots SET removed_at = ? WHERE id = ?", [clock.to_iso(clock.now()), row])
 
     def _record_snapshot(self, pool_url: str, name: str, taken_at: datetime, job_id: int) -> int:
         with self.catalog.transaction():
@@ -469,6 +533,8 @@ class BackupJob:
             "consistency": outcome.consistency if archive is not None else "crash",
             "reason": outcome.reason,
             "freeze_ms": outcome.freeze_ms,
+            "freeze_budget_ms": (policy.capture.freeze_timeout if policy else DEFAULT_FREEZE_BUDGET).total_seconds()
+            * 1000,
             "runtime": {
                 "url": self.runtime.url,
                 "container": d.container,

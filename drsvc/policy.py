@@ -391,6 +391,15 @@ class Capture(_Model):
     full_every: PositiveCount = 24
     """Every N-th point reads the whole volume; the others read only objects whose version changed
     since the previous point (1: always read everything)."""
+    freeze_timeout: Duration = timedelta(seconds=5)
+    """The freeze budget: no desktop stands still longer; a point that would is not called paired."""
+
+    @field_validator("freeze_timeout")
+    @classmethod
+    def _freeze_timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(minutes=2):
+            raise ValueError("must be between 1s and 2m (users notice a frozen desktop within seconds)")
+        return value
 
     @field_validator("consistency")
     @classmethod

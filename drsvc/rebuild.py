@@ -261,6 +261,7 @@ def add_point(catalog: Any, pid: str, manifest: dict[str, Any], snap_id: int | N
             "image": image.get("image_id") or runtime.get("image_id"),
             "bytes": sum(ref.size for _, _, ref in refs),
             "freeze_ms": manifest.get("freeze_ms"),
+            "freeze_budget_ms": manifest.get("freeze_budget_ms"),
             "completed_at": manifest["taken_at"],
             **fields,
         }

@@ -35,6 +35,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -44,7 +45,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, Generic, TypeVar, cast
 
 from drsvc import data, faults
-from drsvc.errors import BackendError, DrsvcError, InvalidInput
+from drsvc.errors import BackendError, BackendTimeout, DrsvcError, InvalidInput
 from drsvc.runtimes import heldfiles
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef, is_full_id
 from drsvc.streams import IterReader
@@ -172,6 +173,13 @@ class FreezeBatch:
             except OSError:
                 pass  # the hook's own timeout still ends the wait
 
+    def stamp(self, container_id: str, action: str) -> float | None:
+        """The wall-clock time the hook stamped ``action`` for one container, if it did."""
+        try:
+            return float((self.dir(container_id) / action).read_text())
+        except (OSError, ValueError):
+            return None
+
     def timings(self, container_id: str) -> dict[str, float]:
         """Wall-clock timestamps the hook wrote per CRIU action (``pre-dump``, ``post-dump`` …)."""
         if container_id in self._timings:
@@ -210,6 +218,11 @@ class FreezeBatch:
 
 
 # ---------------------------------------------------------------------- a frozen batch of checkpoints
+# Kept between the release and the end of the budget: the hook sees a release within 50 ms, then
+# CRIU unlocks the network and resumes the processes.
+RELEASE_MARGIN = 0.25
+
+
 @dataclass
 class FrozenCheckpoint(Generic[T]):
     """What one desktop's checkpoint in a frozen batch gave."""
@@ -222,6 +235,31 @@ class FrozenCheckpoint(Generic[T]):
     freeze_window: float | None = None  # seconds its processes stood still
     seconds: float = 0.0  # the checkpoint call, from its start until ``consume`` returned
     held: dict[str, Any] = field(default_factory=dict)  # HeldFiles.summary() of what was read in the freeze
+    budget: float | None = None  # the freeze budget it ran under (seconds), if any
+
+    @property
+    def overran(self) -> bool:
+        """It stood still longer than its freeze budget (then memory and disk are not called paired)."""
+        return self.budget is not None and self.freeze_window is not None and self.freeze_window > self.budget
+
+
+class FreezeBudgetExceeded(BackendTimeout):
+    """``while_frozen`` (the pool snapshot) did not finish inside the freeze budget.
+
+    The desktops were thawed at the budget without it; ``results`` holds what each checkpoint
+    gave (their archives were still streamed), ``pending`` the still running ``while_frozen``,
+    which the caller may wait for to clean up what it creates.
+    """
+
+    def __init__(self, budget: float, frozen: int, results: dict[str, Any], pending: Future[None]) -> None:
+        super().__init__(
+            "freeze",
+            f"pool snapshot while {frozen} desktop(s) stood frozen",
+            f"not done within the freeze budget of {budget:g} s; the desktops were thawed without it",
+            runbook="ceph-unavailable",
+        )
+        self.results = results
+        self.pending = pending
 
 
 def checkpoint_batch(
@@ -231,26 +269,87 @@ def checkpoint_batch(
     *,
     while_frozen: Callable[[set[str]], None] = lambda _frozen: None,
     freeze_timeout: float = 20.0,
+    freeze_budget: float | None = None,
     held_budget: int = heldfiles.BUDGET,
 ) -> dict[str, FrozenCheckpoint[T]]:
     """Checkpoint ``desktops`` together and run ``while_frozen`` while all of them stand still.
 
     The checkpoints start at once; each desktop is frozen by the hook after its memory dump. As
     each one freezes, the files it holds in its root filesystem are copied (``heldfiles``);
-    once every desktop is frozen, or ``freeze_timeout`` has passed, ``while_frozen(frozen ids)``
-    runs (the pool snapshot) and all are released. Each archive, with its held files patched
-    in, is handed to ``consume`` in its own thread. The result maps container ids to outcomes;
-    an exception from ``while_frozen`` propagates after the release.
-    """
-    results = {d.container_id: FrozenCheckpoint[T](d) for d in desktops}
-    ready: dict[str, Future[heldfiles.HeldFiles | None]] = {cid: Future() for cid in results}
+    once every desktop is frozen, ``while_frozen(frozen ids)`` runs (the pool snapshot) and all
+    are released. Each archive, with its held files patched in, is handed to ``consume`` in its
+    own thread. The result maps container ids to outcomes; an exception from ``while_frozen``
+    propagates after the release.
 
-    def one(r: FrozenCheckpoint[T]) -> None:
+    ``freeze_timeout`` bounds the wait for the first desktop to freeze. ``freeze_budget`` (seconds)
+    bounds how long any desktop stands still, counted from the first one's freeze: stragglers
+    are left out after half of it, and at its end (less ``RELEASE_MARGIN``) every desktop is
+    released, whatever ``while_frozen`` is doing; it then raises ``FreezeBudgetExceeded`` (after
+    every checkpoint ended). The hook's own timeout is set just above the budget, so the desktops
+    thaw even if this process stops responding.
+    """
+    results = {d.container_id: FrozenCheckpoint[T](d, budget=freeze_budget) for d in desktops}
+    hook_timeout = freeze_budget + 1.0 if freeze_budget is not None else freeze_timeout + 10
+    with (
+        FreezeBatch(results, timeout=hook_timeout) as batch,
+        cf.ThreadPoolExecutor(len(results), thread_name_prefix="checkpoint") as pool,
+        cf.ThreadPoolExecutor(2, thread_name_prefix="held-files") as readers,
+    ):
+        run = _BatchRun(batch, results, freeze_budget, held_budget)
+        run.start(runtime, consume, pool, readers)
+        late: Future[None] | None = None
+        try:
+            frozen = run.wait_frozen(freeze_timeout)
+            faults.point("after-freeze")
+            late = run.snapshot(while_frozen, frozen)
+        finally:
+            run.release()
+        faults.point("after-release")
+    # every checkpoint has ended; the batch kept each desktop's timings when it cleaned up
+    run.collect()
+    if late is not None:
+        assert freeze_budget is not None
+        raise FreezeBudgetExceeded(freeze_budget, len(run.frozen), dict(results), late)
+    return results
+
+
+class _BatchRun(Generic[T]):
+    """The state one ``checkpoint_batch`` shares between its steps: start, wait, snapshot, release."""
+
+    def __init__(
+        self, batch: FreezeBatch, results: dict[str, FrozenCheckpoint[T]], budget: float | None, held_budget: int
+    ) -> None:
+        self.batch = batch
+        self.results = results
+        self.budget = budget
+        self.held_budget = held_budget
+        self.ready: dict[str, Future[heldfiles.HeldFiles | None]] = {cid: Future() for cid in results}
+        self.futures: dict[str, Future[None]] = {}
+        self.captures: dict[str, Future[heldfiles.HeldFiles]] = {}
+        self.abandoned: set[str] = set()  # held-file reads the budget did not wait for
+        self.frozen: set[str] = set()
+        self.first_freeze: float | None = None  # wall clock of the first desktop's pre-dump
+        self._readers: cf.Executor | None = None
+
+    def start(
+        self,
+        runtime: ContainerRuntime,
+        consume: Callable[[DesktopRef, BinaryIO], T],
+        pool: cf.Executor,
+        readers: cf.Executor,
+    ) -> None:
+        self._readers = readers
+        for cid, r in self.results.items():
+            self.futures[cid] = pool.submit(self._one, runtime, consume, r)
+
+    def _one(
+        self, runtime: ContainerRuntime, consume: Callable[[DesktopRef, BinaryIO], T], r: FrozenCheckpoint[T]
+    ) -> None:
         started = time.monotonic()
         held: heldfiles.HeldFiles | None = None
         try:
             with runtime.checkpoint(r.desktop.container) as stream:
-                held = ready[r.desktop.container_id].result()  # set at the release at the latest
+                held = self.ready[r.desktop.container_id].result()  # set at the release at the latest
                 source = stream
                 if held is not None and held.files:
                     source = cast(BinaryIO, IterReader(heldfiles.patch_archive(stream, held)))
@@ -262,44 +361,100 @@ def checkpoint_batch(
                 held.close()
             r.seconds = time.monotonic() - started
 
-    with (
-        FreezeBatch(results, timeout=freeze_timeout + 10) as batch,
-        cf.ThreadPoolExecutor(len(results), thread_name_prefix="checkpoint") as pool,
-        cf.ThreadPoolExecutor(2, thread_name_prefix="held-files") as readers,
-    ):
-        futures = {cid: pool.submit(one, r) for cid, r in results.items()}
-        captures: dict[str, Future[heldfiles.HeldFiles]] = {}
-        deadline = time.monotonic() + freeze_timeout
-        frozen: set[str] = set()
-        try:
-            while True:
-                frozen = batch.frozen()
-                for cid in frozen - captures.keys():
-                    captures[cid] = readers.submit(_read_held, batch, cid, held_budget)
-                if all(cid in frozen or f.done() for cid, f in futures.items()) or time.monotonic() >= deadline:
-                    break
-                time.sleep(0.01)
-            faults.point("after-freeze")
+    def _poll(self) -> None:
+        self.frozen = self.batch.frozen()
+        assert self._readers is not None
+        for cid in self.frozen - self.captures.keys():
+            self.captures[cid] = self._readers.submit(_read_held, self.batch, cid, self.held_budget)
+        if self.first_freeze is None:
+            stamps = [t for t in (self.batch.stamp(cid, "pre-dump") for cid in self.results) if t is not None]
+            self.first_freeze = min(stamps, default=None)
+
+    def release_at(self) -> float | None:
+        """Wall-clock time by which every desktop must be released (None: no budget)."""
+        if self.budget is None:
+            return None
+        first = self.first_freeze if self.first_freeze is not None else _now()
+        return first + self.budget - RELEASE_MARGIN
+
+    def wait_frozen(self, wait_limit: float) -> set[str]:
+        """Wait until every desktop is frozen (or its checkpoint ended); return the frozen ids.
+
+        Without a budget, at most ``wait_limit`` seconds. With one, at most ``wait_limit`` for the
+        first freeze, then until half the budget has passed since it: the snapshot gets the rest.
+        """
+        started = time.monotonic()
+        while True:
+            self._poll()
+            if all(cid in self.frozen or f.done() for cid, f in self.futures.items()):
+                return self.frozen
+            if self.budget is None or self.first_freeze is None:
+                if time.monotonic() - started >= wait_limit:
+                    return self.frozen
+            elif _now() >= self.first_freeze + self.budget / 2:
+                return self.frozen  # stragglers: their memory would be later than the snapshot
+            time.sleep(0.01)
+
+    def snapshot(self, while_frozen: Callable[[set[str]], None], frozen: set[str]) -> Future[None] | None:
+        """Run ``while_frozen``; with a budget, in a thread, abandoned at the release deadline.
+
+        Returns the still running call when the deadline came first, else None (its exception,
+        if it raised in time, propagates).
+        """
+        deadline = self.release_at()
+        if deadline is None:
             while_frozen(set(frozen))
-        finally:
-            for cid, capture in captures.items():  # read before the release: only then is nothing moving
-                ready[cid].set_result(capture.result())
-            batch.release()
-            for future in ready.values():
-                if not future.done():
-                    future.set_result(None)
-        faults.point("after-release")
-    # every checkpoint has ended; the batch kept each desktop's timings when it cleaned up
-    for cid, r in results.items():
-        futures[cid].result()
-        r.frozen = cid in frozen
-        r.released_early = bool({"timed-out", "owner-gone"} & set(batch.timings(cid)))
-        r.freeze_window = batch.freeze_window(cid)
-        if cid in captures:
-            held = captures[cid].result()
-            r.held = held.summary()
-            held.close()  # consumed by `one` already, unless its checkpoint failed first
-    return results
+            return None
+        if not frozen:
+            self.release()  # nobody stands still for it: nothing to pair, nothing to hold
+            while_frozen(set())
+            return None
+        done: Future[None] = Future()
+        threading.Thread(target=_call_into, args=(done, while_frozen, set(frozen)), daemon=True).start()
+        try:
+            done.result(timeout=max(0.0, deadline - _now()))
+        except cf.TimeoutError:
+            return done
+        return None
+
+    def release(self) -> None:
+        """Hand each checkpoint its held files (read before the release: only then is nothing moving), release."""
+        if self.batch.released_at is not None:
+            return
+        deadline = self.release_at()
+        for cid, capture in self.captures.items():
+            try:
+                timeout = None if deadline is None else max(0.0, deadline - _now())
+                self.ready[cid].set_result(capture.result(timeout=timeout))
+            except cf.TimeoutError:
+                self.abandoned.add(cid)  # not waited for: the archive stays as the runtime made it
+        self.batch.release()
+        for future in self.ready.values():
+            if not future.done():
+                future.set_result(None)
+
+    def collect(self) -> None:
+        """After every checkpoint ended: each outcome's freeze facts and held-file summary."""
+        for cid, r in self.results.items():
+            self.futures[cid].result()
+            r.frozen = cid in self.frozen
+            r.released_early = bool({"timed-out", "owner-gone"} & set(self.batch.timings(cid)))
+            r.freeze_window = self.batch.freeze_window(cid)
+            if cid in self.captures:
+                held = self.captures[cid].result()
+                r.held = held.summary()
+                held.close()  # consumed by `_one` already, unless its checkpoint failed first
+                if cid in self.abandoned:
+                    r.held = {"files": [], "notes": ["root filesystem files not read: the freeze budget ran out"]}
+
+
+def _call_into(done: Future[None], fn: Callable[[set[str]], None], arg: set[str]) -> None:
+    try:
+        fn(arg)
+    except BaseException as e:
+        done.set_exception(e)
+    else:
+        done.set_result(None)
 
 
 def _read_held(batch: FreezeBatch, container_id: str, budget: int) -> heldfiles.HeldFiles:

@@ -1,0 +1,106 @@
+"""BackupJob under the freeze budget, without the lab: a snapshot that stalls fails the batch, loudly.
+
+The runtime is test_freeze_budget's HookRuntime (the real freeze hook, a fake CRIU); the pool
+snapshots and volumes are fakes (named so); the hot store and the catalog are real (file://).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture)
+from test_freeze_budget import IDS, HookRuntime
+
+from drsvc import backup as backup_mod
+from drsvc.backup import BackupJob
+from drsvc.lease import Lease
+from drsvc.runtimes.base import DesktopRef
+from drsvc.volumes.base import VolumeObject
+
+
+class FakeSnapshots:
+    """Pool snapshots that can stall (a stopped OSD) until released."""
+
+    def __init__(self, stall: threading.Event | None) -> None:
+        self.stall = stall
+        self.created: list[str] = []
+        self.removed: list[str] = []
+
+    def create(self, name: str) -> int:
+        if self.stall is not None:
+            self.stall.wait(30)
+        self.created.append(name)
+        return 1
+
+    def remove(self, name: str) -> None:
+        self.removed.append(name)
+
+
+class FakeVolume:
+    scope = "rados://pool"
+
+    def read_objects_at(self, snap: str) -> Iterator[tuple[VolumeObject, Iterator[bytes]]]:
+        yield VolumeObject("data", 5), iter([b"hello"])
+
+
+@pytest.fixture
+def kit(tmp_path: Path, aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[ColdKit]:  # noqa: F811
+    monkeypatch.setenv("DRSVC_FREEZE_ROOT", str(tmp_path / "freeze"))
+    monkeypatch.setattr(backup_mod, "hook_installed", lambda: True)
+    kit = ColdKit(tmp_path)
+    kit.policy("quick", ["desk-a", "desk-b"], capture={"freeze_timeout": "2s"})
+    runtime = HookRuntime(tmp_path)
+    runtime.url = "fake://hook"  # type: ignore[attr-defined]
+    runtime.save_image = None  # type: ignore[attr-defined]
+    runtime.stores_images = False  # type: ignore[attr-defined]
+    kit.services.__dict__["runtime"] = runtime
+    kit.services.volume = lambda url: FakeVolume()  # type: ignore[method-assign]
+    for d in ("desk-a", "desk-b"):
+        kit.catalog.upsert_desktop(
+            {"id": d, "runtime_url": "fake://hook", "container": d, "volume": f"rados://pool/{d}", "labels": {}}
+        )
+    yield kit
+    kit.catalog.close()
+
+
+def refs() -> list[DesktopRef]:
+    return [DesktopRef(n, n, IDS[n], f"rados://pool/{n}", None) for n in ("desk-a", "desk-b")]
+
+
+def run(kit: ColdKit, snaps: FakeSnapshots) -> Any:
+    kit.services.snapshots = lambda scope: snaps  # type: ignore[method-assign]
+    with Lease(kit.catalog) as lease:
+        return BackupJob(kit.services, lease).run(refs(), kit.services.policies.get("quick"))
+
+
+def test_a_quick_snapshot_gives_paired_points_with_budget_and_freeze(kit: ColdKit) -> None:
+    report = run(kit, FakeSnapshots(None))
+    assert report.exit_code == 0
+    for o in report.outcomes:
+        assert (o.status, o.consistency) == ("complete", "paired"), o
+        point = kit.catalog.point(o.point_id)
+        assert point["freeze_budget_ms"] == 2000 and 0 < point["freeze_ms"] <= 2000
+
+
+def test_a_stalled_snapshot_fails_the_batch_within_the_budget_and_is_removed(kit: ColdKit) -> None:
+    stall = threading.Event()
+    snaps = FakeSnapshots(stall)
+    threading.Timer(4.0, stall.set).start()  # "the OSD comes back" after the budget
+    started = time.monotonic()
+    report = run(kit, snaps)
+    assert report.exit_code == 1, report.document()
+    for o in report.outcomes:
+        assert o.status == "failed" and "freeze budget of 2 s" in (o.error or ""), o
+        assert o.freeze_ms is not None and o.freeze_ms <= 2000, o
+        point = kit.catalog.point(o.point_id)
+        assert (point["status"], point["consistency"]) == ("failed", "crash")
+    # the snapshot that completed late is removed again, and the catalog says so
+    assert snaps.created == snaps.removed and len(snaps.removed) == 1
+    [row] = kit.catalog.query("SELECT name, removed_at FROM pool_snapshots")
+    assert row["name"] == snaps.removed[0] and row["removed_at"] is not None
+    assert time.monotonic() - started < 25
