@@ -24,6 +24,7 @@ from drsvc import clock
 from drsvc.catalog import Catalog
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, InvalidInput, NotFound
 from drsvc.restore import DEFAULT_TARGET, RestoreJob, RestorePlan
+from drsvc.restore_effects import resolve_clone
 from drsvc.services import Services
 from drsvc.targets import owned_clone
 
@@ -201,7 +202,7 @@ class DrillJob:
             if plan.manifest.get("checkpoint") is None:
                 raise DrsvcError("the latest point is crash-consistent (no checkpoint): nothing to prove continuity")
             self.on_event("start", desktop=desktop, plan=plan)
-            outcome = restore.run(plan, network="none", verify=True, drill_id=drill_id)
+            outcome = restore.run(plan, network="none", verify=True, drill_id=drill_id, temporary=True)
             result.phases = outcome.phases
             result.rto_seconds = outcome.rto_seconds
             result.verified = "data" in outcome.checks and outcome.checks.get("restored_from_checkpoint") is True
@@ -238,6 +239,7 @@ class DrillJob:
             if ref is not None and owned_clone(ref, plan.desktop["id"], plan.name):
                 runtime.remove(plan.name)
             self.services.volume(plan.volume_url).purge()
+            resolve_clone(self.catalog, plan.name, plan.volume_url)  # the restore's intents: undone
         except DrsvcError as e:
             note = f"teardown failed: {e}"
             result.error = f"{result.error}; {note}" if result.error else note

@@ -28,6 +28,7 @@ from drsvc import clock, faults
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef, index_key, pack_key
 from drsvc.errors import NotFound
+from drsvc.intents import points_being_read
 from drsvc.lease import Lease
 from drsvc.policy import Policy, PolicySet
 from drsvc.retention import RetentionRules, apply_retention
@@ -84,6 +85,7 @@ def policy_for(point: dict[str, Any], policies: PolicySet, desktops: dict[str, d
 
 def plan_hot(catalog: Catalog, policies: PolicySet, now: datetime | None = None) -> list[Decision]:
     """Keep/drop of every hot copy, with the reasons (pure over what the catalog says)."""
+    reading = points_being_read(catalog)
     desktops = {d["id"]: d for d in catalog.desktops()}
     points = catalog.points(status="complete")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -115,6 +117,8 @@ def plan_hot(catalog: Catalog, policies: PolicySet, now: datetime | None = None)
             keep = reasons is not None
             if not keep and p["id"] in cold_wanted and "cold" not in p["tiers"]:
                 keep, reasons = True, ["waiting to be tiered (cold retention keeps it)"]
+            if not keep and p["id"] in reading:
+                keep, reasons = True, ["a restore is reading it (kept until the restore ends)"]
             decisions.append(
                 Decision(
                     p["id"],
@@ -159,6 +163,15 @@ class PruneJob:
                 self.catalog.expire_if_uncopied(decision.point_id)  # copies at other sites keep it
             faults.point("prune-after-drop")
             self.on_event("dropped", decision=decision)
+        report.snapshots_removed = self.remove_unreferenced_snapshots()
+        report.chunks_marked, report.chunks_deleted = self.collect_garbage(hot, now)
+        self.catalog.finish_job(job_id, "ok", detail=report.document())
+        return report
+
+    def remove_unreferenced_snapshots(self) -> list[str]:
+        """Remove the pool snapshots no pending or hot point refers to (also those a killed backup
+        recorded but never used); return their names."""
+        removed = []
         for snap in self._unreferenced_snapshots(set()):
             self._check_lease()
             self.services.snapshots(snap["pool"]).remove(snap["name"])
@@ -167,11 +180,13 @@ class PruneJob:
                 "UPDATE pool_snapshots SET removed_at = ? WHERE id = ?",
                 [clock.to_iso(clock.now()), snap["id"]],
             )
-            report.snapshots_removed.append(snap["name"])
+            removed.append(snap["name"])
             self.on_event("snapshot_removed", name=snap["name"])
-        report.chunks_marked, report.chunks_deleted = self.collect_garbage(hot, now)
-        self.catalog.finish_job(job_id, "ok", detail=report.document())
-        return report
+        return removed
+
+    def unreferenced_snapshots(self) -> list[str]:
+        """Names of the pool snapshots ``remove_unreferenced_snapshots`` would remove now."""
+        return [s["name"] for s in self._unreferenced_snapshots(set())]
 
     def _check_lease(self) -> None:
         if self.lease is not None:

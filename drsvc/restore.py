@@ -49,11 +49,13 @@ from drsvc.errors import (
     InvalidInput,
     NotFound,
 )
+from drsvc.intents import interrupted_restores, leftovers
 from drsvc.policy import Policy
 from drsvc.prune import policy_for
+from drsvc.restore_effects import RestoreEffects, resolve_clone
 from drsvc.runtimes.base import LABEL_VOLUME, DesktopRef
 from drsvc.services import Services
-from drsvc.targets import Fleet, Target, check_restore_target, confirm_identity, namespace_of
+from drsvc.targets import Fleet, Target, check_restore_target, confirm_identity, namespace_of, owned_clone
 from drsvc.volumes.base import VolumeObject
 
 PHASES = ("plan", "fetch", "volume", "container", "health")
@@ -85,6 +87,7 @@ class RestorePlan:
     policy: Policy | None = None
     plan_seconds: float = 0.0
     from_snapshot: bool = True  # hot: the pool snapshot exists (else the volume is written from chunks)
+    resumes: int | None = None  # the interrupted in-place restore (its restores id) this one finishes
 
     @property
     def name(self) -> str:
@@ -124,6 +127,7 @@ class RestorePlan:
             "target_seconds": self.target_seconds,
             "bytes": self.point["bytes"],
             "target": self.target.document(),
+            "resumes": self.resumes,
         }
 
 
@@ -183,6 +187,7 @@ class RestoreJob:
         # (a site recovery writes into its own pool, drsvc.offsite.recover): applied to the
         # manifest before the target is validated, so every rule and phase sees the new place.
         self.relocate = relocate
+        self._effects: RestoreEffects | None = None
 
     # ------------------------------------------------------------------ planning
 
@@ -234,8 +239,18 @@ class RestoreJob:
         tier: str | None = None,
         allow_cross_tenant: bool = False,
     ) -> RestorePlan:
-        """Choose the point and tier, read its manifest, validate the target; nothing is touched."""
+        """Choose the point and tier, read its manifest, validate the target; nothing is touched.
+
+        An in-place restore of a desktop whose last one was interrupted resumes it (same point),
+        unless ``--at`` or ``--point`` choose another. What a killed restore into the same clone
+        name left behind is removed first (its owner is gone), so the same command works again.
+        """
         started = time.monotonic()
+        resumes = None
+        if as_name is None and at is None and point_id is None:
+            for intent in interrupted_restores(self.catalog):
+                if intent.target == desktop_id and intent.detail.get("point"):
+                    point_id, resumes = intent.detail["point"], intent.detail.get("restore")
         point = self.choose_point(desktop_id, at=at, point_id=point_id)
         tier = tier or self._tier(point)
         if tier not in point["tiers"]:
@@ -248,6 +263,8 @@ class RestoreJob:
         desktop = self.catalog.desktop(desktop_id)
         policy = policy_for(point, self.services.policies, {desktop_id: desktop})
         rto_target = policy.objectives.rto.total_seconds() if policy else DEFAULT_TARGET
+        if as_name is not None:
+            self._clear_leftovers(as_name)
         target = self.check_target(desktop, manifest, as_name, allow_cross_tenant=allow_cross_tenant)
         plan = RestorePlan(
             desktop=desktop,
@@ -260,10 +277,22 @@ class RestoreJob:
             target=target,
             policy=policy,
             from_snapshot=tier == "hot" and self._snapshot_alive(point),
+            resumes=resumes,
         )
         plan.plan_seconds = time.monotonic() - started
         plan.predicted = self.predict(plan)
         return plan
+
+    def _clear_leftovers(self, as_name: str) -> None:
+        """Undo what killed restores left at the clone name ``as_name`` (container, namespace)."""
+        from drsvc.cleanup import CleanupJob, CleanupReport
+
+        mine = [i for i in leftovers(self.catalog) if i.kind == "clone-container" and i.target == as_name]
+        restores = {i.detail.get("restore") for i in mine}
+        volumes = [i for i in leftovers(self.catalog, "clone-volume") if i.detail.get("restore") in restores]
+        if mine or volumes:
+            report = CleanupReport(dry_run=False)
+            CleanupJob(self.services, None, on_event=self.on_event).undo(mine + volumes, report)
 
     def check_target(
         self,
@@ -323,8 +352,13 @@ class RestoreJob:
         network: str | None = None,
         verify: bool = False,
         drill_id: int | None = None,
+        temporary: bool = False,
     ) -> RestoreResult:
-        """Restore according to ``plan``; records the phases and the RTO in the catalog."""
+        """Restore according to ``plan``; records the phases and the RTO in the catalog.
+
+        What it changes is recorded first (``RestoreEffects``): a clone it made is removed again
+        when the restore fails (``temporary``: also kept pending on success, for ``teardown``).
+        """
         if plan.container_state == "running" and not force:
             what = f"--as {plan.as_name}: a container of that name" if plan.as_name else f"desktop {plan.name}"
             raise InvalidInput(f"{what} is running; refusing to overwrite it without --force")
@@ -355,7 +389,14 @@ class RestoreJob:
         result.restore_id = int(cursor.lastrowid or 0)
         started = time.monotonic() - plan.plan_seconds
         try:
-            self._run(plan, result, network=network, verify=verify)
+            with RestoreEffects(self.catalog, plan, result.restore_id, temporary=temporary) as effects:
+                self._effects = effects
+                try:
+                    self._run(plan, result, network=network, verify=verify)
+                except BaseException:
+                    effects.failed(lambda: self.teardown(plan))
+                    raise
+                effects.succeeded()
             result.rto_seconds = time.monotonic() - started
             result.status = "ok" if result.rto_seconds <= plan.target_seconds else "objective_missed"
         except BaseException as e:
@@ -364,6 +405,7 @@ class RestoreJob:
             result.error = str(e) or type(e).__name__
             raise
         finally:
+            self._effects = None
             self.catalog.execute(
                 "UPDATE restores SET finished_at = ?, rto_seconds = ?, phases = ?, status = ?, error = ? WHERE id = ?",
                 [
@@ -377,8 +419,25 @@ class RestoreJob:
             )
         return result
 
+    def teardown(self, plan: RestorePlan) -> None:
+        """Remove a clone ``plan`` made (container, then namespace); never the desktop itself."""
+        if not plan.as_name:
+            return
+        runtime = self.services.runtime
+        try:
+            ref: DesktopRef | None = runtime.inspect(plan.name)
+        except NotFound:
+            ref = None
+        # only the clone this restore made: never a container someone else put there meanwhile
+        if ref is not None and owned_clone(ref, plan.desktop["id"], plan.name):
+            runtime.remove(plan.name)
+        self.services.volume(plan.volume_url).purge()
+        resolve_clone(self.catalog, plan.name, plan.volume_url)
+
     @contextmanager
     def _phase(self, result: RestoreResult, name: str) -> Iterator[None]:
+        if self._effects is not None:
+            self._effects.phase(name)
         self.on_event("phase", phase=name, state="start")
         t = time.monotonic()
         try:

@@ -62,6 +62,7 @@ from drsvc.catalog import Catalog
 from drsvc.chunks import MANIFESTS_PREFIX, ChunkStore, chunk_key, index_key, pack_key
 from drsvc.crypto import Keys
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, CorruptChunk, DrsvcError, IntegrityError, NotFound
+from drsvc.intents import Intents, Owner, points_being_read
 from drsvc.lease import Lease
 from drsvc.policy import Policy, PolicySet
 from drsvc.prune import Decision, PruneJob, manifest_streams, policy_for
@@ -235,17 +236,24 @@ class TierJob:
             return report
         # Open (or create) the cold store first: a wrong key or an unreachable bucket stops the
         # whole run here, instead of failing every point one by one.
-        self.services.cold  # noqa: B018
+        cold = self.services.cold
         self._recover_interrupted()
         report.job_id = self.catalog.start_job("tier", token=self.lease.token if self.lease else None)
-        try:
-            for batch in self._batches(list(zip(candidates, report.moves, strict=True))):
-                self._check_lease()
-                self._tier_batch(batch, report.job_id, now)
-        except BaseException as e:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            self.catalog.finish_job(report.job_id, status, error=str(e) or type(e).__name__, detail=report.document())
-            raise
+        with Owner(self.catalog) as owner:
+            # Multipart uploads a killed run leaves open cost storage until aborted: say where
+            # they may be before uploading. Resolved only when every upload finished cleanly.
+            uploads = Intents(self.catalog, owner.name).record("multipart-uploads", cold.store.url, job=report.job_id)
+            try:
+                for batch in self._batches(list(zip(candidates, report.moves, strict=True))):
+                    self._check_lease()
+                    self._tier_batch(batch, report.job_id, now)
+            except BaseException as e:
+                status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                error = str(e) or type(e).__name__
+                self.catalog.finish_job(report.job_id, status, error=error, detail=report.document())
+                raise
+            if not any(m.error for m in report.moves):
+                Intents(self.catalog, owner.name).resolve(uploads, "done")
         status = {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(report.exit_code, "failed")
         errors = "; ".join(f"{m.point_id}: {m.error}" for m in report.moves if m.error)
         self.catalog.finish_job(report.job_id, status, error=errors or None, detail=report.document())
@@ -576,6 +584,7 @@ def plan_cold(catalog: Catalog, policies: PolicySet, now: datetime) -> tuple[lis
     }
     decisions: list[Decision] = []
     locked: list[str] = []
+    reading = points_being_read(catalog)
     for desktop, policy, members in _groups(catalog, policies):
         cold = [p for p in members if "cold" in p["tiers"]]
         rules = policy.retention.cold
@@ -589,6 +598,8 @@ def plan_cold(catalog: Catalog, policies: PolicySet, now: datetime) -> tuple[lis
             if not keep and until and clock.from_iso(until) > now:
                 keep, reasons = True, [f"locked until {until} (S3 Object Lock): pruned after it expires"]
                 locked.append(p["id"])
+            if not keep and p["id"] in reading:
+                keep, reasons = True, ["a restore is reading it (kept until the restore ends)"]
             decisions.append(
                 Decision(
                     p["id"],

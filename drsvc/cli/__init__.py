@@ -39,13 +39,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "prune_cmd",
         "Apply each policy's retention on every tier; drop pool snapshots and chunks nothing needs.",
     ),
+    "cleanup": (
+        "cleanup_cmd",
+        "Remove what interrupted runs left: pool snapshots, clones, uploads; report interrupted restores.",
+    ),
     "tier": ("tier_cmd", "Copy points older than their policy's tiering.after to the cold tier (S3)."),
     "copy": ("copy_cmd", "Copy due points from the cold tier to other sites, as they are (never decrypted)."),
     "site": ("site_cmd", "Other sites ([sites.NAME]): what they hold, recovering a whole site from one, drilling it."),
     "verify": ("verify_cmd", "Check that points' manifests authenticate and their chunks exist (hot and cold copies)."),
     "catalog": (
         "catalog_cmd",
-        "The SQLite catalog: check its integrity and drift, export it, rebuild it from the stores.",
+        "The SQLite catalog: check it, export it, restore it from its copy, rebuild it from the stores.",
     ),
     "keys": ("keys_cmd", "Data keys: one per tenant, wrapped by the key file's key and stored in the stores."),
     "report": ("report_cmd", "Write the quarterly DR drill report an auditor reads."),

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from drsvc.backup import BackupJob, BackupReport, Outcome
+from drsvc.cleanup import clean_before
 from drsvc.cli._common import App, DrsvcCommand, pass_app
 from drsvc.errors import InvalidInput
 from drsvc.inventory import select
@@ -24,6 +25,19 @@ def progress_printer(app: App) -> Any:
             err.print(f"[dim]freezing {len(fields['desktops'])} desktop(s) for one pool snapshot…[/]")
         elif kind == "snapshot":
             err.print(f"[dim]pool snapshot {fields['name']}[/]")
+        elif kind == "cleanup":
+            r = fields["report"]
+            err.print(
+                f"[dim]cleaned up after interrupted runs: {len(r.failed_points)} point(s) failed, "
+                f"{len(r.snapshots)} pool snapshot(s), {len(r.undone)} other leftover(s) removed[/]"
+            )
+            for line in r.problems:
+                err.print(f"[yellow]left behind[/] {line}")
+        elif kind == "cleanup-failed":
+            err.print(f"[yellow]cleanup of interrupted runs failed (retried next run): {fields['error']}[/]")
+        elif kind == "restore-interrupted":
+            i = fields["intent"]
+            err.print(f"[red]in-place restore of {i.target} was interrupted[/]: run `drsvc restore {i.target}` again")
         elif kind == "desktop":
             o: Outcome = fields["outcome"]
             mark = "[green]✓[/]" if o.status == "complete" else "[red]✗[/]"
@@ -129,6 +143,8 @@ def command(
     lease = services.joined_lease(lease_token) if lease_token is not None else app.lease()
     with lease:
         try:
+            if not lease.joined:
+                clean_before(services, lease, on_event)  # what killed runs left behind
             report = BackupJob(services, lease, on_event=on_event).run(chosen, policy)
         finally:
             if writer is not None:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from drsvc.cli._common import App, DrsvcGroup, pass_app
+from drsvc.intents import interrupted_restores
 from drsvc.units import format_bytes
 
 
@@ -31,6 +32,7 @@ def point_document(point: dict) -> dict:
         "policy": point["policy"],
         "reason": point["reason"],
         "freeze_ms": point["freeze_ms"],
+        "freeze_budget_ms": point.get("freeze_budget_ms"),
     }
 
 
@@ -49,7 +51,17 @@ def list_points(app: App, desktop: str | None, status: str | None, limit: int | 
         app.catalog.desktop(desktop)  # unknown desktop: exit 3, not an empty list
     points = app.catalog.points(desktop, status=status, limit=limit)
 
+    interrupted = [i for i in interrupted_restores(app.catalog) if desktop in (None, i.target)]
+
     def render(out: Console) -> None:
+        for i in interrupted:
+            phase = f" during its {i.detail['phase']} phase" if i.detail.get("phase") else ""
+            out.print(
+                f"[red]interrupted[/] in-place restore of {i.target} from point {i.detail.get('point')} "
+                f"(restore {i.detail.get('restore')}, {i.created_at[:19]}Z) ended{phase}: the desktop may be down; "
+                f"`drsvc restore {i.target}` finishes it",
+                soft_wrap=True,
+            )
         if not points:
             out.print("no recovery points" + (f" for {desktop}" if desktop else ""))
             return
@@ -106,6 +118,15 @@ def show_point(app: App, point_id: str) -> None:
             if doc.get(key) is not None:
                 out.print(f"{key:12} {doc[key]}")
         out.print(f"{'size':12} {format_bytes(point['bytes'])}")
+        if point["freeze_ms"] is not None or point.get("freeze_budget_ms") is not None:
+            measured = f"{point['freeze_ms']:.0f} ms" if point["freeze_ms"] is not None else "not measured"
+            budget = point.get("freeze_budget_ms")
+            within = ""
+            if budget is not None and point["freeze_ms"] is not None:
+                within = ", within" if point["freeze_ms"] <= budget else ", OVER"
+            out.print(
+                f"{'freeze':12} {measured}" + (f" (budget {budget:.0f} ms{within})" if budget is not None else "")
+            )
         for t in tiers:
             lock = f", locked until {t['retain_until']}" if t["retain_until"] else ""
             out.print(f"{'tier':12} {t['tier']} in {t['store_url']} (+{format_bytes(t['stored_bytes'])}{lock})")

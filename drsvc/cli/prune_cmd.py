@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
+from drsvc.cleanup import clean_before
 from drsvc.cli._common import App, DrsvcCommand, pass_app
 from drsvc.offsite.prune import SitePruneReport, prune_site
 from drsvc.prune import PruneJob, PruneReport
@@ -47,6 +48,7 @@ def command(app: App, dry_run: bool) -> None:
         sites = [prune_site(services, name, None, dry_run=True) for name in sorted(app.config.sites)]
     else:
         with app.lease() as lease:
+            clean_before(services, lease)  # what killed runs left behind, first
             report = PruneJob(services, lease).run()
             if services.has_cold:
                 cold = prune_cold(services, lease)

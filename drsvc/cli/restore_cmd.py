@@ -34,6 +34,8 @@ def render_plan(plan: RestorePlan, out: Console) -> None:
     )
     where = f"as clone {doc['as']} (volume {doc['volume']})" if doc["as"] else f"in place (volume {doc['volume']})"
     out.print(f"  {where}; existing container: {doc['existing_container'] or 'none'}")
+    if doc["resumes"] is not None:
+        out.print(f"  [yellow]resumes the interrupted in-place restore {doc['resumes']} (same point)[/]")
     if doc["target"]["foreign_owner"]:
         t = doc["target"]
         out.print(
@@ -140,7 +142,12 @@ def command(
     volume to exactly the snapshot's content and the container from its checkpoint (its processes
     continue where they were), checks health, and compares the RTO with the policy's target
     (30 s by default): exit 5 when the target is missed. A running desktop is only overwritten
-    with --force.
+    with --force. --at a time in the future is refused (exit 2).
+
+    An in-place restore that was interrupted (the process killed) is listed by `points list`
+    and `cleanup`; the same command resumes it from the same point. A clone of a failed restore
+    is removed again; one a killed restore left is removed by `cleanup` (or by this command
+    when asked for the same --as name again).
 
     A restore writes only into the desktop's own container and namespace, or (--as) a clone name
     that no desktop uses and whose namespace is empty; everything is checked before the first
@@ -206,6 +213,8 @@ def command(
     if dry_run:
         app.emit({**plan.document(), "dry_run": True}, lambda out: render_plan(plan, out))
         return 0
+    if plan.resumes is not None:
+        app.err.print(f"resuming the interrupted in-place restore {plan.resumes} of {desktop} (same point)")
     app.err.print(f"restoring {desktop} from {plan.point['id']} ({plan.tier} tier)…")
     result = job.run(plan, force=force, verify=verify)
     app.emit(result.document(), lambda out: render_result(result, out))

@@ -1,0 +1,226 @@
+"""Cleanup: remove what interrupted jobs left behind, once their owners are gone.
+
+Three kinds of leftovers, all found from the catalog:
+
+1. points of backup jobs that died (still ``pending``): marked failed (``recover_interrupted``);
+2. pool snapshots no pending or hot point refers to — among them those a killed backup recorded
+   just before making them: removed (as prune removes them);
+3. pending intents (``drsvc.intents``) whose owner's lease lapsed: a clone's container and
+   namespace are removed (only if the container carries drsvc's clone label and no known desktop
+   uses the namespace), open multipart uploads aborted, a killed restore's row marked failed; an
+   in-place restore is not undone but marked ``interrupted`` and reported (event
+   ``restore-interrupted``): the same ``drsvc restore`` command resumes it.
+
+Runs under the work lease (``drsvc cleanup``, the scheduler's tick, ``prune``, ``backup``), so no live
+backup owns a pending point. Each undo is idempotent: a second cleanup finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from drsvc import clock
+from drsvc.backup import recover_interrupted
+from drsvc.errors import DrsvcError, NotFound
+from drsvc.intents import Intent, interrupted_restores, leftovers, resolve
+from drsvc.lease import Lease, holder_dead
+from drsvc.prune import PruneJob
+from drsvc.runtimes.base import LABEL_CLONE_OF
+from drsvc.services import Services
+from drsvc.targets import owned_clone
+
+Event = Callable[..., None]
+
+
+@dataclass
+class CleanupReport:
+    dry_run: bool
+    failed_points: list[str] = field(default_factory=list)
+    snapshots: list[str] = field(default_factory=list)
+    undone: list[str] = field(default_factory=list)
+    interrupted_restores: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def nothing(self) -> bool:
+        return not (self.failed_points or self.snapshots or self.undone)
+
+    def document(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def dead_backup_points(services: Services) -> list[str]:
+    """Pending points of backup jobs still marked running (under the work lease: their process died)."""
+    rows = services.catalog.query(
+        "SELECT p.id FROM points p JOIN jobs j ON j.id = p.job_id "
+        "WHERE p.status = 'pending' AND j.kind = 'backup' AND j.status = 'running' ORDER BY p.id"
+    )
+    return [r["id"] for r in rows]
+
+
+def leftover_lines(services: Services) -> list[str]:
+    """What ``drsvc cleanup`` would act on, readable without the work lease (``catalog check``).
+
+    Pending points count only when their job's process is known to be gone (this host, pid dead).
+    """
+    catalog = services.catalog
+    lines = []
+    for row in catalog.query(
+        "SELECT p.id, j.host, j.pid FROM points p JOIN jobs j ON j.id = p.job_id "
+        "WHERE p.status = 'pending' AND j.status = 'running' ORDER BY p.id"
+    ):
+        if holder_dead(f"{row['host']}:{row['pid']}"):
+            lines.append(f"leftover: point {row['id']} is pending but its backup (pid {row['pid']}) is gone")
+    for name in PruneJob(services, None).unreferenced_snapshots():
+        lines.append(f"leftover: pool snapshot {name} is needed by no point")
+    for intent in leftovers(catalog):
+        if intent.kind != "restore-in-place":
+            lines.append(f"leftover: {intent.line()}: its owner is gone")
+    for intent in interrupted_restores(catalog):
+        lines.append(f"interrupted: in-place restore {intent.line()}: `drsvc restore {intent.target}` finishes it")
+    if lines:
+        lines.append("(drsvc cleanup removes the leftovers)")
+    return lines
+
+
+def clean_before(services: Services, lease: Lease, on_event: Event | None = None) -> CleanupReport | None:
+    """Cleanup at the start of a run (scheduler tick, backup, prune): never fails the run itself.
+
+    Points of dead backups are marked failed first (cheap, catalog only); a cleanup that cannot
+    reach Ceph or the runtime is reported as an event and retried by the next run.
+    """
+    event = on_event or (lambda *a, **k: None)
+    try:
+        report = CleanupJob(services, lease, on_event=on_event).run()
+    except DrsvcError as e:
+        event("cleanup-failed", error=e)
+        return None
+    if not report.nothing or report.problems:
+        event("cleanup", report=report)
+    return report
+
+
+class CleanupJob:
+    """Finds and removes leftovers of owners that are gone."""
+
+    def __init__(self, services: Services, lease: Lease | None, *, on_event: Event | None = None) -> None:
+        self.services = services
+        self.catalog = services.catalog
+        self.lease = lease
+        self.on_event = on_event or (lambda *a, **k: None)
+
+    def run(self, *, dry_run: bool = False) -> CleanupReport:
+        report = CleanupReport(dry_run)
+        prune = PruneJob(self.services, self.lease, on_event=self.on_event)
+        if dry_run:
+            report.failed_points = dead_backup_points(self.services)
+            report.snapshots = prune.unreferenced_snapshots()
+            for intent in leftovers(self.catalog):
+                target = report.interrupted_restores if intent.kind == "restore-in-place" else report.undone
+                target.append(intent.line())
+            report.interrupted_restores += [
+                i.line() for i in interrupted_restores(self.catalog) if i.state == "interrupted"
+            ]
+            return report
+        if self.lease is None or not self.lease.joined:
+            report.failed_points = recover_interrupted(self.catalog)
+            self._drop_manifests(report)
+        try:
+            report.snapshots = prune.remove_unreferenced_snapshots()
+        except DrsvcError as e:  # Ceph down: the rows stay, the next cleanup retries
+            report.problems.append(f"pool snapshots: {e}")
+        self.undo(leftovers(self.catalog), report)
+        # every in-place restore still interrupted, not only those noticed now
+        report.interrupted_restores = [i.line() for i in interrupted_restores(self.catalog)]
+        return report
+
+    def _drop_manifests(self, report: CleanupReport) -> None:
+        """A backup killed after writing a manifest left a point the catalog now calls failed:
+        its manifest goes too, or a rebuild would bring back a point whose snapshot is gone."""
+        if not report.failed_points or self.services.config.hot is None:
+            return
+        marks = ",".join("?" * len(report.failed_points))
+        rows = self.catalog.query(f"SELECT id, desktop_id FROM points WHERE id IN ({marks})", report.failed_points)
+        try:
+            hot = self.services.hot
+            for row in rows:
+                with contextlib.suppress(NotFound):
+                    hot.delete_manifest(row["desktop_id"], row["id"])
+        except DrsvcError as e:
+            report.problems.append(f"manifests of interrupted points: {e}")
+
+    def undo(self, intents: list[Intent], report: CleanupReport) -> None:
+        """Undo each leftover intent (or report it, for in-place restores)."""
+        for intent in intents:
+            try:
+                state = self._undo(intent, report)
+            except DrsvcError as e:
+                report.problems.append(f"{intent.line()}: {e}")
+                continue
+            resolve(self.catalog, intent.id, state)
+            if state == "interrupted":
+                self.on_event("restore-interrupted", intent=intent)
+            else:
+                report.undone.append(intent.line())
+                self.on_event("undone", intent=intent)
+            self._fail_restore(intent)
+
+    def _undo(self, intent: Intent, report: CleanupReport) -> str:
+        if intent.kind == "clone-container":
+            return self._remove_clone(intent.target, intent.detail.get("of"), report)
+        if intent.kind == "clone-volume":
+            users = self.catalog.query(
+                "SELECT id FROM desktops WHERE volume = ? AND gone_since IS NULL "
+                "AND labels NOT LIKE '%drsvc.clone-of%'",
+                [intent.target],
+            )
+            if users:
+                report.problems.append(f"{intent.line()}: not purged, desktop {users[0]['id']} uses that volume")
+                return "failed"
+            self.services.volume(intent.target).purge()
+            return "undone"
+        if intent.kind == "multipart-uploads":
+            cold = self.services.cold if self.services.has_cold else None
+            if cold is None or cold.store.url != intent.target:
+                report.problems.append(f"{intent.line()}: that store is not this config's cold store")
+                return "failed"
+            if self.lease is None:  # stays pending for a cleanup that holds the lease
+                raise DrsvcError("left for a cleanup under the work lease")
+            abort = getattr(cold.store, "abort_multipart_uploads", None)
+            if abort is not None:
+                # Every unfinished upload of the store, not only those begun after the intent:
+                # under the work lease no tier run uploads, and S3 clocks are not ours to trust.
+                abort()
+            return "undone"
+        if intent.kind == "restore-in-place":
+            return "interrupted"
+        return "done"  # point-read: nothing was made
+
+    def _remove_clone(self, name: str, source: str | None, report: CleanupReport) -> str:
+        runtime = self.services.runtime
+        try:
+            container = runtime.inspect(name)
+        except NotFound:
+            return "undone"  # never created, or removed already
+        # only the clone the killed restore made: never a container someone else put there since
+        if not (owned_clone(container, source, name) if source else LABEL_CLONE_OF in container.labels):
+            report.problems.append(f"container {name}: not removed, it is not the clone a restore of {source} made")
+            return "failed"
+        runtime.remove(name)
+        return "undone"
+
+    def _fail_restore(self, intent: Intent) -> None:
+        restore_id = intent.detail.get("restore")
+        if restore_id is None:
+            return
+        phase = intent.detail.get("phase")
+        why = "interrupted: the restoring process ended" + (f" during its {phase} phase" if phase else "")
+        if intent.kind == "restore-in-place":
+            why += f"; run `drsvc restore {intent.target}` again to finish it"
+        self.catalog.execute(
+            "UPDATE restores SET status = 'failed', error = ?, finished_at = ? WHERE id = ? AND status = 'running'",
+            [why, clock.to_iso(clock.now()), restore_id],
+        )

@@ -1,0 +1,174 @@
+"""Intent records: an external effect is written down before it is made, and resolved after.
+
+A restore creating a clone records ``clone-volume`` and ``clone-container`` before it writes the
+namespace or starts the container; a tier job records ``multipart-uploads`` before it uploads;
+an in-place restore records ``restore-in-place`` before it touches the desktop; a restore records
+``point-read`` on the point it reads (prune skips such points). Each intent names its **owner**:
+a lease (``leases`` row ``owner:<hex>``) that the owning process renews in the background. When
+the process ends normally it resolves its intents; when it is killed they stay ``pending`` and
+its lease lapses (at once on this host: its pid is gone). ``leftovers`` finds pending intents
+whose owner is gone, and ``drsvc cleanup`` (also the next run and ``prune``) undoes them —
+except an in-place restore, which is reported as interrupted and resumed by the same command.
+
+Pool snapshots need no intent of their own: backup inserts the ``pool_snapshots`` row before it
+creates the snapshot, so a killed backup leaves a row no complete point references, which prune
+removes (and ``leftovers`` reports).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from drsvc import clock
+from drsvc.catalog import Catalog
+from drsvc.lease import Lease, holder_dead
+
+KINDS = (
+    "clone-volume",  # target: rados://POOL/NAMESPACE of a restore's clone
+    "clone-container",  # target: the clone's container name
+    "multipart-uploads",  # target: the store URL a tier job uploads to (its multipart uploads)
+    "restore-in-place",  # target: the desktop id being restored in place
+    "point-read",  # target: the point id a restore reads (prune skips it)
+)
+STATES = ("pending", "kept", "undone", "done", "failed", "interrupted")
+OWNER_TTL = 120.0  # seconds an owner stays alive without renewing (renewed every third of it)
+
+
+class Owner(Lease):
+    """A liveness lease for one process's work: alive while renewed, gone once it lapses or its pid dies."""
+
+    def __init__(self, catalog: Catalog, ttl: float = OWNER_TTL) -> None:
+        super().__init__(catalog, name=f"owner:{uuid.uuid4().hex[:16]}", ttl=ttl)
+
+
+def owner_alive(catalog: Catalog, name: str) -> bool:
+    """Whether the owner lease ``name`` is still held by a live process."""
+    rows = catalog.query("SELECT holder, expires_at FROM leases WHERE name = ?", [name])
+    if not rows or rows[0]["expires_at"] <= time.time():
+        return False
+    return not holder_dead(rows[0]["holder"])
+
+
+@dataclass
+class Intent:
+    """One recorded effect."""
+
+    id: int
+    kind: str
+    target: str
+    owner: str
+    state: str
+    created_at: str
+    detail: dict[str, Any]
+
+    def line(self) -> str:
+        extra = ", ".join(f"{k} {v}" for k, v in self.detail.items() if v is not None)
+        return f"{self.kind} {self.target} (intent {self.id}, {self.created_at[:19]}Z{', ' + extra if extra else ''})"
+
+
+def _intent(row: dict[str, Any]) -> Intent:
+    return Intent(
+        row["id"],
+        row["kind"],
+        row["target"],
+        row["owner"],
+        row["state"],
+        row["created_at"],
+        json.loads(row["detail"] or "{}"),
+    )
+
+
+class Intents:
+    """Record and resolve the effects of one owner."""
+
+    def __init__(self, catalog: Catalog, owner: str) -> None:
+        self.catalog = catalog
+        self.owner = owner
+
+    def record(self, kind: str, target: str, **detail: Any) -> int:
+        """Write the intent down (``pending``) before the effect is made; return its id."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown intent kind {kind!r}")
+        cursor = self.catalog.execute(
+            "INSERT INTO intents (kind, target, owner, state, created_at, detail) VALUES (?, ?, ?, 'pending', ?, ?)",
+            [kind, target, self.owner, clock.to_iso(clock.now()), json.dumps(detail)],
+        )
+        return int(cursor.lastrowid or 0)
+
+    def note(self, intent_id: int, **detail: Any) -> None:
+        """Add to an intent's detail (e.g. the phase an in-place restore has reached)."""
+        rows = self.catalog.query("SELECT detail FROM intents WHERE id = ?", [intent_id])
+        if rows:
+            merged = {**json.loads(rows[0]["detail"] or "{}"), **detail}
+            self.catalog.execute("UPDATE intents SET detail = ? WHERE id = ?", [json.dumps(merged), intent_id])
+
+    def resolve(self, intent_id: int, state: str) -> None:
+        resolve(self.catalog, intent_id, state)
+
+    @contextmanager
+    def holding(self, kind: str, target: str, **detail: Any) -> Iterator[int]:
+        """An intent that lasts as long as the block (``point-read``), resolved ``done`` however it ends."""
+        intent_id = self.record(kind, target, **detail)
+        try:
+            yield intent_id
+        finally:
+            self.resolve(intent_id, "done")
+
+
+def resolve(catalog: Catalog, intent_id: int, state: str) -> None:
+    """Mark an intent ``state`` (anything but pending): the effect is kept, undone, done, failed …"""
+    if state not in STATES or state == "pending":
+        raise ValueError(f"bad intent state {state!r}")
+    catalog.execute(
+        "UPDATE intents SET state = ?, resolved_at = ? WHERE id = ?",
+        [state, clock.to_iso(clock.now()), intent_id],
+    )
+
+
+def pending(catalog: Catalog, kind: str | None = None, target: str | None = None) -> list[Intent]:
+    """Pending intents (of a kind, for a target), oldest first."""
+    sql, params = "SELECT * FROM intents WHERE state = 'pending'", []
+    if kind is not None:
+        sql += " AND kind = ?"
+        params.append(kind)
+    if target is not None:
+        sql += " AND target = ?"
+        params.append(target)
+    return [_intent(r) for r in catalog.query(sql + " ORDER BY id", params)]
+
+
+def leftovers(catalog: Catalog, kind: str | None = None, target: str | None = None) -> list[Intent]:
+    """Pending intents whose owner is gone: effects that may exist and that no one will resolve."""
+    alive: dict[str, bool] = {}
+    out = []
+    for intent in pending(catalog, kind, target):
+        if intent.owner not in alive:
+            alive[intent.owner] = owner_alive(catalog, intent.owner)
+        if not alive[intent.owner]:
+            out.append(intent)
+    return out
+
+
+def points_being_read(catalog: Catalog) -> set[str]:
+    """Points a live restore is reading: prune must not drop them."""
+    reads = pending(catalog, "point-read")
+    alive = {i.owner for i in reads if owner_alive(catalog, i.owner)}
+    return {i.target for i in reads if i.owner in alive}
+
+
+def interrupted_restores(catalog: Catalog) -> list[Intent]:
+    """In-place restores whose process died before finishing: the desktop may be down.
+
+    Pending with a gone owner (not noticed yet) or ``interrupted`` (noticed, not resumed yet).
+    """
+    noticed = [
+        _intent(r)
+        for r in catalog.query("SELECT * FROM intents WHERE kind = 'restore-in-place' AND state = 'interrupted'")
+    ]
+    return sorted(noticed + leftovers(catalog, "restore-in-place"), key=lambda i: i.id)

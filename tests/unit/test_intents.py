@@ -1,0 +1,168 @@
+"""Intent records, owner liveness, what cleanup undoes, and the restore leases prune honours.
+
+A moto cold store and file:// hot store (ColdKit); the container runtime and the volumes are
+small fakes named as such (nothing real to remove in a unit test).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import boto3
+import pytest
+from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture)
+
+from drsvc import clock
+from drsvc.cleanup import CleanupJob, leftover_lines
+from drsvc.errors import NotFound
+from drsvc.intents import Intents, Owner, interrupted_restores, leftovers, owner_alive, points_being_read
+from drsvc.lease import Lease
+from drsvc.prune import plan_hot
+from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, DesktopRef
+
+
+class FakeRuntime:
+    """Containers by name, with labels; records removals."""
+
+    url = "fake://"
+
+    def __init__(self) -> None:
+        self.containers: dict[str, dict[str, str]] = {}
+        self.removed: list[str] = []
+
+    def inspect(self, name: str) -> DesktopRef:
+        if name not in self.containers:
+            raise NotFound(f"no container {name}")
+        return DesktopRef(name, name, "f" * 64, None, None, labels=self.containers[name])
+
+    def remove(self, name: str) -> None:
+        self.removed.append(name)
+        self.containers.pop(name, None)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeVolume:
+    purged: ClassVar[list[str]] = []
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def purge(self) -> int:
+        FakeVolume.purged.append(self.url)
+        return 1
+
+
+@pytest.fixture
+def kit(tmp_path: Path, aws: None) -> Iterator[ColdKit]:  # noqa: F811
+    kit = ColdKit(tmp_path)
+    kit.policy("std", ["alice"], retention={"hot": {"last": 1}}, tiering=None)
+    kit.old = kit.point("alice", clock.now() - timedelta(hours=2), b"a" * 1000, policy="std")
+    kit.new = kit.point("alice", clock.now() - timedelta(hours=1), b"b" * 1000, policy="std")
+    kit.runtime = FakeRuntime()
+    kit.services.__dict__["runtime"] = kit.runtime
+    FakeVolume.purged = []
+    kit.services.volume = FakeVolume  # type: ignore[method-assign]
+    yield kit
+    kit.catalog.close()
+
+
+def dead_owner(kit: ColdKit) -> str:
+    """An owner lease held by a process of this host that has ended (a kill -9)."""
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(proc.stdout)
+    name = f"owner:dead{pid}"
+    kit.catalog.acquire_lease(name, f"{os.uname().nodename}:{pid}", ttl=3600)
+    return name
+
+
+def test_an_owner_is_alive_while_held_and_gone_after(kit: ColdKit) -> None:
+    with Owner(kit.catalog) as owner:
+        assert owner_alive(kit.catalog, owner.name)
+    assert not owner_alive(kit.catalog, owner.name)
+    assert not owner_alive(kit.catalog, dead_owner(kit))  # unexpired, but its pid is gone
+    assert not owner_alive(kit.catalog, "owner:never")
+
+
+def test_leftovers_are_the_pending_intents_of_gone_owners(kit: ColdKit) -> None:
+    gone = Intents(kit.catalog, dead_owner(kit))
+    a = gone.record("clone-container", "desk-clone", restore=1)
+    done = gone.record("clone-volume", "rados://desktops/desk-clone")
+    gone.resolve(done, "kept")
+    with Owner(kit.catalog) as owner:
+        Intents(kit.catalog, owner.name).record("clone-container", "other-clone")
+        assert [i.id for i in leftovers(kit.catalog)] == [a]
+
+
+def test_cleanup_removes_a_killed_restores_clone_and_only_a_clone(kit: ColdKit) -> None:
+    kit.runtime.containers["desk-clone"] = {LABEL_DESKTOP: "desk-clone", LABEL_CLONE_OF: "alice"}
+    kit.runtime.containers["bob"] = {LABEL_DESKTOP: "bob"}  # a real desktop that took the name
+    gone = Intents(kit.catalog, dead_owner(kit))
+    gone.record("clone-container", "desk-clone", restore=7, of="alice")
+    gone.record("clone-volume", "rados://desktops/desk-clone", restore=7, of="alice")
+    gone.record("clone-container", "bob", restore=8, of="alice")
+    dry = CleanupJob(kit.services, None).run(dry_run=True)
+    assert len(dry.undone) == 3 and kit.runtime.removed == [] and FakeVolume.purged == []
+    assert any("leftover: clone-container desk-clone" in line for line in leftover_lines(kit.services))
+
+    report = CleanupJob(kit.services, None).run()
+    assert kit.runtime.removed == ["desk-clone"]
+    assert FakeVolume.purged == ["rados://desktops/desk-clone"]
+    assert "bob" in kit.runtime.containers  # not the clone the restore made: left, and said so
+    assert any("bob" in p for p in report.problems)
+    assert leftovers(kit.catalog) == []  # resolved: a second cleanup has nothing to do
+    assert CleanupJob(kit.services, None).run().nothing
+
+
+def test_a_killed_in_place_restore_is_reported_not_undone(kit: ColdKit) -> None:
+    cursor = kit.catalog.execute(
+        "INSERT INTO restores (desktop_id, point_id, tier, started_at, target_seconds, status) "
+        "VALUES ('alice', ?, 'hot', ?, 30, 'running')",
+        [kit.new, clock.to_iso(clock.now())],
+    )
+    restore_id = cursor.lastrowid
+    Intents(kit.catalog, dead_owner(kit)).record(
+        "restore-in-place", "alice", restore=restore_id, point=kit.new, phase="container"
+    )
+    events: list[str] = []
+    report = CleanupJob(kit.services, None, on_event=lambda kind, **_: events.append(kind)).run()
+    assert events.count("restore-interrupted") == 1
+    assert kit.runtime.removed == [] and FakeVolume.purged == []
+    [line] = report.interrupted_restores
+    assert "alice" in line and "container" in line
+    [row] = kit.catalog.query("SELECT status, error FROM restores WHERE id = ?", [restore_id])
+    assert row["status"] == "failed" and "interrupted" in row["error"] and "drsvc restore alice" in row["error"]
+    [intent] = interrupted_restores(kit.catalog)  # still listed until a restore finishes it
+    assert intent.detail["point"] == kit.new
+    again = CleanupJob(kit.services, None, on_event=lambda kind, **_: events.append(kind)).run()
+    assert events.count("restore-interrupted") == 1 and len(again.interrupted_restores) == 1
+
+
+def test_prune_keeps_a_point_a_live_restore_reads(kit: ColdKit) -> None:
+    dropped = {d.point_id for d in plan_hot(kit.catalog, kit.services.policies) if not d.keep}
+    assert dropped == {kit.old}
+    with Owner(kit.catalog) as owner, Intents(kit.catalog, owner.name).holding("point-read", kit.old):
+        assert points_being_read(kit.catalog) == {kit.old}
+        decisions = {d.point_id: d for d in plan_hot(kit.catalog, kit.services.policies)}
+        assert decisions[kit.old].keep and "restore is reading" in decisions[kit.old].reasons[0]
+    Intents(kit.catalog, dead_owner(kit)).record("point-read", kit.old)  # a killed restore's lease
+    assert {d.point_id for d in plan_hot(kit.catalog, kit.services.policies) if not d.keep} == {kit.old}
+
+
+def test_cleanup_aborts_the_multipart_uploads_a_killed_tier_run_left(kit: ColdKit) -> None:
+    cold = kit.services.cold
+    s3: Any = boto3.client("s3")
+    key = f"{cold.store.prefix}packs/ab/abandoned"
+    s3.create_multipart_upload(Bucket=kit.bucket, Key=key)
+    Intents(kit.catalog, dead_owner(kit)).record("multipart-uploads", cold.store.url, job=3)
+    assert len(s3.list_multipart_uploads(Bucket=kit.bucket).get("Uploads", [])) == 1
+    with Lease(kit.catalog) as lease:
+        CleanupJob(kit.services, lease).run()
+    assert s3.list_multipart_uploads(Bucket=kit.bucket).get("Uploads", []) == []
