@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from drsvc import clock, data
+from drsvc.catalog_guard import CatalogDamaged, is_damage, needs_check, quick_check, write_stamp
 from drsvc.errors import BackendError, NotFound
 from drsvc.sqlite import Database
 
@@ -85,27 +86,56 @@ class Catalog:
         self.path = path
         self.db = Database(conn)
         self._lock = threading.RLock()
+        self.damaged: list[str] = []  # what the integrity check found at open; non-empty: read-only
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def open(cls, path: Path | str, *, migrate: bool = True, upto: int | None = None) -> Catalog:
-        """Open (creating if needed) the catalog at ``path`` and bring its schema up to date."""
+        """Open (creating if needed) the catalog at ``path`` and bring its schema up to date.
+
+        After an unclean end (or any change since the last clean close) the file's integrity is
+        checked first (``drsvc.catalog_guard``): a damaged catalog opens read-only with
+        ``damaged`` set and is not migrated; one SQLite cannot open at all raises ``CatalogDamaged``.
+        """
         path = str(path)
+        suspect = needs_check(path) and os.path.exists(path)
         try:
             conn = sqlite3.connect(path, timeout=_OPEN_TIMEOUT, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             raise BackendError(f"cannot open catalog {path}: {e}") from None
-        conn.execute("PRAGMA foreign_keys = ON")
-        if path != ":memory:":
-            _use_wal(conn, path)
-        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            damaged = quick_check(conn) if suspect else []
+            if damaged:
+                conn.execute("PRAGMA query_only = ON")  # nothing may write into a damaged file
+            conn.execute("PRAGMA foreign_keys = ON")
+            if path != ":memory:" and not damaged:
+                _use_wal(conn, path)
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            if is_damage(e):
+                raise CatalogDamaged(path, str(e)) from None
+            raise BackendError(f"cannot open catalog {path}: {e}") from None
         catalog = cls(conn, path)
-        if migrate:
+        catalog.damaged = damaged
+        if migrate and not damaged:
             catalog.migrate(upto=upto)
         return catalog
 
     def close(self) -> None:
         self.db.conn.close()
+        if not self.damaged:
+            write_stamp(self.path)  # a clean end: the next open need not check the file
+
+    def mark_clean(self) -> None:
+        """Everything is committed (a daemon between ticks): stamp the files as a clean close would."""
+        if not self.damaged:
+            write_stamp(self.path)
+
+    def refuse_if_damaged(self) -> None:
+        """Raise ``CatalogDamaged`` (exit 4, naming the file and the way back) if the catalog is damaged."""
+        if self.damaged:
+            raise CatalogDamaged(self.path, "; ".join(self.damaged[:3]))
 
     @property
     def schema_version(self) -> int:
@@ -153,9 +183,12 @@ class Catalog:
 
     def check(self) -> list[str]:
         """Integrity and foreign-key problems; empty when the catalog is sound."""
-        problems = [row[0] for row in self.db.execute("PRAGMA integrity_check").fetchall() if row[0] != "ok"]
-        for table, rowid, parent, _fk in self.db.execute("PRAGMA foreign_key_check").fetchall():
-            problems.append(f"{table} row {rowid}: references a missing {parent} row")
+        try:
+            problems = [row[0] for row in self.db.execute("PRAGMA integrity_check").fetchall() if row[0] != "ok"]
+            for table, rowid, parent, _fk in self.db.execute("PRAGMA foreign_key_check").fetchall():
+                problems.append(f"{table} row {rowid}: references a missing {parent} row")
+        except sqlite3.DatabaseError as e:
+            return [str(e)]
         return problems
 
     # ------------------------------------------------------------------ helpers

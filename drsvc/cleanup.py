@@ -18,6 +18,7 @@ backup owns a pending point. Each undo is idempotent: a second cleanup finds not
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,6 +134,12 @@ class CleanupJob:
         except DrsvcError as e:  # Ceph down: the rows stay, the next cleanup retries
             report.problems.append(f"pool snapshots: {e}")
         self.undo(leftovers(self.catalog), report)
+        # owner leases that lapsed and guard nothing any more (one row per restore or tier run)
+        self.catalog.execute(
+            "DELETE FROM leases WHERE name LIKE 'owner:%' AND expires_at < ? "
+            "AND name NOT IN (SELECT owner FROM intents WHERE state = 'pending')",
+            [time.time()],
+        )
         # every in-place restore still interrupted, not only those noticed now
         report.interrupted_restores = [i.line() for i in interrupted_restores(self.catalog)]
         return report

@@ -22,6 +22,7 @@ from typing import Any
 
 from drsvc import clock
 from drsvc.catalog import Catalog
+from drsvc.catalog_guard import copy_due, copy_labels, leftovers_possible
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, Busy, DrsvcError
 from drsvc.lease import Lease
 from drsvc.log import event
@@ -341,10 +342,10 @@ class Scheduler:
             report.skipped = str(e)
             return report
         try:
-            if _interrupted_backups(self.catalog):
-                from drsvc.backup import recover_interrupted
+            if _interrupted_backups(self.catalog) or leftovers_possible(self.catalog):
+                from drsvc.cleanup import clean_before  # imports the jobs: only when there is work
 
-                recover_interrupted(self.catalog)
+                clean_before(self.services, lease, self.on_event)  # what killed runs left behind
             report.due = due(self.services.policies, load_states(self.catalog), now)
             backups = [d for d in report.due if d.purpose == "backup"]
             if backups:
@@ -410,6 +411,22 @@ class Scheduler:
         except DrsvcError as e:
             return {"purpose": f"prune-site-{site}", "exit_code": e.exit_code, "error": str(e)}
         return {"purpose": f"prune-site-{site}", "exit_code": EXIT_OK, **pruned.document()}
+
+    def _after_tick(self) -> None:
+        """Between ticks: copy the catalog to the stores if it changed, stamp it as cleanly closed."""
+        try:
+            if not copy_due(self.catalog, copy_labels(self.services, opened_only=True)):
+                self.catalog.mark_clean()
+                return
+            from drsvc.catalog_copy import push, stores_of
+
+            results = push(self.catalog, stores_of(self.services, opened_only=True))
+            for label, outcome in results.items():
+                if outcome.startswith("error:"):
+                    self.on_event("catalog-copy-failed", store=label, error=outcome[7:])
+            self.catalog.mark_clean()
+        except Exception as e:  # never the end of the daemon
+            self.on_event("error", error=e, traceback=traceback.format_exc(), count=self.tick_errors)
 
     def _backup(self, item: Due, lease: Lease) -> dict[str, Any]:
         self.on_event("due", item=item)
@@ -518,6 +535,7 @@ class Scheduler:
                 message += f" ({self.tick_errors} failed tick(s); the next comes within {ERROR_RETRY})"
                 event(log, logging.ERROR, "scheduler.error", message, error=str(e), exc_info=e, count=self.tick_errors)
                 self.on_event("error", error=e, traceback=trace, count=self.tick_errors)
+            self._after_tick()
             try:
                 now = clock.now()
                 wait = (next_wakeup(self.services.policies, now) - now).total_seconds() + 0.5

@@ -56,6 +56,7 @@ class App:
 
     config_path: Path | None = None
     json_output: bool = False
+    allow_damaged: bool = False  # catalog check/export/restore/rebuild work on a damaged catalog
     _config: Config | None = field(default=None, repr=False)
     _catalog: Catalog | None = field(default=None, repr=False)
     _services: Services | None = field(default=None, repr=False)
@@ -71,10 +72,13 @@ class App:
 
     @property
     def catalog(self) -> Catalog:
+        """The catalog; a damaged one is refused (exit 4) unless the command set ``allow_damaged``."""
         if self._catalog is None:
             from drsvc.catalog import Catalog
 
             self._catalog = Catalog.open(self.config.catalog.path)
+        if not self.allow_damaged:
+            self._catalog.refuse_if_damaged()
         return self._catalog
 
     @property
@@ -98,6 +102,34 @@ class App:
         """The work lease (backups, prune, tiering): the catalog's, or the Kubernetes Lease."""
         return self.services.work_lease()
 
+    def reset_catalog(self) -> None:
+        """Close the catalog and the adapters built on it (a command that replaces the catalog file)."""
+        if self._services is not None:
+            self._services.close()
+            self._services = None
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
+    def copy_catalog(self) -> None:
+        """After a run: an encrypted copy of the catalog to the stores, if it changed (never fails the command)."""
+        if self._services is None or self._catalog is None or self._catalog.damaged:
+            return
+        from drsvc.catalog_guard import copy_due, copy_labels
+
+        if not copy_due(self._catalog, copy_labels(self._services, opened_only=True)):
+            return  # nothing changed: no upload, and the chunk store is not even imported
+        from drsvc.catalog_copy import push, stores_of
+        from drsvc.errors import DrsvcError
+
+        try:
+            results = push(self._catalog, stores_of(self._services, opened_only=True))
+        except DrsvcError as e:
+            results = {"catalog copy": f"error: {e}"}
+        for label, outcome in results.items():
+            if outcome.startswith("error:"):
+                self.err.print(f"[yellow]drsvc: warning: the catalog copy to the {label} store failed{outcome[5:]}[/]")
+
     def progress(self, then: Callable[..., None] | None = None) -> Callable[..., None]:
         """An ``on_event`` for jobs: progress bars (bytes, ETA) on a terminal, plain lines otherwise;
         other events go to ``then``."""
@@ -108,6 +140,7 @@ class App:
         return view
 
     def close(self) -> None:
+        self.copy_catalog()
         for view in self._views:
             view.close()
         self._views.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import sys
 import traceback
 from pathlib import Path
@@ -11,9 +12,10 @@ from pathlib import Path
 import click
 
 from drsvc import __version__
+from drsvc.catalog_guard import is_damage
 from drsvc.cli import COMMANDS, load
 from drsvc.cli._common import App, DrsvcGroup
-from drsvc.errors import EXIT_FAILED, EXIT_INVALID, DrsvcError
+from drsvc.errors import EXIT_FAILED, EXIT_INTEGRITY, EXIT_INVALID, DrsvcError
 from drsvc.log import level_for
 from drsvc.log import setup as setup_logging
 
@@ -123,6 +125,19 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except sqlite3.DatabaseError as e:
+        # a catalog page that goes bad mid-command: still one line, naming the way back
+        if debug:
+            traceback.print_exc()
+        damaged = is_damage(e)
+        click.echo(
+            f"drsvc: error: catalog: {e}"
+            + (
+                "; `drsvc catalog check` says more, `drsvc catalog restore` brings a sound copy back" if damaged else ""
+            ),
+            err=True,
+        )
+        sys.exit(EXIT_INTEGRITY if damaged else EXIT_FAILED)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -1,0 +1,165 @@
+"""The catalog protects itself: damage found before any write, copies in the stores, restore and rebuild.
+
+ColdKit (file:// hot store, moto cold store) with a few points; the catalog file is damaged the
+ways the fault suite damages it (truncated, one page overwritten).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture)
+from faultkit import overwrite_page, truncate
+
+from drsvc import catalog_guard, clock
+from drsvc.catalog import Catalog
+from drsvc.catalog_copy import copy_ids, push, stores_of
+from drsvc.errors import EXIT_INTEGRITY
+
+
+@pytest.fixture
+def kit(tmp_path: Path, aws: None) -> Iterator[ColdKit]:  # noqa: F811
+    kit = ColdKit(tmp_path)
+    kit.policy("std", ["alice", "bob"])
+    kit.ids = [
+        kit.point(d, clock.now() - timedelta(hours=h), f"{d}{h}".encode() * 5000, policy="std")
+        for d in ("alice", "bob")
+        for h in range(1, 13)
+    ]
+    kit.catalog.close()  # a clean end
+    yield kit
+
+
+def cli(kit: ColdKit, run_cli: Any, *args: str) -> Any:
+    return run_cli("--config", str(kit.root / "drsvc.toml"), *args)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_refused(result: Any, db: Path) -> None:
+    assert result.code == EXIT_INTEGRITY, result.output
+    assert "Traceback" not in result.stderr, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert str(db) in line and "drsvc catalog rebuild" in line and "drsvc catalog restore" in line, line
+
+
+@pytest.mark.parametrize("damage", ["truncated", "page overwritten"])
+def test_a_damaged_catalog_is_refused_with_one_line_and_nothing_writes_into_it(
+    kit: ColdKit, run_cli: Any, damage: str
+) -> None:
+    db = kit.root / "catalog.db"
+    if damage == "truncated":
+        truncate(db, 3000)
+    else:
+        overwrite_page(db, page=3)
+    before = digest(db)
+    for args in (("points", "list"), ("prune",), ("tier",), ("cleanup",), ("run", "--once")):
+        assert_refused(cli(kit, run_cli, *args), db)
+    check = cli(kit, run_cli, "catalog", "check")
+    assert_refused(check, db)
+    assert digest(db) == before, "a command wrote into the damaged catalog"
+
+
+def test_an_unclean_end_makes_the_next_open_check_the_file(kit: ColdKit, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = str(kit.root / "catalog.db")
+    checked: list[str] = []
+    real = catalog_guard.quick_check
+    monkeypatch.setattr("drsvc.catalog.quick_check", lambda conn: checked.append(db) or real(conn))
+    Catalog.open(db).close()
+    assert checked == [], "a clean close must not cost a check at the next open"
+    writer = Catalog.open(db)
+    writer.execute("INSERT INTO jobs (kind, status, started_at) VALUES ('backup', 'running', 'x')")
+    # killed: never closed. The next process checks the file first.
+    Catalog.open(db).close()
+    assert checked == [db]
+    writer.db.conn.close()
+
+
+def test_every_run_copies_the_catalog_once_and_restore_brings_it_back(kit: ColdKit, run_cli: Any) -> None:
+    db = kit.root / "catalog.db"
+    assert cli(kit, run_cli, "tier").code == 0  # a run that changed the catalog (and used the cold store)
+    services = kit.fresh_services()
+    hot_copies, cold_copies = copy_ids(services.hot), copy_ids(services.cold)
+    assert len(hot_copies) == 1 and cold_copies == hot_copies
+    assert cli(kit, run_cli, "points", "list").code == 0  # nothing changed: no new copy
+    assert copy_ids(services.hot) == hot_copies
+    before = {p["id"]: (p["status"], tuple(p["tiers"])) for p in services.catalog.points()}
+    later = kit.point("alice", clock.now(), b"after the copy" * 1000, policy="std")  # not in the copy
+    services.catalog.close()
+
+    overwrite_page(db, page=3)
+    restored = cli(kit, run_cli, "--json", "catalog", "restore")
+    assert restored.code == 0, restored.output
+    doc = restored.json()
+    assert doc["copy"]["copy_id"] == hot_copies[0] and doc["moved_aside"]
+    assert Path(doc["moved_aside"]).exists()  # the damaged file is kept as evidence
+    assert doc["caught_up"]["points_added"] == [later]
+    catalog = Catalog.open(db)
+    try:
+        after = {p["id"]: (p["status"], tuple(p["tiers"])) for p in catalog.points()}
+        assert catalog.check() == []
+    finally:
+        catalog.close()
+    assert {k: v for k, v in after.items() if k != later} == before
+    assert cli(kit, run_cli, "points", "list").code == 0
+
+
+def test_restore_refuses_to_replace_a_sound_catalog_and_rebuild_replaces_a_damaged_one(
+    kit: ColdKit, run_cli: Any
+) -> None:
+    db = kit.root / "catalog.db"
+    services = kit.fresh_services()
+    assert push(services.catalog, stores_of(services)) == {
+        "hot": copy_ids(services.hot)[0],
+        "cold": copy_ids(services.cold)[0],
+    }
+    services.catalog.close()
+    refused = cli(kit, run_cli, "catalog", "restore")
+    assert refused.code == 2 and "is sound" in refused.stderr, refused.output
+
+    truncate(db, 100)
+    rebuilt = cli(kit, run_cli, "catalog", "rebuild")
+    assert rebuilt.code == 0, rebuilt.output
+    assert "moved to" in rebuilt.stderr
+    catalog = Catalog.open(db)
+    try:
+        assert {p["id"] for p in catalog.points(status="complete")} == set(kit.ids)
+    finally:
+        catalog.close()
+
+
+def test_a_copy_that_fails_its_check_is_skipped_for_an_older_one(kit: ColdKit, run_cli: Any) -> None:
+    services = kit.fresh_services()
+    first = push(services.catalog, stores_of(services))["hot"]
+    services.catalog.execute("INSERT INTO jobs (kind, status, started_at) VALUES ('verify', 'ok', 'x')")
+    second = push(services.catalog, stores_of(services))["hot"]
+    assert second != first
+    store = services.hot.store
+    key = f"catalog-copies/{second}/part-0000"
+    blob = bytearray(store.get(key))
+    blob[-1] ^= 1
+    store.put(key, bytes(blob))
+    services.catalog.close()
+    truncate(kit.root / "catalog.db", 100)
+    restored = cli(kit, run_cli, "--json", "catalog", "restore", "--from", "hot", "--no-catch-up")
+    assert restored.code == 0, restored.output
+    assert restored.json()["copy"]["copy_id"] == first
+    assert second in restored.json()["skipped"][0]
+
+
+def test_a_bad_page_read_mid_command_is_one_line(kit: ColdKit, run_cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def malformed(*_a: Any, **_k: Any) -> Any:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(Catalog, "points", malformed)
+    result = cli(kit, run_cli, "points", "list")
+    assert result.code == EXIT_INTEGRITY and "Traceback" not in result.stderr, result.output
+    assert "drsvc catalog restore" in result.stderr
