@@ -238,8 +238,10 @@ class RestoreJob:
         as_name: str | None = None,
         tier: str | None = None,
         allow_cross_tenant: bool = False,
+        clear_leftovers: bool = True,
     ) -> RestorePlan:
-        """Choose the point and tier, read its manifest, validate the target; nothing is touched.
+        """Choose the point and tier, read its manifest, validate the target; nothing is touched
+        (but, with ``clear_leftovers``, what a killed restore left at the same clone name).
 
         An in-place restore of a desktop whose last one was interrupted resumes it (same point),
         unless ``--at`` or ``--point`` choose another. What a killed restore into the same clone
@@ -263,7 +265,7 @@ class RestoreJob:
         desktop = self.catalog.desktop(desktop_id)
         policy = policy_for(point, self.services.policies, {desktop_id: desktop})
         rto_target = policy.objectives.rto.total_seconds() if policy else DEFAULT_TARGET
-        if as_name is not None:
+        if as_name is not None and clear_leftovers:
             self._clear_leftovers(as_name)
         target = self.check_target(desktop, manifest, as_name, allow_cross_tenant=allow_cross_tenant)
         plan = RestorePlan(

@@ -209,6 +209,7 @@ def command(
         as_name=as_name,
         tier=tier,
         allow_cross_tenant=allow_cross_tenant,
+        clear_leftovers=not dry_run,  # a dry run touches nothing, not even a killed restore's clone
     )
     if dry_run:
         app.emit({**plan.document(), "dry_run": True}, lambda out: render_plan(plan, out))
