@@ -1,4 +1,4 @@
-"""What the fault suite (tests/integration/test_faults.py, bench/faults.py) shares.
+"""What the fault suite (tests/integration/test_faults_lab.py, bench/faults.py) shares.
 
 * ``Watcher``: reads each lab desktop's counter (``/data/counter``, rewritten five times a second)
   straight from the host through ``/proc/PID/root``, so it sees a freeze without asking drsvc or
