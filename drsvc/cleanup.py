@@ -118,7 +118,7 @@ class CleanupJob:
         prune = PruneJob(self.services, self.lease, on_event=self.on_event)
         if dry_run:
             report.failed_points = dead_backup_points(self.services)
-            report.snapshots = prune.unreferenced_snapshots()
+            report.snapshots = prune.unreferenced_snapshots(report.failed_points)
             for intent in leftovers(self.catalog):
                 target = report.interrupted_restores if intent.kind == "restore-in-place" else report.undone
                 target.append(intent.line())

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -184,9 +184,19 @@ class PruneJob:
             self.on_event("snapshot_removed", name=snap["name"])
         return removed
 
-    def unreferenced_snapshots(self) -> list[str]:
-        """Names of the pool snapshots ``remove_unreferenced_snapshots`` would remove now."""
-        return [s["name"] for s in self._unreferenced_snapshots(set())]
+    def unreferenced_snapshots(self, failing: Collection[str] = ()) -> list[str]:
+        """Names of the pool snapshots ``remove_unreferenced_snapshots`` would remove now, or once
+        the pending points ``failing`` (a dead backup's, which cleanup marks failed first) no
+        longer hold theirs: what ``cleanup --dry-run`` must name."""
+        if not failing:
+            return [s["name"] for s in self._unreferenced_snapshots(set())]
+        rows = self.catalog.query(
+            "SELECT s.name, group_concat(p.id) AS ids FROM pool_snapshots s LEFT JOIN points p "
+            "ON p.pool_snapshot_id = s.id AND (p.status = 'pending' OR EXISTS ("
+            " SELECT 1 FROM point_tiers t WHERE t.point_id = p.id AND t.tier = 'hot')) "
+            "WHERE s.removed_at IS NULL GROUP BY s.id ORDER BY s.id"
+        )
+        return [r["name"] for r in rows if r["ids"] is None or set(r["ids"].split(",")) <= set(failing)]
 
     def _check_lease(self) -> None:
         if self.lease is not None:
