@@ -28,6 +28,7 @@ import os
 import socket
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,9 @@ def push(catalog: Catalog, stores: Iterable[tuple[str, ChunkStore]], *, force: b
         "points": catalog.query("SELECT count(*) AS n FROM points")[0]["n"],
         "schema_version": catalog.schema_version,
     }
-    copy_id = f"{clock.compact(clock.now())}-{os.urandom(3).hex()}"
+    # ids sort in the order copies were made, also within one second (restore takes the last,
+    # pruning drops the first): microseconds before the random part
+    copy_id = f"{clock.compact(clock.now())}-{time.time_ns() // 1000 % 10**6:06d}{os.urandom(3).hex()}"
     results: dict[str, str] = {}
     for label, store in due:
         try:

@@ -98,6 +98,8 @@ def quick_check(conn: sqlite3.Connection) -> list[str]:
 # ---------------------------------------------------------------------- when a copy is due
 # (here, not in catalog_copy: a cron minute with nothing to copy must not import the chunk store)
 EPHEMERAL = ("leases",)
+# rows that change without changing what a copy is for (a cron tick every minute)
+NOT_A_CHANGE = (*EPHEMERAL, "scheduler_ticks")
 COPIES_SUFFIX = ".copies"
 
 
@@ -110,7 +112,7 @@ def fingerprint(catalog: Any) -> str:
     tables = [
         r["name"]
         for r in catalog.query("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
-        if r["name"] not in EPHEMERAL
+        if r["name"] not in NOT_A_CHANGE
     ]
     for table in sorted(tables):
         facts.append(catalog.query(f'SELECT count(*) AS n, max(rowid) AS m FROM "{table}"')[0])

@@ -524,9 +524,9 @@ class Scheduler:
         comes at most ``ERROR_RETRY`` later (a window that failed is retried by its own backoff).
         """
         while not stopper.event.is_set():
-            failed = False
+            failed, skipped = False, False
             try:
-                self.tick()
+                skipped = self.tick().skipped is not None
             except Exception as e:
                 failed = True
                 self.tick_errors += 1
@@ -535,7 +535,8 @@ class Scheduler:
                 message += f" ({self.tick_errors} failed tick(s); the next comes within {ERROR_RETRY})"
                 event(log, logging.ERROR, "scheduler.error", message, error=str(e), exc_info=e, count=self.tick_errors)
                 self.on_event("error", error=e, traceback=trace, count=self.tick_errors)
-            self._after_tick()
+            if not skipped:  # another process holds the lease: its own end copies the catalog
+                self._after_tick()
             try:
                 now = clock.now()
                 wait = (next_wakeup(self.services.policies, now) - now).total_seconds() + 0.5

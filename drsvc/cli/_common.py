@@ -57,6 +57,7 @@ class App:
     config_path: Path | None = None
     json_output: bool = False
     allow_damaged: bool = False  # catalog check/export/restore/rebuild work on a damaged catalog
+    copy_after: bool = True  # False: this run did nothing (another held the lease), so no catalog copy
     _config: Config | None = field(default=None, repr=False)
     _catalog: Catalog | None = field(default=None, repr=False)
     _services: Services | None = field(default=None, repr=False)
@@ -113,7 +114,7 @@ class App:
 
     def copy_catalog(self) -> None:
         """After a run: an encrypted copy of the catalog to the stores, if it changed (never fails the command)."""
-        if self._services is None or self._catalog is None or self._catalog.damaged:
+        if not self.copy_after or self._services is None or self._catalog is None or self._catalog.damaged:
             return
         from drsvc.catalog_guard import copy_due, copy_labels
 

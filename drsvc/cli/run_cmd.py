@@ -91,6 +91,8 @@ def command(app: App, once: bool, dry_run: bool, metrics_listen: str | None) -> 
         return 0
     if once:
         report = scheduler.tick()
+        # refused: the run holding the lease copies the catalog when it ends, not this one mid-way
+        app.copy_after = report.skipped is None
         app.emit(report.document(), lambda out: render(report, None, out))
         return report.exit_code
     stopper = Stopper()

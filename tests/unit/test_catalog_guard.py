@@ -155,6 +155,33 @@ def test_a_copy_that_fails_its_check_is_skipped_for_an_older_one(kit: ColdKit, r
     assert second in restored.json()["skipped"][0]
 
 
+def test_copies_made_within_one_second_sort_in_the_order_they_were_made(kit: ColdKit) -> None:
+    """The newest copy is the one restore takes and the oldest the one pruning drops: the order of
+    the ids must be the order of the pushes, also within one second (a random suffix is not)."""
+    services = kit.fresh_services()
+    made = []
+    for n in range(6):
+        services.catalog.execute("INSERT INTO jobs (kind, status, started_at) VALUES ('verify', 'ok', ?)", [str(n)])
+        made.append(push(services.catalog, stores_of(services))["hot"])
+    kept = copy_ids(services.hot)  # pruning keeps the newest few
+    assert len(kept) >= 2 and kept == made[-len(kept) :]
+    services.catalog.close()
+
+
+def test_a_tick_alone_is_no_reason_for_a_new_copy(kit: ColdKit) -> None:
+    """`drsvc run --once` from cron records a tick every minute; a copy each minute would upload the
+    whole catalog to both stores for nothing."""
+    from drsvc.scheduler import record_tick
+
+    services = kit.fresh_services()
+    before = catalog_guard.fingerprint(services.catalog)
+    record_tick(services.catalog, clock.now())
+    assert catalog_guard.fingerprint(services.catalog) == before
+    services.catalog.execute("INSERT INTO jobs (kind, status, started_at) VALUES ('verify', 'ok', 'x')")
+    assert catalog_guard.fingerprint(services.catalog) != before
+    services.catalog.close()
+
+
 def test_a_bad_page_read_mid_command_is_one_line(kit: ColdKit, run_cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     def malformed(*_a: Any, **_k: Any) -> Any:
         raise sqlite3.DatabaseError("database disk image is malformed")
