@@ -33,7 +33,7 @@ from drsvc.errors import (
     DrsvcError,
 )
 from drsvc.restore import RestoreJob
-from drsvc.scheduler import Scheduler, Stopper
+from drsvc.scheduler import Scheduler, Stopper, TickReport
 from drsvc.storage.s3 import S3Store
 from drsvc.tiering import TierJob
 from drsvc.verify import VerifyJob
@@ -220,13 +220,14 @@ def test_the_daemon_survives_any_exception_in_a_tick(kit: ColdKit, monkeypatch: 
     stopper = Stopper()
     ticks: list[int] = []
 
-    def tick(**_kw: Any) -> None:
+    def tick(**_kw: Any) -> TickReport:
         ticks.append(1)
         if len(ticks) == 1:
             raise RuntimeError("a bug in a tick")
         if len(ticks) == 2:
             raise BackendUnavailable("ceph (x)", "stat", "down", runbook="ceph-unavailable")
         stopper.event.set()
+        return TickReport(clock.now(), False)
 
     monkeypatch.setattr(scheduler, "tick", tick)
     monkeypatch.setattr(Stopper, "sleep", lambda self, seconds: self.event.is_set())
