@@ -1,4 +1,4 @@
--- drsvc catalog, migration 10: intent records (drsvc/intents.py). Every external effect a job
+-- drsvc catalog, migration 11: intent records (drsvc/intents.py). Every external effect a job
 -- makes outside the catalog (a clone's namespace and container, multipart uploads, an in-place
 -- restore, a read of a point) is written here before it is made and resolved after; a row left
 -- 'pending' by an owner whose lease lapsed is a leftover that `drsvc cleanup` undoes (or, for an
