@@ -44,7 +44,12 @@ class FakeSnapshots:
 class FakeVolume:
     scope = "rados://pool"
 
-    def read_objects_at(self, snap: str) -> Iterator[tuple[VolumeObject, Iterator[bytes]]]:
+    def objects_at(self, snap: str) -> list[VolumeObject]:
+        return [VolumeObject("data", 5)]
+
+    def read_objects_at(
+        self, snap: str, objects: list[VolumeObject] | None = None
+    ) -> Iterator[tuple[VolumeObject, Iterator[bytes]]]:
         yield VolumeObject("data", 5), iter([b"hello"])
 
 
