@@ -6,7 +6,6 @@ import json
 
 import click
 from rich.console import Console
-from rich.table import Table
 
 from drsvc.cli._common import App, DrsvcGroup, pass_app
 from drsvc.intents import interrupted_restores
@@ -16,6 +15,28 @@ from drsvc.units import format_bytes
 @click.group("points", cls=DrsvcGroup)
 def command() -> None:
     """Recovery points: what can be restored, from which tier."""
+
+
+def write_columns(out: Console, columns: list[str], rows: list[list[str]]) -> None:
+    """Aligned plain columns, one whole line a row, written as they are formatted.
+
+    Not a rich Table: it measures every cell and holds the rendered table in memory, minutes and
+    gigabytes at a million points; these lines stay greppable and never wrap.
+    """
+    widths = [len(c) for c in columns]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    last = len(columns) - 1
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(cell if i == last else cell.ljust(widths[i]) for i, cell in enumerate(cells)).rstrip() + "\n"
+
+    if out.quiet:
+        return
+    write = out.file.write
+    write(line(columns))
+    for row in rows:
+        write(line(row))
 
 
 def point_document(point: dict) -> dict:
@@ -65,13 +86,11 @@ def list_points(app: App, desktop: str | None, status: str | None, limit: int | 
         if not points:
             out.print("no recovery points" + (f" for {desktop}" if desktop else ""))
             return
-        table = Table(box=None, pad_edge=False)
         with_sites = any(p["sites"] for p in points)
         columns = ["ID", "DESKTOP", "TAKEN (UTC)", "STATUS", "CONSISTENCY", "TIERS", "SIZE", "FREEZE"]
         if with_sites:
             columns.insert(6, "SITES")
-        for col in columns:
-            table.add_column(col)
+        rows = []
         for p in points:
             freeze = f"{p['freeze_ms']:.0f} ms" if p["freeze_ms"] is not None else "-"
             row = [
@@ -86,8 +105,8 @@ def list_points(app: App, desktop: str | None, status: str | None, limit: int | 
             ]
             if with_sites:
                 row.insert(6, ",".join(p["sites"]) or "-")
-            table.add_row(*row)
-        out.print(table)
+            rows.append(row)
+        write_columns(out, columns, rows)
 
     app.emit([point_document(p) for p in points], render)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import click
 import pytest
 
@@ -173,3 +175,22 @@ def test_drill_dry_run_lists_what_it_would_restore_and_touches_nothing(configure
     assert result.json() == {"dry_run": True, "desktops": [{"desktop": "alice", "point_id": "new", "tiers": ["hot"]}]}
     assert Catalog.open(configured.parent / "catalog.db").query("SELECT * FROM drills") == []
     assert run_cli("--config", str(configured), "drill", "nobody", "--dry-run").code == 3
+
+
+def test_points_list_text_is_one_whole_line_per_point(fleet, run_cli):
+    """Greppable and streamed at any size: a header, then one unwrapped, untruncated line a point."""
+    names = [f"tenant-{t}-engineering-workstation-{n:03d}" for t in "ab" for n in range(3)]
+    pids = []
+    for name in names:
+        fleet.desktop(name)
+        pids.append(fleet.point(name, timedelta(hours=1)))
+    pids.append(fleet.point(names[0], timedelta(hours=2), status="failed", reason="x"))
+    result = run_cli("--config", str(fleet.config()), "points", "list")
+    assert result.code == 0, result.stderr
+    header, *lines = result.stdout.splitlines()
+    assert header.split()[:4] == ["ID", "DESKTOP", "TAKEN", "(UTC)"], header
+    assert len(lines) == len(pids), result.stdout
+    assert sorted(line.split()[0] for line in lines) == sorted(pids)
+    assert all(line.split()[1] in names for line in lines), result.stdout
+    status = header.index("STATUS")  # the columns line up under their heading
+    assert sorted(line[status:].split()[0] for line in lines) == ["complete"] * len(names) + ["failed"]
