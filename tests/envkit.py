@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from waits import wait_for
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -59,6 +61,17 @@ class DrsvcEnv:
 
     def cli(self, *args: str) -> Any:
         return self.run_cli("--config", str(self.config), *args)
+
+    def wait_due_for_tier(self, *point_ids: str, timeout: float = 30.0) -> None:
+        """Wait until ``tier`` would move every one of ``point_ids`` (their policy's ``after`` has
+        passed): a condition, where a sleep of ``after`` plus a guess would race the clock."""
+
+        def due() -> bool:
+            r = self.cli("--json", "tier", "--dry-run")
+            assert r.code == 0, r.output
+            return set(point_ids) <= {m["point_id"] for m in r.json()["moves"]}
+
+        wait_for(f"points {', '.join(point_ids)} due for the cold tier", due, timeout=timeout, poll=0.2)
 
     def subprocess(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
         """``drsvc`` in its own process (for concurrency and kill -9 tests)."""

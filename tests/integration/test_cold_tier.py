@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +95,7 @@ def test_storage_classes_then_verify_read_data_finds_flipped_bytes(
     drsvc_env.policy("ia", [d1], tiering={**tiering, "storage_class": "STANDARD_IA"})
     drsvc_env.policy("archive", [d2], tiering={**tiering, "storage_class": "GLACIER"})
     outcomes = backup(drsvc_env, d1, d2)
-    time.sleep(1.2)
+    drsvc_env.wait_due_for_tier(*(o["point_id"] for o in outcomes))
     result = drsvc_env.cli("--json", "tier")
     assert result.code == 0, result.output
     moves = {m["desktop"]: m for m in result.json()["moves"]}
@@ -170,7 +169,7 @@ def test_object_lock_refuses_deletes_and_cold_prune_skips_locked_points(
     )
     backup(drsvc_env, desk)  # the older point: cold retention (last 1) never wants it
     [second] = backup(drsvc_env, desk)
-    time.sleep(1.2)
+    drsvc_env.wait_due_for_tier(second["point_id"])
     result = drsvc_env.cli("--json", "tier")
     assert result.code == 0, result.output
     assert [m["point_id"] for m in result.json()["moves"]] == [second["point_id"]]  # cold keeps 1: first never goes
@@ -185,7 +184,7 @@ def test_object_lock_refuses_deletes_and_cold_prune_skips_locked_points(
         client.delete_object(Bucket=bucket, Key=key, VersionId=head["VersionId"])
 
     [third] = backup(drsvc_env, desk)
-    time.sleep(1.2)
+    drsvc_env.wait_due_for_tier(third["point_id"])
     assert drsvc_env.cli("tier").code == 0
     services = drsvc_env.services()
     report = ColdPruneJob(services, None).run()
@@ -202,8 +201,7 @@ def test_killed_tier_resumes_without_duplicates_and_lost_catalog_is_rebuilt(
     desktops = make_fleet(2, data_mib=3)
     cold_env(drsvc_env, bucket, pack_mib=1)  # small packs: the run is several
     drsvc_env.policy("std", desktops, tiering={"after": "1s", "storage_class": "STANDARD_IA"})
-    backup(drsvc_env, *desktops)
-    time.sleep(1.2)
+    drsvc_env.wait_due_for_tier(*(o["point_id"] for o in backup(drsvc_env, *desktops)))
 
     def recorder(services: Any) -> list[str]:
         keys: list[str] = []

@@ -114,7 +114,7 @@ def test_single_objects_come_back_into_a_running_desktop_from_hot_and_cold_point
     first = drsvc_env.cli("--json", "backup", "--policy", "granular")
     assert first.code == 0, first.output
     cold_point = first.json()["results"][0]["point_id"]
-    time.sleep(1.5)
+    drsvc_env.wait_due_for_tier(cold_point)
     assert drsvc_env.cli("tier").code == 0
     _put(io, "granular/new", b"added between the points", {}, {})
     io.write_full("granular/changing", b"second version!")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -41,7 +40,7 @@ def test_restore_from_a_cold_only_point(drsvc_env, make_fleet, cold_bucket, rado
     services = drsvc_env.services()
     runtime = services.runtime
     _, boot = runtime.exec(desktop, ["cat", "/data/counter"])[1].split()
-    time.sleep(1.5)
+    drsvc_env.wait_due_for_tier(point_id)
     tiered = drsvc_env.cli("--json", "tier")
     assert tiered.code == 0, tiered.output
     assert drsvc_env.cli("backup", "--policy", "coldish").code == 0

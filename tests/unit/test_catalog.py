@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from waits import wait_for
 
 from drsvc import clock
 from drsvc.catalog import Catalog, migrations
@@ -169,7 +170,7 @@ def test_lease_excludes_others_and_fencing_token_grows(catalog):
 
 def test_expired_lease_can_be_taken_and_old_holder_is_fenced(catalog):
     t1 = catalog.acquire_lease("scheduler", "host:1", ttl=0.05)
-    time.sleep(0.1)
+    wait_for("the 50 ms lease to expire", lambda: not catalog.lease_valid("scheduler", t1), timeout=10)
     t2 = catalog.acquire_lease("scheduler", "host:2", ttl=60)
     assert t2 is not None and t2 > t1
     assert not catalog.renew_lease("scheduler", t1, ttl=60)
