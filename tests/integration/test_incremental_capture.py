@@ -6,6 +6,7 @@ it against what it changed)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import random
@@ -20,6 +21,7 @@ import rados
 from test_cold_tier import cold_env
 
 from drsvc.chunks import StreamRef
+from drsvc.errors import NotFound
 from drsvc.restore import _split_objects
 
 KiB, MiB = 1024, 1024 * 1024
@@ -241,3 +243,19 @@ def test_random_changes_between_points_restore_exactly_hot_and_cold(
             assert digests == {o["name"]: o["digest"] for o in manifest["volume"]["objects"]}, f"point {i}"
     finally:
         services.volume(scratch_url).purge()
+
+    # and through drsvc restore itself, as a clone: an incremental point from each tier
+    runtime = services.runtime
+    for i, tier in ((3, "hot"), (len(points) - 1, "cold")):
+        pid, oracle, _ = points[i]
+        clone = f"{desktop}-{tier}{uuid.uuid4().hex[:4]}"
+        restored = drsvc_env.cli(
+            "--json", "restore", desktop, "--point", pid, "--tier", tier, "--as", clone, "--verify"
+        )
+        try:
+            assert restored.code == 0, (restored.stdout, restored.stderr)
+            same(read_raw(ioctx, clone), oracle, f"point {i} restored by drsvc restore --tier {tier}")
+        finally:
+            with contextlib.suppress(NotFound):  # the restore may have failed before creating it
+                runtime.remove(clone)
+            services.volume(f"rados://desktops/{clone}").purge()
