@@ -252,6 +252,22 @@ def test_a_parent_under_another_data_key_is_not_built_on(hot: ChunkStore) -> Non
     assert "another data key" in section["capture"]["why_full"]
 
 
+def test_a_tenants_points_build_on_each_other_under_the_tenants_key(hot: ChunkStore) -> None:
+    vol, parents = MemoryVolume(), LastPoint()
+    rng = random.Random(11)
+    fill(vol, rng, 30)
+    vol.snapshot("s1")
+    acme = hot.for_tenant("acme")
+    capture(acme, vol, parents, "s1")
+    changed = mutate(vol, rng)
+    vol.snapshot("s2")
+    section = capture(hot.for_tenant("acme"), vol, parents, "s2")
+    assert section["capture"]["mode"] == "incremental", section["capture"]
+    assert section["stream"]["data_key"] == acme.write_keys.key_id != hot.write_keys.key_id
+    assert set(vol.reads) == changed & set(vol.snaps["s2"])
+    assert restored(hot, section) == oracle(vol, "s2")
+
+
 def test_reusing_a_chunk_that_is_not_stored_fails(hot: ChunkStore, tmp_path: Path) -> None:
     ref = hot.write_bytes(os.urandom(300 * KiB))
     other = ChunkStore.init(open_store(f"file://{tmp_path}/other"), hot.keys)
