@@ -19,6 +19,7 @@ streamed: two identities) against a raw boto3 copy of the same objects with the 
     eval "$(dev/lab env)"
     flock /tmp/drsvc-lab.lock .venv/bin/python bench/siterecovery.py setup     # ~4 min
     flock /tmp/drsvc-lab.lock .venv/bin/python bench/siterecovery.py round     # ~3 min; repeat
+    ... round --modes admission --recovery "ceph_writes = 4"   # [recovery] settings for a round
     flock /tmp/drsvc-lab.lock .venv/bin/python bench/siterecovery.py copy      # copy vs raw boto3 again
     flock /tmp/drsvc-lab.lock .venv/bin/python bench/siterecovery.py cleanup
     .venv/bin/python bench/siterecovery.py report                              # every round so far
@@ -253,7 +254,7 @@ def lose_primary() -> None:
     cluster.shutdown()
 
 
-def dr_config() -> Path:
+def dr_config(recovery: str = "") -> Path:
     site = STATE / "dr"
     shutil.rmtree(site, ignore_errors=True)
     policies(site / "policies")
@@ -261,7 +262,9 @@ def dr_config() -> Path:
     config = site / "drsvc.toml"
     config.write_text(
         f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
-        f'[runtime]\nurl = "podman://{os.environ["DRSVC_PODMAN_SOCKET"]}"\n' + site_section()
+        f'[runtime]\nurl = "podman://{os.environ["DRSVC_PODMAN_SOCKET"]}"\n'
+        + site_section()
+        + (f"[recovery]\n{recovery.replace(',', chr(10))}\n" if recovery else "")
     )
     return config
 
@@ -294,15 +297,16 @@ def summarize(doc: dict[str, Any], wall: float) -> dict[str, Any]:
     }
 
 
-def round_(modes: list[str]) -> None:
+def round_(modes: list[str], recovery: str = "") -> None:
     results = {}
     for mode in modes:
         lose_primary()
-        config = dr_config()
+        config = dr_config(recovery)
         t = time.perf_counter()
         doc = drsvc(config, "site", "recover", "--from", "dr", *MODES[mode])
-        results[mode] = summarize(doc, time.perf_counter() - t)
-        print(mode, json.dumps(results[mode]))
+        name = mode + (f"[{recovery}]" if recovery else "")
+        results[name] = summarize(doc, time.perf_counter() - t)
+        print(name, json.dumps(results[name]))
     with (STATE / "results.jsonl").open("a") as f:
         f.write(json.dumps({"round": results, "at": time.strftime("%H:%M:%S")}) + "\n")
 
@@ -383,11 +387,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("step", choices=["setup", "round", "copy", "report", "cleanup"])
     ap.add_argument("--modes", default="admission,serial,all", help="comma-separated, in this order")
+    ap.add_argument("--recovery", default="", help='[recovery] settings for the round, e.g. "ceph_writes = 4"')
     args = ap.parse_args()
     if args.step == "setup":
         setup()
     elif args.step == "round":
-        round_(args.modes.split(","))
+        round_(args.modes.split(","), args.recovery)
     elif args.step == "copy":
         copy_round()
     elif args.step == "report":
