@@ -3,7 +3,8 @@
 A restore creating a clone records ``clone-volume`` and ``clone-container`` before it writes the
 namespace or starts the container; a tier job records ``multipart-uploads`` before it uploads;
 an in-place restore records ``restore-in-place`` before it touches the desktop; a restore records
-``point-read`` on the point it reads (prune skips such points). Each intent names its **owner**:
+``point-read`` on the point it reads (prune skips such points; so do single-object restores,
+``dump`` and ``mount``, through ``reading``). Each intent names its **owner**:
 a lease (``leases`` row ``owner:<hex>``) that the owning process renews in the background. When
 the process ends normally it resolves its intents; when it is killed they stay ``pending`` and
 its lease lapses (at once on this host: its pid is gone). ``leftovers`` finds pending intents
@@ -20,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +120,21 @@ class Intents:
             yield intent_id
         finally:
             self.resolve(intent_id, "done")
+
+
+@contextmanager
+def reading(catalog: Catalog, point_ids: Iterable[str], **detail: Any) -> Iterator[None]:
+    """A read lease on points for the block (single-object restores, dump, mount): ``point-read``
+    intents under a live owner, so prune keeps the points; resolved ``done`` however it ends, and
+    a killed reader's lapse with its owner."""
+    with Owner(catalog) as owner:
+        intents = Intents(catalog, owner.name)
+        ids = [intents.record("point-read", point_id, **detail) for point_id in dict.fromkeys(point_ids)]
+        try:
+            yield
+        finally:
+            for intent_id in ids:
+                intents.resolve(intent_id, "done")
 
 
 def resolve(catalog: Catalog, intent_id: int, state: str) -> None:

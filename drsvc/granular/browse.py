@@ -16,6 +16,7 @@ from drsvc.granular import listing
 from drsvc.granular.listing import Diff, ObjectEntry, RootfsListing
 from drsvc.granular.reader import ChunkCache, MiB, PointSource, open_point
 from drsvc.granular.scope import Scope, audited
+from drsvc.intents import reading
 from drsvc.services import Services
 
 
@@ -109,7 +110,10 @@ def dump_object(
     """
     point, desktop = scope.point(point_ref, detail={"object": name})
     detail: dict[str, Any] = {"object": name}
-    with audited(scope, desktop=desktop["id"], point=point["id"], detail=detail):
+    with (
+        audited(scope, desktop=desktop["id"], point=point["id"], detail=detail),
+        reading(services.catalog, [point["id"]], reader="dump"),
+    ):
         source = open_point(services, point, desktop)
         entry = source.entry(name)
         tiers = [t for t in source.tiers if copy is None or t == copy]
@@ -169,7 +173,12 @@ def serve_mount(services: Services, scope: Scope, plan: MountPlan, directory: Pa
     point_id = plan.single.id if plan.single else None
     detail: dict[str, Any] = {"directory": str(directory), "points": len(plan.points) or 1}
     try:
-        with audited(scope, desktop=plan.desktop["id"], point=point_id, detail=detail):
+        # the points stay (prune skips them) while mounted, however long that is
+        reading_ids = [point_id] if point_id else [p["id"] for p in plan.points.values()]
+        with (
+            audited(scope, desktop=plan.desktop["id"], point=point_id, detail=detail),
+            reading(services.catalog, reading_ids, reader="mount"),
+        ):
             serve(view, directory, fsname=f"drsvc:{point_id or plan.desktop['id']}")
             detail.update(reads=view.reads, chunks_fetched=cache.fetched)
     finally:

@@ -38,6 +38,7 @@ from drsvc.granular import names
 from drsvc.granular.listing import ObjectEntry
 from drsvc.granular.reader import PointSource, open_point
 from drsvc.granular.scope import Scope, audited
+from drsvc.intents import reading
 from drsvc.restore import RestoreJob
 from drsvc.services import Services
 from drsvc.volumes.base import ObjectHasher, Volume, VolumeObject
@@ -237,7 +238,10 @@ class ObjectRestoreJob:
         started = time.monotonic()
         status, error = "failed", None
         try:
-            with audited(self.scope, desktop=point["desktop_id"], point=point["id"], detail=detail):
+            with (
+                audited(self.scope, desktop=point["desktop_id"], point=point["id"], detail=detail),
+                reading(self.services.catalog, [point["id"]], object_restore=result.restore_id),
+            ):
                 if plan.mode == "to-dir":
                     self._to_dir(plan, result)
                 else:

@@ -339,3 +339,43 @@ def test_mount_view_of_a_desktop_shows_dated_points_with_exact_bytes(kit):
             view.getattr("/2026-12-01T08:00:00Z/volume/../../x")
     finally:
         cache.close()
+
+
+# ---------------------------------------------------------------------- read leases
+def test_object_restores_dumps_and_mounts_hold_a_read_lease_on_their_points(kit, tmp_path, monkeypatch):
+    """While one of them reads a point, prune must keep it (``points_being_read``); after, it may go."""
+    from drsvc.granular import fusefs
+    from drsvc.granular.browse import plan_mount, serve_mount
+    from drsvc.granular.objects import ObjectRestoreJob
+    from drsvc.intents import points_being_read
+
+    objs = _objects()
+    first = kit.point("desk-1", objs)
+    second = kit.point("desk-1", objs)
+    seen: dict[str, set[str]] = {}
+
+    class Out(io.BytesIO):
+        def write(self, data):  # type: ignore[no-untyped-def]
+            seen.setdefault("dump", points_being_read(kit.catalog))
+            return super().write(data)
+
+    dump_object(kit.services, Scope(kit.catalog, None, "dump"), first, "docs/big.bin", Out())
+
+    job = ObjectRestoreJob(kit.services, Scope(kit.catalog, None, "restore"))
+    to_dir = job._to_dir
+
+    def spying_to_dir(plan, result):  # type: ignore[no-untyped-def]
+        seen["restore"] = points_being_read(kit.catalog)
+        return to_dir(plan, result)
+
+    monkeypatch.setattr(job, "_to_dir", spying_to_dir)
+    job.run(job.plan("desk-1", objects=["docs/big.bin"], point_id=second, to_dir=tmp_path / "out"))
+
+    monkeypatch.setattr(
+        fusefs, "serve", lambda view, directory, fsname: seen.setdefault("mount", points_being_read(kit.catalog))
+    )
+    scope = Scope(kit.catalog, None, "mount")
+    serve_mount(kit.services, scope, plan_mount(kit.services, scope, "desk-1"), tmp_path / "mnt")
+
+    assert seen == {"dump": {first}, "restore": {second}, "mount": {first, second}}
+    assert points_being_read(kit.catalog) == set(), "a read lease outlived its reader"
