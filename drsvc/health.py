@@ -181,12 +181,17 @@ class _Reader:
         return out
 
     def interrupted_restores(self, now: datetime) -> list[dict[str, Any]]:
+        """Restores that did not finish: long 'running' ones, and at once every in-place restore
+        whose process died (its intent, drsvc.intents: the desktop may be down) until one finishes it."""
+        from drsvc.intents import interrupted_restores
+
         stale = clock.to_iso(now - STALE_RESTORE)
+        in_place = sorted({i.detail["restore"] for i in interrupted_restores(self.catalog) if i.detail.get("restore")})
         return self.catalog.query(
             "SELECT id, desktop_id, point_id, as_name, started_at, status FROM restores "
-            "WHERE drill_id IS NULL AND (status = 'interrupted' OR (status = 'running' AND started_at < ?)) "
-            "ORDER BY started_at",
-            [stale],
+            "WHERE drill_id IS NULL AND (status = 'interrupted' OR (status = 'running' AND started_at < ?) "
+            f"OR id IN ({','.join('?' * len(in_place))})) ORDER BY started_at",
+            [stale, *in_place],
         )
 
 

@@ -21,7 +21,7 @@ from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture)
 from drsvc import clock
 from drsvc.cleanup import CleanupJob, leftover_lines
 from drsvc.errors import NotFound
-from drsvc.intents import Intents, Owner, interrupted_restores, leftovers, owner_alive, points_being_read
+from drsvc.intents import Intents, Owner, interrupted_restores, leftovers, owner_alive, points_being_read, resolve
 from drsvc.lease import Lease
 from drsvc.prune import plan_hot
 from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, DesktopRef
@@ -166,3 +166,28 @@ def test_cleanup_aborts_the_multipart_uploads_a_killed_tier_run_left(kit: ColdKi
     with Lease(kit.catalog) as lease:
         CleanupJob(kit.services, lease).run()
     assert s3.list_multipart_uploads(Bucket=kit.bucket).get("Uploads", []) == []
+
+
+def test_status_shows_a_killed_in_place_restore_at_once_until_a_restore_finishes_it(kit: ColdKit) -> None:
+    """The desktop may be down: `drsvc status` (and the alert built on it) says so from the moment
+    its restorer died, not an hour later, and also after cleanup marked the restore failed."""
+    from drsvc.health import read_health
+
+    cursor = kit.catalog.execute(
+        "INSERT INTO restores (desktop_id, point_id, tier, started_at, target_seconds, status) "
+        "VALUES ('alice', ?, 'hot', ?, 30, 'running')",
+        [kit.new, clock.to_iso(clock.now())],
+    )
+    intent = Intents(kit.catalog, dead_owner(kit)).record(
+        "restore-in-place", "alice", restore=cursor.lastrowid, point=kit.new, phase="container"
+    )
+
+    def shown() -> list[str]:
+        health = read_health(kit.catalog, kit.services.policies)
+        return [p for p in health.problems if "restore of alice" in p]
+
+    assert len(shown()) == 1, "not shown before cleanup noticed it"
+    CleanupJob(kit.services, None).run()
+    assert len(shown()) == 1, "not shown once cleanup marked it failed"
+    resolve(kit.catalog, intent, "done")  # a restore of alice finished it
+    assert shown() == []
