@@ -201,7 +201,7 @@ def test_archive_layout_and_rootfs_changes(
         with tarfile.open(fileobj=tf.extractfile("rootfs-diff.tar")) as diff:
             assert {"opt/app/a.txt", "etc/motd", "data/counter"} <= set(diff.getnames())
     # nothing of Docker's checkpoint is left behind
-    ckpts = rt._root_dir() / "containers" / rt.inspect(name).container_id / "checkpoints"
+    ckpts = rt.client.root_dir() / "containers" / rt.inspect(name).container_id / "checkpoints"
     assert not ckpts.exists() or not list(ckpts.iterdir())
     rt.remove(name)
     t = time.monotonic()

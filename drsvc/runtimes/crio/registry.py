@@ -1,0 +1,146 @@
+"""Checkpoint images: the archive as the one layer of an OCI image, pushed through the distribution API."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+from drsvc.errors import BackendError, DrsvcError
+from drsvc.runtimes.crio.pods import now_iso, pod_doc
+
+CHECKPOINT_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+
+
+def push_checkpoint_image(
+    registry: str,
+    stream: Iterator[bytes],
+    capture: dict[str, bytes],
+    tag: str,
+    what: str,
+    *,
+    insecure: bool,
+    timeout: float,
+) -> str:
+    """Upload the archive as the one layer of a checkpoint image to ``registry`` (HOST[/PREFIX]); its reference."""
+    host, _, prefix = registry.partition("/")
+    repo = f"{prefix}/checkpoints" if prefix else "drsvc/checkpoints"
+    reg = _Registry(host, insecure=insecure, timeout=timeout)
+    layer_digest, layer_size = reg.upload_blob(repo, stream, what)
+    doc = pod_doc(capture, what)
+    container = doc["drsvc"]["container"]
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "created": now_iso(),
+            "config": {"Labels": {CHECKPOINT_ANNOTATION: container}},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},  # uncompressed: diff id = digest
+            "history": [{"created": now_iso(), "created_by": "drsvc restore (checkpoint archive)"}],
+        },
+        sort_keys=True,
+    ).encode()
+    config_digest, _ = reg.upload_blob(repo, iter([config]), what)
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+            "layers": [{"mediaType": OCI_LAYER, "digest": layer_digest, "size": layer_size}],
+            "annotations": {
+                CHECKPOINT_ANNOTATION: container,
+                "org.opencontainers.image.created": now_iso(),
+            },
+        },
+        sort_keys=True,
+    ).encode()
+    reg.put_manifest(repo, tag, manifest, what)
+    return f"{host}/{repo}:{tag}"
+
+
+class _Registry:
+    """Just the OCI distribution calls a push needs: blob upload (POST, PATCH…, PUT) and manifest PUT."""
+
+    def __init__(self, host: str, *, insecure: bool, timeout: float) -> None:
+        self.host, self.insecure, self.timeout = host, insecure, timeout
+
+    def _conn(self) -> http.client.HTTPConnection:
+        hostname, _, port = self.host.partition(":")
+        if self.insecure:
+            return http.client.HTTPConnection(hostname, int(port or 80), timeout=self.timeout)
+        return http.client.HTTPSConnection(hostname, int(port or 443), timeout=self.timeout)
+
+    def _request(
+        self, method: str, path: str, what: str, *, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = self._conn()
+        try:
+            conn.request(
+                method, path, body=body, headers=headers or {}, encode_chunked=not isinstance(body, bytes | None)
+            )
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise BackendError(f"{what}: registry {self.host} unreachable: {e}") from e
+        finally:
+            conn.close()
+
+    def _location(self, headers: dict[str, str], what: str) -> str:
+        location = headers.get("location")
+        if not location:
+            raise BackendError(f"{what}: registry {self.host} gave no upload location")
+        parsed = urllib.parse.urlsplit(location)
+        return parsed.path + (f"?{parsed.query}" if parsed.query else "")
+
+    def upload_blob(self, repo: str, chunks: Iterator[bytes], what: str) -> tuple[str, int]:
+        """Stream ``chunks`` as one blob (hashed on the way); return (digest, size)."""
+        status, headers, body = self._request("POST", f"/v2/{repo}/blobs/uploads/", what)
+        if status != 202:
+            raise _registry_error(what, self.host, status, body)
+        digest, size = hashlib.sha256(), 0
+
+        def hashed() -> Iterator[bytes]:
+            nonlocal size
+            for chunk in chunks:
+                digest.update(chunk)
+                size += len(chunk)
+                yield chunk
+
+        status, headers, body = self._request(
+            "PATCH",
+            self._location(headers, what),
+            what,
+            body=hashed(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        if status != 202:
+            raise _registry_error(what, self.host, status, body)
+        location = self._location(headers, what)
+        sep = "&" if "?" in location else "?"
+        ref = f"sha256:{digest.hexdigest()}"
+        status, _, body = self._request(
+            "PUT", f"{location}{sep}digest={urllib.parse.quote(ref)}", what, body=b"", headers={"Content-Length": "0"}
+        )
+        if status != 201:
+            raise _registry_error(what, self.host, status, body)
+        return ref, size
+
+    def put_manifest(self, repo: str, tag: str, manifest: bytes, what: str) -> None:
+        status, _, body = self._request(
+            "PUT", f"/v2/{repo}/manifests/{tag}", what, body=manifest, headers={"Content-Type": OCI_MANIFEST}
+        )
+        if status != 201:
+            raise _registry_error(what, self.host, status, body)
+
+
+def _registry_error(what: str, host: str, status: int, body: bytes) -> DrsvcError:
+    text = body.decode(errors="replace")[:500]
+    if status in (401, 403):
+        return BackendError(f"{what}: registry {host} refused the push (HTTP {status}): {text}")
+    return BackendError(f"{what}: registry {host} failed (HTTP {status}): {text}")

@@ -1,0 +1,408 @@
+"""``CrioRuntime``: the ``ContainerRuntime`` protocol on the desktop pods of one Kubernetes namespace.
+
+Made of the adapter's pieces: ``kube`` (API server calls and errors), ``kubelet`` (the checkpoint
+call), ``pods`` (desktop pods and the pod a point keeps), ``registry`` (checkpoint images).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, cast
+
+from drsvc.errors import BackendError, InvalidInput, NotFound
+from drsvc.runtimes import freeze
+from drsvc.runtimes.archive import rewrite_archive
+from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, is_full_id
+from drsvc.runtimes.crio.kube import Unsupported, api_error, client_module, load_configuration
+from drsvc.runtimes.crio.kubelet import KUBELET_CHECKPOINTS, Kubelet, kubelet_error
+from drsvc.runtimes.crio.pods import (
+    LABEL_CONTAINER,
+    POD_MEMBER,
+    capturing,
+    desktop_container,
+    now_iso,
+    pod_doc,
+    pod_problem,
+    portable_pod,
+    strip_id,
+)
+from drsvc.runtimes.crio.registry import push_checkpoint_image
+from drsvc.streams import IterReader
+
+
+class CrioRuntime:
+    """Desktop pods of one namespace, checkpointed through the kubelet and restored by CRI-O."""
+
+    stores_images = False  # base images stay in their registry: backups need not save them
+
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        url: str | None = None,
+        configuration: Any = None,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        via: str = "proxy",
+        kubelet_url: str = "https://{node}:10250",
+        kubelet_cert: str | None = None,
+        kubelet_key: str | None = None,
+        kubelet_ca: str | None = None,
+        archive_root: str = KUBELET_CHECKPOINTS,
+        registry: str | None = None,
+        registry_insecure: bool = False,
+        restore_mode: str = "image",
+        timeout: float = 120.0,
+        node: str | None = None,
+    ) -> None:
+        if via not in ("proxy", "kubelet"):
+            raise InvalidInput(f"crio:// runtime: via must be 'proxy' or 'kubelet', not {via!r}")
+        if restore_mode not in ("image", "archive"):
+            raise InvalidInput(f"crio:// runtime: restore_mode must be 'image' or 'archive', not {restore_mode!r}")
+        self.namespace = namespace
+        self._url = url or f"crio://{namespace}"
+        self.via = via
+        self.kubelet_url = kubelet_url
+        self.kubelet_cert, self.kubelet_key, self.kubelet_ca = kubelet_cert, kubelet_key, kubelet_ca
+        self.archive_root = Path(archive_root)
+        self.registry = registry.rstrip("/") if registry else None
+        self.registry_insecure = registry_insecure
+        self.restore_mode = restore_mode
+        self.timeout = timeout
+        self.node = node or os.environ.get("NODE_NAME") or None
+        kclient = client_module()
+        self._configuration = configuration or load_configuration(kubeconfig, context)
+        self._api = kclient.ApiClient(self._configuration)
+        self._core = kclient.CoreV1Api(self._api)
+        self.kubelet = Kubelet(via, self._api, kubelet_url, kubelet_cert, kubelet_key, kubelet_ca, timeout)
+
+    @property
+    def url(self) -> str:
+        """The URL this runtime was opened from (options included: they hold no secrets, only paths)."""
+        return self._url
+
+    # ------------------------------------------------------------------ API plumbing
+    def _k8s(self, what: str, verb: str, resource: str, call: Callable[[], Any], *, missing_ok: bool = False) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return call()
+        except ApiException as e:
+            if e.status == 404 and missing_ok:
+                return None
+            raise api_error(what, e.status or 0, e.body, verb, resource, self.namespace) from None
+        except (HTTPError, OSError) as e:
+            raise BackendError(f"{what}: Kubernetes API server {self._configuration.host} unreachable: {e}") from e
+
+    def _pods(self, label_selector: str = LABEL_DESKTOP) -> list[Any]:
+        result = self._k8s(
+            "list desktop pods",
+            "list",
+            "pods",
+            lambda: self._core.list_namespaced_pod(self.namespace, label_selector=label_selector),
+        )
+        return list(result.items or [])
+
+    def _pod(self, namespace: str, pod: str, *, missing_ok: bool = False) -> Any:
+        return self._k8s(
+            f"get pod {namespace}/{pod}",
+            "get",
+            "pods",
+            lambda: self._core.read_namespaced_pod(pod, namespace),
+            missing_ok=missing_ok,
+        )
+
+    # ------------------------------------------------------------------ desktops
+    def list_desktops(self) -> list[DesktopRef]:
+        """Every pod of the namespace labelled ``drsvc.desktop``, in one API call."""
+        return sorted((self._ref(p) for p in self._pods()), key=lambda d: (d.desktop_id, d.container))
+
+    def _resolve(self, name: str) -> tuple[str, str, str | None]:
+        """(namespace, pod, container or None) of a name in any accepted form; ids are looked up."""
+        if is_full_id(name):
+            for pod in self._pods():
+                for status in pod.status.container_statuses or []:
+                    if strip_id(status.container_id) == name:
+                        return pod.metadata.namespace, pod.metadata.name, status.name
+            raise NotFound(f"no desktop pod in namespace {self.namespace} has container id {name}")
+        parts = name.split("/")
+        if len(parts) == 3 and all(parts):
+            return parts[0], parts[1], parts[2]
+        if len(parts) == 2 and all(parts):
+            return parts[0], parts[1], None
+        if len(parts) == 1 and name:
+            return self.namespace, name, None
+        raise InvalidInput(f"container name {name!r}: expected NAMESPACE/POD/CONTAINER, NAMESPACE/POD or POD")
+
+    def _lookup(self, name: str) -> tuple[Any, str]:
+        namespace, pod_name, container = self._resolve(name)
+        pod = self._pod(namespace, pod_name, missing_ok=True)
+        if pod is None:
+            raise NotFound(f"no pod {namespace}/{pod_name} (container {name!r})")
+        container = container or desktop_container(pod)
+        if container not in [c.name for c in pod.spec.containers]:
+            raise NotFound(f"pod {namespace}/{pod_name} has no container {container!r}")
+        return pod, container
+
+    def inspect(self, name: str) -> DesktopRef:
+        """One desktop container by ``NS/POD/CONTAINER``, ``NS/POD``, ``POD`` or id; ``NotFound`` if missing."""
+        pod, container = self._lookup(name)
+        return self._ref(pod, container)
+
+    def _ref(self, pod: Any, container: str | None = None) -> DesktopRef:
+        container = container or desktop_container(pod)
+        status = next((s for s in pod.status.container_statuses or [] if s.name == container), None)
+        spec = next((c for c in pod.spec.containers if c.name == container), None)
+        state = "created"
+        if status is not None and status.state is not None:
+            if status.state.running is not None:
+                state = "running"
+            elif status.state.terminated is not None:
+                state = "exited"
+        if pod.metadata.deletion_timestamp is not None:
+            state = "removing"
+        annotations = pod.metadata.annotations or {}
+        return desktop_from_labels(
+            name=f"{pod.metadata.namespace}/{pod.metadata.name}/{container}",
+            container_id=strip_id(status.container_id if status else None),
+            labels=pod.metadata.labels,
+            image=(spec.image if spec else "") or "",
+            image_id=(status.image_id if status else "") or "",
+            state=state,
+            node=pod.spec.node_name,
+            network="host" if pod.spec.host_network else (annotations.get("drsvc.network") or "pod"),
+            restored_at=annotations.get("drsvc.restored-at"),
+        )
+
+    def pause(self, name: str) -> None:
+        """Kubernetes cannot pause a pod: ``Unsupported`` (``NotFound`` first when it does not exist)."""
+        self._lookup(name)
+        raise Unsupported(f"pause {name}: Kubernetes has no pause; drsvc pairs memory and disk with the freeze hook")
+
+    def unpause(self, name: str) -> None:
+        """Kubernetes cannot pause a pod: ``Unsupported`` (``NotFound`` first when it does not exist)."""
+        self._lookup(name)
+        raise Unsupported(f"unpause {name}: Kubernetes has no pause")
+
+    # ------------------------------------------------------------------ checkpoint
+    @contextmanager
+    def checkpoint(self, name: str, *, tcp_established: bool = True) -> Iterator[BinaryIO]:
+        """Checkpoint through the kubelet, leaving the container running; stream the node's archive, then delete it.
+
+        ``tcp_established`` is CRI-O's own setting on the node (the kubelet API has no option for it).
+        """
+        pod, container = self._lookup(name)
+        namespace, pod_name, node = pod.metadata.namespace, pod.metadata.name, pod.spec.node_name
+        if not node:
+            raise BackendError(f"checkpoint {name}: pod {namespace}/{pod_name} is not scheduled on a node")
+        what = f"checkpoint {namespace}/{pod_name}/{container}"
+        status, body = self.kubelet.checkpoint(node, namespace, pod_name, container, what)
+        if status != 200:
+            raise kubelet_error(what, status, body, self.via, node)
+        try:
+            items = json.loads(body)["items"]
+            remote = str(items[0])
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise BackendError(f"{what}: unexpected kubelet answer {body[:300]!r}") from e
+        local = self.archive_root / PurePosixPath(remote).name
+        try:
+            try:
+                f = local.open("rb")
+            except FileNotFoundError:
+                raise BackendError(
+                    f"{what}: the kubelet wrote {remote} on node {node}, but it is not under {self.archive_root} "
+                    f"here: run checkpoints on that node (executor = 'kubernetes' starts one node agent per node, "
+                    f"with {KUBELET_CHECKPOINTS} mounted)"
+                ) from None
+            with f:
+                doc = {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "drsvc": {"container": container, "node": node, "archive": remote},
+                    **portable_pod(self._api.sanitize_for_serialization(pod)),
+                }
+                pod_member = (POD_MEMBER, json.dumps(doc).encode())
+                yield cast(BinaryIO, IterReader(rewrite_archive(f, {}, append=[pod_member])))
+        finally:
+            # every memory page of the desktop: never leave it behind on the node
+            local.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ restore
+    def restore(
+        self,
+        archive: BinaryIO,
+        *,
+        name: str | None = None,
+        tcp_established: bool = True,
+        network: str | None = None,
+        size: int | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> DesktopRef:
+        """Recreate the desktop's pod from the archive: under its old name (None) or as clone ``name``.
+
+        ``name`` for a clone: ``POD`` (in this runtime's namespace) or ``NS/POD[/CONTAINER]``.
+        ``network='none'`` marks the pod ``drsvc.network=none`` (label and annotation): the
+        isolation itself is a deny-all NetworkPolicy selecting that label (deploy/kubernetes).
+        """
+        what = f"restore {name or 'desktop'}"
+        capture: dict[str, bytes] = {}
+        if self.restore_mode == "image":
+            if not self.registry:
+                raise InvalidInput(f"{what}: restore_mode=image needs registry=HOST[/PREFIX] in the crio:// URL")
+            tag = f"restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
+            assert self.registry is not None
+            image = push_checkpoint_image(
+                self.registry,
+                capturing(archive, POD_MEMBER, capture),
+                capture,
+                tag,
+                what,
+                insecure=self.registry_insecure,
+                timeout=self.timeout,
+            )
+        else:
+            image = self._place_archive(capturing(archive, POD_MEMBER, capture), what)
+        doc = pod_doc(capture, what)
+        original = doc["drsvc"]["container"]
+        namespace, pod_name, container = doc["metadata"]["namespace"], doc["metadata"]["name"], original
+        if name:
+            namespace, pod_name, maybe = self._resolve(name)
+            container = maybe or original
+        meta = doc["metadata"]
+        meta.update(name=pod_name, namespace=namespace)
+        meta["labels"] = {**(meta.get("labels") or {}), **(labels or {})}
+        meta["annotations"] = {**(meta.get("annotations") or {}), "drsvc.restored-at": now_iso()}
+        if container != original:
+            meta["labels"][LABEL_CONTAINER] = container
+        if network is not None:
+            if network != "none":
+                raise InvalidInput(f"{what}: network must be 'none' (a sandbox) on Kubernetes, not {network!r}")
+            meta["labels"]["drsvc.network"] = "none"
+            meta["annotations"]["drsvc.network"] = "none"
+        spec = doc["spec"]
+        for c in spec.get("containers") or []:
+            if c.get("name") == original:
+                c["name"], c["image"] = container, image
+        if self.restore_mode == "archive":
+            spec["nodeName"] = self.node
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+        self._k8s(
+            f"{what}: create pod {namespace}/{pod_name}",
+            "create",
+            "pods",
+            lambda: self._core.create_namespaced_pod(namespace, body),
+        )
+        return self._wait_running(namespace, pod_name, container, what)
+
+    def _wait_running(self, namespace: str, pod_name: str, container: str, what: str) -> DesktopRef:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            pod = self._pod(namespace, pod_name, missing_ok=True)
+            if pod is not None:
+                ref = self._ref(pod, container)
+                if ref.state == "running":
+                    return ref
+                problem = pod_problem(pod, container)
+                if problem:
+                    raise BackendError(f"{what}: pod {namespace}/{pod_name}: {problem}")
+            if time.monotonic() > deadline:
+                raise BackendError(f"{what}: pod {namespace}/{pod_name} not running after {self.timeout:g} s")
+            time.sleep(0.2)
+
+    def _place_archive(self, stream: Iterator[bytes], what: str) -> str:
+        if not self.node:
+            raise InvalidInput(f"{what}: restore_mode=archive needs node=NODE (or $NODE_NAME): the archive stays there")
+        self.archive_root.mkdir(parents=True, exist_ok=True)
+        name = f"restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}.tar"
+        with (self.archive_root / name).open("wb") as out:
+            for piece in stream:
+                out.write(piece)
+        return f"{KUBELET_CHECKPOINTS}/{name}"
+
+    def remove(self, name: str) -> None:
+        """Delete the desktop's pod at once (grace 0) and wait until it is gone; a missing pod is fine."""
+        try:
+            namespace, pod_name, _ = self._resolve(name)
+        except NotFound:
+            return
+        self._k8s(
+            f"remove pod {namespace}/{pod_name}",
+            "delete",
+            "pods",
+            lambda: self._core.delete_namespaced_pod(pod_name, namespace, grace_period_seconds=0),
+            missing_ok=True,
+        )
+        deadline = time.monotonic() + self.timeout
+        while self._pod(namespace, pod_name, missing_ok=True) is not None:
+            if time.monotonic() > deadline:
+                raise BackendError(f"remove pod {namespace}/{pod_name}: still there after {self.timeout:g} s")
+            time.sleep(0.2)
+
+    # ------------------------------------------------------------------ not available on Kubernetes
+    def exec(self, name: str, argv: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
+        """Not implemented yet (``pods/exec`` is a websocket stream): ``Unsupported``."""
+        raise Unsupported(f"exec in {name}: not implemented for crio:// (needs the pods/exec stream)")
+
+    def probe_tcp(self, name: str, port: int, timeout: float = 2.0) -> bool:
+        """Whether the pod IP accepts TCP on ``port`` (from wherever drsvc runs)."""
+        pod, _ = self._lookup(name)
+        ip = pod.status.pod_ip
+        if not ip:
+            return False
+        try:
+            with socket.create_connection((ip, int(port)), timeout=timeout):
+                return True
+        except OSError:
+            return False
+
+    def image_exists(self, image_id: str) -> bool:
+        """Nodes pull images from their registry themselves: always True (drsvc sees no node image store)."""
+        return True
+
+    @contextmanager
+    def save_image(self, image: str) -> Iterator[BinaryIO]:
+        """Base images stay in their registry: ``Unsupported`` (``stores_images`` is False)."""
+        raise Unsupported(f"save image {image}: crio:// leaves base images in their registry")
+        yield  # pragma: no cover
+
+    def load_image(self, stream: BinaryIO) -> list[str]:
+        """Base images stay in their registry: ``Unsupported``."""
+        raise Unsupported("load image: crio:// leaves base images in their registry")
+
+    # ------------------------------------------------------------------ health
+    def health(self) -> dict[str, Any]:
+        """API server version; CRIU and the freeze hook as seen from here (meaningful on a node agent)."""
+        kclient = client_module()
+        info = self._k8s("kubernetes version", "get", "version", lambda: kclient.VersionApi(self._api).get_code())
+        from drsvc.runtimes.podman import criu_version
+
+        return {
+            "runtime": "crio",
+            "url": self.url,
+            "version": info.git_version,
+            "via": self.via,
+            "restore_mode": self.restore_mode,
+            "criu_version": criu_version(),
+            "freeze_hook_installed": freeze.hook_installed(),
+            "node": self.node,
+        }
+
+    def close(self) -> None:
+        """Close the API client's connection pool (idempotent)."""
+        api, self._api = self._api, None
+        if api is not None:
+            api.close()
+
+    def __enter__(self) -> CrioRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
