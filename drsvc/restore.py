@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -53,6 +54,7 @@ from drsvc.intents import interrupted_restores, leftovers
 from drsvc.policy import Policy
 from drsvc.prune import policy_for
 from drsvc.restore_effects import RestoreEffects, resolve_clone
+from drsvc.runtimes import archive as archive_rules
 from drsvc.runtimes.base import LABEL_VOLUME, DesktopRef
 from drsvc.services import Services
 from drsvc.targets import Fleet, Target, check_restore_target, confirm_identity, namespace_of, owned_clone
@@ -512,8 +514,12 @@ class RestoreJob:
             path = spool_dir / "checkpoint.tar"
             ref = StreamRef.from_dict(plan.manifest["checkpoint"]["stream"])
             task = f"fetch checkpoint ({plan.tier})"
-            with path.open("wb") as out:
-                for piece in store.read_stream(ref):
+            # every memory page of the desktop: readable by root alone while it exists
+            with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                # held to the archive rules before the container phase: a hostile archive stops
+                # the restore before the desktop's container is removed
+                pieces = store.read_stream(ref)
+                for piece in archive_rules.checked(pieces, what=f"checkpoint archive of point {plan.point['id']}"):
                     out.write(piece)
                     self.on_event("progress", task=task, advance=len(piece), total=ref.size)
             self.on_event("progress", task=task, done=True)

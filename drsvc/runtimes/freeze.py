@@ -46,7 +46,7 @@ from typing import Any, BinaryIO, Generic, TypeVar, cast
 
 from drsvc import data, faults
 from drsvc.errors import BackendError, BackendTimeout, DrsvcError, InvalidInput
-from drsvc.runtimes import heldfiles
+from drsvc.runtimes import archive, heldfiles
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef, is_full_id
 from drsvc.streams import IterReader
 
@@ -350,9 +350,15 @@ class _BatchRun(Generic[T]):
         try:
             with runtime.checkpoint(r.desktop.container) as stream:
                 held = self.ready[r.desktop.container_id].result()  # set at the release at the latest
-                source = stream
+                pieces: Iterable[bytes] = iter(lambda: stream.read(1 << 20), b"")
                 if held is not None and held.files:
-                    source = cast(BinaryIO, IterReader(heldfiles.patch_archive(stream, held)))
+                    pieces = heldfiles.patch_archive(stream, held)
+                # what the runtime archived of a tenant's root filesystem is held to the archive
+                # rules before it is stored: a diff naming a path beneath its own symlink (a host
+                # file read through a swapped directory) fails the checkpoint, not a later restore
+                source = cast(
+                    BinaryIO, IterReader(archive.checked(pieces, what=f"checkpoint of {r.desktop.container}"))
+                )
                 r.value = consume(r.desktop, source)
         except DrsvcError as e:
             r.error = e
