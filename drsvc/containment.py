@@ -226,7 +226,10 @@ class Root:
         The tree is removed through fds (``shutil.rmtree`` with ``dir_fd``), so a link inside it
         is removed as a link, never followed.
         """
-        fd, name = self.parent(rel)
+        try:
+            fd, name = self.parent(rel)
+        except FileNotFoundError:
+            return False  # no parent, no entry (a parent that is a link fails with ELOOP instead)
         try:
             try:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)

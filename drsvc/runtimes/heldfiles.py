@@ -12,7 +12,10 @@ in the container's writable layer, and ``patch_archive`` puts those copies into 
 CRIU checks; other root filesystem files may still be a moment newer, as before.
 
 Everything is read from the host's ``/proc`` and the overlay upper directory, never through the
-runtime (which holds the container's lock while it stands frozen). Files on other mounts (the
+runtime (which holds the container's lock while it stands frozen). The upper directory is the one
+the host's mount table names for the container's root file system, and files are opened beneath
+it without following links (``drsvc.containment``): a tenant shapes its own mount table and
+file names, never what drsvc opens on the host. Files on other mounts (the
 runtime's bind mounts, tmpfs, the desktop's volume) are not the root filesystem's and are left
 alone. Copies live in a spool directory until the archive has streamed (``HeldFiles.close``).
 """
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from drsvc.containment import Escape, Root, clean
 from drsvc.runtimes.archive import TarWalker, file_member, stream_member
 
 ROOTFS_DIFF = "rootfs-diff.tar"
@@ -80,6 +84,7 @@ class Mount:
     mount_point: str
     fstype: str
     options: dict[str, str]
+    dev: str = ""  # major:minor of the file system (the kernel's, the same in every mount namespace)
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
@@ -94,7 +99,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
         for opt in tail[2].split(","):
             key, _, value = opt.partition("=")
             options[key] = _unescape(value)
-        mounts.append(Mount(int(fields[0]), _unescape(fields[4]), tail[0], options))
+        mounts.append(Mount(int(fields[0]), _unescape(fields[4]), tail[0], options, fields[2]))
     return mounts
 
 
@@ -114,11 +119,29 @@ def mount_of(path: str, mounts: list[Mount]) -> Mount | None:
     return best
 
 
+def host_upper_dir(root: Mount, host_mountinfo: str) -> str | None:
+    """The upper dir of the container's root overlay, as the host's own mount table names it.
+
+    The container's ``mountinfo`` is the tenant's to shape (its root may mount whatever it likes
+    over ``/`` in its own namespace), so its ``upperdir=`` string is never opened. The kernel's
+    device number of the root mount is the same in every namespace: the host's overlay mount of
+    that device names the real upper dir. None when the host has no such overlay.
+    """
+    if not root.dev:
+        return None
+    for m in parse_mountinfo(host_mountinfo):
+        if m.dev == root.dev and m.fstype == "overlay" and m.options.get("upperdir", "").startswith("/"):
+            return m.options["upperdir"]
+    return None
+
+
 def capture(init_pid: int, *, budget: int = BUDGET, proc: str = "/proc") -> HeldFiles:
     """Copy the files CRIU will check that the frozen container ``init_pid`` holds in its writable layer.
 
     Call only while the container stands frozen (the hook waits in ``post-dump``). Never raises
     for what it cannot read: the reason goes into ``notes`` and the checkpoint is as it was.
+    The upper dir comes from the host's mount table (``host_upper_dir``) and every file is opened
+    beneath it through ``containment.Root``: never a path the container names, never a link.
     """
     held = HeldFiles()
     try:
@@ -127,22 +150,48 @@ def capture(init_pid: int, *, budget: int = BUDGET, proc: str = "/proc") -> Held
         held.notes.append(f"root filesystem files not read: /proc/{init_pid} is not visible here ({e.strerror})")
         return held
     root = mount_of("/", mounts)
-    upper = root.options.get("upperdir") if root is not None and root.fstype == "overlay" else None
-    if root is None or not upper:
+    if root is None or root.fstype != "overlay":
         held.notes.append("root filesystem files not read: the container's root is not an overlay with an upper dir")
         return held
+    upper = host_upper_dir(root, _host_mountinfo(proc))
+    if upper is None:
+        held.notes.append(
+            f"root filesystem files not read: the host's mount table has no overlay for the container's root "
+            f"(device {root.dev or '?'})"
+        )
+        return held
     paths = _held_paths(init_pid, root, mounts, proc)
+    try:
+        layer = Root(upper, what="upper dir")
+    except OSError as e:
+        held.notes.append(f"root filesystem files not read: {e.strerror or e}")
+        return held
+    with layer:
+        _copy_held(held, layer, paths, budget)
+    return held
+
+
+def _host_mountinfo(proc: str) -> str:
+    """The host's mount table: init's (drsvc may run in a container of its own with the host's pids)."""
+    for pid in ("1", "self"):
+        try:
+            return Path(proc, pid, "mountinfo").read_text()
+        except OSError:
+            continue
+    return ""
+
+
+def _copy_held(held: HeldFiles, layer: Root, paths: set[str], budget: int) -> None:
     spent = 0
     for path in sorted(paths):
-        src = Path(upper) / path
         try:
-            if not stat.S_ISREG(os.lstat(src).st_mode):
-                continue
-            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            continue  # not in the writable layer: an image file, unchanged since the container started
+            fd = layer.open(clean(path, what="held file", absolute=True), os.O_RDONLY | os.O_NOFOLLOW)
+        except (OSError, Escape):
+            continue  # not in the writable layer (an image file, unchanged), or only through a link
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                continue
             if spent + st.st_size > budget:
                 held.notes.append(f"/{path} ({st.st_size} bytes) not copied: over the {budget} bytes budget")
                 continue
@@ -161,7 +210,6 @@ def capture(init_pid: int, *, budget: int = BUDGET, proc: str = "/proc") -> Held
             held.notes.append(f"/{path} not copied: {e.strerror or e}")
         finally:
             os.close(fd)
-    return held
 
 
 def _held_paths(init_pid: int, root: Mount, mounts: list[Mount], proc: str) -> set[str]:

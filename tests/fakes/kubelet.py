@@ -805,6 +805,7 @@ class _RegistryHandler(BaseHTTPRequestHandler):
                 self._send(400, json.dumps({"errors": [{"code": "MANIFEST_BLOB_UNKNOWN", "detail": missing}]}).encode())
                 return
             reg.manifests[(m.group(1), m.group(2))] = data
+            reg.pushed[(m.group(1), m.group(2))] = data
             reg.manifest_types[(m.group(1), m.group(2))] = self.headers.get("Content-Type", "")
             digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
             self._send(201, headers={"Docker-Content-Digest": digest})
@@ -825,6 +826,29 @@ class _RegistryHandler(BaseHTTPRequestHandler):
             return
         self._send(404)
 
+    def do_DELETE(self) -> None:
+        """Manifests by digest (every tag naming it goes), blobs by digest; 405 when deletes are off."""
+        reg = self.server.registry
+        reg.requests.append(("DELETE", self.path))
+        if not reg.deletes:
+            self._send(405, json.dumps({"errors": [{"code": "UNSUPPORTED"}]}).encode())
+            return
+        if m := re.match(r"^/v2/(.+)/manifests/(sha256:[0-9a-f]+)$", self.path):
+            tags = [
+                k
+                for k, v in reg.manifests.items()
+                if k[0] == m.group(1) and hashlib.sha256(v).hexdigest() == m.group(2)[7:]
+            ]
+            for key in tags:
+                del reg.manifests[key]
+            self._send(202) if tags else self._send(404)
+            return
+        if m := re.match(r"^/v2/(.+)/blobs/(sha256:[0-9a-f]+)$", self.path):
+            found = reg.blobs.pop(m.group(2), None)
+            self._send(202) if found is not None else self._send(404)
+            return
+        self._send(404)
+
 
 class _RegistryServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -832,13 +856,15 @@ class _RegistryServer(ThreadingHTTPServer):
 
 
 class FakeRegistry:
-    """Plain-HTTP OCI distribution subset: blob uploads (POST, PATCH, PUT ?digest=), manifests, blob GET."""
+    """Plain-HTTP OCI distribution subset: blob uploads (POST, PATCH, PUT ?digest=), manifests, blob GET, DELETE."""
 
     def __init__(self) -> None:
         self.uploads: dict[str, bytearray] = {}
         self.blobs: dict[str, bytes] = {}
         self.manifests: dict[tuple[str, str], bytes] = {}
+        self.pushed: dict[tuple[str, str], bytes] = {}  # every manifest ever put, deleted or not
         self.manifest_types: dict[tuple[str, str], str] = {}
+        self.deletes = True  # False: answer DELETE with 405, as registries with deletes disabled do
         self.requests: list[tuple[str, str]] = []
         self._server = _RegistryServer(("127.0.0.1", 0), _RegistryHandler)
         self._server.registry = self

@@ -8,14 +8,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import os
+import stat
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes.kubelet import FakeEnv, fake_env
 
-from drsvc.errors import BackendError, InvalidInput, NotFound
+from drsvc.containment import Escape
+from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
 from drsvc.runtimes import ContainerRuntime, open_runtime, registered_runtimes
 from drsvc.runtimes.crio import CHECKPOINT_ANNOTATION, POD_MEMBER, CrioRuntime, Unsupported
 
@@ -211,19 +216,43 @@ def test_restore_pushes_a_checkpoint_image_and_recreates_the_pod(env: FakeEnv) -
     assert (ref.desktop_id, ref.volume, ref.tenant) == ("alice", LABELS["drsvc.volume"], "acme")
     assert ref.restored_at and ref.container_id != "a" * 64
     reg = env.registry
-    assert [m for m, _ in reg.requests] == ["POST", "PATCH", "PUT", "POST", "PATCH", "PUT", "PUT"]
-    ((repo, tag),) = reg.manifests
+    methods = [m for m, _ in reg.requests]
+    assert methods == ["POST", "PATCH", "PUT", "POST", "PATCH", "PUT", "PUT", "DELETE", "DELETE", "DELETE"]
+    ((repo, tag),) = reg.pushed
     assert ref.image == f"{reg.host}/{repo}:{tag}"
-    manifest = json.loads(reg.manifests[(repo, tag)])
+    manifest = json.loads(reg.pushed[(repo, tag)])
     assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     assert manifest["annotations"][CHECKPOINT_ANNOTATION] == "desktop"
     (layer,) = manifest["layers"]
     assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
-    assert reg.blobs[layer["digest"]] == data, "the layer is the archive itself"
-    assert layer["digest"] == "sha256:" + hashlib.sha256(data).hexdigest()
-    config = json.loads(reg.blobs[manifest["config"]["digest"]])
-    assert config["rootfs"]["diff_ids"] == [layer["digest"]]
+    assert layer["digest"] == "sha256:" + hashlib.sha256(data).hexdigest(), "the layer is the archive itself"
     assert env.cluster.node.restored["alice"] == data  # type: ignore[attr-defined]
+    # the image holds every memory page of the desktop: once restored, it is gone from the registry
+    assert reg.manifests == {} and reg.blobs == {}
+    deleted = [path for m, path in reg.requests if m == "DELETE"]
+    assert deleted[0].endswith("/manifests/sha256:" + hashlib.sha256(reg.pushed[(repo, tag)]).hexdigest())
+    assert any(path.endswith(layer["digest"]) for path in deleted)
+
+
+def test_a_registry_that_keeps_the_image_is_reported(env: FakeEnv, caplog: pytest.LogCaptureFixture) -> None:
+    rt = runtime(env)
+    data = drain(rt, "alice")
+    rt.remove("alice")
+    env.registry.deletes = False
+    with caplog.at_level(logging.WARNING, logger="drsvc"):
+        assert rt.restore(io.BytesIO(data)).state == "running"
+    assert env.registry.blobs  # kept: deletes are off there
+    text = caplog.text
+    assert "plain HTTP" in text  # the fake registry speaks HTTP: warned before the push
+    assert "kept it" in text and "memory" in text
+
+
+def test_restore_fails_and_still_deletes_the_image(env: FakeEnv) -> None:
+    rt = runtime(env)
+    data = drain(rt, "alice")
+    with pytest.raises(DrsvcError):
+        rt.restore(io.BytesIO(data))  # alice still exists: the pod cannot be created
+    assert env.registry.pushed and env.registry.manifests == {} and env.registry.blobs == {}
 
 
 def test_restore_as_clone_without_network(env: FakeEnv) -> None:
@@ -245,25 +274,45 @@ def test_restore_archive_mode_pins_the_node(env: FakeEnv) -> None:
     image = pod["spec"]["containers"][0]["image"]
     assert image.startswith("/var/lib/kubelet/checkpoints/restore-") and pod["spec"]["nodeName"] == "node-7"
     assert ref.state == "running" and not env.registry.requests
+    # the node's copy of the archive (every memory page) is gone once CRI-O restored from it
+    assert not list(env.node_dir.glob("restore-*"))
 
 
-def test_restore_needs_the_pod_spec(env: FakeEnv) -> None:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("config.dump")
-        info.size = 2
-        tar.addfile(info, io.BytesIO(b"{}"))
-    with pytest.raises(InvalidInput, match=POD_MEMBER):
-        runtime(env).restore(io.BytesIO(buf.getvalue()))
-
-
-def test_restore_reports_a_pod_that_cannot_start(env: FakeEnv) -> None:
-    class Broken(Spy):
-        def start(self, pod: dict, container: str, archive: Path | None) -> str:
-            raise RuntimeError("criu restore failed: unknown CRIU image format")
-
-    rt = runtime(env)
+def test_archive_mode_writes_the_archive_for_root_alone(env: FakeEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = runtime(env, restore_mode="archive", node="node-7")
     data = drain(rt, "alice")
-    Broken(env)
-    with pytest.raises(BackendError, match="CreateContainerError: criu restore failed"):
-        rt.restore(io.BytesIO(data), name="alice-x")
+    seen: list[int] = []
+    create = rt._create_pod
+
+    def spy(*a: Any, **k: Any) -> Any:
+        (path,) = env.node_dir.glob("restore-*")
+        seen.append(stat.S_IMODE(path.stat().st_mode))
+        return create(*a, **k)
+
+    monkeypatch.setattr(rt, "_create_pod", spy)
+    os.umask(0o022)
+    rt.restore(io.BytesIO(data), name="alice-3")
+    assert seen == [0o600] and not list(env.node_dir.glob("restore-*"))
+
+
+def test_a_kubelet_archive_name_never_leaves_the_checkpoint_directory(env: FakeEnv, tmp_path: Path) -> None:
+    rt = runtime(env)
+    outside = tmp_path / "outside.tar"
+    outside.write_bytes(b"not a checkpoint")
+    (env.node_dir / "checkpoint-link.tar").symlink_to(outside)
+
+    class Kubelet:
+        def __init__(self, remote: str) -> None:
+            self.remote = remote
+
+        def checkpoint(self, *args: Any) -> tuple[int, bytes]:
+            return 200, json.dumps({"items": [self.remote]}).encode()
+
+    rt.kubelet = Kubelet("/var/lib/kubelet/checkpoints/checkpoint-link.tar")  # type: ignore[assignment]
+    with pytest.raises(OSError), rt.checkpoint("alice"):
+        pass  # a link is never opened, whatever it points at
+    rt.kubelet = Kubelet("/var/lib/kubelet/checkpoints/..")  # type: ignore[assignment]
+    with pytest.raises(Escape), rt.checkpoint("alice"):
+        pass
+    # the link itself is removed like any archive the kubelet named; what it pointed at never is
+    assert outside.read_bytes() == b"not a checkpoint"

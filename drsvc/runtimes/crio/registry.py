@@ -7,6 +7,7 @@ import http.client
 import json
 import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from drsvc.errors import BackendError, DrsvcError
@@ -18,6 +19,21 @@ OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
+@dataclass(frozen=True)
+class PushedImage:
+    """A checkpoint image in a registry: every memory page of a desktop, to be deleted once restored."""
+
+    host: str
+    repo: str
+    tag: str
+    manifest_digest: str
+    blobs: tuple[str, ...]  # the layer (the archive) and the config
+
+    @property
+    def reference(self) -> str:
+        return f"{self.host}/{self.repo}:{self.tag}"
+
+
 def push_checkpoint_image(
     registry: str,
     stream: Iterator[bytes],
@@ -27,7 +43,7 @@ def push_checkpoint_image(
     *,
     insecure: bool,
     timeout: float,
-) -> str:
+) -> PushedImage:
     """Upload the archive as the one layer of a checkpoint image to ``registry`` (HOST[/PREFIX]); its reference."""
     host, _, prefix = registry.partition("/")
     repo = f"{prefix}/checkpoints" if prefix else "drsvc/checkpoints"
@@ -61,7 +77,32 @@ def push_checkpoint_image(
         sort_keys=True,
     ).encode()
     reg.put_manifest(repo, tag, manifest, what)
-    return f"{host}/{repo}:{tag}"
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+    return PushedImage(host, repo, tag, digest, (layer_digest, config_digest))
+
+
+def delete_checkpoint_image(image: PushedImage, *, insecure: bool, timeout: float) -> str | None:
+    """Delete a pushed checkpoint image (manifest, then its blobs); None when done, else why not.
+
+    The distribution API deletes by digest; a registry with deletes disabled answers 405 (the
+    image then stays until someone removes it: the caller warns).
+    """
+    reg = _Registry(image.host, insecure=insecure, timeout=timeout)
+    what = f"delete checkpoint image {image.reference}"
+    problems = []
+    for path in [f"/v2/{image.repo}/manifests/{image.manifest_digest}"] + [
+        f"/v2/{image.repo}/blobs/{digest}" for digest in image.blobs
+    ]:
+        try:
+            status, _, body = reg._request("DELETE", path, what)
+        except DrsvcError as e:
+            problems.append(str(e))
+            continue
+        if status not in (200, 202, 404):
+            problems.append(f"{path}: HTTP {status} {body.decode(errors='replace')[:200]}")
+    if problems:
+        return f"{what}: the registry kept it ({'; '.join(problems)}); delete it there: it holds the desktop's memory"
+    return None
 
 
 class _Registry:

@@ -7,16 +7,19 @@ call), ``pods`` (desktop pods and the pod a point keeps), ``registry`` (checkpoi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
+from drsvc.containment import Root, clean
 from drsvc.errors import BackendError, InvalidInput, NotFound
+from drsvc.log import event
 from drsvc.runtimes import freeze
 from drsvc.runtimes.archive import rewrite_archive
 from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, is_full_id
@@ -33,8 +36,14 @@ from drsvc.runtimes.crio.pods import (
     portable_pod,
     strip_id,
 )
-from drsvc.runtimes.crio.registry import push_checkpoint_image
+from drsvc.runtimes.crio.registry import PushedImage, delete_checkpoint_image, push_checkpoint_image
 from drsvc.streams import IterReader
+
+log = logging.getLogger(__name__)
+INSECURE_REGISTRY = (
+    "registry {} is reached over plain HTTP (registry_insecure=1): the checkpoint image (every memory page "
+    "of the desktop) crosses the network unencrypted and unauthenticated; use an HTTPS registry"
+)
 
 
 class CrioRuntime:
@@ -212,10 +221,17 @@ class CrioRuntime:
             remote = str(items[0])
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise BackendError(f"{what}: unexpected kubelet answer {body[:300]!r}") from e
-        local = self.archive_root / PurePosixPath(remote).name
+        name = clean(PurePosixPath(remote).name, what=f"{what}: kubelet archive name")
+        if not name:
+            raise BackendError(f"{what}: unexpected kubelet answer {body[:300]!r}")
+        try:
+            root = Root(self.archive_root, what="kubelet checkpoint directory")
+        except OSError as e:
+            raise BackendError(f"{what}: {e}; run checkpoints on node {node} with {KUBELET_CHECKPOINTS} mounted") from e
         try:
             try:
-                f = local.open("rb")
+                # beneath the checkpoint directory, never through a link: a name the kubelet gives
+                f = os.fdopen(root.open(name, os.O_RDONLY | os.O_NOFOLLOW), "rb")
             except FileNotFoundError:
                 raise BackendError(
                     f"{what}: the kubelet wrote {remote} on node {node}, but it is not under {self.archive_root} "
@@ -233,7 +249,9 @@ class CrioRuntime:
                 yield cast(BinaryIO, IterReader(rewrite_archive(f, {}, append=[pod_member])))
         finally:
             # every memory page of the desktop: never leave it behind on the node
-            local.unlink(missing_ok=True)
+            with suppress(OSError):
+                root.remove(name)
+            root.close()
 
     # ------------------------------------------------------------------ restore
     def restore(
@@ -254,23 +272,44 @@ class CrioRuntime:
         """
         what = f"restore {name or 'desktop'}"
         capture: dict[str, bytes] = {}
-        if self.restore_mode == "image":
-            if not self.registry:
-                raise InvalidInput(f"{what}: restore_mode=image needs registry=HOST[/PREFIX] in the crio:// URL")
-            tag = f"restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
-            assert self.registry is not None
-            image = push_checkpoint_image(
-                self.registry,
-                capturing(archive, POD_MEMBER, capture),
-                capture,
-                tag,
-                what,
-                insecure=self.registry_insecure,
-                timeout=self.timeout,
-            )
-        else:
-            image = self._place_archive(capturing(archive, POD_MEMBER, capture), what)
-        doc = pod_doc(capture, what)
+        pushed: PushedImage | None = None
+        placed: str | None = None
+        try:
+            if self.restore_mode == "image":
+                if not self.registry:
+                    raise InvalidInput(f"{what}: restore_mode=image needs registry=HOST[/PREFIX] in the crio:// URL")
+                if self.registry_insecure:
+                    event(log, logging.WARNING, "restore.insecure-registry", INSECURE_REGISTRY.format(self.registry))
+                tag = f"restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
+                pushed = push_checkpoint_image(
+                    self.registry,
+                    capturing(archive, POD_MEMBER, capture),
+                    capture,
+                    tag,
+                    what,
+                    insecure=self.registry_insecure,
+                    timeout=self.timeout,
+                )
+                image = pushed.reference
+            else:
+                placed = self._place_archive(capturing(archive, POD_MEMBER, capture), what)
+                image = f"{KUBELET_CHECKPOINTS}/{placed}"
+            return self._create_pod(pod_doc(capture, what), image, name=name, network=network, labels=labels, what=what)
+        finally:
+            # the checkpoint image and the node's copy of the archive hold every memory page of the
+            # desktop in plaintext: once CRI-O has restored from them (or failed to), they go
+            self._forget(pushed, placed, what)
+
+    def _create_pod(
+        self,
+        doc: dict[str, Any],
+        image: str,
+        *,
+        name: str | None,
+        network: str | None,
+        labels: dict[str, str] | None,
+        what: str,
+    ) -> DesktopRef:
         original = doc["drsvc"]["container"]
         namespace, pod_name, container = doc["metadata"]["namespace"], doc["metadata"]["name"], original
         if name:
@@ -302,6 +341,19 @@ class CrioRuntime:
         )
         return self._wait_running(namespace, pod_name, container, what)
 
+    def _forget(self, pushed: PushedImage | None, placed: str | None, what: str) -> None:
+        """Delete the pushed checkpoint image and the node's copy of the archive (warn when that fails)."""
+        if pushed is not None:
+            problem = delete_checkpoint_image(pushed, insecure=self.registry_insecure, timeout=self.timeout)
+            if problem:
+                event(log, logging.WARNING, "restore.image-kept", problem)
+        if placed is not None:
+            try:
+                with Root(self.archive_root, what="kubelet checkpoint directory") as root:
+                    root.remove(placed)
+            except OSError as e:
+                event(log, logging.WARNING, "restore.archive-kept", f"{what}: {self.archive_root}/{placed} kept: {e}")
+
     def _wait_running(self, namespace: str, pod_name: str, container: str, what: str) -> DesktopRef:
         deadline = time.monotonic() + self.timeout
         while True:
@@ -318,14 +370,22 @@ class CrioRuntime:
             time.sleep(0.2)
 
     def _place_archive(self, stream: Iterator[bytes], what: str) -> str:
+        """Write the archive where CRI-O on this node reads it (0600, a new file); return its name there."""
         if not self.node:
             raise InvalidInput(f"{what}: restore_mode=archive needs node=NODE (or $NODE_NAME): the archive stays there")
         self.archive_root.mkdir(parents=True, exist_ok=True)
         name = f"restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}.tar"
-        with (self.archive_root / name).open("wb") as out:
-            for piece in stream:
-                out.write(piece)
-        return f"{KUBELET_CHECKPOINTS}/{name}"
+        with Root(self.archive_root, what="kubelet checkpoint directory") as root:
+            fd = root.create(name, 0o600)  # every memory page: root's alone, never an existing file or link
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for piece in stream:
+                    out.write(piece)
+        except BaseException:
+            with suppress(OSError), Root(self.archive_root) as root:
+                root.remove(name)
+            raise
+        return name
 
     def remove(self, name: str) -> None:
         """Delete the desktop's pod at once (grace 0) and wait until it is gone; a missing pod is fine."""

@@ -9,6 +9,7 @@ overlay upper dir into a spooled tar.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from drsvc.containment import Root, clean
 from drsvc.errors import BackendError
 from drsvc.runtimes.docker.client import CHUNK
 from drsvc.runtimes.docker.paths import upper_dir
@@ -38,7 +40,10 @@ def rootfs_diff(c: dict[str, Any], changes: list[dict[str, Any]], spool_dir: Pat
     """(spooled tar of added/changed entries, deleted paths) of a container's writable layer.
 
     ``changes`` is the Engine's ``GET /containers/{id}/changes``; the content is read from the
-    overlay upper dir the inspect document ``c`` names.
+    overlay upper dir the inspect document ``c`` names, through ``containment.Root``: the
+    container keeps running meanwhile and its tenant may swap a directory for a symlink at any
+    moment, so nothing is looked up by host path and no symlink is followed. An entry that is no
+    longer what Docker listed (gone, or now reached only through a link) is left out.
     """
     cid = c["Id"]
     upper = upper_dir(c)
@@ -46,25 +51,20 @@ def rootfs_diff(c: dict[str, Any], changes: list[dict[str, Any]], spool_dir: Pat
     spool = tempfile.TemporaryFile(dir=spool_dir)  # noqa: SIM115
     deleted: list[str] = []
     try:
-        with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tf:
-            for ch in sorted(changes, key=lambda x: x["Path"]):
+        with (
+            Root(upper, what=f"upper dir of {cid[:12]}") as root,
+            tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tf,
+        ):
+            layer = _LayerReader(root, tf)
+            for ch in sorted(changes, key=lambda x: str(x["Path"])):
                 path = str(ch["Path"])
-                if int(ch.get("Kind", 0)) == 2:
-                    deleted.append(path)
+                rel = clean(path, what=f"changed path of {cid[:12]}", absolute=True)
+                if not rel:
                     continue
-                src = upper / path.lstrip("/")
-                try:
-                    info = tf.gettarinfo(str(src), arcname=path.lstrip("/"))
-                except FileNotFoundError:
-                    continue  # gone again since Docker listed it
-                if info.isfile():
-                    with src.open("rb") as f:
-                        # a file still being written: take what is there now, exactly info.size
-                        tf.addfile(info, _Exact(f, info.size))
-                elif info.isdir() or info.issym() or info.islnk() or info.ischr() or info.isblk():
-                    if info.ischr() and info.devmajor == 0 and info.devminor == 0:
-                        continue  # an overlay whiteout, listed by Docker as a deletion
-                    tf.addfile(info)
+                if int(ch.get("Kind", 0)) == 2:
+                    deleted.append("/" + rel)
+                    continue
+                layer.add(rel)
         spool.seek(0)
     except OSError as e:
         spool.close()
@@ -73,6 +73,96 @@ def rootfs_diff(c: dict[str, Any], changes: list[dict[str, Any]], spool_dir: Pat
         spool.close()
         raise
     return spool, deleted
+
+
+class _LayerReader:
+    """Adds entries of a live upper dir to a tar, each read through one fd opened beneath the root."""
+
+    def __init__(self, root: Root, tf: tarfile.TarFile) -> None:
+        self.root, self.tf = root, tf
+        self.inodes: dict[tuple[int, int], str] = {}  # hard links: (dev, ino) -> first path archived
+
+    def add(self, rel: str) -> None:
+        try:
+            fd = self.root.open(rel, os.O_PATH | os.O_NOFOLLOW)
+        except OSError as e:
+            if e.errno == errno.ELOOP and self._is_link(rel):
+                self._add_link(rel)
+                return
+            if e.errno in _GONE:
+                return  # gone again since Docker listed it, or reached only through a swapped-in link
+            raise
+        try:
+            st = os.fstat(fd)
+            info = _info(rel, st)
+            if stat.S_ISLNK(st.st_mode):  # O_PATH|O_NOFOLLOW opened the link itself
+                self._add_link(rel)
+            elif stat.S_ISREG(st.st_mode):
+                self._add_file(rel, st, info)
+            elif stat.S_ISDIR(st.st_mode):
+                info.type = tarfile.DIRTYPE
+                self.tf.addfile(info)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    return  # an overlay whiteout, listed by Docker as a deletion
+                info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
+                info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+                self.tf.addfile(info)
+            elif stat.S_ISFIFO(st.st_mode):
+                info.type = tarfile.FIFOTYPE
+                self.tf.addfile(info)
+        finally:
+            os.close(fd)
+
+    def _is_link(self, rel: str) -> bool:
+        try:
+            return stat.S_ISLNK(self.root.lstat(rel).st_mode)
+        except OSError:
+            return False  # the link is in a parent: not an entry of this layer
+
+    def _add_link(self, rel: str) -> None:
+        try:
+            st = self.root.lstat(rel)
+            target = self.root.readlink(rel)
+        except OSError as e:
+            if e.errno in _GONE:
+                return
+            raise
+        info = _info(rel, st)
+        info.type, info.linkname = tarfile.SYMTYPE, target  # archived as a link, never followed
+        self.tf.addfile(info)
+
+    def _add_file(self, rel: str, st: os.stat_result, info: tarfile.TarInfo) -> None:
+        if st.st_nlink > 1:
+            first = self.inodes.get((st.st_dev, st.st_ino))
+            if first is not None:
+                info.type, info.linkname = tarfile.LNKTYPE, first
+                self.tf.addfile(info)
+                return
+            self.inodes[(st.st_dev, st.st_ino)] = rel
+        try:
+            fd = self.root.open(rel, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError as e:
+            if e.errno in _GONE:
+                return
+            raise
+        with os.fdopen(fd, "rb") as f:
+            now = os.fstat(f.fileno())
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                return  # replaced between the two opens: the next backup takes it
+            info.size = now.st_size
+            # a file still being written: take what is there now, exactly info.size
+            self.tf.addfile(info, _Exact(f, info.size))
+
+
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV)
+
+
+def _info(rel: str, st: os.stat_result) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(rel)
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
+    return info
 
 
 class _Exact(io.RawIOBase):

@@ -6,12 +6,19 @@ document), never from anything inside a container.
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from drsvc.errors import BackendError
 
 RESTORE_MARKER = "drsvc-restore.id"  # a file unique to each restore's checkpoint directory
+CONTAINERD_TEMP_PREFIX = "ctrd-checkpoint"
+STALE_SECONDS = 600.0  # a leftover of another drsvc restore this old is no longer being read
 
 
 def upper_dir(c: dict[str, Any]) -> Path:
@@ -35,3 +42,75 @@ def spool_dir(root: Path) -> Path | None:
     """Docker's own temp directory (beside its data, on its file system), when it exists."""
     tmp = root / "tmp"
     return tmp if tmp.is_dir() else None
+
+
+def containerd_temp_dirs() -> list[Path]:
+    """Where containerd unpacks a checkpoint it restores: its ``$TMPDIR`` (``/tmp`` by default)."""
+    dirs = {Path("/tmp")}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if Path("/proc", pid, "comm").read_text().strip() != "containerd":
+                continue
+            env = Path("/proc", pid, "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for entry in env:
+            if entry.startswith(b"TMPDIR=") and entry[7:].startswith(b"/"):
+                dirs.add(Path(os.fsdecode(entry[7:])))
+    return sorted(dirs)
+
+
+def remove_restore_leftovers(marker: str, *, temp_dirs: list[Path] | None = None, now: float | None = None) -> int:
+    """Delete containerd's copies of drsvc restores' checkpoints (plaintext memory); return how many.
+
+    containerd 1.6 unpacks the checkpoint it restores into ``$TMPDIR/ctrd-checkpoint*`` and never
+    deletes it (every page of the desktop's memory, left behind by each Docker restore). drsvc
+    marks each restore's checkpoint with a file of its own (``RESTORE_MARKER``), so it finds its
+    copy: the one holding ``marker`` goes at once; copies of other drsvc restores go once they are
+    ``STALE_SECONDS`` old (a restore running beside this one still reads its own). Only root-owned
+    directories (containerd's) are touched, never through a link.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    for base in temp_dirs if temp_dirs is not None else containerd_temp_dirs():
+        try:
+            names = [n for n in os.listdir(base) if n.startswith(CONTAINERD_TEMP_PREFIX)]
+        except OSError:
+            continue
+        for name in names:
+            found = _marker(base / name)
+            if found is None:
+                continue
+            text, st = found
+            if text == marker or now - st.st_mtime > STALE_SECONDS:
+                shutil.rmtree(base / name, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def _marker(path: Path) -> tuple[str, os.stat_result] | None:
+    """(drsvc's marker text, the directory's stat) when ``path`` is a root-owned directory holding one."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+            return None
+        fd = os.open(path / RESTORE_MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 256).decode(errors="replace").strip(), st
+    finally:
+        os.close(fd)
+
+
+def iter_leftovers(base: Path) -> Iterator[Path]:
+    """The ``ctrd-checkpoint*`` directories under ``base`` holding a drsvc marker (for reports and tests)."""
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(CONTAINERD_TEMP_PREFIX) and _marker(base / name) is not None:
+            yield base / name

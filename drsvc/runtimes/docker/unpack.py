@@ -10,6 +10,7 @@ buffered whole.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -21,10 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from drsvc.containment import Escape, Root, clean
 from drsvc.errors import BackendError
 from drsvc.runtimes.docker.client import CHUNK, DockerClient, chunks
 from drsvc.runtimes.docker.pack import CONFIG_MEMBER, LABEL_RESTORED_AT
-from drsvc.runtimes.docker.paths import RESTORE_MARKER, checkpoint_dir, upper_dir
+from drsvc.runtimes.docker.paths import RESTORE_MARKER, checkpoint_dir, remove_restore_leftovers, upper_dir
 
 # HostConfig fields that tie a container to its original identity; a clone drops them
 _CLONE_DROP_HOSTCONFIG = ("PortBindings", "ContainerIDFile", "Links")
@@ -108,7 +110,7 @@ class Unpacker:
                     self.saved = json.load(_must(tf.extractfile(member), mname))
                     self._create(self.saved)
                 elif mname.startswith("checkpoint/") or mname == "checkpoint":
-                    self.images += self._write_image_member(tf, member, self._ckpt_dir(), mname)
+                    self.images += self._write_image_member(tf, member)
                 elif mname == "rootfs-diff.tar" and member.isfile():
                     self._put_rootfs_diff(_must(tf.extractfile(member), mname))
                 elif mname == "deleted.files" and member.isfile():
@@ -117,6 +119,8 @@ class Unpacker:
                         self._apply_deletions(self._created(), gone)
         except (tarfile.TarError, ValueError, EOFError) as e:
             raise BackendError(f"{what}: broken checkpoint archive: {e}") from e
+        except OSError as e:
+            raise BackendError(f"{what}: writing the checkpoint's pieces on this host: {e}") from e
         finally:
             tf.close()
         if self.created is None or self.saved is None or self.ckpt_dir is None:
@@ -135,6 +139,8 @@ class Unpacker:
         if self.created is not None and self.ckpt_dir is not None:
             self.client.delete_checkpoint(self.created, self.ckpt)
             shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+            # containerd's own unpacked copy of it (memory in plaintext), which it never deletes
+            remove_restore_leftovers(self.ckpt)
 
     # ------------------------------------------------------------------ members
     def _created(self) -> str:
@@ -176,43 +182,50 @@ class Unpacker:
         if not ok:
             raise BackendError(f"{self.what}: Docker refused the root filesystem changes")
 
-    @staticmethod
-    def _write_image_member(tf: tarfile.TarFile, member: tarfile.TarInfo, ckpt_dir: Path, mname: str) -> int:
-        rel = mname.removeprefix("checkpoint").lstrip("/")
+    def _write_image_member(self, tf: tarfile.TarFile, member: tarfile.TarInfo) -> int:
+        """One ``checkpoint/`` member into the checkpoint directory, beneath its fd; 1 for a file."""
+        rel = clean(member.name, what="checkpoint archive member").removeprefix("checkpoint").lstrip("/")
         if not rel:
             return 0
-        dest = (ckpt_dir / rel).resolve()
-        if ckpt_dir.resolve() not in dest.parents:
-            raise BackendError(f"checkpoint archive member escapes its directory: {member.name}")
-        if member.isdir():
-            dest.mkdir(parents=True, exist_ok=True)
-            return 0
-        if not member.isfile():
-            return 0  # CRIU writes regular files only
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        src = _must(tf.extractfile(member), mname)
-        with dest.open("wb") as out:
-            shutil.copyfileobj(src, out, CHUNK)
-        os.chmod(dest, member.mode & 0o777 or 0o600)
+        if not (member.isdir() or member.isfile()):  # CRIU writes regular files only
+            raise Escape(f"{self.what}: checkpoint archive member {member.name!r} is a link or device")
+        with Root(self._ckpt_dir(), what="checkpoint directory") as root:
+            if member.isdir():
+                root.makedirs(rel, 0o700)
+                return 0
+            parent = rel.rpartition("/")[0]
+            if parent:
+                root.makedirs(parent, 0o700)
+            src = _must(tf.extractfile(member), member.name)
+            with os.fdopen(root.create(rel, member.mode & 0o777 or 0o600), "wb") as out:
+                shutil.copyfileobj(src, out, CHUNK)
         return 1
 
     def _apply_deletions(self, cid: str, paths: Iterable[str]) -> None:
-        """Delete files of the image in a created container: overlay whiteouts in its upper dir."""
+        """Delete files of the image in a created container: overlay whiteouts in its upper dir.
+
+        The paths are the archive's; each is resolved beneath the upper dir's fd without following
+        a link, so a symlink the rootfs diff put there cannot turn a deletion into a host path.
+        """
         upper = upper_dir(self.client.inspect_raw(cid))
-        for path in paths:
-            rel = str(path).lstrip("/")
-            if not rel:
-                continue
-            dest = upper / rel
-            try:
-                if dest.is_dir() and not dest.is_symlink():
-                    shutil.rmtree(dest)
-                elif dest.exists() or dest.is_symlink():
-                    dest.unlink()
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.mknod(dest, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-            except OSError as e:
-                raise BackendError(f"{self.what}: cannot delete {path} in the restored root filesystem: {e}") from e
+        with Root(upper, what=f"upper dir of {cid[:12]}") as root:
+            for path in paths:
+                rel = clean(str(path), what=f"{self.what}: deleted.files entry", absolute=True)
+                if not rel:
+                    raise Escape(f"{self.what}: deleted.files names the root itself")
+                try:
+                    root.remove(rel)
+                    parent = rel.rpartition("/")[0]
+                    if parent:
+                        root.makedirs(parent)
+                    root.mknod(rel, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
+                        raise Escape(
+                            f"{self.what}: deleted.files entry {path!r} lies beneath a symlink or leaves the "
+                            "root filesystem; refused"
+                        ) from None
+                    raise BackendError(f"{self.what}: cannot delete {path} in the restored root filesystem: {e}") from e
 
 
 def _must(f: Any, name: str) -> Any:
