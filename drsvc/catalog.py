@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -79,6 +80,31 @@ def _use_wal(conn: sqlite3.Connection, path: str, timeout: float = _OPEN_TIMEOUT
         delay = min(2 * delay, 0.25)
 
 
+def _private(path: str) -> None:
+    """Make the catalog and its WAL, shared-memory and journal files readable by their owner alone.
+
+    The catalog names every desktop, tenant, volume and restore. SQLite creates the -wal, -shm and
+    -journal files with the database file's permissions, so a database created 0600 (never widened
+    by the umask) keeps them 0600; files an older drsvc created 0644 are narrowed at every open.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise BackendError(f"cannot open catalog {path}: {e.strerror or e}") from None
+    os.close(fd)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            st = os.stat(path + suffix)
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(path + suffix, 0o600)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise BackendError(
+                f"catalog {path + suffix}: cannot make it private (chmod 600): {e.strerror or e}"
+            ) from None
+
+
 class Catalog:
     """A handle on the catalog database. Thread-safe for the short statements jobs issue."""
 
@@ -99,6 +125,8 @@ class Catalog:
         """
         path = str(path)
         suspect = needs_check(path) and os.path.exists(path)
+        if path != ":memory:" and not path.startswith("file:"):
+            _private(path)
         try:
             conn = sqlite3.connect(path, timeout=_OPEN_TIMEOUT, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
