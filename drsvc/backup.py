@@ -543,6 +543,7 @@ class BackupJob:
                 "image_id": d.image_id,
                 "labels": d.labels,
                 "tenant": d.tenant,
+                "network": d.network,
                 "tcp_established": True,
             },
             "volume": {"url": d.volume, **volume_section},

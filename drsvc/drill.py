@@ -13,6 +13,7 @@ pressed Ctrl-C. Every drill and every desktop's result is recorded for ``drsvc r
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import math
 import random
@@ -25,6 +26,7 @@ from drsvc.catalog import Catalog
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, InvalidInput, NotFound
 from drsvc.restore import DEFAULT_TARGET, RestoreJob, RestorePlan
 from drsvc.restore_effects import resolve_clone
+from drsvc.runtimes.base import Isolation
 from drsvc.services import Services
 from drsvc.targets import owned_clone
 
@@ -44,6 +46,7 @@ class DesktopResult:
     passed: bool = False
     error: str | None = None
     clone: str | None = None
+    isolation: dict[str, Any] | None = None  # check_isolation() of the clone
 
     def document(self) -> dict[str, Any]:
         return {
@@ -57,7 +60,37 @@ class DesktopResult:
             "verified": self.verified,
             "passed": self.passed,
             "error": self.error,
+            "isolation": self.isolation,
         }
+
+
+def check_isolation(clone: Isolation | None, original: Isolation | None) -> dict[str, Any]:
+    """Whether a drill clone is a sandbox: no network, no host namespace, none of the original's storage.
+
+    ``clone`` None: the runtime cannot say (the drill then fails: isolation is not assumed).
+    """
+    problems = []
+    if clone is None:
+        problems.append("the runtime cannot report the clone's isolation")
+    else:
+        if clone.network != "none":
+            problems.append(f"network is {clone.network!r}, not 'none'")
+        if clone.interfaces:
+            problems.append(f"interfaces up besides loopback: {', '.join(clone.interfaces)}")
+        if clone.host_namespaces:
+            problems.append(f"shares the host's {', '.join(clone.host_namespaces)} namespace")
+        shared = sorted(set(clone.sources) & set(original.sources if original else []))
+        if shared:
+            problems.append(f"mounts the original's {', '.join(shared)}")
+        foreign = [s for s in clone.sources if s.startswith(("pvc:", "hostPath:"))]
+        if foreign:
+            problems.append(f"mounts {', '.join(foreign)}")
+    return {
+        "isolated": not problems,
+        "problems": problems,
+        "clone": clone.document() if clone else None,
+        "original": original.document() if original else None,
+    }
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -206,8 +239,11 @@ class DrillJob:
             result.phases = outcome.phases
             result.rto_seconds = outcome.rto_seconds
             result.verified = "data" in outcome.checks and outcome.checks.get("restored_from_checkpoint") is True
-            result.passed = result.verified and outcome.status == "ok"
-            if outcome.status == "objective_missed":
+            result.isolation = self._isolation(plan)
+            result.passed = result.verified and outcome.status == "ok" and result.isolation["isolated"]
+            if not result.isolation["isolated"]:
+                result.error = "the clone is not isolated: " + "; ".join(result.isolation["problems"])
+            elif outcome.status == "objective_missed":
                 result.error = f"RTO {outcome.rto_seconds:.1f} s over the {plan.target_seconds:.0f} s target"
         except DrsvcError as e:
             result.error = str(e)
@@ -224,6 +260,17 @@ class DrillJob:
             self._record(drill_id, result)
             self.on_event("result", result=result)
         return result
+
+    def _isolation(self, plan: RestorePlan) -> dict[str, Any]:
+        """Ask the runtime what the clone (and the original, when it runs) can reach; judge it."""
+        runtime = self.services.runtime
+        probe = getattr(runtime, "isolation", None)
+        if probe is None:
+            return check_isolation(None, None)
+        original = None
+        with contextlib.suppress(NotFound):  # the original is gone: nothing of it to share
+            original = probe(plan.manifest["runtime"]["container"])
+        return check_isolation(probe(plan.name), original)
 
     def _teardown(self, plan: RestorePlan | None, result: DesktopResult) -> None:
         """Remove the clone and its namespace; never the production desktop."""
@@ -252,7 +299,7 @@ class DrillJob:
             return
         self.catalog.execute(
             "INSERT OR REPLACE INTO drill_results (drill_id, desktop_id, point_id, tier, rto_seconds, target_seconds, "
-            "rpo_seconds, phases, verified, passed, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "rpo_seconds, phases, verified, passed, error, isolation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 drill_id,
                 r.desktop,
@@ -265,5 +312,6 @@ class DrillJob:
                 int(r.verified),
                 int(r.passed),
                 r.error,
+                json.dumps(r.isolation) if r.isolation is not None else None,
             ],
         )

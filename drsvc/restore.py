@@ -17,8 +17,9 @@ Before the first phase, ``plan`` checks who owns the target (``drsvc.targets``):
 writes only into the desktop's own container and namespace, or a clone name no desktop owns whose
 namespace is empty; another desktop's target needs ``allow_cross_tenant`` (recorded). A desktop
 that is running is not overwritten without ``force``; a container is removed only while it is
-still the one the plan validated. ``network`` (``'none'``) and the clone's own labels make drill
-sandboxes that cannot reach the production desktop's data.
+still the one the plan validated. A clone gets no network unless the operator asks for one
+(``network_for``), and the runtimes give it none of the original's volumes or host namespaces:
+drill sandboxes and ``--as`` clones cannot reach the production desktop's data.
 """
 
 from __future__ import annotations
@@ -163,6 +164,27 @@ class RestoreResult:
             "error": self.error,
             "restore_id": self.restore_id,
         }
+
+
+def network_for(plan: RestorePlan, requested: str | None) -> str | None:
+    """The network the restored container gets (None: the checkpoint's own), checked before any phase.
+
+    A clone gets ``'none'`` unless the operator asks otherwise: it runs the desktop's processes,
+    which still hold the original's addresses and credentials in memory, and must not reach what
+    the original reaches. ``'keep'`` keeps the checkpoint's network, never the host's for a clone.
+    """
+    if requested == "keep":
+        if plan.target.clone and plan.manifest["runtime"].get("network") == "host":
+            raise InvalidInput(
+                f"--network keep: {plan.desktop['id']} uses the host's network; a clone never shares it "
+                "(use --network none or a network of its own)"
+            )
+        return None
+    if requested is None and plan.target.clone:
+        return "none"
+    if requested == "host":
+        raise InvalidInput("--network host: drsvc never restores a desktop into the host's network namespace")
+    return requested
 
 
 def parse_time(text: str) -> datetime:
@@ -366,6 +388,7 @@ class RestoreJob:
         if plan.container_state == "running" and not force:
             what = f"--as {plan.as_name}: a container of that name" if plan.as_name else f"desktop {plan.name}"
             raise InvalidInput(f"{what} is running; refusing to overwrite it without --force")
+        network = network_for(plan, network)
         result = RestoreResult(plan)
         result.phases["plan"] = plan.plan_seconds
         now = clock.to_iso(clock.now())

@@ -73,6 +73,12 @@ def render_result(result: RestoreResult, out: Console) -> None:
 @click.option("--force", is_flag=True, help="Overwrite the desktop even though it is running.")
 @click.option("--verify", is_flag=True, help="Also hash the restored volume against the manifest.")
 @click.option(
+    "--network",
+    metavar="none|keep|NAME",
+    help="The restored container's network: none (isolated, the default for --as), keep (the checkpoint's, "
+    "the default in place; never the host's for a clone) or a runtime network name.",
+)
+@click.option(
     "--allow-cross-tenant",
     is_flag=True,
     help="Allow replacing a target another desktop owns (usually another tenant's); recorded with who and when.",
@@ -122,6 +128,7 @@ def command(
     dry_run: bool,
     force: bool,
     verify: bool,
+    network: str | None,
     allow_cross_tenant: bool,
     objects: tuple[str, ...],
     prefix: str | None,
@@ -151,7 +158,8 @@ def command(
 
     A restore writes only into the desktop's own container and namespace, or (--as) a clone name
     that no desktop uses and whose namespace is empty; everything is checked before the first
-    phase (exit 2, nothing touched). Another desktop's target needs --allow-cross-tenant.
+    phase (exit 2, nothing touched). Another desktop's target needs --allow-cross-tenant. A clone
+    gets no network (--network keep or NAME gives it one) and none of the original's volumes.
 
     With --object NAME (repeatable) or --prefix P only those objects come back, with their xattrs
     and omap, into the desktop's own namespace while it keeps running; nothing else is touched.
@@ -183,7 +191,13 @@ def command(
     if at and point_id:
         raise InvalidInput("give --at or --point, not both")
     if objects or prefix is not None:
-        refused = {"--as": as_name, "--force": force, "--verify": verify, "--allow-cross-tenant": allow_cross_tenant}
+        refused = {
+            "--as": as_name,
+            "--force": force,
+            "--verify": verify,
+            "--network": network,
+            "--allow-cross-tenant": allow_cross_tenant,
+        }
         return restore_objects(
             app,
             desktop,
@@ -217,6 +231,6 @@ def command(
     if plan.resumes is not None:
         app.err.print(f"resuming the interrupted in-place restore {plan.resumes} of {desktop} (same point)")
     app.err.print(f"restoring {desktop} from {plan.point['id']} ({plan.tier} tier)…")
-    result = job.run(plan, force=force, verify=verify)
+    result = job.run(plan, force=force, verify=verify, network=network)
     app.emit(result.document(), lambda out: render_result(result, out))
     return result.exit_code

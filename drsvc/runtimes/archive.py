@@ -130,20 +130,27 @@ def rewrite_archive(
     edits: Mapping[str, Editor | None],
     *,
     append: Iterable[tuple[str, bytes]] = (),
+    renames: Mapping[str, str] | None = None,
 ) -> Iterator[bytes]:
     """Stream a tar archive, replacing small members through ``edits[name]`` (None drops the member).
 
     Members not named pass through block by block (memory stays bounded whatever their size);
-    named members are read whole, so only name small ones (``config.dump``). ``append`` adds
-    members (name, data) before the end-of-archive marker, which the archive must then have.
+    named members are read whole, so only name small ones (``config.dump``). ``renames`` gives a
+    passing member a new name (a fresh header, its data streamed); an editor may fill it for
+    members that come later. ``append`` adds members (name, data) before the end-of-archive
+    marker, which the archive must then have.
     """
     walker = TarWalker(src)
+    renames = renames if renames is not None else {}
     for m in walker:
         if m.name in edits and m.info.isfile():
             data = walker.read(m.info.size)
             editor = edits[m.name]
             if editor is not None:
                 yield file_member(m.info, m.name, editor(data))
+        elif m.name in renames and m.info.isfile():
+            yield member_header(m.info, renames[m.name], m.info.size)
+            yield from walker.data()
         else:
             yield m.raw
             yield from walker.data()
@@ -294,7 +301,8 @@ class ArchiveCheck:
     """Checks a checkpoint archive as it streams past (``drsvc.containment`` rules, nothing buffered).
 
     The archive's own members: files and directories with clean names; every nested ``*.tar``
-    at the top (``rootfs-diff.tar``, ``devshm-checkpoint.tar``) by the root filesystem rules; the
+    (``rootfs-diff.tar``, ``devshm-checkpoint.tar``, Podman's ``volumes/NAME.tar``: each is
+    unpacked by the runtime) by the root filesystem rules; the
     ``deleted.files`` list: clean paths, none beneath a symlink the rootfs diff creates. The first
     violation raises ``containment.Escape`` (exit 4) naming the member and why.
     """
@@ -324,7 +332,7 @@ class ArchiveCheck:
         rel = self.outer.check(info, name)
         if not info.isfile():
             return None
-        if "/" not in rel and rel.endswith(".tar"):
+        if rel.endswith(".tar") and ("/" not in rel or rel.startswith("volumes/")):
             rules = MemberRules(ROOTFS_DIFF, context=f"{rel}: ")
             scanner = TarScanner(lambda i, n: (rules.check(i, n), None)[1], what=f"{self.what}: {rel}")
             self.nested[rel] = (scanner, rules)

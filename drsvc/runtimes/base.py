@@ -27,6 +27,8 @@ LABEL_VOLUME = "drsvc.volume"
 LABEL_TENANT = "drsvc.tenant"
 LABEL_CLONE_OF = "drsvc.clone-of"  # set on clones restored beside their desktop (restore --as, drills)
 
+LABEL_CLONE_STORAGE = "drsvc.clone"  # on storage a runtime made for a clone (its volumes): removed with it
+
 _FULL_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -95,6 +97,56 @@ class DesktopRef:
             "network": self.network,
             "restored_at": self.restored_at,
         }
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """What a container can reach beyond itself, as its runtime reports it (drills assert it for clones).
+
+    ``network``: the network mode ('none', 'host', a network name); ``interfaces``: the network
+    interfaces up in its network namespace other than loopback, None when drsvc cannot look in
+    (a remote runtime); ``host_namespaces``: the namespaces it shares with the host ('network',
+    'pid', 'ipc'); ``sources``: where its volumes and bind mounts come from on the host (or the
+    PVCs and host paths of a pod), the runtime's own files (hosts, resolv.conf, secrets) left out.
+    """
+
+    network: str | None
+    interfaces: list[str] | None
+    host_namespaces: list[str]
+    sources: list[str]
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "network": self.network,
+            "interfaces": self.interfaces,
+            "host_namespaces": list(self.host_namespaces),
+            "sources": list(self.sources),
+        }
+
+
+def netns_interfaces(pid: int) -> list[str] | None:
+    """The network interfaces other than loopback in the network namespace of host process ``pid``."""
+    if pid <= 0:
+        return None
+    try:
+        out = subprocess.run(
+            ["nsenter", "-t", str(pid), "-n", "ip", "-o", "link", "show"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    up = []
+    for line in out.stdout.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) < 3:
+            continue
+        name, flags = parts[1].strip().split("@")[0], parts[2].split(">", 1)[0]
+        # a new namespace may also hold the kernel's fallback tunnels (tunl0, sit0 ...), down and
+        # unusable: only interfaces brought up can carry traffic
+        if name != "lo" and "UP" in flags.lstrip(" <").split(","):
+            up.append(name)
+    return sorted(up)
 
 
 @runtime_checkable

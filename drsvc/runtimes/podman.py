@@ -37,8 +37,17 @@ from typing import Any, BinaryIO, cast
 
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
 from drsvc.runtimes import freeze
-from drsvc.runtimes.archive import Editor, rewrite_archive
-from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, probe_tcp_in_netns, with_criu_log
+from drsvc.runtimes.archive import Editor, checked, rewrite_archive
+from drsvc.runtimes.base import (
+    LABEL_DESKTOP,
+    DesktopRef,
+    Isolation,
+    desktop_from_labels,
+    netns_interfaces,
+    probe_tcp_in_netns,
+    with_criu_log,
+)
+from drsvc.runtimes.podman_clone import CloneRewrite, clone_volume, remove_clone_storage
 
 API_VERSION = "4.3.1"
 CHUNK = 1 << 20
@@ -275,7 +284,16 @@ class PodmanRuntime:
                 params.update(ignoreStaticIP="true", ignoreStaticMAC="true")
         if labels:
             edits["config.dump"] = _chain(edits.get("config.dump"), _labels_editor(labels))
-        body = rewrite_archive(archive, edits) if edits else _iter_chunks(archive)
+        renames: dict[str, str] = {}
+        if name:
+            # a clone: its own volumes and bind sources, no host namespaces (podman_clone)
+            clone = CloneRewrite(name, renames=renames)
+            edits["config.dump"] = _chain(edits.get("config.dump"), clone.config)
+            edits["spec.dump"] = clone.spec
+        body = rewrite_archive(archive, edits, renames=renames) if edits else _iter_chunks(archive)
+        # Podman extracts the archive itself (rootfs diff, deleted files) into the container's
+        # root: nothing that could reach past it leaves drsvc (containment rules, exit 4)
+        body = checked(body, what=f"{what}: checkpoint archive")
         # podman accepts a chunked body (measured), so an archive of unknown size streams through;
         # Content-Length is sent only when the caller knows it and the bytes pass unchanged.
         chunked = not (size is not None and not edits)
@@ -309,6 +327,23 @@ class PodmanRuntime:
             self._loopback_up(restored)
         return self.inspect(restored)
 
+    def isolation(self, name: str) -> Isolation:
+        """What the container shares with the host and other containers: network, namespaces, mounts."""
+        c = self._inspect_raw(name)
+        host = c.get("HostConfig") or {}
+        shared = [
+            ns
+            for ns, key in (("network", "NetworkMode"), ("pid", "PidMode"), ("ipc", "IpcMode"))
+            if str(host.get(key) or "") == "host"
+        ]
+        sources = sorted(
+            str(m.get("Name") or m.get("Source") or "")
+            for m in c.get("Mounts") or []
+            if m.get("Type") in ("bind", "volume")
+        )
+        pid = int((c.get("State") or {}).get("Pid") or 0)
+        return Isolation(self._ref(c).network, netns_interfaces(pid), shared, sources)
+
     def _loopback_up(self, name: str) -> None:
         pid = int((self._inspect_raw(name).get("State") or {}).get("Pid") or 0)
         if pid > 0:
@@ -317,7 +352,10 @@ class PodmanRuntime:
             )
 
     def remove(self, name: str) -> None:
-        """Remove a container by force without grace period; a missing container is fine."""
+        """Remove a container by force without grace period; a missing container is fine.
+
+        A clone's own storage (volumes and bind sources ``restore`` made for it) goes with it.
+        """
         self._call(
             "DELETE",
             f"/containers/{_q(name)}",
@@ -325,6 +363,17 @@ class PodmanRuntime:
             missing_ok=True,
             what=f"remove {name}",
         )
+        _, volumes = self._call("GET", "/volumes/json", missing_ok=True, what=f"volumes of clone {name}")
+        for v in volumes or []:
+            if clone_volume(name, str(v.get("Name") or "")):
+                self._call(
+                    "DELETE",
+                    f"/volumes/{_q(v['Name'])}",
+                    params={"force": "true"},
+                    missing_ok=True,
+                    what=f"remove volume {v['Name']} of clone {name}",
+                )
+        remove_clone_storage(name)
 
     def exec(self, name: str, argv: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
         """Run ``argv`` inside the container; return (exit code, stdout+stderr)."""

@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import shutil
+import tarfile
 import tempfile
 import threading
 import time
@@ -37,7 +38,7 @@ from typing import Any, BinaryIO
 
 from drsvc import runtimes, volumes
 from drsvc.errors import BackendError, InvalidInput, NotFound
-from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, LABEL_TENANT, LABEL_VOLUME, DesktopRef
+from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, LABEL_TENANT, LABEL_VOLUME, DesktopRef, Isolation
 from drsvc.volumes.base import ObjectStream, SnapshotInfo, VolumeObject, digest_streams
 
 WORLD_ENV = "DRSVC_FAKE_WORLD"
@@ -405,7 +406,7 @@ class FakeRuntime:
             body = Path(c["archive"]).read_bytes()
         else:
             archive = {"container": c, "checkpointed_at": _now_iso(), "tcp_established": tcp_established}
-            body = json.dumps(archive).encode()
+            body = _tar_of({"config.dump": json.dumps(archive).encode()})
         self._play_hook(c["id"], knobs.get("hook", "freeze"))
         yield io.BytesIO(body)
 
@@ -453,9 +454,11 @@ class FakeRuntime:
         labels: dict[str, str] | None = None,
     ) -> DesktopRef:
         try:
-            doc = json.loads(archive.read())
+            with tarfile.open(fileobj=io.BytesIO(archive.read()), mode="r:") as tar:
+                config = tar.extractfile("config.dump")
+                doc = json.loads(config.read() if config else b"")
             old = doc["container"]
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, tarfile.TarError) as e:
             raise BackendError(f"fake restore: not a fake checkpoint archive ({e})") from e
         target = name or old["name"]
         knobs = self.world.knobs(old["labels"].get(LABEL_DESKTOP, old["name"]))
@@ -479,6 +482,11 @@ class FakeRuntime:
         }
         self.world.save_container(record)
         return self._ref(record)
+
+    def isolation(self, name: str) -> Isolation:
+        """What the fake container shares: its network mode, nothing else (fakes have no mounts or namespaces)."""
+        c = self.world.container(name)
+        return Isolation(c.get("network"), None, [], [])
 
     def remove(self, name: str) -> None:
         with contextlib.suppress(NotFound):
@@ -717,3 +725,14 @@ class FakeVolume:
 
     def close(self) -> None:
         return None
+
+
+def _tar_of(members: dict[str, bytes]) -> bytes:
+    """A checkpoint archive as the real runtimes make it: a tar stream (drsvc checks its members)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

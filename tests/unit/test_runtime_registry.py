@@ -171,7 +171,8 @@ def test_error_translation(fake: PodmanRuntime) -> None:
     with pytest.raises(BackendError, match=r"c1 is not running \(HTTP 500\)"):
         fake.pause("c1")
     fake.remove("ghost")  # 404 is fine for remove
-    assert FakeLibpod.requests[-1][1].endswith("?force=true&timeout=0")
+    deletes = [path for method, path, *_ in FakeLibpod.requests if method == "DELETE"]
+    assert deletes[0].endswith("/containers/ghost?force=true&timeout=0")
 
 
 def test_inspect_and_list(fake: PodmanRuntime) -> None:

@@ -20,8 +20,14 @@ URL (``NAMESPACE`` is the Kubernetes namespace of the desktop pods; every option
 - ``archive_root``: where this process sees the node's ``/var/lib/kubelet/checkpoints`` (the
   node agent mounts it by hostPath); ``timeout``: kubelet checkpoint timeout in seconds.
 - ``registry``: ``HOST[:PORT][/PREFIX]`` that receives checkpoint images on restore
-  (``registry_insecure=1`` for plain HTTP); ``restore_mode=image`` (default) or ``archive``
-  (CRI-O gets the archive path on the node as the image: the pod is pinned to ``node``).
+  (``registry_insecure=1`` for plain HTTP: warned about at every restore); ``restore_mode=image``
+  (default) or ``archive`` (CRI-O gets the archive path on the node as the image: the pod is
+  pinned to ``node``). The image, or the node's copy, is deleted once CRI-O restored from it.
+- ``sandbox``: a namespace for clones (``restore --as``, drills): a clone named ``POD`` is created
+  there, where a deny-all NetworkPolicy and Pod Security ``baseline`` apply and drills' service
+  account may create pods (deploy/kubernetes). Without it clones go to ``NAMESPACE``.
+- ``kubelet_url`` may name ``{node}`` (the node's name) or ``{node_ip}`` (``$NODE_IP``, the
+  node agent's ``status.hostIP``).
 
 Desktops are pods labelled ``drsvc.desktop`` (+ ``drsvc.volume``, ``drsvc.tenant``); the desktop
 container is the one named by the pod label ``drsvc.container``, else the pod's first container.
@@ -52,7 +58,7 @@ import urllib.parse
 from typing import Any
 
 from drsvc.errors import InvalidInput
-from drsvc.runtimes.crio.kube import API_CALLS, Unsupported, load_configuration
+from drsvc.runtimes.crio.kube import API_CALLS, KUBELET_CALLS, PROXY_CALLS, Unsupported, load_configuration
 from drsvc.runtimes.crio.pods import LABEL_CONTAINER, POD_MEMBER
 from drsvc.runtimes.crio.registry import CHECKPOINT_ANNOTATION
 from drsvc.runtimes.crio.runtime import CrioRuntime
@@ -60,8 +66,10 @@ from drsvc.runtimes.crio.runtime import CrioRuntime
 __all__ = [
     "API_CALLS",
     "CHECKPOINT_ANNOTATION",
+    "KUBELET_CALLS",
     "LABEL_CONTAINER",
     "POD_MEMBER",
+    "PROXY_CALLS",
     "CrioRuntime",
     "Unsupported",
     "from_url",
@@ -104,4 +112,5 @@ _URL_OPTIONS = (
     "restore_mode",
     "timeout",
     "node",
+    "sandbox",
 )

@@ -15,10 +15,17 @@ from drsvc.optional import require
 API_CALLS: dict[str, list[tuple[str, str, str]]] = {
     "discover": [("", "pods", "list")],
     "inspect": [("", "pods", "get"), ("", "pods", "list")],  # list: lookup by container id
-    "checkpoint": [("", "pods", "get"), ("", "nodes/proxy", "create")],  # nodes/proxy: via=proxy only
+    "checkpoint": [("", "pods", "get")],
     "restore": [("", "pods", "create"), ("", "pods", "get")],
     "remove": [("", "pods", "delete"), ("", "pods", "get")],
 }
+# via=kubelet (what deploy/kubernetes uses): drsvc calls the node's kubelet with a node-local client
+# certificate; the kubelet asks the API server whether that certificate's user may do this
+# (a SubjectAccessReview), so RBAC grants it to that user, not to a service account.
+KUBELET_CALLS: list[tuple[str, str, str]] = [("", "nodes/checkpoint", "create")]
+# via=proxy: through the API server's node proxy. `create nodes/proxy` lets its holder call any
+# kubelet API on any node (exec in every pod): deploy/kubernetes never grants it.
+PROXY_CALLS: list[tuple[str, str, str]] = [("", "nodes/proxy", "create")]
 
 
 class Unsupported(BackendError):

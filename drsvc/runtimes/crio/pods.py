@@ -77,3 +77,60 @@ def capturing(src: BinaryIO, member: str, into: dict[str, bytes]) -> Iterator[by
         return data
 
     return rewrite_archive(src, {member: keep})
+
+
+# volume kinds a clone may keep: they carry nothing of the original's storage (the pod's own
+# configuration, its service account token, scratch space)
+_CLONE_KEEPS = ("configMap", "secret", "downwardAPI", "projected", "emptyDir")
+
+
+def isolate_clone_pod(spec: dict[str, Any], *, other_namespace: bool = False) -> dict[str, Any]:
+    """A clone's pod spec sharing nothing with its original's storage or the node's namespaces.
+
+    No host network, PID or IPC namespace; every volume that is not the pod's own configuration
+    (``persistentVolumeClaim``, ``hostPath``, ``nfs``, ``csi``, ``cephfs``, ``rbd``, ephemeral
+    claims …) becomes an ``emptyDir`` of the clone's own, under the same name (the containers'
+    mounts stay valid). ``other_namespace`` (a sandbox): the original namespace's ConfigMaps,
+    Secrets and service account do not exist there either: their volumes become ``emptyDir`` too
+    (the service account token stays: every namespace's default account has one).
+    """
+    spec = dict(spec)
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        spec.pop(key, None)
+    if other_namespace:
+        for key in ("serviceAccountName", "serviceAccount", "imagePullSecrets"):
+            spec.pop(key, None)
+    volumes = []
+    for v in spec.get("volumes") or []:
+        keep = any(k in v for k in _CLONE_KEEPS)
+        if other_namespace and ("configMap" in v or "secret" in v):
+            keep = False
+        if other_namespace and "projected" in v:
+            keep = all(
+                "serviceAccountToken" in src
+                or "downwardAPI" in src
+                or (src.get("configMap") or {}).get("name") == "kube-root-ca.crt"
+                for src in (v["projected"].get("sources") or [])
+            )
+        volumes.append(v if keep else {"name": v["name"], "emptyDir": {}})
+    if volumes:
+        spec["volumes"] = volumes
+    return spec
+
+
+def pod_isolation(pod: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(host namespaces the pod shares, storage it mounts that is not its own) of a pod document."""
+    spec = pod.get("spec") or {}
+    shared = [ns for ns, key in (("network", "hostNetwork"), ("pid", "hostPID"), ("ipc", "hostIPC")) if spec.get(key)]
+    sources = []
+    for v in spec.get("volumes") or []:
+        if any(k in v for k in _CLONE_KEEPS):
+            continue
+        if "persistentVolumeClaim" in v:
+            sources.append(f"pvc:{v['persistentVolumeClaim'].get('claimName')}")
+        elif "hostPath" in v:
+            sources.append(f"hostPath:{v['hostPath'].get('path')}")
+        else:
+            kind = next((k for k in v if k != "name"), "volume")
+            sources.append(f"{kind}:{v['name']}")
+    return shared, sorted(sources)

@@ -21,8 +21,8 @@ from drsvc.containment import Root, clean
 from drsvc.errors import BackendError, InvalidInput, NotFound
 from drsvc.log import event
 from drsvc.runtimes import freeze
-from drsvc.runtimes.archive import rewrite_archive
-from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, is_full_id
+from drsvc.runtimes.archive import CHUNK, checked, rewrite_archive
+from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, Isolation, desktop_from_labels, is_full_id
 from drsvc.runtimes.crio.kube import Unsupported, api_error, client_module, load_configuration
 from drsvc.runtimes.crio.kubelet import KUBELET_CHECKPOINTS, Kubelet, kubelet_error
 from drsvc.runtimes.crio.pods import (
@@ -30,8 +30,10 @@ from drsvc.runtimes.crio.pods import (
     POD_MEMBER,
     capturing,
     desktop_container,
+    isolate_clone_pod,
     now_iso,
     pod_doc,
+    pod_isolation,
     pod_problem,
     portable_pod,
     strip_id,
@@ -70,12 +72,14 @@ class CrioRuntime:
         restore_mode: str = "image",
         timeout: float = 120.0,
         node: str | None = None,
+        sandbox: str | None = None,
     ) -> None:
         if via not in ("proxy", "kubelet"):
             raise InvalidInput(f"crio:// runtime: via must be 'proxy' or 'kubelet', not {via!r}")
         if restore_mode not in ("image", "archive"):
             raise InvalidInput(f"crio:// runtime: restore_mode must be 'image' or 'archive', not {restore_mode!r}")
         self.namespace = namespace
+        self.sandbox = sandbox or None
         self._url = url or f"crio://{namespace}"
         self.via = via
         self.kubelet_url = kubelet_url
@@ -151,9 +155,18 @@ class CrioRuntime:
             return self.namespace, name, None
         raise InvalidInput(f"container name {name!r}: expected NAMESPACE/POD/CONTAINER, NAMESPACE/POD or POD")
 
-    def _lookup(self, name: str) -> tuple[Any, str]:
+    def _locate(self, name: str) -> tuple[str, str, str | None, Any]:
+        """``_resolve`` plus the pod (None when absent): a bare POD not in the namespace may be a sandbox clone."""
         namespace, pod_name, container = self._resolve(name)
         pod = self._pod(namespace, pod_name, missing_ok=True)
+        if pod is None and self.sandbox and "/" not in name and not is_full_id(name):
+            found = self._pod(self.sandbox, pod_name, missing_ok=True)
+            if found is not None:
+                return self.sandbox, pod_name, container, found
+        return namespace, pod_name, container, pod
+
+    def _lookup(self, name: str) -> tuple[Any, str]:
+        namespace, pod_name, container, pod = self._locate(name)
         if pod is None:
             raise NotFound(f"no pod {namespace}/{pod_name} (container {name!r})")
         container = container or desktop_container(pod)
@@ -272,6 +285,9 @@ class CrioRuntime:
         """
         what = f"restore {name or 'desktop'}"
         capture: dict[str, bytes] = {}
+        # CRI-O extracts the archive itself into the container's root: check it on the way
+        raw = archive
+        archive = cast(BinaryIO, IterReader(checked(iter(lambda: raw.read(CHUNK), b""), what=f"{what}: archive")))
         pushed: PushedImage | None = None
         placed: str | None = None
         try:
@@ -315,6 +331,14 @@ class CrioRuntime:
         if name:
             namespace, pod_name, maybe = self._resolve(name)
             container = maybe or original
+            if self.sandbox and "/" not in name and pod_name != doc["metadata"]["name"]:
+                namespace = self.sandbox  # clones live in the sandbox namespace
+        clone = (namespace, pod_name) != (doc["metadata"]["namespace"], doc["metadata"]["name"])
+        if clone:
+            # nothing of the original's storage or the node's namespaces (PVCs, hostPaths, hostNetwork);
+            # in another namespace, nothing of the original namespace's objects either
+            moved = namespace != doc["metadata"]["namespace"]
+            doc["spec"] = isolate_clone_pod(doc["spec"], other_namespace=moved)
         meta = doc["metadata"]
         meta.update(name=pod_name, namespace=namespace)
         meta["labels"] = {**(meta.get("labels") or {}), **(labels or {})}
@@ -354,6 +378,13 @@ class CrioRuntime:
             except OSError as e:
                 event(log, logging.WARNING, "restore.archive-kept", f"{what}: {self.archive_root}/{placed} kept: {e}")
 
+    def isolation(self, name: str) -> Isolation:
+        """What the pod shares with the node and other pods' storage (the NetworkPolicy is the network's guard)."""
+        pod, _ = self._lookup(name)
+        shared, sources = pod_isolation(self._api.sanitize_for_serialization(pod))
+        ref = self._ref(pod)
+        return Isolation(ref.network, None, shared, sources)
+
     def _wait_running(self, namespace: str, pod_name: str, container: str, what: str) -> DesktopRef:
         deadline = time.monotonic() + self.timeout
         while True:
@@ -390,8 +421,10 @@ class CrioRuntime:
     def remove(self, name: str) -> None:
         """Delete the desktop's pod at once (grace 0) and wait until it is gone; a missing pod is fine."""
         try:
-            namespace, pod_name, _ = self._resolve(name)
+            namespace, pod_name, _, pod = self._locate(name)
         except NotFound:
+            return
+        if pod is None:
             return
         self._k8s(
             f"remove pod {namespace}/{pod_name}",

@@ -16,7 +16,15 @@ from typing import Any, BinaryIO, cast
 
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
 from drsvc.runtimes import freeze
-from drsvc.runtimes.base import LABEL_DESKTOP, DesktopRef, desktop_from_labels, probe_tcp_in_netns
+from drsvc.runtimes.base import (
+    LABEL_CLONE_STORAGE,
+    LABEL_DESKTOP,
+    DesktopRef,
+    Isolation,
+    desktop_from_labels,
+    netns_interfaces,
+    probe_tcp_in_netns,
+)
 from drsvc.runtimes.docker.client import CHUNK, DockerClient, chunks
 from drsvc.runtimes.docker.pack import LABEL_RESTORED_AT, archive_members, rootfs_diff, tar_stream, visible_labels
 from drsvc.runtimes.docker.paths import checkpoint_dir, spool_dir
@@ -180,8 +188,35 @@ class DockerRuntime:
 
     # ------------------------------------------------------------------ others
     def remove(self, name: str) -> None:
-        """Remove a container by force (SIGKILL, no grace period); a missing container is fine."""
+        """Remove a container by force (SIGKILL, no grace period); a missing container is fine.
+
+        A clone's own volumes (``drsvc.clone=<name>``, made by ``restore``) go with it.
+        """
         self.client.remove(name)
+        with self.client.errors(f"volumes of clone {name}"):
+            owned = (self.api.volumes(filters={"label": f"{LABEL_CLONE_STORAGE}={name}"}) or {}).get("Volumes") or []
+        for volume in owned:
+            with suppress(NotFound), self.client.errors(f"remove volume {volume['Name']} of clone {name}"):
+                self.api.remove_volume(volume["Name"], force=True)
+
+    def isolation(self, name: str) -> Isolation:
+        """What the container shares with the host: network, namespaces, where its mounts come from."""
+        c = self.client.inspect_raw(name)
+        host = c.get("HostConfig") or {}
+        shared = [
+            ns
+            for ns, key in (("network", "NetworkMode"), ("pid", "PidMode"), ("ipc", "IpcMode"))
+            if str(host.get(key) or "") == "host"
+        ]
+        sources = sorted(
+            str(m.get("Name") or m.get("Source") or "")
+            for m in c.get("Mounts") or []
+            if m.get("Type") in ("bind", "volume")
+        )
+        pid = int((c.get("State") or {}).get("Pid") or 0)
+        mode = str(host.get("NetworkMode") or "")
+        nets = sorted(((c.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+        return Isolation(_network(mode, nets), netns_interfaces(pid), shared, sources)
 
     def exec(self, name: str, argv: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
         """Run ``argv`` inside the container; return (exit code, stdout+stderr)."""

@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from drsvc.containment import Escape, Root, clean
-from drsvc.errors import BackendError
+from drsvc.errors import BackendError, InvalidInput
+from drsvc.runtimes.archive import checked
+from drsvc.runtimes.base import LABEL_CLONE_STORAGE
 from drsvc.runtimes.docker.client import CHUNK, DockerClient, chunks
 from drsvc.runtimes.docker.pack import CONFIG_MEMBER, LABEL_RESTORED_AT
 from drsvc.runtimes.docker.paths import RESTORE_MARKER, checkpoint_dir, remove_restore_leftovers, upper_dir
+from drsvc.streams import IterReader
 
 # HostConfig fields that tie a container to its original identity; a clone drops them
 _CLONE_DROP_HOSTCONFIG = ("PortBindings", "ContainerIDFile", "Links")
@@ -42,8 +45,9 @@ def container_body(
 ) -> dict[str, Any]:
     """The create body of a container like the checkpointed one (``saved``: its inspect document).
 
-    ``name`` other than the saved one makes a clone: no published ports, links or MAC address;
-    ``network`` replaces the network mode; ``labels`` are merged over the saved ones.
+    ``name`` other than the saved one makes a clone: no published ports, links or MAC address, and
+    nothing shared with the original but the image (``isolate_clone``); ``network`` replaces the
+    network mode; ``labels`` are merged over the saved ones.
     """
     config = dict(saved.get("Config") or {})
     host = dict(saved.get("HostConfig") or {})
@@ -59,6 +63,8 @@ def container_body(
         config.pop("MacAddress", None)
         for key in _CLONE_DROP_HOSTCONFIG:
             host.pop(key, None)
+    if clone:
+        isolate_clone(saved, config, host, name=str(name), network=network)
     if network is not None:
         host["NetworkMode"] = network
     elif not clone:
@@ -74,6 +80,51 @@ def container_body(
     if networking:
         body["NetworkingConfig"] = networking
     return body
+
+
+def isolate_clone(
+    saved: dict[str, Any], config: dict[str, Any], host: dict[str, Any], *, name: str, network: str | None
+) -> None:
+    """Make a clone's create body share nothing with its original but the image.
+
+    No host (or other container's) network, PID, IPC or UTS namespace; every volume and bind
+    mount of the original (``saved["Mounts"]``, ``VolumesFrom``, the image's own volumes)
+    becomes a new empty volume of the clone's own at the same place, labelled ``drsvc.clone``
+    so ``remove`` takes it along. Published ports, links and the MAC address are dropped by the
+    caller. A clone restored with the original's network (``network=None``) of the host is refused.
+    """
+    mode = str(host.get("NetworkMode") or "")
+    if network is None and (mode == "host" or mode.startswith("container:")):
+        raise InvalidInput(
+            f"clone {name}: the desktop uses network {mode!r}; a clone never shares it: restore it with "
+            "network 'none' or a network of its own"
+        )
+    for key in ("PidMode", "UTSMode"):
+        if str(host.get(key) or "") == "host" or str(host.get(key) or "").startswith("container:"):
+            host[key] = ""
+    if str(host.get("IpcMode") or "") in ("host", "shareable") or str(host.get("IpcMode") or "").startswith(
+        "container:"
+    ):
+        host["IpcMode"] = "private"
+    targets: dict[str, bool] = {}  # destination -> read-only
+    for m in saved.get("Mounts") or []:
+        if m.get("Type") in ("bind", "volume") and m.get("Destination"):
+            targets[str(m["Destination"])] = not m.get("RW", True)
+    for dest in config.get("Volumes") or {}:
+        targets.setdefault(str(dest), False)
+    kept = [m for m in host.get("Mounts") or [] if m.get("Type") == "tmpfs" and m.get("Target") not in targets]
+    own = [
+        {
+            "Type": "volume",
+            "Target": dest,
+            "ReadOnly": read_only,
+            "VolumeOptions": {"Labels": {LABEL_CLONE_STORAGE: name}},
+        }
+        for dest, read_only in sorted(targets.items())
+    ]
+    host["Binds"] = None
+    host["VolumesFrom"] = None
+    host["Mounts"] = kept + own or None
 
 
 class Unpacker:
@@ -100,7 +151,8 @@ class Unpacker:
         """Create the container and put the archive's pieces in place (not started yet)."""
         what = self.what
         try:
-            tf = tarfile.open(fileobj=archive, mode="r|")  # noqa: SIM115 - closed below, one pass
+            source = IterReader(checked(chunks(archive), what=f"{what}: checkpoint archive"))
+            tf = tarfile.open(fileobj=source, mode="r|")  # noqa: SIM115 - closed below, one pass
         except tarfile.TarError as e:
             raise BackendError(f"{what}: the checkpoint archive is not a tar stream: {e}") from e
         try:
