@@ -29,23 +29,33 @@ from drsvc.runtimes.base import DesktopRef
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 NOT_MANIFESTS = {"kustomization.yaml"}
-DRSVC_NS, DESKTOPS_NS = "drsvc", "desktops"
+DRSVC_NS, DESKTOPS_NS, SANDBOX_NS = "drsvc", "desktops", "drsvc-sandbox"
 
-# which operations each service account performs, and in which namespace (None: cluster scope)
-ROLE_OF_SA: dict[str, list[tuple[str, list[tuple[str, str, str]]]]] = {
+
+def _ops(*ops: str) -> list[tuple[str, str, str]]:
+    return [c for op in ops for c in crio.API_CALLS[op]]
+
+
+# which operations each identity performs, and in which namespace (None: cluster scope). Clones
+# (drills the scheduler runs, ops' restore --as) are made in the sandbox namespace only.
+ROLE_OF_SA: dict[str, list[tuple[str | None, list[tuple[str, str, str]]]]] = {
     "drsvc-scheduler": [
         (DRSVC_NS, executor_mod.API_CALLS + lease_mod.API_CALLS["hold"]),
-        (DESKTOPS_NS, crio.API_CALLS["discover"]),
+        (DESKTOPS_NS, _ops("discover", "inspect")),
+        (SANDBOX_NS, _ops("inspect", "restore", "remove")),
     ],
     "drsvc-node-agent": [
-        (DESKTOPS_NS, crio.API_CALLS["discover"] + crio.API_CALLS["checkpoint"]),
+        (DESKTOPS_NS, _ops("discover", "checkpoint")),
         (DRSVC_NS, lease_mod.API_CALLS["join"]),
     ],
     "drsvc-restore": [
-        (DESKTOPS_NS, [c for op in ("discover", "inspect", "restore", "remove") for c in crio.API_CALLS[op]]),
+        (DESKTOPS_NS, _ops("discover", "inspect", "restore", "remove")),
+        (SANDBOX_NS, _ops("inspect", "restore", "remove")),
     ],
+    # the node-local kubelet client certificate's user: what the kubelet asks the API server about
+    "drsvc:node-agent": [(None, crio.KUBELET_CALLS)],
 }
-CLUSTER_RESOURCES = {"nodes", "nodes/proxy"}
+CLUSTER_RESOURCES = {"nodes", "nodes/proxy", "nodes/checkpoint"}
 
 
 def documents() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -120,6 +130,86 @@ def test_node_agent_template_mounts_what_the_agent_needs() -> None:
     assert claims == {pvc["metadata"]["name"]} and pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
     config = next(d for _, d in documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "drsvc-config")
     assert 'executor = "kubernetes"' in config["data"]["drsvc.toml"]
+
+
+# ---------------------------------------------------------------------- pod security
+def _agent() -> dict[str, Any]:
+    return dict(load_template(DEPLOY / "node-agent-job.yaml")["spec"]["template"]["spec"])
+
+
+def _scheduler() -> dict[str, Any]:
+    return dict(next(d for _, d in documents() if d["kind"] == "Deployment")["spec"]["template"]["spec"])
+
+
+def test_drsvcs_namespaces_carry_pod_security_labels() -> None:
+    namespaces = {d["metadata"]["name"]: d["metadata"]["labels"] for _, d in documents() if d["kind"] == "Namespace"}
+    assert set(namespaces) == {DRSVC_NS, SANDBOX_NS}
+    for labels in namespaces.values():
+        assert {f"pod-security.kubernetes.io/{m}" for m in ("enforce", "audit", "warn")} <= set(labels)
+    # the agents need host PIDs and paths: said out loud, and audited against baseline
+    assert namespaces[DRSVC_NS]["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert namespaces[DRSVC_NS]["pod-security.kubernetes.io/audit"] == "baseline"
+    # clones may have nothing of the host's
+    assert namespaces[SANDBOX_NS]["pod-security.kubernetes.io/enforce"] in ("baseline", "restricted")
+
+
+def test_agents_run_with_runtime_default_seccomp_and_only_the_capabilities_they_use() -> None:
+    (container,) = _agent()["containers"]
+    ctx = container["securityContext"]
+    assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert ctx["allowPrivilegeEscalation"] is False and not ctx.get("privileged")
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert ctx["capabilities"]["drop"] == ["ALL"]
+    assert set(ctx["capabilities"]["add"]) == {"DAC_READ_SEARCH", "SYS_PTRACE", "CHECKPOINT_RESTORE"}
+    (scheduler,) = _scheduler()["containers"]
+    sctx = scheduler["securityContext"]
+    assert sctx["seccompProfile"] == {"type": "RuntimeDefault"} and sctx["capabilities"] == {"drop": ["ALL"]}
+    assert sctx["allowPrivilegeEscalation"] is False and not sctx.get("privileged")
+
+
+def test_agents_hold_no_s3_credentials() -> None:
+    spec = _agent()
+    (container,) = spec["containers"]
+    assert not [e for e in container.get("env") or [] if "AWS" in e["name"] or "secretKeyRef" in str(e)]
+    for volume in spec["volumes"]:
+        if "secret" in volume:
+            items = {i["key"] for i in volume["secret"].get("items") or [{"key": "<everything>"}]}
+            assert not {k for k in items if "AWS" in k or k == "<everything>"}, volume["name"]
+    secret = next(d for _, d in documents() if d["kind"] == "Secret")
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])  # the scheduler's
+
+
+def test_the_key_is_a_plain_file_where_the_config_names_it() -> None:
+    """A Secret volume's files are symlinks (..data/): drsvc refuses a linked key file, so a subPath mount."""
+    config = next(d for _, d in documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "drsvc-config")
+    key_path = next(
+        line.split("=", 1)[1].strip().strip('"')
+        for line in config["data"]["drsvc.toml"].splitlines()
+        if line.strip().startswith("file =")
+    )
+    for spec in (_agent(), _scheduler()):
+        (container,) = spec["containers"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        assert mounts[key_path]["subPath"] == "drsvc.key", key_path
+
+
+def test_agents_checkpoint_through_their_kubelet_not_the_api_servers_node_proxy() -> None:
+    config = next(d for _, d in documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "drsvc-config")
+    url = next(line for line in config["data"]["drsvc.toml"].splitlines() if line.strip().startswith("url ="))
+    assert "via=kubelet" in url and "kubelet_cert=" in url and "sandbox=drsvc-sandbox" in url
+    for _, doc in documents():
+        for rule in doc.get("rules") or []:
+            assert "nodes/proxy" not in rule["resources"], doc["metadata"]["name"]
+            assert "pods/exec" not in rule["resources"] and "*" not in rule["resources"] + rule["verbs"]
+    env = {e["name"]: e for e in _agent()["containers"][0]["env"]}
+    assert env["NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+
+
+def test_sandboxes_are_cut_off_from_the_network() -> None:
+    policies = [d for _, d in documents() if d["kind"] == "NetworkPolicy"]
+    sandbox = next(p for p in policies if p["metadata"]["namespace"] == SANDBOX_NS)
+    assert sandbox["spec"]["podSelector"] == {} and set(sandbox["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in sandbox["spec"] and "egress" not in sandbox["spec"]  # no rule lets anything through
 
 
 # ---------------------------------------------------------------------- RBAC
@@ -199,8 +289,23 @@ def test_declared_calls_are_the_calls_observed(env: FakeEnv) -> None:
     with record("inspect"):
         rt.inspect("alice")
         rt.inspect("a" * 64)
-    with record("checkpoint"), rt.checkpoint("alice") as stream:
+    certs = env.kubelet.certs
+    direct = crio.from_url(
+        env.crio_url(
+            via="kubelet",
+            kubelet_url=env.kubelet.url,
+            kubelet_ca=str(certs.ca),
+            kubelet_cert=str(certs.client_cert),
+            kubelet_key=str(certs.client_key),
+        ),
+        configuration=env.kubelet.configuration(),
+    )
+    with record("checkpoint"), direct.checkpoint("alice") as stream:
         archive = stream.read()
+    env.cluster.calls.clear()
+    with rt.checkpoint("alice") as stream:  # via=proxy: the node proxy on top (never granted)
+        stream.read()
+    assert set(env.cluster.calls) == set(crio.API_CALLS["checkpoint"] + crio.PROXY_CALLS)
     with record("remove"):
         rt.remove("alice")
     with record("restore"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import ssl
 import urllib.parse
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ def _checkpoint(self: Kubelet, node: str, ns: str, pod: str, container: str, wha
             return int(e.status), e.body if isinstance(e.body, bytes) else str(e.body or "").encode()
         except (HTTPError, OSError) as e:
             raise BackendError(f"{what}: API server node proxy for {node} unreachable: {e}") from e
-    base = urllib.parse.urlsplit(self.url.format(node=node))
+    base = urllib.parse.urlsplit(self.url.format(node=node, node_ip=os.environ.get("NODE_IP") or node))
     ctx = ssl.create_default_context(cafile=self.ca)
     if self.cert:
         ctx.load_cert_chain(self.cert, self.key)
