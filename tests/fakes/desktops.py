@@ -255,9 +255,10 @@ class FakeWorld:
 
     # ------------------------------------------------------------ raw checkpoint archives
     def set_archive(self, name: str, data: bytes) -> None:
-        """Make ``name``'s checkpoints these bytes (not a restorable fake archive: store-level tests)."""
+        """Make ``name``'s checkpoints a tar holding these bytes as its memory image (not a restorable
+        fake archive: store-level tests; a tar because drsvc refuses a checkpoint that is not one)."""
         path = self.root / "archives" / name
-        _atomic_write(path, data)
+        _atomic_write(path, _tar_of({"pages-1.img": data}))
         record = self.container(name)
         record["archive"] = str(path)
         self.save_container(record)
