@@ -1,4 +1,4 @@
--- drsvc catalog, migration 10: what a drill proved about its sandbox. Each drill clone is checked
+-- drsvc catalog, migration 12: what a drill proved about its sandbox. Each drill clone is checked
 -- after its restore (drsvc/drill.py check_isolation): network 'none' and no interface up but
 -- loopback, no namespace shared with the host, none of the original's volumes or host paths.
 -- JSON {"isolated": bool, "problems": [...], "clone": {...}, "original": {...}}; NULL before.
