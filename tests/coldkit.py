@@ -29,6 +29,7 @@ import drsvc.backup
 from drsvc import clock
 from drsvc.backup import BackupJob
 from drsvc.catalog import Catalog
+from drsvc.chunks.layout import KEYS_PREFIX
 from drsvc.config import parse_config
 from drsvc.crypto import generate_key_file
 from drsvc.errors import NotFound
@@ -55,7 +56,7 @@ class ColdKit:
     bucket: str = field(default_factory=lambda: f"drsvc-cold-{uuid.uuid4().hex[:8]}")
     pack_mib: int = 16
     zstd_level: int = 3
-    key_of: ColdKit | None = None  # share another kit's key (and so its chunk boundaries)
+    key_of: ColdKit | None = None  # share another kit's keys (and so its chunk boundaries): see _share_keys
     services: Services = field(init=False)
     world: FakeWorld = field(init=False)
 
@@ -69,6 +70,22 @@ class ColdKit:
         else:
             shutil.copy2(self.key_of.root / "drsvc.key", self.root / "drsvc.key")
         self.services = self._services()
+        if self.key_of is not None:
+            self._share_keys(self.key_of)
+
+    def _share_keys(self, other: ColdKit) -> None:
+        """Take ``other``'s tenant data keys as well as its key file.
+
+        Points are sealed, and cut into chunks, with their tenant's data key (the gear table is
+        keyed by it), made at random on a tenant's first backup: two kits sharing only the key
+        file would cut the same data into different chunks. So the default tenant's key is made
+        now in ``other`` if it has none, and every record and pointer is copied verbatim (they
+        are wrapped with the key file's key, which both kits hold).
+        """
+        src, dst = other.services.hot, self.services.hot
+        src.keyring.current("acme")
+        for key in sorted(src.store.list(KEYS_PREFIX)):
+            dst.store.put(key, src.store.get(key))
 
     @property
     def cold_url(self) -> str:
