@@ -44,172 +44,48 @@ with the same grace period, once none of their chunks is referenced and their lo
 A copy whose Object Lock has not expired is skipped, not attempted: S3 would refuse (or, on a
 versioned bucket, only hide it), and skipping keeps a compromised or mistaken policy from even
 hiding it. It is pruned by the first run after its lock expires.
+
+The pieces (import from ``drsvc.tiering``; the names below are re-exported here): ``plan``
+(which points are due), ``report`` (``TierMove``, ``TierReport``), ``cold_prune``
+(``ColdPruneJob``, ``prune_cold``), ``common`` (``manifest_key``, ``META_CLASS``); the tier job
+itself (``TierJob``) lives here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from datetime import datetime, timedelta
-from typing import Any
 
 from drsvc import clock, faults
 from drsvc.backup import IMAGES, chunk_objects, image_record_id
-from drsvc.catalog import Catalog
-from drsvc.chunks import MANIFESTS_PREFIX, ChunkStore, chunk_key, index_key, pack_key
+from drsvc.chunks import ChunkStore, chunk_key, index_key, pack_key
 from drsvc.crypto import Keys
-from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, CorruptChunk, DrsvcError, IntegrityError, NotFound
-from drsvc.intents import Intents, Owner, points_being_read
+from drsvc.errors import EXIT_OK, EXIT_PARTIAL, CorruptChunk, DrsvcError, IntegrityError
+from drsvc.intents import Intents, Owner
 from drsvc.lease import Lease
-from drsvc.policy import Policy, PolicySet
-from drsvc.prune import Decision, PruneJob, manifest_streams, policy_for
-from drsvc.retention import apply_retention
+from drsvc.prune import manifest_streams
 from drsvc.services import Services
+from drsvc.tiering.cold_prune import ColdPruneJob, ColdPruneReport, plan_cold, prune_cold
+from drsvc.tiering.common import META_CLASS, Event, _quiet, manifest_key
+from drsvc.tiering.plan import Candidate, plan_tiering
+from drsvc.tiering.report import TierMove, TierReport, _Point
 
-Event = Callable[..., None]
-META_CLASS = "STANDARD"  # manifests, image records: see the module docstring
-
-
-def _quiet(*_args: Any, **_kw: Any) -> None:
-    return None
-
-
-def manifest_key(desktop: str, point_id: str) -> str:
-    """Object key of a point's (or an image record's) manifest."""
-    return f"{MANIFESTS_PREFIX}{desktop}/{point_id}"
-
-
-# ---------------------------------------------------------------------- planning
-
-
-@dataclass
-class Candidate:
-    """A point due for the cold tier, with the policy that sends it there."""
-
-    point: dict[str, Any]
-    policy: Policy
-    reasons: list[str]
-
-
-def _groups(catalog: Catalog, policies: PolicySet) -> Iterator[tuple[str, Policy, list[dict[str, Any]]]]:
-    """Complete points grouped per (desktop, policy), as prune groups them."""
-    desktops = {d["id"]: d for d in catalog.desktops()}
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    by_name: dict[str, Policy] = {}
-    for point in catalog.points(status="complete"):
-        policy = policy_for(point, policies, desktops)
-        if policy is None:
-            continue
-        by_name[policy.name] = policy
-        groups[(point["desktop_id"], policy.name)].append(point)
-    for (desktop, name), members in sorted(groups.items()):
-        yield desktop, by_name[name], members
-
-
-def plan_tiering(catalog: Catalog, policies: PolicySet, now: datetime) -> list[Candidate]:
-    """Points to copy to the cold tier now, oldest first, with why (pure over catalog + policies)."""
-    due: list[Candidate] = []
-    for _desktop, policy, members in _groups(catalog, policies):
-        if policy.tiering is None:
-            continue
-        stamps = [(p["id"], clock.from_iso(p["taken_at"])) for p in members]
-        wanted = apply_retention(stamps, policy.retention.cold, policy.tz).keep
-        cutoff = now - policy.tiering.after
-        for point in members:
-            if "hot" not in point["tiers"] or "cold" in point["tiers"]:
-                continue
-            if clock.from_iso(point["taken_at"]) > cutoff or point["id"] not in wanted:
-                continue
-            reasons = [f"older than tiering.after ({policy.tiering.after})", *wanted[point["id"]]]
-            due.append(Candidate(point, policy, reasons))
-    due.sort(key=lambda c: (c.point["taken_at"], c.point["id"]))
-    return due
-
-
-# ---------------------------------------------------------------------- the tier job
-
-
-@dataclass
-class TierMove:
-    """One point's move to the cold tier."""
-
-    point_id: str
-    desktop: str
-    policy: str
-    taken_at: str
-    status: str = "planned"  # planned | done | failed
-    storage_class: str | None = None
-    retain_until: str | None = None
-    chunks: int = 0
-    chunks_uploaded: int = 0
-    bytes_uploaded: int = 0
-    locks_extended: int = 0
-    seconds: float = 0.0
-    reasons: list[str] = field(default_factory=list)
-    error: str | None = None
-
-    def document(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class _Point:
-    """A point being tiered in a batch: its move, lock, and what it needs."""
-
-    candidate: Candidate
-    move: TierMove
-    move_id: int
-    until: datetime | None
-    lock_days: int
-    key: str = ""
-    raw_manifest: bytes = b""
-    image_key: str | None = None
-    image_raw: bytes | None = None
-    wanted: list[str] = field(default_factory=list)
-    objects: dict[str, int] = field(default_factory=dict)  # volume chunk -> the object it lies within
-    keys: Keys | None = None  # the data key of the point's manifest and chunks (the fleet key or a tenant's)
-
-
-@dataclass
-class TierReport:
-    dry_run: bool
-    job_id: int | None = None
-    moves: list[TierMove] = field(default_factory=list)
-    note: str | None = None
-
-    @property
-    def exit_code(self) -> int:
-        failed = sum(m.status == "failed" for m in self.moves)
-        if not failed:
-            return EXIT_OK
-        return EXIT_PARTIAL if failed < len(self.moves) else EXIT_FAILED
-
-    def lag(self) -> dict[tuple[str, str], int]:
-        """Points this run found due for the cold tier and did not get there, per (desktop, policy)."""
-        out: dict[tuple[str, str], int] = {}
-        for m in self.moves:
-            if m.status != "done":
-                out[(m.desktop, m.policy)] = out.get((m.desktop, m.policy), 0) + 1
-        return out
-
-    def document(self) -> dict[str, Any]:
-        done = [m for m in self.moves if m.status == "done"]
-        return {
-            "dry_run": self.dry_run,
-            "job_id": self.job_id,
-            "note": self.note,
-            "moves": [m.document() for m in self.moves],
-            "summary": {
-                "count": len(self.moves),
-                "done": len(done),
-                "failed": sum(m.status == "failed" for m in self.moves),
-                "chunks_uploaded": sum(m.chunks_uploaded for m in done),
-                "bytes_uploaded": sum(m.bytes_uploaded for m in done),
-            },
-        }
+__all__ = [
+    "META_CLASS",
+    "Candidate",
+    "ColdPruneJob",
+    "ColdPruneReport",
+    "Event",
+    "TierJob",
+    "TierMove",
+    "TierReport",
+    "chunk_objects",
+    "manifest_key",
+    "plan_cold",
+    "plan_tiering",
+    "prune_cold",
+]
 
 
 class TierJob:
@@ -552,109 +428,3 @@ class TierJob:
                     [(url, k, clock.to_iso(extended_to)) for k in short],
                 )
         return len(short) if extend is not None else 0
-
-
-# ---------------------------------------------------------------------- cold prune
-
-
-@dataclass
-class ColdPruneReport:
-    dry_run: bool
-    decisions: list[Decision] = field(default_factory=list)
-    locked: list[str] = field(default_factory=list)
-    chunks_marked: int = 0
-    chunks_deleted: int = 0
-
-    def document(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "dropped": [d.document() for d in self.decisions if not d.keep],
-            "kept": sum(d.keep for d in self.decisions),
-            "locked": self.locked,
-            "chunks_unreferenced": self.chunks_marked,
-            "chunks_deleted": self.chunks_deleted,
-        }
-
-
-def plan_cold(catalog: Catalog, policies: PolicySet, now: datetime) -> tuple[list[Decision], list[str]]:
-    """Keep/drop of every cold copy with reasons, and the ids kept only because still locked."""
-    locks = {
-        r["point_id"]: r["retain_until"]
-        for r in catalog.query("SELECT point_id, retain_until FROM point_tiers WHERE tier = 'cold'")
-    }
-    decisions: list[Decision] = []
-    locked: list[str] = []
-    reading = points_being_read(catalog)
-    for desktop, policy, members in _groups(catalog, policies):
-        cold = [p for p in members if "cold" in p["tiers"]]
-        rules = policy.retention.cold
-        if not cold or rules.empty:
-            continue
-        result = apply_retention([(p["id"], clock.from_iso(p["taken_at"])) for p in cold], rules, policy.tz)
-        for p in cold:
-            reasons = result.keep.get(p["id"])
-            keep = reasons is not None
-            until = locks.get(p["id"])
-            if not keep and until and clock.from_iso(until) > now:
-                keep, reasons = True, [f"locked until {until} (S3 Object Lock): pruned after it expires"]
-                locked.append(p["id"])
-            if not keep and p["id"] in reading:
-                keep, reasons = True, ["a restore is reading it (kept until the restore ends)"]
-            decisions.append(
-                Decision(
-                    p["id"],
-                    desktop,
-                    "cold",
-                    p["taken_at"],
-                    keep,
-                    reasons or [f"not kept by cold rules ({rules.describe()})"],
-                )
-            )
-    return decisions, locked
-
-
-class ColdPruneJob:
-    """Applies cold retention to cold copies and collects cold chunks no manifest references."""
-
-    def __init__(self, services: Services, lease: Lease | None, *, on_event: Event | None = None) -> None:
-        self.services = services
-        self.catalog = services.catalog
-        self.lease = lease
-        self.on_event = on_event or _quiet
-
-    def run(self, *, dry_run: bool = False, now: datetime | None = None) -> ColdPruneReport:
-        now = now or clock.now()
-        report = ColdPruneReport(dry_run)
-        if not self.services.has_cold:
-            return report
-        report.decisions, report.locked = plan_cold(self.catalog, self.services.policies, now)
-        if dry_run:
-            return report
-        cold = self.services.cold
-        for decision in report.decisions:
-            if decision.keep:
-                continue
-            if self.lease is not None:
-                self.lease.check()
-            with contextlib.suppress(NotFound):  # already gone: a previous run died after deleting it
-                cold.delete_manifest(decision.desktop, decision.point_id)
-            with self.catalog.transaction():
-                self.catalog.drop_tier(decision.point_id, "cold")
-                self.catalog.expire_if_uncopied(decision.point_id)  # copies at other sites keep it
-            self.on_event("dropped", decision=decision)
-        # Same mark-and-sweep with grace as the hot store (a tier run between its chunks and its
-        # manifest is protected by the grace period, exactly as a backup is on the hot side).
-        report.chunks_marked, report.chunks_deleted = PruneJob(self.services, self.lease).collect_garbage(cold, now)
-        return report
-
-
-def prune_cold(
-    services: Services,
-    lease: Lease | None,
-    *,
-    dry_run: bool = False,
-    now: datetime | None = None,
-    on_event: Event | None = None,
-) -> ColdPruneReport:
-    """``ColdPruneJob(...).run(...)`` for ``drsvc prune``."""
-    return ColdPruneJob(services, lease, on_event=on_event).run(dry_run=dry_run, now=now)
