@@ -1,34 +1,11 @@
-"""``s3://BUCKET[/PREFIX]``: objects in an S3 bucket (AWS S3, Ceph radosgw, MinIO …), the cold tier.
-
-Endpoint, region and credentials come from the options (``endpoint_url``, ``region``, ``profile``)
-or from the standard AWS environment and profile chain; ``$S3_ENDPOINT_URL`` is the endpoint
-fallback (radosgw, MinIO). Credentials are never part of the URL or the config.
-
-- Parallel transfers with bounded memory: ``put_many`` keeps at most ``window`` objects and
-  ``window_bytes`` in flight on ``workers`` threads; ``get_many`` reads ahead ``window`` objects;
-  ``delete_many`` sends ``DeleteObjects`` batches of 1000 keys; ``get_range`` is one ranged GET
-  (how the chunk store reads many chunks of a pack per request).
-- Objects above ``multipart_threshold`` go through boto3's managed transfer (multipart, parallel
-  parts); chunks (≤ 1 MiB) are single ``PutObject`` calls.
-- Retries: botocore's ``standard`` mode (exponential backoff with jitter on throttling, 5xx and
-  connection errors), ``max_attempts`` 10. Not ``adaptive``: its client-side token bucket is
-  documented as experimental and throttles every thread of the client together.
-- ``storage_class`` is sent per object. ``retain_until`` becomes S3 Object Lock retention in
-  ``lock_mode`` (COMPLIANCE by default: not even the account root can shorten or remove it, which
-  is what protects backups from a compromised admin credential; GOVERNANCE can be bypassed by
-  anyone holding ``s3:BypassGovernanceRetention``). The bucket must have Object Lock enabled:
-  with ``object_lock=True`` a missing bucket is created that way.
-- Deletes remove the current version. On a versioned (object-lock) bucket that leaves a delete
-  marker and the data stays until the lifecycle rule drsvc installs on buckets it creates expires
-  noncurrent versions (which S3 refuses while their retention lasts). A locked version itself can
-  never be deleted before its retention ends, by drsvc or anyone.
-- Only calls every S3 implementation has (no radosgw-only APIs).
+"""``S3Store``: one bucket (and key prefix) as a drsvc object store -- bucket setup, parallel
+transfers, Object Lock retention, tagged and server-side copies. See the package docstring for the
+behaviour (retries, storage classes, locks, deletes).
 """
 
 from __future__ import annotations
 
 import collections
-import io
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -39,16 +16,13 @@ from typing import Any
 from drsvc import faults
 from drsvc.errors import (
     BackendError,
-    BackendForbidden,
-    BackendOutage,
-    BackendThrottled,
-    BackendTimeout,
-    BackendUnavailable,
     InvalidInput,
     MissingDependency,
     NotFound,
 )
 from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map, split_store_url, too_large
+from drsvc.storage.s3.errors import _NOT_FOUND, RUNBOOK, _code, _outage
+from drsvc.storage.s3.reader import _ViewReader
 
 MiB = 1024 * 1024
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
@@ -56,7 +30,6 @@ LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")  # not readable without a RestoreObject first
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_NOT_FOUND = ("NoSuchKey", "404", "NotFound", "NoSuchVersion")
 
 
 def _boto3() -> Any:
@@ -71,85 +44,6 @@ def from_url(url: str, **options: Any) -> S3Store:
     """Open ``s3://BUCKET[/PREFIX]``."""
     bucket, prefix = split_store_url(url, "s3", _BUCKET, "s3://BUCKET[/PREFIX]")
     return S3Store(bucket, prefix, **options)
-
-
-class _ViewReader(io.RawIOBase):
-    """A seekable read-only file over a buffer, without copying it (``io.BytesIO`` copies anything but ``bytes``).
-
-    botocore reads a body several times (its checksum, then the send; again on a retry), a block
-    at a time, seeking back in between; a 16 MiB pack buffer is never duplicated.
-    """
-
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
-        self._view = memoryview(data).cast("B")
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return len(self._view)
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        piece = self._view[self._pos : self._pos + len(buffer)]
-        n = len(piece)
-        memoryview(buffer).cast("B")[:n] = piece
-        self._pos += n
-        return n
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else self._pos + size
-        piece = bytes(self._view[self._pos : end])
-        self._pos += len(piece)
-        return piece
-
-    def readall(self) -> bytes:
-        return self.read()
-
-
-RUNBOOK = "s3-unavailable"
-_FORBIDDEN = ("403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "InvalidToken", "ExpiredToken")
-_THROTTLED = ("SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests", "429")
-_UNAVAILABLE = ("500", "502", "503", "504", "InternalError", "ServiceUnavailable", "BadGateway")
-
-
-def _outage(error: Exception, code: str) -> tuple[type[BackendOutage], str] | None:
-    """The expected failures of an S3 endpoint (down, stalled, refusing us, throttling), or None."""
-    from botocore import exceptions as bx
-
-    if isinstance(error, bx.NoCredentialsError | bx.PartialCredentialsError):
-        return BackendForbidden, "no S3 credentials (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile)"
-    if isinstance(error, bx.ReadTimeoutError | bx.ConnectTimeoutError):
-        return BackendTimeout, f"no answer within the configured timeout ({error})"
-    if isinstance(error, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ConnectionError):
-        return BackendUnavailable, str(error)
-    if isinstance(error, bx.ResponseStreamingError):
-        return BackendUnavailable, f"the connection broke while reading ({error})"
-    if code in _FORBIDDEN:
-        return BackendForbidden, f"{code}: the endpoint refuses these credentials (check the S3 access key and secret)"
-    if code in _THROTTLED:
-        return BackendThrottled, f"{code}: still asked to slow down after every retry"
-    if code in _UNAVAILABLE:
-        return BackendUnavailable, f"{code}: server error after every retry"
-    return None
-
-
-def _code(error: Exception) -> str:
-    response = getattr(error, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", "")) or str(
-        response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
-    )
 
 
 class S3Store(StoreBase):
