@@ -176,9 +176,16 @@ class RadosPoolSnapshots:
             _drain(inflight, ceph.wait)
 
     def remove(self, name: str) -> None:
-        """Remove the pool snapshot ``name``; a missing one is fine."""
+        """Remove the pool snapshot ``name``; a missing one is fine, in a missing pool too.
+
+        A backup records its pool snapshot before it asks Ceph for it (so a killed run's can be
+        found), also when the pool does not exist; prune and cleanup then remove that record.
+        """
         rados = ceph.rados_module()
-        io = _ioctx(self.pool, self._conn)
+        try:
+            io = _ioctx(self.pool, self._conn)
+        except NotFound:
+            return  # no pool, no snapshot in it
         try:
             io.remove_snap(name)
         except rados.ObjectNotFound:

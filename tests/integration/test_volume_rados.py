@@ -208,6 +208,7 @@ def test_pool_snapshot_lifecycle(lab, ns):
     finally:
         remove_pool_snapshot(POOL, name)
     remove_pool_snapshot(POOL, name)  # missing is fine
+    remove_pool_snapshot(f"no-such-pool-{uuid.uuid4().hex[:6]}", name)  # a missing pool too
     assert name not in {s.name for s in list_pool_snapshots(POOL)}
     with pytest.raises(NotFound, match=name):
         vol.objects_at(name)
