@@ -23,37 +23,58 @@ What librados actually does (pacific, measured in the lab) and how this module c
   images cannot take pool snapshots (EINVAL), reported as such.
 
 Opening a volume does not connect; the first operation does (through ``drsvc.ceph``).
+
+The pieces: this module (URLs and ``RadosVolume``), ``drsvc.volumes.rados_snapshots`` (pool
+snapshots, re-exported here), ``drsvc.volumes.rados_io`` (shared librados helpers) and
+``drsvc.volumes.rados_meta`` (the metadata scan).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
-import json
-import re
-import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC
 from typing import Any
 
 from drsvc import ceph, faults
-from drsvc.errors import BackendError, DrsvcError, IntegrityError, InvalidInput, NotFound
+from drsvc.errors import IntegrityError, InvalidInput, NotFound
 from drsvc.volumes.base import (
     READ_SIZE,
     ObjectStream,
-    SnapshotInfo,
     VolumeObject,
     digest_streams,
 )
+from drsvc.volumes.rados_io import (
+    _NAMESPACE,
+    _POOL,
+    SCHEME,
+    _coalesce,
+    _drain,
+    _ioctx,
+    _lookup_snap,
+    _rv_error,
+)
 from drsvc.volumes.rados_meta import MetadataScan
+from drsvc.volumes.rados_snapshots import (
+    RadosPoolSnapshots,
+    create_pool_snapshot,
+    list_pool_snapshots,
+    remove_pool_snapshot,
+    snapshots_from_scope,
+)
 
-SCHEME = "rados"
-_POOL = re.compile(r"^[A-Za-z0-9_.-]+$")
-_NAMESPACE = re.compile(r"^[A-Za-z0-9_.@+=:-]+$")
-_SETTLE_PER_PG = 16
-_SETTLE_NAMESPACE = "drsvc.snapshot-settle"  # only stat'ed, never written
+__all__ = [
+    "SCHEME",
+    "RadosPoolSnapshots",
+    "RadosVolume",
+    "create_pool_snapshot",
+    "from_url",
+    "list_pool_snapshots",
+    "parse_url",
+    "remove_pool_snapshot",
+    "snapshots_from_scope",
+]
 
 
 # ---------------------------------------------------------------- URLs and names
@@ -74,172 +95,6 @@ def from_url(url: str, **options: Any) -> RadosVolume:
     """Open ``rados://POOL/NAMESPACE``; options: conffile, keyring, name, window, window_bytes, threads."""
     pool, namespace = parse_url(url)
     return RadosVolume(pool, namespace, **options)
-
-
-# ---------------------------------------------------------------- helpers
-def _rv_error(op: str, rv: int) -> DrsvcError:
-    return ceph.rv_error(op, rv)
-
-
-def _ioctx(pool: str, conn: dict[str, Any]) -> Any:
-    return ceph.open_ioctx(ceph.cluster(**conn), pool)
-
-
-def _lookup_snap(io: Any, pool: str, snap_name: str) -> int:
-    rados = ceph.rados_module()
-    try:
-        return int(io.lookup_snap(snap_name).snap_id)
-    except rados.ObjectNotFound as e:
-        raise NotFound(f"pool snapshot {snap_name!r} not found in pool {pool}") from e
-    except rados.Error as e:
-        raise ceph.error(f"look up pool snapshot {snap_name!r} in pool {pool}", e) from e
-
-
-def _ignore(*_args: Any) -> None:
-    pass
-
-
-def _drain(inflight: collections.deque[Any], wait: Callable[[Any], None]) -> None:
-    """After an error: wait for every completion still in flight, ignoring results (never leak them)."""
-    while inflight:
-        # already failing: the first error is the one to report
-        with contextlib.suppress(Exception):
-            wait(inflight.popleft())
-
-
-# ---------------------------------------------------------------- pool snapshots
-class RadosPoolSnapshots:
-    """Pool snapshots of one Ceph pool (the snapshot scope of every ``rados://POOL/…`` volume)."""
-
-    def __init__(
-        self, pool: str, *, conffile: str | None = None, keyring: str | None = None, name: str | None = None
-    ) -> None:
-        if not _POOL.match(pool or ""):
-            raise InvalidInput(f"bad Ceph pool name {pool!r}")
-        self.pool = pool
-        self.scope = f"{SCHEME}://{pool}"
-        self._conn = {"conffile": conffile, "keyring": keyring, "name": name}
-
-    def create(self, name: str) -> int:
-        """Take pool snapshot ``name`` now; return its id once every PG honours it (~20 ms in the lab)."""
-        rados = ceph.rados_module()
-        io = _ioctx(self.pool, self._conn)
-        try:
-            try:
-                io.create_snap(name)
-            except rados.ObjectExists as e:
-                raise BackendError(f"pool snapshot {name!r} already exists in pool {self.pool}") from e
-            except rados.Error as e:
-                if getattr(e, "errno", None) == errno.EINVAL:
-                    raise BackendError(
-                        f"pool {self.pool} refuses pool snapshots ({e}): it holds self-managed (RBD) "
-                        "snapshots, and a pool can have one kind or the other, never both"
-                    ) from e
-                raise ceph.error(f"create pool snapshot {name!r} in pool {self.pool}", e) from e
-            snap_id = _lookup_snap(io, self.pool, name)
-            self._settle(io)
-            return snap_id
-        finally:
-            io.close()
-
-    def _settle(self, io: Any) -> None:
-        """Return only once every PG of the pool applies the new snapshot to incoming writes.
-
-        The OSD copies-on-write using its PG's own osdmap: a write that reaches a PG still on the
-        previous epoch is not preserved by the snapshot (seen in the lab: ~1 % of writes issued
-        right after ``create_snap`` by another client). An op sent at the new epoch makes its PG
-        catch up first, so: fetch the latest map, then stat ``_SETTLE_PER_PG`` x pg_num random
-        names (every PG is hit with near certainty: P(miss) ~ pg_num * e^-16). ~6 ms for 8 PGs.
-        """
-        handle = ceph.cluster(**self._conn)
-        with ceph.ceph_errors(f"wait for the osdmap of pool {self.pool}"):
-            handle.wait_for_latest_osdmap()
-            rv, out, err = handle.mon_command(
-                json.dumps({"prefix": "osd pool get", "pool": self.pool, "var": "pg_num", "format": "json"}),
-                b"",
-            )
-        if rv != 0:
-            raise BackendError(f"read pg_num of pool {self.pool}: {err or rv}")
-        probes = _SETTLE_PER_PG * int(json.loads(out)["pg_num"])
-        io.set_namespace(_SETTLE_NAMESPACE)
-        inflight: collections.deque[Any] = collections.deque()
-        salt = uuid.uuid4().hex
-        try:
-            for i in range(probes):
-                with ceph.ceph_errors(f"settle pool snapshot of {self.pool}"):
-                    inflight.append(io.aio_stat(f"{salt}.{i}", _ignore))
-                if len(inflight) >= 256:
-                    ceph.wait(inflight.popleft())
-            while inflight:
-                ceph.wait(inflight.popleft())
-        finally:
-            _drain(inflight, ceph.wait)
-
-    def remove(self, name: str) -> None:
-        """Remove the pool snapshot ``name``; a missing one is fine, in a missing pool too.
-
-        A backup records its pool snapshot before it asks Ceph for it (so a killed run's can be
-        found), also when the pool does not exist; prune and cleanup then remove that record.
-        """
-        rados = ceph.rados_module()
-        try:
-            io = _ioctx(self.pool, self._conn)
-        except NotFound:
-            return  # no pool, no snapshot in it
-        try:
-            io.remove_snap(name)
-        except rados.ObjectNotFound:
-            pass
-        except rados.Error as e:
-            raise ceph.error(f"remove pool snapshot {name!r} from pool {self.pool}", e) from e
-        finally:
-            io.close()
-
-    def lookup(self, name: str) -> int:
-        """The id of the pool snapshot ``name``; ``NotFound`` if it does not exist."""
-        io = _ioctx(self.pool, self._conn)
-        try:
-            return _lookup_snap(io, self.pool, name)
-        finally:
-            io.close()
-
-    def list(self) -> list[SnapshotInfo]:
-        """Every pool snapshot of the pool (drsvc's and others'), oldest first."""
-        io = _ioctx(self.pool, self._conn)
-        try:
-            with ceph.ceph_errors(f"list pool snapshots of {self.pool}"):
-                snaps = [
-                    # the binding returns naive local time (minute resolution seen in pacific)
-                    SnapshotInfo(s.name, int(s.snap_id), s.get_timestamp().astimezone(UTC))
-                    for s in io.list_snaps()
-                ]
-        finally:
-            io.close()
-        return sorted(snaps, key=lambda s: s.snap_id)
-
-
-def snapshots_from_scope(scope: str, **conn: Any) -> RadosPoolSnapshots:
-    """``rados://POOL`` -> that pool's snapshots."""
-    prefix = f"{SCHEME}://"
-    pool = scope.removeprefix(prefix)
-    if not scope.startswith(prefix) or not pool or "/" in pool:
-        raise InvalidInput(f"malformed snapshot scope {scope!r}: expected {prefix}POOL")
-    return RadosPoolSnapshots(pool, **conn)
-
-
-def create_pool_snapshot(pool: str, name: str, **conn: Any) -> int:
-    """Take pool snapshot ``name`` of ``pool``; return its snap id."""
-    return RadosPoolSnapshots(pool, **conn).create(name)
-
-
-def remove_pool_snapshot(pool: str, name: str, **conn: Any) -> None:
-    """Remove pool snapshot ``name`` of ``pool``; a missing one is fine."""
-    RadosPoolSnapshots(pool, **conn).remove(name)
-
-
-def list_pool_snapshots(pool: str, **conn: Any) -> list[SnapshotInfo]:
-    """(name, snap_id, created) of every pool snapshot of ``pool``, oldest first."""
-    return RadosPoolSnapshots(pool, **conn).list()
 
 
 # ---------------------------------------------------------------- the volume
@@ -658,18 +513,3 @@ class RadosVolume:
         finally:
             _drain(inflight, lambda entry: ceph.wait(entry[1]))
         return removed
-
-
-def _coalesce(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """Re-cut a stream of chunks into pieces of exactly ``size`` bytes (the last may be shorter)."""
-    buf = bytearray()
-    for chunk in chunks:
-        if not buf and len(chunk) == size:
-            yield bytes(chunk)
-            continue
-        buf += chunk
-        while len(buf) >= size:
-            yield bytes(buf[:size])
-            del buf[:size]
-    if buf:
-        yield bytes(buf)
