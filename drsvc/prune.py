@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -83,22 +83,27 @@ def policy_for(point: dict[str, Any], policies: PolicySet, desktops: dict[str, d
     return matching[0] if matching else None
 
 
-def plan_hot(catalog: Catalog, policies: PolicySet, now: datetime | None = None) -> list[Decision]:
-    """Keep/drop of every hot copy, with the reasons (pure over what the catalog says)."""
-    reading = points_being_read(catalog)
+def point_groups(catalog: Catalog, policies: PolicySet) -> Iterator[tuple[str, Policy, list[dict[str, Any]]]]:
+    """Complete points grouped per (desktop, governing policy), sorted: the unit that prune,
+    tiering and site copies apply a policy's retention to."""
     desktops = {d["id"]: d for d in catalog.desktops()}
-    points = catalog.points(status="complete")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    policy_of: dict[str, Policy] = {}
-    for point in points:
+    by_name: dict[str, Policy] = {}
+    for point in catalog.points(status="complete"):
         policy = policy_for(point, policies, desktops)
         if policy is None:
             continue
-        policy_of[policy.name] = policy
+        by_name[policy.name] = policy
         groups[(point["desktop_id"], policy.name)].append(point)
-    decisions = []
     for (desktop, name), members in sorted(groups.items()):
-        policy = policy_of[name]
+        yield desktop, by_name[name], members
+
+
+def plan_hot(catalog: Catalog, policies: PolicySet, now: datetime | None = None) -> list[Decision]:
+    """Keep/drop of every hot copy, with the reasons (pure over what the catalog says)."""
+    reading = points_being_read(catalog)
+    decisions = []
+    for desktop, policy, members in point_groups(catalog, policies):
         stamps = [(p["id"], clock.from_iso(p["taken_at"])) for p in members]
         hot = [p for p in members if "hot" in p["tiers"]]
         hot_rules: RetentionRules = policy.retention.hot

@@ -16,7 +16,7 @@ its copies); prune at one site never looks at another site's copies or locks.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,7 +24,7 @@ from typing import Any
 from drsvc import clock
 from drsvc.catalog import Catalog
 from drsvc.policy import Policy, PolicySet, SiteCopy
-from drsvc.prune import Decision, policy_for
+from drsvc.prune import Decision, point_groups, policy_for
 from drsvc.retention import apply_retention
 from drsvc.units import format_duration
 
@@ -39,21 +39,6 @@ class CopyCandidate:
     copy: SiteCopy | None
     reasons: list[str] = field(default_factory=list)
     problem: str | None = None  # set when the point cannot go (site not configured)
-
-
-def point_groups(catalog: Catalog, policies: PolicySet) -> Iterator[tuple[str, Policy, list[dict[str, Any]]]]:
-    """Complete points grouped per (desktop, governing policy), as prune and tiering group them."""
-    desktops = {d["id"]: d for d in catalog.desktops()}
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    by_name: dict[str, Policy] = {}
-    for point in catalog.points(status="complete"):
-        policy = policy_for(point, policies, desktops)
-        if policy is None:
-            continue
-        by_name[policy.name] = policy
-        groups[(point["desktop_id"], policy.name)].append(point)
-    for (desktop, name), members in sorted(groups.items()):
-        yield desktop, by_name[name], members
 
 
 def _stamps(points: Iterable[dict[str, Any]]) -> list[tuple[str, datetime]]:

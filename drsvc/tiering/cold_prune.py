@@ -19,11 +19,10 @@ from drsvc.errors import NotFound
 from drsvc.intents import points_being_read
 from drsvc.lease import Lease
 from drsvc.policy import PolicySet
-from drsvc.prune import Decision, PruneJob
+from drsvc.prune import Decision, PruneJob, point_groups
 from drsvc.retention import apply_retention
 from drsvc.services import Services
 from drsvc.tiering.common import Event, _quiet
-from drsvc.tiering.plan import _groups
 
 
 @dataclass
@@ -54,7 +53,7 @@ def plan_cold(catalog: Catalog, policies: PolicySet, now: datetime) -> tuple[lis
     decisions: list[Decision] = []
     locked: list[str] = []
     reading = points_being_read(catalog)
-    for desktop, policy, members in _groups(catalog, policies):
+    for desktop, policy, members in point_groups(catalog, policies):
         cold = [p for p in members if "cold" in p["tiers"]]
         rules = policy.retention.cold
         if not cold or rules.empty:

@@ -7,8 +7,6 @@ drop at once.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 from drsvc import clock
 from drsvc.catalog import Catalog
 from drsvc.policy import Policy, PolicySet
-from drsvc.prune import policy_for
+from drsvc.prune import point_groups
 from drsvc.retention import apply_retention
 
 
@@ -29,25 +27,10 @@ class Candidate:
     reasons: list[str]
 
 
-def _groups(catalog: Catalog, policies: PolicySet) -> Iterator[tuple[str, Policy, list[dict[str, Any]]]]:
-    """Complete points grouped per (desktop, policy), as prune groups them."""
-    desktops = {d["id"]: d for d in catalog.desktops()}
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    by_name: dict[str, Policy] = {}
-    for point in catalog.points(status="complete"):
-        policy = policy_for(point, policies, desktops)
-        if policy is None:
-            continue
-        by_name[policy.name] = policy
-        groups[(point["desktop_id"], policy.name)].append(point)
-    for (desktop, name), members in sorted(groups.items()):
-        yield desktop, by_name[name], members
-
-
 def plan_tiering(catalog: Catalog, policies: PolicySet, now: datetime) -> list[Candidate]:
     """Points to copy to the cold tier now, oldest first, with why (pure over catalog + policies)."""
     due: list[Candidate] = []
-    for _desktop, policy, members in _groups(catalog, policies):
+    for _desktop, policy, members in point_groups(catalog, policies):
         if policy.tiering is None:
             continue
         stamps = [(p["id"], clock.from_iso(p["taken_at"])) for p in members]
