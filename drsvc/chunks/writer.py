@@ -90,15 +90,7 @@ class ChunkWriter:
         """Store the chunks of ``segments`` cut by ``cutter``, sealed by ``codec``; the ``StreamRef``
         once every new chunk is durably written."""
         one = _StreamWrite(self, self.known(), codec, cutter)
-        ok = False  # not sys.exc_info(): a caller's own except clause would show up there
-        try:
-            self.store.put_many(one.items(segments))
-            ok = True
-        finally:
-            one.settle(ok)
-        one.wait_borrowed()
-        with self.lock:
-            self.stats.add(one.stats)
+        self._store(one, one.items(segments))
         return StreamRef(one.entries, one.stats.bytes_in, one.hasher.hexdigest(), one.stats, codec.keys.key_id)
 
     def write_parts(self, parts: Iterable[Part], codec: Codec, cutter: Cutter, align: int) -> StreamRef:
@@ -108,17 +100,21 @@ class ChunkWriter:
         a chunk boundary. The stream's hash is its chunk list's (``chunk_list_hash``).
         """
         one = _StreamWrite(self, self.known(), codec, cutter)
-        ok = False
+        self._store(one, one.items_of_parts(parts, align))
+        digest = chunk_list_hash(codec.keys.hasher(), one.entries)
+        return StreamRef(one.entries, one.stats.bytes_in, digest, one.stats, codec.keys.key_id)
+
+    def _store(self, one: _StreamWrite, items: Iterable[tuple[str, bytes]]) -> None:
+        """Upload one stream's new chunks, settle what it borrowed or claimed, count its stats."""
+        ok = False  # not sys.exc_info(): a caller's own except clause would show up there
         try:
-            self.store.put_many(one.items_of_parts(parts, align))
+            self.store.put_many(items)
             ok = True
         finally:
             one.settle(ok)
         one.wait_borrowed()
         with self.lock:
             self.stats.add(one.stats)
-        digest = chunk_list_hash(codec.keys.hasher(), one.entries)
-        return StreamRef(one.entries, one.stats.bytes_in, digest, one.stats, codec.keys.key_id)
 
     def claim(self, raw: bytes) -> threading.Event | None:
         """Under ``lock``: claim the upload of a new chunk (None), or the event of the writer that has it."""

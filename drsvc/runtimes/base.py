@@ -124,6 +124,24 @@ class Isolation:
         }
 
 
+def inspect_isolation(inspect: dict[str, Any], network: str | None) -> Isolation:
+    """``Isolation`` from a Docker-compatible inspect document (Docker's and Podman's API alike);
+    ``network`` is the mode as the adapter names it."""
+    host = inspect.get("HostConfig") or {}
+    shared = [
+        ns
+        for ns, key in (("network", "NetworkMode"), ("pid", "PidMode"), ("ipc", "IpcMode"))
+        if str(host.get(key) or "") == "host"
+    ]
+    sources = sorted(
+        str(m.get("Name") or m.get("Source") or "")
+        for m in inspect.get("Mounts") or []
+        if m.get("Type") in ("bind", "volume")
+    )
+    pid = int((inspect.get("State") or {}).get("Pid") or 0)
+    return Isolation(network, netns_interfaces(pid), shared, sources)
+
+
 def netns_interfaces(pid: int) -> list[str] | None:
     """The network interfaces other than loopback in the network namespace of host process ``pid``."""
     if pid <= 0:

@@ -43,7 +43,7 @@ from drsvc.runtimes.base import (
     DesktopRef,
     Isolation,
     desktop_from_labels,
-    netns_interfaces,
+    inspect_isolation,
     probe_tcp_in_netns,
     with_criu_log,
 )
@@ -330,19 +330,7 @@ class PodmanRuntime:
     def isolation(self, name: str) -> Isolation:
         """What the container shares with the host and other containers: network, namespaces, mounts."""
         c = self._inspect_raw(name)
-        host = c.get("HostConfig") or {}
-        shared = [
-            ns
-            for ns, key in (("network", "NetworkMode"), ("pid", "PidMode"), ("ipc", "IpcMode"))
-            if str(host.get(key) or "") == "host"
-        ]
-        sources = sorted(
-            str(m.get("Name") or m.get("Source") or "")
-            for m in c.get("Mounts") or []
-            if m.get("Type") in ("bind", "volume")
-        )
-        pid = int((c.get("State") or {}).get("Pid") or 0)
-        return Isolation(self._ref(c).network, netns_interfaces(pid), shared, sources)
+        return inspect_isolation(c, self._ref(c).network)
 
     def _loopback_up(self, name: str) -> None:
         pid = int((self._inspect_raw(name).get("State") or {}).get("Pid") or 0)

@@ -22,7 +22,7 @@ from drsvc.runtimes.base import (
     DesktopRef,
     Isolation,
     desktop_from_labels,
-    netns_interfaces,
+    inspect_isolation,
     probe_tcp_in_netns,
 )
 from drsvc.runtimes.docker.client import CHUNK, DockerClient, chunks
@@ -202,21 +202,9 @@ class DockerRuntime:
     def isolation(self, name: str) -> Isolation:
         """What the container shares with the host: network, namespaces, where its mounts come from."""
         c = self.client.inspect_raw(name)
-        host = c.get("HostConfig") or {}
-        shared = [
-            ns
-            for ns, key in (("network", "NetworkMode"), ("pid", "PidMode"), ("ipc", "IpcMode"))
-            if str(host.get(key) or "") == "host"
-        ]
-        sources = sorted(
-            str(m.get("Name") or m.get("Source") or "")
-            for m in c.get("Mounts") or []
-            if m.get("Type") in ("bind", "volume")
-        )
-        pid = int((c.get("State") or {}).get("Pid") or 0)
-        mode = str(host.get("NetworkMode") or "")
+        mode = str((c.get("HostConfig") or {}).get("NetworkMode") or "")
         nets = sorted(((c.get("NetworkSettings") or {}).get("Networks") or {}).keys())
-        return Isolation(_network(mode, nets), netns_interfaces(pid), shared, sources)
+        return inspect_isolation(c, _network(mode, nets))
 
     def exec(self, name: str, argv: Sequence[str], timeout: float = 30.0) -> tuple[int, str]:
         """Run ``argv`` inside the container; return (exit code, stdout+stderr)."""
