@@ -25,46 +25,28 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-try:
-    import rados  # noqa: F401
-except ImportError:
-    sys.path.append(os.environ.get("DRSVC_LAB_PYSHIM", "/var/lib/drsvc-lab/pyshim"))
+from _lab import DRSVC, config_text
+from faultkit import overwrite_page
 
-from faultkit import overwrite_page  # noqa: E402
-
-from drsvc import clock  # noqa: E402
-from drsvc.backup import MANIFEST_FORMAT  # noqa: E402
-from drsvc.catalog import Catalog  # noqa: E402
-from drsvc.catalog_copy import list_copies, read_copy, stores_of  # noqa: E402
-from drsvc.config import load_config  # noqa: E402
-from drsvc.crypto import generate_key_file  # noqa: E402
-from drsvc.services import Services  # noqa: E402
-
-DRSVC = str(ROOT / ".venv" / "bin" / "drsvc")
+from drsvc import clock
+from drsvc.backup import MANIFEST_FORMAT
+from drsvc.catalog import Catalog
+from drsvc.catalog_copy import list_copies, read_copy, stores_of
+from drsvc.config import load_config
+from drsvc.crypto import generate_key_file
+from drsvc.services import Services
 
 
 def write_config(root: Path, hot: str, cold: str | None) -> Path:
     (root / "policies").mkdir(parents=True, exist_ok=True)
     generate_key_file(root / "drsvc.key")
-    text = (
-        f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
-        f'[hot]\nstore = "{hot}"\nceph_conf = "{os.environ["CEPH_CONF"]}"\n'
-    )
-    if cold:
-        text += (
-            f'[cold]\nstore = "{cold}"\nendpoint_url = "{os.environ.get("S3_ENDPOINT_URL", "http://127.0.0.1:7480")}"\n'
-        )
-    (root / "drsvc.toml").write_text(text)
+    (root / "drsvc.toml").write_text(config_text(hot=hot, cold=cold))
     return root / "drsvc.toml"
 
 

@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import blake3
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _lab import MiB
 
 from drsvc.chunks import ChunkerParams, ChunkStore, WriteStats
 from drsvc.crypto import Keys
 from drsvc.storage import ObjectStore, open_store
-
-MiB = 1024 * 1024
 
 
 def media(n: int, seed: str) -> bytes:

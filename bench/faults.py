@@ -43,16 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-try:
-    import rados  # noqa: F401
-except ImportError:
-    sys.path.append(os.environ.get("DRSVC_LAB_PYSHIM", "/var/lib/drsvc-lab/pyshim"))
-
-from faultkit import (  # noqa: E402
+from _lab import DRSVC, ROOT, config_text
+from faultkit import (
     Watcher,
     container_exists,
     daemon_pids,
@@ -65,10 +57,9 @@ from faultkit import (  # noqa: E402
     wait_for,
 )
 
-from drsvc.catalog import Catalog  # noqa: E402
-from drsvc.crypto import generate_key_file  # noqa: E402
+from drsvc.catalog import Catalog
+from drsvc.crypto import generate_key_file
 
-DRSVC = str(ROOT / ".venv" / "bin" / "drsvc")
 BUDGET = 3.0
 POLICY = "fsbench"
 
@@ -86,14 +77,10 @@ class Env:
         self.root = Path(tempfile.mkdtemp(prefix="drsvc-faults-"))
         (self.root / "policies").mkdir()
         generate_key_file(self.root / "drsvc.key")
-        endpoint = os.environ.get("S3_ENDPOINT_URL", "http://127.0.0.1:7480")
         (self.root / "drsvc.toml").write_text(
-            f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
-            f'[hot]\nstore = "rados://drsvc-hot/{self.prefix}"\nceph_conf = "{os.environ["CEPH_CONF"]}"\n'
-            f'[cold]\nstore = "s3://drsvc-cold/{self.prefix}"\nendpoint_url = "{endpoint}"\n'
-            f'[runtime]\nurl = "podman://{os.environ["DRSVC_PODMAN_SOCKET"]}"\n'
-            f"[scheduler]\nworkers = 2\nretries = 1\nlease_seconds = 60\ngc_grace_seconds = 0\n"
-            f"[timeouts]\nceph_seconds = 10\ns3_read_seconds = 10\ns3_attempts = 2\n"
+            config_text(hot=f"rados://drsvc-hot/{self.prefix}", cold=f"s3://drsvc-cold/{self.prefix}", runtime=True)
+            + "[scheduler]\nworkers = 2\nretries = 1\nlease_seconds = 60\ngc_grace_seconds = 0\n"
+            "[timeouts]\nceph_seconds = 10\ns3_read_seconds = 10\ns3_attempts = 2\n"
         )
         subprocess.run(
             [str(ROOT / "dev" / "lab"), "fleet", str(desktops), "--prefix", self.prefix, "--data-mib", "2"],

@@ -29,9 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tiering import ENDPOINT, Drsvc, MiB, bucket_bytes, drop_bucket, make_desktop, restic
+from _lab import ENDPOINT, MiB
+from tiering import Drsvc, bucket_bytes, drop_bucket, make_desktop, restic
 
 TENANTS = ("acme", "globex")
 

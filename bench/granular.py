@@ -41,31 +41,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-try:
-    import rados
-except ImportError:
-    sys.path.append(os.environ.get("DRSVC_LAB_PYSHIM", "/var/lib/drsvc-lab/pyshim"))
-    import rados
+from _lab import DRSVC, ENDPOINT, ROOT, MiB, config_text, env, run
 
-from drsvc import clock  # noqa: E402
-from drsvc.catalog import Catalog  # noqa: E402
-from drsvc.config import load_config  # noqa: E402
-from drsvc.crypto import generate_key_file  # noqa: E402
-from drsvc.services import Services  # noqa: E402
+from drsvc import clock
+from drsvc.catalog import Catalog
+from drsvc.config import load_config
+from drsvc.crypto import generate_key_file
+from drsvc.services import Services
 
-MiB = 1 << 20
-ENDPOINT = os.environ.get("S3_ENDPOINT_URL", "http://127.0.0.1:7480")
-DRSVC = str(ROOT / ".venv" / "bin" / "drsvc")
 SMALL, BIG = "docs/small-64k.bin", "media/big-96m.bin"
-
-
-def run(*cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(list(cmd), capture_output=True, text=True, **kw)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:6])}: exit {p.returncode}: {p.stderr[-2000:]}")
-    return p
 
 
 def timed(*cmd: str, **kw: Any) -> float:
@@ -87,12 +71,7 @@ class Bench:
         generate_key_file(self.dir / "drsvc.key")
         self.hot_url = f"rados://drsvc-hot/{self.prefix}"
         self.config = self.dir / "drsvc.toml"
-        self.config.write_text(
-            f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
-            f'[hot]\nstore = "{self.hot_url}"\nceph_conf = "{os.environ["CEPH_CONF"]}"\n'
-            f'[cold]\nstore = "s3://{self.bucket}/fleet"\nendpoint_url = "{ENDPOINT}"\n'
-            f'[runtime]\nurl = "podman://{os.environ["DRSVC_PODMAN_SOCKET"]}"\n'
-        )
+        self.config.write_text(config_text(hot=self.hot_url, cold=f"s3://{self.bucket}/fleet", runtime=True))
         (self.dir / "policies" / "bench.yaml").write_text(
             json.dumps(
                 {
@@ -104,7 +83,9 @@ class Bench:
                 }
             )
         )
-        self.cluster = rados.Rados(conffile=os.environ["CEPH_CONF"])
+        import rados
+
+        self.cluster = rados.Rados(conffile=env("CEPH_CONF"))
         self.cluster.connect(timeout=15)
         self.io = self.cluster.open_ioctx("desktops")
         self.io.set_namespace(self.desktop)
@@ -124,6 +105,8 @@ class Bench:
     # ------------------------------------------------------------------ setup
 
     def setup(self) -> str:
+        import rados
+
         run(str(ROOT / "dev" / "lab"), "fleet", "1", "--prefix", self.prefix, "--data-mib", "4", timeout=600)
         for name, data in self.data.items():
             self.io.write_full(name, data[: 64 * MiB])

@@ -18,6 +18,8 @@ import statistics
 import subprocess
 from typing import Any
 
+import _lab  # noqa: F401  (the checkout first on sys.path)
+
 from drsvc.runtimes import freeze, heldfiles, open_runtime
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef
 

@@ -42,35 +42,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-try:
-    import rados
-except ImportError:
-    sys.path.append(os.environ.get("DRSVC_LAB_PYSHIM", "/var/lib/drsvc-lab/pyshim"))
-    import rados
+import boto3
+from _lab import DRSVC, ENDPOINT, ROOT, MiB, config_text, env, run
+from chunkstore import media
+from tiering import bucket_bytes, files_of, make_desktop
 
-import boto3  # noqa: E402
-from chunkstore import media  # noqa: E402
-from tiering import bucket_bytes, files_of, make_desktop  # noqa: E402
+from drsvc.catalog import Catalog
+from drsvc.config import load_config
+from drsvc.crypto import generate_key_file
+from drsvc.services import Services
 
-from drsvc.catalog import Catalog  # noqa: E402
-from drsvc.config import load_config  # noqa: E402
-from drsvc.crypto import generate_key_file  # noqa: E402
-from drsvc.services import Services  # noqa: E402
-
-MiB = 1 << 20
-ENDPOINT = os.environ.get("S3_ENDPOINT_URL", "http://127.0.0.1:7480")
-DRSVC = str(ROOT / ".venv" / "bin" / "drsvc")
 WRITE = 64 * 1024  # one scattered overwrite
-
-
-def run(*cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(list(cmd), capture_output=True, text=True, **kw)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:6])}: exit {p.returncode}: {p.stderr[-2000:]}")
-    return p
 
 
 def scatter(root: Path, fraction: float, seed: int) -> dict[str, list[tuple[int, bytes]]]:
@@ -108,14 +90,11 @@ class Bench:
         generate_key_file(self.dir / "drsvc.key")
         self.hot_url = f"rados://drsvc-hot/{self.prefix}"
         self.config = self.dir / "drsvc.toml"
-        self.config.write_text(
-            f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
-            f'[hot]\nstore = "{self.hot_url}"\nceph_conf = "{os.environ["CEPH_CONF"]}"\n'
-            f'[cold]\nstore = "s3://{self.bucket}/fleet"\nendpoint_url = "{ENDPOINT}"\n'
-            f'[runtime]\nurl = "podman://{os.environ["DRSVC_PODMAN_SOCKET"]}"\n'
-        )
+        self.config.write_text(config_text(hot=self.hot_url, cold=f"s3://{self.bucket}/fleet", runtime=True))
         self.policy(full_every=24)
-        self.cluster = rados.Rados(conffile=os.environ["CEPH_CONF"])
+        import rados
+
+        self.cluster = rados.Rados(conffile=env("CEPH_CONF"))
         self.cluster.connect(timeout=15)
         self.io = self.cluster.open_ioctx("desktops")
         self.io.set_namespace(self.desktop)

@@ -23,15 +23,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import _lab  # noqa: F401  (the checkout on sys.path)
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest  # noqa: E402
-
-from drsvc import clock, metrics  # noqa: E402
-from drsvc.catalog import Catalog  # noqa: E402
-from drsvc.health import tier_lag  # noqa: E402
-from drsvc.policy import load_policies  # noqa: E402
+from drsvc import clock, metrics
+from drsvc.catalog import Catalog
+from drsvc.health import tier_lag
+from drsvc.policy import load_policies
 
 POLICIES = {
     "standard": "name: standard\nselector: {labels: {tier: standard}}\nschedule: '0 * * * *'\n"

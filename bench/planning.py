@@ -22,13 +22,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from _lab import DRSVC
+
 from drsvc.catalog import Catalog
 from drsvc.config import load_config
 from drsvc.crypto import generate_key_file
 from drsvc.scheduler import Scheduler
 from drsvc.services import Services
 
-REPO = Path(__file__).resolve().parents[1]
 TIERS = ["standard", "executive", "lab", "kiosk"]
 TENANTS = ["acme", "globex", "initech"]
 
@@ -101,7 +102,7 @@ def main() -> None:
             t = time.perf_counter()
             out = subprocess.run(
                 [
-                    str(REPO / ".venv" / "bin" / "drsvc"),
+                    DRSVC,
                     "--config",
                     str(config_path),
                     "--json",

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-DRSVC = str(REPO / ".venv" / "bin" / "drsvc")
+from _lab import DRSVC, ROOT, env
+
 IMAGE = "localhost/drsvc-desk:busybox"
 COUNTER = (
     "B=$(cat /proc/sys/kernel/random/uuid); i=0; "
@@ -79,7 +79,7 @@ def start_desktop(name: str, memory_mb: int) -> None:
 def write_data(namespace: str, total_mib: int, objects: int) -> None:
     import rados
 
-    cluster = rados.Rados(conffile=os.environ["CEPH_CONF"])
+    cluster = rados.Rados(conffile=env("CEPH_CONF"))
     cluster.connect()
     io = cluster.open_ioctx("desktops")
     io.set_namespace(namespace)
@@ -139,7 +139,7 @@ def main() -> None:
         "name: bench\nselector: {tenant: bench}\nschedule: '0 * * * *'\ntimezone: UTC\n"
         "retention: {hot: {last: 10}}\ntiering: {after: 1s, storage_class: STANDARD}\n"
     )
-    cold = not args.skip_cold and "[cold]" in text and (REPO / "drsvc" / "tiering.py").exists()
+    cold = not args.skip_cold and "[cold]" in text and (ROOT / "drsvc" / "tiering.py").exists()
     cases = [("a", "bench-a", 0, 10, 200), ("b", "bench-b", 200, 256, 2000)]
     lines = []
     try:

@@ -36,22 +36,14 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-try:
-    import rados  # noqa: F401
-except ImportError:
-    sys.path.append(os.environ.get("DRSVC_LAB_PYSHIM", "/var/lib/drsvc-lab/pyshim"))
+from _lab import DRSVC, ROOT, MiB, config_text
+from rto import purge, start_desktop, write_data
 
-from rto import purge, start_desktop, write_data  # noqa: E402
-
-DRSVC = str(ROOT / ".venv" / "bin" / "drsvc")
 STATE = Path(os.environ.get("DRSVC_BENCH_STATE", "/var/tmp/drsvc-bench-siterecovery"))
 SMALL = [f"osb-{i:03d}" for i in range(1, 21)]
 BIG = [f"osbig-{i}" for i in range(1, 4)]
@@ -61,7 +53,6 @@ MODES = {
     "serial": ["--parallel", "1", "--no-admission"],
     "all": ["--parallel", str(len(SMALL) + len(BIG)), "--no-admission"],
 }
-MiB = 2**20
 
 
 def sh(*cmd: str, check: bool = True) -> str:
@@ -261,8 +252,7 @@ def dr_config(recovery: str = "") -> Path:
     shutil.copy2(STATE / "primary" / "drsvc.key", site / "drsvc.key")
     config = site / "drsvc.toml"
     config.write_text(
-        f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
-        f'[runtime]\nurl = "podman://{os.environ["DRSVC_PODMAN_SOCKET"]}"\n'
+        config_text(runtime=True)
         + site_section()
         + (f"[recovery]\n{recovery.replace(',', chr(10))}\n" if recovery else "")
     )
@@ -368,7 +358,6 @@ def cleanup() -> None:
         )
     catalog = STATE / "primary" / "catalog.db"
     if catalog.exists():
-        sys.path.insert(0, str(ROOT))
         from drsvc.catalog import Catalog
         from drsvc.storage import open_store
         from drsvc.volumes import open_snapshots

@@ -34,12 +34,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _lab import ROOT
 
-from drsvc import clock  # noqa: E402
-from drsvc.catalog import Catalog  # noqa: E402
-from drsvc.crypto import generate_key_file  # noqa: E402
+from drsvc import clock
+from drsvc.catalog import Catalog
+from drsvc.crypto import generate_key_file
 
 LAUNCH = "import sys; from drsvc.cli.main import main; sys.argv[0] = 'drsvc'; main()"
 
@@ -107,7 +106,7 @@ def build_catalog(root: Path, points: int, desktops: int = 1000) -> Path:
 
 
 def old_tree(rev: str, dest: Path) -> Path:
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], capture_output=True, check=True).stdout
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(dest, filter="data")
     return dest
@@ -116,7 +115,7 @@ def old_tree(rev: str, dest: Path) -> Path:
 def core_venv(dest: Path) -> Path:
     """A venv with the wheel of this tree and no extras; returns its python."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest / "dist"), str(REPO)], check=True
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest / "dist"), str(ROOT)], check=True
     )
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", str(dest / "venv")], check=True)

@@ -23,21 +23,17 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _lab import DRSVC, ROOT, MiB, config_text
 
-from drsvc.crypto import generate_key_file  # noqa: E402
-from drsvc.storage import open_store  # noqa: E402
+from drsvc.crypto import generate_key_file
+from drsvc.storage import open_store
 
-MiB = 1024 * 1024
 PREFIX = "chunks-bt"
-DRSVC = str(ROOT / ".venv" / "bin" / "drsvc")
 
 
 def lab(*args: str) -> None:
@@ -71,11 +67,7 @@ class Install:
         (self.dir / "policies").mkdir(parents=True)  # none: `drsvc backup` of named desktops needs no policy
         generate_key_file(self.dir / "drsvc.key")
         self.hot_url = f"rados://drsvc-hot/{PREFIX}-{scope}-{uuid.uuid4().hex[:6]}"
-        (self.dir / "drsvc.toml").write_text(
-            f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\nscope = "{scope}"\n'
-            f'[hot]\nstore = "{self.hot_url}"\nceph_conf = "{os.environ["CEPH_CONF"]}"\n'
-            f'[runtime]\nurl = "podman://{os.environ["DRSVC_PODMAN_SOCKET"]}"\n'
-        )
+        (self.dir / "drsvc.toml").write_text(config_text(hot=self.hot_url, runtime=True, scope=scope))
         self.times: list[float] = []
         self.stored: list[tuple[int, int]] = []  # (bytes, objects) after each round
 

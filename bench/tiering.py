@@ -37,28 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import blake3
+from _lab import ENDPOINT, MiB, config_text
+from chunkstore import logs, media
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-try:
-    import rados  # noqa: F401
-except ImportError:
-    sys.path.append(os.environ.get("DRSVC_LAB_PYSHIM", "/var/lib/drsvc-lab/pyshim"))
-
-from chunkstore import logs, media  # noqa: E402
-
-from drsvc import clock  # noqa: E402
-from drsvc.catalog import Catalog  # noqa: E402
-from drsvc.chunks import StreamRef  # noqa: E402
-from drsvc.config import load_config  # noqa: E402
-from drsvc.crypto import generate_key_file  # noqa: E402
-from drsvc.services import Services  # noqa: E402
-from drsvc.tiering import TierJob  # noqa: E402
-
-MiB = 1024 * 1024
-ENDPOINT = os.environ.get("S3_ENDPOINT_URL", "http://127.0.0.1:7480")
-
+from drsvc import clock
+from drsvc.catalog import Catalog
+from drsvc.chunks import StreamRef
+from drsvc.config import load_config
+from drsvc.crypto import generate_key_file
+from drsvc.services import Services
+from drsvc.tiering import TierJob
 
 # ---------------------------------------------------------------------- data
 
@@ -162,9 +150,7 @@ class Drsvc:
         self.hot_url = f"rados://drsvc-hot/bench-{uuid.uuid4().hex[:8]}"
         self.cold_url = f"s3://{bucket}/{name}"
         (self.dir / "drsvc.toml").write_text(
-            f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
-            f'[hot]\nstore = "{self.hot_url}"\nceph_conf = "{os.environ["CEPH_CONF"]}"\n'
-            f'[cold]\nstore = "{self.cold_url}"\nendpoint_url = "{ENDPOINT}"\n'
+            config_text(hot=self.hot_url, cold=self.cold_url)
             + (f"zstd_level = {cold_level}\n" if cold_level is not None else "")  # else drsvc's default
         )
         (self.dir / "policies" / "bench.yaml").write_text(

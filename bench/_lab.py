@@ -1,0 +1,63 @@
+"""What every bench script sets up before it imports drsvc, in one place.
+
+A script in bench/ starts with ``import _lab`` (Python puts bench/ on ``sys.path`` when it runs one
+of them; sibling benches import each other the same way). That puts this checkout first on
+``sys.path`` (a bench measures the tree it sits in, not whatever drsvc is installed), tests/ (the
+fault and fleet kits) after it, and the lab's librados shim (Debian's python3-rados, which a venv
+does not see) last, only when ``rados`` is not importable already.
+
+The lab's settings come from ``eval "$(dev/lab env)"``; :func:`env` names that step when one is
+missing, instead of a KeyError deep inside a run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT / "tests"))
+if importlib.util.find_spec("rados") is None:  # find_spec: --help should not load librados
+    sys.path.append(os.environ.get("DRSVC_LAB_PYSHIM", "/var/lib/drsvc-lab/pyshim"))
+
+MiB = 1 << 20
+DRSVC = str(ROOT / ".venv" / "bin" / "drsvc")
+ENDPOINT = os.environ.get("S3_ENDPOINT_URL", "http://127.0.0.1:7480")
+
+
+def env(name: str) -> str:
+    """The lab setting ``name`` from the environment, or exit naming how to get it."""
+    value = os.environ.get(name)
+    if not value:
+        raise SystemExit(f'{name} is not set: run `eval "$(dev/lab env)"` first (the lab must be up)')
+    return value
+
+
+def config_text(*, hot: str | None = None, cold: str | None = None, runtime: bool = False, scope: str = "") -> str:
+    """A drsvc.toml for the lab: catalog and key file beside it, the given stores, Podman when ``runtime``.
+
+    Callers append their own sections (scheduler, timeouts, sites) to the text.
+    """
+    text = '[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
+    if scope:
+        text += f'scope = "{scope}"\n'
+    if hot:
+        text += f'[hot]\nstore = "{hot}"\nceph_conf = "{env("CEPH_CONF")}"\n'
+    if cold:
+        text += f'[cold]\nstore = "{cold}"\nendpoint_url = "{ENDPOINT}"\n'
+    if runtime:
+        text += f'[runtime]\nurl = "podman://{env("DRSVC_PODMAN_SOCKET")}"\n'
+    return text
+
+
+def run(*cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` capturing its output; a non-zero exit raises with the end of its stderr."""
+    p = subprocess.run(list(cmd), capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:6])}: exit {p.returncode}: {p.stderr[-2000:]}")
+    return p
