@@ -9,7 +9,9 @@ Three kinds of leftovers, all found from the catalog:
    namespace are removed (only if the container carries drsvc's clone label and no known desktop
    uses the namespace), open multipart uploads aborted, a killed restore's row marked failed; an
    in-place restore is not undone but marked ``interrupted`` and reported (event
-   ``restore-interrupted``): the same ``drsvc restore`` command resumes it.
+   ``restore-interrupted``): the same ``drsvc restore`` command resumes it. What a runtime's
+   restore left (a CRI-O checkpoint image or node archive, a base image it loaded) is removed by
+   the runtime's ``forget`` (a loaded image only while no container runs from it).
 
 Runs under the work lease (``drsvc cleanup``, the scheduler's tick, ``prune``, ``backup``), so no live
 backup owns a pending point. Each undo is idempotent: a second cleanup finds nothing to do.
@@ -26,10 +28,10 @@ from typing import Any
 from drsvc import clock
 from drsvc.backup import recover_interrupted
 from drsvc.errors import DrsvcError, NotFound
-from drsvc.intents import Intent, interrupted_restores, leftovers, resolve
+from drsvc.intents import ARTIFACT_KINDS, Intent, interrupted_restores, leftovers, owner_alive, pending, resolve
 from drsvc.lease import Lease, holder_dead
 from drsvc.prune import PruneJob
-from drsvc.runtimes.base import LABEL_CLONE_OF
+from drsvc.runtimes.base import LABEL_CLONE_OF, forget
 from drsvc.services import Services
 from drsvc.targets import owned_clone
 
@@ -78,7 +80,9 @@ def leftover_lines(services: Services) -> list[str]:
     for name in PruneJob(services, None).unreferenced_snapshots():
         lines.append(f"leftover: pool snapshot {name} is needed by no point")
     for intent in leftovers(catalog):
-        if intent.kind != "restore-in-place":
+        if intent.kind in ("checkpoint-image", "checkpoint-archive"):
+            lines.append(f"leftover: {intent.line()}: its owner is gone; it holds a desktop's memory in plaintext")
+        elif intent.kind != "restore-in-place":
             lines.append(f"leftover: {intent.line()}: its owner is gone")
     for intent in interrupted_restores(catalog):
         lines.append(f"interrupted: in-place restore {intent.line()}: `drsvc restore {intent.target}` finishes it")
@@ -202,9 +206,19 @@ class CleanupJob:
                 # under the work lease no tier run uploads, and S3 clocks are not ours to trust.
                 abort()
             return "undone"
+        if intent.kind in ARTIFACT_KINDS:
+            return self._forget(intent)
         if intent.kind == "restore-in-place":
             return "interrupted"
         return "done"  # point-read: nothing was made
+
+    def _forget(self, intent: Intent) -> str:
+        """What a killed restore's runtime left (checkpoint image, node archive, loaded base image): removed."""
+        loading = pending(self.catalog, "loaded-image", intent.target) if intent.kind == "loaded-image" else []
+        # a live restore loading the same image may be about to run a container from it
+        if any(i.owner != intent.owner and owner_alive(self.catalog, i.owner) for i in loading):
+            raise DrsvcError("left for now: a running restore loads the same image")
+        return forget(self.services.runtime, intent.kind, intent.target)
 
     def _remove_clone(self, name: str, source: str | None, report: CleanupReport) -> str:
         runtime = self.services.runtime

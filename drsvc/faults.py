@@ -58,6 +58,9 @@ POINTS: dict[str, str] = {
     "after-restore-volume": "restore: the volume is restored; the container not yet",
     "after-container-removed": "restore in place: the old container is removed; the new one not yet restored",
     "after-clone-created": "restore: the container (or clone) runs; health not checked, not recorded",
+    "after-image-loaded": "restore: a base image the runtime lacked is loaded; no container runs from it yet",
+    "after-checkpoint-pushed": "restore (crio://): the checkpoint image is in the registry; no pod created yet",
+    "after-checkpoint-placed": "restore (crio://, archive mode): the archive is on the node; no pod created yet",
 }
 
 ACTIONS = ("kill", "raise", "stall", "wait")

@@ -32,7 +32,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -416,7 +416,10 @@ class RestoreJob:
         result.restore_id = int(cursor.lastrowid or 0)
         started = time.monotonic() - plan.plan_seconds
         try:
-            with RestoreEffects(self.catalog, plan, result.restore_id, temporary=temporary) as effects:
+            effects = RestoreEffects(
+                self.catalog, plan, result.restore_id, temporary=temporary, runtime=self.services.runtime
+            )
+            with effects:
                 self._effects = effects
                 try:
                     self._run(plan, result, network=network, verify=verify)
@@ -461,6 +464,9 @@ class RestoreJob:
         self.services.volume(plan.volume_url).purge()
         resolve_clone(self.catalog, plan.name, plan.volume_url)
 
+    def _artifact(self) -> AbstractContextManager[str | None]:
+        return self._effects.artifact() if self._effects is not None else nullcontext(None)
+
     @contextmanager
     def _phase(self, result: RestoreResult, name: str) -> Iterator[None]:
         if self._effects is not None:
@@ -498,7 +504,8 @@ class RestoreJob:
                     labels = {LABEL_VOLUME: plan.volume_url}  # restored in place, its volume elsewhere
                 for attempt in (1, 2):
                     try:
-                        with archive.open("rb") as body:
+                        # what the runtime leaves while it restores (a CRI-O checkpoint image) is recorded first
+                        with archive.open("rb") as body, self._artifact() as token:
                             restored = runtime.restore(
                                 body,
                                 name=None if plan.name == manifest["runtime"]["container"] else plan.name,
@@ -506,6 +513,7 @@ class RestoreJob:
                                 network=network,
                                 size=archive.stat().st_size,
                                 labels=labels,
+                                **({"token": token} if token else {}),
                             )
                         break
                     except BackendError as e:
@@ -532,7 +540,10 @@ class RestoreJob:
                     # a point names only its own tenant's image records (dedup stays in a tenant)
                     point_id = plan.point["id"]
                     raise IntegrityError(f"base image record of point {point_id} is sealed with another tenant's key")
+                if self._effects is not None:
+                    self._effects.loading(image["image_id"])  # recorded before the runtime has it
                 runtime.load_image(store.open_stream(ref))
+                faults.point("after-image-loaded")
                 result.checks["image"] = f"loaded {image['image']} from the {plan.tier} store"
             path = spool_dir / "checkpoint.tar"
             ref = StreamRef.from_dict(plan.manifest["checkpoint"]["stream"])

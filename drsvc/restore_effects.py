@@ -8,28 +8,73 @@ One restore run records, under an owner lease of its own:
   the same ``drsvc restore DESKTOP`` resumes it from the same point;
 * as a clone: ``clone-volume`` and ``clone-container``. Kept when the restore succeeds (a drill's
   temporary clones stay pending until its teardown); removed again when it fails; removed by
-  cleanup when the run was killed.
+  cleanup when the run was killed;
+* what the runtime's restore leaves while it runs (``artifact``): a CRI-O checkpoint image in the
+  registry (``checkpoint-image``) or the archive on the node (``checkpoint-archive``), both every
+  memory page of the desktop in plaintext. The adapter deletes them when it is done; the run then
+  asks the runtime to ``forget`` them (a no-op when they are gone) and resolves the intent
+  ``done``; a killed run leaves the intent to cleanup, which deletes them;
+* ``loaded-image`` for a base image the run loads because the runtime lacks it (``loading``):
+  ``kept`` once the restored container runs from it; removed again (unless a container uses it)
+  when the run fails, and by cleanup when it was killed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from drsvc.catalog import Catalog
 from drsvc.errors import DrsvcError
 from drsvc.intents import Intents, Owner, interrupted_restores, pending, resolve
+from drsvc.log import event
+from drsvc.runtimes.base import forget, restore_artifact
 
 if TYPE_CHECKING:
     from drsvc.restore import RestorePlan
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def leaving(intents: Intents, runtime: object, **detail: object) -> Iterator[str | None]:
+    """Around one ``runtime.restore``: yield the token to pass it (None: it leaves nothing).
+
+    What the restore would leave (``restore_artifact``) is recorded before the block; after it,
+    however it ends, the runtime forgets it and the intent is resolved ``done``. A forget that
+    fails leaves the intent pending: cleanup retries once this process is gone, and
+    ``catalog check`` lists it meanwhile.
+    """
+    token = uuid.uuid4().hex[:16]
+    left = restore_artifact(runtime, token)
+    if left is None:
+        yield None
+        return
+    kind, target = left
+    intent_id = intents.record(kind, target, token=token, **detail)
+    try:
+        yield token
+    finally:
+        try:
+            forget(runtime, kind, target)
+        except DrsvcError as e:
+            event(log, logging.WARNING, "restore.artifact-kept", f"{kind} {target} kept: {e}")
+        else:
+            intents.resolve(intent_id, "done")
 
 
 class RestoreEffects:
     """The intents of one restore run (a context manager around it)."""
 
-    def __init__(self, catalog: Catalog, plan: RestorePlan, restore_id: int, *, temporary: bool = False) -> None:
+    def __init__(
+        self, catalog: Catalog, plan: RestorePlan, restore_id: int, *, temporary: bool = False, runtime: object = None
+    ) -> None:
         self.catalog = catalog
+        self.runtime = runtime
         self.plan = plan
         self.restore_id = restore_id
         self.temporary = temporary
@@ -38,6 +83,7 @@ class RestoreEffects:
         self.read: int | None = None
         self.in_place: int | None = None
         self.clone: list[int] = []
+        self.loaded: list[tuple[int, str]] = []
 
     def __enter__(self) -> RestoreEffects:
         self.owner.__enter__()
@@ -66,6 +112,15 @@ class RestoreEffects:
         if self.in_place is not None:
             self.intents.note(self.in_place, phase=name)
 
+    def artifact(self) -> AbstractContextManager[str | None]:
+        """Around ``runtime.restore``: the token naming what it leaves, recorded first (``leaving``)."""
+        return leaving(self.intents, self.runtime, restore=self.restore_id)
+
+    def loading(self, image_id: str) -> None:
+        """Record, before loading it, a base image the runtime lacks."""
+        intent_id = self.intents.record("loaded-image", image_id, restore=self.restore_id, of=self.plan.desktop["id"])
+        self.loaded.append((intent_id, image_id))
+
     def succeeded(self) -> None:
         if self.in_place is not None:
             resolve(self.catalog, self.in_place, "done")
@@ -76,6 +131,8 @@ class RestoreEffects:
         if not self.temporary:
             for intent_id in self.clone:
                 resolve(self.catalog, intent_id, "kept")
+        for intent_id, _ in self.loaded:
+            resolve(self.catalog, intent_id, "kept")  # the restored container runs from it
 
     def failed(self, teardown: Callable[[], None]) -> None:
         """The run raised: remove a clone it may have made; an in-place restore is marked failed."""
@@ -88,6 +145,11 @@ class RestoreEffects:
                 return  # stays pending: once this process is gone, cleanup retries
             for intent_id in self.clone:
                 resolve(self.catalog, intent_id, "undone")
+        for intent_id, image_id in self.loaded:
+            try:  # after the teardown: the clone no longer runs from it
+                resolve(self.catalog, intent_id, forget(self.runtime, "loaded-image", image_id))
+            except DrsvcError:
+                continue  # stays pending: cleanup retries
 
 
 def resolve_clone(catalog: Catalog, container: str, volume_url: str) -> None:

@@ -20,7 +20,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, cast, runtime_checkable
 
 LABEL_DESKTOP = "drsvc.desktop"
 LABEL_VOLUME = "drsvc.volume"
@@ -240,6 +240,37 @@ class ContainerRuntime(Protocol):
     def close(self) -> None:
         """Release connections (idempotent)."""
         ...
+
+
+# Optional members of a runtime (none of them is part of ``ContainerRuntime``: a runtime whose
+# restore leaves nothing behind needs neither). A restore names what it would leave with a token,
+# records it (``drsvc.intents``) and only then calls ``restore(..., token=token)``; whoever finds
+# the record of a killed restore asks the runtime to ``forget`` it.
+#
+#   restore_artifact(token) -> (kind, target) | None
+#       what ``restore(..., token=token)`` leaves outside drsvc while it runs (an intent kind of
+#       ``drsvc.intents.ARTIFACT_KINDS`` and the artifact's exact name), None for nothing;
+#   forget(kind, target) -> "undone" | "kept"
+#       remove that artifact (idempotent: gone already is "undone"); "kept" when it is in use
+#       (a loaded image a container runs from); ``DrsvcError`` when it cannot (it stays recorded).
+
+
+def restore_artifact(runtime: object, token: str) -> tuple[str, str] | None:
+    """What ``runtime.restore(..., token=token)`` would leave behind while it runs; None: nothing."""
+    fn = getattr(runtime, "restore_artifact", None)
+    return None if fn is None else cast("tuple[str, str] | None", fn(token))
+
+
+def image_matches(image_id: str, target: str) -> bool:
+    """Whether a container's image id names the image ``target`` (full or short id, with or without ``sha256:``)."""
+    have, want = image_id.removeprefix("sha256:"), target.removeprefix("sha256:")
+    return bool(have and want) and have.startswith(want)
+
+
+def forget(runtime: object, kind: str, target: str) -> str:
+    """Remove an artifact a restore left (see above); a runtime without ``forget`` has nothing to forget."""
+    fn = getattr(runtime, "forget", None)
+    return "undone" if fn is None else str(fn(kind, target))
 
 
 def desktop_from_labels(

@@ -43,6 +43,7 @@ from drsvc.runtimes.base import (
     DesktopRef,
     Isolation,
     desktop_from_labels,
+    image_matches,
     inspect_isolation,
     probe_tcp_in_netns,
     with_criu_log,
@@ -451,6 +452,18 @@ class PodmanRuntime:
     def remove_image(self, image: str) -> None:
         """Remove a local image reference; a missing image is fine."""
         self._call("DELETE", f"/images/{_q(image)}", missing_ok=True, what=f"remove image {image}")
+
+    def forget(self, kind: str, target: str) -> str:
+        """Remove a base image a killed restore loaded ("undone"), unless a container runs from it ("kept")."""
+        if kind != "loaded-image":
+            raise InvalidInput(f"forget {kind} {target}: podman:// leaves no {kind}")
+        if not self.image_exists(target):
+            return "undone"
+        _, items = self._call("GET", "/containers/json", params={"all": "true"}, what=f"forget image {target}")
+        if any(image_matches(c.get("ImageID") or "", target) for c in items or []):
+            return "kept"
+        self.remove_image(target)  # not forced: Podman refuses it (409) if a container appeared meanwhile
+        return "undone"
 
     # ------------------------------------------------------------------ health
     def health(self) -> dict[str, Any]:

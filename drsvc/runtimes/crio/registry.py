@@ -17,6 +17,7 @@ CHECKPOINT_ANNOTATION = "io.kubernetes.cri-o.annotations.checkpoint.name"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,12 @@ class PushedImage:
         return f"{self.host}/{self.repo}:{self.tag}"
 
 
+def checkpoint_repo(registry: str) -> tuple[str, str]:
+    """(host, repository) checkpoint images of ``registry`` (HOST[/PREFIX]) are pushed to."""
+    host, _, prefix = registry.partition("/")
+    return host, f"{prefix}/checkpoints" if prefix else "drsvc/checkpoints"
+
+
 def push_checkpoint_image(
     registry: str,
     stream: Iterator[bytes],
@@ -45,8 +52,7 @@ def push_checkpoint_image(
     timeout: float,
 ) -> PushedImage:
     """Upload the archive as the one layer of a checkpoint image to ``registry`` (HOST[/PREFIX]); its reference."""
-    host, _, prefix = registry.partition("/")
-    repo = f"{prefix}/checkpoints" if prefix else "drsvc/checkpoints"
+    host, repo = checkpoint_repo(registry)
     reg = _Registry(host, insecure=insecure, timeout=timeout)
     layer_digest, layer_size = reg.upload_blob(repo, stream, what)
     doc = pod_doc(capture, what)
@@ -103,6 +109,38 @@ def delete_checkpoint_image(image: PushedImage, *, insecure: bool, timeout: floa
     if problems:
         return f"{what}: the registry kept it ({'; '.join(problems)}); delete it there: it holds the desktop's memory"
     return None
+
+
+def forget_checkpoint_image(host: str, repo: str, tag: str, *, insecure: bool, timeout: float) -> None:
+    """Delete the checkpoint image ``host/repo:tag`` a killed restore left (its manifest, then its blobs).
+
+    The distribution API deletes manifests by digest only: GET the manifest by tag (accepting the
+    OCI and Docker v2 types), take its digest, DELETE it and the blobs it names. Gone already
+    (404) is fine; a manifest without drsvc's checkpoint annotation is not ours and stays
+    (``BackendError``, as when the registry refuses the delete).
+    """
+    reg = _Registry(host, insecure=insecure, timeout=timeout)
+    what = f"delete checkpoint image {host}/{repo}:{tag}"
+    status, headers, body = reg._request(
+        "GET", f"/v2/{repo}/manifests/{tag}", what, headers={"Accept": f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"}
+    )
+    if status == 404:
+        return
+    if status != 200:
+        raise _registry_error(what, host, status, body)
+    try:
+        doc = json.loads(body)
+        blobs = tuple(str(d["digest"]) for d in [*doc["layers"], doc["config"]])
+        annotations = doc.get("annotations") or {}
+    except (ValueError, KeyError, TypeError) as e:
+        raise BackendError(f"{what}: registry {host} returned an unreadable manifest ({e})") from None
+    if CHECKPOINT_ANNOTATION not in annotations:
+        raise BackendError(f"{what}: not a checkpoint image drsvc pushed (no {CHECKPOINT_ANNOTATION}); left alone")
+    # the registry names the digest it deletes by; else it is the digest of the bytes served
+    digest = headers.get("docker-content-digest") or "sha256:" + hashlib.sha256(body).hexdigest()
+    problem = delete_checkpoint_image(PushedImage(host, repo, tag, digest, blobs), insecure=insecure, timeout=timeout)
+    if problem:
+        raise BackendError(problem)
 
 
 class _Registry:

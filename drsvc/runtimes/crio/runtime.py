@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, cast
 
+from drsvc import faults
 from drsvc.containment import Root, clean
 from drsvc.errors import BackendError, InvalidInput, NotFound
 from drsvc.log import event
@@ -38,7 +40,13 @@ from drsvc.runtimes.crio.pods import (
     portable_pod,
     strip_id,
 )
-from drsvc.runtimes.crio.registry import PushedImage, delete_checkpoint_image, push_checkpoint_image
+from drsvc.runtimes.crio.registry import (
+    PushedImage,
+    checkpoint_repo,
+    delete_checkpoint_image,
+    forget_checkpoint_image,
+    push_checkpoint_image,
+)
 from drsvc.streams import IterReader
 
 log = logging.getLogger(__name__)
@@ -46,6 +54,13 @@ INSECURE_REGISTRY = (
     "registry {} is reached over plain HTTP (registry_insecure=1): the checkpoint image (every memory page "
     "of the desktop) crosses the network unencrypted and unauthenticated; use an HTTPS registry"
 )
+_TOKEN = re.compile(r"[0-9a-f]{8,64}")
+_ARTIFACT = re.compile(r"restore-[0-9a-f]{8,64}(\.tar)?")  # what restore(token=…) names its image tag / archive
+
+
+def _artifact_name(token: str | None) -> str:
+    """``restore-<token>`` (the image tag, the archive's stem); without a token, a time stamp."""
+    return f"restore-{token or datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
 
 
 class CrioRuntime:
@@ -276,14 +291,19 @@ class CrioRuntime:
         network: str | None = None,
         size: int | None = None,
         labels: dict[str, str] | None = None,
+        token: str | None = None,
     ) -> DesktopRef:
         """Recreate the desktop's pod from the archive: under its old name (None) or as clone ``name``.
 
         ``name`` for a clone: ``POD`` (in this runtime's namespace) or ``NS/POD[/CONTAINER]``.
+        ``token`` names the checkpoint image's tag or the archive's file on the node
+        (``restore_artifact``), so that a restore killed before it deleted them can be cleaned up.
         ``network='none'`` marks the pod ``drsvc.network=none`` (label and annotation): the
         isolation itself is a deny-all NetworkPolicy selecting that label (deploy/kubernetes).
         """
         what = f"restore {name or 'desktop'}"
+        if token is not None and not _TOKEN.fullmatch(token):
+            raise InvalidInput(f"{what}: token {token!r} is not 8-64 lowercase hex digits")
         capture: dict[str, bytes] = {}
         # CRI-O extracts the archive itself into the container's root: check it on the way
         raw = archive
@@ -296,7 +316,7 @@ class CrioRuntime:
                     raise InvalidInput(f"{what}: restore_mode=image needs registry=HOST[/PREFIX] in the crio:// URL")
                 if self.registry_insecure:
                     event(log, logging.WARNING, "restore.insecure-registry", INSECURE_REGISTRY.format(self.registry))
-                tag = f"restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
+                tag = _artifact_name(token)
                 pushed = push_checkpoint_image(
                     self.registry,
                     capturing(archive, POD_MEMBER, capture),
@@ -307,9 +327,11 @@ class CrioRuntime:
                     timeout=self.timeout,
                 )
                 image = pushed.reference
+                faults.point("after-checkpoint-pushed")
             else:
-                placed = self._place_archive(capturing(archive, POD_MEMBER, capture), what)
+                placed = self._place_archive(capturing(archive, POD_MEMBER, capture), what, token)
                 image = f"{KUBELET_CHECKPOINTS}/{placed}"
+                faults.point("after-checkpoint-placed")
             return self._create_pod(pod_doc(capture, what), image, name=name, network=network, labels=labels, what=what)
         finally:
             # the checkpoint image and the node's copy of the archive hold every memory page of the
@@ -378,6 +400,43 @@ class CrioRuntime:
             except OSError as e:
                 event(log, logging.WARNING, "restore.archive-kept", f"{what}: {self.archive_root}/{placed} kept: {e}")
 
+    def restore_artifact(self, token: str) -> tuple[str, str] | None:
+        """What ``restore(token=token)`` leaves while it runs: the checkpoint image, or the archive on the node."""
+        if self.restore_mode == "archive":
+            return "checkpoint-archive", str(self.archive_root / f"{_artifact_name(token)}.tar")
+        if not self.registry:
+            return None  # restore refuses to run (restore_mode=image needs a registry)
+        host, repo = checkpoint_repo(self.registry)
+        return "checkpoint-image", f"{host}/{repo}:{_artifact_name(token)}"
+
+    def forget(self, kind: str, target: str) -> str:
+        """Delete a checkpoint image or node archive that a killed restore of this runtime left ("undone").
+
+        Only what ``restore_artifact`` names: this registry's checkpoint repository and a
+        ``restore-<token>`` tag, or a ``restore-<token>.tar`` directly in the checkpoint directory.
+        """
+        what = f"forget {kind} {target}"
+        if kind == "checkpoint-archive":
+            path = Path(target)
+            if path.parent != self.archive_root or not _ARTIFACT.fullmatch(path.name) or not path.name.endswith(".tar"):
+                raise InvalidInput(f"{what}: not a restore archive in this runtime's {self.archive_root}")
+            try:
+                with Root(self.archive_root, what="kubelet checkpoint directory") as root:
+                    root.remove(path.name)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise BackendError(f"{what}: {e}") from e
+            return "undone"
+        if kind == "checkpoint-image":
+            reference, _, tag = target.rpartition(":")
+            host, repo = checkpoint_repo(self.registry) if self.registry else ("", "")
+            if reference != f"{host}/{repo}" or not _ARTIFACT.fullmatch(tag) or tag.endswith(".tar"):
+                raise InvalidInput(f"{what}: not a checkpoint image of this runtime's registry {self.registry}")
+            forget_checkpoint_image(host, repo, tag, insecure=self.registry_insecure, timeout=self.timeout)
+            return "undone"
+        raise InvalidInput(f"{what}: crio:// leaves no {kind}")
+
     def isolation(self, name: str) -> Isolation:
         """What the pod shares with the node and other pods' storage (the NetworkPolicy is the network's guard)."""
         pod, _ = self._lookup(name)
@@ -400,12 +459,12 @@ class CrioRuntime:
                 raise BackendError(f"{what}: pod {namespace}/{pod_name} not running after {self.timeout:g} s")
             time.sleep(0.2)
 
-    def _place_archive(self, stream: Iterator[bytes], what: str) -> str:
+    def _place_archive(self, stream: Iterator[bytes], what: str, token: str | None = None) -> str:
         """Write the archive where CRI-O on this node reads it (0600, a new file); return its name there."""
         if not self.node:
             raise InvalidInput(f"{what}: restore_mode=archive needs node=NODE (or $NODE_NAME): the archive stays there")
         self.archive_root.mkdir(parents=True, exist_ok=True)
-        name = f"restore-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}.tar"
+        name = f"{_artifact_name(token)}.tar"
         with Root(self.archive_root, what="kubelet checkpoint directory") as root:
             fd = root.create(name, 0o600)  # every memory page: root's alone, never an existing file or link
         try:

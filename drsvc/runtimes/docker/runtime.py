@@ -22,6 +22,7 @@ from drsvc.runtimes.base import (
     DesktopRef,
     Isolation,
     desktop_from_labels,
+    image_matches,
     inspect_isolation,
     probe_tcp_in_netns,
 )
@@ -301,6 +302,19 @@ class DockerRuntime:
                 self.api.remove_image(image)
         except NotFound:
             pass
+
+    def forget(self, kind: str, target: str) -> str:
+        """Remove a base image a killed restore loaded ("undone"), unless a container runs from it ("kept")."""
+        if kind != "loaded-image":
+            raise InvalidInput(f"forget {kind} {target}: docker:// leaves no {kind}")
+        if self.client.image_id(target) is None:
+            return "undone"
+        with self.client.errors(f"forget image {target}"):
+            items = self.api.containers(all=True)
+        if any(image_matches(str(c.get("ImageID") or ""), target) for c in items or []):
+            return "kept"
+        self.remove_image(target)  # not forced: Docker refuses it (409) if a container appeared meanwhile
+        return "undone"
 
     # ------------------------------------------------------------------ health
     def health(self) -> dict[str, Any]:
