@@ -133,9 +133,9 @@ class CleanupJob:
         if self.lease is None or not self.lease.joined:
             report.failed_points = recover_interrupted(self.catalog)
             self._drop_manifests(report)
-        try:
-            report.snapshots = prune.remove_unreferenced_snapshots()
-        except DrsvcError as e:  # Ceph down: the rows stay, the next cleanup retries
+        try:  # a snapshot Ceph will not remove now stays (its row too): the next cleanup retries
+            report.snapshots = prune.remove_unreferenced_snapshots(report.problems)
+        except DrsvcError as e:  # the lease lost, the catalog unreadable
             report.problems.append(f"pool snapshots: {e}")
         self.undo(leftovers(self.catalog), report)
         # owner leases that lapsed and guard nothing any more (one row per restore or tier run)

@@ -18,6 +18,7 @@ writing chunks).
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,15 +28,17 @@ from typing import Any
 from drsvc import clock, faults
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef, index_key, pack_key
-from drsvc.errors import NotFound
+from drsvc.errors import EXIT_OK, EXIT_PARTIAL, DrsvcError, NotFound
 from drsvc.intents import points_being_read
 from drsvc.lease import Lease
+from drsvc.log import event
 from drsvc.policy import Policy, PolicySet
 from drsvc.retention import RetentionRules, apply_retention
 from drsvc.services import Services
 from drsvc.storage.base import ordered_map
 
 Event = Callable[..., None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,6 +61,11 @@ class PruneReport:
     snapshots_removed: list[str] = field(default_factory=list)
     chunks_marked: int = 0
     chunks_deleted: int = 0
+    problems: list[str] = field(default_factory=list)  # what this run could not do; the next one retries
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.problems else EXIT_OK
 
     def document(self) -> dict[str, Any]:
         dropped = [d.document() for d in self.decisions if not d.keep]
@@ -68,6 +76,7 @@ class PruneReport:
             "snapshots_removed": self.snapshots_removed,
             "chunks_unreferenced": self.chunks_marked,
             "chunks_deleted": self.chunks_deleted,
+            "problems": self.problems,
         }
 
 
@@ -168,18 +177,37 @@ class PruneJob:
                 self.catalog.expire_if_uncopied(decision.point_id)  # copies at other sites keep it
             faults.point("prune-after-drop")
             self.on_event("dropped", decision=decision)
-        report.snapshots_removed = self.remove_unreferenced_snapshots()
+        report.snapshots_removed = self.remove_unreferenced_snapshots(report.problems)
         report.chunks_marked, report.chunks_deleted = self.collect_garbage(hot, now)
-        self.catalog.finish_job(job_id, "ok", detail=report.document())
+        self.catalog.finish_job(job_id, "partial" if report.problems else "ok", detail=report.document())
         return report
 
-    def remove_unreferenced_snapshots(self) -> list[str]:
+    def remove_unreferenced_snapshots(self, problems: list[str]) -> list[str]:
         """Remove the pool snapshots no pending or hot point refers to (also those a killed backup
-        recorded but never used); return their names."""
+        recorded but never used); return their names.
+
+        A snapshot that cannot be removed (Ceph refusing or timing out) is logged, reported as
+        event ``snapshot_remove_failed`` and appended to ``problems``; its row stays, so the next
+        run retries it, and the snapshots after it are still removed.
+        """
         removed = []
         for snap in self._unreferenced_snapshots(set()):
             self._check_lease()
-            self.services.snapshots(snap["pool"]).remove(snap["name"])
+            try:
+                self.services.snapshots(snap["pool"]).remove(snap["name"])
+            except DrsvcError as e:
+                problems.append(f"pool snapshot {snap['name']}: {e}")
+                event(
+                    log,
+                    logging.WARNING,
+                    "prune.snapshot_failed",
+                    f"pool snapshot {snap['name']} not removed (the next prune retries): {e}",
+                    snapshot=snap["name"],
+                    error=str(e),
+                    exc_info=e,
+                )
+                self.on_event("snapshot_remove_failed", name=snap["name"], error=e)
+                continue
             faults.point("prune-after-snapshot-removed")
             self.catalog.execute(
                 "UPDATE pool_snapshots SET removed_at = ? WHERE id = ?",

@@ -378,7 +378,7 @@ class Scheduler:
                 from drsvc.tiering import prune_cold
 
                 prune = PruneJob(self.services, lease, on_event=self.on_event).run(now=clock.now())
-                report.ran.append({"purpose": "prune", "exit_code": EXIT_OK, **prune.document()})
+                report.ran.append({"purpose": "prune", "exit_code": prune.exit_code, **prune.document()})
                 if self.services.has_cold:
                     cold = prune_cold(self.services, lease, now=clock.now(), on_event=self.on_event)
                     report.ran.append({"purpose": "prune-cold", "exit_code": EXIT_OK, **cold.document()})

@@ -26,17 +26,20 @@ def render(report: PruneReport, out: Console) -> None:
         out.print(
             f"chunks unreferenced: {report.chunks_marked}, deleted after the grace period: {report.chunks_deleted}"
         )
+    for problem in report.problems:
+        out.print(f"not done (the next prune retries): {problem}")
 
 
 @click.command("prune", cls=DrsvcCommand)
 @click.option("--dry-run", is_flag=True, help="Show what retention would drop, change nothing.")
 @pass_app
-def command(app: App, dry_run: bool) -> None:
+def command(app: App, dry_run: bool) -> int:
     """Apply each policy's retention on every tier; drop pool snapshots and chunks nothing needs.
 
     Hot: hot retention, unreferenced pool snapshots, hot chunk GC. Cold (when configured): cold
     retention, never touching a copy whose S3 Object Lock has not expired, cold chunk GC. Each
     other site ([sites.NAME]) with copies: its own retention, its own locks, its own GC.
+    Exit 6 when a pool snapshot could not be removed (the others are; the next prune retries it).
     """
     services = app.services
     cold: ColdPruneReport | None = None
@@ -77,3 +80,4 @@ def command(app: App, dry_run: bool) -> None:
             )
 
     app.emit(doc, show)
+    return report.exit_code

@@ -144,6 +144,36 @@ def _point_tiers(d: Deployment) -> dict[str, list[str]]:
     return {p["id"]: sorted(p["tiers"]) for p in d.cli("--json", "points", "list").json() if p["tiers"]}
 
 
+@contract("prune", 6)
+def test_prune_goes_on_past_a_pool_snapshot_it_cannot_remove(
+    deploy: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fakes.desktops import FakePoolSnapshots
+
+    deploy.policy(retention={"hot": {"last": 1}}, tiering=None)
+    deploy.desktop("alice")
+    start = clock.now() - timedelta(hours=4)
+    for h in range(3):
+        deploy.backup_at(start + timedelta(hours=h), "alice")
+    rows = deploy.services().catalog.query("SELECT name FROM pool_snapshots ORDER BY id")
+    bad, good = rows[0]["name"], rows[1]["name"]
+    real = FakePoolSnapshots.remove
+
+    def remove(self: FakePoolSnapshots, name: str) -> None:
+        if name == bad:
+            raise BackendUnavailable("ceph", f"removing pool snapshot {name}", "timed out")
+        real(self, name)
+
+    monkeypatch.setattr(FakePoolSnapshots, "remove", remove)
+    r = deploy.cli("prune")
+    assert_exit(r, 6, bad, "the next prune retries")
+    assert good in r.stdout, "the snapshot after the failing one is removed"
+    monkeypatch.undo()
+    assert_exit(deploy.cli("prune"), 0)  # its cleanup step (or prune itself) retries the snapshot
+    live = deploy.services().catalog.query("SELECT name FROM pool_snapshots WHERE removed_at IS NULL")
+    assert bad not in {row["name"] for row in live}
+
+
 @contract("prune", 2)
 def test_prune_with_an_invalid_policy_prunes_nothing(fleet: Deployment) -> None:
     (fleet.root / "policies" / "broken.yaml").write_text("name: broken\n")
