@@ -35,7 +35,7 @@ from drsvc.log import event
 from drsvc.runtimes.base import forget, restore_artifact
 
 if TYPE_CHECKING:
-    from drsvc.restore import RestorePlan
+    from drsvc.restore_plan import RestorePlan
 
 log = logging.getLogger(__name__)
 
