@@ -30,65 +30,58 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import itertools
-import json
 import logging
 import secrets
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from functools import cached_property
+from datetime import datetime
 from typing import Any, BinaryIO
 
 from drsvc import ceph, clock, faults
+from drsvc.backup_commit import (  # the names below were defined here first: their import path stays
+    DEFAULT_FREEZE_BUDGET,
+    DEFAULT_FULL_EVERY,
+    IMAGES,
+    MANIFEST_FORMAT,
+    Committer,
+    Event,
+    Outcome,
+    Phases,
+    _quiet,
+    image_key,
+)
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BackendError, DrsvcError, NotFound
 from drsvc.lease import Lease
-from drsvc.log import event
 from drsvc.policy import Policy
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef
 from drsvc.runtimes.freeze import FreezeBudgetExceeded, checkpoint_batch, hook_installed
 from drsvc.runtimes.tarindex import ArchiveIndexer
 from drsvc.services import Services
-from drsvc.volume_capture import ParentFinder, VolumeCapture
+
+__all__ = [
+    "DEFAULT_FREEZE_BUDGET",
+    "DEFAULT_FULL_EVERY",
+    "FREEZE_WAIT",
+    "IMAGES",
+    "MANIFEST_FORMAT",
+    "BackupJob",
+    "BackupReport",
+    "Outcome",
+    "Phases",
+    "chunk_objects",
+    "image_key",
+    "image_record_id",
+    "new_point_id",
+    "recover_interrupted",
+    "snapshot_name",
+]
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = 1
-IMAGES = "_images"  # manifest "desktop" under which base images are stored, once per image id
-DEFAULT_FULL_EVERY = 24  # a manual backup (no policy) reads everything every 24th point, as the policy default
 FREEZE_WAIT = 20.0  # seconds to wait for a batch's first desktop to freeze (its dump may take a while)
-DEFAULT_FREEZE_BUDGET = timedelta(seconds=5)  # manual backups without a policy
-
-Event = Callable[..., None]
-
-
-def _quiet(*_args: Any, **_kw: Any) -> None:
-    return None
-
-
-@dataclass
-class Outcome:
-    """What happened to one desktop in a run."""
-
-    desktop: str
-    point_id: str
-    status: str = "pending"
-    consistency: str = "paired"
-    reason: str | None = None
-    bytes: int = 0
-    new_bytes: int = 0
-    freeze_ms: float | None = None
-    checkpoint_ms: float | None = None
-    held: dict[str, Any] | None = None  # root filesystem files read inside the freeze (heldfiles)
-    seconds: float = 0.0
-    error: str | None = None
-    rootfs: dict[str, Any] | None = None  # index of the archive's root filesystem diff (tarindex), manifest only
-
-    def document(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "rootfs"}
 
 
 @dataclass
@@ -97,6 +90,7 @@ class BackupReport:
     policy: str | None
     outcomes: list[Outcome] = field(default_factory=list)
     pool_snapshots: list[str] = field(default_factory=list)
+    phases: Phases = field(default_factory=Phases)
 
     @property
     def exit_code(self) -> int:
@@ -111,6 +105,7 @@ class BackupReport:
             "policy": self.policy,
             "pool_snapshots": self.pool_snapshots,
             "results": [o.document() for o in self.outcomes],
+            "phases": self.phases.document(),
             "summary": {
                 "count": len(self.outcomes),
                 "complete": sum(o.status == "complete" for o in self.outcomes),
@@ -134,10 +129,6 @@ def snapshot_name(policy: str | None, when: datetime, batch: int) -> str:
     pool snapshot names are pool-wide.
     """
     return f"drsvc-{policy or 'manual'}-{clock.compact(when)}-{batch}-{secrets.token_hex(2)}"
-
-
-def image_key(image_id: str) -> str:
-    return image_id.removeprefix("sha256:")
 
 
 def image_record_id(manifest: dict[str, Any]) -> str | None:
@@ -207,7 +198,6 @@ class BackupJob:
         self.lease = lease
         self.on_event = on_event
         self.workers = services.config.scheduler.workers
-        self.retries = services.config.scheduler.retries
 
     @property
     def runtime(self) -> ContainerRuntime:
@@ -233,6 +223,7 @@ class BackupJob:
             detail={"desktops": [d.desktop_id for d in desktops]},
         )
         report = BackupReport(job_id, policy_name)
+        self.committer = Committer(self.services, self.lease, report.phases, self.on_event)
         try:
             for pool_url, batch_no, batch in self._batches(desktops, policy):
                 report.outcomes += self._run_batch(batch, pool_url, batch_no, policy, job_id, report)
@@ -281,7 +272,8 @@ class BackupJob:
         budget = (policy.capture.freeze_timeout if policy else DEFAULT_FREEZE_BUDGET).total_seconds()
         outcomes = {d.desktop_id: Outcome(d.desktop_id, new_point_id(d.desktop_id, taken_at)) for d in batch}
         snap = snapshot_name(policy.name if policy else None, taken_at, batch_no)
-        with self.catalog.transaction():
+        phases = report.phases
+        with phases.timed("record"), self.catalog.transaction():
             # The pool snapshot is recorded before it is made: if this process dies in between,
             # the row (referenced by no complete point) is what prune and cleanup remove.
             snapshot_row = self._record_snapshot(pool_url, snap, taken_at, job_id)
@@ -316,12 +308,13 @@ class BackupJob:
         volumes = self.services.snapshots(pool_url)
         archives: dict[str, StreamRef] = {}
         try:
-            if want_memory:
-                archives = self._paired_capture(batch, outcomes, volumes, snap, budget)
-            else:
-                self.on_event("snapshot", pool=pool_url, name=snap)
-                volumes.create(snap)
-                faults.point("after-snapshot")
+            with phases.timed("freeze"):
+                if want_memory:
+                    archives = self._paired_capture(batch, outcomes, volumes, snap, budget)
+                else:
+                    self.on_event("snapshot", pool=pool_url, name=snap)
+                    volumes.create(snap)
+                    faults.point("after-snapshot")
         except FreezeBudgetExceeded as e:
             # Thawed without a snapshot: no point of this batch pairs (or even has) a volume image.
             self._freeze_facts(batch, outcomes, e.results)
@@ -334,10 +327,10 @@ class BackupJob:
             return [outcomes[d.desktop_id] for d in batch]
         report.pool_snapshots.append(snap)
 
-        with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="store") as pool:
+        with phases.timed("store"), cf.ThreadPoolExecutor(self.workers, thread_name_prefix="store") as pool:
             futures = [
                 pool.submit(
-                    self._store_desktop,
+                    self.committer.store,
                     d,
                     outcomes[d.desktop_id],
                     archives.get(d.desktop_id),
@@ -456,172 +449,3 @@ class BackupJob:
                 [pool_url, name, clock.to_iso(taken_at), job_id],
             )
             return int(cursor.lastrowid or 0)
-
-    # ------------------------------------------------------------------ one desktop after the freeze
-
-    def _store_desktop(
-        self,
-        d: DesktopRef,
-        outcome: Outcome,
-        archive: StreamRef | None,
-        snap: str,
-        taken_at: datetime,
-        policy: Policy | None,
-    ) -> None:
-        started = time.monotonic()
-        for attempt in range(self.retries + 1):
-            try:
-                self._store_once(d, outcome, archive, snap, taken_at, policy)
-                outcome.status = "complete"
-                break
-            except DrsvcError as e:
-                outcome.error = str(e)
-                if attempt == self.retries or not e.retryable:
-                    outcome.status = "failed"
-                    self.catalog.update_point(
-                        outcome.point_id, status="failed", consistency=outcome.consistency, reason=str(e)
-                    )
-                    break
-                time.sleep(min(2**attempt, 30))
-        outcome.seconds = time.monotonic() - started
-        event(
-            log,
-            logging.WARNING if outcome.status == "failed" else logging.INFO,  # a partial run still exits 6
-            "backup.desktop",
-            f"{outcome.desktop} {outcome.status} ({outcome.consistency}) in {outcome.seconds:.1f}s",
-            desktop=outcome.desktop,
-            point=outcome.point_id,
-            policy=policy.name if policy else None,
-            error=outcome.error if outcome.status == "failed" else None,
-        )
-        self.on_event("desktop", outcome=outcome)
-
-    def _expected_bytes(self, desktop: str) -> int | None:
-        """The volume size of the desktop's last complete point: the progress bar's estimate."""
-        rows = self.catalog.query(
-            "SELECT a.bytes FROM points p JOIN artifacts a ON a.point_id = p.id AND a.kind = 'volume' "
-            "WHERE p.desktop_id = ? AND p.status = 'complete' ORDER BY p.taken_at DESC LIMIT 1",
-            [desktop],
-        )
-        return rows[0]["bytes"] if rows else None
-
-    def _store_once(
-        self,
-        d: DesktopRef,
-        outcome: Outcome,
-        archive: StreamRef | None,
-        snap: str,
-        taken_at: datetime,
-        policy: Policy | None,
-    ) -> None:
-        assert d.volume is not None
-        hot = self.hot.for_tenant(d.tenant)  # the tenant's data key (the fleet key in the fleet scope)
-        task, expected = f"backup {d.desktop_id}", self._expected_bytes(d.desktop_id)
-
-        def progress(n: int) -> None:
-            self.on_event("progress", task=task, advance=n, total=expected)
-
-        volume_section, volume_ref = self._capture_volume(d, hot, snap, policy, progress)
-        self.on_event("progress", task=task, done=True)
-        image = self._ensure_image(d)
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "point_id": outcome.point_id,
-            "desktop": d.desktop_id,
-            "taken_at": clock.to_iso(taken_at),
-            "policy": policy.name if policy else None,
-            "consistency": outcome.consistency if archive is not None else "crash",
-            "reason": outcome.reason,
-            "freeze_ms": outcome.freeze_ms,
-            "freeze_budget_ms": (policy.capture.freeze_timeout if policy else DEFAULT_FREEZE_BUDGET).total_seconds()
-            * 1000,
-            "runtime": {
-                "url": self.runtime.url,
-                "container": d.container,
-                "container_id": d.container_id,
-                "image": d.image,
-                "image_id": d.image_id,
-                "labels": d.labels,
-                "tenant": d.tenant,
-                "network": d.network,
-                "tcp_established": True,
-            },
-            "volume": {"url": d.volume, **volume_section},
-            "checkpoint": {"stream": archive.to_dict(), "held_files": outcome.held, "rootfs": outcome.rootfs}
-            if archive is not None
-            else None,
-            "image": image,
-        }
-        if archive is None:
-            outcome.consistency = "crash"
-            outcome.reason = outcome.reason or "no checkpoint"
-        faults.point("before-manifest")
-        self.lease.check()  # the fence: never commit under a lease someone else now holds
-        hot.put_manifest(d.desktop_id, outcome.point_id, manifest)
-        faults.point("after-manifest")
-        sizes = [volume_ref] + ([archive] if archive else [])
-        outcome.bytes = sum(r.size for r in sizes)
-        outcome.new_bytes = sum(r.stats.bytes_new_stored for r in sizes)
-        with self.catalog.transaction():
-            self.catalog.add_artifact(self._artifact(outcome.point_id, "volume", d.volume, volume_ref))
-            if archive is not None:
-                self.catalog.add_artifact(
-                    self._artifact(outcome.point_id, "checkpoint", d.container, archive, held=outcome.held)
-                )
-            self.catalog.set_tier(outcome.point_id, "hot", self.hot.store.url, stored_bytes=outcome.new_bytes)
-            self.catalog.update_point(
-                outcome.point_id,
-                status="complete",
-                consistency=outcome.consistency,
-                reason=outcome.reason,
-                bytes=outcome.bytes,
-                freeze_ms=outcome.freeze_ms,
-                checkpoint_ms=outcome.checkpoint_ms,
-                completed_at=clock.to_iso(clock.now()),
-            )
-
-    def _capture_volume(
-        self, d: DesktopRef, hot: ChunkStore, snap: str, policy: Policy | None, progress: Callable[[int], None]
-    ) -> tuple[dict[str, Any], StreamRef]:
-        """The volume at the snapshot into ``hot``: only what changed since the parent point when
-        that can be told, else everything (``drsvc.volume_capture``)."""
-        assert d.volume is not None
-        full_every = policy.capture.full_every if policy else DEFAULT_FULL_EVERY
-        capture = VolumeCapture(hot, self._parents, progress)
-        return capture.capture(self.services.volume(d.volume), d.desktop_id, snap, full_every=full_every)
-
-    @cached_property
-    def _parents(self) -> ParentFinder:
-        return ParentFinder(self.catalog, self.hot, skip=IMAGES)
-
-    @staticmethod
-    def _artifact(
-        point_id: str, kind: str, name: str, ref: StreamRef, *, held: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        return {
-            "point_id": point_id,
-            "kind": kind,
-            "name": name,
-            "bytes": ref.size,
-            "chunks": len(ref.chunks),
-            "new_chunks": ref.stats.chunks_new,
-            "new_bytes": ref.stats.bytes_new_stored,
-            "digest": ref.hash,
-            "held_files": json.dumps(held) if held else None,
-        }
-
-    def _ensure_image(self, d: DesktopRef) -> dict[str, Any] | None:
-        """Store the desktop's base image once per image id, so a restore never depends on a registry."""
-        if not d.image_id or not getattr(self.runtime, "stores_images", True):
-            return None  # e.g. CRI-O: base images stay in their registry
-        hot = self.hot.for_tenant(d.tenant)
-        key = image_key(d.image_id)
-        if hot.write_keys.key_id is not None:  # one record per image and tenant key: dedup stays in a tenant
-            key = f"{key}-{hot.write_keys.key_id}"
-        try:
-            hot.get_manifest(IMAGES, key)
-        except NotFound:
-            with self.runtime.save_image(d.image or d.image_id) as stream:
-                ref = hot.write_stream(stream)
-            hot.put_manifest(IMAGES, key, {"image": d.image, "image_id": d.image_id, "stream": ref.to_dict()})
-        return {"image": d.image, "image_id": d.image_id, "manifest": f"{IMAGES}/{key}"}

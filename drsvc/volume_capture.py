@@ -11,6 +11,7 @@ how it was captured (``capture``: mode, parent, objects and bytes read and reuse
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -107,17 +108,27 @@ class ParentFinder:
 class VolumeCapture:
     """Captures volumes into the hot store for one backup run (shared by its threads)."""
 
-    def __init__(self, hot: ChunkStore, parents: ParentFinder, progress: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        hot: ChunkStore,
+        parents: ParentFinder,
+        progress: Callable[[int], None] | None = None,
+        *,
+        timed: Callable[[str], contextlib.AbstractContextManager[None]] | None = None,
+    ) -> None:
         self.hot = hot
         self.parents = parents
         self.progress = progress or (lambda _n: None)  # bytes captured, read or reused
+        # times the metadata scan at the snapshot (listing, stats) as phase "scan" (``drsvc.backup_commit.Phases``)
+        self.timed = timed or (lambda _name: contextlib.nullcontext())
 
     def capture(self, volume: Volume, desktop: str, snap: str, *, full_every: int) -> tuple[dict[str, Any], StreamRef]:
         """The manifest's ``volume`` section (without ``url``) and the stream, at pool snapshot ``snap``."""
         plan, scope = self._plan(volume, desktop, snap, full_every)
         entries = _Entries(self.progress)
         if plan.full:
-            objects = volume.objects_at(snap)
+            with self.timed("scan"):
+                objects = volume.objects_at(snap)
             plan.to_read = objects
             names = [o.name for o in objects]
             ref = self.hot.write_objects(entries.objects(volume.read_objects_at(snap, objects)))
@@ -155,8 +166,10 @@ class VolumeCapture:
         if why is not None:
             return incremental.Plan(parent=pid, why_full=why), scope
         try:
+            with self.timed("scan"):
+                stamps = cast(VersionedVolume, volume).stamps_at(snap)
             plan = incremental.plan(
-                cast(VersionedVolume, volume).stamps_at(snap),
+                stamps,
                 parent_volume,
                 parent_id=pid,
                 parent_since_full=since,

@@ -1,0 +1,302 @@
+"""Backup, after the freeze: one desktop's volume, base image, manifest and catalog rows.
+
+``drsvc.backup`` takes a batch's checkpoints and its pool snapshot (the capture); ``Committer``
+then stores each desktop of the batch on its own worker thread: the volume as it was at the
+snapshot (``drsvc.volume_capture``: only what changed since the parent point when that can be
+told), the base image once per image id, the manifest last (under the lease's fence), and only
+then the catalog rows that make the point ``complete``. A retryable error retries the desktop
+alone; the others of the batch go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+from drsvc import clock, faults
+from drsvc.catalog import Catalog
+from drsvc.chunks import ChunkStore, StreamRef
+from drsvc.errors import DrsvcError, NotFound
+from drsvc.lease import Lease
+from drsvc.log import event
+from drsvc.policy import Policy
+from drsvc.runtimes.base import ContainerRuntime, DesktopRef
+from drsvc.services import Services
+from drsvc.volume_capture import ParentFinder, VolumeCapture
+
+log = logging.getLogger("drsvc.backup")
+
+MANIFEST_FORMAT = 1
+IMAGES = "_images"  # manifest "desktop" under which base images are stored, once per image id
+DEFAULT_FULL_EVERY = 24  # a manual backup (no policy) reads everything every 24th point, as the policy default
+DEFAULT_FREEZE_BUDGET = timedelta(seconds=5)  # manual backups without a policy
+
+Event = Callable[..., None]
+
+
+def _quiet(*_args: Any, **_kw: Any) -> None:
+    return None
+
+
+@dataclass
+class Outcome:
+    """What happened to one desktop in a run."""
+
+    desktop: str
+    point_id: str
+    status: str = "pending"
+    consistency: str = "paired"
+    reason: str | None = None
+    bytes: int = 0
+    new_bytes: int = 0
+    freeze_ms: float | None = None
+    checkpoint_ms: float | None = None
+    held: dict[str, Any] | None = None  # root filesystem files read inside the freeze (heldfiles)
+    seconds: float = 0.0
+    error: str | None = None
+    rootfs: dict[str, Any] | None = None  # index of the archive's root filesystem diff (tarindex), manifest only
+
+    def document(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "rootfs"}
+
+
+class Phases:
+    """Seconds a run spent per phase, for ``--json`` and the fleet benchmark (``bench/fleet.py``).
+
+    ``record``, ``freeze`` (checkpoints, archives and the pool snapshot), ``listing`` and ``store``
+    are wall time per batch, summed over batches; ``scan`` (volume metadata at the snapshot),
+    ``volume`` (the whole volume capture, scan included), ``image`` and ``commit`` (manifest and
+    catalog) are summed over desktops, which run on several threads at once.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.seconds[name] += time.monotonic() - started
+
+    def document(self) -> dict[str, float]:
+        return {name: round(s, 3) for name, s in sorted(self.seconds.items())}
+
+
+def image_key(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")
+
+
+class Committer:
+    """Stores desktops of a run after their batch's freeze (shared by the run's worker threads)."""
+
+    def __init__(self, services: Services, lease: Lease, phases: Phases, on_event: Event = _quiet) -> None:
+        self.services = services
+        self.catalog: Catalog = services.catalog
+        self.lease = lease
+        self.phases = phases
+        self.on_event = on_event
+        self.retries = services.config.scheduler.retries
+
+    @property
+    def runtime(self) -> ContainerRuntime:
+        return self.services.runtime
+
+    @property
+    def hot(self) -> ChunkStore:
+        return self.services.hot
+
+    def store(
+        self,
+        d: DesktopRef,
+        outcome: Outcome,
+        archive: StreamRef | None,
+        snap: str,
+        taken_at: datetime,
+        policy: Policy | None,
+    ) -> None:
+        started = time.monotonic()
+        for attempt in range(self.retries + 1):
+            try:
+                self._once(d, outcome, archive, snap, taken_at, policy)
+                outcome.status = "complete"
+                break
+            except DrsvcError as e:
+                outcome.error = str(e)
+                if attempt == self.retries or not e.retryable:
+                    outcome.status = "failed"
+                    self.catalog.update_point(
+                        outcome.point_id, status="failed", consistency=outcome.consistency, reason=str(e)
+                    )
+                    break
+                time.sleep(min(2**attempt, 30))
+        outcome.seconds = time.monotonic() - started
+        event(
+            log,
+            logging.WARNING if outcome.status == "failed" else logging.INFO,  # a partial run still exits 6
+            "backup.desktop",
+            f"{outcome.desktop} {outcome.status} ({outcome.consistency}) in {outcome.seconds:.1f}s",
+            desktop=outcome.desktop,
+            point=outcome.point_id,
+            policy=policy.name if policy else None,
+            error=outcome.error if outcome.status == "failed" else None,
+        )
+        self.on_event("desktop", outcome=outcome)
+
+    def _expected_bytes(self, desktop: str) -> int | None:
+        """The volume size of the desktop's last complete point: the progress bar's estimate."""
+        rows = self.catalog.query(
+            "SELECT a.bytes FROM points p JOIN artifacts a ON a.point_id = p.id AND a.kind = 'volume' "
+            "WHERE p.desktop_id = ? AND p.status = 'complete' ORDER BY p.taken_at DESC LIMIT 1",
+            [desktop],
+        )
+        return rows[0]["bytes"] if rows else None
+
+    def _once(
+        self,
+        d: DesktopRef,
+        outcome: Outcome,
+        archive: StreamRef | None,
+        snap: str,
+        taken_at: datetime,
+        policy: Policy | None,
+    ) -> None:
+        assert d.volume is not None
+        hot = self.hot.for_tenant(d.tenant)  # the tenant's data key (the fleet key in the fleet scope)
+        task, expected = f"backup {d.desktop_id}", self._expected_bytes(d.desktop_id)
+
+        def progress(n: int) -> None:
+            self.on_event("progress", task=task, advance=n, total=expected)
+
+        with self.phases.timed("volume"):
+            volume_section, volume_ref = self._capture_volume(d, hot, snap, policy, progress)
+        self.on_event("progress", task=task, done=True)
+        with self.phases.timed("image"):
+            image = self._ensure_image(d)
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "point_id": outcome.point_id,
+            "desktop": d.desktop_id,
+            "taken_at": clock.to_iso(taken_at),
+            "policy": policy.name if policy else None,
+            "consistency": outcome.consistency if archive is not None else "crash",
+            "reason": outcome.reason,
+            "freeze_ms": outcome.freeze_ms,
+            "freeze_budget_ms": (policy.capture.freeze_timeout if policy else DEFAULT_FREEZE_BUDGET).total_seconds()
+            * 1000,
+            "runtime": {
+                "url": self.runtime.url,
+                "container": d.container,
+                "container_id": d.container_id,
+                "image": d.image,
+                "image_id": d.image_id,
+                "labels": d.labels,
+                "tenant": d.tenant,
+                "network": d.network,
+                "tcp_established": True,
+            },
+            "volume": {"url": d.volume, **volume_section},
+            "checkpoint": {"stream": archive.to_dict(), "held_files": outcome.held, "rootfs": outcome.rootfs}
+            if archive is not None
+            else None,
+            "image": image,
+        }
+        if archive is None:
+            outcome.consistency = "crash"
+            outcome.reason = outcome.reason or "no checkpoint"
+        with self.phases.timed("commit"):
+            self._commit(d, outcome, archive, hot, manifest, volume_ref)
+
+    def _commit(
+        self,
+        d: DesktopRef,
+        outcome: Outcome,
+        archive: StreamRef | None,
+        hot: ChunkStore,
+        manifest: dict[str, Any],
+        volume_ref: StreamRef,
+    ) -> None:
+        """The manifest last, under the lease's fence; then the rows that make the point ``complete``."""
+        assert d.volume is not None
+        faults.point("before-manifest")
+        self.lease.check()  # the fence: never commit under a lease someone else now holds
+        hot.put_manifest(d.desktop_id, outcome.point_id, manifest)
+        faults.point("after-manifest")
+        sizes = [volume_ref] + ([archive] if archive else [])
+        outcome.bytes = sum(r.size for r in sizes)
+        outcome.new_bytes = sum(r.stats.bytes_new_stored for r in sizes)
+        with self.catalog.transaction():
+            self.catalog.add_artifact(self._artifact(outcome.point_id, "volume", d.volume, volume_ref))
+            if archive is not None:
+                self.catalog.add_artifact(
+                    self._artifact(outcome.point_id, "checkpoint", d.container, archive, held=outcome.held)
+                )
+            self.catalog.set_tier(outcome.point_id, "hot", self.hot.store.url, stored_bytes=outcome.new_bytes)
+            self.catalog.update_point(
+                outcome.point_id,
+                status="complete",
+                consistency=outcome.consistency,
+                reason=outcome.reason,
+                bytes=outcome.bytes,
+                freeze_ms=outcome.freeze_ms,
+                checkpoint_ms=outcome.checkpoint_ms,
+                completed_at=clock.to_iso(clock.now()),
+            )
+
+    def _capture_volume(
+        self, d: DesktopRef, hot: ChunkStore, snap: str, policy: Policy | None, progress: Callable[[int], None]
+    ) -> tuple[dict[str, Any], StreamRef]:
+        """The volume at the snapshot into ``hot``: only what changed since the parent point when
+        that can be told, else everything (``drsvc.volume_capture``)."""
+        assert d.volume is not None
+        full_every = policy.capture.full_every if policy else DEFAULT_FULL_EVERY
+        capture = VolumeCapture(hot, self._parents, progress, timed=self.phases.timed)
+        return capture.capture(self.services.volume(d.volume), d.desktop_id, snap, full_every=full_every)
+
+    @cached_property
+    def _parents(self) -> ParentFinder:
+        return ParentFinder(self.catalog, self.hot, skip=IMAGES)
+
+    @staticmethod
+    def _artifact(
+        point_id: str, kind: str, name: str, ref: StreamRef, *, held: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return {
+            "point_id": point_id,
+            "kind": kind,
+            "name": name,
+            "bytes": ref.size,
+            "chunks": len(ref.chunks),
+            "new_chunks": ref.stats.chunks_new,
+            "new_bytes": ref.stats.bytes_new_stored,
+            "digest": ref.hash,
+            "held_files": json.dumps(held) if held else None,
+        }
+
+    def _ensure_image(self, d: DesktopRef) -> dict[str, Any] | None:
+        """Store the desktop's base image once per image id, so a restore never depends on a registry."""
+        if not d.image_id or not getattr(self.runtime, "stores_images", True):
+            return None  # e.g. CRI-O: base images stay in their registry
+        hot = self.hot.for_tenant(d.tenant)
+        key = image_key(d.image_id)
+        if hot.write_keys.key_id is not None:  # one record per image and tenant key: dedup stays in a tenant
+            key = f"{key}-{hot.write_keys.key_id}"
+        try:
+            hot.get_manifest(IMAGES, key)
+        except NotFound:
+            with self.runtime.save_image(d.image or d.image_id) as stream:
+                ref = hot.write_stream(stream)
+            hot.put_manifest(IMAGES, key, {"image": d.image, "image_id": d.image_id, "stream": ref.to_dict()})
+        return {"image": d.image, "image_id": d.image_id, "manifest": f"{IMAGES}/{key}"}
