@@ -55,6 +55,7 @@ from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BackendError, DrsvcError, NotFound
 from drsvc.lease import Lease
+from drsvc.log import event
 from drsvc.policy import Policy
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef
 from drsvc.runtimes.freeze import FreezeBudgetExceeded, checkpoint_batch, hook_installed
@@ -326,6 +327,8 @@ class BackupJob:
             self._drop_snapshot(volumes, snap, snapshot_row, None)
             return [outcomes[d.desktop_id] for d in batch]
         report.pool_snapshots.append(snap)
+        with phases.timed("listing"):
+            listing = self._listing(volumes, batch)
 
         with phases.timed("store"), cf.ThreadPoolExecutor(self.workers, thread_name_prefix="store") as pool:
             futures = [
@@ -337,12 +340,28 @@ class BackupJob:
                     snap,
                     taken_at,
                     policy,
+                    listing.get(d.volume or ""),
                 )
                 for d in batch
             ]
             for future in futures:
                 future.result()
         return [outcomes[d.desktop_id] for d in batch]
+
+    def _listing(self, volumes: Any, batch: list[DesktopRef]) -> dict[str, list[str]]:
+        """Object names of every volume of the batch from one listing of the pool, after its snapshot.
+
+        A pool whose snapshots cannot list by volume (``names_by_volume``, RADOS pools can), or a
+        listing that fails, gives ``{}``: each desktop then lists its own volume, as before.
+        """
+        names_by_volume = getattr(volumes, "names_by_volume", None)
+        if names_by_volume is None:
+            return {}
+        try:
+            return dict(names_by_volume(sorted({d.volume for d in batch if d.volume})))
+        except DrsvcError as e:
+            event(log, logging.WARNING, "backup.listing", f"one listing for the batch failed, each desktop lists: {e}")
+            return {}
 
     def _paired_capture(
         self, batch: list[DesktopRef], outcomes: dict[str, Outcome], volumes: Any, snap: str, budget: float

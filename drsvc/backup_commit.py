@@ -126,11 +126,14 @@ class Committer:
         snap: str,
         taken_at: datetime,
         policy: Policy | None,
+        names: list[str] | None = None,
     ) -> None:
+        """Store one desktop at pool snapshot ``snap``; ``names``: its volume's objects from the batch's
+        listing (``None``: the capture lists the volume itself)."""
         started = time.monotonic()
         for attempt in range(self.retries + 1):
             try:
-                self._once(d, outcome, archive, snap, taken_at, policy)
+                self._once(d, outcome, archive, snap, taken_at, policy, names)
                 outcome.status = "complete"
                 break
             except DrsvcError as e:
@@ -172,6 +175,7 @@ class Committer:
         snap: str,
         taken_at: datetime,
         policy: Policy | None,
+        names: list[str] | None,
     ) -> None:
         assert d.volume is not None
         hot = self.hot.for_tenant(d.tenant)  # the tenant's data key (the fleet key in the fleet scope)
@@ -181,7 +185,7 @@ class Committer:
             self.on_event("progress", task=task, advance=n, total=expected)
 
         with self.phases.timed("volume"):
-            volume_section, volume_ref = self._capture_volume(d, hot, snap, policy, progress)
+            volume_section, volume_ref = self._capture_volume(d, hot, snap, policy, progress, names)
         self.on_event("progress", task=task, done=True)
         with self.phases.timed("image"):
             image = self._ensure_image(d)
@@ -256,14 +260,20 @@ class Committer:
             )
 
     def _capture_volume(
-        self, d: DesktopRef, hot: ChunkStore, snap: str, policy: Policy | None, progress: Callable[[int], None]
+        self,
+        d: DesktopRef,
+        hot: ChunkStore,
+        snap: str,
+        policy: Policy | None,
+        progress: Callable[[int], None],
+        names: list[str] | None,
     ) -> tuple[dict[str, Any], StreamRef]:
         """The volume at the snapshot into ``hot``: only what changed since the parent point when
         that can be told, else everything (``drsvc.volume_capture``)."""
         assert d.volume is not None
         full_every = policy.capture.full_every if policy else DEFAULT_FULL_EVERY
         capture = VolumeCapture(hot, self._parents, progress, timed=self.phases.timed)
-        return capture.capture(self.services.volume(d.volume), d.desktop_id, snap, full_every=full_every)
+        return capture.capture(self.services.volume(d.volume), d.desktop_id, snap, full_every=full_every, names=names)
 
     @cached_property
     def _parents(self) -> ParentFinder:

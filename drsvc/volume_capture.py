@@ -122,13 +122,25 @@ class VolumeCapture:
         # times the metadata scan at the snapshot (listing, stats) as phase "scan" (``drsvc.backup_commit.Phases``)
         self.timed = timed or (lambda _name: contextlib.nullcontext())
 
-    def capture(self, volume: Volume, desktop: str, snap: str, *, full_every: int) -> tuple[dict[str, Any], StreamRef]:
-        """The manifest's ``volume`` section (without ``url``) and the stream, at pool snapshot ``snap``."""
-        plan, scope = self._plan(volume, desktop, snap, full_every)
+    def capture(
+        self, volume: Volume, desktop: str, snap: str, *, full_every: int, names: list[str] | None = None
+    ) -> tuple[dict[str, Any], StreamRef]:
+        """The manifest's ``volume`` section (without ``url``) and the stream, at pool snapshot ``snap``.
+
+        ``names``: the volume's object names from a listing taken after the snapshot (a backup batch
+        lists its pool once for all its desktops); ``None``: the volume is listed here. Only a
+        versioned volume takes them (its ``objects_at`` and ``stamps_at`` read just those names).
+        """
+        if names is not None and not versioned(volume):
+            names = None
+        plan, scope = self._plan(volume, desktop, snap, full_every, names)
         entries = _Entries(self.progress)
         if plan.full:
             with self.timed("scan"):
-                objects = volume.objects_at(snap)
+                if names is None:
+                    objects = volume.objects_at(snap)
+                else:
+                    objects = cast(VersionedVolume, volume).objects_at(snap, names)
             plan.to_read = objects
             names = [o.name for o in objects]
             ref = self.hot.write_objects(entries.objects(volume.read_objects_at(snap, objects)))
@@ -146,7 +158,9 @@ class VolumeCapture:
             section["stamps"] = {"kind": incremental.VERSIONS, "scope": scope}
         return section, ref
 
-    def _plan(self, volume: Volume, desktop: str, snap: str, full_every: int) -> tuple[incremental.Plan, str | None]:
+    def _plan(
+        self, volume: Volume, desktop: str, snap: str, full_every: int, names: list[str] | None
+    ) -> tuple[incremental.Plan, str | None]:
         if not versioned(volume):
             return incremental.Plan(why_full="this volume type has no object versions"), None
         scope = cast(VersionedVolume, volume).stamp_scope()
@@ -167,7 +181,8 @@ class VolumeCapture:
             return incremental.Plan(parent=pid, why_full=why), scope
         try:
             with self.timed("scan"):
-                stamps = cast(VersionedVolume, volume).stamps_at(snap)
+                versions = cast(VersionedVolume, volume)
+                stamps = versions.stamps_at(snap) if names is None else versions.stamps_at(snap, names)
             plan = incremental.plan(
                 stamps,
                 parent_volume,

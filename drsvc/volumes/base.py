@@ -150,8 +150,9 @@ class VersionedVolume(Volume, Protocol):
         """Where versions are comparable (a cluster and pool): versions of two scopes never are."""
         ...
 
-    def stamps_at(self, snap_name: str) -> list[VolumeObject]:
-        """Every object at the snapshot with size and version only (no xattrs, omap or data), sorted."""
+    def stamps_at(self, snap_name: str, names: list[str] | None = None) -> list[VolumeObject]:
+        """Every object at the snapshot with size and version only (no xattrs, omap or data), sorted;
+        of ``names`` only when given (a listing the caller already has; names absent there left out)."""
         ...
 
     def objects_at(self, snap_name: str, names: list[str] | None = None) -> list[VolumeObject]:

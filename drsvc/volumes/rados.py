@@ -290,17 +290,18 @@ class RadosVolume:
         finally:
             io.close()
 
-    def stamps_at(self, snap_name: str) -> list[VolumeObject]:
+    def stamps_at(self, snap_name: str, names: list[str] | None = None) -> list[VolumeObject]:
         """Every object at the snapshot with its size and version only (no xattrs, omap or data), sorted.
 
-        One listing and one stat per object: what incremental capture compares with the parent
-        point (``drsvc.volumes.rados_meta`` says why the version is the thing to compare).
+        One listing (none when ``names`` are given: ``RadosPoolSnapshots.names_by_volume``) and one
+        stat per object: what incremental capture compares with the parent point
+        (``drsvc.volumes.rados_meta`` says why the version is the thing to compare).
         """
         io, snap_id = self._snap_io(snap_name)
         where = f" at snapshot {snap_name}"
         meta = self._meta(snap_id, where)
         try:
-            return meta.stamps(self._names(io))
+            return meta.stamps(self._names(io) if names is None else sorted(set(names)))
         finally:
             meta.close()
             io.close()

@@ -9,10 +9,12 @@ cannot take pool snapshots (EINVAL), reported as such.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import errno
 import json
 import uuid
+from collections.abc import Iterable
 from datetime import UTC
 from typing import Any
 
@@ -21,7 +23,7 @@ from drsvc.errors import BackendError, InvalidInput, NotFound
 from drsvc.volumes.base import (
     SnapshotInfo,
 )
-from drsvc.volumes.rados_io import _POOL, SCHEME, _drain, _ignore, _ioctx, _lookup_snap
+from drsvc.volumes.rados_io import _NAMESPACE, _POOL, SCHEME, _drain, _ignore, _ioctx, _lookup_snap
 
 _SETTLE_PER_PG = 16
 _SETTLE_NAMESPACE = "drsvc.snapshot-settle"  # only stat'ed, never written
@@ -135,6 +137,39 @@ class RadosPoolSnapshots:
         finally:
             io.close()
         return sorted(snaps, key=lambda s: s.snap_id)
+
+    def names_by_volume(self, urls: Iterable[str]) -> dict[str, builtins.list[str]]:
+        """The object names of each ``rados://POOL/NAMESPACE`` volume of this pool, from ONE listing.
+
+        RADOS lists a namespace by scanning every object of the pool, so one pass over all
+        namespaces costs about what one namespace does; a backup batch takes one after its pool
+        snapshot instead of one per desktop. The names are exactly what each volume's own listing
+        gives: live objects plus those deleted since a snapshot that still holds them (listings
+        ignore the read snapshot), so a listing taken after a snapshot names everything the
+        snapshot holds, and readers stat each name at the snapshot and drop those absent there.
+        Sorted; every URL is a key (an empty list when its namespace holds nothing).
+        """
+        prefix = f"{SCHEME}://{self.pool}/"
+        by_namespace: dict[str, str] = {}
+        for url in urls:
+            namespace = url.removeprefix(prefix)
+            if not url.startswith(prefix) or not _NAMESPACE.match(namespace):
+                raise InvalidInput(f"volume {url!r} is not a namespace of pool {self.pool} ({prefix}NAMESPACE)")
+            by_namespace[namespace] = url
+        found: dict[str, set[str]] = {ns: set() for ns in by_namespace}
+        if found:
+            rados = ceph.rados_module()
+            io = _ioctx(self.pool, self._conn)
+            try:
+                io.set_namespace(rados.LIBRADOS_ALL_NSPACES)
+                with ceph.ceph_errors(f"list the objects of pool {self.pool}"):
+                    for obj in io.list_objects():
+                        names = found.get(obj.nspace)
+                        if names is not None:
+                            names.add(obj.key)
+            finally:
+                io.close()
+        return {by_namespace[ns]: sorted(names) for ns, names in found.items()}
 
 
 def snapshots_from_scope(scope: str, **conn: Any) -> RadosPoolSnapshots:

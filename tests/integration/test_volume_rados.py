@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import pytest
 
 from drsvc.backup import snapshot_name
-from drsvc.errors import BackendError, IntegrityError, NotFound
+from drsvc.errors import BackendError, IntegrityError, InvalidInput, NotFound
 from drsvc.volumes import VolumeObject, object_digest, open_volume
 from drsvc.volumes.rados import (
     RadosVolume,
@@ -142,6 +142,31 @@ def test_reads_at_snapshot_are_exactly_the_old_content_then_rollback(ns, snap, i
     print(f"\nrollback of {len(ORIGINAL)} objects: {time.monotonic() - t:.3f} s")
     assert vol.objects_now() == _expected_objects(ORIGINAL)
     assert vol.digests_now() == _expected_digests(ORIGINAL)
+
+
+def test_one_pool_listing_names_what_each_namespace_listing_names(ns, snap, ioctx):
+    """A backup batch lists its pool once (``names_by_volume``) instead of once per desktop: the
+    names must be each namespace's own listing, and reading at the snapshot by those names must
+    give what reading by the volume's own listing gives, after creates and deletes since."""
+    changed, untouched, empty = ns("a"), ns("b"), ns("c")
+    assert changed.write_objects(_streams(ORIGINAL)) == len(ORIGINAL)
+    untouched.write_objects(_streams({"one": (b"1", {}, {}), "two/x": (b"22", {"user.k": b"v"}, {})}))
+    s = snap()
+    _change_everything(changed, ioctx)  # one deleted (still at the snap), one created (not at it)
+    vols = [changed, untouched, empty]
+    listing = changed.snapshots().names_by_volume([v.url for v in vols])
+    assert set(listing) == {v.url for v in vols}
+    for vol in vols:
+        own = vol._names(vol._head_io())
+        assert listing[vol.url] == own, vol.url
+        names = listing[vol.url]
+        assert vol.stamps_at(s, names) == vol.stamps_at(s)
+        assert vol.objects_at(s, names) == vol.objects_at(s)
+    assert "var/old.log" in listing[changed.url] and "new/created.txt" in listing[changed.url]
+    assert [o.name for o in changed.objects_at(s, listing[changed.url])] == sorted(ORIGINAL)
+    assert listing[empty.url] == []
+    with pytest.raises(InvalidInput):
+        changed.snapshots().names_by_volume(["rados://otherpool/x"])
 
 
 def test_write_objects_exact_and_clone_reproduce_the_snapshot(ns, snap, ioctx):

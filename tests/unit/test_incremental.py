@@ -56,8 +56,10 @@ class MemoryVolume:
     def stamp_scope(self) -> str:
         return SCOPE
 
-    def stamps_at(self, snap: str) -> list[VolumeObject]:
-        return [VolumeObject(n, len(v[0]), version=v[3]) for n, v in sorted(self.snaps[snap].items())]
+    def stamps_at(self, snap: str, names: list[str] | None = None) -> list[VolumeObject]:
+        at = self.snaps[snap]
+        chosen = sorted(at) if names is None else sorted(n for n in set(names) if n in at)
+        return [VolumeObject(n, len(at[n][0]), version=at[n][3]) for n in chosen]
 
     def objects_at(self, snap: str, names: list[str] | None = None) -> list[VolumeObject]:
         at = self.snaps[snap]
@@ -283,3 +285,66 @@ def test_a_composed_stream_with_a_wrong_list_hash_is_refused(hot: ChunkStore) ->
     with pytest.raises(IntegrityError):
         hot.read_bytes(bad)
     assert hot.read_bytes(ref) == b"x" * 100
+
+
+def test_names_from_a_batch_listing_capture_what_the_volume_own_listing_captures(tmp_path: Path) -> None:
+    """A backup batch lists its pool once and hands each desktop its names: names the listing holds
+    that are absent at the snapshot (created since) are left out, and both captures are equal."""
+    stores = [ChunkStore.init(open_store(f"file://{tmp_path}/{k}"), Keys(b"k" * 32)) for k in ("own", "given")]
+    vol = MemoryVolume()
+    fill(vol, random.Random(9), 30)
+    vol.snapshot("s1")
+    vol.put("created-after-s1", b"not at s1")
+    listing = sorted(vol.live)  # what a listing taken after the snapshot names
+    sections = []
+    for hot, names in zip(stores, (None, listing), strict=True):
+        parents = LastPoint()
+        vol.reads.clear()
+        first, _ = VolumeCapture(hot, parents).capture(vol, "alice", "s1", full_every=24, names=names)  # type: ignore[arg-type]
+        parents.found = ("s1", {"volume": {**first, "url": vol.url}})
+        vol.snapshot("s2")
+        second, _ = VolumeCapture(hot, parents).capture(vol, "alice", "s2", full_every=24, names=names)  # type: ignore[arg-type]
+        sections.append((first, second))
+    (own1, own2), (given1, given2) = sections
+    assert given1["objects"] == own1["objects"] and given1["stream"] == own1["stream"]
+    assert "created-after-s1" not in {o["name"] for o in given1["objects"]}
+    assert given2["capture"]["mode"] == own2["capture"]["mode"] == "incremental"
+    assert {o["name"] for o in given2["objects"]} == set(listing)  # s2 holds the created object
+    assert given2["objects"] == own2["objects"] and given2["stream"] == own2["stream"]
+    assert restored(stores[1], given2) == oracle(vol, "s2")
+
+
+def test_one_pool_listing_groups_names_by_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``names_by_volume`` reads ONE all-namespaces listing: names of the asked namespaces, sorted and
+    without repeats (a listing can repeat a name deleted since a snapshot), others ignored."""
+    from types import SimpleNamespace
+
+    from drsvc import ceph
+    from drsvc.errors import InvalidInput
+    from drsvc.volumes import rados_snapshots
+
+    listed = [("a", "z"), ("b", "x"), ("a", "m"), ("", "default-ns"), ("a", "z"), ("other", "q")]
+
+    class Io:
+        namespace: str | None = None
+        listings = 0
+
+        def set_namespace(self, ns: str) -> None:
+            self.namespace = ns
+
+        def list_objects(self) -> Any:
+            Io.listings += 1
+            assert self.namespace == "ALL"
+            return iter(SimpleNamespace(nspace=ns, key=k) for ns, k in listed)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(ceph, "rados_module", lambda: SimpleNamespace(LIBRADOS_ALL_NSPACES="ALL"))
+    monkeypatch.setattr(rados_snapshots, "_ioctx", lambda *_a: Io())
+    pool = rados_snapshots.RadosPoolSnapshots("desktops")
+    urls = ["rados://desktops/a", "rados://desktops/b", "rados://desktops/empty"]
+    assert pool.names_by_volume(urls) == {urls[0]: ["m", "z"], urls[1]: ["x"], urls[2]: []}
+    assert Io.listings == 1
+    with pytest.raises(InvalidInput):
+        pool.names_by_volume(["rados://otherpool/a"])
