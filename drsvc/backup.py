@@ -27,6 +27,7 @@ dump of its batch. Larger batches mean fewer pool snapshots, smaller ones shorte
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import itertools
@@ -82,6 +83,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+PIPELINE_DEPTH = 1  # batches whose stores may still run when the next batch freezes
 FREEZE_WAIT = 20.0  # seconds to wait for a batch's first desktop to freeze (its dump may take a while)
 
 
@@ -226,8 +228,20 @@ class BackupJob:
         report = BackupReport(job_id, policy_name)
         self.committer = Committer(self.services, self.lease, report.phases, self.on_event)
         try:
-            for pool_url, batch_no, batch in self._batches(desktops, policy):
-                report.outcomes += self._run_batch(batch, pool_url, batch_no, policy, job_id, report)
+            # One pool of store workers for the whole run, and batches pipelined: batch k+1 freezes
+            # while batch k's desktops are stored. At most PIPELINE_DEPTH batches' stores are in
+            # flight when a freeze starts, so stores never pile up behind a long fleet (on leaving
+            # the pool, stores still running are waited for: none writes after the job ended).
+            with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="store") as pool:
+                stores: collections.deque[list[cf.Future[None]]] = collections.deque()
+                for pool_url, batch_no, batch in self._batches(desktops, policy):
+                    while len(stores) > PIPELINE_DEPTH:
+                        self._wait_stores(stores.popleft(), report.phases)
+                    outcomes, futures = self._run_batch(batch, pool_url, batch_no, policy, job_id, report, pool)
+                    report.outcomes += outcomes
+                    stores.append(futures)
+                while stores:
+                    self._wait_stores(stores.popleft(), report.phases)
         except BaseException as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             error = str(e) or type(e).__name__
@@ -268,7 +282,9 @@ class BackupJob:
         policy: Policy | None,
         job_id: int,
         report: BackupReport,
-    ) -> list[Outcome]:
+        pool: cf.Executor,
+    ) -> tuple[list[Outcome], list[cf.Future[None]]]:
+        """Freeze and snapshot ``batch`` now; its desktops' stores are handed to ``pool`` (returned)."""
         taken_at = clock.now()
         budget = (policy.capture.freeze_timeout if policy else DEFAULT_FREEZE_BUDGET).total_seconds()
         outcomes = {d.desktop_id: Outcome(d.desktop_id, new_point_id(d.desktop_id, taken_at)) for d in batch}
@@ -321,32 +337,36 @@ class BackupJob:
             self._freeze_facts(batch, outcomes, e.results)
             self._fail_batch(outcomes, f"pool snapshot {snap} failed: {e}")
             self._drop_snapshot(volumes, snap, snapshot_row, e.pending)
-            return [outcomes[d.desktop_id] for d in batch]
+            return [outcomes[d.desktop_id] for d in batch], []
         except BackendError as e:
             self._fail_batch(outcomes, f"pool snapshot {snap} failed: {e}")
             self._drop_snapshot(volumes, snap, snapshot_row, None)
-            return [outcomes[d.desktop_id] for d in batch]
+            return [outcomes[d.desktop_id] for d in batch], []
         report.pool_snapshots.append(snap)
         with phases.timed("listing"):
             listing = self._listing(volumes, batch)
 
-        with phases.timed("store"), cf.ThreadPoolExecutor(self.workers, thread_name_prefix="store") as pool:
-            futures = [
-                pool.submit(
-                    self.committer.store,
-                    d,
-                    outcomes[d.desktop_id],
-                    archives.get(d.desktop_id),
-                    snap,
-                    taken_at,
-                    policy,
-                    listing.get(d.volume or ""),
-                )
-                for d in batch
-            ]
+        futures = [
+            pool.submit(
+                self.committer.store,
+                d,
+                outcomes[d.desktop_id],
+                archives.get(d.desktop_id),
+                snap,
+                taken_at,
+                policy,
+                listing.get(d.volume or ""),
+            )
+            for d in batch
+        ]
+        return [outcomes[d.desktop_id] for d in batch], futures
+
+    @staticmethod
+    def _wait_stores(futures: list[cf.Future[None]], phases: Phases) -> None:
+        """Wait for one batch's stores (phase ``store``: the part of storing the pipeline did not hide)."""
+        with phases.timed("store"):
             for future in futures:
                 future.result()
-        return [outcomes[d.desktop_id] for d in batch]
 
     def _listing(self, volumes: Any, batch: list[DesktopRef]) -> dict[str, list[str]]:
         """Object names of every volume of the batch from one listing of the pool, after its snapshot.

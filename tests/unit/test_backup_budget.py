@@ -109,3 +109,39 @@ def test_a_stalled_snapshot_fails_the_batch_within_the_budget_and_is_removed(kit
     [row] = kit.catalog.query("SELECT name, removed_at FROM pool_snapshots")
     assert row["name"] == snaps.removed[0] and row["removed_at"] is not None
     assert time.monotonic() - started < 25
+
+
+def test_the_next_batch_freezes_while_the_last_one_is_stored(kit: ColdKit) -> None:
+    """Batches are pipelined: desk-b's batch takes its checkpoint and pool snapshot while desk-a's
+    volume is still being read; both points stay paired within their freeze budget."""
+    kit.policy("quick", ["desk-a", "desk-b"], capture={"freeze_timeout": "2s", "freeze_batch": 1})
+    second = threading.Event()
+    seen: dict[str, bool] = {}
+
+    class Snaps(FakeSnapshots):
+        def create(self, name: str) -> int:
+            super().create(name)
+            if len(self.created) == 2:
+                second.set()
+            return 1
+
+    class SlowVolume(FakeVolume):
+        def __init__(self, url: str) -> None:
+            self.url = url
+
+        def read_objects_at(
+            self, snap: str, objects: list[VolumeObject] | None = None
+        ) -> Iterator[tuple[VolumeObject, Iterator[bytes]]]:
+            if self.url.endswith("desk-a"):  # the first batch: still storing when the second freezes?
+                seen["second snapshot while desk-a was stored"] = second.wait(10)
+            yield from super().read_objects_at(snap, objects)
+
+    kit.services.volume = SlowVolume  # type: ignore[method-assign,assignment]
+    report = run(kit, Snaps(None))
+    assert seen == {"second snapshot while desk-a was stored": True}
+    assert report.exit_code == 0 and len(report.pool_snapshots) == 2
+    for o in report.outcomes:
+        assert (o.status, o.consistency) == ("complete", "paired"), o
+        assert o.freeze_ms is not None and o.freeze_ms <= 2000
+    assert [o.desktop for o in report.outcomes] == ["desk-a", "desk-b"]
+    assert set(report.document()["phases"]) >= {"freeze", "store", "volume", "commit"}
