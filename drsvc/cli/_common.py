@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from drsvc.errors import EXIT_CODES
 
 if TYPE_CHECKING:
+    from rich.console import Console  # imported when a command prints: `drsvc --help` never does
+
     from drsvc.catalog import Catalog
     from drsvc.config import Config
     from drsvc.lease import Lease
@@ -156,12 +157,16 @@ class App:
     def out(self) -> Console:
         """Human output (stdout); quiet when --json is given."""
         # Piped into a file or a ticket, tables keep their rows on one line (no 80-column squeeze).
+        from rich.console import Console
+
         width = None if sys.stdout.isatty() else 200
         return Console(quiet=self.json_output, highlight=False, width=width)
 
     @property
     def err(self) -> Console:
         """Diagnostics and progress (stderr), so stdout stays clean for --json."""
+        from rich.console import Console
+
         return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
     def emit(self, document: Any, render: Callable[[Console], None]) -> None:

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sqlite3
 import sys
-import traceback
 from pathlib import Path
 
 import click
 
 from drsvc import __version__
-from drsvc.catalog_guard import is_damage
 from drsvc.cli import COMMANDS, load
 from drsvc.cli._common import App, DrsvcGroup
 from drsvc.errors import EXIT_FAILED, EXIT_INTEGRITY, EXIT_INVALID, DrsvcError
-from drsvc.log import level_for
-from drsvc.log import setup as setup_logging
+
+# Imported when used, not at start-up: logging (drsvc.log) once a command runs, rich when it
+# prints, sqlite3 with the catalog. `drsvc --help` (every cron minute's cost) needs none of them.
 
 LOG_INFO_BY_DEFAULT = ("run",)
 
@@ -83,6 +80,11 @@ def cli(
     per policy, keeps them on a hot Ceph tier and a cold S3 tier, restores a desktop in one
     command and measures its RTO, and proves it with drills and a quarterly report.
     """
+    import logging
+
+    from drsvc.log import level_for
+    from drsvc.log import setup as setup_logging
+
     # the scheduler (cron, daemon) reports what it did in its log; other commands print their results
     default = logging.INFO if ctx.invoked_subcommand in LOG_INFO_BY_DEFAULT else logging.WARNING
     setup_logging(level_for(verbose, quiet, default), log_format)
@@ -125,9 +127,17 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except sqlite3.DatabaseError as e:
-        # a catalog page that goes bad mid-command: still one line, naming the way back
+    except Exception as e:
+        # a catalog page that goes bad mid-command: still one line, naming the way back (sqlite3
+        # is imported with the catalog: when it is not, no error can be its)
+        sqlite3 = sys.modules.get("sqlite3")
+        if sqlite3 is None or not isinstance(e, sqlite3.DatabaseError):
+            raise
+        from drsvc.catalog_guard import is_damage
+
         if debug:
+            import traceback
+
             traceback.print_exc()
         damaged = is_damage(e)
         click.echo(
@@ -146,6 +156,8 @@ def _report(error: DrsvcError, json_output: bool, debug: bool) -> None:
     # for a bug report. Unexpected backend errors (``error.traceback``) were printed with one by
     # default, which buried the message under 30 lines a cron mail or a ticket had to carry.
     if debug:
+        import traceback
+
         traceback.print_exc()
     if json_output:
         import json
