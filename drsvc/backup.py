@@ -408,14 +408,17 @@ class BackupJob:
             ref = self.hot.for_tenant(d.tenant).write_stream(indexer)
             return ref, indexer.finish().document()
 
-        results = checkpoint_batch(
-            self.runtime,
-            batch,
-            store_archive,
-            while_frozen=snapshot,
-            freeze_timeout=FREEZE_WAIT,
-            freeze_budget=budget,
-        )
+        # the gate keeps the store threads of the batch before (base images) off the runtime
+        # while this batch's checkpoints run: Podman holds a checkpointed container's lock
+        with self.committer.runtime_gate:
+            results = checkpoint_batch(
+                self.runtime,
+                batch,
+                store_archive,
+                while_frozen=snapshot,
+                freeze_timeout=FREEZE_WAIT,
+                freeze_budget=budget,
+            )
         self._freeze_facts(batch, outcomes, results)
         archives: dict[str, StreamRef] = {}
         for d in batch:

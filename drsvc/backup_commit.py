@@ -109,6 +109,9 @@ class Committer:
         self.phases = phases
         self.on_event = on_event
         self.retries = services.config.scheduler.retries
+        # Held by the run while a batch's checkpoints run (batches are pipelined): a store thread
+        # calls the runtime (``save_image``) only outside every freeze.
+        self.runtime_gate = threading.Lock()
 
     @property
     def runtime(self) -> ContainerRuntime:
@@ -306,7 +309,7 @@ class Committer:
         try:
             hot.get_manifest(IMAGES, key)
         except NotFound:
-            with self.runtime.save_image(d.image or d.image_id) as stream:
+            with self.runtime_gate, self.runtime.save_image(d.image or d.image_id) as stream:
                 ref = hot.write_stream(stream)
             hot.put_manifest(IMAGES, key, {"image": d.image, "image_id": d.image_id, "stream": ref.to_dict()})
         return {"image": d.image, "image_id": d.image_id, "manifest": f"{IMAGES}/{key}"}

@@ -145,3 +145,48 @@ def test_the_next_batch_freezes_while_the_last_one_is_stored(kit: ColdKit) -> No
         assert o.freeze_ms is not None and o.freeze_ms <= 2000
     assert [o.desktop for o in report.outcomes] == ["desk-a", "desk-b"]
     assert set(report.document()["phases"]) >= {"freeze", "store", "volume", "commit"}
+
+
+def test_a_store_never_calls_the_runtime_while_the_next_batch_is_checkpointed(kit: ColdKit) -> None:
+    """Pipelined batches keep the freeze rule: drsvc never calls the runtime while a checkpoint is
+    held. desk-a's base image is saved by its store thread only once desk-b's checkpoint is over."""
+    import contextlib
+    import io
+
+    from drsvc.runtimes.base import DesktopRef as Ref
+
+    kit.policy("quick", ["desk-a", "desk-b"], capture={"freeze_timeout": "2s", "freeze_batch": 1})
+    runtime = kit.services.runtime
+    checkpointing: list[str] = []
+    saved_during: list[list[str]] = []
+    plain = runtime.checkpoint
+
+    @contextlib.contextmanager
+    def checkpoint(container: str) -> Iterator[Any]:
+        checkpointing.append(container)
+        try:
+            if container == "desk-b":  # desk-b's checkpoint takes a while: desk-a is storing meanwhile
+                time.sleep(1.0)
+            with plain(container) as stream:
+                yield stream
+        finally:
+            checkpointing.remove(container)
+
+    @contextlib.contextmanager
+    def save_image(_image: str) -> Iterator[Any]:
+        saved_during.append(list(checkpointing))
+        yield io.BytesIO(b"image tar")
+
+    runtime.checkpoint = checkpoint
+    runtime.save_image = save_image
+    runtime.stores_images = True
+    desktops = [
+        Ref(n, n, IDS[n], f"rados://pool/{n}", None, image="busybox", image_id="sha256:" + "c" * 64) for n in IDS
+    ]
+    kit.services.snapshots = lambda scope: FakeSnapshots(None)  # type: ignore[method-assign]
+    with Lease(kit.catalog) as lease:
+        report = BackupJob(kit.services, lease).run(desktops, kit.services.policies.get("quick"))
+    assert report.exit_code == 0, report.document()
+    assert saved_during and all(during == [] for during in saved_during), saved_during
+    reasons = [(o.desktop, o.reason) for o in report.outcomes]
+    assert all((o.status, o.consistency) == ("complete", "paired") for o in report.outcomes), reasons

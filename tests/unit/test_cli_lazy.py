@@ -14,7 +14,20 @@ import pytest
 from drsvc.cli import COMMANDS, load
 
 # rich, sqlite3 and logging are imported when a command prints, opens the catalog or logs
-HEAVY = ("rich", "sqlite3", "logging", "sqlite_utils", "pydantic", "boto3", "botocore", "numpy", "matplotlib", "jinja2", "croniter", "yaml")
+HEAVY = (
+    "rich",
+    "sqlite3",
+    "logging",
+    "sqlite_utils",
+    "pydantic",
+    "boto3",
+    "botocore",
+    "numpy",
+    "matplotlib",
+    "jinja2",
+    "croniter",
+    "yaml",
+)
 
 _PROBE = """
 import json, sys
