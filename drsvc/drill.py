@@ -12,7 +12,6 @@ pressed Ctrl-C. Every drill and every desktop's result is recorded for ``drsvc r
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import json
 import math
@@ -29,6 +28,7 @@ from drsvc.restore_effects import resolve_clone
 from drsvc.runtimes.base import Isolation
 from drsvc.services import Services
 from drsvc.targets import owned_clone
+from drsvc.workpool import run_each
 
 Event = Callable[..., None]
 
@@ -200,18 +200,16 @@ class DrillJob:
             [clock.to_iso(started), policy, selection or ",".join(desktops), parallel],
         )
         report = DrillReport(int(cursor.lastrowid or 0))
-        pool = cf.ThreadPoolExecutor(parallel, thread_name_prefix="drill")
         try:
-            futures = [pool.submit(self._drill_one, report.drill_id, d, started) for d in desktops]
-            for future in futures:
-                report.results.append(future.result())
-        except KeyboardInterrupt:
             # Ctrl-C: desktops not started yet never start; those running finish their teardown
-            report.interrupted = True
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+            report.results = run_each(
+                lambda desktop: self._drill_one(report.drill_id, desktop, started),
+                desktops,
+                workers=parallel,
+                name="drill",
+                on_interrupt=lambda: setattr(report, "interrupted", True),
+            )
         finally:
-            pool.shutdown(wait=True)
             status = (
                 "interrupted"
                 if report.interrupted

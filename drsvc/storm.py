@@ -20,7 +20,6 @@ every failure with its reason. Runs are recorded in ``site_recoveries`` and
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import math
 import threading
@@ -38,6 +37,7 @@ from drsvc.prune import policy_for
 from drsvc.restore import DEFAULT_TARGET, RestoreJob, RestorePlan
 from drsvc.runtimes.base import LABEL_CLONE_OF
 from drsvc.services import Services
+from drsvc.workpool import run_each
 
 Event = Callable[..., None]
 DEFAULT_PRIORITY = 100
@@ -291,17 +291,15 @@ class FleetRestore:
         self.services.runtime  # noqa: B018
         if any(i.tier == "cold" for i in items):
             self.services.cold  # noqa: B018
-        pool = cf.ThreadPoolExecutor(self.parallel, thread_name_prefix="storm")
         try:
-            futures = [pool.submit(self._one, item, t0) for item in items if item.status == "planned"]
-            for future in futures:
-                future.result()
-        except KeyboardInterrupt:
-            report.interrupted = True
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+            run_each(
+                lambda item: self._one(item, t0),
+                [item for item in items if item.status == "planned"],
+                workers=self.parallel,
+                name="storm",
+                on_interrupt=lambda: setattr(report, "interrupted", True),
+            )
         finally:
-            pool.shutdown(wait=True)
             report.seconds = time.monotonic() - t0
             report.admission = self.admission.document()
             self._finish(report)
