@@ -38,7 +38,7 @@ import traceback
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,9 @@ from drsvc.catalog import Catalog
 from drsvc.crypto import generate_key_file
 
 BUDGET = 3.0
-POLICY = "fsbench"
+# one policy name per bench run: its snapshot names (drsvc-POLICY-…) are this run's alone, never
+# another run's in the shared pool (an earlier run whose clean-up failed, another engineer's)
+POLICY = f"fsbench{uuid.uuid4().hex[:4]}"
 
 
 class Violation(Exception):
@@ -205,8 +207,14 @@ class Env:
         from drsvc.volumes import open_snapshots
 
         for s in snaps:
-            with suppress(Exception):
-                open_snapshots(s["pool"]).remove(s["name"])
+            for attempt in (1, 2, 3):
+                try:
+                    open_snapshots(s["pool"]).remove(s["name"])
+                    break
+                except Exception as e:  # said, not hidden: a snapshot left in the shared pool
+                    if attempt == 3:
+                        print(f"clean-up: pool snapshot {s['name']} not removed: {e!r}", flush=True)
+                    time.sleep(1)
         subprocess.run(
             [
                 "/usr/bin/python3",
