@@ -280,7 +280,9 @@ class RestoreJob(RestorePlanner):
             target = source
             result.checks["volume"] = f"rolled back to pool snapshot {snap}"
         elif plan.tier == "hot" and plan.from_snapshot:
-            target = source.clone_from_snapshot(snap, namespace_of(plan.volume_url) or "")
+            # the manifest lists the snapshot's objects with their metadata: no scan of the snapshot
+            listed = [_volume_object(entry) for entry in objects]
+            target = source.clone_from_snapshot(snap, namespace_of(plan.volume_url) or "", listed)
             result.checks["volume"] = f"copied from pool snapshot {snap} into {plan.volume_url}"
         else:  # cold, or hot chunks whose pool snapshot is gone
             target = self.services.volume(plan.volume_url)
@@ -336,6 +338,16 @@ class RestoreJob(RestorePlanner):
         return False, f"tcp {port} refused"
 
 
+def _volume_object(entry: dict[str, Any]) -> VolumeObject:
+    """One object of a manifest's volume section, as a volume writes it."""
+    return VolumeObject(
+        name=entry["name"],
+        size=int(entry["size"]),
+        xattrs={k: bytes.fromhex(v) for k, v in entry["xattrs"].items()},
+        omap={k: bytes.fromhex(v) for k, v in entry["omap"].items()},
+    )
+
+
 def _split_objects(
     objects: list[dict[str, Any]], stream: Iterator[bytes]
 ) -> Iterator[tuple[VolumeObject, Iterator[bytes]]]:
@@ -357,12 +369,7 @@ def _split_objects(
             yield bytes(part)
 
     for entry in objects:
-        obj = VolumeObject(
-            name=entry["name"],
-            size=int(entry["size"]),
-            xattrs={k: bytes.fromhex(v) for k, v in entry["xattrs"].items()},
-            omap={k: bytes.fromhex(v) for k, v in entry["omap"].items()},
-        )
+        obj = _volume_object(entry)
         data = take(obj.size)
         yield obj, data
         for _ in data:  # a consumer that stopped early must not shift the next object

@@ -129,8 +129,9 @@ class Volume(Protocol):
         """Write objects (data, xattrs, omap replaced whole); with ``exact`` remove every other object."""
         ...
 
-    def clone_from_snapshot(self, snap_name: str, target: str) -> Volume:
-        """Copy the snapshot's content into a sibling volume named ``target``; return it."""
+    def clone_from_snapshot(self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None) -> Volume:
+        """Copy the snapshot's content into a sibling volume named ``target``; return it (``objects``:
+        the snapshot's objects with their metadata when the caller knows them, e.g. from a manifest)."""
         ...
 
     def purge(self) -> int:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import collections
 import errno
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -63,6 +63,7 @@ from drsvc.volumes.rados_snapshots import (
     remove_pool_snapshot,
     snapshots_from_scope,
 )
+from drsvc.volumes.rados_window import ReadWindow
 
 __all__ = [
     "SCHEME",
@@ -315,15 +316,38 @@ class RadosVolume:
         return f"rados:{fsid}:{pool_id}"
 
     def read_objects_at(self, snap_name: str, objects: Iterable[VolumeObject] | None = None) -> Iterator[ObjectStream]:
-        """Yield (object, data chunks) at the snapshot in input order (default: ``objects_at``), pipelined."""
+        """Yield (object, data chunks) at the snapshot in input order (default: ``objects_at``), pipelined.
+
+        Without ``objects``, data reads start with the first objects the metadata scan has done,
+        while it goes on with the rest (the object's metadata is final at a snapshot)."""
         io, snap_id = self._snap_io(snap_name)
         where = f" at snapshot {snap_name}"
+        if objects is not None:
+            window = ReadWindow(io, self.url, where, window=self._window, window_bytes=self._window_bytes)
+            return self._closing(io, window.stream(objects))
+        meta = self._meta(snap_id, where)
         try:
-            objs = self._scan(io, where, snap_id) if objects is None else objects
+            scan = meta.iter_objects(io, self._names(io))
         except BaseException:
+            meta.close()
             io.close()
             raise
-        return self._closing(io, self._stream(io, objs, where, exact_size=True))
+        return self._scanned(io, meta, scan, where)
+
+    def _scanned(
+        self, io: Any, meta: MetadataScan, scan: Generator[VolumeObject, None, None], where: str
+    ) -> Iterator[ObjectStream]:
+        """Data of the objects ``scan`` yields, read while it goes on; the scan's threads and contexts,
+        then ``io``, closed in that order at the end (a scan thread never outlives its context)."""
+        window = ReadWindow(io, self.url, where, window=self._window, window_bytes=self._window_bytes)
+        try:
+            yield from window.stream(scan)
+        finally:
+            try:
+                scan.close()
+            finally:
+                meta.close()
+                io.close()
 
     def read_at(self, snap_name: str, name: str) -> Iterator[bytes]:
         """Stream one object's data at the snapshot in reads of ≤ 4 MiB; ``NotFound`` if absent there."""
@@ -469,8 +493,14 @@ class RadosVolume:
             self._remove_many(io, [n for n in before if n not in written])
         return len(written)
 
-    def clone_from_snapshot(self, snap_name: str, target: str) -> RadosVolume:
-        """Copy the snapshot's content of this namespace into namespace ``target`` (made exact); return it."""
+    def clone_from_snapshot(
+        self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None
+    ) -> RadosVolume:
+        """Copy the snapshot's content of this namespace into namespace ``target`` (made exact); return it.
+
+        ``objects``: what the snapshot holds (names, sizes, xattrs, omap), when the caller knows it
+        (a point's manifest, taken from this very snapshot); else every object is scanned first.
+        """
         if target == self.namespace:
             raise InvalidInput(f"clone of {self.url} into itself: use rollback_to")
         clone = RadosVolume(
@@ -481,7 +511,7 @@ class RadosVolume:
             window_bytes=self._window_bytes,
             threads=self._threads,
         )
-        clone.write_objects(self.read_objects_at(snap_name), exact=True)
+        clone.write_objects(self.read_objects_at(snap_name, objects), exact=True)
         return clone
 
     def purge(self) -> int:

@@ -24,7 +24,7 @@ import contextlib
 import errno
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -124,19 +124,24 @@ class MetadataScan:
         Omap pages come from an aio window on ``io`` (the caller's context, same view) while the
         threads stat and read xattrs.
         """
-        omaps = self._omaps(io, names)
-        out = []
-        for name, meta in self._batches(names, self._stat_xattrs):
-            omap = next(omaps)
-            if meta is None or omap is None:
-                continue
-            size, version, mtime, xattrs = meta
-            out.append(VolumeObject(name, size, xattrs, omap, mtime=mtime, version=version))
-        for _ in omaps:  # drain (the generator closes its window)
-            pass
-        return out
+        return list(self.iter_objects(io, names))
 
-    def _omaps(self, io: Any, names: list[str]) -> Iterator[dict[str, bytes] | None]:
+    def iter_objects(self, io: Any, names: list[str]) -> Generator[VolumeObject, None, None]:
+        """``objects`` one by one as the threads finish them, so a reader of their data can start at once."""
+        omaps = self._omaps(io, names)
+        try:
+            for name, meta in self._batches(names, self._stat_xattrs):
+                omap = next(omaps)
+                if meta is None or omap is None:
+                    continue
+                size, version, mtime, xattrs = meta
+                yield VolumeObject(name, size, xattrs, omap, mtime=mtime, version=version)
+            for _ in omaps:  # drain (the generator closes its window)
+                pass
+        finally:
+            omaps.close()
+
+    def _omaps(self, io: Any, names: list[str]) -> Generator[dict[str, bytes] | None, None, None]:
         """Each name's omap (None when absent), in input order, through an aio window."""
         inflight: collections.deque[tuple[str, Any, Any, Any]] = collections.deque()
 

@@ -711,11 +711,13 @@ class FakeVolume:
                     _remove_object(f)
         return len(written)
 
-    def clone_from_snapshot(self, snap_name: str, target: str) -> FakeVolume:
+    def clone_from_snapshot(
+        self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None
+    ) -> FakeVolume:
         if target == self.namespace:
             raise InvalidInput(f"clone of {self.url} into itself: use rollback_to")
         clone = FakeVolume(self.world, self.pool, target)
-        clone.write_objects(self.read_objects_at(snap_name), exact=True)
+        clone.write_objects(self.read_objects_at(snap_name, objects), exact=True)
         return clone
 
     def purge(self) -> int:
