@@ -101,11 +101,22 @@ def test_every_failure_is_recorded_and_torn_down(deploy: Deployment, knobs: dict
 
 def test_a_volume_that_differs_from_the_manifest_fails_verification_and_is_torn_down(deploy: Deployment) -> None:
     fleet(deploy, "alice")
+    name, (data, *_) = next((n, v) for n, v in deploy.world.read_volume("desktops", "alice").items() if v[0])
+    # same size: the copy from the snapshot goes through (sizes come from the manifest), the hash does not
+    deploy.world.tamper_snapshot("desktops", "alice", name, b"rot".ljust(len(data), b"!"))
+    report = DrillJob(deploy.services()).run(["alice"])
+    (r,) = report.results
+    assert not r.passed and not r.verified and "differs from the manifest" in (r.error or "")
+    assert leftovers(deploy) == []
+
+
+def test_a_snapshot_object_of_another_size_than_the_manifest_says_fails_the_copy(deploy: Deployment) -> None:
+    fleet(deploy, "alice")
     name = next(n for n, v in deploy.world.read_volume("desktops", "alice").items() if v[0])
     deploy.world.tamper_snapshot("desktops", "alice", name, b"rot")
     report = DrillJob(deploy.services()).run(["alice"])
     (r,) = report.results
-    assert not r.passed and not r.verified and "differs from the manifest" in (r.error or "")
+    assert not r.passed and not r.verified and "expected" in (r.error or "")
     assert leftovers(deploy) == []
 
 
