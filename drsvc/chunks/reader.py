@@ -28,6 +28,7 @@ from drsvc.chunks.layout import (
 )
 from drsvc.chunks.pack import PackEntry
 from drsvc.chunks.refs import LIST_HASH, StreamRef, VerifyReport, chunk_list_hash
+from drsvc.chunks.sidehash import SideHasher
 from drsvc.crypto import Keys, sealed_key_id
 from drsvc.errors import IntegrityError, NotFound
 from drsvc.storage.base import ObjectStore, ordered_map
@@ -90,19 +91,20 @@ class ChunkReader:
 
         ``keys``: the stream's key, for the whole-stream hash (the reader's ``codec_of`` must open
         its chunks with that key alone)."""
-        hasher = keys.hasher()
-        total = 0
-        try:
-            chunks = self.blobs(ref.chunks)
-            for data in ordered_map(self.open_fetched, chunks, workers=self.workers, window=self.window):
-                hasher.update(data)
-                total += len(data)
-                yield data
-        except NotFound as e:
-            raise IntegrityError(f"a chunk of the stream is missing: {e}") from e
         # a composed stream (write_parts) hashes its chunk list: each chunk was verified by its id
         composed = ref.hash.startswith(LIST_HASH)
-        digest = chunk_list_hash(keys.hasher(), ref.chunks) if composed else hasher.hexdigest()
+        total = 0
+        with SideHasher(keys.hasher()) as hasher:  # the consumer's thread does not wait on the hash
+            try:
+                chunks = self.blobs(ref.chunks)
+                for data in ordered_map(self.open_fetched, chunks, workers=self.workers, window=self.window):
+                    if not composed:
+                        hasher.update(data)
+                    total += len(data)
+                    yield data
+            except NotFound as e:
+                raise IntegrityError(f"a chunk of the stream is missing: {e}") from e
+            digest = chunk_list_hash(keys.hasher(), ref.chunks) if composed else hasher.hexdigest()
         if total != ref.size or digest != ref.hash:
             raise IntegrityError("stream hash or size does not match its reference")
 

@@ -422,9 +422,27 @@ class RadosVolume:
         ``exact``: afterwards the namespace holds exactly these objects (others are removed).
         A data stream whose length differs from ``object.size`` raises ``IntegrityError``.
         """
-        rados = ceph.rados_module()
         io = self._head_io()
-        before = self._names(io) if exact else []
+        with ThreadPoolExecutor(1, thread_name_prefix="drsvc-list") as pool:
+            # what to remove afterwards is listed while the writes go on (listing a namespace scans
+            # the pool: seconds in a large one); an object written meanwhile is in `written`, kept
+            before = pool.submit(self._names_apart) if exact else None
+            written = self._write_all(io, items)
+            if before is not None:
+                self._remove_many(io, [n for n in before.result() if n not in written])
+        return len(written)
+
+    def _names_apart(self) -> list[str]:
+        """``_names`` on a context of its own (for a thread beside the one using the head context)."""
+        io = self._open()
+        try:
+            return self._names(io)
+        finally:
+            io.close()
+
+    def _write_all(self, io: Any, items: Iterable[ObjectStream]) -> set[str]:
+        """Write every object through the aio window; the names written."""
+        rados = ceph.rados_module()
         written: set[str] = set()
         inflight: collections.deque[tuple[str, int, Any, Any]] = collections.deque()
         inflight_bytes = 0
@@ -489,9 +507,7 @@ class RadosVolume:
                 reap()
         finally:
             _drain(inflight, wait)
-        if exact:
-            self._remove_many(io, [n for n in before if n not in written])
-        return len(written)
+        return written
 
     def clone_from_snapshot(
         self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None

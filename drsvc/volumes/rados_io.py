@@ -50,15 +50,28 @@ def _drain(inflight: collections.deque[Any], wait: Callable[[Any], None]) -> Non
 
 
 def _coalesce(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """Re-cut a stream of chunks into pieces of exactly ``size`` bytes (the last may be shorter)."""
-    buf = bytearray()
+    """Re-cut a stream of chunks into pieces of exactly ``size`` bytes (the last may be shorter).
+
+    Chunks are gathered and joined once per piece (one copy of each byte, not three)."""
+    parts: list[bytes] = []
+    have = 0
     for chunk in chunks:
-        if not buf and len(chunk) == size:
+        if not chunk:
+            continue
+        if not parts and len(chunk) == size:
             yield bytes(chunk)
             continue
-        buf += chunk
-        while len(buf) >= size:
-            yield bytes(buf[:size])
-            del buf[:size]
-    if buf:
-        yield bytes(buf)
+        parts.append(chunk)
+        have += len(chunk)
+        if have < size:
+            continue
+        joined = b"".join(parts)
+        view = memoryview(joined)
+        start = 0
+        while have - start >= size:
+            yield joined if start == 0 and have == size else bytes(view[start : start + size])
+            start += size
+        parts = [bytes(view[start:])] if start < have else []
+        have -= start
+    if parts:
+        yield b"".join(parts)
