@@ -13,6 +13,8 @@ failures, interrupted restores) is a *problem*: reported, alerted on, but not an
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -203,6 +205,29 @@ def tier_lag(catalog: Catalog, policies: PolicySet, now: datetime) -> dict[tuple
     for candidate in plan_tiering(catalog, policies, now):
         lag[(candidate.point["desktop_id"], candidate.policy.name)] += 1
     return lag
+
+
+def record_tier_lag(catalog: Catalog, lag: Mapping[tuple[str, str], int]) -> None:
+    """Remember what a tier run left due for the cold tier (its ``TierReport.lag()``), replacing
+    the previous run's record, for processes that did not run it (``recorded_tier_lag``)."""
+    rows = sorted([desktop, policy, n] for (desktop, policy), n in lag.items() if n)
+    catalog.execute(
+        "INSERT INTO tier_lag (id, recorded_at, lag) VALUES (1, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET recorded_at = excluded.recorded_at, lag = excluded.lag",
+        [clock.to_iso(clock.now()), json.dumps(rows)],
+    )
+
+
+def recorded_tier_lag(catalog: Catalog) -> dict[tuple[str, str], int] | None:
+    """The tier lag the last tier run recorded, per (desktop, policy); None when no run has (or the
+    catalog predates the record): then only planning tiering says it."""
+    try:
+        rows = catalog.query("SELECT lag FROM tier_lag WHERE id = 1")
+    except sqlite3.OperationalError:  # a catalog opened without migrating, older than the table
+        return None
+    if not rows:
+        return None
+    return {(str(d), str(p)): int(n) for d, p, n in json.loads(rows[0]["lag"])}
 
 
 def read_health(

@@ -24,7 +24,9 @@ def command(app: App, textfile: Path | None) -> int:
 
     The same metrics `drsvc run --metrics-listen` serves, read from the catalog: for cron users,
     run it after `drsvc run --once` and point node_exporter's --collector.textfile.directory at
-    the file's directory. --json does not apply (the format is Prometheus').
+    the file's directory. Tier lag is what the last tier run (`run`, `tier`) recorded; only a
+    catalog no tier run ever recorded in has it planned here (seconds at fleet scale). --json does
+    not apply (the format is Prometheus').
     """
     from drsvc import metrics
 

@@ -53,6 +53,8 @@ itself (``TierJob``) lives here.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -62,6 +64,7 @@ from drsvc.backup import IMAGES, chunk_objects, image_record_id
 from drsvc.chunks import ChunkStore, chunk_key, index_key, pack_key
 from drsvc.crypto import Keys
 from drsvc.errors import EXIT_OK, EXIT_PARTIAL, CorruptChunk, DrsvcError, IntegrityError
+from drsvc.health import record_tier_lag
 from drsvc.intents import Intents, Owner
 from drsvc.lease import Lease
 from drsvc.prune import manifest_streams
@@ -108,8 +111,19 @@ class TierJob:
             return report
         candidates = plan_tiering(self.catalog, self.services.policies, now)
         report.moves = [self._move(c) for c in candidates]
-        if dry_run or not candidates:
+        if dry_run:
             return report
+        try:
+            if candidates:
+                self._tier_all(report, candidates, now)
+        finally:
+            # what `drsvc metrics` reports as tier lag until the next run, however this one ends (a
+            # catalog that cannot take it now keeps the previous record; the run's own error says why)
+            with contextlib.suppress(sqlite3.Error):
+                record_tier_lag(self.catalog, report.lag())
+        return report
+
+    def _tier_all(self, report: TierReport, candidates: list[Candidate], now: datetime) -> None:
         # Open (or create) the cold store first: a wrong key or an unreachable bucket stops the
         # whole run here, instead of failing every point one by one.
         cold = self.services.cold
@@ -133,7 +147,6 @@ class TierJob:
         status = {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(report.exit_code, "failed")
         errors = "; ".join(f"{m.point_id}: {m.error}" for m in report.moves if m.error)
         self.catalog.finish_job(report.job_id, status, error=errors or None, detail=report.document())
-        return report
 
     # ------------------------------------------------------------------ helpers
 

@@ -8,7 +8,10 @@ from datetime import timedelta
 from fleetkit import NOW
 from prometheus_client.parser import text_string_to_metric_families
 
+import drsvc.health
 from drsvc import metrics
+from drsvc.health import record_tier_lag
+from drsvc.policy import load_policies
 
 # every label drsvc may put on a series: each has a bounded set of values (see drsvc/metrics.py)
 BOUNDED_LABELS = {"desktop", "policy", "tier", "kind", "result", "lease", "host", "version"}
@@ -49,6 +52,33 @@ def test_objectives_per_desktop_and_policy(fleet) -> None:
     assert one(s, "drsvc_backup_points_total", policy="gold", result="failed") == 2
     assert one(s, "drsvc_backup_points_total", policy="gold", result="ok") == 2
     assert one(s, "drsvc_policy_desktops", policy="gold") == 2
+
+
+def test_tier_lag_comes_from_what_the_last_tier_run_recorded(fleet, monkeypatch) -> None:
+    (fleet.root / "policies" / "gold.yaml").write_text(
+        (fleet.root / "policies" / "gold.yaml").read_text() + "tiering: {after: 1h, storage_class: STANDARD}\n"
+    )
+    fleet.policies = load_policies([fleet.root / "policies"])
+    fleet.desktop("a")
+    fleet.desktop("b")
+    planned: list[int] = []
+
+    def plan(catalog, policies, now):  # type: ignore[no-untyped-def]
+        planned.append(1)
+        return {("a", "gold"): 5}
+
+    monkeypatch.setattr(drsvc.health, "tier_lag", plan)
+    # no tier run ever recorded one: the scrape plans tiering itself
+    assert one(scrape(fleet), "drsvc_tier_lag_points", policy="gold") == 5 and planned == [1]
+    record_tier_lag(fleet.catalog, {("a", "gold"): 2, ("b", "gold"): 1, ("c", "gold"): 0})
+    s = scrape(fleet)
+    assert one(s, "drsvc_tier_lag_points", policy="gold") == 3
+    assert planned == [1], "with a recorded tier run, a scrape (drsvc metrics --textfile) does not plan tiering"
+    record_tier_lag(fleet.catalog, {})
+    assert one(scrape(fleet), "drsvc_tier_lag_points", policy="gold") == 0 and planned == [1]
+    # the daemon's own last tier run comes first
+    daemon = metrics.registry(fleet.catalog.path, lambda: fleet.policies, lambda: {("b", "gold"): 7})
+    assert b'drsvc_tier_lag_points{policy="gold"} 7.0' in metrics.render(daemon)
 
 
 def test_freeze_histogram_counts_every_point(fleet) -> None:

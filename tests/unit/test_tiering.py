@@ -17,6 +17,7 @@ from drsvc import clock
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.crypto import Keys
 from drsvc.errors import EXIT_OK, EXIT_PARTIAL, InvalidInput
+from drsvc.health import recorded_tier_lag
 from drsvc.storage.s3 import S3Store
 from drsvc.tiering import ColdPruneJob, TierJob, plan_tiering
 
@@ -161,6 +162,7 @@ def test_dry_run_changes_nothing(kit: ColdKit) -> None:
     assert kit.catalog.query("SELECT * FROM tier_moves") == []
     assert kit.catalog.query("SELECT kind FROM jobs") == [{"kind": "backup"}], "the dry run started a job"
     assert boto3.client("s3").list_buckets()["Buckets"] == []  # not even the bucket was created
+    assert recorded_tier_lag(kit.catalog) is None, "a dry run records no tier lag"
 
 
 def test_a_run_killed_mid_way_resumes_without_uploading_anything_twice(
@@ -191,6 +193,7 @@ def test_a_run_killed_mid_way_resumes_without_uploading_anything_twice(
     assert 0 < len(pack_puts(first)) < 10 and not any(k.startswith("manifests/") for k in first)
     assert "cold" not in kit.catalog.point(pid)["tiers"]
     assert kit.catalog.query("SELECT status FROM tier_moves") == [{"status": "failed"}]
+    assert recorded_tier_lag(kit.catalog) == {("alice", "std"): 1}, "a killed run still records what it left"
     indexed = indexed_chunks(kit)
     assert 0 < len(indexed) < total
 
@@ -229,8 +232,13 @@ def test_a_failed_upload_fails_the_point_and_the_next_run_finishes_it(
     assert report.exit_code == EXIT_PARTIAL
     assert {m.point_id: m.status for m in report.moves} == {a: "failed", b: "done"}
     assert "SlowDown" in (next(m for m in report.moves if m.point_id == a).error or "")
+    # what `drsvc metrics` reports until the next run: the point that did not get there
+    assert recorded_tier_lag(kit.catalog) == {("alice", "std"): 1}
     monkeypatch.setattr(S3Store, "_put", real_put)
     assert [m.point_id for m in TierJob(kit.services, None).run(now=NOW).moves] == [a]
+    assert recorded_tier_lag(kit.catalog) == {}
+    assert TierJob(kit.services, None).run(now=NOW).moves == []
+    assert recorded_tier_lag(kit.catalog) == {}, "a run with nothing due records that too"
 
 
 def test_cold_store_with_another_key_is_refused(kit: ColdKit) -> None:
