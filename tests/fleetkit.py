@@ -1,5 +1,5 @@
 """A real catalog (every migration) with one policy, filled by the test: for health, status, metrics,
-notifications. Times are relative to ``NOW``."""
+notifications. Times are relative to the fleet's ``now``: when it was made (the test's start)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from pathlib import Path
 from drsvc import clock
 from drsvc.catalog import Catalog
 from drsvc.policy import load_policies
-
-NOW = clock.now().replace(microsecond=0)
 
 POLICY = """\
 name: gold
@@ -27,6 +25,7 @@ class Fleet:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.now = clock.now().replace(microsecond=0)  # not at import: a long run starts minutes later
         (root / "policies").mkdir()
         (root / "policies" / "gold.yaml").write_text(POLICY)
         self.catalog = Catalog.open(root / "catalog.db")
@@ -37,7 +36,9 @@ class Fleet:
         self.catalog.upsert_desktop(
             {"id": name, "runtime_url": "podman://x", "container": name, "labels": {"tier": tier}}
         )
-        self.catalog.execute("UPDATE desktops SET first_seen = ? WHERE id = ?", [clock.to_iso(NOW - first_seen), name])
+        self.catalog.execute(
+            "UPDATE desktops SET first_seen = ? WHERE id = ?", [clock.to_iso(self.now - first_seen), name]
+        )
 
     def point(self, desktop: str, ago: timedelta, status: str = "complete", reason: str | None = None) -> str:
         self._n += 1
@@ -47,7 +48,7 @@ class Fleet:
                 "id": pid,
                 "desktop_id": desktop,
                 "policy": "gold",
-                "taken_at": clock.to_iso(NOW - ago),
+                "taken_at": clock.to_iso(self.now - ago),
                 "status": status,
                 "consistency": "paired",
                 "reason": reason,
@@ -57,7 +58,7 @@ class Fleet:
         return pid
 
     def drill(self, ago: timedelta, results: list[tuple[str, float, bool]]) -> None:
-        started = clock.to_iso(NOW - ago)
+        started = clock.to_iso(self.now - ago)
         cur = self.catalog.execute(
             "INSERT INTO drills (started_at, finished_at, policy, selection, status) VALUES (?, ?, 'gold', 's', ?)",
             [started, started, "passed" if all(ok for *_, ok in results) else "failed"],

@@ -6,7 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ from drsvc import clock
 from drsvc.errors import EXIT_OK
 from drsvc.tiering import TierJob
 
-NOW = clock.now()
 MiB = 1024 * 1024
 
 
@@ -30,6 +29,9 @@ class SiteKit(ColdKit):
     dr_bucket: str = field(default_factory=lambda: f"drsvc-dr-{uuid.uuid4().hex[:8]}")
     far_bucket: str = field(default_factory=lambda: f"drsvc-far-{uuid.uuid4().hex[:8]}")
     lock: bool = False
+    # "now" of the test: when its kit is made, not when this module was imported (minutes
+    # earlier in a long run; moto enforces Object Lock on real time)
+    now: datetime = field(default_factory=clock.now)
 
     @property
     def config_text(self) -> str:
@@ -61,12 +63,12 @@ def cold_points(kit: SiteKit, sites: dict[str, Any], n: int = 2, **policy: Any) 
     ids = [
         kit.point(
             "alice",
-            NOW - timedelta(hours=10 - i),
+            kit.now - timedelta(hours=10 - i),
             base + os.urandom(300_000),
             checkpoint=os.urandom(50_000),
             tenant="acme",  # sealed with the tenant's data key, which the site needs too
         )
         for i in range(n)
     ]
-    assert TierJob(kit.services, None).run(now=NOW).exit_code == EXIT_OK
+    assert TierJob(kit.services, None).run(now=kit.now).exit_code == EXIT_OK
     return ids

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from fakes.kubelet import FakeEnv, fake_env
 from runtime_suite import read_counter
+from waits import Background
 
 from drsvc.catalog import Catalog
 from drsvc.scheduler import Scheduler
@@ -39,18 +40,30 @@ def k8s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeEnv]:
 
 
 class JobRunner:
-    """The Job controller: each new Job's container args run as ``drsvc --config AGENT_CONFIG ...``."""
+    """The Job controller: each new Job's container args run as ``drsvc --config AGENT_CONFIG ...``.
 
-    def __init__(self, k8s: FakeEnv, agent_config: Path) -> None:
-        self.k8s, self.agent_config = k8s, agent_config
+    It plays until ``close()`` or ``seconds`` (then it fails, naming what it was waiting for);
+    ``close()`` raises what went wrong in its thread (an agent that hung, a malformed Job)."""
+
+    def __init__(self, k8s: FakeEnv, agent_config: Path, seconds: float = 420) -> None:
+        self.k8s, self.agent_config, self.seconds = k8s, agent_config, seconds
         self.runs: list[dict[str, Any]] = []
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
+        self.background = Background("the fake Job controller", self._loop)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.background.join(30)
 
     def _loop(self) -> None:
         done: set[str] = set()
+        deadline = time.monotonic() + self.seconds
         while not self.stop.is_set():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"not stopped after {self.seconds:g} s: the test's scheduler tick did not end "
+                    f"({len(self.runs)} Job(s) run: {[r['args'] for r in self.runs]})"
+                )
             for (_, name), job in list(self.k8s.cluster.jobs.items()):
                 if name in done:
                     continue
@@ -88,8 +101,7 @@ def test_node_agents_report_and_the_scheduler_imports_their_points(drsvc_env, ma
     try:
         report = Scheduler(services).tick()
     finally:
-        runner.stop.set()
-        runner.thread.join(10)
+        runner.close()
     (ran,) = [r for r in report.ran if r["purpose"] == "backup"]
     assert ran["exit_code"] == 0, (ran, runner.runs)
     (agent_run,) = runner.runs

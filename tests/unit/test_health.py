@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from fleetkit import NOW
-
 from drsvc import clock
 from drsvc.health import read_health
 
@@ -13,7 +11,7 @@ from drsvc.health import read_health
 def test_a_desktop_inside_its_rpo_is_ok(fleet):
     fleet.desktop("d1")
     point = fleet.point("d1", timedelta(minutes=30))
-    health = read_health(fleet.catalog, fleet.policies, NOW)
+    health = read_health(fleet.catalog, fleet.policies, fleet.now)
     (d,) = health.desktops
     assert (d.desktop, d.policy, d.last_point, d.rpo_missed) == ("d1", "gold", point, False)
     assert d.age_seconds == 1800
@@ -26,7 +24,7 @@ def test_an_old_last_point_misses_the_rpo_and_failures_since_are_counted(fleet):
     fleet.point("d1", timedelta(hours=6), status="failed", reason="before the success: not counted")
     fleet.point("d1", timedelta(hours=2, minutes=1), status="failed", reason="pool full")
     fleet.point("d1", timedelta(hours=1), status="failed", reason="pool still full")
-    health = read_health(fleet.catalog, fleet.policies, NOW)
+    health = read_health(fleet.catalog, fleet.policies, fleet.now)
     (d,) = health.desktops
     assert d.rpo_missed and d.age_seconds == 5 * 3600
     assert (d.consecutive_failures, d.last_error) == (2, "pool still full")
@@ -38,14 +36,14 @@ def test_an_old_last_point_misses_the_rpo_and_failures_since_are_counted(fleet):
 def test_a_desktop_never_backed_up_counts_from_when_it_was_first_seen(fleet):
     fleet.desktop("new", first_seen=timedelta(minutes=10))
     fleet.desktop("forgotten", first_seen=timedelta(hours=3))
-    health = read_health(fleet.catalog, fleet.policies, NOW)
+    health = read_health(fleet.catalog, fleet.policies, fleet.now)
     missed = {d.desktop: d.rpo_missed for d in health.desktops}
     assert missed == {"new": False, "forgotten": True}
 
 
 def test_desktops_no_policy_covers_are_a_problem_not_an_objective(fleet):
     fleet.desktop("stray", tier="none")
-    health = read_health(fleet.catalog, fleet.policies, NOW)
+    health = read_health(fleet.catalog, fleet.policies, fleet.now)
     assert health.unprotected == ["stray"] and health.ok
     assert health.problems == ["1 desktop(s) covered by no policy: stray"]
 
@@ -55,13 +53,14 @@ def test_a_drill_over_its_rto_target_misses_the_rto_objective(fleet):
     fleet.point("d1", timedelta(minutes=5))
     fleet.drill(timedelta(days=2), [("d1", 50.0, False)])
     fleet.drill(timedelta(hours=1), [("d1", 12.0, True)])
-    assert read_health(fleet.catalog, fleet.policies, NOW).ok  # the newest drill counts
+    assert read_health(fleet.catalog, fleet.policies, fleet.now).ok  # the newest drill counts
     fleet.drill(timedelta(minutes=10), [("d1", 41.5, False)])
-    health = read_health(fleet.catalog, fleet.policies, NOW)
+    health = read_health(fleet.catalog, fleet.policies, fleet.now)
     (p,) = health.policies
     assert p.rto_missed and p.last_drill_max_rto == 41.5 and p.last_drill_status == "failed"
     assert health.missed == [
-        f"RTO missed: last drill of gold ({clock.to_iso(NOW - timedelta(minutes=10))}) took up to 41.5s, objective 30s"
+        f"RTO missed: last drill of gold ({clock.to_iso(fleet.now - timedelta(minutes=10))}) "
+        "took up to 41.5s, objective 30s"
     ]
 
 
@@ -72,10 +71,10 @@ def test_a_restore_left_running_is_reported(fleet):
         fleet.catalog.execute(
             "INSERT INTO restores (desktop_id, point_id, tier, started_at, target_seconds, status) "
             "VALUES ('d1', ?, 'hot', ?, 30, 'running')",
-            [point, clock.to_iso(NOW - started)],
+            [point, clock.to_iso(fleet.now - started)],
         )
-    health = read_health(fleet.catalog, fleet.policies, NOW)
-    assert [r["started_at"] for r in health.interrupted_restores] == [clock.to_iso(NOW - timedelta(hours=3))]
+    health = read_health(fleet.catalog, fleet.policies, fleet.now)
+    assert [r["started_at"] for r in health.interrupted_restores] == [clock.to_iso(fleet.now - timedelta(hours=3))]
 
 
 def test_status_exits_5_on_a_missed_rpo_and_0_when_met(fleet, run_cli):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fakes.kubelet import FakeEnv, fake_env
+from waits import Background, wait_for
 
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
 from drsvc.executors.kubernetes import KubernetesExecutor, agent_args, job_name, load_template
@@ -37,20 +36,19 @@ def executor(env: FakeEnv, **kw: float) -> KubernetesExecutor:
     )
 
 
-def finish_when_created(env: FakeEnv, outcomes: dict[str, int], count: int) -> threading.Thread:
-    """Play the Job controller: once ``count`` Jobs exist, finish each (by node) with its exit code."""
+def finish_when_created(env: FakeEnv, outcomes: dict[str, int], count: int) -> Background:
+    """Play the Job controller: once ``count`` Jobs exist, finish each (by node) with its exit code.
+
+    ``join`` on what it returns fails naming what the controller waited for, if it never came."""
 
     def run() -> None:
-        deadline = time.monotonic() + 10
-        while len(env.cluster.jobs) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
+        awaited = f"the executor to create {count} Job(s) (nodes {', '.join(sorted(outcomes))})"
+        wait_for(awaited, lambda: len(env.cluster.jobs) >= count, timeout=10)
         for (_, name), job in list(env.cluster.jobs.items()):
             node = job["metadata"]["annotations"]["drsvc.node"]
             env.cluster.finish_job(name, exit_code=outcomes[node], message=f"agent on {node} exited")
 
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t
+    return Background("the fake Job controller", run)
 
 
 def test_job_bodies_one_per_node() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from fleetkit import NOW
 from prometheus_client.parser import text_string_to_metric_families
 
 import drsvc.health
@@ -45,7 +44,7 @@ def test_objectives_per_desktop_and_policy(fleet) -> None:
     assert one(s, "drsvc_backup_consecutive_failures", desktop="late", policy="gold") == 2
     assert (
         one(s, "drsvc_last_point_timestamp_seconds", desktop="ok", policy="gold")
-        == (NOW - timedelta(minutes=10)).timestamp()
+        == (fleet.now - timedelta(minutes=10)).timestamp()
     )
     assert one(s, "drsvc_rpo_objective_seconds", policy="gold") == 7200
     assert one(s, "drsvc_rto_objective_seconds", policy="gold") == 30

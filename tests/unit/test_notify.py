@@ -8,7 +8,6 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from fleetkit import NOW
 
 from drsvc.config import NotifySection, WebhookSection
 from drsvc.health import read_health
@@ -63,8 +62,8 @@ def config(*hooks: WebhookSection, attempts: int = 3) -> NotifySection:
     return NotifySection(webhooks=list(hooks), attempts=attempts, backoff_seconds=0.01, timeout_seconds=5)
 
 
-def run(fleet, notify: NotifySection, now=NOW, sleeps=None):
-    health = read_health(fleet.catalog, fleet.policies, now)
+def run(fleet, notify: NotifySection, now=None, sleeps=None):
+    health = read_health(fleet.catalog, fleet.policies, now or fleet.now)
     sleep = sleeps.append if sleeps is not None else (lambda s: None)
     return Notifier(fleet.catalog, notify, sleep=sleep).run(health)
 
@@ -116,7 +115,7 @@ def test_a_failing_receiver_is_retried_with_backoff_then_again_next_tick(fleet) 
         assert row["sent_at"] is None and row["attempts"] == 1 and "HTTP 503" in row["last_error"]
         assert run(fleet, notify) == []  # before retry_at: not tried
         assert len(receiver.paths) == 3
-        later = NOW + timedelta(minutes=3)
+        later = fleet.now + timedelta(minutes=3)
         delivered = run(fleet, notify, now=later)  # two more 503s, then delivered
         assert [d["state"] for d in delivered] == ["firing"]
         assert len(receiver.paths) == 6 and len(receiver.bodies) == 1
@@ -153,7 +152,7 @@ def test_every_kind_of_condition(fleet) -> None:
         "VALUES ('d1', ?, 'hot', ?, 30, 'running')",
         [point, "2020-01-01T00:00:00.000000Z"],
     )
-    found = list(conditions(read_health(fleet.catalog, fleet.policies, NOW)))
+    found = list(conditions(read_health(fleet.catalog, fleet.policies, fleet.now)))
     kinds = sorted(c.kind for c in found)
     assert kinds == ["backup_failed", "drill_failed", "restore_interrupted", "rpo_breach", "verify_failed"]
     assert len({c.key for c in found}) == len(found)

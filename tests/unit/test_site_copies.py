@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from coldkit import aws  # noqa: F401  (aws: the fixture, used through pytestmark)
-from sitekit import NOW, SiteKit, cold_points, site_kit
+from sitekit import SiteKit, cold_points, site_kit
 
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import EXIT_OK, IntegrityError, NotFound
@@ -37,7 +37,7 @@ MiB = 1024 * 1024
 
 def test_due_points_reach_the_site_byte_for_byte_and_read_back_with_the_key(kit: SiteKit) -> None:
     p1, p2 = cold_points(kit, {"dr": {"after": "1h"}})
-    report = CopyJob(kit.services, None).run(now=NOW)
+    report = CopyJob(kit.services, None).run(now=kit.now)
     assert report.exit_code == EXIT_OK, report.document()
     assert [(m.point_id, m.site, m.status) for m in report.moves] == [(p1, "dr", "done"), (p2, "dr", "done")]
     assert report.modes == {"dr": "server-side"}  # one S3 service, one identity: nothing streamed
@@ -62,7 +62,7 @@ def test_due_points_reach_the_site_byte_for_byte_and_read_back_with_the_key(kit:
     assert head(Bucket=kit.dr_bucket, Key=f"site/{pack}")["StorageClass"] == "STANDARD_IA"
     assert "StorageClass" not in head(Bucket=kit.dr_bucket, Key=f"site/manifests/alice/{p1}")
     # nothing more is due
-    assert CopyJob(kit.services, None).run(now=NOW).moves == []
+    assert CopyJob(kit.services, None).run(now=kit.now).moves == []
 
 
 def test_another_account_is_streamed_and_verified(kit: SiteKit) -> None:
@@ -76,7 +76,7 @@ def test_another_account_is_streamed_and_verified(kit: SiteKit) -> None:
 
     Transfer._streamed = counting  # type: ignore[method-assign]
     try:
-        report = CopyJob(kit.services, None).run(now=NOW)
+        report = CopyJob(kit.services, None).run(now=kit.now)
     finally:
         Transfer._streamed = real  # type: ignore[method-assign]
     assert report.exit_code == EXIT_OK and report.modes == {"far": "streamed"}
@@ -88,18 +88,18 @@ def test_another_account_is_streamed_and_verified(kit: SiteKit) -> None:
 
 def test_what_is_due_follows_after_coldness_and_the_sites_retention(kit: SiteKit) -> None:
     kit.policy("std", ["alice"], sites={"dr": {"after": "6h", "retention": {"last": 1}}})
-    old = kit.point("alice", NOW - timedelta(hours=9), os.urandom(100_000))
-    older = kit.point("alice", NOW - timedelta(hours=10), os.urandom(100_000))
-    young = kit.point("alice", NOW - timedelta(hours=2), os.urandom(100_000))
+    old = kit.point("alice", kit.now - timedelta(hours=9), os.urandom(100_000))
+    older = kit.point("alice", kit.now - timedelta(hours=10), os.urandom(100_000))
+    young = kit.point("alice", kit.now - timedelta(hours=2), os.urandom(100_000))
     sites = kit.services.config.sites
-    assert plan_copies(kit.catalog, kit.services.policies, sites, NOW) == []  # nothing is cold yet
-    TierJob(kit.services, None).run(now=NOW)
+    assert plan_copies(kit.catalog, kit.services.policies, sites, kit.now) == []  # nothing is cold yet
+    TierJob(kit.services, None).run(now=kit.now)
     # the site keeps the last 1 (young): old and older are not worth sending, young is not 6 h old
-    assert plan_copies(kit.catalog, kit.services.policies, sites, NOW) == []
-    later = plan_copies(kit.catalog, kit.services.policies, sites, NOW + timedelta(hours=5))
+    assert plan_copies(kit.catalog, kit.services.policies, sites, kit.now) == []
+    later = plan_copies(kit.catalog, kit.services.policies, sites, kit.now + timedelta(hours=5))
     assert [c.point["id"] for c in later] == [young]
     kit.policy("std", ["alice"], sites={"dr": {"after": "6h", "retention": {"last": 2}}})
-    due = plan_copies(kit.catalog, kit.services.policies, sites, NOW)
+    due = plan_copies(kit.catalog, kit.services.policies, sites, kit.now)
     assert [c.point["id"] for c in due] == [old]  # last 2 = young + old; young is too young
     assert older not in [c.point["id"] for c in due]
     assert "cold and older than sites.dr.after (6h)" in due[0].reasons
@@ -107,11 +107,11 @@ def test_what_is_due_follows_after_coldness_and_the_sites_retention(kit: SiteKit
 
 def test_a_site_the_config_lacks_and_an_unknown_site_name_are_clear(kit: SiteKit) -> None:
     [pid] = cold_points(kit, {"nowhere": {"after": "1h"}}, n=1)
-    report = CopyJob(kit.services, None).run(now=NOW)
+    report = CopyJob(kit.services, None).run(now=kit.now)
     assert [(m.point_id, m.status) for m in report.moves] == [(pid, "failed")]
     assert "names site 'nowhere', which the config does not define" in (report.moves[0].error or "")
     with pytest.raises(NotFound, match=r"no site named 'drr'.*did you mean 'dr'.*configured sites: dr, far"):
-        CopyJob(kit.services, None).run(site="drr", now=NOW)
+        CopyJob(kit.services, None).run(site="drr", now=kit.now)
 
 
 def test_an_interrupted_copy_resumes_without_copying_anything_twice(
@@ -119,8 +119,8 @@ def test_an_interrupted_copy_resumes_without_copying_anything_twice(
 ) -> None:
     kit = SiteKit(tmp_path, pack_mib=1)  # small packs: a 12 MiB point is a dozen
     kit.policy("std", ["alice"], sites={"dr": {"after": "1h"}})
-    pid = kit.point("alice", NOW - timedelta(hours=5), os.urandom(12 * MiB))
-    TierJob(kit.services, None).run(now=NOW)
+    pid = kit.point("alice", kit.now - timedelta(hours=5), os.urandom(12 * MiB))
+    TierJob(kit.services, None).run(now=kit.now)
     packs = [k for k in kit.site_keys(kit.bucket, "fleet/") if k.startswith("packs/")]
     assert len(packs) >= 10
     real = Transfer.copy
@@ -136,7 +136,7 @@ def test_an_interrupted_copy_resumes_without_copying_anything_twice(
 
     monkeypatch.setattr(Transfer, "copy", dying)
     with pytest.raises(KeyboardInterrupt):
-        CopyJob(kit.services, None).run(now=NOW)
+        CopyJob(kit.services, None).run(now=kit.now)
     monkeypatch.setattr(Transfer, "copy", real)
     at_site = kit.site_keys(kit.dr_bucket, "site/")
     assert not any(k.startswith("manifests/") for k in at_site)  # no point is at the site half-copied
@@ -148,7 +148,7 @@ def test_an_interrupted_copy_resumes_without_copying_anything_twice(
     kit.fresh_services()
     sent: list[str] = []
     monkeypatch.setattr(Transfer, "copy", lambda self, key, **kw: (sent.append(key), real(self, key, **kw))[1])
-    report = CopyJob(kit.services, None).run(now=NOW)
+    report = CopyJob(kit.services, None).run(now=kit.now)
     assert report.exit_code == EXIT_OK
     assert not copied_before & set(sent)  # nothing already there was sent again
     assert {k for k in kit.site_keys(kit.dr_bucket, "site/") if k.startswith("packs/")} == set(packs)
@@ -168,26 +168,26 @@ def test_locked_copies_at_a_site_outlive_prune_at_the_primary_and_at_the_site(
         retention={"hot": {"last": 1}, "cold": {"last": 1}},
         sites={"dr": {"after": "1h", "retention": {"last": 1}}},
     )
-    old = kit.point("carol", NOW - timedelta(hours=30), os.urandom(MiB))
-    TierJob(kit.services, None).run(now=NOW - timedelta(hours=20))
-    first = CopyJob(kit.services, None).run(now=NOW - timedelta(hours=20))
+    old = kit.point("carol", kit.now - timedelta(hours=30), os.urandom(MiB))
+    TierJob(kit.services, None).run(now=kit.now - timedelta(hours=20))
+    first = CopyJob(kit.services, None).run(now=kit.now - timedelta(hours=20))
     assert [m.status for m in first.moves] == ["done"] and first.moves[0].retain_until, first.document()
-    new = kit.point("carol", NOW - timedelta(hours=5), os.urandom(MiB))
-    TierJob(kit.services, None).run(now=NOW)
-    CopyJob(kit.services, None).run(now=NOW)
+    new = kit.point("carol", kit.now - timedelta(hours=5), os.urandom(MiB))
+    TierJob(kit.services, None).run(now=kit.now)
+    CopyJob(kit.services, None).run(now=kit.now)
     # the primary drops the old point everywhere it may: hot and cold
     from drsvc.prune import PruneJob
 
     # (no Ceph in unit tests: the pool snapshot the hot prune lets go of is forgotten, not removed)
     monkeypatch.setattr(kit.services, "snapshots", lambda scope: SimpleNamespace(remove=lambda name: None))
-    PruneJob(kit.services, None).run(now=NOW)
-    ColdPruneJob(kit.services, None).run(now=NOW)
+    PruneJob(kit.services, None).run(now=kit.now)
+    ColdPruneJob(kit.services, None).run(now=kit.now)
     point = kit.catalog.point(old)
     assert point["tiers"] == [] and point["sites"] == ["dr"] and point["status"] == "complete"
     site = kit.services.site("dr")
     assert site.get_manifest("carol", old)["point_id"] == old  # the DR copy is untouched
     # the site's own prune: its retention (last 1) would drop it, but the lock there holds
-    report = prune_site(kit.services, "dr", None, now=NOW)
+    report = prune_site(kit.services, "dr", None, now=kit.now)
     assert report.locked == [old] and site.get_manifest("carol", old)["point_id"] == old
     client = boto3.client("s3")
     key = f"site/manifests/carol/{old}"
@@ -195,7 +195,7 @@ def test_locked_copies_at_a_site_outlive_prune_at_the_primary_and_at_the_site(
     with pytest.raises(client.exceptions.ClientError, match="AccessDenied"):
         client.delete_object(Bucket=kit.dr_bucket, Key=key, VersionId=version)
     # once the lock expired, the site drops it, and the point has no copy left anywhere
-    later = NOW + timedelta(days=3)
+    later = kit.now + timedelta(days=3)
     after = prune_site(kit.services, "dr", None, now=later)
     assert [d.point_id for d in after.decisions if not d.keep] == [old]
     assert kit.catalog.point(old)["status"] == "expired"
@@ -205,7 +205,7 @@ def test_locked_copies_at_a_site_outlive_prune_at_the_primary_and_at_the_site(
 
 def test_verify_site_names_damage_at_the_site(kit: SiteKit) -> None:
     [pid] = cold_points(kit, {"dr": {"after": "1h"}}, n=1)
-    CopyJob(kit.services, None).run(now=NOW)
+    CopyJob(kit.services, None).run(now=kit.now)
     assert SiteVerifyJob(kit.services, "dr").run(read_data=True).ok
     client = boto3.client("s3")
     pack = next(k for k in kit.site_keys(kit.dr_bucket, "site/") if k.startswith("packs/"))
@@ -265,8 +265,8 @@ def test_the_scheduler_copies_after_tiering(kit: SiteKit) -> None:
     from drsvc.scheduler import Scheduler
 
     kit.policy("std", ["alice"], sites={"dr": {"after": "1h"}})
-    pid = kit.point("alice", NOW - timedelta(hours=5), os.urandom(300_000))
-    report = Scheduler(kit.services).tick(now=NOW)  # its backup of alice fails here: no runtime in unit tests
+    pid = kit.point("alice", kit.now - timedelta(hours=5), os.urandom(300_000))
+    report = Scheduler(kit.services).tick(now=kit.now)  # its backup of alice fails here: no runtime in unit tests
     purposes = [r["purpose"] for r in report.ran]
     assert purposes.index("tier") < purposes.index("copy")
     assert kit.catalog.point(pid)["tiers"] == ["hot", "cold"] and kit.catalog.point(pid)["sites"] == ["dr"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from coldkit import aws  # noqa: F401  (aws: the fixture, used through pytestmark)
-from sitekit import NOW, SiteKit, cold_points, site_kit
+from sitekit import SiteKit, cold_points, site_kit
 
 from drsvc.catalog import Catalog
 from drsvc.offsite.copy import CopyJob
@@ -24,7 +24,7 @@ def kit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SiteKit]:
 
 def test_site_recover_dry_run_at_a_site_with_only_the_copies(kit: SiteKit, run_cli: Any, tmp_path: Path) -> None:
     _, p2 = cold_points(kit, {"dr": {"after": "1h"}}, priority=3)
-    CopyJob(kit.services, None).run(now=NOW)
+    CopyJob(kit.services, None).run(now=kit.now)
     # the DR site: its own config with no hot, no cold, an empty catalog; the key and the policies
     dr = tmp_path / "dr-site"
     (dr / "policies").mkdir(parents=True)
