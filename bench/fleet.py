@@ -14,9 +14,9 @@ Through the real CLI (``drsvc`` in its own process, as the scheduler's minute ru
    to tmpfs files, one directory per desktop, one restic process over all of them, repository in
    tmpfs) first and unchanged.
 
-``--before DIR`` adds a second build: the drsvc tree in DIR (e.g. ``git archive REV | tar -x -C
-DIR``), run with this venv's interpreter and ``PYTHONPATH=DIR``, each on its own catalog and hot
-prefix, so both builds meet the same load.
+``--before DIR`` (repeatable) adds a build: the drsvc tree in DIR (e.g. ``git archive REV drsvc |
+tar -x -C DIR``), named after DIR, run with this venv's interpreter and ``PYTHONPATH=DIR``; each
+build has its own catalog and hot prefix, and turns rotate, so all builds meet the same load.
 
     eval "$(dev/lab env)"
     flock /tmp/drsvc-lab.lock .venv/bin/python bench/fleet.py                         # 50 desktops
@@ -205,12 +205,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="unchanged backups per build after the first")
     ap.add_argument("--freeze-batch", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2, help="[scheduler] workers (desktops stored in parallel)")
-    ap.add_argument("--before", type=Path, help="a second drsvc tree to run in the same turns")
+    ap.add_argument("--before", type=Path, action="append", default=[], help="another drsvc tree (repeatable)")
     ap.add_argument("--no-restic", action="store_true", help="skip the restic reference")
     ap.add_argument("--keep-fleet", action="store_true", help="leave the containers and their data for the next run")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    ap.add_argument("--prefix", default=PREFIX, help=f"fleet container name prefix (default {PREFIX})")
     args = ap.parse_args()
-    ids = [f"{PREFIX}-{i:03d}" for i in range(1, args.desktops + 1)]
+    ids = [f"{args.prefix}-{i:03d}" for i in range(1, args.desktops + 1)]
     work = Path(tempfile.mkdtemp(prefix="drsvc-bench-fleet-"))
     shm = Path(tempfile.mkdtemp(prefix="drsvc-bench-fleet-", dir="/dev/shm"))
     cluster = rados.Rados(conffile=os.environ["CEPH_CONF"])
@@ -220,7 +221,7 @@ def main() -> None:
     try:
         t = time.perf_counter()
         lab = str(ROOT / "dev" / "lab")
-        run(lab, "fleet", str(args.desktops), "--prefix", PREFIX, "--data-mib", str(args.data_mib))
+        run(lab, "fleet", str(args.desktops), "--prefix", args.prefix, "--data-mib", str(args.data_mib))
         made = time.perf_counter() - t
         print(f"fleet: {args.desktops} busybox desktops x {args.data_mib:g} MiB ({made:.1f} s to create)")
         print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
@@ -229,11 +230,10 @@ def main() -> None:
             f"librados listing of pool {POOL}: one namespace {ref['one_namespace_s']:.2f} s "
             f"({ref['one_objects']} objects), all namespaces {ref['all_s']:.2f} s ({ref['all_objects']} objects)"
         )
-        builds = [Build("after", ROOT, work, ids, args)]
-        if args.before:
-            builds.insert(0, Build("before", args.before.resolve(), work, ids, args))
-        for kind in ["first"] + [f"unchanged{r + 1}" for r in range(args.rounds)]:
-            order = builds if len(builds) == 1 or kind != "unchanged1" else builds[::-1]
+        builds = [Build(tree.resolve().name, tree.resolve(), work, ids, args) for tree in args.before]
+        builds.append(Build("this", ROOT, work, ids, args))
+        for turn, kind in enumerate(["first"] + [f"unchanged{r + 1}" for r in range(args.rounds)]):
+            order = builds[turn % len(builds) :] + builds[: turn % len(builds)]
             for b in order:
                 row = b.backup(kind)
                 print(f"  {b.label} {kind}: {row['wall']:.1f} s, {row['per_min']:.1f} desktops/min", flush=True)
