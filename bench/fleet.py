@@ -70,7 +70,9 @@ def run(*cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
 class Build:
     """One drsvc tree (this one, or ``--before``) with its own installation: config, key, catalog, hot prefix."""
 
-    def __init__(self, label: str, tree: Path, work: Path, ids: list[str], args: argparse.Namespace) -> None:
+    def __init__(
+        self, label: str, tree: Path, work: Path, ids: list[str], args: argparse.Namespace, pipeline: bool = False
+    ) -> None:
         self.label, self.tree = label, tree
         self.dir = work / label
         (self.dir / "policies").mkdir(parents=True)
@@ -83,7 +85,7 @@ class Build:
             f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
             f'[hot]\nstore = "{self.hot_url}"\nceph_conf = "{os.environ["CEPH_CONF"]}"\n'
             f'[runtime]\nurl = "podman://{os.environ["DRSVC_PODMAN_SOCKET"]}"\n'
-            f"[scheduler]\nworkers = {args.workers}\n"
+            f"[scheduler]\nworkers = {args.workers}\n" + ("pipeline = true\n" if pipeline else "")
         )
         (self.dir / "policies" / "fleet.yaml").write_text(
             json.dumps(
@@ -206,6 +208,7 @@ def main() -> None:
     ap.add_argument("--freeze-batch", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2, help="[scheduler] workers (desktops stored in parallel)")
     ap.add_argument("--before", type=Path, action="append", default=[], help="another drsvc tree (repeatable)")
+    ap.add_argument("--pipeline", action="store_true", help="also run this tree with [scheduler] pipeline = true")
     ap.add_argument("--no-restic", action="store_true", help="skip the restic reference")
     ap.add_argument("--keep-fleet", action="store_true", help="leave the containers and their data for the next run")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON too")
@@ -232,6 +235,8 @@ def main() -> None:
         )
         builds = [Build(tree.resolve().name, tree.resolve(), work, ids, args) for tree in args.before]
         builds.append(Build("this", ROOT, work, ids, args))
+        if args.pipeline:
+            builds.append(Build("this-pipelined", ROOT, work, ids, args, pipeline=True))
         for turn, kind in enumerate(["first"] + [f"unchanged{r + 1}" for r in range(args.rounds)]):
             order = builds[turn % len(builds) :] + builds[: turn % len(builds)]
             for b in order:

@@ -84,7 +84,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PIPELINE_DEPTH = 1  # batches whose stores may still run when the next batch freezes
 STORE_NICE = 10  # store threads' nice value above the run's own: the next batch's dumps come first
 FREEZE_WAIT = 20.0  # seconds to wait for a batch's first desktop to freeze (its dump may take a while)
 
@@ -214,6 +213,8 @@ class BackupJob:
         self.lease = lease
         self.on_event = on_event
         self.workers = services.config.scheduler.workers
+        # batches whose stores may still run when the next batch freezes (scheduler.pipeline)
+        self.pipeline_depth = 1 if services.config.scheduler.pipeline else 0
 
     @property
     def runtime(self) -> ContainerRuntime:
@@ -241,14 +242,16 @@ class BackupJob:
         report = BackupReport(job_id, policy_name)
         self.committer = Committer(self.services, self.lease, report.phases, self.on_event)
         try:
-            # One pool of store workers for the whole run, and batches pipelined: batch k+1 freezes
-            # while batch k's desktops are stored. At most PIPELINE_DEPTH batches' stores are in
-            # flight when a freeze starts, so stores never pile up behind a long fleet (on leaving
-            # the pool, stores still running are waited for: none writes after the job ended).
+            # One pool of store workers for the whole run. With scheduler.pipeline, batch k+1
+            # freezes while batch k's desktops are stored (at most one batch's stores in flight
+            # when a freeze starts); else each batch is stored before the next freezes: on a busy
+            # host stores slow the CRIU dumps, and desktops stand frozen longer or miss their
+            # batch's snapshot (docs/benchmarks.md, "Fleet throughput"). Leaving the pool waits for
+            # every store: none writes after the job ended.
             with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="store", initializer=_give_way) as pool:
                 stores: collections.deque[list[cf.Future[None]]] = collections.deque()
                 for pool_url, batch_no, batch in self._batches(desktops, policy):
-                    while len(stores) > PIPELINE_DEPTH:
+                    while len(stores) > self.pipeline_depth:
                         self._wait_stores(stores.popleft(), report.phases)
                     outcomes, futures = self._run_batch(batch, pool_url, batch_no, policy, job_id, report, pool)
                     report.outcomes += outcomes

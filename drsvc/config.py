@@ -100,6 +100,10 @@ class RuntimeSection(_Section):
 
 class SchedulerSection(_Section):
     workers: int = Field(default=2, ge=1, le=64, description="Desktops captured in parallel")
+    pipeline: bool = Field(
+        default=False,
+        description="Store a batch while the next one freezes: faster fleets, longer freezes on a busy host",
+    )
     retries: int = Field(default=2, ge=0, le=10, description="Retries per desktop, with backoff")
     lease_seconds: int = Field(default=900, ge=30, description="Lease lifetime; renewed while working")
     executor: Literal["local", "kubernetes"] = "local"

@@ -74,6 +74,13 @@ def kit(tmp_path: Path, aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     kit.catalog.close()
 
 
+def pipelined(kit: ColdKit) -> None:
+    """``[scheduler] pipeline = true`` (the config is frozen: a changed copy)."""
+    config = kit.services.config
+    scheduler = config.scheduler.model_copy(update={"pipeline": True})
+    kit.services.config = config.model_copy(update={"scheduler": scheduler})
+
+
 def refs() -> list[DesktopRef]:
     return [DesktopRef(n, n, IDS[n], f"rados://pool/{n}", None) for n in ("desk-a", "desk-b")]
 
@@ -116,6 +123,7 @@ def test_the_next_batch_freezes_while_the_last_one_is_stored(kit: ColdKit) -> No
     """Batches are pipelined: desk-b's batch takes its checkpoint and pool snapshot while desk-a's
     volume is still being read; both points stay paired within their freeze budget."""
     kit.policy("quick", ["desk-a", "desk-b"], capture={"freeze_timeout": "2s", "freeze_batch": 1})
+    pipelined(kit)
     second = threading.Event()
     seen: dict[str, bool] = {}
     nice = {"run": os.getpriority(os.PRIO_PROCESS, 0)}
@@ -162,6 +170,7 @@ def test_a_store_never_calls_the_runtime_while_the_next_batch_is_checkpointed(ki
     from drsvc.runtimes.base import DesktopRef as Ref
 
     kit.policy("quick", ["desk-a", "desk-b"], capture={"freeze_timeout": "2s", "freeze_batch": 1})
+    pipelined(kit)
     runtime = kit.services.runtime
     checkpointing: list[str] = []
     saved_during: list[list[str]] = []
@@ -196,3 +205,23 @@ def test_a_store_never_calls_the_runtime_while_the_next_batch_is_checkpointed(ki
     assert saved_during and all(during == [] for during in saved_during), saved_during
     reasons = [(o.desktop, o.reason) for o in report.outcomes]
     assert all((o.status, o.consistency) == ("complete", "paired") for o in report.outcomes), reasons
+
+
+def test_without_pipeline_each_batch_is_stored_before_the_next_freezes(kit: ColdKit) -> None:
+    """The default: no store runs while a later batch is checkpointed."""
+    kit.policy("quick", ["desk-a", "desk-b"], capture={"freeze_timeout": "2s", "freeze_batch": 1})
+    assert kit.services.config.scheduler.pipeline is False
+    snaps = FakeSnapshots(None)
+    stored_after: list[int] = []
+
+    class Counting(FakeVolume):
+        def read_objects_at(
+            self, snap: str, objects: list[VolumeObject] | None = None
+        ) -> Iterator[tuple[VolumeObject, Iterator[bytes]]]:
+            time.sleep(0.3)  # a slow store: the next batch would freeze meanwhile if pipelined
+            stored_after.append(len(snaps.created))
+            yield from super().read_objects_at(snap, objects)
+
+    kit.services.volume = lambda url: Counting()  # type: ignore[method-assign]
+    report = run(kit, snaps)
+    assert report.exit_code == 0 and stored_after == [1, 2]
