@@ -137,9 +137,10 @@ class Build:
 
     def cleanup(self, io: Any) -> None:
         try:
-            for snap in io.list_snaps():
-                if snap.name.startswith(f"drsvc-{self.policy}-"):
-                    io.remove_snap(snap.name)
+            # listed whole first: removing while the listing iterates skips snapshots
+            for name in [snap.name for snap in io.list_snaps()]:
+                if name.startswith(f"drsvc-{self.policy}-"):
+                    io.remove_snap(name)
         except Exception as e:  # the bench's own leftovers: report, go on cleaning
             print(f"cleanup {self.label}: pool snapshots: {e}", file=sys.stderr)
         try:
