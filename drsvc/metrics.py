@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
@@ -33,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from drsvc import __version__, clock
 from drsvc.catalog import Catalog
+from drsvc.catalog_guard import fingerprint
 from drsvc.health import FleetHealth, read_health, recorded_tier_lag
 from drsvc.liveness import DaemonHealth
 from drsvc.policy import PolicySet
@@ -67,11 +69,13 @@ def _histogram(
 
 
 class CatalogCollector(Collector):
-    """Every catalog-derived metric, read fresh at each collection.
+    """Every catalog-derived metric, read at each collection.
 
     ``open_catalog`` gives a connection for this collection (the HTTP server scrapes from its own
     thread; SQLite connections stay in the thread that made them) and ``policies`` the current
-    policy set.
+    policy set. The passes over every point (outcome counters, freeze histogram, storage per tier:
+    ~0.5 s at 300,000 points) change only when a run changes the catalog, so a collector that
+    scrapes again (the daemon's) reuses them until the catalog's fingerprint moves.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class CatalogCollector(Collector):
         self.open_catalog = open_catalog
         self.policies = policies
         self.tier_lag = tier_lag or (lambda: None)
+        self._passes: tuple[str, _Passes] | None = None  # (catalog fingerprint, what it gave)
 
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
@@ -96,16 +101,25 @@ class CatalogCollector(Collector):
                 known = recorded_tier_lag(catalog)
             health = read_health(catalog, policies, tier_lag_known=known)
             yield from self._health(health, policies)
-            by_status = _points_by_policy_and_status(catalog)
-            yield from self._outcomes(catalog, by_status)
-            yield from self._distributions(catalog, by_status)
-            yield from self._storage(catalog)
+            passes = self._points_passes(catalog)
+            yield from self._outcomes(catalog, passes.by_status)
+            yield from self._distributions(catalog, passes.by_status)
+            yield from self._storage(catalog, passes.by_tier)
             yield from self._operations(catalog, health)
         finally:
             catalog.close()
         took = GaugeMetricFamily("drsvc_metrics_collect_seconds", "Time to read the catalog for this scrape.")
         took.add_metric([], time.monotonic() - started)
         yield took
+
+    def _points_passes(self, catalog: Catalog) -> _Passes:
+        key = fingerprint(catalog)  # ~60 ms at 300,000 points: counts and maxima
+        cached = self._passes
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        passes = _Passes(_points_by_policy_and_status(catalog), _points_by_tier(catalog))
+        self._passes = (key, passes)  # one assignment: concurrent scrapes see the old or the new pair
+        return passes
 
     # ------------------------------------------------------------------ objectives, per desktop and policy
     def _health(self, health: FleetHealth, policies: PolicySet) -> Iterator[Metric]:
@@ -271,7 +285,7 @@ class CatalogCollector(Collector):
         yield from (last_rto, last_ts)
 
     # ------------------------------------------------------------------ storage
-    def _storage(self, catalog: Catalog) -> Iterator[Metric]:
+    def _storage(self, catalog: Catalog, by_tier: list[dict[str, Any]]) -> Iterator[Metric]:
         logical = GaugeMetricFamily(
             "drsvc_tier_points_bytes", "Bytes the complete points on a tier hold (before dedup).", labels=["tier"]
         )
@@ -279,10 +293,7 @@ class CatalogCollector(Collector):
             "drsvc_tier_stored_bytes", "New bytes those points added to the tier's store.", labels=["tier"]
         )
         count = GaugeMetricFamily("drsvc_tier_points", "Complete points with a copy on the tier.", labels=["tier"])
-        for r in catalog.query(
-            "SELECT t.tier, COUNT(*) AS n, SUM(p.bytes) AS logical, SUM(t.stored_bytes) AS stored "
-            "FROM point_tiers t JOIN points p ON p.id = t.point_id WHERE p.status = 'complete' GROUP BY t.tier"
-        ):
+        for r in by_tier:
             logical.add_metric([r["tier"]], float(r["logical"] or 0))
             stored.add_metric([r["tier"]], float(r["stored"] or 0))
             count.add_metric([r["tier"]], float(r["n"]))
@@ -361,6 +372,20 @@ def _points_by_policy_and_status(catalog: Catalog) -> list[dict[str, Any]]:
         f"SUM(freeze_ms) AS total, {counts} FROM points NOT INDEXED WHERE status != 'pending' "
         "GROUP BY 1, 2 ORDER BY 1, 2"
     )
+
+
+def _points_by_tier(catalog: Catalog) -> list[dict[str, Any]]:
+    """Complete points per tier with their logical and stored bytes (one pass over point_tiers)."""
+    return catalog.query(
+        "SELECT t.tier, COUNT(*) AS n, SUM(p.bytes) AS logical, SUM(t.stored_bytes) AS stored "
+        "FROM point_tiers t JOIN points p ON p.id = t.point_id WHERE p.status = 'complete' GROUP BY t.tier"
+    )
+
+
+@dataclass(frozen=True)
+class _Passes:
+    by_status: list[dict[str, Any]]  # _points_by_policy_and_status
+    by_tier: list[dict[str, Any]]  # _points_by_tier
 
 
 def _catalog_check(catalog: Catalog) -> bool:

@@ -150,3 +150,32 @@ def test_textfile_is_written_atomically_for_node_exporter(fleet, tmp_path, run_c
     assert not list(tmp_path.glob("drsvc.prom.*"))  # no temp file left behind
     stdout = run_cli("--config", str(config), "metrics")
     assert stdout.code == 0 and "# TYPE drsvc_jobs_total counter" in stdout.stdout
+
+
+def test_a_daemon_scrapes_again_without_passing_over_every_point_until_the_catalog_changes(fleet, monkeypatch) -> None:
+    fleet.desktop("d")
+    fleet.point("d", timedelta(minutes=30))
+    passes: list[str] = []
+    real_status, real_tier = metrics._points_by_policy_and_status, metrics._points_by_tier
+
+    def by_status(catalog):  # type: ignore[no-untyped-def]
+        passes.append("status")
+        return real_status(catalog)
+
+    def by_tier(catalog):  # type: ignore[no-untyped-def]
+        passes.append("tier")
+        return real_tier(catalog)
+
+    monkeypatch.setattr(metrics, "_points_by_policy_and_status", by_status)
+    monkeypatch.setattr(metrics, "_points_by_tier", by_tier)
+    daemon = metrics.registry(fleet.catalog.path, lambda: fleet.policies)  # one registry, scraped again
+
+    def counted() -> float:
+        families = text_string_to_metric_families(metrics.render(daemon).decode())
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+        return samples[("drsvc_backup_points_total", (("policy", "gold"), ("result", "ok")))]
+
+    assert counted() == 1 and passes == ["status", "tier"]
+    assert counted() == 1 and passes == ["status", "tier"], "nothing changed: the passes are reused"
+    fleet.point("d", timedelta(minutes=10))
+    assert counted() == 2 and passes == ["status", "tier"] * 2, "a new point is counted at the next scrape"
