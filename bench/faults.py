@@ -578,7 +578,7 @@ def main() -> None:
         for kind in only:
             for trial, param in trials[kind]:
                 runs[kind] += 1
-                label = param if isinstance(param, str) else f"random {param:.2f} s"
+                label = str(param) if not isinstance(param, float) else f"random {param:.2f} s"
                 t = time.monotonic()
                 try:
                     trial(env, param)
