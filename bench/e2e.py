@@ -17,6 +17,9 @@ CPU means it waited on round trips), and for restores the phases the restore rep
 (``fetch`` of the checkpoint runs while ``volume`` is written). ``--profile DIR`` runs each drsvc
 command under ``py-spy record --idle`` (install it into the venv: ``pip install py-spy``) and
 prints where its threads spent their wall time, by the innermost drsvc function: the waits.
+``--before TREE`` also restores each round with the drsvc package of another source tree (e.g.
+``git archive REV drsvc | tar -x -C TREE``), the same point, turns alternating: before/after in
+one run. ``--skip cold|hot`` leaves those restores out.
 
     eval "$(dev/lab env)"; flock /tmp/drsvc-lab.lock .venv/bin/python bench/e2e.py [--mib 512 --rounds 2]
 
@@ -55,21 +58,28 @@ def children_cpu() -> float:
 
 
 class E2E(Bench):
-    def __init__(self, work: Path, src: Path, profile: Path | None) -> None:
+    def __init__(self, work: Path, src: Path, profile: Path | None, before: Path | None = None) -> None:
         super().__init__(work, src)
         self.profile = profile
+        self.before = before
         self.clones: list[str] = []
 
-    def timed(self, step: str, *args: str) -> tuple[dict[str, Any], float, float]:
-        """Run ``drsvc --json args``: its document, wall seconds, CPU seconds (or under py-spy)."""
+    def timed(self, step: str, *args: str, tree: Path | None = None) -> tuple[dict[str, Any], float, float]:
+        """Run ``drsvc --json args``: its document, wall seconds, CPU seconds (or under py-spy).
+
+        ``tree``: run the drsvc package of that source tree instead (``--before``)."""
         cmd = [DRSVC, "--config", str(self.config), "--json", *args]
+        env = None
+        if tree is not None:
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            cmd = [sys.executable, "-m", "drsvc", *cmd[1:]]
         if self.profile is not None:
             out = self.profile / f"{step}.txt"
             spy = [str(PYSPY), "record", "--idle", "--threads", "-r", str(RATE), "-f", "raw", "-o", str(out)]
             cmd = [*spy, "--", *cmd]
         cpu = children_cpu()
         t = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
         wall = time.perf_counter() - t
         cpu = children_cpu() - cpu
         if p.returncode not in (0, 5):
@@ -86,10 +96,11 @@ class E2E(Bench):
         _, tier, cpu_t = self.timed("tier", "tier")
         return {"total": backup + tier, "backup": backup, "tier": tier, "cpu": cpu_b + cpu_t}
 
-    def restore(self, tier: str, k: int) -> dict[str, float]:
-        clone = f"{self.prefix}-{tier}{k}"
+    def restore(self, tier: str, k: int, tree: Path | None = None) -> dict[str, float]:
+        clone = f"{self.prefix}-{tier}{k}{'b' if tree else ''}"
         self.clones.append(clone)
-        doc, wall, cpu = self.timed(f"restore-{tier}{k}", "restore", self.desktop, "--tier", tier, "--as", clone)
+        step = f"restore-{tier}{k}{'-before' if tree else ''}"
+        doc, wall, cpu = self.timed(step, "restore", self.desktop, "--tier", tier, "--as", clone, tree=tree)
         assert doc.get("status") in ("ok", "objective_missed"), doc
         self.check_clone(clone)
         self.drop_clone(clone)
@@ -175,7 +186,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="restore rounds (each: cold, hot, restic)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", type=Path, help="sample each drsvc command with py-spy into this directory")
-    parser.add_argument("--no-hot", action="store_true", help="skip the hot restores")
+    parser.add_argument("--skip", action="append", default=[], choices=["cold", "hot"], help="skip these restores")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="also restore with the drsvc package of this source tree (e.g. `git archive REV drsvc | tar -x -C DIR`), "
+        "turns alternating, the same point",
+    )
     args = parser.parse_args()
     if not shutil.which("restic"):
         sys.exit("restic is not installed (apt-get install -y restic): it is the reference")
@@ -185,19 +202,19 @@ def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="perf-e2e-bench-"))
     src = Path(tempfile.mkdtemp(prefix="perf-e2e-bench-src-", dir="/dev/shm"))
-    bench = E2E(work, src, args.profile)
+    bench = E2E(work, src, args.profile, args.before)
     try:
         written = bench.setup(args.mib, args.seed)
         print(f"desktop {bench.desktop}: {written / MiB:.0f} MiB in {len(files_of(src))} objects; "
               f"seconds (cpu: user + system of the drsvc processes); load {os.getloadavg()[0]:.1f}")  # fmt: skip
         first = {"drsvc backup + tier": [bench.backup_tier()], "restic backup": [bench.restic_round()]}
         show("into S3, a full read", first, ("total", "backup", "tier", "cpu"))
-        restores: dict[str, list[dict[str, float]]] = {"drsvc cold --as": [], "drsvc hot --as": []}
-        restores["restic restore"] = []
+        restores: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
         for k in range(args.rounds):
-            restores["drsvc cold --as"].append(bench.restore("cold", k))
-            if not args.no_hot:
-                restores["drsvc hot --as"].append(bench.restore("hot", k))
+            for tier in [t for t in ("cold", "hot") if t not in args.skip]:
+                restores[f"drsvc {tier} --as"].append(bench.restore(tier, k))
+                if args.before is not None:
+                    restores[f"  before: {tier} --as"].append(bench.restore(tier, k, args.before))
             restores["restic restore"].append(bench.restic_restore(src.parent / f"{src.name}-r"))
         show("restore (drsvc: into a new RADOS namespace + container; restic: into tmpfs)", restores,
              ("total", "rto", "cpu", "plan", "fetch", "volume", "container", "health"))  # fmt: skip
