@@ -42,29 +42,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-try:
-    import rados
-except ImportError:
-    sys.path.append(os.environ.get("DRSVC_LAB_PYSHIM", "/var/lib/drsvc-lab/pyshim"))
-    import rados
+from _lab import ROOT, MiB, config_text, env, run
 
-from drsvc.crypto import generate_key_file  # noqa: E402
-from drsvc.storage import open_store  # noqa: E402
+from drsvc.crypto import generate_key_file
+from drsvc.storage import open_store
 
-MiB = 1 << 20
 PREFIX = "fleet"
 POOL = "desktops"
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 PHASES = ("record", "freeze", "listing", "store", "scan", "volume", "image", "commit")
-
-
-def run(*cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(list(cmd), capture_output=True, text=True, **kw)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:6])}: exit {p.returncode}: {p.stdout[-1500:]} {p.stderr[-1500:]}")
-    return p
 
 
 class Build:
@@ -82,10 +68,9 @@ class Build:
         self.hot_url = f"rados://drsvc-hot/{PREFIX}-{label}-{tag}"
         self.config = self.dir / "drsvc.toml"
         self.config.write_text(
-            f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
-            f'[hot]\nstore = "{self.hot_url}"\nceph_conf = "{os.environ["CEPH_CONF"]}"\n'
-            f'[runtime]\nurl = "podman://{os.environ["DRSVC_PODMAN_SOCKET"]}"\n'
-            f"[scheduler]\nworkers = {args.workers}\n" + ("pipeline = true\n" if pipeline else "")
+            config_text(hot=self.hot_url, runtime=True)
+            + f"[scheduler]\nworkers = {args.workers}\n"
+            + ("pipeline = true\n" if pipeline else "")
         )
         (self.dir / "policies" / "fleet.yaml").write_text(
             json.dumps(
@@ -151,13 +136,19 @@ class Build:
             print(f"cleanup {self.label}: hot prefix: {e}", file=sys.stderr)
 
 
+def _rados() -> Any:
+    import rados  # the lab's librados binding: on sys.path once _lab is imported
+
+    return rados
+
+
 def listing_reference(io: Any, namespace: str) -> dict[str, float]:
     """Raw librados: one namespace listed (a per-desktop listing), then every namespace at once."""
     io.set_namespace(namespace)
     t = time.perf_counter()
     one = sum(1 for _ in io.list_objects())
     per_namespace = time.perf_counter() - t
-    io.set_namespace(rados.LIBRADOS_ALL_NSPACES)
+    io.set_namespace(_rados().LIBRADOS_ALL_NSPACES)
     t = time.perf_counter()
     everything = sum(1 for _ in io.list_objects())
     all_namespaces = time.perf_counter() - t
@@ -218,7 +209,7 @@ def main() -> None:
     ids = [f"{args.prefix}-{i:03d}" for i in range(1, args.desktops + 1)]
     work = Path(tempfile.mkdtemp(prefix="drsvc-bench-fleet-"))
     shm = Path(tempfile.mkdtemp(prefix="drsvc-bench-fleet-", dir="/dev/shm"))
-    cluster = rados.Rados(conffile=os.environ["CEPH_CONF"])
+    cluster = _rados().Rados(conffile=env("CEPH_CONF"))
     cluster.connect(timeout=15)
     io = cluster.open_ioctx(POOL)
     builds: list[Build] = []
@@ -248,8 +239,7 @@ def main() -> None:
             src, repo = shm / "src", shm / "repo"
             src.mkdir()
             exported = export(io, ids, src)
-            env = {**os.environ, "RESTIC_PASSWORD": "bench"}
-            run("restic", "-r", str(repo), "init", env=env)
+            run("restic", "-r", str(repo), "init", env={**os.environ, "RESTIC_PASSWORD": "bench"})
             restic.append(("first", restic_backup(repo, src, shm / "cache")))
             restic.append(("unchanged", restic_backup(repo, src, shm / "cache")))
             print(f"restic: {exported / MiB:.0f} MiB of the same objects as files in tmpfs, one process, repo in tmpfs")
@@ -265,7 +255,7 @@ def main() -> None:
         if not args.keep_fleet:
             subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
             desks = [a for d in ids for a in ("--desktop", d)]
-            cmd = ["/usr/bin/python3", str(ROOT / "dev" / "fleet.py"), "purge", "--conf", os.environ["CEPH_CONF"]]
+            cmd = ["/usr/bin/python3", str(ROOT / "dev" / "fleet.py"), "purge", "--conf", env("CEPH_CONF")]
             subprocess.run([*cmd, "--pool", POOL, *desks], capture_output=True)
         io.close()
         cluster.shutdown()
