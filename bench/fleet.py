@@ -162,7 +162,10 @@ def export(io: Any, ids: list[str], dest: Path) -> int:
     for d in ids:
         io.set_namespace(d)
         for o in io.list_objects():
-            size, _ = io.stat(o.key)
+            try:  # a listing also names objects deleted since a pool snapshot (anyone's) that holds them
+                size, _ = io.stat(o.key)
+            except _rados().ObjectNotFound:
+                continue
             data = io.read(o.key, size) if size else b""
             path = dest / d / o.key.replace("/", "%2F")
             path.parent.mkdir(parents=True, exist_ok=True)
