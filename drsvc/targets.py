@@ -114,6 +114,7 @@ class Target:
     existing: DesktopRef | None  # the container now at ``container``: replaced (after an identity check)
     foreign: Known | None = None  # another desktop's target, written because the operator allowed it
     allowed_by: str | None = None  # who allowed writing into ``foreign`` (recorded with the restore)
+    empty: bool = False  # the check listed the clone's namespace and found it empty (no second listing needed)
 
     def labels(self) -> dict[str, str] | None:
         """Labels the restored container gets on top of the checkpoint's (None: keep them)."""
@@ -262,20 +263,18 @@ class _Rules:
                     )
                 volume = foreign.volume
         existing = self.existing(container)
+        empty = False
         if existing is not None:
             self.check_existing(where, existing, foreign, clone_name=container if clone else None)
-        elif (
-            foreign is None
-            and namespace_empty is not None
-            and not self.own_clone_volume(volume)
-            and not namespace_empty(volume)
-        ):
-            raise InvalidInput(
-                f"{self.what} {where}: namespace {volume} already holds objects and belongs to no desktop "
-                "drsvc knows; a clone needs an empty namespace (choose another name, or empty it if it is "
-                "yours); nothing was touched"
-            )
-        return Target(self.source, self.tenant, container, volume, clone, existing, foreign, allowed_by)
+        elif foreign is None and namespace_empty is not None and not self.own_clone_volume(volume):
+            empty = namespace_empty(volume)
+            if not empty:
+                raise InvalidInput(
+                    f"{self.what} {where}: namespace {volume} already holds objects and belongs to no desktop "
+                    "drsvc knows; a clone needs an empty namespace (choose another name, or empty it if it is "
+                    "yours); nothing was touched"
+                )
+        return Target(self.source, self.tenant, container, volume, clone, existing, foreign, allowed_by, empty)
 
     def own_clone_volume(self, volume: str) -> bool:
         return any(k.clone_of == self.source for k in self.fleet.owners_of_volume(volume))

@@ -80,6 +80,17 @@ def test_a_new_clone_name_with_an_empty_namespace_is_allowed() -> None:
     }
 
 
+def test_only_a_clone_namespace_the_check_listed_empty_is_marked_empty() -> None:
+    """A restore writes a namespace marked empty without listing it again (exact=False)."""
+    world = World(A, B)
+    assert world.check("desk-a", "desk-a-copy").empty
+    assert not world.check("desk-a", None).empty  # in place: the desktop's own objects are there
+    assert not world.check("desk-b", None).empty
+    world.objects["rados://desktops/desk-a-copy"] = 3
+    with pytest.raises(InvalidInput, match="already holds objects"):
+        world.check("desk-a", "desk-a-copy")
+
+
 @pytest.mark.parametrize("name", ["desk-b"])
 def test_another_tenants_desktop_is_refused(name: str) -> None:
     with pytest.raises(InvalidInput) as e:
