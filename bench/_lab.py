@@ -61,3 +61,18 @@ def run(*cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:6])}: exit {p.returncode}: {p.stderr[-2000:]}")
     return p
+
+
+def show_medians(title: str, rows: dict[str, list[dict[str, float]]], keys: tuple[str, ...], width: int = 34) -> None:
+    """Print one line per row name: for each key, the median of its rounds and every round's value."""
+    import statistics
+
+    print(f"\n{title}")
+    for what, runs in rows.items():
+        cells = []
+        for key in keys:
+            values = [r[key] for r in runs if key in r]
+            if values:
+                each = "/".join(f"{v:.2f}" for v in values)
+                cells.append(f"{key} {statistics.median(values):.2f} ({each})")
+        print(f"  {what:<{width}} " + "   ".join(cells))

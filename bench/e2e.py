@@ -36,7 +36,6 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _lab import DRSVC, ROOT, MiB
+from _lab import DRSVC, ROOT, MiB, show_medians
 from incremental import Bench
 from tiering import files_of
 
@@ -168,18 +167,6 @@ def where_waited(raw: Path, top: int = 10) -> list[str]:
     return [f"{n / RATE:6.2f} s  {t[:16]:<16} {w[:110]}" for (t, w), n in main + rest]
 
 
-def show(title: str, rows: dict[str, list[dict[str, float]]], keys: tuple[str, ...]) -> None:
-    print(f"\n{title}")
-    for what, runs in rows.items():
-        cells = []
-        for key in keys:
-            values = [r[key] for r in runs if key in r]
-            if values:
-                each = "/".join(f"{v:.2f}" for v in values)
-                cells.append(f"{key} {statistics.median(values):.2f} ({each})")
-        print(f"  {what:<24} " + "   ".join(cells))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mib", type=float, default=1024, help="size of the desktop data set")
@@ -208,7 +195,7 @@ def main() -> None:
         print(f"desktop {bench.desktop}: {written / MiB:.0f} MiB in {len(files_of(src))} objects; "
               f"seconds (cpu: user + system of the drsvc processes); load {os.getloadavg()[0]:.1f}")  # fmt: skip
         first = {"drsvc backup + tier": [bench.backup_tier()], "restic backup": [bench.restic_round()]}
-        show("into S3, a full read", first, ("total", "backup", "tier", "cpu"))
+        show_medians("into S3, a full read", first, ("total", "backup", "tier", "cpu"), width=24)
         restores: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
         for k in range(args.rounds):
             for tier in [t for t in ("cold", "hot") if t not in args.skip]:
@@ -216,8 +203,8 @@ def main() -> None:
                 if args.before is not None:
                     restores[f"  before: {tier} --as"].append(bench.restore(tier, k, args.before))
             restores["restic restore"].append(bench.restic_restore(src.parent / f"{src.name}-r"))
-        show("restore (drsvc: into a new RADOS namespace + container; restic: into tmpfs)", restores,
-             ("total", "rto", "cpu", "plan", "fetch", "volume", "container", "health"))  # fmt: skip
+        show_medians("restore (drsvc: into a new RADOS namespace + container; restic: into tmpfs)", restores,
+             ("total", "rto", "cpu", "plan", "fetch", "volume", "container", "health"), width=24)  # fmt: skip
         print(f"  load {os.getloadavg()[0]:.1f}")
         if args.profile is not None:
             for raw in sorted(args.profile.glob("*.txt")):

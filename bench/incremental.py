@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from _lab import DRSVC, ENDPOINT, ROOT, MiB, config_text, env, run
+from _lab import DRSVC, ENDPOINT, ROOT, MiB, config_text, env, run, show_medians
 from chunkstore import media
 from tiering import bucket_bytes, files_of, make_desktop
 
@@ -219,18 +219,6 @@ class Bench:
         self.cluster.shutdown()
 
 
-def show(title: str, rows: dict[str, list[dict[str, float]]], keys: tuple[str, ...]) -> None:
-    print(f"\n{title}")
-    for what, runs in rows.items():
-        cells = []
-        for key in keys:
-            values = [r[key] for r in runs if key in r]
-            if values:
-                each = "/".join(f"{v:.2f}" for v in values)
-                cells.append(f"{key} {statistics.median(values):.2f} ({each})")
-        print(f"  {what:<34} " + "   ".join(cells))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mib", type=float, default=1024, help="size of the desktop data set")
@@ -248,7 +236,7 @@ def main() -> None:
         print(f"desktop {bench.desktop}: {written / MiB:.0f} MiB in {len(files_of(src))} objects; seconds, MiB")
         keys = ("total", "backup", "tier", "read_mib", "stored_mib")
         first = {"drsvc backup + tier (full)": [bench.drsvc_round()], "restic backup": [bench.restic_round()]}
-        show("first backup into S3", first, keys)
+        show_medians("first backup into S3", first, keys)
         same: dict[str, list[dict[str, float]]] = {"drsvc incremental": [], "drsvc full read": [], "restic": []}
         for _ in range(args.rounds):
             same["drsvc incremental"].append(bench.drsvc_round())
@@ -256,14 +244,15 @@ def main() -> None:
             same["drsvc full read"].append(bench.drsvc_round())
             bench.policy(full_every=24)
             same["restic"].append(bench.restic_round())
-        show("nothing changed", same, keys)
+        show_medians("nothing changed", same, keys)
         changed: dict[str, list[dict[str, float]]] = {"drsvc incremental": [], "restic": []}
         sizes = []
         for r in range(args.rounds):
             sizes.append(bench.change(args.change, args.seed * 100 + r) / MiB)
             changed["drsvc incremental"].append(bench.drsvc_round())
             changed["restic"].append(bench.restic_round())
-        show(f"after a {args.change:.0%} scattered change ({'/'.join(f'{s:.1f}' for s in sizes)} MiB)", changed, keys)
+        title = f"after a {args.change:.0%} scattered change ({'/'.join(f'{s:.1f}' for s in sizes)} MiB)"
+        show_medians(title, changed, keys)
         assert all(r["incremental"] for r in same["drsvc incremental"] + changed["drsvc incremental"])
         growth = [d["stored_mib"] / s for d, s in zip(changed["drsvc incremental"], sizes, strict=True)]
         rgrowth = [d["stored_mib"] / s for d, s in zip(changed["restic"], sizes, strict=True)]

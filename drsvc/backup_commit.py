@@ -109,8 +109,9 @@ class Committer:
         self.phases = phases
         self.on_event = on_event
         self.retries = services.config.scheduler.retries
-        # Held by the run while a batch's checkpoints run (batches are pipelined): a store thread
-        # calls the runtime (``save_image``) only outside every freeze.
+        # Held by the run while a batch's checkpoints run: a store thread
+        # calls the runtime (``save_image``) only outside every freeze. Uncontended unless
+        # ``[scheduler] pipeline`` overlaps batches.
         self.runtime_gate = threading.Lock()
 
     @property
