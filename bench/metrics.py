@@ -7,7 +7,11 @@ catalog read, the health judgement, the exposition) and, as the reference in the
 prometheus_client rendering the same number of series from plain in-memory gauges (the cost of the
 text format alone). The HTTP server of ``--metrics-listen`` adds only the socket to this.
 
-    .venv/bin/python bench/metrics.py [--desktops 10000] [--points 30] [--rounds 3]
+``--status`` also times ``drsvc --json status`` on the same catalog (a fresh process each round):
+with the tier lag the last tier run recorded, and with no record (status then plans tiering, which
+is what every status did before it read the record).
+
+    .venv/bin/python bench/metrics.py [--desktops 10000] [--points 30] [--rounds 3] [--status]
 
 No lab needed.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -103,11 +108,39 @@ def reference(series: int) -> CollectorRegistry:
     return reg
 
 
+def time_status(root: Path, rounds: int, recorded: bool, lag: dict[tuple[str, str], int]) -> list[float]:
+    """``drsvc --json status`` in a fresh process, ``rounds`` times (exit 5: objectives missed is fine)."""
+    config = root / "drsvc.toml"
+    if not config.exists():
+        (root / "key").write_text("00" * 32)
+        config.write_text(
+            f'policies_dir = "{root / "policies"}"\n[catalog]\npath = "{root / "catalog.db"}"\n'
+            f'[keys]\nfile = "{root / "key"}"\n'
+        )
+    catalog = Catalog.open(root / "catalog.db")
+    if recorded:
+        record_tier_lag(catalog, lag)
+    else:
+        catalog.execute("DELETE FROM tier_lag")
+    catalog.close()
+    took = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        p = subprocess.run(
+            [sys.executable, "-m", "drsvc", "--config", str(config), "--json", "status"], capture_output=True
+        )
+        took.append(time.perf_counter() - t)
+        if p.returncode not in (0, 5):
+            raise RuntimeError(f"drsvc status: exit {p.returncode}: {p.stderr.decode()[-2000:]}")
+    return took
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--desktops", type=int, default=10_000)
     ap.add_argument("--points", type=int, default=30, help="points per desktop")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--status", action="store_true", help="also time `drsvc --json status` (fresh processes)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="drsvc-bench-metrics-"))
     try:
@@ -151,6 +184,15 @@ def main() -> None:
             f"tiering plan alone (the tier lag): {plan:.3f}s; exposition: {series:,} series, {len(text) / 1e6:.1f} MB"
         )
         catalog.close()
+        if args.status:
+            status = {
+                "drsvc --json status (tier lag the last tier run recorded)": time_status(root, args.rounds, True, lag),
+                "drsvc --json status, no tier run recorded yet (plans tiering)": time_status(
+                    root, args.rounds, False, lag
+                ),
+            }
+            for name, runs in status.items():
+                print(f"{name:70} {min(runs):7.3f}s {sorted(runs)[len(runs) // 2]:7.3f}s")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -101,6 +101,11 @@ class FleetHealth:
     interrupted_restores: list[dict[str, Any]] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # where the tier lag came from: "given" (the daemon's own last tier run), "recorded" (what the
+    # last tier run recorded, at tier_lag_recorded_at), "planned" (no tier run has recorded one yet:
+    # tiering planned now) or "none" (no policy tiers)
+    tier_lag_source: str = "none"
+    tier_lag_recorded_at: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -116,6 +121,10 @@ class FleetHealth:
             "desktops": [d.document() for d in self.desktops],
             "unprotected": self.unprotected,
             "interrupted_restores": self.interrupted_restores,
+            "tier_lag": {
+                "source": self.tier_lag_source,
+                "recorded_at": clock.to_iso(self.tier_lag_recorded_at) if self.tier_lag_recorded_at else None,
+            },
         }
 
 
@@ -221,13 +230,20 @@ def record_tier_lag(catalog: Catalog, lag: Mapping[tuple[str, str], int]) -> Non
 def recorded_tier_lag(catalog: Catalog) -> dict[tuple[str, str], int] | None:
     """The tier lag the last tier run recorded, per (desktop, policy); None when no run has (or the
     catalog predates the record): then only planning tiering says it."""
+    record = tier_lag_record(catalog)
+    return None if record is None else record[0]
+
+
+def tier_lag_record(catalog: Catalog) -> tuple[dict[tuple[str, str], int], datetime] | None:
+    """``recorded_tier_lag`` and when the tier run recorded it; None when no tier run has."""
     try:
-        rows = catalog.query("SELECT lag FROM tier_lag WHERE id = 1")
+        rows = catalog.query("SELECT recorded_at, lag FROM tier_lag WHERE id = 1")
     except sqlite3.OperationalError:  # a catalog opened without migrating, older than the table
         return None
     if not rows:
         return None
-    return {(str(d), str(p)): int(n) for d, p, n in json.loads(rows[0]["lag"])}
+    lag = {(str(d), str(p)): int(n) for d, p, n in json.loads(rows[0]["lag"])}
+    return lag, clock.from_iso(rows[0]["recorded_at"])
 
 
 def read_health(
@@ -239,8 +255,10 @@ def read_health(
 ) -> FleetHealth:
     """The fleet's health at ``now`` from the catalog and the policies.
 
-    Tier lag needs tiering's plan (retention over every point: seconds at fleet scale); a caller
-    that has a fresh one (the daemon, from its last tier run) passes it as ``tier_lag_known``.
+    Tier lag: ``tier_lag_known`` when the caller has a fresh one (the daemon, from its last tier
+    run), else what the last tier run recorded in the catalog (every tier run that is not a dry run
+    records it), and only when no tier run ever did, tiering's plan (retention over every point:
+    seconds at fleet scale). ``FleetHealth.tier_lag_source`` says which.
     """
     now = now or clock.now()
     reader = _Reader(catalog)
@@ -250,10 +268,7 @@ def read_health(
     schedule = reader.schedule()
     drill_of_policy, drill_of_desktop = reader.last_drills()
     verifies = reader.last_verify()
-    if tier_lag_known is not None:
-        lag = dict(tier_lag_known)
-    else:
-        lag = tier_lag(catalog, policies, now) if any(p.tiering for p in policies) else {}
+    lag = _tier_lag(health, catalog, policies, now, tier_lag_known)
 
     by_policy = {p.name: _policy_health(p, schedule, drill_of_policy, verifies, now) for p in policies}
     for desktop in catalog.desktops():
@@ -274,6 +289,27 @@ def read_health(
     health.interrupted_restores = reader.interrupted_restores(now)
     _judge(health)
     return health
+
+
+def _tier_lag(
+    health: FleetHealth,
+    catalog: Catalog,
+    policies: PolicySet,
+    now: datetime,
+    known: Mapping[tuple[str, str], int] | None,
+) -> dict[tuple[str, str], int]:
+    """The tier lag ``read_health`` uses, noting in ``health`` where it came from."""
+    if known is not None:
+        health.tier_lag_source = "given"
+        return dict(known)
+    if not any(p.tiering for p in policies):
+        return {}
+    record = tier_lag_record(catalog)
+    if record is not None:
+        health.tier_lag_source, health.tier_lag_recorded_at = "recorded", record[1]
+        return record[0]
+    health.tier_lag_source = "planned"
+    return tier_lag(catalog, policies, now)
 
 
 def _policy_health(

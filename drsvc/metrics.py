@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from drsvc import __version__, clock
 from drsvc.catalog import Catalog
 from drsvc.catalog_guard import fingerprint
-from drsvc.health import FleetHealth, read_health, recorded_tier_lag
+from drsvc.health import FleetHealth, read_health
 from drsvc.liveness import DaemonHealth
 from drsvc.policy import PolicySet
 
@@ -94,12 +94,9 @@ class CatalogCollector(Collector):
         catalog = self.open_catalog()
         try:
             policies = self.policies()
-            # the daemon's own last tier run, else what the last one recorded (a cron `run --once`,
-            # `drsvc tier`); only a catalog no tier run ever recorded in plans tiering here
-            known = self.tier_lag()
-            if known is None:
-                known = recorded_tier_lag(catalog)
-            health = read_health(catalog, policies, tier_lag_known=known)
+            # the daemon's own last tier run, else (read_health) what the last one recorded (a cron
+            # `run --once`, `drsvc tier`); only a catalog no tier run ever recorded in plans tiering
+            health = read_health(catalog, policies, tier_lag_known=self.tier_lag())
             yield from self._health(health, policies)
             passes = self._points_passes(catalog)
             yield from self._outcomes(catalog, passes.by_status)

@@ -33,6 +33,15 @@ def _table(*columns: str) -> Table:
     return table
 
 
+def _tier_lag_note(health: FleetHealth) -> str | None:
+    """Where TIER LAG comes from: the last tier run's record (and its age), or a plan made now."""
+    if health.tier_lag_source == "recorded":
+        return f"tier lag as the last tier run recorded it, {_when(health, health.tier_lag_recorded_at)}"
+    if health.tier_lag_source == "planned":
+        return "tier lag planned now: no tier run has recorded one yet"
+    return None
+
+
 def render(health: FleetHealth, out: Console, *, all_desktops: bool) -> None:
     policies = _table("POLICY", "DESKTOPS", "RPO", "RPO MISSED", "NEXT RUN", "TIER LAG", "LAST DRILL", "VERIFY")
     for p in health.policies:
@@ -52,6 +61,9 @@ def render(health: FleetHealth, out: Console, *, all_desktops: bool) -> None:
             verify,
         )
     out.print(policies)
+    lag = _tier_lag_note(health)
+    if lag:
+        out.print(lag)
     shown = [d for d in health.desktops if all_desktops or d.rpo_missed or d.consecutive_failures or d.tier_lag]
     if shown:
         desktops = _table("DESKTOP", "POLICY", "LAST POINT", "AGE / RPO", "FAILURES", "TIER LAG", "LAST ERROR")
@@ -82,9 +94,11 @@ def render(health: FleetHealth, out: Console, *, all_desktops: bool) -> None:
 def command(app: App, all_desktops: bool) -> int:
     """Show objectives per policy and desktop: last point vs RPO, failures, next run, tier lag, drills.
 
-    Reads the catalog only. Exit 0 when every objective is met, 5 when an RPO or RTO objective is
-    missed (so it works as a Nagios/Icinga check); other problems (failed backups still inside the
-    RPO, tier lag, a failed verification, an interrupted restore) are listed either way.
+    Reads the catalog only; the tier lag is what the last tier run recorded (its age is shown),
+    planned from the catalog only when no tier run has recorded one yet. Exit 0 when every
+    objective is met, 5 when an RPO or RTO objective is missed (so it works as a Nagios/Icinga
+    check); other problems (failed backups still inside the RPO, tier lag, a failed verification,
+    an interrupted restore) are listed either way.
     """
     health = read_health(app.catalog, app.services.policies)
     app.emit(health.document(), lambda out: render(health, out, all_desktops=all_desktops))

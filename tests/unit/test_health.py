@@ -93,3 +93,40 @@ def test_status_exits_5_on_a_missed_rpo_and_0_when_met(fleet, run_cli):
     doc = run_cli("--config", str(config), "--json", "status").json()
     assert doc["ok"] is False
     assert {d["desktop"]: d["rpo_missed"] for d in doc["desktops"]} == {"d1": False, "d2": True}
+
+
+def test_status_takes_the_tier_lag_the_last_tier_run_recorded_and_says_when(fleet, run_cli, monkeypatch):
+    import drsvc.health
+    from drsvc.health import record_tier_lag
+    from drsvc.policy import load_policies
+
+    gold = fleet.root / "policies" / "gold.yaml"
+    gold.write_text(gold.read_text() + "tiering: {after: 1h, storage_class: STANDARD}\n")
+    fleet.policies = load_policies([fleet.root / "policies"])
+    config = fleet.config()
+    fleet.desktop("d1")
+    fleet.point("d1", timedelta(minutes=20))
+    planned: list[int] = []
+
+    def plan(catalog, policies, now):  # type: ignore[no-untyped-def]
+        planned.append(1)  # tiering's plan: retention over every point, seconds at fleet scale
+        return {("d1", "gold"): 4}
+
+    monkeypatch.setattr(drsvc.health, "tier_lag", plan)
+    first = run_cli("--config", str(config), "--json", "status").json()
+    assert planned == [1], "no tier run recorded a lag yet: status plans tiering"
+    assert first["tier_lag"] == {"source": "planned", "recorded_at": None}
+    assert first["policies"][0]["tier_lag"] == 4
+    assert "no tier run has recorded one yet" in run_cli("--config", str(config), "status").stdout
+    planned.clear()
+
+    record_tier_lag(fleet.catalog, {("d1", "gold"): 2})
+    doc = run_cli("--config", str(config), "--json", "status").json()
+    text = run_cli("--config", str(config), "status", "--all").stdout
+    assert planned == [], "a recorded tier lag is read, tiering is not planned again"
+    assert doc["policies"][0]["tier_lag"] == 2 and doc["desktops"][0]["tier_lag"] == 2
+    assert doc["tier_lag"]["source"] == "recorded"
+    recorded = clock.from_iso(doc["tier_lag"]["recorded_at"])
+    assert abs((recorded - clock.now()).total_seconds()) < 600
+    assert "tier lag as the last tier run recorded it, " in text and " ago" in text.split("recorded it, ")[1]
+    assert "gold: 2 point(s) due for the cold tier are not there" in text
