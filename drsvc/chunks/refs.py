@@ -33,8 +33,10 @@ class WriteStats:
 
 
 LIST_HASH = "chunks:"
-"""Prefix of a composed stream's hash (``chunk_list_hash``): reused chunks were never read, so the
-whole plaintext was never seen; every chunk is still verified by its id when read."""
+"""Prefix of a stream hash over the chunk list (``chunk_list_hash``): volume streams
+(``write_objects``, and composed ones, whose reused chunks were never read) hash each byte once,
+into its chunk's keyed id; every chunk is verified by its id when read, so the list's hash covers
+the whole plaintext. Older volume streams hash the whole plaintext; readers take both."""
 
 
 def chunk_list_hash(hasher: Any, chunks: Iterable[tuple[str, int]]) -> str:
@@ -48,8 +50,8 @@ def chunk_list_hash(hasher: Any, chunks: Iterable[tuple[str, int]]) -> str:
 class StreamRef:
     """A stored stream: its chunks in order, total size, a hash, and the data key its chunks are
     keyed and sealed with (``key_id``; None: the fleet key). The hash is keyed BLAKE3 of the whole
-    plaintext, or for a stream composed of earlier chunks (``ChunkStore.write_parts``) of its chunk
-    list (``chunk_list_hash``)."""
+    plaintext (``write_stream``), or of its chunk list (``chunk_list_hash``: a volume stream,
+    ``write_objects`` / ``write_parts``)."""
 
     chunks: list[tuple[str, int]]
     size: int

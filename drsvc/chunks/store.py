@@ -166,9 +166,12 @@ class ChunkStore:
         two such are chunked together (no tiny chunks). So a large object's chunks do not depend on
         its neighbours: desktops cloned from one image dedup the image's objects whatever their own
         objects beside them, as a file-aware backup tool dedups files. ``size`` only places cuts.
+        The stream's hash is its chunk list's (``chunk_list_hash``), as for ``write_parts``: every
+        byte is hashed once, into its chunk's id, which every read checks.
         """
         self._before_write()
-        return self.writer.write(ObjectSegments(objects, self.params.avg_size), self.codec, self.cutter)
+        segments = ObjectSegments(objects, self.params.avg_size)
+        return self.writer.write(segments, self.codec, self.cutter, list_hash=True)
 
     def write_parts(self, parts: Iterable[Part]) -> StreamRef:
         """A volume stream made of chunk runs reused from an earlier stream (``Reuse``) and new objects.

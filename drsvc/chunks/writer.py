@@ -86,12 +86,17 @@ class ChunkWriter:
         """Chunks went away in bulk (packs deleted): list again on next use."""
         self._known = None
 
-    def write(self, segments: Iterable[Source], codec: Codec, cutter: Cutter) -> StreamRef:
+    def write(self, segments: Iterable[Source], codec: Codec, cutter: Cutter, *, list_hash: bool = False) -> StreamRef:
         """Store the chunks of ``segments`` cut by ``cutter``, sealed by ``codec``; the ``StreamRef``
-        once every new chunk is durably written."""
-        one = _StreamWrite(self, self.known(), codec, cutter)
+        once every new chunk is durably written.
+
+        ``list_hash``: the stream's hash is its chunk list's (``chunk_list_hash``) instead of the
+        whole plaintext's, which saves hashing every byte a second time beside its chunk id.
+        """
+        one = _StreamWrite(self, self.known(), codec, cutter, hash_data=not list_hash)
         self._store(one, one.items(segments))
-        return StreamRef(one.entries, one.stats.bytes_in, one.hasher.hexdigest(), one.stats, codec.keys.key_id)
+        digest = chunk_list_hash(codec.keys.hasher(), one.entries) if list_hash else one.hasher.hexdigest()
+        return StreamRef(one.entries, one.stats.bytes_in, digest, one.stats, codec.keys.key_id)
 
     def write_parts(self, parts: Iterable[Part], codec: Codec, cutter: Cutter, align: int) -> StreamRef:
         """A stream made of reused chunk runs and new objects, in order (see ``Reuse``).
@@ -131,8 +136,11 @@ class ChunkWriter:
 class _StreamWrite:
     """The state of one stream being written: its chunk list, hash, stats, and the uploads it owns."""
 
-    def __init__(self, writer: ChunkWriter, known: set[bytes], codec: Codec, cutter: Cutter) -> None:
+    def __init__(
+        self, writer: ChunkWriter, known: set[bytes], codec: Codec, cutter: Cutter, *, hash_data: bool = True
+    ) -> None:
         self.writer = writer
+        self.hash_data = hash_data  # False: the stream's hash is its chunk list's, taken at the end
         self.known = known
         self.codec = codec
         self.cutter = cutter
@@ -144,7 +152,8 @@ class _StreamWrite:
 
     def _pieces(self, segments: Iterable[Source]) -> Iterator[memoryview]:
         for piece in self.cutter.cut(segments):
-            self.hasher.update(piece)
+            if self.hash_data:
+                self.hasher.update(piece)
             self.stats.bytes_in += len(piece)
             yield piece
 

@@ -15,6 +15,7 @@ import blake3
 import pytest
 
 from drsvc.chunks import ChunkerParams, ChunkStore, StreamRef, chunk_key, referenced_chunks
+from drsvc.chunks.refs import chunk_list_hash
 from drsvc.crypto import Keys
 from drsvc.errors import IntegrityError, InvalidInput, NotFound
 from drsvc.storage import open_store
@@ -166,7 +167,7 @@ def test_large_objects_start_and_end_chunks_small_ones_are_chunked_together(cs: 
     ref = cs.write_objects(as_objects(blobs))
     data = b"".join(blobs)
     assert cs.read_bytes(ref) == data
-    assert (ref.size, ref.hash) == (len(data), cs.write_stream(data).hash)
+    assert (ref.size, ref.hash) == (len(data), chunk_list_hash(cs.keys.hasher(), ref.chunks))
     starts = set(itertools.accumulate((n for _, n in ref.chunks), initial=0))
     offsets = list(itertools.accumulate(map(len, blobs), initial=0))
     large = [i for i, b in enumerate(blobs) if len(b) >= cs.params.avg_size]
@@ -200,6 +201,28 @@ def test_tampered_chunk_detected_and_never_returned(cs: ChunkStore, store: Count
     assert b"".join(got) == data[: sum(n for _, n in ref.chunks[:2])]
     report = cs.verify_chunks([c for c, _ in ref.chunks], read_data=True)
     assert report.corrupt == [victim] and not report.missing and not report.ok
+
+
+def test_volume_stream_hashes_its_chunk_list_and_still_catches_tampering(cs: ChunkStore, store: CountingStore) -> None:
+    blobs = [pseudo(MiB, 21), logs(400_000, 22), pseudo(700_000, 23)]
+    data = b"".join(blobs)
+    ref = cs.write_objects(as_objects(blobs))
+    assert ref.hash.startswith("chunks:") and cs.read_bytes(ref) == data
+    # a volume stream written before volumes hashed their chunk list (the whole plaintext's hash) still reads
+    old = StreamRef(ref.chunks, ref.size, blake3.blake3(data, key=cs.keys.id_key).hexdigest())
+    assert cs.read_bytes(old) == data
+    # chunks swapped in the list (each one sound): the list's hash no longer matches
+    swapped = StreamRef([ref.chunks[1], ref.chunks[0], *ref.chunks[2:]], ref.size, ref.hash)
+    with pytest.raises(IntegrityError, match="stream hash"):
+        cs.read_bytes(swapped)
+    # a byte flipped in a stored chunk: caught by its id before the bytes are returned
+    victim = ref.chunks[1][0]
+    path = store.root / chunk_key(victim)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match=victim):
+        cs.read_bytes(ref)
 
 
 def test_missing_chunk(cs: ChunkStore, store: CountingStore) -> None:
