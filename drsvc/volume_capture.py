@@ -11,8 +11,10 @@ how it was captured (``capture``: mode, parent, objects and bytes read and reuse
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -21,6 +23,8 @@ from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, Reuse, StreamRef
 from drsvc.errors import DrsvcError
 from drsvc.volumes.base import ObjectHasher, VersionedVolume, Volume, VolumeObject
+
+MiB = 1 << 20
 
 
 def object_entry(obj: VolumeObject, digest: str) -> dict[str, Any]:
@@ -43,28 +47,72 @@ def versioned(volume: Volume) -> bool:
 
 
 class _Entries:
-    """The manifest's object list: entries of objects read (as they are read) and kept from the parent."""
+    """The manifest's object list: entries of objects read (as they are read) and kept from the parent.
 
-    def __init__(self, progress: Callable[[int], None]) -> None:
-        self.by_name: dict[str, dict[str, Any]] = {}
+    An object's digest is taken on a thread of its own (``hashlib`` releases the GIL on large
+    buffers), so the capture thread, which reads and cuts, does not hash every byte a second
+    time itself: pieces go over in batches of ``batch`` bytes, at most ``window`` bytes waiting
+    (memory stays bounded), and ``listed`` waits for the last. Use as a context manager.
+    """
+
+    def __init__(self, progress: Callable[[int], None], *, batch: int = 4 * MiB, window: int = 32 * MiB) -> None:
+        self.by_name: dict[str, dict[str, Any] | Future[dict[str, Any]]] = {}
         self.progress = progress
+        self.batch = batch
+        self.window = window
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="drsvc-digest")
+        self._pending: collections.deque[tuple[Future[Any], int]] = collections.deque()
+        self._pending_bytes = 0
+
+    def __enter__(self) -> _Entries:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def hashed(self, obj: VolumeObject, pieces: Iterable[bytes]) -> Iterator[bytes]:
-        """Pass ``pieces`` through, then list the object with its digest."""
+        """Pass ``pieces`` through, then list the object with its digest (taken on the digest thread)."""
         hasher = ObjectHasher()
+        batch: list[bytes] = []
+        size = 0
         for piece in pieces:
-            hasher.update(piece)
+            batch.append(piece)
+            size += len(piece)
+            if size >= self.batch:
+                self._submit(size, _feed, hasher, batch)
+                batch, size = [], 0
             self.progress(len(piece))
             yield piece
-        self.by_name[obj.name] = object_entry(obj, hasher.finish(obj.xattrs, obj.omap))
+        self.by_name[obj.name] = self._submit(size, _finish, hasher, batch, obj)
+
+    def _submit(self, size: int, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Queue work for the digest thread (in order), first waiting while ``window`` bytes wait."""
+        while self._pending and self._pending_bytes + size > self.window:
+            done, n = self._pending.popleft()
+            done.result()
+            self._pending_bytes -= n
+        future = self._pool.submit(fn, *args)
+        self._pending.append((future, size))
+        self._pending_bytes += size
+        return future
 
     def objects(self, stream: Iterable[tuple[VolumeObject, Iterable[bytes]]]) -> Iterator[tuple[int, Iterator[bytes]]]:
         for obj, pieces in stream:
             yield obj.size, self.hashed(obj, pieces)
 
     def listed(self, names: Iterable[str]) -> list[dict[str, Any]]:
-        """The entries in this order (every name must have been read or kept)."""
-        return [self.by_name[n] for n in names]
+        """The entries in this order (every name must have been read or kept); waits for the digests."""
+        return [e.result() if isinstance(e, Future) else e for e in (self.by_name[n] for n in names)]
+
+
+def _feed(hasher: ObjectHasher, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        hasher.update(piece)
+
+
+def _finish(hasher: ObjectHasher, pieces: list[bytes], obj: VolumeObject) -> dict[str, Any]:
+    _feed(hasher, pieces)
+    return object_entry(obj, hasher.finish(obj.xattrs, obj.omap))
 
 
 class ParentFinder:
@@ -134,26 +182,26 @@ class VolumeCapture:
         if names is not None and not versioned(volume):
             names = None
         plan, scope = self._plan(volume, desktop, snap, full_every, names)
-        entries = _Entries(self.progress)
-        if plan.full:
-            with self.timed("scan"):
-                if names is None:
-                    objects = volume.objects_at(snap)
-                else:
-                    objects = cast(VersionedVolume, volume).objects_at(snap, names)
-            plan.to_read = objects
-            names = [o.name for o in objects]
-            ref = self.hot.write_objects(entries.objects(volume.read_objects_at(snap, objects)))
-        else:
-            entries.by_name.update((name, dict(entry)) for name, entry in plan.kept.items())
-            names = sorted([*plan.kept, *(o.name for o in plan.to_read)])
-            ref = self.hot.write_parts(self._parts(cast(VersionedVolume, volume), snap, plan, entries))
-        section: dict[str, Any] = {
-            "pool_snapshot": snap,
-            "objects": entries.listed(names),
-            "stream": ref.to_dict(),
-            "capture": plan.summary(),
-        }
+        with _Entries(self.progress) as entries:
+            if plan.full:
+                with self.timed("scan"):
+                    if names is None:
+                        objects = volume.objects_at(snap)
+                    else:
+                        objects = cast(VersionedVolume, volume).objects_at(snap, names)
+                plan.to_read = objects
+                names = [o.name for o in objects]
+                ref = self.hot.write_objects(entries.objects(volume.read_objects_at(snap, objects)))
+            else:
+                entries.by_name.update((name, dict(entry)) for name, entry in plan.kept.items())
+                names = sorted([*plan.kept, *(o.name for o in plan.to_read)])
+                ref = self.hot.write_parts(self._parts(cast(VersionedVolume, volume), snap, plan, entries))
+            section: dict[str, Any] = {
+                "pool_snapshot": snap,
+                "objects": entries.listed(names),
+                "stream": ref.to_dict(),
+                "capture": plan.summary(),
+            }
         if scope is not None:
             section["stamps"] = {"kind": incremental.VERSIONS, "scope": scope}
         return section, ref
