@@ -82,6 +82,8 @@ class Services:
         if cold and self.config.cold:
             chunk_options["pack_size"] = self.config.cold.pack_mib * 1024 * 1024
             chunk_options["level"] = self.config.cold.zstd_level
+        elif not cold and self.config.hot and url == self.config.hot.store:
+            chunk_options["level"] = self.config.hot.zstd_level
         chunk_options["scope"] = self.config.keys.scope
         try:
             return ChunkStore.open(store, self.key_provider, **chunk_options)

@@ -81,3 +81,28 @@ def test_no_config_anywhere_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.delenv("DRSVC_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="drsvc init"):
         load_config()
+
+
+@pytest.mark.parametrize("given", [None, -1, 3])
+def test_hot_zstd_level_reaches_the_hot_codec_and_not_the_cold_one(tmp_path, given):
+    """Hot chunks at ``[hot] zstd_level`` (default 1, cheap: the cold tier compresses frames again),
+    cold frames at ``[cold] zstd_level``: each store compresses at its own level."""
+    import zstandard
+
+    from drsvc.catalog import Catalog
+    from drsvc.chunks.codec import CODEC_ZSTD
+    from drsvc.services import Services
+
+    text = f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n[hot]\nstore = "file://{tmp_path}/hot"\n'
+    if given is not None:
+        text += f"zstd_level = {given}\n"
+    text += f'[cold]\nstore = "file://{tmp_path}/cold"\nzstd_level = 5\n'
+    config = load_config(_write(tmp_path, text))
+    (tmp_path / "drsvc.key").chmod(0o600)
+    services = Services(config, Catalog.open(config.catalog.path))
+    want = 1 if given is None else given
+    assert (services.hot.level, services.cold.level) == (want, 5)
+    data = b"".join(b"line %d of a log that compresses\n" % i for i in range(8000))
+    payload = services.hot.codec.compress(data)
+    assert payload[0] == CODEC_ZSTD and payload[1:] == zstandard.ZstdCompressor(level=want).compress(data)
+    assert services.cold.codec.zstd()[0].compress(data) == zstandard.ZstdCompressor(level=5).compress(data)
