@@ -17,9 +17,12 @@ CPU means it waited on round trips), and for restores the phases the restore rep
 (``fetch`` of the checkpoint runs while ``volume`` is written). ``--profile DIR`` runs each drsvc
 command under ``py-spy record --idle`` (install it into the venv: ``pip install py-spy``) and
 prints where its threads spent their wall time, by the innermost drsvc function: the waits.
-``--before TREE`` also restores each round with the drsvc package of another source tree (e.g.
-``git archive REV drsvc | tar -x -C TREE``), the same point, turns alternating: before/after in
-one run. ``--skip cold|hot`` leaves those restores out.
+``--before TREE`` also backs up + tiers and restores with the drsvc package of another source
+tree (e.g. ``git archive REV drsvc | tar -x -C TREE``), turns alternating: before/after in one
+run. ``--backups N`` takes N more ``backup`` + ``tier`` rounds (each tool, turns alternating), each
+into a fresh installation (its own key, hot prefix and bucket: a full read that stores
+everything, as the first round), removed after the round; every round reports the bytes it stored
+in the hot store (RADOS) and the cold one (S3). ``--skip cold|hot`` leaves those restores out.
 
     eval "$(dev/lab env)"; flock /tmp/drsvc-lab.lock .venv/bin/python bench/e2e.py [--mib 512 --rounds 2]
 
@@ -43,9 +46,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _lab import DRSVC, ROOT, MiB, show_medians
+from _lab import DRSVC, ROOT, MiB, config_text, env, show_medians
 from incremental import Bench
-from tiering import files_of
+from tiering import bucket_bytes, files_of
+
+from drsvc.catalog import Catalog
+from drsvc.crypto import generate_key_file
 
 PYSPY = ROOT / ".venv" / "bin" / "py-spy"
 RATE = 50  # py-spy samples per second
@@ -63,11 +69,14 @@ class E2E(Bench):
         self.before = before
         self.clones: list[str] = []
 
-    def timed(self, step: str, *args: str, tree: Path | None = None) -> tuple[dict[str, Any], float, float]:
+    def timed(
+        self, step: str, *args: str, tree: Path | None = None, config: Path | None = None
+    ) -> tuple[dict[str, Any], float, float]:
         """Run ``drsvc --json args``: its document, wall seconds, CPU seconds (or under py-spy).
 
-        ``tree``: run the drsvc package of that source tree instead (``--before``)."""
-        cmd = [DRSVC, "--config", str(self.config), "--json", *args]
+        ``tree``: run the drsvc package of that source tree instead (``--before``); ``config``:
+        another installation's (default: this bench's)."""
+        cmd = [DRSVC, "--config", str(config or self.config), "--json", *args]
         env = None
         if tree is not None:
             env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -87,13 +96,59 @@ class E2E(Bench):
         doc = json.JSONDecoder().raw_decode(p.stdout, start)[0] if start >= 0 else {}
         return doc, wall, cpu
 
-    def backup_tier(self) -> dict[str, float]:
-        doc, backup, cpu_b = self.timed("backup", "backup", "--policy", "bench")
+    def backup_tier(self, tree: Path | None = None, config: Path | None = None, tag: str = "") -> dict[str, float]:
+        """``backup`` + ``tier`` of the desktop with ``config`` (default: this bench's), by ``tree``'s drsvc."""
+        doc, backup, cpu_b = self.timed(f"backup{tag}", "backup", "--policy", "bench", tree=tree, config=config)
         (result,) = doc["results"]
         assert result["status"] == "complete", result
         time.sleep(1.1)  # the policy's tiering.after
-        _, tier, cpu_t = self.timed("tier", "tier")
+        _, tier, cpu_t = self.timed(f"tier{tag}", "tier", tree=tree, config=config)
         return {"total": backup + tier, "backup": backup, "tier": tier, "cpu": cpu_b + cpu_t}
+
+    def stored(self, hot_url: str, bucket: str) -> dict[str, float]:
+        """MiB in the hot store (RADOS) and the cold one (S3) of an installation (untimed)."""
+        from drsvc.storage import open_store
+
+        hot = open_store(hot_url, conffile=env("CEPH_CONF"))
+        try:
+            hot_bytes = sum(hot.size(k) for k in hot.list(""))
+        finally:
+            hot.close()
+        return {"hot_mib": hot_bytes / MiB, "cold_mib": bucket_bytes(self.s3, bucket) / MiB}
+
+    def fresh_round(self, k: int, tree: Path | None) -> dict[str, float]:
+        """``backup`` + ``tier`` into a new installation (key, hot prefix, bucket) of the same desktop,
+        by ``tree``'s drsvc (None: this tree's); the installation is removed afterwards."""
+        tag = f"x{k}{'b' if tree else ''}"
+        where = self.work / tag
+        (where / "policies").mkdir(parents=True)
+        shutil.copy(self.dir / "policies" / "bench.yaml", where / "policies" / "bench.yaml")
+        generate_key_file(where / "drsvc.key")
+        hot_url, bucket = f"rados://drsvc-hot/{self.prefix}-{tag}", f"{self.bucket}-{tag}"
+        config = where / "drsvc.toml"
+        config.write_text(config_text(hot=hot_url, cold=f"s3://{bucket}/fleet", runtime=True))
+        try:
+            row = self.backup_tier(tree, config, f"-{tag}")
+            return {**row, **self.stored(hot_url, bucket)}
+        finally:
+            self.drop_installation(where, hot_url, bucket)
+
+    def drop_installation(self, where: Path, hot_url: str, bucket: str) -> None:
+        from drsvc.storage import open_store
+        from drsvc.volumes import open_snapshots
+
+        catalog = Catalog.open(where / "catalog.db")
+        for row in catalog.query("SELECT pool, name FROM pool_snapshots WHERE removed_at IS NULL"):
+            open_snapshots(row["pool"]).remove(row["name"])
+        catalog.close()
+        hot = open_store(hot_url, conffile=env("CEPH_CONF"))
+        hot.delete_many(list(hot.list("")))
+        hot.close()
+        subprocess.run(
+            ["radosgw-admin", "bucket", "rm", "--bucket", bucket, "--purge-objects", "--bypass-gc"],
+            capture_output=True,
+            timeout=300,
+        )
 
     def restore(self, tier: str, k: int, tree: Path | None = None) -> dict[str, float]:
         clone = f"{self.prefix}-{tier}{k}{'b' if tree else ''}"
@@ -130,6 +185,20 @@ class E2E(Bench):
         for o in list(io.list_objects()):
             io.remove_object(o.key)
         io.close()
+
+    def restic_fresh(self, k: int) -> dict[str, float]:
+        """``restic backup`` into a fresh repository (then removed), as ``fresh_round`` for drsvc."""
+        saved, self.restic_bucket = self.restic_bucket, f"{self.restic_bucket}-x{k}"
+        try:
+            self.restic("init")
+            return self.restic_round()
+        finally:
+            subprocess.run(
+                ["radosgw-admin", "bucket", "rm", "--bucket", self.restic_bucket, "--purge-objects", "--bypass-gc"],
+                capture_output=True,
+                timeout=300,
+            )
+            self.restic_bucket = saved
 
     def restic_restore(self, scratch: Path) -> dict[str, float]:
         target = scratch / "restic-restore"
@@ -173,12 +242,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="restore rounds (each: cold, hot, restic)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", type=Path, help="sample each drsvc command with py-spy into this directory")
+    parser.add_argument(
+        "--backups", type=int, default=0, help="more backup + tier rounds, each into a fresh installation"
+    )
     parser.add_argument("--skip", action="append", default=[], choices=["cold", "hot"], help="skip these restores")
     parser.add_argument(
         "--before",
         type=Path,
-        help="also restore with the drsvc package of this source tree (e.g. `git archive REV drsvc | tar -x -C DIR`), "
-        "turns alternating, the same point",
+        help="also back up + tier and restore with the drsvc package of this source tree "
+        "(e.g. `git archive REV drsvc | tar -x -C DIR`), turns alternating",
     )
     args = parser.parse_args()
     if not shutil.which("restic"):
@@ -194,8 +266,24 @@ def main() -> None:
         written = bench.setup(args.mib, args.seed)
         print(f"desktop {bench.desktop}: {written / MiB:.0f} MiB in {len(files_of(src))} objects; "
               f"seconds (cpu: user + system of the drsvc processes); load {os.getloadavg()[0]:.1f}")  # fmt: skip
-        first = {"drsvc backup + tier": [bench.backup_tier()], "restic backup": [bench.restic_round()]}
-        show_medians("into S3, a full read", first, ("total", "backup", "tier", "cpu"), width=24)
+        first: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
+        first["drsvc backup + tier"].append({**bench.backup_tier(), **bench.stored(bench.hot_url, bench.bucket)})
+        first["restic backup"].append(bench.restic_round())
+        for k in range(args.backups + (1 if args.before is not None else 0)):
+            turns: list[tuple[str, Path | None]] = [("drsvc backup + tier", None)]
+            if args.before is not None:
+                turns.append(("  before: backup + tier", args.before))
+            if k < args.backups:
+                turns.append(("restic backup", None))
+            if k % 2:
+                turns.reverse()
+            for name, tree in turns:
+                if name == "restic backup":
+                    first[name].append(bench.restic_fresh(k))
+                elif k < args.backups or tree is not None:
+                    first[name].append(bench.fresh_round(k, tree))
+        show_medians("into S3, a full read (MiB stored: hot, cold; restic: its repository)", first,
+                     ("total", "backup", "tier", "cpu", "hot_mib", "cold_mib", "stored_mib"), width=24)  # fmt: skip
         restores: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
         for k in range(args.rounds):
             for tier in [t for t in ("cold", "hot") if t not in args.skip]:
