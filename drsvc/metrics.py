@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -34,7 +35,6 @@ from prometheus_client.registry import Collector
 
 from drsvc import __version__, clock
 from drsvc.catalog import Catalog
-from drsvc.catalog_guard import fingerprint
 from drsvc.health import FleetHealth, read_health
 from drsvc.liveness import DaemonHealth
 from drsvc.policy import PolicySet
@@ -74,8 +74,8 @@ class CatalogCollector(Collector):
     ``open_catalog`` gives a connection for this collection (the HTTP server scrapes from its own
     thread; SQLite connections stay in the thread that made them) and ``policies`` the current
     policy set. The passes over every point (outcome counters, freeze histogram, storage per tier:
-    ~0.5 s at 300,000 points) change only when a run changes the catalog, so a collector that
-    scrapes again (the daemon's) reuses them until the catalog's fingerprint moves.
+    ~0.5 s at 300,000 points) change only when someone commits to the catalog, so a collector that
+    scrapes again (the daemon's) reuses them until ``_CatalogWatch`` sees a commit.
     """
 
     def __init__(
@@ -87,7 +87,8 @@ class CatalogCollector(Collector):
         self.open_catalog = open_catalog
         self.policies = policies
         self.tier_lag = tier_lag or (lambda: None)
-        self._passes: tuple[str, _Passes] | None = None  # (catalog fingerprint, what it gave)
+        self._passes: tuple[Hashable, _Passes] | None = None  # (catalog version, what it gave)
+        self._watch: _CatalogWatch | None = None
 
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
@@ -110,9 +111,12 @@ class CatalogCollector(Collector):
         yield took
 
     def _points_passes(self, catalog: Catalog) -> _Passes:
-        key = fingerprint(catalog)  # ~60 ms at 300,000 points: counts and maxima
+        watch = self._watch
+        if watch is None or watch.path != catalog.path:
+            watch = self._watch = _CatalogWatch(catalog.path)
+        key = watch.version()  # read before the passes: a commit between the two only costs a pass more
         cached = self._passes
-        if cached is not None and cached[0] == key:
+        if key is not None and cached is not None and cached[0] == key:
             return cached[1]
         passes = _Passes(_points_by_policy_and_status(catalog), _points_by_tier(catalog))
         self._passes = (key, passes)  # one assignment: concurrent scrapes see the old or the new pair
@@ -377,6 +381,48 @@ def _points_by_tier(catalog: Catalog) -> list[dict[str, Any]]:
         "SELECT t.tier, COUNT(*) AS n, SUM(p.bytes) AS logical, SUM(t.stored_bytes) AS stored "
         "FROM point_tiers t JOIN points p ON p.id = t.point_id WHERE p.status = 'complete' GROUP BY t.tier"
     )
+
+
+class _CatalogWatch:
+    """Has anyone committed to the catalog since the last look? SQLite's ``PRAGMA data_version``
+    on a connection of the watch's own, which never writes: its value changes whenever another
+    connection commits, from this process (the daemon's scheduler writes through its own
+    connection) or any other (a cron ``drsvc``, an operator's ``sqlite3`` shell), inside a job or
+    not; a checkpoint moves it too, which only costs a pass. No rule about who changes what. A
+    catalog file replaced by another (same path, new inode) opens a new connection: a new version.
+    ``version()`` is None when the file cannot be read: never equal, nothing reused.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()  # scrapes run in the HTTP server's threads
+        self._conn: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None
+        self._opened = 0  # connections opened: data_version of different connections do not compare
+
+    def version(self) -> tuple[int, int] | None:
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+                if self._conn is None or self._file != (st.st_dev, st.st_ino):
+                    self._reopen((st.st_dev, st.st_ino))
+                assert self._conn is not None
+                (value,) = self._conn.execute("PRAGMA data_version").fetchone()
+            except (OSError, sqlite3.Error):
+                self._close()
+                return None
+            return self._opened, int(value)
+
+    def _reopen(self, file: tuple[int, int]) -> None:
+        self._close()
+        conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA query_only = ON")
+        self._conn, self._file, self._opened = conn, file, self._opened + 1
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = self._file = None
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from datetime import timedelta
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -179,3 +181,24 @@ def test_a_daemon_scrapes_again_without_passing_over_every_point_until_the_catal
     assert counted() == 1 and passes == ["status", "tier"], "nothing changed: the passes are reused"
     fleet.point("d", timedelta(minutes=10))
     assert counted() == 2 and passes == ["status", "tier"] * 2, "a new point is counted at the next scrape"
+
+
+def test_a_change_made_outside_any_job_by_another_process_is_seen_by_the_next_scrape(fleet) -> None:
+    fleet.desktop("d")
+    first = fleet.point("d", timedelta(minutes=30))
+    fleet.point("d", timedelta(minutes=10))
+    daemon = metrics.registry(fleet.catalog.path, lambda: fleet.policies)  # one registry, scraped again
+
+    def outcomes() -> dict[str, float]:
+        families = text_string_to_metric_families(metrics.render(daemon).decode())
+        return {
+            s.labels["result"]: s.value for f in families for s in f.samples if s.name == "drsvc_backup_points_total"
+        }
+
+    assert outcomes() == {"ok": 2}
+    assert outcomes() == {"ok": 2}  # the passes are kept
+    # an operator's sqlite3 shell, no job, no new row: the same number of rows and the same maxima
+    script = f"import sqlite3; c = sqlite3.connect({str(fleet.catalog.path)!r}); "
+    script += f"c.execute(\"UPDATE points SET status = 'failed' WHERE id = '{first}'\"); c.commit()"
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert outcomes() == {"ok": 1, "failed": 1}, "the next scrape sees another process's commit"
