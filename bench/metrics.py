@@ -11,7 +11,12 @@ text format alone). The HTTP server of ``--metrics-listen`` adds only the socket
 with the tier lag the last tier run recorded, and with no record (status then plans tiering, which
 is what every status did before it read the record).
 
-    .venv/bin/python bench/metrics.py [--desktops 10000] [--points 30] [--rounds 3] [--status]
+``--before TREE`` also times, alternating in fresh processes, this build and the drsvc package
+of another source tree (``git archive REV drsvc | tar -x -C TREE``) on the same catalog, as the
+daemon scrapes: its first scrape, a repeat with nothing committed, and the scrape after a job
+finished (a commit), with the reference rendering as many plain series in the same process.
+
+    .venv/bin/python bench/metrics.py [--desktops 10000] [--points 30] [--rounds 3] [--status] [--before TREE]
 
 No lab needed.
 """
@@ -19,6 +24,7 @@ No lab needed.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import subprocess
@@ -28,7 +34,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import _lab  # noqa: F401  (the checkout on sys.path)
+import _lab  # the checkout on sys.path (first, before drsvc)
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from drsvc import clock, metrics
@@ -108,6 +114,56 @@ def reference(series: int) -> CollectorRegistry:
     return reg
 
 
+SCRAPES = """
+import json, sys, time
+tree, db, policies_dir = sys.argv[1:4]
+sys.path.insert(0, tree)  # this tree's drsvc, not the editable install's
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from drsvc import metrics
+from drsvc.catalog import Catalog
+from drsvc.policy import load_policies
+policies = load_policies([policies_dir])
+reg = metrics.registry(db, lambda: policies, lambda: {})  # the daemon's: tier lag from its tier run
+took = {}
+def scrape(name):
+    t = time.perf_counter()
+    text = metrics.render(reg)
+    took[name] = time.perf_counter() - t
+    return text
+scrape("first scrape")
+scrape("repeat, nothing committed")
+catalog = Catalog.open(db, migrate=False)
+catalog.finish_job(catalog.start_job("gc"), "ok")
+catalog.close()
+text = scrape("after a commit (a job finished)")
+ref = CollectorRegistry()
+gauge = Gauge("ref_series", "reference", ["desktop", "policy"], registry=ref)
+for i in range(sum(1 for line in text.splitlines() if line and not line.startswith(b"#"))):
+    gauge.labels(f"desk-{i:06d}", "standard").set(i)
+t = time.perf_counter()
+generate_latest(ref)
+took["reference: prometheus_client, as many plain series"] = time.perf_counter() - t
+took["drsvc module"] = metrics.__file__
+print(json.dumps(took))
+"""
+
+
+def time_scrapes(root: Path, rounds: int, before: Path) -> None:
+    """The daemon's scrapes with this build and ``before``, alternating, each in a fresh process."""
+    rows: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for build, tree in (("before", before), ("this build", _lab.ROOT)):
+            cmd = [sys.executable, "-c", SCRAPES, str(tree), str(root / "catalog.db"), str(root / "policies")]
+            took = json.loads(subprocess.run(cmd, capture_output=True, check=True, text=True).stdout)
+            assert Path(took.pop("drsvc module")).is_relative_to(tree), "the child imported another drsvc"
+            for name, seconds in took.items():
+                rows.setdefault(f"{build}: {name}", []).append(seconds)
+    print(f"\n{'daemon scrapes, alternating builds (fresh process each)':70} {'best':>8} {'median':>8}")
+    for name, runs in sorted(rows.items()):
+        print(f"{name:70} {min(runs):7.3f}s {sorted(runs)[len(runs) // 2]:7.3f}s")
+
+
 def time_status(root: Path, rounds: int, recorded: bool, lag: dict[tuple[str, str], int]) -> list[float]:
     """``drsvc --json status`` in a fresh process, ``rounds`` times (exit 5: objectives missed is fine)."""
     config = root / "drsvc.toml"
@@ -141,6 +197,7 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=30, help="points per desktop")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--status", action="store_true", help="also time `drsvc --json status` (fresh processes)")
+    ap.add_argument("--before", type=Path, help="also time the daemon's scrapes with the drsvc of this tree")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="drsvc-bench-metrics-"))
     try:
@@ -193,6 +250,8 @@ def main() -> None:
             }
             for name, runs in status.items():
                 print(f"{name:70} {min(runs):7.3f}s {sorted(runs)[len(runs) // 2]:7.3f}s")
+        if args.before is not None:
+            time_scrapes(root, args.rounds, args.before.resolve())
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

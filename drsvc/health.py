@@ -128,6 +128,10 @@ class FleetHealth:
         }
 
 
+LastPointKey = tuple[str, str | None]  # (desktop, policy; None for a manual point)
+LastPoint = tuple[str, str, float | None]  # (taken_at, point id, freeze_ms) of the newest complete point
+
+
 def _seconds(value: timedelta | None) -> float | None:
     return value.total_seconds() if value is not None else None
 
@@ -142,7 +146,7 @@ class _Reader:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
 
-    def last_points(self) -> dict[tuple[str, str | None], tuple[str, str, float | None]]:
+    def last_points(self) -> dict[LastPointKey, LastPoint]:
         rows = self.catalog.query(
             "SELECT desktop_id, policy, MAX(taken_at) AS taken_at, id, freeze_ms FROM points "
             "WHERE status = 'complete' GROUP BY desktop_id, policy"
@@ -252,6 +256,7 @@ def read_health(
     now: datetime | None = None,
     *,
     tier_lag_known: Mapping[tuple[str, str], int] | None = None,
+    last_points: Mapping[LastPointKey, LastPoint] | None = None,
 ) -> FleetHealth:
     """The fleet's health at ``now`` from the catalog and the policies.
 
@@ -259,11 +264,14 @@ def read_health(
     run), else what the last tier run recorded in the catalog (every tier run that is not a dry run
     records it), and only when no tier run ever did, tiering's plan (retention over every point:
     seconds at fleet scale). ``FleetHealth.tier_lag_source`` says which.
+
+    ``last_points``: the newest complete point per (desktop, policy) as ``last_points()`` reads it,
+    from a caller that already passed over every point (the metrics collector's one pass).
     """
     now = now or clock.now()
     reader = _Reader(catalog)
     health = FleetHealth(now)
-    last = reader.last_points()
+    last = reader.last_points() if last_points is None else last_points
     failures = reader.failures_since_last_success()
     schedule = reader.schedule()
     drill_of_policy, drill_of_desktop = reader.last_drills()
@@ -340,7 +348,7 @@ def _policy_health(
 def _desktop_health(
     desktop: dict[str, Any],
     policy: Policy,
-    last: dict[tuple[str, str | None], tuple[str, str, float | None]],
+    last: Mapping[LastPointKey, LastPoint],
     failures: dict[tuple[str, str | None], list[dict[str, Any]]],
     drills: dict[str, dict[str, Any]],
     now: datetime,

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import drsvc.health
 from drsvc import metrics
-from drsvc.health import record_tier_lag
+from drsvc.health import _Reader, record_tier_lag
 from drsvc.policy import load_policies
 
 # every label drsvc may put on a series: each has a bounded set of values (see drsvc/metrics.py)
@@ -158,29 +158,59 @@ def test_a_daemon_scrapes_again_without_passing_over_every_point_until_the_catal
     fleet.desktop("d")
     fleet.point("d", timedelta(minutes=30))
     passes: list[str] = []
-    real_status, real_tier = metrics._points_by_policy_and_status, metrics._points_by_tier
+    real_points, real_tier, real_last = metrics._points_by_desktop, metrics._points_by_tier, _Reader.last_points
 
-    def by_status(catalog):  # type: ignore[no-untyped-def]
-        passes.append("status")
-        return real_status(catalog)
+    def by_desktop(catalog):  # type: ignore[no-untyped-def]
+        passes.append("points")
+        return real_points(catalog)
 
     def by_tier(catalog):  # type: ignore[no-untyped-def]
         passes.append("tier")
         return real_tier(catalog)
 
-    monkeypatch.setattr(metrics, "_points_by_policy_and_status", by_status)
+    def last_points(reader):  # type: ignore[no-untyped-def]
+        passes.append("last points")
+        return real_last(reader)
+
+    monkeypatch.setattr(metrics, "_points_by_desktop", by_desktop)
     monkeypatch.setattr(metrics, "_points_by_tier", by_tier)
+    monkeypatch.setattr(_Reader, "last_points", last_points)
     daemon = metrics.registry(fleet.catalog.path, lambda: fleet.policies)  # one registry, scraped again
 
-    def counted() -> float:
+    def counted() -> tuple[float, float]:
         families = text_string_to_metric_families(metrics.render(daemon).decode())
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
-        return samples[("drsvc_backup_points_total", (("policy", "gold"), ("result", "ok")))]
+        return (
+            samples[("drsvc_backup_points_total", (("policy", "gold"), ("result", "ok")))],
+            samples[("drsvc_last_point_timestamp_seconds", (("desktop", "d"), ("policy", "gold")))],
+        )
 
-    assert counted() == 1 and passes == ["status", "tier"]
-    assert counted() == 1 and passes == ["status", "tier"], "nothing changed: the passes are reused"
+    at = [(fleet.now - timedelta(minutes=m)).timestamp() for m in (30, 10)]
+    assert counted() == (1, at[0]) and passes == ["points", "tier"], "one pass over points: no other for health"
+    assert counted() == (1, at[0]) and passes == ["points", "tier"], "nothing changed: the passes are reused"
     fleet.point("d", timedelta(minutes=10))
-    assert counted() == 2 and passes == ["status", "tier"] * 2, "a new point is counted at the next scrape"
+    assert counted() == (2, at[1]) and passes == ["points", "tier"] * 2, "a new point is counted at the next scrape"
+
+
+def test_the_one_pass_over_points_counts_what_separate_queries_count(fleet) -> None:
+    fleet.desktop("a")
+    fleet.desktop("b")
+    for ago, status in ((50, "complete"), (40, "failed"), (30, "complete"), (20, "expired"), (5, "pending")):
+        fleet.point("a", timedelta(minutes=ago), status=status)
+    fleet.point("b", timedelta(minutes=15))
+    fleet.catalog.execute("UPDATE points SET policy = NULL, freeze_ms = NULL WHERE desktop_id = 'b'")  # a manual one
+    fleet.catalog.execute("UPDATE points SET freeze_ms = 700 WHERE desktop_id = 'a' AND status = 'complete' LIMIT 1")
+    groups = metrics._points_by_desktop(fleet.catalog)
+    by_status = metrics._by_policy_and_status(groups)
+    expected = fleet.catalog.query(
+        "SELECT COALESCE(policy, '') AS policy, status, COUNT(*) AS n, COUNT(freeze_ms) AS frozen, "
+        "SUM(freeze_ms <= 500) AS b3 FROM points WHERE status != 'pending' GROUP BY 1, 2 ORDER BY 1, 2"
+    )
+    assert [(r["policy"], r["status"], r["n"], r["frozen"], r["b3"] or 0) for r in by_status] == [
+        (r["policy"], r["status"], r["n"], r["frozen"], r["b3"] or 0) for r in expected
+    ]
+    assert [r["b3"] for r in by_status] == [0, 1, 1, 1], "the point frozen 700 ms is above 0.5 s"
+    assert metrics._Passes.of(groups, []).last_points == _Reader(fleet.catalog).last_points()
 
 
 def test_a_change_made_outside_any_job_by_another_process_is_seen_by_the_next_scrape(fleet) -> None:
