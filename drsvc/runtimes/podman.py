@@ -48,6 +48,7 @@ from drsvc.runtimes.base import (
     probe_tcp_in_netns,
     with_criu_log,
 )
+from drsvc.runtimes.node import local_node_name
 from drsvc.runtimes.podman_clone import CloneRewrite, clone_volume, remove_clone_storage
 
 API_VERSION = "4.3.1"
@@ -167,6 +168,10 @@ class PodmanRuntime:
             return resp.status, data
 
     def _node_name(self) -> str:
+        """The host name Podman reports (``/info``): this host's own when Podman provably runs in this
+        process's UTS namespace (``drsvc.runtimes.node``, no request), else asked once."""
+        if self._node is None:
+            self._node = local_node_name(self.socket_path)
         if self._node is None:
             try:
                 _, info = self._call("GET", "/info", what="podman info")

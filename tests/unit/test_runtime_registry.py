@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, ClassVar, cast
 import pytest
 
 from drsvc.errors import BackendError, InvalidInput, NotFound
-from drsvc.runtimes import ContainerRuntime, DesktopRef, open_runtime, register_runtime, registered_runtimes
+from drsvc.runtimes import ContainerRuntime, DesktopRef, node, open_runtime, register_runtime, registered_runtimes
 from drsvc.runtimes.archive import rewrite_archive
 from drsvc.runtimes.base import desktop_from_labels, with_criu_log
 from drsvc.runtimes.podman import PodmanRuntime
@@ -175,7 +175,10 @@ def test_error_translation(fake: PodmanRuntime) -> None:
     assert deletes[0].endswith("/containers/ghost?force=true&timeout=0")
 
 
-def test_inspect_and_list(fake: PodmanRuntime) -> None:
+def test_inspect_and_list(fake: PodmanRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
+    # this fake serves from this process: as if Podman ran in another UTS namespace, it is asked
+    # (test_runtime_node.py: in this one, it is not)
+    monkeypatch.setattr(node, "same_uts", lambda _pid: False)
     FakeLibpod.routes[("GET", "/info")] = (200, {"host": {"hostname": "node-a"}})
     FakeLibpod.routes[("GET", "/containers/c1/json")] = (200, inspect_doc("c1"))
     FakeLibpod.routes[("GET", "/containers/c2/json")] = (200, inspect_doc("c2", "none"))

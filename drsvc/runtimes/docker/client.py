@@ -17,6 +17,7 @@ from typing import Any, cast
 from drsvc.errors import BackendError, DrsvcError, NotFound
 from drsvc.optional import require
 from drsvc.runtimes.base import with_criu_log
+from drsvc.runtimes.node import local_node_name
 
 CHUNK = 1 << 20
 # seconds between checkpoint attempts while containerd still holds the previous one (8.75 s in all)
@@ -31,6 +32,7 @@ class DockerClient:
         self.timeout = timeout
         self._api: Any = None
         self._info: dict[str, Any] | None = None
+        self._node: str | None = None
         self._lock = threading.Lock()  # checkpoints of a batch run in threads
 
     @property
@@ -84,7 +86,13 @@ class DockerClient:
         return Path(str(self.info().get("DockerRootDir") or "/var/lib/docker"))
 
     def node_name(self) -> str:
-        """The Engine's host name (this host's when the Engine does not answer)."""
+        """The Engine's host name: this host's own when dockerd provably runs in this process's UTS
+        namespace (``drsvc.runtimes.node``, no request), else ``docker info``'s (this host's when the
+        Engine does not answer)."""
+        if self._node is None:
+            self._node = local_node_name(self.socket_path)
+        if self._node is not None:
+            return self._node
         try:
             return str(self.info().get("Name") or socket.gethostname())
         except DrsvcError:
