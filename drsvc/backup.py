@@ -50,16 +50,17 @@ from drsvc.backup_commit import (  # the names below were defined here first: th
     Event,
     Outcome,
     Phases,
+    StoreTask,
     _quiet,
     image_key,
 )
 from drsvc.catalog import Catalog
-from drsvc.chunks import ChunkStore, StreamRef
+from drsvc.chunks import StreamRef
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BackendError, DrsvcError, NotFound
 from drsvc.lease import Lease
 from drsvc.log import event
 from drsvc.policy import Policy
-from drsvc.runtimes.base import ContainerRuntime, DesktopRef
+from drsvc.runtimes.base import DesktopRef
 from drsvc.runtimes.freeze import FreezeBudgetExceeded, checkpoint_batch, hook_installed
 from drsvc.runtimes.tarindex import ArchiveIndexer
 from drsvc.services import Services
@@ -170,12 +171,18 @@ def chunk_objects(manifest: dict[str, Any]) -> dict[str, int]:
 def _give_way() -> None:
     """Lower the calling store thread's CPU priority (and its helper threads', which inherit it).
 
-    Stores overlap the next batch's checkpoints; CRIU dumps that memory while desktops stand
-    frozen, so a dump slowed by chunking lengthens every freeze of its batch. On Linux nice is per
-    thread; elsewhere (or when refused) nothing changes.
+    Pipelined stores overlap the next batch's checkpoints; CRIU dumps that memory while desktops
+    stand frozen, so a dump slowed by chunking lengthens every freeze of its batch. On Linux nice
+    is per thread; elsewhere (or when refused) nothing changes.
     """
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + STORE_NICE))
+
+
+def store_pool(workers: int, *, pipelined: bool) -> cf.ThreadPoolExecutor:
+    """The run's store threads: at lower priority only when batches are pipelined (``[scheduler]
+    pipeline``); otherwise no checkpoint runs beside them and they keep the run's priority."""
+    return cf.ThreadPoolExecutor(workers, thread_name_prefix="store", initializer=_give_way if pipelined else None)
 
 
 # ---------------------------------------------------------------------- interrupted runs
@@ -215,20 +222,14 @@ class BackupJob:
         self.workers = services.config.scheduler.workers
         # batches whose stores may still run when the next batch freezes (scheduler.pipeline)
         self.pipeline_depth = 1 if services.config.scheduler.pipeline else 0
-
-    @property
-    def runtime(self) -> ContainerRuntime:
-        return self.services.runtime
-
-    @property
-    def hot(self) -> ChunkStore:
-        return self.services.hot
+        self.phases = Phases()
+        self.committer = Committer(services, lease, self.phases, on_event)
 
     def run(self, desktops: Sequence[DesktopRef], policy: Policy | None) -> BackupReport:
         """Back up ``desktops`` now; ``policy`` decides capture options (None: manual defaults)."""
         # Open the hot store before freezing anything: a wrong key or a missing pool must fail
         # the run up front, not after desktops were frozen and a snapshot taken.
-        _ = self.hot
+        _ = self.committer.hot
         if not self.lease.joined:
             # a joined lease (a node agent) must not fail its sibling agents' pending points
             recover_interrupted(self.catalog)
@@ -239,8 +240,7 @@ class BackupJob:
             token=self.lease.token,
             detail={"desktops": [d.desktop_id for d in desktops]},
         )
-        report = BackupReport(job_id, policy_name)
-        self.committer = Committer(self.services, self.lease, report.phases, self.on_event)
+        report = BackupReport(job_id, policy_name, phases=self.phases)
         try:
             # One pool of store workers for the whole run. With scheduler.pipeline, batch k+1
             # freezes while batch k's desktops are stored (at most one batch's stores in flight
@@ -248,7 +248,7 @@ class BackupJob:
             # host stores slow the CRIU dumps, and desktops stand frozen longer or miss their
             # batch's snapshot (docs/benchmarks.md, "Fleet throughput"). Leaving the pool waits for
             # every store: none writes after the job ended.
-            with cf.ThreadPoolExecutor(self.workers, thread_name_prefix="store", initializer=_give_way) as pool:
+            with store_pool(self.workers, pipelined=self.pipeline_depth > 0) as pool:
                 stores: collections.deque[list[cf.Future[None]]] = collections.deque()
                 for pool_url, batch_no, batch in self._batches(desktops, policy):
                     while len(stores) > self.pipeline_depth:
@@ -365,13 +365,15 @@ class BackupJob:
         futures = [
             pool.submit(
                 self.committer.store,
-                d,
-                outcomes[d.desktop_id],
-                archives.get(d.desktop_id),
-                snap,
-                taken_at,
-                policy,
-                listing.get(d.volume or ""),
+                StoreTask(
+                    d,
+                    outcomes[d.desktop_id],
+                    archives.get(d.desktop_id),
+                    snap,
+                    taken_at,
+                    policy,
+                    names=listing.get(d.volume or ""),
+                ),
             )
             for d in batch
         ]
@@ -421,14 +423,14 @@ class BackupJob:
             # indexed on its way into the store: `points ls` and `mount` list (and read) single
             # root filesystem files later without fetching the memory pages around them
             indexer = ArchiveIndexer(stream)
-            ref = self.hot.for_tenant(d.tenant).write_stream(indexer)
+            ref = self.committer.hot.for_tenant(d.tenant).write_stream(indexer)
             return ref, indexer.finish().document()
 
         # the gate keeps the store threads of the batch before (base images) off the runtime
         # while this batch's checkpoints run: Podman holds a checkpointed container's lock
         with self.committer.runtime_gate:
             results = checkpoint_batch(
-                self.runtime,
+                self.committer.runtime,
                 batch,
                 store_archive,
                 while_frozen=snapshot,

@@ -95,6 +95,19 @@ class Phases:
         return {name: round(s, 3) for name, s in sorted(self.seconds.items())}
 
 
+@dataclass(frozen=True)
+class StoreTask:
+    """One desktop of a frozen batch, as its store thread gets it."""
+
+    desktop: DesktopRef
+    outcome: Outcome  # filled in by the store (status, bytes, error)
+    archive: StreamRef | None  # the checkpoint archive in the hot store; None: no (usable) checkpoint
+    snap: str  # the batch's pool snapshot
+    taken_at: datetime
+    policy: Policy | None  # None: a manual backup's defaults
+    names: list[str] | None = None  # the volume's objects from the batch's listing; None: the capture lists
+
+
 def image_key(image_id: str) -> str:
     return image_id.removeprefix("sha256:")
 
@@ -116,28 +129,21 @@ class Committer:
 
     @property
     def runtime(self) -> ContainerRuntime:
+        """The run's container runtime (the job's too: ``BackupJob`` asks its committer)."""
         return self.services.runtime
 
     @property
     def hot(self) -> ChunkStore:
+        """The run's hot chunk store (the job's too)."""
         return self.services.hot
 
-    def store(
-        self,
-        d: DesktopRef,
-        outcome: Outcome,
-        archive: StreamRef | None,
-        snap: str,
-        taken_at: datetime,
-        policy: Policy | None,
-        names: list[str] | None = None,
-    ) -> None:
-        """Store one desktop at pool snapshot ``snap``; ``names``: its volume's objects from the batch's
-        listing (``None``: the capture lists the volume itself)."""
+    def store(self, task: StoreTask) -> None:
+        """Store one desktop of a batch after its freeze; retryable errors retry this desktop alone."""
+        outcome, policy = task.outcome, task.policy
         started = time.monotonic()
         for attempt in range(self.retries + 1):
             try:
-                self._once(d, outcome, archive, snap, taken_at, policy, names)
+                self._once(task)
                 outcome.status = "complete"
                 break
             except DrsvcError as e:
@@ -171,33 +177,25 @@ class Committer:
         )
         return rows[0]["bytes"] if rows else None
 
-    def _once(
-        self,
-        d: DesktopRef,
-        outcome: Outcome,
-        archive: StreamRef | None,
-        snap: str,
-        taken_at: datetime,
-        policy: Policy | None,
-        names: list[str] | None,
-    ) -> None:
+    def _once(self, task: StoreTask) -> None:
+        d, outcome, archive, policy = task.desktop, task.outcome, task.archive, task.policy
         assert d.volume is not None
         hot = self.hot.for_tenant(d.tenant)  # the tenant's data key (the fleet key in the fleet scope)
-        task, expected = f"backup {d.desktop_id}", self._expected_bytes(d.desktop_id)
+        label, expected = f"backup {d.desktop_id}", self._expected_bytes(d.desktop_id)
 
         def progress(n: int) -> None:
-            self.on_event("progress", task=task, advance=n, total=expected)
+            self.on_event("progress", task=label, advance=n, total=expected)
 
         with self.phases.timed("volume"):
-            volume_section, volume_ref = self._capture_volume(d, hot, snap, policy, progress, names)
-        self.on_event("progress", task=task, done=True)
+            volume_section, volume_ref = self._capture_volume(d, hot, task.snap, policy, progress, task.names)
+        self.on_event("progress", task=label, done=True)
         with self.phases.timed("image"):
             image = self._ensure_image(d)
         manifest = {
             "format": MANIFEST_FORMAT,
             "point_id": outcome.point_id,
             "desktop": d.desktop_id,
-            "taken_at": clock.to_iso(taken_at),
+            "taken_at": clock.to_iso(task.taken_at),
             "policy": policy.name if policy else None,
             "consistency": outcome.consistency if archive is not None else "crash",
             "reason": outcome.reason,

@@ -19,6 +19,7 @@ from test_freeze_budget import IDS, HookRuntime
 
 from drsvc import backup as backup_mod
 from drsvc.backup import BackupJob
+from drsvc.backup_commit import Committer
 from drsvc.lease import Lease
 from drsvc.runtimes.base import DesktopRef
 from drsvc.volumes.base import VolumeObject
@@ -225,3 +226,26 @@ def test_without_pipeline_each_batch_is_stored_before_the_next_freezes(kit: Cold
     kit.services.volume = lambda url: Counting()  # type: ignore[method-assign]
     report = run(kit, snaps)
     assert report.exit_code == 0 and stored_after == [1, 2]
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+def test_store_threads_give_way_only_when_batches_are_pipelined(
+    kit: ColdKit, monkeypatch: pytest.MonkeyPatch, pipeline: bool
+) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    if base + backup_mod.STORE_NICE > 19:
+        pytest.skip(f"this process already runs at nice {base}: no room to see the store threads' nice")
+    seen: list[int] = []
+    real = Committer.store
+
+    def store(self: Committer, task: Any) -> None:
+        seen.append(os.getpriority(os.PRIO_PROCESS, 0))  # the calling (store) thread's nice on Linux
+        real(self, task)
+
+    monkeypatch.setattr(Committer, "store", store)
+    if pipeline:
+        pipelined(kit)
+    report = run(kit, FakeSnapshots(None))
+    assert report.exit_code == 0, report.document()
+    assert seen == [base + backup_mod.STORE_NICE if pipeline else base] * 2
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the run's own thread never gave way
