@@ -175,16 +175,19 @@ def write_copy(store: ChunkStore, copy_id: str, blob: bytes, meta: dict[str, Any
     store.store.put(key, store.keys.seal(json.dumps(doc).encode(), object_aad(key)))
 
 
-def copy_ids(store: ChunkStore) -> list[str]:
-    """Ids of the complete copies in a store (those with a meta), oldest first."""
-    ids = {k[len(PREFIX) :].split("/", 1)[0] for k in store.store.list(PREFIX) if k.endswith("/meta")}
-    return sorted(ids)
+def copy_ids(store: ChunkStore, keys: Iterable[str] | None = None) -> list[str]:
+    """Ids of the complete copies in a store (those with a meta), oldest first; ``keys``: the store's
+    keys under the copies' prefix when the caller listed them already."""
+    listed = store.store.list(PREFIX) if keys is None else keys
+    return sorted({k[len(PREFIX) :].split("/", 1)[0] for k in listed if k.endswith("/meta")})
 
 
 def prune_copies(store: ChunkStore, keep: int = KEEP) -> None:
-    """Delete all but the newest ``keep`` copies (and parts of copies that never got a meta)."""
+    """Delete all but the newest ``keep`` copies (and parts of copies that never got a meta).
+
+    One listing: a RADOS store lists a prefix by scanning its whole pool, after every run."""
     keys = list(store.store.list(PREFIX))
-    complete = copy_ids(store)
+    complete = copy_ids(store, keys)
     keep_ids = set(complete[-keep:])
     newest = complete[-1] if complete else ""
     # an incomplete copy newer than the newest complete one may be being written right now

@@ -190,3 +190,23 @@ def test_a_bad_page_read_mid_command_is_one_line(kit: ColdKit, run_cli: Any, mon
     result = cli(kit, run_cli, "points", "list")
     assert result.code == EXIT_INTEGRITY and "Traceback" not in result.stderr, result.output
     assert "drsvc catalog restore" in result.stderr
+
+
+def test_a_copy_lists_the_store_once(kit: ColdKit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run pushes a copy; a RADOS hot store lists a prefix by scanning its whole pool."""
+    services = kit.fresh_services()
+    push(services.catalog, stores_of(services))  # a copy to prune against
+    services.catalog.execute("INSERT INTO jobs (kind, status, started_at) VALUES ('verify', 'ok', 'x')")
+    store = services.hot.store
+    listed: list[str] = []
+    real = store.list
+
+    def counting(prefix: str = "") -> Any:
+        listed.append(prefix)
+        return real(prefix)
+
+    monkeypatch.setattr(store, "list", counting)
+    push(services.catalog, [("hot", services.hot)])
+    assert len(listed) == 1, listed
+    assert len(copy_ids(services.hot)) == 2
+    services.catalog.close()
