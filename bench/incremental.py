@@ -17,10 +17,18 @@ the lab, beside restic in the same run, on the same files:
 
 drsvc's columns say how many object bytes the backup read from the pool snapshot and the hot
 store (the manifest's ``volume.capture``). ``tier`` waits out the policy's ``after: 1s`` before
-it runs (not timed).
+it runs (not timed). Every round also times a raw ``podman container checkpoint --leave-running``
+of the same container (``checkpoint``: the CRIU floor no backup of a running desktop avoids on a
+kernel without soft-dirty tracking); ``backup-ckpt`` is drsvc's backup step minus that floor.
+
+``--before DIR`` (repeatable) adds a build: the drsvc tree in DIR (e.g. ``git archive REV drsvc |
+tar -x -C DIR``), run with this venv's interpreter and ``PYTHONPATH=DIR``, with its own catalog,
+hot prefix and bucket; builds take turns on the same desktop in every round. ``--no-full`` skips
+the full-read rows (each costs a whole read per round).
 
     apt-get install -y restic
     eval "$(dev/lab env)"; flock /tmp/drsvc-lab.lock .venv/bin/python bench/incremental.py [--mib 1024 --rounds 3]
+    flock /tmp/drsvc-lab.lock .venv/bin/python bench/incremental.py --mib 512 --rounds 2 --no-full --before /tmp/before
 
 Everything it creates (desktop, namespace, pool snapshots, hot prefix, buckets, temp dirs) is
 removed at the end. Numbers are noisy on a shared 2-core machine: compare the columns of one run.
@@ -32,6 +40,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -43,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from _lab import DRSVC, ENDPOINT, ROOT, MiB, config_text, env, run, show_medians
+from _lab import ENDPOINT, ROOT, MiB, config_text, env, run, show_medians
 from chunkstore import media
 from tiering import bucket_bytes, files_of, make_desktop
 
@@ -53,6 +62,7 @@ from drsvc.crypto import generate_key_file
 from drsvc.services import Services
 
 WRITE = 64 * 1024  # one scattered overwrite
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
 
 def scatter(root: Path, fraction: float, seed: int) -> dict[str, list[tuple[int, bytes]]]:
@@ -77,28 +87,21 @@ def scatter(root: Path, fraction: float, seed: int) -> dict[str, list[tuple[int,
     return writes
 
 
-class Bench:
-    def __init__(self, work: Path, src: Path) -> None:
-        self.work, self.src = work, src
-        tag = uuid.uuid4().hex[:6]
-        self.prefix = f"perf-inc-{tag}"
-        self.desktop = f"{self.prefix}-001"
-        self.bucket = f"perf-inc-{tag}"
-        self.restic_bucket = f"perf-inc-restic-{tag}"
-        self.dir = work / "drsvc"
+class Build:
+    """One drsvc tree (this checkout, or ``--before``) with its own config, key, catalog, hot prefix, bucket."""
+
+    def __init__(self, label: str, tree: Path, work: Path, desktop: str, tag: str) -> None:
+        self.label, self.tree, self.desktop = label, tree, desktop
+        self.bucket = re.sub(r"[^a-z0-9-]", "-", f"perf-inc-{tag}-{label}".lower())[:63].rstrip("-")
+        self.dir = work / f"drsvc-{label}"
         (self.dir / "policies").mkdir(parents=True)
         generate_key_file(self.dir / "drsvc.key")
-        self.hot_url = f"rados://drsvc-hot/{self.prefix}"
+        self.hot_url = f"rados://drsvc-hot/perf-inc-{tag}-{label}"
         self.config = self.dir / "drsvc.toml"
         self.config.write_text(config_text(hot=self.hot_url, cold=f"s3://{self.bucket}/fleet", runtime=True))
-        self.policy(full_every=24)
-        import rados
-
-        self.cluster = rados.Rados(conffile=env("CEPH_CONF"))
-        self.cluster.connect(timeout=15)
-        self.io = self.cluster.open_ioctx("desktops")
-        self.io.set_namespace(self.desktop)
+        self.env = {**os.environ, "PYTHONPATH": str(tree)}
         self.s3 = boto3.client("s3", endpoint_url=ENDPOINT)
+        self.policy(full_every=24)
 
     def policy(self, *, full_every: int) -> None:
         (self.dir / "policies" / "bench.yaml").write_text(
@@ -115,7 +118,100 @@ class Bench:
         )
 
     def drsvc(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run(DRSVC, "--config", str(self.config), *args, timeout=1200)
+        return run(PYTHON, "-m", "drsvc", "--config", str(self.config), *args, timeout=1200, env=self.env)
+
+    def round(self) -> dict[str, float]:
+        before = bucket_bytes(self.s3, self.bucket) if self.cold_exists() else 0
+        t = time.perf_counter()
+        doc = json.loads(self.drsvc("--json", "backup", "--policy", "bench").stdout)
+        backup = time.perf_counter() - t
+        (result,) = doc["results"]
+        assert result["status"] == "complete", result
+        time.sleep(1.1)  # the policy's tiering.after
+        t = time.perf_counter()
+        self.drsvc("tier")
+        tier = time.perf_counter() - t
+        capture = self.capture(result["point_id"])
+        return {
+            "backup": backup,
+            "tier": tier,
+            "total": backup + tier,
+            "read_mib": (capture["read_bytes"] + capture.get("hot_bytes_read", 0)) / MiB,
+            "stored_mib": (bucket_bytes(self.s3, self.bucket) - before) / MiB,
+            "incremental": float(capture["mode"] == "incremental"),
+        }
+
+    def cold_exists(self) -> bool:
+        try:
+            self.s3.head_bucket(Bucket=self.bucket)
+            return True
+        except Exception:
+            return False
+
+    def capture(self, point: str) -> dict[str, Any]:
+        config = load_config(self.config)
+        catalog = Catalog.open(config.catalog.path)
+        try:
+            manifest = Services(config, catalog).hot.get_manifest(self.desktop, point)
+        finally:
+            catalog.close()
+        return dict(manifest["volume"]["capture"])
+
+    def cleanup(self) -> None:
+        try:
+            catalog = Catalog.open(self.dir / "catalog.db")
+            from drsvc.volumes import open_snapshots
+
+            for row in catalog.query("SELECT pool, name FROM pool_snapshots WHERE removed_at IS NULL"):
+                open_snapshots(row["pool"]).remove(row["name"])
+            catalog.close()
+        except Exception as e:  # the bench's own leftovers: report, go on cleaning
+            print(f"cleanup: pool snapshots of {self.label}: {e}", file=sys.stderr)
+        from drsvc.storage import open_store
+
+        hot = open_store(self.hot_url)
+        hot.delete_many(list(hot.list("")))
+        subprocess.run(
+            ["radosgw-admin", "bucket", "rm", "--bucket", self.bucket, "--purge-objects", "--bypass-gc"],
+            capture_output=True,
+            timeout=300,
+        )
+
+
+class Bench:
+    def __init__(self, work: Path, src: Path, before: list[Path]) -> None:
+        self.work, self.src = work, src
+        tag = uuid.uuid4().hex[:6]
+        self.prefix = f"perf-inc-{tag}"
+        self.desktop = f"{self.prefix}-001"
+        self.restic_bucket = f"perf-inc-restic-{tag}"
+        self.builds = [Build("this", ROOT, work, self.desktop, tag)]
+        self.builds += [Build(tree.resolve().name, tree.resolve(), work, self.desktop, tag) for tree in before]
+        import rados
+
+        self.cluster = rados.Rados(conffile=env("CEPH_CONF"))
+        self.cluster.connect(timeout=15)
+        self.io = self.cluster.open_ioctx("desktops")
+        self.io.set_namespace(self.desktop)
+        self.s3 = boto3.client("s3", endpoint_url=ENDPOINT)
+
+    def checkpoint_round(self) -> dict[str, float]:
+        """A raw ``podman container checkpoint`` of the same running container: the CRIU floor."""
+        archive = self.work / "raw-checkpoint.tar"
+        t = time.perf_counter()
+        run(
+            "podman",
+            "container",
+            "checkpoint",
+            "--leave-running",
+            "--tcp-established",
+            "-e",
+            str(archive),
+            self.desktop,
+        )
+        took = time.perf_counter() - t
+        archive.unlink()
+        return {"total": took}
 
     def restic(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "RESTIC_PASSWORD": "bench", "RESTIC_CACHE_DIR": str(self.work / "restic-cache")}
@@ -146,27 +242,6 @@ class Bench:
 
     # ------------------------------------------------------------------ one backup each
 
-    def drsvc_round(self) -> dict[str, float]:
-        before = bucket_bytes(self.s3, self.bucket) if self.cold_exists() else 0
-        t = time.perf_counter()
-        doc = json.loads(self.drsvc("--json", "backup", "--policy", "bench").stdout)
-        backup = time.perf_counter() - t
-        (result,) = doc["results"]
-        assert result["status"] == "complete", result
-        time.sleep(1.1)  # the policy's tiering.after
-        t = time.perf_counter()
-        self.drsvc("tier")
-        tier = time.perf_counter() - t
-        capture = self.capture(result["point_id"])
-        return {
-            "backup": backup,
-            "tier": tier,
-            "total": backup + tier,
-            "read_mib": (capture["read_bytes"] + capture.get("hot_bytes_read", 0)) / MiB,
-            "stored_mib": (bucket_bytes(self.s3, self.bucket) - before) / MiB,
-            "incremental": float(capture["mode"] == "incremental"),
-        }
-
     def restic_round(self) -> dict[str, float]:
         before = bucket_bytes(self.s3, self.restic_bucket)
         t = time.perf_counter()
@@ -174,47 +249,19 @@ class Bench:
         total = time.perf_counter() - t
         return {"total": total, "stored_mib": (bucket_bytes(self.s3, self.restic_bucket) - before) / MiB}
 
-    def cold_exists(self) -> bool:
-        try:
-            self.s3.head_bucket(Bucket=self.bucket)
-            return True
-        except Exception:
-            return False
-
-    def capture(self, point: str) -> dict[str, Any]:
-        config = load_config(self.config)
-        catalog = Catalog.open(config.catalog.path)
-        try:
-            manifest = Services(config, catalog).hot.get_manifest(self.desktop, point)
-        finally:
-            catalog.close()
-        return dict(manifest["volume"]["capture"])
-
     # ------------------------------------------------------------------ cleanup
 
     def cleanup(self) -> None:
         subprocess.run(["podman", "rm", "-f", "-t", "0", self.desktop], capture_output=True, timeout=120)
         for o in list(self.io.list_objects()):
             self.io.remove_object(o.key)
-        try:
-            catalog = Catalog.open(self.dir / "catalog.db")
-            from drsvc.volumes import open_snapshots
-
-            for row in catalog.query("SELECT pool, name FROM pool_snapshots WHERE removed_at IS NULL"):
-                open_snapshots(row["pool"]).remove(row["name"])
-            catalog.close()
-        except Exception as e:  # the bench's own leftovers: report, go on cleaning
-            print(f"cleanup: pool snapshots: {e}", file=sys.stderr)
-        from drsvc.storage import open_store
-
-        hot = open_store(self.hot_url)
-        hot.delete_many(list(hot.list("")))
-        for bucket in (self.bucket, self.restic_bucket):
-            subprocess.run(
-                ["radosgw-admin", "bucket", "rm", "--bucket", bucket, "--purge-objects", "--bypass-gc"],
-                capture_output=True,
-                timeout=300,
-            )
+        for build in self.builds:
+            build.cleanup()
+        subprocess.run(
+            ["radosgw-admin", "bucket", "rm", "--bucket", self.restic_bucket, "--purge-objects", "--bypass-gc"],
+            capture_output=True,
+            timeout=300,
+        )
         self.io.close()
         self.cluster.shutdown()
 
@@ -225,39 +272,72 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--change", type=float, default=0.02, help="fraction of bytes overwritten per change round")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--before", type=Path, action="append", default=[], help="another drsvc tree (repeatable)")
+    parser.add_argument("--no-full", action="store_true", help="skip the full-read rows (capture.full_every: 1)")
     args = parser.parse_args()
     if not shutil.which("restic"):
         sys.exit("restic is not installed (apt-get install -y restic): it is the reference")
     work = Path(tempfile.mkdtemp(prefix="perf-inc-bench-"))
     src = Path(tempfile.mkdtemp(prefix="perf-inc-bench-src-", dir="/dev/shm"))
-    bench = Bench(work, src)
+    bench = Bench(work, src, args.before)
+    builds = bench.builds
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     try:
         written = bench.setup(args.mib, args.seed)
         print(f"desktop {bench.desktop}: {written / MiB:.0f} MiB in {len(files_of(src))} objects; seconds, MiB")
-        keys = ("total", "backup", "tier", "read_mib", "stored_mib")
-        first = {"drsvc backup + tier (full)": [bench.drsvc_round()], "restic backup": [bench.restic_round()]}
+        keys = ("total", "backup", "backup-ckpt", "tier", "read_mib", "stored_mib")
+        first: dict[str, list[dict[str, float]]] = {f"drsvc {b.label} backup + tier (full)": [] for b in builds}
+        for b in builds:
+            first[f"drsvc {b.label} backup + tier (full)"].append(b.round())
+        first["restic backup"] = [bench.restic_round()]
         show_medians("first backup into S3", first, keys)
-        same: dict[str, list[dict[str, float]]] = {"drsvc incremental": [], "drsvc full read": [], "restic": []}
-        for _ in range(args.rounds):
-            same["drsvc incremental"].append(bench.drsvc_round())
-            bench.policy(full_every=1)
-            same["drsvc full read"].append(bench.drsvc_round())
-            bench.policy(full_every=24)
-            same["restic"].append(bench.restic_round())
+
+        def turn(rows: dict[str, list[dict[str, float]]], r: int, full: bool) -> None:
+            """One round: every build (rotating who goes first), the checkpoint floor, restic."""
+            for b in builds[r % len(builds) :] + builds[: r % len(builds)]:
+                rows[f"drsvc {b.label} incremental"].append(b.round())
+                if full:
+                    b.policy(full_every=1)
+                    rows[f"drsvc {b.label} full read"].append(b.round())
+                    b.policy(full_every=24)
+            floor = bench.checkpoint_round()
+            rows["raw podman checkpoint"].append(floor)
+            for b in builds:
+                last = rows[f"drsvc {b.label} incremental"][-1]
+                last["backup-ckpt"] = last["backup"] - floor["total"]
+            rows["restic"].append(bench.restic_round())
+
+        def table(full: bool) -> dict[str, list[dict[str, float]]]:
+            rows: dict[str, list[dict[str, float]]] = {}
+            for b in builds:
+                rows[f"drsvc {b.label} incremental"] = []
+                if full:
+                    rows[f"drsvc {b.label} full read"] = []
+            rows["raw podman checkpoint"] = []
+            rows["restic"] = []
+            return rows
+
+        same = table(not args.no_full)
+        for r in range(args.rounds):
+            turn(same, r, not args.no_full)
+        print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         show_medians("nothing changed", same, keys)
-        changed: dict[str, list[dict[str, float]]] = {"drsvc incremental": [], "restic": []}
+        changed = table(False)
         sizes = []
         for r in range(args.rounds):
             sizes.append(bench.change(args.change, args.seed * 100 + r) / MiB)
-            changed["drsvc incremental"].append(bench.drsvc_round())
-            changed["restic"].append(bench.restic_round())
+            turn(changed, r, False)
+        print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         title = f"after a {args.change:.0%} scattered change ({'/'.join(f'{s:.1f}' for s in sizes)} MiB)"
         show_medians(title, changed, keys)
-        assert all(r["incremental"] for r in same["drsvc incremental"] + changed["drsvc incremental"])
-        growth = [d["stored_mib"] / s for d, s in zip(changed["drsvc incremental"], sizes, strict=True)]
+        for b in builds:
+            rows = same[f"drsvc {b.label} incremental"] + changed[f"drsvc {b.label} incremental"]
+            assert all(r["incremental"] for r in rows), b.label
+            mine = changed[f"drsvc {b.label} incremental"]
+            growth = [d["stored_mib"] / s for d, s in zip(mine, sizes, strict=True)]
+            print(f"  stored growth / changed bytes: drsvc {b.label} {statistics.median(growth):.2f}x")
         rgrowth = [d["stored_mib"] / s for d, s in zip(changed["restic"], sizes, strict=True)]
-        print(f"  stored growth / changed bytes: drsvc {statistics.median(growth):.2f}x, "
-              f"restic {statistics.median(rgrowth):.2f}x")  # fmt: skip
+        print(f"  stored growth / changed bytes: restic {statistics.median(rgrowth):.2f}x")
     finally:
         bench.cleanup()
         shutil.rmtree(work, ignore_errors=True)
