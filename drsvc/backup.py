@@ -35,7 +35,7 @@ import logging
 import os
 import secrets
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO
@@ -224,6 +224,7 @@ class BackupJob:
         self.pipeline_depth = 1 if services.config.scheduler.pipeline else 0
         self.phases = Phases()
         self.committer = Committer(services, lease, self.phases, on_event)
+        self._side: cf.Executor | None = None  # the run's listing threads (``run``)
 
     def run(self, desktops: Sequence[DesktopRef], policy: Policy | None) -> BackupReport:
         """Back up ``desktops`` now; ``policy`` decides capture options (None: manual defaults)."""
@@ -248,7 +249,14 @@ class BackupJob:
             # host stores slow the CRIU dumps, and desktops stand frozen longer or miss their
             # batch's snapshot (docs/benchmarks.md, "Fleet throughput"). Leaving the pool waits for
             # every store: none writes after the job ended.
-            with store_pool(self.workers, pipelined=self.pipeline_depth > 0) as pool:
+            # ``side``: the pool listings and the hot store's chunk listing, started early so they
+            # run while checkpoints are taken and archives stream in, not after them
+            with (
+                store_pool(self.workers, pipelined=self.pipeline_depth > 0) as pool,
+                cf.ThreadPoolExecutor(2, thread_name_prefix="listing") as side,
+            ):
+                self._side = side
+                side.submit(self._know_chunks)
                 stores: collections.deque[list[cf.Future[None]]] = collections.deque()
                 for pool_url, batch_no, batch in self._batches(desktops, policy):
                     while len(stores) > self.pipeline_depth:
@@ -340,10 +348,17 @@ class BackupJob:
 
         volumes = self.services.snapshots(pool_url)
         archives: dict[str, StreamRef] = {}
+        listed: list[cf.Future[dict[str, list[str]]]] = []
+
+        def list_pool() -> None:
+            # as soon as the snapshot exists: the listing runs while the checkpoints end
+            assert self._side is not None
+            listed.append(self._side.submit(self._listing, volumes, batch))
+
         try:
             with phases.timed("freeze"):
                 if want_memory:
-                    archives = self._paired_capture(batch, outcomes, volumes, snap, budget)
+                    archives = self._paired_capture(batch, outcomes, volumes, snap, budget, list_pool)
                 else:
                     self.on_event("snapshot", pool=pool_url, name=snap)
                     volumes.create(snap)
@@ -359,8 +374,8 @@ class BackupJob:
             self._drop_snapshot(volumes, snap, snapshot_row, None)
             return [outcomes[d.desktop_id] for d in batch], []
         report.pool_snapshots.append(snap)
-        with phases.timed("listing"):
-            listing = self._listing(volumes, batch)
+        with phases.timed("listing"):  # what of it the checkpoints did not hide
+            listing = listed[0].result() if listed else self._listing(volumes, batch)
 
         futures = [
             pool.submit(
@@ -378,6 +393,12 @@ class BackupJob:
             for d in batch
         ]
         return [outcomes[d.desktop_id] for d in batch], futures
+
+    def _know_chunks(self) -> None:
+        """Load the hot store's listing of stored chunks (dedup) while the first checkpoints run;
+        the first archive written would wait for it otherwise. A failure is the writer's to report."""
+        with contextlib.suppress(DrsvcError):
+            self.committer.hot.writer.known()
 
     @staticmethod
     def _wait_stores(futures: list[cf.Future[None]], phases: Phases) -> None:
@@ -402,13 +423,21 @@ class BackupJob:
             return {}
 
     def _paired_capture(
-        self, batch: list[DesktopRef], outcomes: dict[str, Outcome], volumes: Any, snap: str, budget: float
+        self,
+        batch: list[DesktopRef],
+        outcomes: dict[str, Outcome],
+        volumes: Any,
+        snap: str,
+        budget: float,
+        after_snapshot: Callable[[], None],
     ) -> dict[str, StreamRef]:
         """Checkpoint the batch, snapshot the pool while all are frozen, stream the archives.
 
         The freeze ``budget`` (seconds) bounds every desktop's freeze: at its end they are thawed
         whatever the snapshot is doing (``FreezeBudgetExceeded``); a desktop that stood still
         longer anyway (its own memory dump outlasted the budget) is crash-consistent.
+        ``after_snapshot`` is called once the snapshot exists (it must return at once: the
+        desktops still stand frozen).
         """
         by_container = {d.container_id: d.desktop_id for d in batch}
 
@@ -416,6 +445,7 @@ class BackupJob:
             self.on_event("snapshot", name=snap, frozen=sorted(by_container[c] for c in frozen))
             volumes.create(snap)
             faults.point("after-snapshot")
+            after_snapshot()
 
         self.on_event("freeze", desktops=[d.desktop_id for d in batch], budget=budget)
 

@@ -72,8 +72,9 @@ class Outcome:
 class Phases:
     """Seconds a run spent per phase, for ``--json`` and the fleet benchmark (``bench/fleet.py``).
 
-    ``record``, ``freeze`` (checkpoints, archives and the pool snapshot), ``listing`` and ``store``
-    are wall time per batch, summed over batches; ``scan`` (volume metadata at the snapshot),
+    ``record``, ``freeze`` (checkpoints, archives and the pool snapshot), ``listing`` (the part of
+    the pool listing the checkpoints' end did not hide: it starts once the snapshot exists) and
+    ``store`` are wall time per batch, summed over batches; ``scan`` (volume metadata at the snapshot),
     ``volume`` (the whole volume capture, scan included), ``image`` and ``commit`` (manifest and
     catalog) are summed over desktops, which run on several threads at once.
     """

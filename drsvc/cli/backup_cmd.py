@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from drsvc.backup import BackupJob, BackupReport, Outcome
 from drsvc.cleanup import clean_before
@@ -14,6 +12,9 @@ from drsvc.cli._common import App, DrsvcCommand, pass_app
 from drsvc.errors import InvalidInput
 from drsvc.inventory import select
 from drsvc.units import format_bytes
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def progress_printer(app: App) -> Any:
@@ -50,6 +51,8 @@ def progress_printer(app: App) -> Any:
 
 
 def render_report(report: BackupReport, out: Console) -> None:
+    from rich.table import Table  # the table only without --json
+
     table = Table(box=None, pad_edge=False)
     for col in ("DESKTOP", "POINT", "STATUS", "CONSISTENCY", "FREEZE", "SIZE", "NEW", "NOTE"):
         table.add_column(col)

@@ -249,3 +249,37 @@ def test_store_threads_give_way_only_when_batches_are_pipelined(
     assert report.exit_code == 0, report.document()
     assert seen == [base + backup_mod.STORE_NICE if pipeline else base] * 2
     assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the run's own thread never gave way
+
+
+class ListingSnapshots(FakeSnapshots):
+    """Pool snapshots that can list the pool by volume (as RADOS pools can), noting when they did."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.listed = threading.Event()
+        self.thread = ""
+
+    def names_by_volume(self, urls: list[str]) -> dict[str, list[str]]:
+        assert self.created, "listed before the snapshot was taken"
+        self.thread = threading.current_thread().name
+        self.listed.set()
+        return {url: ["data"] for url in urls}
+
+
+def test_the_pool_is_listed_while_the_archives_still_stream(kit: ColdKit, monkeypatch: pytest.MonkeyPatch) -> None:
+    snaps = ListingSnapshots()
+    seen: list[bool] = []
+    real = backup_mod.checkpoint_batch
+
+    def checkpoint_batch(runtime: Any, desktops: Any, consume: Any, **kw: Any) -> Any:
+        def consuming(d: DesktopRef, stream: Any) -> Any:
+            seen.append(snaps.listed.wait(10))  # the snapshot is taken (and listed) before archives stream
+            return consume(d, stream)
+
+        return real(runtime, desktops, consuming, **kw)
+
+    monkeypatch.setattr(backup_mod, "checkpoint_batch", checkpoint_batch)
+    report = run(kit, snaps)
+    assert report.exit_code == 0, report.document()
+    assert seen == [True, True]
+    assert snaps.thread.startswith("listing")
