@@ -179,13 +179,13 @@ class Build:
 
 
 class Bench:
-    def __init__(self, work: Path, src: Path, before: list[Path]) -> None:
+    def __init__(self, work: Path, src: Path, before: list[Path], this: Path = ROOT) -> None:
         self.work, self.src = work, src
         tag = uuid.uuid4().hex[:6]
         self.prefix = f"perf-inc-{tag}"
         self.desktop = f"{self.prefix}-001"
         self.restic_bucket = f"perf-inc-restic-{tag}"
-        self.builds = [Build("this", ROOT, work, self.desktop, tag)]
+        self.builds = [Build("this", this, work, self.desktop, tag)]
         self.builds += [Build(tree.resolve().name, tree.resolve(), work, self.desktop, tag) for tree in before]
         import rados
 
@@ -273,13 +273,14 @@ def main() -> None:
     parser.add_argument("--change", type=float, default=0.02, help="fraction of bytes overwritten per change round")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--before", type=Path, action="append", default=[], help="another drsvc tree (repeatable)")
+    parser.add_argument("--this", type=Path, default=ROOT, help="the drsvc tree of the 'this' build (default: here)")
     parser.add_argument("--no-full", action="store_true", help="skip the full-read rows (capture.full_every: 1)")
     args = parser.parse_args()
     if not shutil.which("restic"):
         sys.exit("restic is not installed (apt-get install -y restic): it is the reference")
     work = Path(tempfile.mkdtemp(prefix="perf-inc-bench-"))
     src = Path(tempfile.mkdtemp(prefix="perf-inc-bench-src-", dir="/dev/shm"))
-    bench = Bench(work, src, args.before)
+    bench = Bench(work, src, args.before, args.this.resolve())
     builds = bench.builds
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     try:
