@@ -17,7 +17,7 @@ import json
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -54,7 +54,7 @@ class DesktopHealth:
     last_rto_seconds: float | None = None
 
     def document(self) -> dict[str, Any]:
-        doc = asdict(self)
+        doc = _shallow(self)  # every field is a scalar: asdict's deep copy cost 0.3 s at 10,000 desktops
         for key in ("last_point_at", "last_drill_at"):
             doc[key] = clock.to_iso(doc[key]) if doc[key] else None
         return doc
@@ -83,7 +83,7 @@ class PolicyHealth:
     last_verify_error: str | None = None
 
     def document(self) -> dict[str, Any]:
-        doc = asdict(self)
+        doc = _shallow(self)
         for key, value in doc.items():
             if isinstance(value, datetime):
                 doc[key] = clock.to_iso(value)
@@ -130,6 +130,11 @@ class FleetHealth:
 
 LastPointKey = tuple[str, str | None]  # (desktop, policy; None for a manual point)
 LastPoint = tuple[str, str, float | None]  # (taken_at, point id, freeze_ms) of the newest complete point
+
+
+def _shallow(obj: Any) -> dict[str, Any]:
+    """A dataclass of scalars as a dict (``asdict`` without its recursive copy)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
 
 
 def _seconds(value: timedelta | None) -> float | None:
