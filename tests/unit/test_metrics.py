@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sqlite3
 import subprocess
 import sys
 from datetime import timedelta
@@ -232,3 +234,30 @@ def test_a_change_made_outside_any_job_by_another_process_is_seen_by_the_next_sc
     script += f"c.execute(\"UPDATE points SET status = 'failed' WHERE id = '{first}'\"); c.commit()"
     subprocess.run([sys.executable, "-c", script], check=True)
     assert outcomes() == {"ok": 1, "failed": 1}, "the next scrape sees another process's commit"
+
+
+def test_a_catalog_file_put_in_place_of_the_old_one_is_read_at_the_next_scrape(fleet) -> None:
+    from drsvc.catalog_guard import quarantine
+
+    fleet.desktop("d")
+    point = fleet.point("d", timedelta(minutes=30))
+    daemon = metrics.registry(fleet.catalog.path, lambda: fleet.policies)
+
+    def outcomes() -> dict[str, float]:
+        families = text_string_to_metric_families(metrics.render(daemon).decode())
+        return {
+            s.labels["result"]: s.value for f in families for s in f.samples if s.name == "drsvc_backup_points_total"
+        }
+
+    assert outcomes() == {"ok": 1}
+    # what `drsvc catalog restore` does: a copy written beside the catalog, the old file moved aside
+    path = str(fleet.catalog.path)
+    copy = sqlite3.connect(path + ".copy")
+    fleet.catalog.db.conn.backup(copy)
+    copy.execute("UPDATE points SET status = 'failed' WHERE id = ?", [point])
+    copy.commit()
+    copy.close()
+    fleet.catalog.close()
+    quarantine(path)
+    os.replace(path + ".copy", path)
+    assert outcomes() == {"failed": 1}, "the scrape reads the file now at the catalog's path"
