@@ -337,3 +337,30 @@ def test_settle_survives_a_garbage_collection_right_after(lab):
         timeout=300,
     )
     assert p.returncode == 0 and p.stdout.strip() == "ok", f"exit {p.returncode}\n{p.stderr[-3000:]}"
+
+
+def test_stamps_through_the_c_api_are_the_bindings_and_move_with_every_change(ns, snap, ioctx, monkeypatch):
+    """``stamps_at`` takes versions from aio completions (``rados_stamps``, librados' C API): the same
+    name, size, version and mtime the binding's per-thread stats give, at every snapshot, and a
+    version that moves with each kind of change (data, xattr, omap, append; deleted and created
+    objects left out or in)."""
+    from drsvc.volumes import rados_stamps
+
+    vol = ns()
+    vol.write_objects(_streams(ORIGINAL))
+    before = snap()
+    _change_everything(vol, ioctx)
+    after = snap()
+    fast = {s: vol.stamps_at(s) for s in (before, after)}
+    assert fast[before] and rados_stamps._clusters, "the C API was not used"
+    monkeypatch.setattr(rados_stamps, "stamps", lambda *a, **k: None)  # as where librados cannot be loaded
+    for s in (before, after):
+        assert fast[s] == vol.stamps_at(s), s
+    old = {o.name: o for o in fast[before]}
+    new = {o.name: o for o in fast[after]}
+    assert sorted(old) == sorted(ORIGINAL)
+    assert "var/old.log" not in new and "new/created.txt" in new
+    for name in ("docs/a.txt", "conf/app.conf", "media/big.bin"):
+        assert new[name].version != old[name].version, name
+    untouched = set(old) - {"docs/a.txt", "conf/app.conf", "media/big.bin", "var/old.log"}
+    assert untouched and all(new[n].version == old[n].version for n in untouched)
