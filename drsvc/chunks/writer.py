@@ -190,7 +190,12 @@ class _StreamWrite:
 
     def _upload(self, pieces: Iterable[memoryview | _Reused]) -> Iterator[tuple[str, bytes]]:
         w = self.writer
-        for cid, size, blob in ordered_map(self._encode, pieces, workers=w.workers, window=w.window):
+
+        # a reused chunk is only a marker: no hand-off to a worker (an unchanged 1 GiB volume has thousands)
+        def reused(piece: memoryview | _Reused) -> bool:
+            return isinstance(piece, _Reused)
+
+        for cid, size, blob in ordered_map(self._encode, pieces, workers=w.workers, window=w.window, inline=reused):
             self.entries.append((cid, size))
             self.stats.chunks_total += 1
             raw = bytes.fromhex(cid)

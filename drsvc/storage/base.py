@@ -141,18 +141,35 @@ def split_store_url(url: str, scheme: str, name: re.Pattern[str], shape: str) ->
     return first, prefix
 
 
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], *, workers: int = 4, window: int = 16) -> Iterator[R]:
+def ordered_map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    workers: int = 4,
+    window: int = 16,
+    inline: Callable[[T], bool] | None = None,
+) -> Iterator[R]:
     """Apply ``fn`` on a thread pool, yielding results in input order with at most ``window`` in flight.
 
     ``items`` is consumed lazily, so memory stays bounded by the window. Exceptions surface at the
-    position of the item that raised; leaving the generator early cancels what is queued.
+    position of the item that raised; leaving the generator early cancels what is queued. Items
+    for which ``inline`` says so are done in the caller's thread (work too small for a hand-off:
+    a thread pool costs tens of microseconds per item).
     """
     window = max(1, window)
     pending: collections.deque[Future[R]] = collections.deque()
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="drsvc-io")
     try:
         for item in items:
-            pending.append(pool.submit(fn, item))
+            if inline is not None and inline(item):
+                done: Future[R] = Future()
+                try:
+                    done.set_result(fn(item))
+                except Exception as e:
+                    done.set_exception(e)
+                pending.append(done)
+            else:
+                pending.append(pool.submit(fn, item))
             if len(pending) >= window:
                 yield pending.popleft().result()
         while pending:
