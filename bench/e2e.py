@@ -15,7 +15,8 @@ on the same files (the mixed desktop set of ``bench/tiering.py``):
 Each drsvc row has wall seconds, the CPU seconds the process used (user + system: wall far above
 CPU means it waited on round trips), and for restores the phases the restore report records
 (``fetch`` of the checkpoint runs while ``volume`` is written). ``--profile DIR`` runs each drsvc
-command under ``py-spy record --idle`` (install it into the venv: ``pip install py-spy``) and
+command under ``py-spy record --idle`` (install it into the venv: ``pip install py-spy``; with
+``E2E_PROFILE_CPU=1`` only threads on a CPU are sampled: where the CPU goes, not the waits) and
 prints where its threads spent their wall time, by the innermost drsvc function: the waits.
 ``--before TREE`` also backs up + tiers and restores with the drsvc package of another source
 tree (e.g. ``git archive REV drsvc | tar -x -C TREE``), turns alternating: before/after in one
@@ -83,7 +84,8 @@ class E2E(Bench):
             cmd = [sys.executable, "-m", "drsvc", *cmd[1:]]
         if self.profile is not None:
             out = self.profile / f"{step}.txt"
-            spy = [str(PYSPY), "record", "--idle", "--threads", "-r", str(RATE), "-f", "raw", "-o", str(out)]
+            idle = [] if os.environ.get("E2E_PROFILE_CPU") else ["--idle"]  # set: samples of threads on a CPU only
+            spy = [str(PYSPY), "record", *idle, "--threads", "-r", str(RATE), "-f", "raw", "-o", str(out)]
             cmd = [*spy, "--", *cmd]
         cpu = children_cpu()
         t = time.perf_counter()
