@@ -282,13 +282,15 @@ class RestoreJob(RestorePlanner):
         elif plan.tier == "hot" and plan.from_snapshot:
             # the manifest lists the snapshot's objects with their metadata: no scan of the snapshot
             listed = [_volume_object(entry) for entry in objects]
-            target = source.clone_from_snapshot(snap, namespace_of(plan.volume_url) or "", listed)
+            # a namespace the plan listed and found empty is not listed again (a whole-pool scan)
+            namespace = namespace_of(plan.volume_url) or ""
+            target = source.clone_from_snapshot(snap, namespace, listed, fresh=plan.target.empty)
             result.checks["volume"] = f"copied from pool snapshot {snap} into {plan.volume_url}"
         else:  # cold, or hot chunks whose pool snapshot is gone
             target = self.services.volume(plan.volume_url)
             stream = store.read_stream(StreamRef.from_dict(manifest["volume"]["stream"]))
             # a namespace the plan listed and found empty is not listed again (a whole-pool scan)
-            target.write_objects(_split_objects(objects, stream), exact=not plan.target.empty)
+            target.write_objects(_split_objects(objects, stream), exact=True, fresh=plan.target.empty)
             result.checks["volume"] = f"written from {len(objects)} objects' chunks in the {plan.tier} store"
         if verify:
             expected = {o["name"]: o["digest"] for o in objects}
@@ -363,6 +365,10 @@ def _split_objects(
                 nxt = next(pieces, None)
                 if nxt is None:
                     raise IntegrityError("volume stream ended before its last object")
+                if len(nxt) <= n:  # the whole chunk lies in this object: passed on as it is, not copied
+                    n -= len(nxt)
+                    yield nxt
+                    continue
                 pending = memoryview(nxt)
             part = pending[:n]
             pending = pending[n:]

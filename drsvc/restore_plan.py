@@ -9,10 +9,13 @@ the same clone name. ``drsvc.restore.RestoreJob`` (a planner) runs the phases.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +32,7 @@ from drsvc.errors import (
 from drsvc.intents import interrupted_restores, leftovers
 from drsvc.policy import Policy
 from drsvc.prune import policy_for
+from drsvc.runtimes.base import DesktopRef
 from drsvc.services import Services
 from drsvc.targets import Fleet, Target, check_restore_target
 
@@ -221,6 +225,7 @@ class RestorePlanner:
         raise NotFound(f"point {point['id']} is held by no tier")
 
     def store(self, tier: str) -> ChunkStore:
+        """The chunk store of ``tier``."""
         return self.services.hot if tier == "hot" else self.services.cold
 
     def plan(
@@ -242,6 +247,26 @@ class RestorePlanner:
         name left behind is removed first (its owner is gone), so the same command works again.
         """
         started = time.monotonic()
+        runtime = self.services.runtime  # made on this thread; the listing below shares it
+        # the runtime's containers are listed (an API call or two) beside the store and manifest reads
+        with ThreadPoolExecutor(1, thread_name_prefix="drsvc-plan") as pool:
+            live = pool.submit(runtime.list_desktops)
+            return self._plan(
+                desktop_id, started, live, at, point_id, as_name, tier, allow_cross_tenant, clear_leftovers
+            )
+
+    def _plan(
+        self,
+        desktop_id: str,
+        started: float,
+        live: Future[list[DesktopRef]],
+        at: datetime | None,
+        point_id: str | None,
+        as_name: str | None,
+        tier: str | None,
+        allow_cross_tenant: bool,
+        clear_leftovers: bool,
+    ) -> RestorePlan:
         resumes = None
         if as_name is None and at is None and point_id is None:
             for intent in interrupted_restores(self.catalog):
@@ -251,7 +276,9 @@ class RestorePlanner:
         tier = tier or self._tier(point)
         if tier not in point["tiers"]:
             raise NotFound(f"point {point['id']} has no {tier} copy (tiers: {', '.join(point['tiers'])})")
-        manifest = self.store(tier).get_manifest(desktop_id, point["id"])
+        store = self.store(tier)
+        warm_index(store)
+        manifest = store.get_manifest(desktop_id, point["id"])
         if self.relocate is not None:
             volume = dict(manifest["volume"])
             volume["url"] = self.relocate(volume["url"])
@@ -259,9 +286,10 @@ class RestorePlanner:
         desktop = self.catalog.desktop(desktop_id)
         policy = policy_for(point, self.services.policies, {desktop_id: desktop})
         rto_target = policy.objectives.rto.total_seconds() if policy else DEFAULT_TARGET
-        if as_name is not None and clear_leftovers:
-            self._clear_leftovers(as_name)
-        target = self.check_target(desktop, manifest, as_name, allow_cross_tenant=allow_cross_tenant)
+        listed = live.result()
+        if as_name is not None and clear_leftovers and self._clear_leftovers(as_name):
+            listed = self.services.runtime.list_desktops()  # again: what the clearing removed is gone
+        target = self.check_target(desktop, manifest, as_name, allow_cross_tenant=allow_cross_tenant, live=listed)
         plan = RestorePlan(
             desktop=desktop,
             point=point,
@@ -279,8 +307,9 @@ class RestorePlanner:
         plan.predicted = self.predict(plan)
         return plan
 
-    def _clear_leftovers(self, as_name: str) -> None:
-        """Undo what killed restores left at the clone name ``as_name`` (container, namespace)."""
+    def _clear_leftovers(self, as_name: str) -> bool:
+        """Undo what killed restores left at the clone name ``as_name`` (container, namespace); whether
+        there was anything."""
         from drsvc.cleanup import CleanupJob, CleanupReport
 
         mine = [i for i in leftovers(self.catalog) if i.kind == "clone-container" and i.target == as_name]
@@ -289,6 +318,7 @@ class RestorePlanner:
         if mine or volumes:
             report = CleanupReport(dry_run=False)
             CleanupJob(self.services, None, on_event=self.on_event).undo(mine + volumes, report)
+        return bool(mine or volumes)
 
     def check_target(
         self,
@@ -297,10 +327,13 @@ class RestorePlanner:
         as_name: str | None,
         *,
         allow_cross_tenant: bool = False,
+        live: list[DesktopRef] | None = None,
     ) -> Target:
-        """Where restoring ``manifest`` may write (``drsvc.targets`` rules); exit 2 when nowhere."""
+        """Where restoring ``manifest`` may write (``drsvc.targets`` rules); exit 2 when nowhere.
+
+        ``live``: the runtime's labelled containers, when the caller listed them already."""
         runtime = self.services.runtime
-        fleet = Fleet.gather(self.catalog.desktops(), runtime.list_desktops())
+        fleet = Fleet.gather(self.catalog.desktops(), runtime.list_desktops() if live is None else live)
         return check_restore_target(
             desktop=desktop,
             manifest=manifest,
@@ -337,3 +370,21 @@ class RestorePlanner:
             "container": fixed.get("container", DEFAULT_CONTAINER_SECONDS),
             "health": fixed.get("health", SETTLE_SECONDS),
         }
+
+
+def warm_index(store: ChunkStore) -> None:
+    """Start loading a packed store's index (a listing and a GET per pack) on a thread of its own.
+
+    A cold restore reads its volume through the index; loading it took ~0.5 s before the first
+    byte of a 1 GiB desktop could be fetched. Loaded beside the rest of the plan (manifest, target
+    checks), the volume phase finds it ready. A failure here is not reported: the reader loads the
+    index again when it needs it and reports that (every S3 call has the store's deadlines).
+    """
+    if not store.pack_size:
+        return
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            store.packs.ensure_loaded()
+
+    threading.Thread(target=load, name="drsvc-index", daemon=True).start()

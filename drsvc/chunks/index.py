@@ -31,6 +31,7 @@ class PackDirectory:
         self._pack_objects: set[str] = set()  # pack ids whose pack object was listed (or written)
         self._loaded = False
         self._lock = threading.Lock()
+        self._loading = threading.Lock()  # one first load at a time (a restore warms it up beside its plan)
 
     @property
     def where(self) -> Mapping[bytes, Location]:
@@ -38,9 +39,12 @@ class PackDirectory:
         return self._where
 
     def ensure_loaded(self) -> None:
-        """Load the indexes once (``refresh`` does it again)."""
-        if not self._loaded:
-            self.refresh()
+        """Load the indexes once (``refresh`` does it again); a second caller waits for the first's load."""
+        if self._loaded:
+            return
+        with self._loading:
+            if not self._loaded:
+                self.refresh()
 
     def refresh(self) -> dict[str, PackIndex]:
         """Load new indexes, forget removed ones; the indexes whose pack object exists.

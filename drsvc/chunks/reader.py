@@ -4,7 +4,8 @@ Reading a packed store fetches by pack: the chunks a stream needs are located th
 runs of chunks that lie close together in one pack are coalesced into one ranged GET (up to
 ``MAX_RANGE`` bytes, skipping gaps up to ``MAX_GAP``), ranges are fetched on ``read_workers``
 threads with ``read_ahead`` ranges in flight (bounded memory), each frame in a range is opened
-once, then every chunk is re-hashed alone; a bad blob or frame raises ``IntegrityError`` naming
+once, then every chunk is re-hashed alone, all on the worker that fetched the range (the consumer
+only takes verified plaintext, range by range); a bad blob or frame raises ``IntegrityError`` naming
 the chunk and its pack (a bad frame fails exactly the chunks in it). Loose chunks (stores written
 before packs existed) and version-2 packs (no frames) stay readable.
 """
@@ -96,8 +97,7 @@ class ChunkReader:
         total = 0
         with SideHasher(keys.hasher()) as hasher:  # the consumer's thread does not wait on the hash
             try:
-                chunks = self.blobs(ref.chunks)
-                for data in ordered_map(self.open_fetched, chunks, workers=self.workers, window=self.window):
+                for data in self.opened(ref.chunks):
                     if not composed:
                         hasher.update(data)
                     total += len(data)
@@ -115,10 +115,38 @@ class ChunkReader:
         is authenticated and re-hashed, but there is no whole-stream hash to check.
         """
         try:
-            fetched = self.blobs(chunks)
-            yield from ordered_map(self.open_fetched, fetched, workers=self.workers, window=self.window)
+            yield from self.opened(chunks)
         except NotFound as e:
             raise IntegrityError(f"a chunk of the stream is missing: {e}") from e
+
+    def opened(self, chunks: Sequence[tuple[str, int | None]]) -> Iterator[bytes]:
+        """The verified plaintext of ``chunks`` in order; ``IntegrityError`` where the first bad one lies.
+
+        A packed store's chunks are opened and re-hashed on the read worker that fetched their
+        range (``fetch_opened``): one hand-over between threads per range, not a second pool and
+        one future per chunk (thousands per GiB, each costing the consumer's thread time).
+        """
+        if self.directory is None:
+            yield from ordered_map(self.open_fetched, self.blobs(chunks), workers=self.workers, window=self.window)
+            return
+        self.directory.ensure_loaded()
+        ranges = self.ranges(chunks)
+        for part in ordered_map(self.fetch_opened, ranges, workers=self.read_workers, window=self.read_ahead):
+            for data in part:
+                if isinstance(data, IntegrityError):
+                    raise data  # the chunks before it in the range were good, and are yielded
+                yield data
+
+    def fetch_opened(self, r: Range) -> list[bytes | IntegrityError]:
+        """Read one range and open every chunk in it: its plaintext, or why it cannot be read."""
+        out: list[bytes | IntegrityError] = []
+        for item in self.fetch(r):
+            try:
+                out.append(self.open_fetched(item))
+            except IntegrityError as e:
+                out.append(e)
+                break  # nothing after a bad chunk is used
+        return out
 
     def open_fetched(self, item: Fetched) -> bytes:
         """A fetched chunk's verified plaintext; ``IntegrityError`` naming the chunk and where it lies."""

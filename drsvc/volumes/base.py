@@ -125,13 +125,18 @@ class Volume(Protocol):
         """Make the live volume equal the snapshot (``keep``: names at the snap, if already known)."""
         ...
 
-    def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True) -> int:
-        """Write objects (data, xattrs, omap replaced whole); with ``exact`` remove every other object."""
+    def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True, fresh: bool = False) -> int:
+        """Write objects (data, xattrs, omap replaced whole); with ``exact`` remove every other object;
+        ``fresh``: the caller found the volume empty, so nothing is listed, and an object that
+        appeared since is never overwritten (the write fails)."""
         ...
 
-    def clone_from_snapshot(self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None) -> Volume:
+    def clone_from_snapshot(
+        self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None, *, fresh: bool = False
+    ) -> Volume:
         """Copy the snapshot's content into a sibling volume named ``target``; return it (``objects``:
-        the snapshot's objects with their metadata when the caller knows them, e.g. from a manifest)."""
+        the snapshot's objects with their metadata when the caller knows them, e.g. from a manifest;
+        ``fresh``: the caller found ``target`` empty, as in ``write_objects``)."""
         ...
 
     def purge(self) -> int:

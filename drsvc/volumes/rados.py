@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from drsvc import ceph, faults
-from drsvc.errors import IntegrityError, InvalidInput, NotFound
+from drsvc.errors import DrsvcError, IntegrityError, InvalidInput, NotFound
 from drsvc.volumes import rados_stamps
 from drsvc.volumes.base import (
     READ_SIZE,
@@ -424,18 +424,20 @@ class RadosVolume:
             for _ in pool.map(roll, sorted(wanted)):
                 pass
 
-    def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True) -> int:
+    def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True, fresh: bool = False) -> int:
         """Write each (object, data chunks) whole — data, xattrs, omap replaced — pipelined; return the count.
 
         ``exact``: afterwards the namespace holds exactly these objects (others are removed).
+        ``fresh``: the caller found the namespace empty; nothing is listed and every object is
+        created exclusively (one that appeared since is never overwritten: the write fails).
         A data stream whose length differs from ``object.size`` raises ``IntegrityError``.
         """
         io = self._head_io()
         with ThreadPoolExecutor(1, thread_name_prefix="drsvc-list") as pool:
             # what to remove afterwards is listed while the writes go on (listing a namespace scans
             # the pool: seconds in a large one); an object written meanwhile is in `written`, kept
-            before = pool.submit(self._names_apart) if exact else None
-            written = self._write_all(io, items)
+            before = pool.submit(self._names_apart) if exact and not fresh else None
+            written = self._write_all(io, items, fresh=fresh)
             if before is not None:
                 self._remove_many(io, [n for n in before.result() if n not in written])
         return len(written)
@@ -448,8 +450,8 @@ class RadosVolume:
         finally:
             io.close()
 
-    def _write_all(self, io: Any, items: Iterable[ObjectStream]) -> set[str]:
-        """Write every object through the aio window; the names written."""
+    def _write_all(self, io: Any, items: Iterable[ObjectStream], *, fresh: bool = False) -> set[str]:
+        """Write every object through the aio window; the names written (``fresh``: create each exclusively)."""
         rados = ceph.rados_module()
         written: set[str] = set()
         inflight: collections.deque[tuple[str, int, Any, Any]] = collections.deque()
@@ -466,9 +468,7 @@ class RadosVolume:
             name, size, comp, _ = entry
             inflight_bytes -= size
             wait(entry)
-            rv = comp.get_return_value()
-            if rv < 0:
-                raise _rv_error(f"write {self.url}/{name}", rv)
+            self._written(name, comp.get_return_value(), fresh)
 
         def room(size: int) -> None:
             while inflight and (len(inflight) >= self._window or inflight_bytes + size > self._window_bytes):
@@ -484,8 +484,11 @@ class RadosVolume:
                 room(len(first))
                 op = io.create_write_op()
                 try:
-                    op.remove()
-                    op.set_flags(rados.LIBRADOS_OP_FLAG_FAILOK)  # absent is fine: this is a create
+                    if fresh:  # never over an object that appeared since the namespace was found empty
+                        op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+                    else:
+                        op.remove()
+                        op.set_flags(rados.LIBRADOS_OP_FLAG_FAILOK)  # absent is fine: this is a create
                     op.write_full(first)
                     for key, value in obj.xattrs.items():
                         op.set_xattr(key, bytes(value))
@@ -499,6 +502,9 @@ class RadosVolume:
                 inflight.append((obj.name, len(first), comp, op))
                 inflight_bytes += len(first)
                 offset = len(first)
+                if fresh and obj.size > offset:
+                    # the next pieces are plain writes: only once the exclusive create went through
+                    self._written(obj.name, ceph.wait(comp).get_return_value(), fresh)
                 for piece in pieces:
                     room(len(piece))
                     with ceph.ceph_errors(f"write {self.url}/{obj.name}"):
@@ -517,13 +523,25 @@ class RadosVolume:
             _drain(inflight, wait)
         return written
 
+    def _written(self, name: str, rv: int, fresh: bool) -> None:
+        """Raise for a failed write of object ``name`` (``fresh``: created exclusively)."""
+        if rv == -errno.EEXIST and fresh:
+            raise DrsvcError(
+                f"write {self.url}/{name}: the object exists, though the namespace was empty when the "
+                "restore began (someone writes there); it is not overwritten"
+            )
+        if rv < 0:
+            raise _rv_error(f"write {self.url}/{name}", rv)
+
     def clone_from_snapshot(
-        self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None
+        self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None, *, fresh: bool = False
     ) -> RadosVolume:
         """Copy the snapshot's content of this namespace into namespace ``target`` (made exact); return it.
 
         ``objects``: what the snapshot holds (names, sizes, xattrs, omap), when the caller knows it
         (a point's manifest, taken from this very snapshot); else every object is scanned first.
+        ``fresh``: the caller found ``target`` empty (``write_objects``: not listed again, objects
+        created exclusively).
         """
         if target == self.namespace:
             raise InvalidInput(f"clone of {self.url} into itself: use rollback_to")
@@ -535,7 +553,7 @@ class RadosVolume:
             window_bytes=self._window_bytes,
             threads=self._threads,
         )
-        clone.write_objects(self.read_objects_at(snap_name, objects), exact=True)
+        clone.write_objects(self.read_objects_at(snap_name, objects), exact=True, fresh=fresh)
         return clone
 
     def purge(self) -> int:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from drsvc import runtimes, volumes
-from drsvc.errors import BackendError, InvalidInput, NotFound
+from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
 from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, LABEL_TENANT, LABEL_VOLUME, DesktopRef, Isolation
 from drsvc.volumes.base import ObjectStream, SnapshotInfo, VolumeObject, digest_streams
 
@@ -695,7 +695,7 @@ class FakeVolume:
             if f.exists():
                 _copy_object(f, live)
 
-    def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True) -> int:
+    def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True, fresh: bool = False) -> int:
         live = self._live()
         live.mkdir(parents=True, exist_ok=True)
         written: set[str] = set()
@@ -703,21 +703,23 @@ class FakeVolume:
             data = b"".join(chunks)
             if len(data) != obj.size:
                 raise BackendError(f"write {self.url}/{obj.name}: {len(data)} bytes, expected {obj.size}")
+            if fresh and (live / _qname(obj.name)).exists():
+                raise DrsvcError(f"write {self.url}/{obj.name}: the object exists (fresh volume); not overwritten")
             _write_object(live, obj.name, data, dict(obj.xattrs), dict(obj.omap))
             written.add(obj.name)
-        if exact:
+        if exact and not fresh:
             for f in list(live.glob("*.json")):
                 if _unq(f.name) not in written:
                     _remove_object(f)
         return len(written)
 
     def clone_from_snapshot(
-        self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None
+        self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None, *, fresh: bool = False
     ) -> FakeVolume:
         if target == self.namespace:
             raise InvalidInput(f"clone of {self.url} into itself: use rollback_to")
         clone = FakeVolume(self.world, self.pool, target)
-        clone.write_objects(self.read_objects_at(snap_name, objects), exact=True)
+        clone.write_objects(self.read_objects_at(snap_name, objects), exact=True, fresh=fresh)
         return clone
 
     def purge(self) -> int:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import pytest
 
 from drsvc.backup import snapshot_name
-from drsvc.errors import BackendError, IntegrityError, InvalidInput, NotFound
+from drsvc.errors import BackendError, DrsvcError, IntegrityError, InvalidInput, NotFound
 from drsvc.volumes import VolumeObject, object_digest, open_volume
 from drsvc.volumes.rados import (
     RadosVolume,
@@ -202,6 +202,37 @@ def test_write_objects_exact_and_clone_reproduce_the_snapshot(ns, snap, ioctx):
 
     with pytest.raises(IntegrityError):
         dst.write_objects([(VolumeObject("short", 10), iter([b"abc"]))], exact=False)
+
+
+def test_fresh_writes_list_nothing_and_never_overwrite(ns, snap, monkeypatch):
+    """A namespace the caller found empty (a clone's): written without listing it again, and an
+    object that appeared there since is left as it was (the write fails) instead of overwritten."""
+    src = ns("src")
+    src.write_objects([(VolumeObject(n, len(d), x, o), iter([d])) for n, (d, x, o) in ORIGINAL.items()])
+    s = snap()
+    want = src.digests_now()
+
+    def no_listing(*_a: object) -> list[str]:
+        raise AssertionError("a fresh namespace is not listed again")
+
+    monkeypatch.setattr(RadosVolume, "_names_apart", no_listing)
+    clone = src.clone_from_snapshot(s, ns("fresh").namespace, fresh=True)
+    assert clone.digests_now() == want
+    monkeypatch.undo()
+
+    taken = ns("taken")
+    taken.write_objects([(VolumeObject("docs/a.txt", 5, {"user.owner": b"bob"}), iter([b"bob's"]))], exact=False)
+    theirs = taken.digests_now()
+    with pytest.raises(DrsvcError, match=r"docs/a\.txt: the object exists.*not overwritten"):
+        taken.write_objects(src.read_objects_at(s), exact=True, fresh=True)
+    assert taken.digests_now()["docs/a.txt"] == theirs["docs/a.txt"]
+    # a large object is written in pieces: none of them lands on one that was there already
+    big = ns("taken-big")
+    big.write_objects([(VolumeObject("media/big.bin", 5), iter([b"bob's"]))], exact=False)
+    theirs = big.digests_now()
+    with pytest.raises(DrsvcError, match=r"media/big\.bin: the object exists.*not overwritten"):
+        src.clone_from_snapshot(s, big.namespace, fresh=True)
+    assert big.digests_now()["media/big.bin"] == theirs["media/big.bin"]
 
 
 def test_reader_agrees_with_the_fleet_generator(ns, snap, ioctx, fleetdata):
