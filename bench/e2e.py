@@ -81,7 +81,9 @@ def lab_cpu() -> float:
 
 class E2E(Bench):
     def __init__(self, work: Path, src: Path, profile: Path | None, before: Path | None = None) -> None:
-        super().__init__(work, src)
+        super().__init__(work, src, [])  # one installation: ``--before`` restores the same point with another tree
+        build = self.builds[0]
+        self.config, self.dir, self.hot_url, self.bucket = build.config, build.dir, build.hot_url, build.bucket
         self.profile = profile
         self.before = before
         self.clones: list[str] = []
