@@ -57,6 +57,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from drsvc import clock, faults
@@ -182,9 +183,18 @@ class TierJob:
     def _cold_state(self, cold: ChunkStore) -> tuple[set[str], set[str]]:
         if self._cold_ids is None or self._cold_images is None:
             # One listing of the pack indexes (loaded incrementally) per run and after a failure:
-            # never one request per chunk.
-            self._cold_ids = set(cold.list_chunk_ids())
-            self._cold_images = {pid for _, pid in cold.list_manifests(IMAGES)}
+            # never one request per chunk. The loose chunks, the packs and the image records are
+            # independent listings (each an S3 round trip or more): made at once, not one after
+            # another. What is known is the union of all three, as with ``list_chunk_ids``.
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="drsvc-cold-list") as pool:
+                loose = pool.submit(lambda: set(cold.list_loose_chunk_ids()))
+                images = pool.submit(lambda: {pid for _, pid in cold.list_manifests(IMAGES)})
+                packs = cold.refresh_packs()
+                ids = loose.result()
+                for index in packs.values():
+                    ids.update(index.chunk_ids)
+                self._cold_images = images.result()
+            self._cold_ids = ids
         return self._cold_ids, self._cold_images
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -139,6 +140,37 @@ def test_unchanged_point_and_fleet_sharing_an_image_upload_almost_nothing(kit: C
     kit.point("desk-0", NOW - timedelta(hours=2), shared)  # unchanged desktop: same data again
     again = TierJob(kit.services, None).run(now=NOW)
     assert [m.chunks_uploaded for m in again.moves] == [0]
+
+
+def test_the_cold_listings_are_made_at_once_and_dedup_still_sees_every_chunk(kit: ColdKit) -> None:
+    """The loose chunks, the pack indexes and the image records are listed concurrently (three
+    round trips overlap, not queue), and a chunk known by any of them is still never uploaded."""
+    kit.policy("p", ["desk"])
+    data = random.Random(7).randbytes(2 * MiB)
+    kit.point("desk", NOW - timedelta(hours=3), data)
+    assert TierJob(kit.services, None).run(now=NOW).exit_code == EXIT_OK
+    kit.point("desk", NOW - timedelta(hours=2), data)  # unchanged
+    store = kit.services.cold.store
+    listing = store.list
+    # Each kind of listing waits, on its first call, until the other two have started too: made
+    # one after another, they never meet and the barrier breaks (after its timeout, not a hang).
+    meet = threading.Barrier(3, timeout=20)
+    kinds = {"chunks/": "loose", "index/": "packs", "manifests/_images": "images"}
+    met: set[str] = set()
+
+    def meeting_list(prefix: str = "") -> Iterator[str]:
+        kind = next((k for p, k in kinds.items() if prefix.startswith(p)), None)
+        if kind is not None and kind not in met:
+            met.add(kind)
+            meet.wait()
+        return listing(prefix)
+
+    store.list = meeting_list  # type: ignore[method-assign]
+    again = TierJob(kit.services, None).run(now=NOW)
+    assert met == {"loose", "packs", "images"}
+    assert again.exit_code == EXIT_OK, [m.error for m in again.moves]
+    assert [m.chunks_uploaded for m in again.moves] == [0]
+    assert again.moves[0].chunks > 0
 
 
 def test_cold_retention_decides_what_is_worth_uploading(kit: ColdKit) -> None:
