@@ -9,16 +9,15 @@ the same clone name. ``drsvc.restore.RestoreJob`` (a planner) runs the phases.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from drsvc import clock
 from drsvc.catalog import Catalog
@@ -35,6 +34,8 @@ from drsvc.prune import policy_for
 from drsvc.runtimes.base import DesktopRef
 from drsvc.services import Services
 from drsvc.targets import Fleet, Target, check_restore_target
+
+R = TypeVar("R")
 
 PHASES = ("plan", "fetch", "volume", "container", "health")
 DEFAULT_TARGET = 30.0
@@ -247,26 +248,8 @@ class RestorePlanner:
         name left behind is removed first (its owner is gone), so the same command works again.
         """
         started = time.monotonic()
-        runtime = self.services.runtime  # made on this thread; the listing below shares it
         # the runtime's containers are listed (an API call or two) beside the store and manifest reads
-        with ThreadPoolExecutor(1, thread_name_prefix="drsvc-plan") as pool:
-            live = pool.submit(runtime.list_desktops)
-            return self._plan(
-                desktop_id, started, live, at, point_id, as_name, tier, allow_cross_tenant, clear_leftovers
-            )
-
-    def _plan(
-        self,
-        desktop_id: str,
-        started: float,
-        live: Future[list[DesktopRef]],
-        at: datetime | None,
-        point_id: str | None,
-        as_name: str | None,
-        tier: str | None,
-        allow_cross_tenant: bool,
-        clear_leftovers: bool,
-    ) -> RestorePlan:
+        live = beside(self.services.runtime.list_desktops)
         resumes = None
         if as_name is None and at is None and point_id is None:
             for intent in interrupted_restores(self.catalog):
@@ -372,19 +355,32 @@ class RestorePlanner:
         }
 
 
+def beside(fn: Callable[[], R]) -> Future[R]:
+    """Run ``fn`` on a daemon thread of its own; its result (or its exception) in the future.
+
+    For reads the plan makes beside its own: nothing waits for them on the way out, so a plan
+    that fails early is not held up by them (they only read).
+    """
+    future: Future[R] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as e:
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="drsvc-plan", daemon=True).start()
+    return future
+
+
 def warm_index(store: ChunkStore) -> None:
-    """Start loading a packed store's index (a listing and a GET per pack) on a thread of its own.
+    """Start loading a packed store's index (a listing and a GET per pack) beside the plan.
 
     A cold restore reads its volume through the index; loading it took ~0.5 s before the first
     byte of a 1 GiB desktop could be fetched. Loaded beside the rest of the plan (manifest, target
-    checks), the volume phase finds it ready. A failure here is not reported: the reader loads the
-    index again when it needs it and reports that (every S3 call has the store's deadlines).
+    checks), the volume phase finds it ready. A failure here is not reported (the future is never
+    asked): the reader loads the index again when it needs it and reports that (every S3 call has
+    the store's deadlines).
     """
-    if not store.pack_size:
-        return
-
-    def load() -> None:
-        with contextlib.suppress(Exception):
-            store.packs.ensure_loaded()
-
-    threading.Thread(target=load, name="drsvc-index", daemon=True).start()
+    if store.pack_size:
+        beside(store.packs.ensure_loaded)
