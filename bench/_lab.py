@@ -30,6 +30,18 @@ DRSVC = str(ROOT / ".venv" / "bin" / "drsvc")
 ENDPOINT = os.environ.get("S3_ENDPOINT_URL", "http://127.0.0.1:7480")
 
 
+def byte_compile(tree: Path) -> None:
+    """Byte-compile the drsvc package in ``tree``, as installing drsvc (a wheel, the Debian package) does.
+
+    Where PYTHONDONTWRITEBYTECODE is set (this lab's machine sets it), a source tree is otherwise
+    compiled again by every drsvc command a bench runs (~0.1 s each), a cost no installed drsvc pays.
+    """
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "drsvc")], check=True, capture_output=True)
+
+
+byte_compile(ROOT)
+
+
 def env(name: str) -> str:
     """The lab setting ``name`` from the environment, or exit naming how to get it."""
     value = os.environ.get(name)

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _lab import DRSVC, ROOT, MiB, config_text, env, show_medians
+from _lab import DRSVC, ROOT, MiB, byte_compile, config_text, env, show_medians
 from incremental import Bench
 from tiering import bucket_bytes, files_of
 
@@ -284,6 +284,8 @@ def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="perf-e2e-bench-"))
     src = Path(tempfile.mkdtemp(prefix="perf-e2e-bench-src-", dir="/dev/shm"))
+    if args.before is not None:
+        byte_compile(args.before)
     bench = E2E(work, src, args.profile, args.before)
     try:
         written = bench.setup(args.mib, args.seed)

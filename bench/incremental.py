@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from _lab import ENDPOINT, ROOT, MiB, config_text, env, run, show_medians
+from _lab import ENDPOINT, ROOT, MiB, byte_compile, config_text, env, run, show_medians
 from chunkstore import media
 from tiering import bucket_bytes, files_of, make_desktop
 
@@ -100,6 +100,7 @@ class Build:
         self.config = self.dir / "drsvc.toml"
         self.config.write_text(config_text(hot=self.hot_url, cold=f"s3://{self.bucket}/fleet", runtime=True))
         self.env = {**os.environ, "PYTHONPATH": str(tree)}
+        byte_compile(tree)
         self.s3 = boto3.client("s3", endpoint_url=ENDPOINT)
         self.policy(full_every=24)
 
