@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import contextlib
-import itertools
 import logging
 import os
 import secrets
@@ -59,6 +58,7 @@ from drsvc.chunks import StreamRef
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BackendError, DrsvcError, NotFound
 from drsvc.lease import Lease
 from drsvc.log import event
+from drsvc.point_manifest import chunk_objects, image_record_id
 from drsvc.policy import Policy
 from drsvc.runtimes.base import DesktopRef
 from drsvc.runtimes.freeze import FreezeBudgetExceeded, checkpoint_batch, hook_installed
@@ -134,38 +134,6 @@ def snapshot_name(policy: str | None, when: datetime, batch: int) -> str:
     pool snapshot names are pool-wide.
     """
     return f"drsvc-{policy or 'manual'}-{clock.compact(when)}-{batch}-{secrets.token_hex(2)}"
-
-
-def image_record_id(manifest: dict[str, Any]) -> str | None:
-    """The id of the base image record (``_images/<id>``) a point's manifest names, if any."""
-    image = manifest.get("image")
-    if isinstance(image, dict) and isinstance(image.get("manifest"), str):
-        return str(image["manifest"].split("/", 1)[1])
-    return None
-
-
-def chunk_objects(manifest: dict[str, Any]) -> dict[str, int]:
-    """Volume chunks that lie wholly within one object, mapped to the object's place in the manifest.
-
-    Every object of at least the chunker's average size starts and ends chunks
-    (``ChunkStore.write_objects``), so all of its chunks are here; a chunk holding several small
-    objects (or straddling two, in streams written before objects were aligned) is not.
-    """
-    volume = manifest.get("volume")
-    if not isinstance(volume, dict) or not isinstance(volume.get("stream"), dict):
-        return {}
-    ends = list(itertools.accumulate(int(o["size"]) for o in volume.get("objects") or ()))
-    within: dict[str, int] = {}
-    start = 0
-    obj = 0
-    for cid, size in StreamRef.from_dict(volume["stream"]).chunks:
-        end = start + size
-        while obj < len(ends) and ends[obj] <= start:
-            obj += 1
-        if obj < len(ends) and end <= ends[obj]:  # and start >= the object's start, by the loop above
-            within.setdefault(cid, obj)
-        start = end
-    return within
 
 
 def _give_way() -> None:

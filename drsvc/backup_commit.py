@@ -28,6 +28,7 @@ from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import DrsvcError, NotFound
 from drsvc.lease import Lease
 from drsvc.log import event
+from drsvc.point_manifest import IMAGES
 from drsvc.policy import Policy
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef
 from drsvc.services import Services
@@ -36,7 +37,6 @@ from drsvc.volume_capture import ParentFinder, VolumeCapture
 log = logging.getLogger("drsvc.backup")
 
 MANIFEST_FORMAT = 1
-IMAGES = "_images"  # manifest "desktop" under which base images are stored, once per image id
 DEFAULT_FULL_EVERY = 24  # a manual backup (no policy) reads everything every 24th point, as the policy default
 DEFAULT_FREEZE_BUDGET = timedelta(seconds=5)  # manual backups without a policy
 

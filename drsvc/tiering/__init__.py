@@ -61,13 +61,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from drsvc import clock, faults
-from drsvc.backup import IMAGES, chunk_objects, image_record_id
 from drsvc.chunks import ChunkStore, chunk_key, index_key, pack_key
 from drsvc.crypto import Keys
 from drsvc.errors import EXIT_OK, EXIT_PARTIAL, CorruptChunk, DrsvcError, IntegrityError
 from drsvc.health import record_tier_lag
 from drsvc.intents import Intents, Owner
 from drsvc.lease import Lease
+from drsvc.point_manifest import IMAGES, chunk_objects, image_record_id
 from drsvc.prune import manifest_streams
 from drsvc.services import Services
 from drsvc.tiering.cold_prune import ColdPruneJob, ColdPruneReport, plan_cold, prune_cold
