@@ -49,7 +49,7 @@ def versioned(volume: Volume) -> bool:
 class _Entries:
     """The manifest's object list: entries of objects read (as they are read) and kept from the parent.
 
-    An object's digest is taken on a thread of its own (``hashlib`` releases the GIL on large
+    An object's digest is taken on a thread of its own (the hash releases the GIL on large
     buffers), so the capture thread, which reads and cuts, does not hash every byte a second
     time itself: pieces go over in batches of ``batch`` bytes, at most ``window`` bytes waiting
     (memory stays bounded), and ``listed`` waits for the last. Use as a context manager.

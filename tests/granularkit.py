@@ -78,7 +78,12 @@ class GranularKit:
         rootfs: dict[str, bytes] | None = None,
         symlinks: dict[str, str] | None = None,
         tenant: str = "acme",
+        forms: dict[str, str] | None = None,
+        versions: dict[str, int] | None = None,
     ) -> str:
+        """A point of ``objects`` (digests in ``forms[name]``, default today's form; with ``versions``
+        each object carries one, of one pool, as capture records them)."""
+        forms = forms or {}
         hot = self.services.hot
         taken_at = taken_at or datetime.now(UTC)
         point_id = f"{clock.compact(taken_at)}-{desktop}-{uuid.uuid4().hex[:6]}"
@@ -97,7 +102,8 @@ class GranularKit:
             {
                 "name": n,
                 "size": len(objects[n].data),
-                "digest": object_digest([objects[n].data], objects[n].xattrs, objects[n].omap),
+                "digest": object_digest([objects[n].data], objects[n].xattrs, objects[n].omap, forms.get(n)),
+                **({"version": versions[n]} if versions is not None else {}),
                 "mtime": clock.to_iso(datetime.fromtimestamp(objects[n].mtime, UTC)) if objects[n].mtime else None,
                 "xattrs": {k: v.hex() for k, v in sorted(objects[n].xattrs.items())},
                 "omap": {k: v.hex() for k, v in sorted(objects[n].omap.items())},
@@ -130,6 +136,7 @@ class GranularKit:
                 "pool_snapshot": "none",
                 "objects": listed,
                 "stream": volume.to_dict(),
+                **({"stamps": {"kind": "rados-user-version", "scope": "rados:fsid:1"}} if versions is not None else {}),
             },
             "checkpoint": checkpoint,
             "image": None,

@@ -81,7 +81,8 @@ def render_diff(result: PointDiff) -> None:
         f"{doc['desktop']}: {doc['from']['point_id']} ({doc['from']['taken_at'][:19]}Z) -> "
         f"{doc['to']['point_id']} ({doc['to']['taken_at'][:19]}Z)",
         f"{len(doc['added'])} added, {len(doc['removed'])} removed, {len(doc['changed'])} changed, "
-        f"{doc['unchanged']} unchanged",
+        f"{doc['unchanged']} unchanged"
+        + (f" ({doc['read']} read to compare: their digests are of two forms)" if doc["read"] else ""),
     ]
     lines += [f"+ {e.name}  ({e.size} bytes)" for e in result.diff.added]
     lines += [f"- {e.name}  ({e.size} bytes)" for e in result.diff.removed]
@@ -110,7 +111,8 @@ def render_diff(result: PointDiff) -> None:
 def diff_command(app: App, point_a: str, point_b: str, tenant: str | None) -> None:
     """Objects added, removed and changed from POINT_A to POINT_B of one desktop.
 
-    From the two manifests alone (digests cover data, xattrs and omap; nothing is read). After
+    From the two manifests alone (digests cover data, xattrs and omap; nothing is read, except an
+    object whose two digests are of different forms and which only its data can tell). After
     ransomware, diff consecutive points to find the last one before mass changes began.
     """
     from drsvc.granular.browse import diff_points

@@ -10,14 +10,13 @@ here before anything trusts them: a malformed entry is an ``IntegrityError``, ne
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from drsvc.errors import IntegrityError
-
-_HEX = re.compile(r"^[0-9a-f]*$")
+from drsvc.incremental import VERSIONS
+from drsvc.volumes.base import digest_form, valid_digest
 
 
 @dataclass(slots=True)
@@ -31,6 +30,7 @@ class ObjectEntry:
     xattrs: dict[str, bytes] = field(default_factory=dict, compare=False)
     omap: dict[str, bytes] = field(default_factory=dict, compare=False)
     mtime: str | None = None
+    version: int | None = None  # the backend's change counter at the snapshot, where recorded
 
     def document(self, *, long: bool = False) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -122,9 +122,10 @@ def objects(manifest: dict[str, Any]) -> list[ObjectEntry]:
             raise IntegrityError(f"manifest: volume object #{i} has no valid name")
         if type(size) is not int or size < 0:
             raise IntegrityError(f"manifest: volume object {name!r} has no valid size")
-        if type(digest) is not str or len(digest) != 64 or not _HEX.match(digest):
+        if not valid_digest(digest):
             raise IntegrityError(f"manifest: volume object {name!r} has no valid digest")
         mtime = o.get("mtime")
+        version = o.get("version")
         append(
             ObjectEntry(
                 name,
@@ -134,6 +135,7 @@ def objects(manifest: dict[str, Any]) -> list[ObjectEntry]:
                 _bytes_map(o.get("xattrs"), f"{name!r} xattrs"),
                 _bytes_map(o.get("omap"), f"{name!r} omap"),
                 mtime if type(mtime) is str else None,
+                version if type(version) is int else None,
             )
         )
         offset += size
@@ -227,6 +229,7 @@ class Diff:
     changed: list[Change]
     unchanged: int
     rootfs: dict[str, list[str]] | None  # added/removed/changed paths, None when either point lacks the index
+    read: list[str] = field(default_factory=list)  # objects whose data was read to compare them
 
     def document(self) -> dict[str, Any]:
         return {
@@ -235,18 +238,64 @@ class Diff:
             "changed": [c.document() for c in self.changed],
             "unchanged": self.unchanged,
             "rootfs": self.rootfs,
+            "read": len(self.read),
         }
 
 
-def diff(a: dict[str, Any], b: dict[str, Any]) -> Diff:
-    """Compare two manifests object by object (digests cover data, xattrs and omap)."""
+SameContent = Callable[[ObjectEntry, ObjectEntry], bool]
+"""Whether an object of point A and the same-named object of point B hold the same data (read it)."""
+
+
+def diff(a: dict[str, Any], b: dict[str, Any], same_content: SameContent | None = None) -> Diff:
+    """Compare two manifests object by object (digests cover data, xattrs and omap).
+
+    Digests of one form are compared as they are. Two forms (a point recorded before BLAKE3 beside
+    one after; ``drsvc.volumes.base.digest_form``) cannot be compared, so the same content must be
+    told another way, never reported as a change: different size, xattrs or omap is a change; the
+    same RADOS version of the same volume and pool is no change (the evidence incremental capture
+    builds points on, ``drsvc.incremental``); else ``same_content`` reads the data (without it, the
+    object counts as changed: nothing vouches that it is not).
+    """
     old = {e.name: e for e in objects(a)}
     new = {e.name: e for e in objects(b)}
     added = [new[n] for n in sorted(new.keys() - old.keys())]
     removed = [old[n] for n in sorted(old.keys() - new.keys())]
     both = sorted(old.keys() & new.keys())
-    changed = [Change(n, old[n], new[n]) for n in both if old[n].digest != new[n].digest]
-    return Diff(added, removed, changed, len(both) - len(changed), _rootfs_diff(rootfs(a), rootfs(b)))
+    versions_compare = _versions_compare(a, b)
+    changed: list[Change] = []
+    read: list[str] = []
+    for n in both:
+        before, after = old[n], new[n]
+        if before.digest == after.digest:
+            continue
+        if digest_form(before.digest) == digest_form(after.digest) or not _same_meta(before, after):
+            changed.append(Change(n, before, after))
+        elif versions_compare and before.version is not None and before.version == after.version:
+            continue
+        elif same_content is None:
+            changed.append(Change(n, before, after))
+        else:
+            read.append(n)
+            if not same_content(before, after):
+                changed.append(Change(n, before, after))
+    return Diff(added, removed, changed, len(both) - len(changed), _rootfs_diff(rootfs(a), rootfs(b)), read)
+
+
+def _same_meta(a: ObjectEntry, b: ObjectEntry) -> bool:
+    return a.size == b.size and a.xattrs == b.xattrs and a.omap == b.omap
+
+
+def _versions_compare(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether the two points' object versions are of one volume and one pool (one counter)."""
+    va, vb = a.get("volume") or {}, b.get("volume") or {}
+    sa, sb = va.get("stamps"), vb.get("stamps")
+    return (
+        va.get("url") == vb.get("url")
+        and isinstance(sa, dict)
+        and sa.get("kind") == VERSIONS
+        and bool(sa.get("scope"))
+        and sa == sb
+    )
 
 
 def _rootfs_diff(a: RootfsListing, b: RootfsListing) -> dict[str, list[str]] | None:

@@ -345,7 +345,7 @@ def _same(volume: Volume, current: VolumeObject, entry: ObjectEntry) -> bool:
     """Whether the live object already equals the point's (cheap checks first, then its data's digest)."""
     if current.size != entry.size or current.xattrs != entry.xattrs or current.omap != entry.omap:
         return False
-    hasher = ObjectHasher()
+    hasher = ObjectHasher.like(entry.digest)
     for _obj, data in volume.read_objects([current]):
         for piece in data:
             hasher.update(piece)

@@ -144,7 +144,7 @@ class PointSource:
             data = volume.read_at(self.snapshot, entry.name) if entry.size else iter(())
         else:
             data = read_range(self.store(tier), self.slicer("volume"), entry.offset, entry.size)
-        hasher = ObjectHasher()
+        hasher = ObjectHasher.like(entry.digest)  # the form the point recorded (points mix forms)
         for piece in data:
             hasher.update(piece)
             yield piece

@@ -15,6 +15,7 @@ from typing import Any
 
 from drsvc.registry import Registry
 from drsvc.volumes.base import (
+    DIGEST_FORM,
     READ_SIZE,
     ObjectHasher,
     ObjectStream,
@@ -22,11 +23,13 @@ from drsvc.volumes.base import (
     SnapshotInfo,
     Volume,
     VolumeObject,
+    digest_form,
     digest_streams,
     object_digest,
 )
 
 __all__ = [
+    "DIGEST_FORM",
     "READ_SIZE",
     "ObjectHasher",
     "ObjectStream",
@@ -34,6 +37,7 @@ __all__ = [
     "SnapshotInfo",
     "Volume",
     "VolumeObject",
+    "digest_form",
     "digest_streams",
     "object_digest",
     "open_snapshots",

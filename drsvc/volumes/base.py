@@ -7,21 +7,24 @@ and pool). Adapters know nothing of the catalog or policies; jobs talk to these 
 
 ``object_digest`` is the one digest of an object's content (data + xattrs + omap) that backup,
 restore and drill all compute, so a namespace can be verified against what a manifest recorded.
+It has two self-describing forms (``digest_form``): new points record BLAKE3 (``b3:…``), points
+written before hold blake2b-256 (bare hex); every check hashes in the form of the digest it checks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import blake3
 
 READ_SIZE = 4 * 1024 * 1024
 """Largest single read or write of object data: memory stays bounded whatever the object size."""
-
-_DIGEST_TAG = b"drsvc-object-v1\0"
 
 
 @dataclass(frozen=True)
@@ -113,12 +116,13 @@ class Volume(Protocol):
         """One live object with its xattrs and omap, or None when it does not exist."""
         ...
 
-    def digest_at(self, snap_name: str) -> dict[str, str]:
-        """name -> ``object_digest`` of every object at the snapshot."""
+    def digest_at(self, snap_name: str, like: Mapping[str, str] | None = None) -> dict[str, str]:
+        """name -> ``object_digest`` of every object at the snapshot (``digest_streams``: in the form
+        of ``like[name]``, the digests to check against, where given)."""
         ...
 
-    def digests_now(self) -> dict[str, str]:
-        """name -> ``object_digest`` of every live object."""
+    def digests_now(self, like: Mapping[str, str] | None = None) -> dict[str, str]:
+        """name -> ``object_digest`` of every live object (forms as in ``digest_at``)."""
         ...
 
     def rollback_to(self, snap_name: str, keep: Iterable[str] | None = None) -> None:
@@ -167,12 +171,59 @@ class VersionedVolume(Volume, Protocol):
 
 
 # ---------------------------------------------------------------- digests
-class ObjectHasher:
-    """Incremental ``object_digest``: feed data chunks with ``update``, then ``finish(xattrs, omap)``."""
+BLAKE2B = "blake2b"
+BLAKE3 = "blake3"
+DIGEST_FORM = BLAKE3
+"""The form new digests take (what backup records); readers accept every form in ``DIGEST_FORMS``."""
 
-    def __init__(self) -> None:
-        self._data = hashlib.blake2b(digest_size=32)
+_B3_PREFIX = "b3:"
+_DIGEST_TEXT = re.compile(r"(?:b3:)?[0-9a-f]{64}")
+_TAGS = {BLAKE2B: b"drsvc-object-v1\0", BLAKE3: b"drsvc-object-v2\0"}
+DIGEST_FORMS = tuple(_TAGS)
+
+
+def digest_form(digest: str) -> str:
+    """The form of a recorded digest, told by its text: ``b3:`` and 64 hex digits is BLAKE3; bare
+    64 hex digits is the first form (blake2b-256), which manifests written before hold."""
+    return BLAKE3 if digest.startswith(_B3_PREFIX) else BLAKE2B
+
+
+def valid_digest(value: object) -> bool:
+    """Whether ``value`` is a digest in one of the known forms (a manifest's entry is hostile input)."""
+    return type(value) is str and _DIGEST_TEXT.fullmatch(value) is not None
+
+
+class ObjectHasher:
+    """Incremental ``object_digest``: feed data chunks with ``update``, then ``finish(xattrs, omap)``.
+
+    ``form``: ``DIGEST_FORM`` (BLAKE3) for what is recorded now; a verifier takes the form of the
+    digest it checks (``ObjectHasher.like(recorded)``), so points written before, and points that
+    mix both forms (incremental capture copies an unchanged object's entry from its parent), verify.
+
+    BLAKE3 is unkeyed here, unlike chunk ids: a chunk id names an object in the store, where anyone
+    who can list it could confirm guessed content against an unkeyed hash; an object digest only
+    sits inside manifests, which are sealed (AEAD) in the store, and in what drsvc prints to its
+    operator. Unkeyed, a digest stays comparable across stores, tenants' keys and key rotation
+    (``points diff``, restores of a point copied to another store) and a volume adapter computes it
+    with no key material. The tag keeps the two forms' envelopes apart.
+    """
+
+    __slots__ = ("_data", "_size", "form")
+
+    def __init__(self, form: str | None = None) -> None:
+        form = form or DIGEST_FORM
+        if form not in _TAGS:
+            raise ValueError(f"unknown object digest form {form!r}")
+        self.form = form
+        # one thread: blake3 at ~0.17 CPU s/GiB on one core, and on 2 cores the other is busy
+        # (reading, cutting, sealing); its threads bought no wall time here (docs/benchmarks.md)
+        self._data: Any = blake3.blake3() if form == BLAKE3 else hashlib.blake2b(digest_size=32)
         self._size = 0
+
+    @classmethod
+    def like(cls, digest: str) -> ObjectHasher:
+        """A hasher of the form ``digest`` was recorded in (to check an object against it)."""
+        return cls(digest_form(digest))
 
     def update(self, chunk: bytes) -> None:
         self._data.update(chunk)
@@ -181,26 +232,37 @@ class ObjectHasher:
     def finish(self, xattrs: dict[str, bytes], omap: dict[str, bytes]) -> str:
         # Data goes through its own hash, then everything is length-prefixed: no two different
         # (data, xattrs, omap) triples can produce the same byte stream.
-        h = hashlib.blake2b(_DIGEST_TAG, digest_size=32)
-        h.update(self._data.digest())
-        h.update(struct.pack(">Q", self._size))
+        parts = [_TAGS[self.form], self._data.digest(), struct.pack(">Q", self._size)]
         for tag, mapping in ((b"x", xattrs), (b"o", omap)):
-            h.update(tag + struct.pack(">I", len(mapping)))
+            parts.append(tag + struct.pack(">I", len(mapping)))
             for key in sorted(mapping):
                 k = key.encode()
                 v = bytes(mapping[key])
-                h.update(struct.pack(">I", len(k)) + k + struct.pack(">Q", len(v)) + v)
-        return h.hexdigest()
+                parts.append(struct.pack(">I", len(k)) + k + struct.pack(">Q", len(v)) + v)
+        envelope = b"".join(parts)
+        if self.form == BLAKE3:
+            return _B3_PREFIX + blake3.blake3(envelope).hexdigest()
+        return hashlib.blake2b(envelope, digest_size=32).hexdigest()
 
 
-def object_digest(data_chunks: Iterable[bytes], xattrs: dict[str, bytes], omap: dict[str, bytes]) -> str:
-    """blake2b-256 (hex) over an object's data, sorted xattrs and sorted omap; chunking does not matter."""
-    hasher = ObjectHasher()
+def object_digest(
+    data_chunks: Iterable[bytes], xattrs: dict[str, bytes], omap: dict[str, bytes], form: str | None = None
+) -> str:
+    """The digest of an object's data, sorted xattrs and sorted omap in ``form`` (default
+    ``DIGEST_FORM``); chunking does not matter. BLAKE3: ``b3:`` + 64 hex digits; the first form,
+    blake2b-256: 64 hex digits."""
+    hasher = ObjectHasher(form)
     for chunk in data_chunks:
         hasher.update(chunk)
     return hasher.finish(xattrs, omap)
 
 
-def digest_streams(streams: Iterable[ObjectStream]) -> dict[str, str]:
-    """name -> ``object_digest`` for every (object, data chunks) pair."""
-    return {obj.name: object_digest(chunks, obj.xattrs, obj.omap) for obj, chunks in streams}
+def digest_streams(streams: Iterable[ObjectStream], like: Mapping[str, str] | None = None) -> dict[str, str]:
+    """name -> ``object_digest`` for every (object, data chunks) pair; in the form of ``like[name]``
+    where ``like`` (recorded digests to check against) names the object, else in ``DIGEST_FORM``."""
+    out: dict[str, str] = {}
+    for obj, chunks in streams:
+        recorded = like.get(obj.name) if like is not None else None
+        form = digest_form(recorded) if recorded is not None else None
+        out[obj.name] = object_digest(chunks, obj.xattrs, obj.omap, form)
+    return out

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import collections
 import errno
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -368,9 +368,9 @@ class RadosVolume:
             raise
         return self._closing(io, self._rest(io, obj, b"", 0, where, exact_size=True))
 
-    def digest_at(self, snap_name: str) -> dict[str, str]:
-        """name -> ``object_digest`` of every object at the snapshot."""
-        return digest_streams(self.read_objects_at(snap_name))
+    def digest_at(self, snap_name: str, like: Mapping[str, str] | None = None) -> dict[str, str]:
+        """name -> ``object_digest`` of every object at the snapshot (forms as ``digest_streams``)."""
+        return digest_streams(self.read_objects_at(snap_name), like)
 
     # ------------------------------------------------------------ live
     def objects_now(self) -> list[VolumeObject]:
@@ -394,9 +394,9 @@ class RadosVolume:
         found = self._scan(self._head_io(), "", names=[name])
         return found[0] if found else None
 
-    def digests_now(self) -> dict[str, str]:
-        """name -> ``object_digest`` of every live object."""
-        return digest_streams(self.read_objects())
+    def digests_now(self, like: Mapping[str, str] | None = None) -> dict[str, str]:
+        """name -> ``object_digest`` of every live object (forms as ``digest_streams``)."""
+        return digest_streams(self.read_objects(), like)
 
     # ------------------------------------------------------------ changing the live namespace
     def rollback_to(self, snap_name: str, keep: Iterable[str] | None = None) -> None:

@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -676,11 +676,11 @@ class FakeVolume:
         size, xattrs, omap = _read_meta(f)
         return VolumeObject(name, size, xattrs, omap)
 
-    def digest_at(self, snap_name: str) -> dict[str, str]:
-        return digest_streams(self.read_objects_at(snap_name))
+    def digest_at(self, snap_name: str, like: Mapping[str, str] | None = None) -> dict[str, str]:
+        return digest_streams(self.read_objects_at(snap_name), like)
 
-    def digests_now(self) -> dict[str, str]:
-        return digest_streams(self.read_objects())
+    def digests_now(self, like: Mapping[str, str] | None = None) -> dict[str, str]:
+        return digest_streams(self.read_objects(), like)
 
     def rollback_to(self, snap_name: str, keep: Iterable[str] | None = None) -> None:
         src = self._at(snap_name)

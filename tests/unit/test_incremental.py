@@ -17,6 +17,7 @@ from drsvc.errors import IntegrityError
 from drsvc.restore import _split_objects
 from drsvc.storage import open_store
 from drsvc.volume_capture import VolumeCapture
+from drsvc.volumes import base
 from drsvc.volumes.base import VolumeObject, object_digest
 
 KiB = 1024
@@ -370,3 +371,29 @@ def test_object_digests_taken_on_the_digest_thread_match_and_keep_order() -> Non
     want = [object_digest(p, o.xattrs, o.omap) for o, p in reversed(objs)]
     assert [e["digest"] for e in listed] == want
     assert [e["name"] for e in listed] == [o.name for o, _ in reversed(objs)]
+
+
+def test_a_point_built_on_a_parent_of_the_first_digest_form_mixes_forms_and_every_digest_checks(
+    hot: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unchanged objects keep the parent's entry, digest included (blake2b, written before BLAKE3);
+    objects read again get today's BLAKE3 digest; each checks in its own form."""
+    vol, parents = MemoryVolume(), LastPoint()
+    fill(vol, random.Random(5), 30)
+    vol.snapshot("s1")
+    with monkeypatch.context() as m:
+        m.setattr(base, "DIGEST_FORM", base.BLAKE2B)
+        first = capture(hot, vol, parents, "s1")
+    assert {base.digest_form(o["digest"]) for o in first["objects"]} == {base.BLAKE2B}
+    changed = {"obj003", "obj017"}
+    for name in changed:
+        vol.put(name, b"new bytes of " + name.encode())
+    vol.snapshot("s2")
+    second = capture(hot, vol, parents, "s2")
+    assert second["capture"]["mode"] == "incremental" and set(vol.reads) == changed
+    forms = {o["name"]: base.digest_form(o["digest"]) for o in second["objects"]}
+    assert {n for n, f in forms.items() if f == base.BLAKE3} == changed
+    recorded = {o["name"]: o["digest"] for o in second["objects"]}
+    at_s2 = [(VolumeObject(n, len(d), x, o), iter([d])) for n, (d, x, o) in oracle(vol, "s2").items()]
+    assert base.digest_streams(at_s2, like=recorded) == recorded
+    assert restored(hot, second) == oracle(vol, "s2")
