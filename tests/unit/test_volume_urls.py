@@ -13,6 +13,7 @@ from drsvc.volumes import (
     ObjectHasher,
     Volume,
     VolumeObject,
+    digest_form,
     object_digest,
     open_volume,
     register_volume_scheme,
@@ -89,25 +90,27 @@ def test_pool_snapshot_names_are_operator_readable_utc_and_unique():
     assert snapshot_name(None, when, 3).startswith("drsvc-manual-20261127T173012Z-3-")
 
 
-def test_object_digest_covers_data_xattrs_omap_and_ignores_chunking():
-    base = object_digest([b"hello ", b"world"], {"user.a": b"1"}, {"k": b"v"})
-    assert base == object_digest([b"hello world"], {"user.a": b"1"}, {"k": b"v"})
-    assert base == object_digest([b"hel", b"", b"lo world"], {"user.a": b"1"}, {"k": b"v"})
-    h = ObjectHasher()
+@pytest.mark.parametrize("form", ["blake2b", "blake3"])
+def test_object_digest_covers_data_xattrs_omap_and_ignores_chunking(form: str) -> None:
+    base = object_digest([b"hello ", b"world"], {"user.a": b"1"}, {"k": b"v"}, form)
+    assert base == object_digest([b"hello world"], {"user.a": b"1"}, {"k": b"v"}, form)
+    assert base == object_digest([b"hel", b"", b"lo world"], {"user.a": b"1"}, {"k": b"v"}, form)
+    h = ObjectHasher(form)
     h.update(b"hello world")
     assert h.finish({"user.a": b"1"}, {"k": b"v"}) == base
     others = {
-        object_digest([b"hello world!"], {"user.a": b"1"}, {"k": b"v"}),
-        object_digest([b"hello world"], {"user.a": b"2"}, {"k": b"v"}),
-        object_digest([b"hello world"], {}, {"k": b"v"}),
-        object_digest([b"hello world"], {"user.a": b"1"}, {}),
+        object_digest([b"hello world!"], {"user.a": b"1"}, {"k": b"v"}, form),
+        object_digest([b"hello world"], {"user.a": b"2"}, {"k": b"v"}, form),
+        object_digest([b"hello world"], {}, {"k": b"v"}, form),
+        object_digest([b"hello world"], {"user.a": b"1"}, {}, form),
         # the same key/value moved between xattrs and omap is a different object
-        object_digest([b"hello world"], {"k": b"v"}, {"user.a": b"1"}),
+        object_digest([b"hello world"], {"k": b"v"}, {"user.a": b"1"}, form),
         # boundaries between key and value are part of the encoding
-        object_digest([b"hello world"], {"user.a": b"1"}, {"kv": b""}),
+        object_digest([b"hello world"], {"user.a": b"1"}, {"kv": b""}, form),
     }
     assert base not in others and len(others) == 6
-    assert len(base) == 64
+    # the form says itself (b3: + 64 hex for BLAKE3, 64 bare hex for the first form)
+    assert len(base) == (67 if form == "blake3" else 64) and digest_form(base) == form
 
 
 def test_volume_object_equality_is_by_value():
