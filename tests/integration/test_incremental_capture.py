@@ -23,6 +23,7 @@ from test_cold_tier import cold_env
 from drsvc.chunks import StreamRef
 from drsvc.errors import NotFound
 from drsvc.restore import _split_objects
+from drsvc.volumes import base
 
 KiB, MiB = 1024, 1024 * 1024
 PREFIX = "t-"  # the objects this test owns in the desktop's namespace
@@ -176,7 +177,7 @@ def write_from_stream(services: Any, store: Any, manifest: dict[str, Any], url: 
 
 @pytest.mark.slow
 def test_random_changes_between_points_restore_exactly_hot_and_cold(
-    drsvc_env: Any, make_fleet: Any, ioctx: Any, cold_bucket: str
+    drsvc_env: Any, make_fleet: Any, ioctx: Any, cold_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seed = int(os.environ.get("DRSVC_TEST_SEED") or random.randrange(10**6))
     say(f"seed {seed} (DRSVC_TEST_SEED={seed} repeats this run)")
@@ -198,7 +199,10 @@ def test_random_changes_between_points_restore_exactly_hot_and_cold(
     for round_no in range(8):
         ioctx.set_namespace(desktop)
         changes = [] if round_no in (0, 3) else [writer.change() for _ in range(rng.randint(1, 7))]
-        result = drsvc_env.cli("--json", "backup", "--policy", "inc")
+        with monkeypatch.context() as m:
+            if round_no < 2:  # the first two points as the drsvc before BLAKE3 wrote them: later ones mix
+                m.setattr(base, "DIGEST_FORM", base.BLAKE2B)
+            result = drsvc_env.cli("--json", "backup", "--policy", "inc")
         assert result.code == 0, (result.stdout, result.stderr)
         (outcome,) = result.json()["results"]
         points.append((outcome["point_id"], copy.deepcopy(writer.objects), changes))
@@ -221,6 +225,23 @@ def test_random_changes_between_points_restore_exactly_hot_and_cold(
               f"of {total} B, changes {changes}")  # fmt: skip
     assert modes == ["full", "incremental", "incremental", "incremental", "full", "incremental", "incremental",
                      "incremental"]  # fmt: skip
+    # points 0-1 hold the first digest form; 2 keeps it for what it reused, BLAKE3 for what it read
+    last: set[str] = set()
+    for i, (pid, _, _) in enumerate(points[:5]):
+        volume_section = hot.get_manifest(desktop, pid)["volume"]
+        forms = {base.digest_form(o["digest"]) for o in volume_section["objects"]}
+        capture = volume_section["capture"]
+        if i < 2:
+            assert forms == {base.BLAKE2B}, i
+        elif i == 2:
+            want = {base.BLAKE2B} if capture["reused_objects"] else set()
+            assert forms == want | ({base.BLAKE3} if capture["read_objects"] else set()), (i, capture)
+        elif i == 3:  # nothing changed: point 2's entries as they were
+            assert capture["read_objects"] == 0 and forms == last, (i, capture)
+        else:
+            assert forms == {base.BLAKE3}, i
+        say(f"point {i}: digest forms {sorted(forms)}")
+        last = forms
 
     time.sleep(1.5)
     tier = drsvc_env.cli("--json", "tier")
@@ -238,15 +259,16 @@ def test_random_changes_between_points_restore_exactly_hot_and_cold(
             same(read_raw(ioctx, scratch), oracle, f"point {i} from the cold store")
             volume.clone_from_snapshot(manifest["volume"]["pool_snapshot"], scratch)
             same(read_raw(ioctx, scratch), oracle, f"point {i} from its pool snapshot")
-            # drsvc's own digests agree with the data too (what restore verifies)
-            digests = services.volume(scratch_url).digests_now()
-            assert digests == {o["name"]: o["digest"] for o in manifest["volume"]["objects"]}, f"point {i}"
+            # drsvc's own digests agree with the data too (what restore verifies), each in its own form
+            recorded = {o["name"]: o["digest"] for o in manifest["volume"]["objects"]}
+            assert services.volume(scratch_url).digests_now(like=recorded) == recorded, f"point {i}"
     finally:
         services.volume(scratch_url).purge()
 
-    # and through drsvc restore itself, as a clone: an incremental point from each tier
+    # and through drsvc restore itself, as a clone: an incremental point from each tier (point 3 often mixes
+    # both digest forms, point 1 holds the first form only)
     runtime = services.runtime
-    for i, tier in ((3, "hot"), (len(points) - 1, "cold")):
+    for i, tier in ((3, "hot"), (1, "cold"), (len(points) - 1, "cold")):
         pid, oracle, _ = points[i]
         clone = f"{desktop}-{tier}{uuid.uuid4().hex[:4]}"
         restored = drsvc_env.cli(
