@@ -10,7 +10,11 @@ store's key and written to the hot and the cold store::
 
 ``<copy id>`` sorts by time; the newest ``KEEP`` copies stay. Nothing is copied when nothing
 changed since the last copy (``fingerprint``, remembered per store in ``<catalog>.copies``), so a
-``run --once`` every minute with nothing due costs no upload.
+``run --once`` every minute with nothing due costs no upload. The stores are written at once, not
+one after the other. Listing the copies costs a scan of the whole pool on a RADOS store, so a push
+prunes the copies it remembers making (``<catalog>.copies`` keeps their ids) without a listing, and
+lists the store only on its first push and every ``LIST_EVERY``-th: that listing also removes what
+a push killed midway or another catalog left there.
 
 ``restore_copy`` takes the newest copy that authenticates, decompresses, matches its hash and
 passes SQLite's integrity check, from any of the stores it is given, and puts it in place of
@@ -30,6 +34,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,7 @@ from drsvc.services import Services
 PREFIX = "catalog-copies/"
 PART = 12 * 1024 * 1024  # sealed parts stay single requests on every store
 KEEP = 3
+LIST_EVERY = 16  # pushes between two listing prunes of a store (see the module docstring)
 MAX_PLAINTEXT = 64 * 1024**3  # refuse a meta claiming more: hostile store content stays bounded
 _EPHEMERAL = ("leases",)  # who holds which lease means nothing after a restore (catalog_guard: the same)
 
@@ -150,22 +156,61 @@ def push(catalog: Catalog, stores: Iterable[tuple[str, ChunkStore]], *, force: b
     # ids sort in the order copies were made, also within one second (restore takes the last,
     # pruning drops the first): microseconds before the random part
     copy_id = f"{clock.compact(clock.now())}-{time.time_ns() // 1000 % 10**6:06d}{os.urandom(3).hex()}"
+    digest = {label: store.keys.chunk_id(raw) for label, store in due}
+
+    def one(label: str, store: ChunkStore) -> str:
+        parts = write_copy(store, copy_id, blob, {**meta_base, "digest": digest[label]})
+        _prune(store, label, state, f"{copy_id}:{parts}")
+        return copy_id
+
     results: dict[str, str] = {}
-    for label, store in due:
+    # The stores are independent (a RADOS pool and an S3 bucket): written at once, not one after
+    # the other. Each worker touches only its own label's entries of ``state``.
+    with ThreadPoolExecutor(max_workers=len(due), thread_name_prefix="drsvc-catalog-copy") as pool:
+        futures = {label: pool.submit(one, label, store) for label, store in due}
+    for label, future in futures.items():
         try:
-            write_copy(store, copy_id, blob, {**meta_base, "digest": store.keys.chunk_id(raw)})
-            prune_copies(store)
+            results[label] = future.result()
         except DrsvcError as e:
             results[label] = f"error: {e}"
             continue
         state[label] = current
-        results[label] = copy_id
     write_copy_state(catalog.path, state)
     return results
 
 
-def write_copy(store: ChunkStore, copy_id: str, blob: bytes, meta: dict[str, Any]) -> None:
-    """Write one copy's sealed parts, then its meta (a copy without meta is never read)."""
+def _prune(store: ChunkStore, label: str, state: dict[str, str], made: str) -> None:
+    """Prune the copies in ``store`` after the copy ``made`` (``<copy id>:<parts>``).
+
+    The ids of the copies this catalog made are remembered in ``state`` (``<label>:made``, oldest
+    first); all but the newest ``KEEP`` are deleted without a listing. The first push to a store and
+    every ``LIST_EVERY``-th lists it instead (``prune_copies``): strays are found only that way.
+    """
+    known = state.get(f"{label}:made")
+    history = [*(known.split() if known else []), made]
+    pushes = int(state.get(f"{label}:pushes", "0") or 0) + 1 if known is not None else 0
+    if known is None or pushes % LIST_EVERY == 0:
+        prune_copies(store)
+    else:
+        old = history[:-KEEP]
+        metas = [f"{PREFIX}{entry.split(':')[0]}/meta" for entry in old]
+        if metas:
+            store.store.delete_many(metas)  # first: a copy without meta is never read
+            store.store.delete_many(_part_keys(old))
+    state[f"{label}:made"] = " ".join(history[-KEEP:])
+    state[f"{label}:pushes"] = str(pushes)
+
+
+def _part_keys(made: list[str]) -> list[str]:
+    keys = []
+    for entry in made:
+        copy_id, _, parts = entry.partition(":")
+        keys += [f"{PREFIX}{copy_id}/part-{n:04d}" for n in range(int(parts or 1))]
+    return keys
+
+
+def write_copy(store: ChunkStore, copy_id: str, blob: bytes, meta: dict[str, Any]) -> int:
+    """Write one copy's sealed parts, then its meta (a copy without meta is never read); the number of parts."""
     parts = [blob[i : i + PART] for i in range(0, len(blob), PART)] or [b""]
     for n, part in enumerate(parts):
         key = f"{PREFIX}{copy_id}/part-{n:04d}"
@@ -173,6 +218,7 @@ def write_copy(store: ChunkStore, copy_id: str, blob: bytes, meta: dict[str, Any
     key = f"{PREFIX}{copy_id}/meta"
     doc = {**meta, "parts": len(parts), "compressed": len(blob)}
     store.store.put(key, store.keys.seal(json.dumps(doc).encode(), object_aad(key)))
+    return len(parts)
 
 
 def copy_ids(store: ChunkStore, keys: Iterable[str] | None = None) -> list[str]:

@@ -17,7 +17,7 @@ import pytest
 from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture)
 from faultkit import overwrite_page, truncate
 
-from drsvc import catalog_guard, clock
+from drsvc import catalog_copy, catalog_guard, clock
 from drsvc.catalog import Catalog
 from drsvc.catalog_copy import copy_ids, push, stores_of
 from drsvc.errors import EXIT_INTEGRITY
@@ -192,12 +192,7 @@ def test_a_bad_page_read_mid_command_is_one_line(kit: ColdKit, run_cli: Any, mon
     assert "drsvc catalog restore" in result.stderr
 
 
-def test_a_copy_lists_the_store_once(kit: ColdKit, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every run pushes a copy; a RADOS hot store lists a prefix by scanning its whole pool."""
-    services = kit.fresh_services()
-    push(services.catalog, stores_of(services))  # a copy to prune against
-    services.catalog.execute("INSERT INTO jobs (kind, status, started_at) VALUES ('verify', 'ok', 'x')")
-    store = services.hot.store
+def _count_lists(monkeypatch: pytest.MonkeyPatch, store: Any) -> list[str]:
     listed: list[str] = []
     real = store.list
 
@@ -206,7 +201,71 @@ def test_a_copy_lists_the_store_once(kit: ColdKit, monkeypatch: pytest.MonkeyPat
         return real(prefix)
 
     monkeypatch.setattr(store, "list", counting)
-    push(services.catalog, [("hot", services.hot)])
+    return listed
+
+
+def _change(services: Any, n: int) -> None:
+    services.catalog.execute("INSERT INTO jobs (kind, status, started_at) VALUES ('verify', 'ok', ?)", [f"x{n}"])
+
+
+def test_a_copy_prunes_the_copies_it_made_without_listing_the_store(
+    kit: ColdKit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every run pushes a copy; a RADOS hot store lists a prefix by scanning its whole pool. The first
+    push lists (once); later ones prune what they remember making, and list only every LIST_EVERY-th."""
+    services = kit.fresh_services()
+    listed = _count_lists(monkeypatch, services.hot.store)
+    made = [push(services.catalog, [("hot", services.hot)])["hot"]]
     assert len(listed) == 1, listed
-    assert len(copy_ids(services.hot)) == 2
+    for n in range(catalog_copy.LIST_EVERY - 1):
+        _change(services, n)
+        made.append(push(services.catalog, [("hot", services.hot)])["hot"])
+    assert len(listed) == 1, listed  # nothing listed since the first push
+    assert copy_ids(services.hot) == made[-catalog_copy.KEEP :]
+    assert not [k for k in services.hot.store.list(catalog_copy.PREFIX) if k.split("/")[1] not in made[-3:]]
+    listed.clear()
+    _change(services, 99)
+    push(services.catalog, [("hot", services.hot)])
+    assert len(listed) == 1, listed  # the LIST_EVERY-th push lists the store again
+    services.catalog.close()
+
+
+def test_the_listing_push_removes_what_a_killed_push_or_another_catalog_left(kit: ColdKit) -> None:
+    services = kit.fresh_services()
+    push(services.catalog, [("hot", services.hot)])
+    # a complete copy another catalog made (older than ours), and a part a killed push left
+    stray = "20000101T000000Z-000000abcdef"
+    catalog_copy.write_copy(services.hot, stray, b"old", {"created_at": "2000", "size": 3})
+    services.hot.store.put(f"{catalog_copy.PREFIX}20000101T000001Z-000000fedcba/part-0000", b"x")
+    for n in range(catalog_copy.LIST_EVERY):
+        _change(services, n)
+        push(services.catalog, [("hot", services.hot)])
+    assert not [k for k in services.hot.store.list(catalog_copy.PREFIX) if "/20000101" in f"/{k.split('/')[1]}"]
+    assert len(copy_ids(services.hot)) == catalog_copy.KEEP
+    services.catalog.close()
+
+
+def test_the_hot_and_cold_copies_are_written_at_once(kit: ColdKit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each store's first write waits until the other store is written to as well: only pushes made
+    at once get past it (one after the other, the barrier breaks and the push is reported failed)."""
+    import threading
+
+    services = kit.fresh_services()
+    both = threading.Barrier(2, timeout=10)
+    met: list[str] = []
+    for label, store in stores_of(services):
+        real = store.store.put
+
+        def put(key: str, data: bytes, *a: Any, _real: Any = real, _label: str = label, **k: Any) -> Any:
+            if _label not in met:
+                met.append(_label)
+                both.wait()
+            return _real(key, data, *a, **k)
+
+        monkeypatch.setattr(store.store, "put", put)
+    both_stores = stores_of(services)
+    assert [label for label, _ in both_stores] == ["hot", "cold"]
+    results = push(services.catalog, both_stores)
+    assert results["hot"] == results["cold"] and not results["hot"].startswith("error"), results
+    assert not both.broken
     services.catalog.close()
