@@ -8,7 +8,7 @@ whatever lies beside them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Protocol
 
@@ -16,7 +16,6 @@ from pyfastcdc import FastCDC
 
 from drsvc.chunks.layout import BLOCK_SIZE, KiB, MiB
 from drsvc.errors import InvalidInput
-from drsvc.streams import IterReader
 
 
 @dataclass(frozen=True)
@@ -56,23 +55,42 @@ class _Readable(Protocol):
 Source = BinaryIO | _Readable | Iterable[bytes] | bytes  # what write_stream chunks
 
 
-def _reader(source: BinaryIO | _Readable | Iterable[bytes | memoryview] | bytes) -> Any:
-    """A ``readinto(memoryview) -> int`` over a binary file or an iterable of byte strings."""
+def _stable(piece: bytes | bytearray | memoryview) -> memoryview:
+    """A byte view of ``piece`` that nobody can change while a chunk cut from it is in flight: a
+    ``bytes`` piece as it is, anything else (a buffer its producer may reuse) copied."""
+    return memoryview(piece if isinstance(piece, bytes) else bytes(piece))
+
+
+def _blocks(source: Source, size: int) -> Iterator[memoryview]:
+    """The bytes of ``source`` as a series of read-only views, in order (empty ones possible).
+
+    An iterable's pieces and a ``read``'s results are taken as they are (no copy when they are
+    ``bytes``); a ``readinto`` source fills a fresh ``size``-byte buffer per block, which nothing
+    writes again once it is handed out.
+    """
     if isinstance(source, bytes | bytearray | memoryview):
-        source = [memoryview(source)]  # one buffer, not an iterable of ints
+        yield _stable(source)  # one buffer, not an iterable of ints
+        return
     readinto = getattr(source, "readinto", None)
     if readinto is not None:
-        return readinto
+        while True:
+            view = memoryview(bytearray(size))
+            n = 0
+            while n < size:
+                got = readinto(view[n:])
+                if not got:
+                    break
+                n += got
+            yield view[:n]
+            if n < size:
+                return
     read = getattr(source, "read", None)
     if read is not None:
-
-        def from_read(view: memoryview) -> int:
-            data = read(len(view))
-            view[: len(data)] = data
-            return len(data)
-
-        return from_read
-    return IterReader(source).readinto  # type: ignore[arg-type]
+        while data := read(size):
+            yield _stable(data)
+        return
+    for piece in source:  # type: ignore[union-attr]
+        yield _stable(piece)
 
 
 class Cutter:
@@ -81,6 +99,7 @@ class Cutter:
     def __init__(self, params: ChunkerParams, seed: int, block_size: int = BLOCK_SIZE) -> None:
         self.params = params
         self.block_size = max(block_size, 2 * params.max_size)
+        self.span = 2 * params.max_size  # the least a cut is tried on before the end of a segment
         self.cdc = FastCDC(
             params.avg_size,
             min_size=params.min_size,
@@ -95,35 +114,48 @@ class Cutter:
             yield from self.cut_segment(segment)
 
     def cut_segment(self, source: Source) -> Iterator[memoryview]:
-        """Yield chunks of one segment; reads ``block_size`` at a time and carries the tail chunk over.
+        """Yield chunks of one segment, as views of its own pieces wherever a chunk lies within one.
 
         A FastCDC cut depends only on bytes from the chunk's start up to the cut, so every cut found
-        before the end of a block is the one the whole stream would give; only the last (possibly
-        truncated) chunk of a block is re-cut together with the next block.
+        in a buffer before its end is the one the whole stream would give; only a buffer's last
+        (possibly truncated) chunk is *carried* and cut again with what follows. The carried bytes
+        are joined (copied) with at most ``max_size`` bytes of the next piece: the last chunk of that
+        join starts inside the piece, and cutting goes on from there in the piece itself. So a
+        volume's 4 MiB pieces are cut without copying them into blocks first (that copy, and the
+        page faults of a fresh block buffer, held the GIL for ~1 s per GiB on the capture thread).
+        Pieces smaller than ``span`` together are gathered first (small objects, short reads).
+        Memory: a chunk in flight keeps its piece (or join, at most ``span`` + ``max_size`` bytes) alive.
         """
-        readinto = _reader(source)
-        tail = b""
-        eof = False
-        while not eof:
-            buf = bytearray(len(tail) + self.block_size)
-            buf[: len(tail)] = tail
-            view = memoryview(buf)
-            n = len(tail)
-            while n < len(buf):
-                got = readinto(view[n:])
-                if not got:
-                    eof = True
-                    break
-                n += got
-            if n == 0:
-                return
-            data = view[:n]
-            cuts = [(c.offset, c.length) for c in self.cdc.cut_buf(data)]
-            if not eof:
-                last_off, _ = cuts.pop()
-                tail = bytes(data[last_off:])
-            for off, length in cuts:
-                yield data[off : off + length]
+        carry: list[memoryview] = []  # bytes from the start of the next chunk on, not cut yet
+        carried = 0
+        for piece in _blocks(source, self.block_size):
+            if carried + len(piece) < self.span:
+                if piece:
+                    carry.append(piece)
+                    carried += len(piece)
+                continue
+            data = piece
+            if carry:
+                take = min(len(piece), self.params.max_size)
+                joined = memoryview(b"".join([*carry, piece[:take]]))
+                last = yield from self._all_but_last(joined)
+                if take == len(piece):
+                    carry, carried = [joined[last:]], len(joined) - last
+                    continue
+                data = piece[last - carried :]  # the join's last chunk starts in the piece: last >= carried
+            last = yield from self._all_but_last(data)
+            carry, carried = [data[last:]], len(data) - last
+        if carried:
+            data = carry[0] if len(carry) == 1 else memoryview(b"".join(carry))
+            for c in self.cdc.cut_buf(data):
+                yield data[c.offset : c.offset + c.length]
+
+    def _all_but_last(self, data: memoryview) -> Generator[memoryview, None, int]:
+        """Yield the chunks of ``data`` but its last; return where the last starts."""
+        cuts = [(c.offset, c.length) for c in self.cdc.cut_buf(data)]
+        for off, length in cuts[:-1]:
+            yield data[off : off + length]
+        return cuts[-1][0]
 
 
 class ObjectSegments:

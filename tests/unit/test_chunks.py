@@ -9,12 +9,14 @@ import random
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
 import pytest
 
 from drsvc.chunks import ChunkerParams, ChunkStore, StreamRef, chunk_key, referenced_chunks
+from drsvc.chunks.cutter import Cutter, ObjectSegments
 from drsvc.chunks.refs import chunk_list_hash
 from drsvc.crypto import Keys
 from drsvc.errors import IntegrityError, InvalidInput, NotFound
@@ -303,6 +305,49 @@ def test_gc_helpers(cs: ChunkStore) -> None:
     again = cs.write_bytes(pseudo(2 * MiB, 10))  # the dedup set forgot deleted chunks
     assert again.stats.chunks_new == len(dead)
     assert cs.read_bytes(again) == pseudo(2 * MiB, 10)
+
+
+@pytest.mark.parametrize("params", [ChunkerParams(), ChunkerParams(1024, 4096, 16384, 2)])
+def test_pieces_of_any_size_cut_as_the_whole_stream(params: ChunkerParams) -> None:
+    """Pieces from 1 byte to several max-size chunks, alone or as objects: the whole buffer's cuts."""
+    rng = random.Random(11)
+    cutter = Cutter(params, 12345)
+    data = logs(2 * MiB, 2) + pseudo(3 * MiB, 2) + b"\x00" * 300_000 + logs(MiB, 3)
+    whole = [bytes(data[c.offset : c.offset + c.length]) for c in cutter.cdc.cut_buf(data)]
+    for trial in range(6):
+        pieces, i = [], 0
+        while i < len(data):
+            n = rng.randrange(1, rng.choice([64, 5000, 2 * params.max_size, 5 * MiB]))
+            pieces.append(data[i : i + n])
+            i += n
+        assert [bytes(c) for c in cutter.cut_segment(iter(pieces))] == whole, trial
+    # as objects of a volume: each large object cut alone, whatever its pieces
+    objects = [pseudo(n, n) for n in (5, 70_000, 3 * MiB, 1000, 2000, 600_000)]
+    expected = []
+    for segment in ([objects[0], objects[1]], [objects[2]], [objects[3], objects[4]], [objects[5]]):
+        joined = b"".join(segment)
+        expected += [joined[c.offset : c.offset + c.length] for c in cutter.cdc.cut_buf(joined)]
+    split = [(len(o), [o[j : j + 300_000] for j in range(0, len(o), 300_000)]) for o in objects]
+    assert [bytes(c) for c in cutter.cut(ObjectSegments(split, 128 * 1024))] == expected
+
+
+def test_large_bytes_pieces_are_cut_in_place_and_reused_buffers_are_copied(cs: ChunkStore) -> None:
+    """A chunk within a ``bytes`` piece is a view of it (no copy into a block buffer first), while a
+    producer's reused ``bytearray`` is copied before its chunks go on: rewriting it corrupts nothing."""
+    piece = pseudo(4 * MiB, 5)
+    chunks = list(cs.cutter.cut_segment(iter([piece])))
+    assert [bytes(c) for c in chunks] == [piece[c.offset : c.offset + c.length] for c in cs.cutter.cdc.cut_buf(piece)]
+    assert all(c.obj is piece for c in chunks)
+    data = pseudo(6 * MiB, 6)
+
+    def reused() -> Iterator[bytearray]:
+        buf = bytearray(MiB)
+        for i in range(0, len(data), MiB):
+            buf[:] = data[i : i + MiB]
+            yield buf
+
+    ref = cs.write_stream(reused())
+    assert cs.read_bytes(ref) == data
 
 
 def test_streaming_keeps_memory_bounded(tmp_path: Path) -> None:
