@@ -63,6 +63,12 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def machine_idle() -> float:
+    """Idle core-seconds of the whole machine so far (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
 def lab_cpu() -> float:
     """CPU seconds (user + system) the lab's OSD and radosgw daemons have used so far: on this machine
     they share the cores with drsvc and restic, so a restore's cost includes theirs."""
@@ -104,13 +110,18 @@ class E2E(Bench):
         if self.profile is not None:
             out = self.profile / f"{step}.txt"
             idle = [] if os.environ.get("E2E_PROFILE_CPU") else ["--idle"]  # set: samples of threads on a CPU only
-            spy = [str(PYSPY), "record", *idle, "--threads", "-r", str(RATE), "-f", "raw", "-o", str(out)]
+            # set: samples of the thread holding the GIL only (what runs serially in Python)
+            gil = ["--gil"] if os.environ.get("E2E_PROFILE_GIL") else []
+            spy = [str(PYSPY), "record", *idle, *gil, "--threads", "-r", str(RATE), "-f", "raw", "-o", str(out)]
             cmd = [*spy, "--", *cmd]
-        cpu, lab = children_cpu(), lab_cpu()
+        cpu, lab, idle0 = children_cpu(), lab_cpu(), machine_idle()
         t = time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env=env)
         wall = time.perf_counter() - t
         cpu, self.lab = children_cpu() - cpu, lab_cpu() - lab
+        if os.environ.get("E2E_CPU"):  # where the machine's cores went during each drsvc command
+            print(f"  {step}: wall {wall:.2f} s, drsvc cpu {cpu:.2f} s, osd+rgw cpu {self.lab:.2f} s, "
+                  f"idle {machine_idle() - idle0:.2f} core-s", file=sys.stderr)  # fmt: skip
         if p.returncode not in (0, 5):
             raise RuntimeError(f"drsvc {' '.join(args[:4])}: exit {p.returncode}: {p.stderr[-2000:]}")
         start = p.stdout.find("{")  # py-spy prints its own lines after drsvc's document
