@@ -106,7 +106,9 @@ class E2E(Bench):
         env = None
         if tree is not None:
             env = {**os.environ, "PYTHONPATH": str(tree)}
-            cmd = [sys.executable, "-m", "drsvc", *cmd[1:]]
+            # -P: without it ``-m`` puts the working directory first on sys.path, and run from a
+            # checkout that is the checkout's own drsvc, not the tree's
+            cmd = [sys.executable, "-P", "-m", "drsvc", *cmd[1:]]
         if self.profile is not None:
             out = self.profile / f"{step}.txt"
             idle = [] if os.environ.get("E2E_PROFILE_CPU") else ["--idle"]  # set: samples of threads on a CPU only

@@ -119,7 +119,8 @@ class Build:
         )
 
     def drsvc(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run(PYTHON, "-m", "drsvc", "--config", str(self.config), *args, timeout=1200, env=self.env)
+        # -P: ``-m`` would put the working directory (a checkout: its own drsvc) before PYTHONPATH
+        return run(PYTHON, "-P", "-m", "drsvc", "--config", str(self.config), *args, timeout=1200, env=self.env)
 
     def round(self) -> dict[str, float]:
         before = bucket_bytes(self.s3, self.bucket) if self.cold_exists() else 0
