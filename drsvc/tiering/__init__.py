@@ -14,10 +14,11 @@ one chunk, ``[cold] zstd_level``). The cold store keeps them in **packs** (``drs
 ``packs/<2 hex>/<pack-id>`` + ``index/<pack-id>``, ~16 MiB, ``[cold] pack_mib``), because on S3
 every request costs: one object per chunk capped tiering at ~210 PUT/s. One listing of the
 cold store's pack indexes per run (indexes are loaded once per process, then only new ones) says
-what is there already. The due points of a run are batched by (storage class, locked or not):
-the chunks none of the batch's points finds in the cold store are read from the hot store
-(pipelined), authenticated, framed or kept as they are, appended to packs
-and uploaded ``upload_workers`` packs at a time (memory: a few packs), each pack then its index.
+what is there already; the cold store is opened and listed on a thread while the first due points'
+manifests are read from the hot store (both are round trips). The due points of a run are
+batched by (storage class, locked or not): the chunks none of the batch's points finds in the
+cold store are read from the hot store (pipelined), authenticated, framed or kept as they are,
+appended to packs and uploaded ``upload_workers`` packs at a time (memory: a few packs), each pack then its index.
 Then, per point in order: Object Lock bookkeeping, the base image record (``_images/<id>``) when
 the cold store lacks it, and the point's manifest **last**: a point is cold only once its
 manifest is there. A run killed anywhere re-uploads nothing already indexed (the next listing
@@ -57,7 +58,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from drsvc import clock, faults
@@ -73,7 +74,11 @@ from drsvc.services import Services
 from drsvc.tiering.cold_prune import ColdPruneJob, ColdPruneReport, plan_cold, prune_cold
 from drsvc.tiering.common import META_CLASS, Event, _quiet, manifest_key
 from drsvc.tiering.plan import Candidate, plan_tiering
-from drsvc.tiering.report import TierMove, TierReport, _Point
+from drsvc.tiering.report import TierMove, TierReport, _Point, _Read
+
+# Points whose hot manifests are read while the cold store opens (bounded: a manifest of a large
+# desktop is a few MiB parsed, and a fleet's batch may hold every desktop).
+READ_AHEAD = 4
 
 __all__ = [
     "META_CLASS",
@@ -102,6 +107,7 @@ class TierJob:
         self.on_event = on_event or _quiet
         self._cold_ids: set[str] | None = None
         self._cold_images: set[str] | None = None
+        self._read: dict[str, _Read | DrsvcError] = {}  # manifests read ahead, by point id
 
     def run(self, *, dry_run: bool = False, now: datetime | None = None) -> TierReport:
         """Tier every due point (``dry_run``: only say which; nothing is read from or written to a store)."""
@@ -126,8 +132,17 @@ class TierJob:
 
     def _tier_all(self, report: TierReport, candidates: list[Candidate], now: datetime) -> None:
         # Open (or create) the cold store first: a wrong key or an unreachable bucket stops the
-        # whole run here, instead of failing every point one by one.
-        cold = self.services.cold
+        # whole run here, instead of failing every point one by one. Opening it (boto3, the bucket,
+        # its config) and learning what it holds (listings, pack indexes) are S3 round trips: they
+        # run on a thread while this one reads the first points' manifests from the hot store.
+        self.services.key_provider  # noqa: B018 (shared by both stores: made once, here, not by two threads)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="drsvc-cold-open") as pool:
+            opened: Future[ChunkStore] = pool.submit(self._open_cold)
+            try:
+                for c in candidates[:READ_AHEAD]:
+                    self._read[c.point["id"]] = self._read_manifest(c.point["desktop_id"], c.point["id"])
+            finally:
+                cold = opened.result()
         self._recover_interrupted()
         report.job_id = self.catalog.start_job("tier", token=self.lease.token if self.lease else None)
         with Owner(self.catalog) as owner:
@@ -180,6 +195,11 @@ class TierJob:
                 [now, "interrupted: the process ended before the job finished"],
             )
 
+    def _open_cold(self) -> ChunkStore:
+        cold = self.services.cold
+        self._cold_state(cold)
+        return cold
+
     def _cold_state(self, cold: ChunkStore) -> tuple[set[str], set[str]]:
         if self._cold_ids is None or self._cold_images is None:
             # One listing of the pack indexes (loaded incrementally) per run and after a failure:
@@ -228,7 +248,10 @@ class TierJob:
             )
             point = _Point(c, move, int(cursor.lastrowid or 0), until, tiering.object_lock_days or 0)
             try:
-                self._prepare(point)
+                read = self._read.pop(move.point_id, None) or self._read_manifest(move.desktop, move.point_id)
+                if isinstance(read, DrsvcError):
+                    raise read
+                self._prepare(point, read)
             except DrsvcError as e:
                 self._fail(point, str(e), started)
                 continue
@@ -365,16 +388,25 @@ class TierJob:
             [status, clock.to_iso(clock.now()), move.chunks_uploaded, move.bytes_uploaded, move_id],
         )
 
-    def _prepare(self, point: _Point) -> None:
-        """Read and authenticate the point's manifest (and its image record): what chunks it needs."""
+    def _read_manifest(self, desktop: str, point_id: str) -> _Read | DrsvcError:
+        """Read and authenticate a point's manifest from the hot store (an error is returned, for its point)."""
+        hot = self.services.hot
+        try:
+            manifest, raw = hot.get_sealed_manifest(desktop, point_id)  # authenticated
+            keys = hot.manifest_keys(raw)
+            streams = list(manifest_streams(manifest))
+            objects = chunk_objects(manifest)
+        except DrsvcError as e:
+            return e
+        return _Read(manifest_key(desktop, point_id), raw, keys, streams, objects, image_record_id(manifest))
+
+    def _prepare(self, point: _Point, read: _Read) -> None:
+        """Take the point's manifest (and read its image record): what chunks it needs."""
         hot = self.services.hot
         _, cold_images = self._cold_state(self.services.cold)
-        move = point.move
-        point.key = manifest_key(move.desktop, move.point_id)
-        manifest, point.raw_manifest = hot.get_sealed_manifest(move.desktop, move.point_id)  # authenticated
-        point.keys = hot.manifest_keys(point.raw_manifest)
-        streams = list(manifest_streams(manifest))
-        image_id = image_record_id(manifest)
+        point.key, point.raw_manifest, point.keys, point.objects = read.key, read.raw, read.keys, read.objects
+        streams = list(read.streams)
+        image_id = read.image_id
         if image_id is not None:
             point.image_key = manifest_key(IMAGES, image_id)
             if image_id not in cold_images or point.until is not None:
@@ -385,7 +417,6 @@ class TierJob:
                 if image_id not in cold_images:
                     point.image_raw = image_raw
         point.wanted = list(dict.fromkeys(cid for ref in streams for cid, _ in ref.chunks))
-        point.objects = chunk_objects(manifest)
 
     def _finish_point(self, point: _Point, cold: ChunkStore, cold_ids: set[str]) -> None:
         """Locks of what the point reuses, its image record if new, then its manifest (last)."""

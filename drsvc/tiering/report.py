@@ -56,6 +56,18 @@ class _Point:
 
 
 @dataclass
+class _Read:
+    """A point's manifest as read from the hot store, before the cold store's state is known."""
+
+    key: str  # the manifest's key (the same in both stores)
+    raw: bytes  # the sealed manifest as stored (copied verbatim)
+    keys: Keys  # its data key
+    streams: list[Any]  # its StreamRefs (``manifest_streams``)
+    objects: dict[str, int]  # volume chunk -> the object it lies within
+    image_id: str | None  # the base image record it names
+
+
+@dataclass
 class TierReport:
     dry_run: bool
     job_id: int | None = None

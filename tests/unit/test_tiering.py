@@ -173,6 +173,37 @@ def test_the_cold_listings_are_made_at_once_and_dedup_still_sees_every_chunk(kit
     assert again.moves[0].chunks > 0
 
 
+def test_the_cold_store_opens_while_the_hot_manifests_are_read(kit: ColdKit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening the cold store (boto3, bucket, config, listings) and reading the due points' hot
+    manifests overlap: each waits, on its first call, for the other to start. One after the other,
+    they never meet and the barrier breaks (after its timeout, not a hang)."""
+    kit.policy("p", ["desk"])
+    kit.point("desk", NOW - timedelta(hours=3), random.Random(3).randbytes(MiB))
+    services = kit.fresh_services()
+    meet = threading.Barrier(2, timeout=20)
+    met: list[str] = []
+    open_store, read = ChunkStore.open.__func__, services.hot.get_sealed_manifest  # type: ignore[attr-defined]
+
+    def opening(cls: type[ChunkStore], store: Any, *a: Any, **k: Any) -> ChunkStore:
+        if isinstance(store, S3Store) and "cold" not in met:
+            met.append("cold")
+            meet.wait()
+        return open_store(cls, store, *a, **k)
+
+    def reading(desktop: str, point_id: str) -> Any:
+        if "hot" not in met:
+            met.append("hot")
+            meet.wait()
+        return read(desktop, point_id)
+
+    monkeypatch.setattr(ChunkStore, "open", classmethod(opening))
+    monkeypatch.setattr(services.hot, "get_sealed_manifest", reading)
+    report = TierJob(services, None).run(now=NOW)
+    assert sorted(met) == ["cold", "hot"] and not meet.broken
+    assert report.exit_code == EXIT_OK, [m.error for m in report.moves]
+    assert [m.status for m in report.moves] == ["done"]
+
+
 def test_cold_retention_decides_what_is_worth_uploading(kit: ColdKit) -> None:
     kit.policy("daily", ["bob"], retention={"hot": {"last": 10}, "cold": {"daily": 7}})
     day = NOW.replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=2)
