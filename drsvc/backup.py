@@ -16,7 +16,8 @@ batches of at most ``capture.freeze_batch``. For each batch:
 3. each archive streams into the hot chunk store (never whole in memory), then the desktop's
    namespace as it was at the snapshot (objects concatenated in name order into one stream, so
    thousands of small objects become a few chunks, not one write each), then its base image once
-   per image id;
+   per image id. The pool listing and the stats of the objects each parent point names start as
+   soon as the snapshot exists, on side threads, beside the archives (``Committer.stamp_ahead``);
 4. the manifest is written last; only then is the point ``complete``.
 
 The batch size bounds each desktop's freeze window: a desktop frozen first waits for the slowest
@@ -64,6 +65,7 @@ from drsvc.runtimes.base import DesktopRef
 from drsvc.runtimes.freeze import FreezeBudgetExceeded, checkpoint_batch, hook_installed
 from drsvc.runtimes.tarindex import ArchiveIndexer
 from drsvc.services import Services
+from drsvc.volumes.base import VolumeObject
 
 __all__ = [
     "DEFAULT_FREEZE_BUDGET",
@@ -217,11 +219,12 @@ class BackupJob:
             # host stores slow the CRIU dumps, and desktops stand frozen longer or miss their
             # batch's snapshot (docs/benchmarks.md, "Fleet throughput"). Leaving the pool waits for
             # every store: none writes after the job ended.
-            # ``side``: the pool listings and the hot store's chunk listing, started early so they
-            # run while checkpoints are taken and archives stream in, not after them
+            # ``side``: the pool listings, the hot store's chunk listing, the parent manifests and
+            # the stats ahead of each listing, started early so they run while checkpoints are taken
+            # and archives stream in, not after them
             with (
                 store_pool(self.workers, pipelined=self.pipeline_depth > 0) as pool,
-                cf.ThreadPoolExecutor(2, thread_name_prefix="listing") as side,
+                cf.ThreadPoolExecutor(2 + self.workers, thread_name_prefix="listing") as side,
             ):
                 self._side = side
                 side.submit(self._know_chunks)
@@ -302,6 +305,9 @@ class BackupJob:
                     }
                 )
         faults.point("after-pending")
+        assert self._side is not None
+        for d in batch:  # the parent manifests are read while the checkpoints run
+            self.committer.parents.start(d.desktop_id, self._side)
         want_memory = policy is None or (policy.capture.checkpoint and policy.capture.consistency == "paired")
         if want_memory and not hook_installed():
             for o in outcomes.values():
@@ -317,11 +323,15 @@ class BackupJob:
         volumes = self.services.snapshots(pool_url)
         archives: dict[str, StreamRef] = {}
         listed: list[cf.Future[dict[str, list[str]]]] = []
+        stamped: dict[str, cf.Future[dict[str, VolumeObject]]] = {}
+        side = self._side
 
         def list_pool() -> None:
-            # as soon as the snapshot exists: the listing runs while the checkpoints end
-            assert self._side is not None
-            listed.append(self._side.submit(self._listing, volumes, batch))
+            # as soon as the snapshot exists: the listing, and the stats of the objects each parent
+            # point names (most of what the listing will name), run while the checkpoints end
+            listed.append(side.submit(self._listing, volumes, batch))
+            for d in batch:
+                stamped[d.desktop_id] = side.submit(self.committer.stamp_ahead, d, snap)
 
         try:
             with phases.timed("freeze"):
@@ -331,6 +341,7 @@ class BackupJob:
                     self.on_event("snapshot", pool=pool_url, name=snap)
                     volumes.create(snap)
                     faults.point("after-snapshot")
+                    list_pool()
         except FreezeBudgetExceeded as e:
             # Thawed without a snapshot: no point of this batch pairs (or even has) a volume image.
             self._freeze_facts(batch, outcomes, e.results)
@@ -342,9 +353,7 @@ class BackupJob:
             self._drop_snapshot(volumes, snap, snapshot_row, None)
             return [outcomes[d.desktop_id] for d in batch], []
         report.pool_snapshots.append(snap)
-        with phases.timed("listing"):  # what of it the checkpoints did not hide
-            listing = listed[0].result() if listed else self._listing(volumes, batch)
-
+        # the stores start now; each waits for the listing only after the stats it could take ahead
         futures = [
             pool.submit(
                 self.committer.store,
@@ -355,7 +364,8 @@ class BackupJob:
                     snap,
                     taken_at,
                     policy,
-                    names=listing.get(d.volume or ""),
+                    listing=listed[0] if listed else side.submit(self._listing, volumes, batch),
+                    stamped=stamped.get(d.desktop_id),
                 ),
             )
             for d in batch

@@ -17,10 +17,11 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 from drsvc import clock, faults
 from drsvc.catalog import Catalog
@@ -32,7 +33,8 @@ from drsvc.point_manifest import IMAGES
 from drsvc.policy import Policy
 from drsvc.runtimes.base import ContainerRuntime, DesktopRef
 from drsvc.services import Services
-from drsvc.volume_capture import ParentFinder, VolumeCapture
+from drsvc.volume_capture import ParentFinder, VolumeCapture, versioned
+from drsvc.volumes.base import VersionedVolume, VolumeObject
 
 log = logging.getLogger("drsvc.backup")
 
@@ -72,11 +74,12 @@ class Outcome:
 class Phases:
     """Seconds a run spent per phase, for ``--json`` and the fleet benchmark (``bench/fleet.py``).
 
-    ``record``, ``freeze`` (checkpoints, archives and the pool snapshot), ``listing`` (the part of
-    the pool listing the checkpoints' end did not hide: it starts once the snapshot exists) and
-    ``store`` are wall time per batch, summed over batches; ``scan`` (volume metadata at the snapshot),
-    ``volume`` (the whole volume capture, scan included), ``image`` and ``commit`` (manifest and
-    catalog) are summed over desktops, which run on several threads at once.
+    ``record``, ``freeze`` (checkpoints, archives and the pool snapshot) and ``store`` are wall time
+    per batch, summed over batches; ``listing`` (the part of the batch's pool listing a store still
+    waited for: it starts once the snapshot exists), ``scan`` (volume metadata at the snapshot, the
+    stats taken beside the listing included), ``volume`` (the whole volume capture, scan and listing
+    wait included), ``image`` and ``commit`` (manifest and catalog) are summed over desktops, which
+    run on several threads at once.
     """
 
     def __init__(self) -> None:
@@ -107,6 +110,37 @@ class StoreTask:
     taken_at: datetime
     policy: Policy | None  # None: a manual backup's defaults
     names: list[str] | None = None  # the volume's objects from the batch's listing; None: the capture lists
+    # the batch's pool listing, still running when the store starts: its names for this volume
+    # replace ``names``; the store waits for it after its own work that needs no names
+    listing: Future[dict[str, list[str]]] | None = None
+    stamped: Future[dict[str, VolumeObject]] | None = None  # ``Committer.stamp_ahead`` for this desktop
+
+
+class EarlyParents(ParentFinder):
+    """A ``ParentFinder`` whose lookups can start early: a batch's desktops are looked up on the run's
+    side threads while their checkpoints run, and a store takes the result instead of reading the
+    parent manifest itself after the pool listing. Desktops not started are looked up on demand."""
+
+    def __init__(self, catalog: Catalog, hot: ChunkStore, *, skip: str) -> None:
+        super().__init__(catalog, hot, skip=skip)
+        self._started: dict[str, Future[tuple[str, dict[str, Any]] | None]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, desktop: str, executor: Executor) -> None:
+        """Look ``desktop`` up on ``executor`` (once per run)."""
+        with self._lock:
+            if desktop not in self._started:
+                self._started[desktop] = executor.submit(super().find, desktop)
+
+    def find(self, desktop: str) -> tuple[str, dict[str, Any]] | None:
+        with self._lock:
+            started = self._started.get(desktop)
+        return super().find(desktop) if started is None else started.result()
+
+    def forget(self, desktop: str) -> None:
+        """Drop a desktop's kept lookup (its manifest) once its store no longer needs it."""
+        with self._lock:
+            self._started.pop(desktop, None)
 
 
 def image_key(image_id: str) -> str:
@@ -187,8 +221,11 @@ class Committer:
         def progress(n: int) -> None:
             self.on_event("progress", task=label, advance=n, total=expected)
 
-        with self.phases.timed("volume"):
-            volume_section, volume_ref = self._capture_volume(d, hot, task.snap, policy, progress, task.names)
+        try:
+            with self.phases.timed("volume"):
+                volume_section, volume_ref = self._capture_volume(d, hot, task, progress)
+        finally:
+            self.parents.forget(d.desktop_id)
         self.on_event("progress", task=label, done=True)
         with self.phases.timed("image"):
             image = self._ensure_image(d)
@@ -263,24 +300,58 @@ class Committer:
             )
 
     def _capture_volume(
-        self,
-        d: DesktopRef,
-        hot: ChunkStore,
-        snap: str,
-        policy: Policy | None,
-        progress: Callable[[int], None],
-        names: list[str] | None,
+        self, d: DesktopRef, hot: ChunkStore, task: StoreTask, progress: Callable[[int], None]
     ) -> tuple[dict[str, Any], StreamRef]:
         """The volume at the snapshot into ``hot``: only what changed since the parent point when
         that can be told, else everything (``drsvc.volume_capture``)."""
         assert d.volume is not None
-        full_every = policy.capture.full_every if policy else DEFAULT_FULL_EVERY
-        capture = VolumeCapture(hot, self._parents, progress, timed=self.phases.timed)
-        return capture.capture(self.services.volume(d.volume), d.desktop_id, snap, full_every=full_every, names=names)
+        names = task.names
+        if task.listing is not None:
+            with self.phases.timed("listing"):  # the part of the batch's listing nothing else hid
+                names = task.listing.result().get(d.volume)
+        stamped = task.stamped.result() if task.stamped is not None else None
+        full_every = task.policy.capture.full_every if task.policy else DEFAULT_FULL_EVERY
+        capture = VolumeCapture(hot, self.parents, progress, timed=self.phases.timed)
+        return capture.capture(
+            self.services.volume(d.volume),
+            d.desktop_id,
+            task.snap,
+            full_every=full_every,
+            names=names,
+            stamped=stamped,
+        )
+
+    def stamp_ahead(self, d: DesktopRef, snap: str) -> dict[str, VolumeObject]:
+        """Stamps at ``snap`` of the objects the desktop's parent point lists, by name.
+
+        Taken while the batch's pool listing runs (``BackupJob``): the listing scans the whole pool
+        and the stats only need names, so an unchanged desktop's stats no longer wait for it; the
+        capture then stats only names the listing adds. Stamps at a pool snapshot never change, so
+        taking them early changes nothing else. ``{}`` when there is no parent to build on, the
+        volume tells no versions, or the stats fail (the capture then stats everything itself).
+        """
+        if d.volume is None:
+            return {}
+        volume = self.services.volume(d.volume)
+        found = self.parents.find(d.desktop_id) if versioned(volume) else None
+        if found is None:
+            return {}
+        objects = (found[1].get("volume") or {}).get("objects")
+        names = [o["name"] for o in objects or () if isinstance(o, dict) and isinstance(o.get("name"), str)]
+        if not names:
+            return {}
+        try:
+            with self.phases.timed("scan"):
+                stamps = cast(VersionedVolume, volume).stamps_at(snap, names)
+        except DrsvcError as e:
+            event(log, logging.INFO, "backup.stamps", f"{d.desktop_id}: stats ahead of the listing failed: {e}")
+            return {}
+        return {o.name: o for o in stamps}
 
     @cached_property
-    def _parents(self) -> ParentFinder:
-        return ParentFinder(self.catalog, self.hot, skip=IMAGES)
+    def parents(self) -> EarlyParents:
+        """The run's parent point lookups (``BackupJob`` starts a batch's before its freeze)."""
+        return EarlyParents(self.catalog, self.hot, skip=IMAGES)
 
     @staticmethod
     def _artifact(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -44,6 +44,21 @@ def versioned(volume: Volume) -> bool:
     """Whether the volume tells object versions (``VersionedVolume``; checked by its two methods, so a
     volume need not be a runtime-checkable ``Volume`` in every other respect)."""
     return callable(getattr(volume, "stamp_scope", None)) and callable(getattr(volume, "stamps_at", None))
+
+
+def _stamps(
+    volume: VersionedVolume, snap: str, names: list[str] | None, stamped: Mapping[str, VolumeObject] | None
+) -> list[VolumeObject]:
+    """``volume.stamps_at(snap, names)``, sorted by name; names in ``stamped`` (taken at the same
+    snapshot, which never changes) are not stat'ed again. Without ``names`` the volume lists itself."""
+    if names is None:
+        return volume.stamps_at(snap)
+    if not stamped:
+        return volume.stamps_at(snap, names)
+    wanted = set(names)
+    rest = sorted(wanted - stamped.keys())
+    found = [o for name, o in stamped.items() if name in wanted]
+    return sorted(found + (volume.stamps_at(snap, rest) if rest else []), key=lambda o: o.name)
 
 
 class _Entries:
@@ -171,17 +186,26 @@ class VolumeCapture:
         self.timed = timed or (lambda _name: contextlib.nullcontext())
 
     def capture(
-        self, volume: Volume, desktop: str, snap: str, *, full_every: int, names: list[str] | None = None
+        self,
+        volume: Volume,
+        desktop: str,
+        snap: str,
+        *,
+        full_every: int,
+        names: list[str] | None = None,
+        stamped: Mapping[str, VolumeObject] | None = None,
     ) -> tuple[dict[str, Any], StreamRef]:
         """The manifest's ``volume`` section (without ``url``) and the stream, at pool snapshot ``snap``.
 
         ``names``: the volume's object names from a listing taken after the snapshot (a backup batch
         lists its pool once for all its desktops); ``None``: the volume is listed here. Only a
         versioned volume takes them (its ``objects_at`` and ``stamps_at`` read just those names).
+        ``stamped``: stamps at ``snap`` already taken by name (a backup batch stats the parent
+        point's objects while its listing runs); with ``names``, only names not in it are stat'ed.
         """
         if names is not None and not versioned(volume):
             names = None
-        plan, scope = self._plan(volume, desktop, snap, full_every, names)
+        plan, scope = self._plan(volume, desktop, snap, full_every, names, stamped)
         with _Entries(self.progress) as entries:
             if plan.full:
                 with self.timed("scan"):
@@ -207,7 +231,13 @@ class VolumeCapture:
         return section, ref
 
     def _plan(
-        self, volume: Volume, desktop: str, snap: str, full_every: int, names: list[str] | None
+        self,
+        volume: Volume,
+        desktop: str,
+        snap: str,
+        full_every: int,
+        names: list[str] | None,
+        stamped: Mapping[str, VolumeObject] | None = None,
     ) -> tuple[incremental.Plan, str | None]:
         if not versioned(volume):
             return incremental.Plan(why_full="this volume type has no object versions"), None
@@ -229,8 +259,7 @@ class VolumeCapture:
             return incremental.Plan(parent=pid, why_full=why), scope
         try:
             with self.timed("scan"):
-                versions = cast(VersionedVolume, volume)
-                stamps = versions.stamps_at(snap) if names is None else versions.stamps_at(snap, names)
+                stamps = _stamps(cast(VersionedVolume, volume), snap, names, stamped)
             plan = incremental.plan(
                 stamps,
                 parent_volume,

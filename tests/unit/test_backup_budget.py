@@ -283,3 +283,65 @@ def test_the_pool_is_listed_while_the_archives_still_stream(kit: ColdKit, monkey
     assert report.exit_code == 0, report.document()
     assert seen == [True, True]
     assert snaps.thread.startswith("listing")
+
+
+class VersionedFake:
+    """A volume that tells object versions (a fake of a RADOS namespace), noting each stamps_at."""
+
+    scope = "rados://pool"
+
+    def __init__(self, url: str, listed: threading.Event) -> None:
+        self.url = url
+        self.listed = listed
+        self.stats: list[tuple[list[str] | None, str, bool]] = []  # names, thread, the listing was done
+
+    def stamp_scope(self) -> str:
+        return "fake:pool"
+
+    def stamps_at(self, snap: str, names: list[str] | None = None) -> list[VolumeObject]:
+        self.stats.append((names, threading.current_thread().name, self.listed.is_set()))
+        return [VolumeObject("data", 5, version=1)]
+
+    def objects_at(self, snap: str, names: list[str] | None = None) -> list[VolumeObject]:
+        return [VolumeObject("data", 5, version=1)]
+
+    def read_objects_at(
+        self, snap: str, objects: list[VolumeObject] | None = None
+    ) -> Iterator[tuple[VolumeObject, Iterator[bytes]]]:
+        yield VolumeObject("data", 5, version=1), iter([b"hello"])
+
+
+class SlowListing(ListingSnapshots):
+    """A listing that ends only once every desktop's objects were stat'ed (or after 10 s)."""
+
+    def __init__(self, volumes: dict[str, VersionedFake], done: threading.Event) -> None:
+        super().__init__()
+        self.volumes = volumes
+        self.done = done
+
+    def names_by_volume(self, urls: list[str]) -> dict[str, list[str]]:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(v.stats for v in self.volumes.values()):
+            time.sleep(0.01)
+        names = super().names_by_volume(urls)
+        self.done.set()
+        return names
+
+
+def test_an_unchanged_desktop_is_stat_ed_while_its_batch_listing_runs(kit: ColdKit) -> None:
+    """The parent point's objects are stat'ed at the snapshot beside the pool listing (which scans the
+    whole pool), not after it; the capture then stats nothing again and builds on the parent."""
+    listed = threading.Event()
+    volumes = {f"rados://pool/{d}": VersionedFake(f"rados://pool/{d}", listed) for d in ("desk-a", "desk-b")}
+    kit.services.volume = lambda url: volumes[url]  # type: ignore[method-assign]
+    assert run(kit, FakeSnapshots(None)).exit_code == 0  # the parents: full reads
+    for v in volumes.values():
+        v.stats.clear()
+    report = run(kit, SlowListing(volumes, listed))
+    assert report.exit_code == 0, report.document()
+    for v in volumes.values():
+        # once, with the parent's names, on a side thread, before the listing ended
+        assert v.stats == [(["data"], v.stats[0][1], False)] and v.stats[0][1].startswith("listing")
+    for o in report.outcomes:
+        manifest = kit.services.hot.get_manifest(o.desktop, o.point_id)
+        assert manifest["volume"]["capture"]["mode"] == "incremental", manifest["volume"]["capture"]

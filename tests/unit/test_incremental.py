@@ -315,6 +315,49 @@ def test_names_from_a_batch_listing_capture_what_the_volume_own_listing_captures
     assert restored(stores[1], given2) == oracle(vol, "s2")
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_stamps_taken_ahead_of_the_listing_are_not_taken_again_and_capture_the_same(tmp_path: Path, seed: int) -> None:
+    """A backup batch stats the parent point's objects while its listing runs (``stamped``): the
+    capture stats only the names the listing adds, and captures exactly what it captures without."""
+    rng = random.Random(seed)
+    stores = [ChunkStore.init(open_store(f"file://{tmp_path}/{k}"), Keys(b"k" * 32)) for k in ("own", "ahead")]
+    vol = MemoryVolume()
+    fill(vol, rng, 30)
+    vol.snapshot("s1")
+    first, _ = VolumeCapture(stores[0], LastPoint()).capture(vol, "alice", "s1", full_every=24)  # type: ignore[arg-type]
+    parent_names = [o["name"] for o in first["objects"]]
+    mutate(vol, rng)
+    vol.put(f"new-{seed}", rng.randbytes(1000))  # the listing names an object the parent does not
+    vol.snapshot("s2")
+    listing = sorted(vol.live)
+    asked: list[list[str]] = []
+    stamps_at = vol.stamps_at
+
+    def counted(snap: str, names: list[str] | None = None) -> list[VolumeObject]:
+        asked.append(sorted(names) if names is not None else ["(all)"])
+        return stamps_at(snap, names)
+
+    vol.stamps_at = counted  # type: ignore[method-assign]
+    ahead = {o.name: o for o in vol.stamps_at("s2", parent_names)}
+    sections = []
+    for hot, stamped in zip(stores, (None, ahead), strict=True):
+        if hot is stores[1]:
+            VolumeCapture(hot, LastPoint()).capture(vol, "alice", "s1", full_every=24)  # type: ignore[arg-type]
+        parents = LastPoint()
+        parents.found = ("s1", {"volume": {**first, "url": vol.url}})
+        asked.clear()
+        second, _ = VolumeCapture(hot, parents).capture(  # type: ignore[arg-type]
+            vol, "alice", "s2", full_every=24, names=listing, stamped=stamped
+        )
+        sections.append((second, list(asked)))
+    (own, own_asked), (given, given_asked) = sections
+    assert own_asked == [listing]
+    assert given_asked == [sorted(set(listing) - ahead.keys())] and f"new-{seed}" in given_asked[0]
+    assert given["capture"]["mode"] == own["capture"]["mode"] == "incremental"
+    assert given["objects"] == own["objects"] and given["stream"]["chunks"] == own["stream"]["chunks"]
+    assert restored(stores[1], given) == oracle(vol, "s2")
+
+
 def test_one_pool_listing_groups_names_by_volume(monkeypatch: pytest.MonkeyPatch) -> None:
     """``names_by_volume`` reads ONE all-namespaces listing: names of the asked namespaces, sorted and
     without repeats (a listing can repeat a name deleted since a snapshot), others ignored."""
