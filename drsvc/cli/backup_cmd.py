@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from drsvc.backup import BackupJob, BackupReport, Outcome
-from drsvc.cleanup import clean_before
 from drsvc.cli._common import App, DrsvcCommand, pass_app
 from drsvc.errors import InvalidInput
 from drsvc.inventory import select
@@ -15,6 +14,22 @@ from drsvc.units import format_bytes
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from drsvc.backup import BackupReport, Outcome
+    from drsvc.chunks import ChunkStore
+    from drsvc.services import Services
+
+
+def opening_hot(services: Services) -> cf.Future[ChunkStore]:
+    """Open the hot store (a RADOS connection: mostly waiting on the cluster) on a thread of its own,
+    while this thread loads the backup job's modules; ``result()`` before anything else uses it."""
+    import drsvc.chunks
+    import drsvc.storage  # noqa: F401  (both threads need these: imported here, not on both at once)
+
+    pool = cf.ThreadPoolExecutor(1, thread_name_prefix="open-hot")
+    future = pool.submit(lambda: services.hot)
+    pool.shutdown(wait=False)  # its one thread ends with the call
+    return future
 
 
 def progress_printer(app: App) -> Any:
@@ -130,8 +145,15 @@ def command(
         doc = {"dry_run": True, "policy": policy_name, "desktops": names}
         app.emit(doc, lambda out: out.print("would back up: " + (", ".join(names) or "nothing")))
         return 0
+    # the job's modules load while the hot store connects (nothing to back up, nothing to open)
+    hot = opening_hot(services) if chosen or run_id is not None else None
+    from drsvc.backup import BackupJob
+    from drsvc.cleanup import clean_before
+
     writer = None
     on_event = app.progress(progress_printer(app))
+    if hot is not None:
+        hot.result()  # its error, if any, before the lease: the job itself opens it before anything
     if run_id is not None:
         from drsvc.agents import ResultWriter
 

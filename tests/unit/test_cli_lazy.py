@@ -62,3 +62,11 @@ def test_help_imports_no_command_and_no_heavy_library() -> None:
 def test_a_command_imports_its_own_module_only() -> None:
     modules = _imported("runbook", "--help")
     assert {m for m in modules if m.startswith("drsvc.cli.") and m.endswith("_cmd")} == {"drsvc.cli.runbook_cmd"}
+
+
+def test_backup_help_loads_no_job() -> None:
+    """``drsvc backup`` loads its job (and the chunk store under it) only once it has desktops to back
+    up, so it can open the hot store on a thread while those modules load."""
+    modules = _imported("backup", "--help")
+    assert "drsvc.cli.backup_cmd" in modules
+    assert not {"drsvc.backup", "drsvc.backup_commit", "drsvc.chunks", "drsvc.cleanup"} & modules
