@@ -79,6 +79,13 @@ class ColdSection(_Section):
     pack_mib: int = Field(
         default=16, ge=1, le=512, description="Chunks are stored in packs of about this size (MiB), one request each"
     )
+    index_cache_mib: int = Field(
+        default=256,
+        ge=0,
+        le=65536,
+        description="Local cache of the cold store's pack indexes beside the catalog (<catalog>.cache/), "
+        "checked on every load; 0: none (every run fetches every index)",
+    )
     zstd_level: int = Field(
         default=4,
         ge=1,

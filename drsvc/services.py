@@ -17,6 +17,7 @@ from drsvc.errors import ConfigError, NotFound
 
 if TYPE_CHECKING:
     from drsvc.chunks import ChunkStore
+    from drsvc.chunks.index_cache import IndexCache
     from drsvc.crypto import Keys
     from drsvc.kms import KeyProvider
     from drsvc.lease import Lease
@@ -82,6 +83,7 @@ class Services:
         if cold and self.config.cold:
             chunk_options["pack_size"] = self.config.cold.pack_mib * 1024 * 1024
             chunk_options["level"] = self.config.cold.zstd_level
+            chunk_options["index_cache"] = self._index_cache(url)
         elif not cold and self.config.hot and url == self.config.hot.store:
             chunk_options["level"] = self.config.hot.zstd_level
         chunk_options["scope"] = self.config.keys.scope
@@ -91,6 +93,19 @@ class Services:
             # First use of this store: create it. Its sealed config makes a later open with
             # another key fail loudly instead of mixing data.
             return ChunkStore.init(store, self.key_provider, **chunk_options)
+
+    def _index_cache(self, url: str) -> IndexCache | None:
+        """The local cache of a packed store's indexes: ``<catalog>.cache/index-<store>/`` (None: off)."""
+        import hashlib
+
+        from drsvc.chunks.index_cache import IndexCache
+
+        mib = self.config.cold.index_cache_mib if self.config.cold else 0
+        if not mib:
+            return None
+        store = hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
+        catalog = self.config.catalog.path
+        return IndexCache(catalog.parent / f"{catalog.name}.cache" / f"index-{store}", mib * 1024 * 1024)
 
     @cached_property
     def hot(self) -> ChunkStore:

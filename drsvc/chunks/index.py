@@ -1,20 +1,29 @@
 """The in-memory index of a packed store: which pack (and where in it) holds each chunk.
 
-Loaded with one listing of ``index/`` and of ``packs/``, then a GET per index not seen before:
-indexes are immutable, so what was loaded stays and only new ones are fetched on a refresh;
-removed ones are forgotten. A chunk stored in two packs (a run that re-packed it) is read from the
-first registered; when that pack goes, the other takes over.
+Loaded with one listing of ``index/`` and of ``packs/``, then a GET per index not seen before
+(pipelined: ``get_many``, each request with the store's deadline), unless the local
+``IndexCache`` holds it (``drsvc.chunks.index_cache``: a cached index is opened and checked exactly
+as a fetched one; one that fails is reported, dropped and fetched). Indexes are immutable, so what
+was loaded stays and only new ones are fetched on a refresh; removed ones are forgotten. A chunk
+stored in two packs (a run that re-packed it) is read from the first registered; when that pack
+goes, the other takes over.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from drsvc.chunks.codec import Codec
+from drsvc.chunks.index_cache import IndexCache
 from drsvc.chunks.layout import INDEX_PREFIX, INDEX_STORED_MAX, PACKS_PREFIX, index_key, is_pack_id
 from drsvc.chunks.pack import PackEntry, PackIndex, open_index
+from drsvc.errors import IntegrityError, NotFound
+from drsvc.log import event
 from drsvc.storage.base import ObjectStore
+
+log = logging.getLogger(__name__)
 
 Location = tuple[str, PackEntry]  # (pack id, where in it)
 
@@ -22,8 +31,15 @@ Location = tuple[str, PackEntry]  # (pack id, where in it)
 class PackDirectory:
     """Pack indexes of one store, and chunk id -> location; thread-safe."""
 
-    def __init__(self, store: ObjectStore, codec_of: Callable[[bytes | memoryview], Codec], max_chunk: int) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        codec_of: Callable[[bytes | memoryview], Codec],
+        max_chunk: int,
+        cache: IndexCache | None = None,
+    ) -> None:
         self.store = store
+        self.cache = cache
         self.codec_of = codec_of  # an index is sealed with the key of its pack's chunks
         self.max_chunk = max_chunk
         self._packs: dict[str, PackIndex] = {}
@@ -56,12 +72,38 @@ class PackDirectory:
         objects = set(self.list_pack_objects())
         self.forget(set(self._packs) - listed)
         new = sorted(listed - set(self._packs))
-        for key, blob in self.store.get_many((index_key(pid) for pid in new), max_size=INDEX_STORED_MAX):
-            self.register(open_index(self.codec_of(blob), key[len(INDEX_PREFIX) :], blob, self.max_chunk))
+        fetch = [pid for pid in new if not self._from_cache(pid)]
+        for key, blob in self.store.get_many((index_key(pid) for pid in fetch), max_size=INDEX_STORED_MAX):
+            pid = key[len(INDEX_PREFIX) :]
+            self.register(open_index(self.codec_of(blob), pid, blob, self.max_chunk))
+            if self.cache is not None:
+                self.cache.put(pid, blob)  # only once it opened: nothing unchecked is kept
+        if self.cache is not None:
+            self.cache.keep_only(listed)
         with self._lock:
             self._pack_objects = objects  # listed after the indexes: every listed index's pack is in it
             self._loaded = True
             return {pid: idx for pid, idx in self._packs.items() if pid in self._pack_objects}
+
+    def _from_cache(self, pack_id: str) -> bool:
+        """Register ``pack_id``'s index from the local cache, checked as a fetched one; False: fetch it."""
+        blob = self.cache.get(pack_id) if self.cache is not None else None
+        if blob is None or self.cache is None:
+            return False
+        try:
+            self.register(open_index(self.codec_of(blob), pack_id, blob, self.max_chunk))
+        except (IntegrityError, NotFound) as e:
+            # Tampered, truncated, or another object's bytes: never trusted, fetched again.
+            event(
+                log,
+                logging.WARNING,
+                "chunks.index_cache",
+                f"cached pack index {pack_id} in {self.cache.root} fails its check ({e}): fetched again",
+                error=str(e),
+            )
+            self.cache.drop(pack_id)
+            return False
+        return True
 
     def list_pack_objects(self) -> Iterator[str]:
         """Yield the id of every pack object (one listing of ``packs/``; with or without an index)."""

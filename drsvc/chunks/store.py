@@ -13,6 +13,7 @@ from drsvc.chunks.codec import Codec
 from drsvc.chunks.config import ConfigFile
 from drsvc.chunks.cutter import ChunkerParams, ObjectSegments, Source
 from drsvc.chunks.index import PackDirectory
+from drsvc.chunks.index_cache import IndexCache
 from drsvc.chunks.keyring import Keyring
 from drsvc.chunks.layout import BLOCK_SIZE, CHUNKS_PREFIX, chunk_key, chunk_stored_max, index_key, is_id, pack_key
 from drsvc.chunks.manifests import Manifests
@@ -53,6 +54,7 @@ class ChunkStore:
         read_ahead: int = 4,
         scope: Scope = "tenant",
         config: ConfigFile | None = None,
+        index_cache: IndexCache | None = None,
     ) -> None:
         provider = _provider(keys)
         self.store = store
@@ -71,7 +73,7 @@ class ChunkStore:
         self.config = config  # None: a store object made without one (tests); nothing is upgraded then
         self.keyring = Keyring(store, provider, params, level=level)
         self._block_size = block_size
-        self.packs = PackDirectory(store, self.keyring.codec_of, params.max_size)
+        self.packs = PackDirectory(store, self.keyring.codec_of, params.max_size, index_cache)
         self.manifests = Manifests(store, self.keyring.codec_of)
         self.writer = ChunkWriter(store, self.list_chunk_ids, workers=workers, window=window)
         self._use(self.keys)
