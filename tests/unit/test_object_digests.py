@@ -16,6 +16,7 @@ from granularkit import GranularKit, Obj
 
 from drsvc import clock
 from drsvc.errors import IntegrityError
+from drsvc.granular import listing
 from drsvc.granular.reader import open_point
 from drsvc.volumes import base
 from drsvc.volumes.base import (
@@ -249,3 +250,26 @@ def test_points_diff_across_forms_trusts_versions_of_one_pool(kit: GranularKit, 
     doc = _diff(run_cli, kit, a, b)
     # a, c, d: one version of one pool, so unchanged unread; b was rewritten (same bytes): read, same
     assert doc["changed"] == [] and doc["unchanged"] == 4 and doc["read"] == 1
+
+
+def test_versions_vouch_only_within_one_volume_and_pool_and_without_a_reader_nothing_vouches() -> None:
+    def manifest(form: str, scope: str, url: str = "rados://desktops/d") -> dict[str, Any]:
+        entry = {"name": "o", "size": 5, "digest": object_digest([b"hello"], {}, {}, form), "version": 7}
+        stamps = {"kind": "rados-user-version", "scope": scope}
+        return {"volume": {"url": url, "stamps": stamps, "objects": [entry]}}
+
+    old, new = manifest(BLAKE2B, "rados:fsid:1"), manifest(BLAKE3, "rados:fsid:1")
+    asked: list[str] = []
+
+    def reader(before: Any, after: Any) -> bool:
+        asked.append(after.name)
+        return True
+
+    assert listing.diff(old, new, reader).changed == [] and asked == []  # one pool's version vouches
+    for other in (manifest(BLAKE3, "rados:fsid:2"), manifest(BLAKE3, "rados:fsid:1", "rados://desktops/e")):
+        result = listing.diff(old, other, reader)
+        assert result.changed == [] and result.read == ["o"] and asked.pop() == "o"
+        # nothing to read with: the object cannot be shown unchanged, so it is listed as changed
+        assert [c.name for c in listing.diff(old, other).changed] == ["o"]
+    # one form: compared as it is, never read
+    assert listing.diff(new, manifest(BLAKE3, "rados:fsid:2"), reader).changed == [] and asked == []
