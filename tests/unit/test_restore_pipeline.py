@@ -74,7 +74,8 @@ def test_chunks_are_verified_on_the_read_workers_one_hand_over_per_range(
     monkeypatch.setattr(reader_module, "ordered_map", counting)
     cold = kit.fresh_services().cold
     assert b"".join(cold.read_stream(ref)) == data
-    assert len(ref.chunks) >= 40
+    # 7.5 MiB cut with a fresh random key: 38-62 chunks seen; enough that a quarter means something
+    assert len(ref.chunks) >= 16
     # every chunk verified all the same (a wrong one fails: see the next test), but the consumer's
     # thread hands over ranges only: before, each of the stream's chunks was a future of its own
     assert handed and set(handed) == {"Range"}, handed[:5]
