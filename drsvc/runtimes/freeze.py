@@ -25,7 +25,10 @@ of other containers), ``exec`` and friends block until the release or the hook's
 
 The hook only acts for containers that have a rendezvous directory ``ROOT/<container id>``;
 every other checkpoint on the host passes through untouched. It never waits longer than the
-``timeout`` file says (the batch timeout), whatever drsvc does, and always exits 0.
+``timeout`` file says (the batch timeout), whatever drsvc does, and always exits 0. It waits by
+blocking on ``hold.lock``, which the batch holds until its release (the kernel lets go of it
+when this process dies), so a desktop thaws the moment it is released; a directory without
+``hold.lock`` (an older drsvc) is looked at every 1/20 s.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ class FreezeBatch:
         self._timings: dict[str, dict[str, float]] = {}
         self._entered = False
         self._locks: list[int] = []
+        self._holds: list[int] = []
 
     def dir(self, container_id: str) -> Path:
         """The rendezvous directory of one container."""
@@ -108,6 +112,11 @@ class FreezeBatch:
                 lock = os.open(d / "owner.lock", os.O_CREAT | os.O_RDWR, 0o600)
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 self._locks.append(lock)
+                # Held until the release (or this process's end): a hook blocks on it, so it
+                # wakes the moment the batch is released instead of at its next look.
+                hold = os.open(d / "hold.lock", os.O_CREAT | os.O_RDWR, 0o600)
+                fcntl.flock(hold, fcntl.LOCK_EX)
+                self._holds.append(hold)
         except OSError as e:
             self._cleanup()
             raise BackendError(f"freeze batch: cannot create rendezvous dirs under {self.root}: {e}") from e
@@ -124,6 +133,7 @@ class FreezeBatch:
         self._cleanup()
 
     def _cleanup(self) -> None:
+        self._let_go()
         for fd in self._locks:
             os.close(fd)
         self._locks.clear()
@@ -172,6 +182,12 @@ class FreezeBatch:
                     (d / "release").touch()
             except OSError:
                 pass  # the hook's own timeout still ends the wait
+        self._let_go()  # after every `release` exists: a hook that wakes finds it
+
+    def _let_go(self) -> None:
+        for fd in self._holds:
+            os.close(fd)  # closing drops the flock: the hooks blocked on it wake
+        self._holds.clear()
 
     def stamp(self, container_id: str, action: str) -> float | None:
         """The wall-clock time the hook stamped ``action`` for one container, if it did."""
@@ -192,7 +208,9 @@ class FreezeBatch:
         if not d.is_dir():
             return out
         for f in d.iterdir():
-            if f.name in ("frozen", "release", "timeout", "init-pid") or f.name.startswith("."):
+            if f.name in ("frozen", "release", "timeout", "init-pid", "owner.lock", "hold.lock") or f.name.startswith(
+                "."
+            ):
                 continue
             try:
                 out[f.name] = float(f.read_text().strip())
@@ -218,7 +236,8 @@ class FreezeBatch:
 
 
 # ---------------------------------------------------------------------- a frozen batch of checkpoints
-# Kept between the release and the end of the budget: the hook sees a release within 50 ms, then
+# Kept between the release and the end of the budget: the hook sees a release at once (blocked on
+# `hold.lock`; an older hook within 50 ms), then
 # CRIU unlocks the network and resumes the processes.
 RELEASE_MARGIN = 0.25
 

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,6 +115,87 @@ def test_post_dump_waits_until_release(tmp_path: Path) -> None:
         assert set(fb.timings(CID)) == {"pre-dump", "network-lock", "post-dump", "network-unlock"}
     assert not fb.dir(CID).exists()
     assert fb.freeze_window(CID) == window  # kept after cleanup
+
+
+def _children(pid: int) -> list[str]:
+    """Command lines of the processes whose parent is ``pid``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (proc / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
+    return found
+
+
+def test_post_dump_blocks_on_the_hold_lock_instead_of_looking_in_steps(tmp_path: Path) -> None:
+    """While drsvc holds ``hold.lock`` the hook waits in ONE ``flock`` on it (woken by the release),
+    never in ``sleep`` steps; released, it returns and stamps no timeout."""
+    cg = cgroup_file(tmp_path, CID)
+    with FreezeBatch([CID], root=tmp_path / "freeze", timeout=20) as fb:
+        assert (fb.dir(CID) / "hold.lock").exists()
+        p = hook("post-dump", fb.root, cg, wait=False)
+        assert isinstance(p, subprocess.Popen)
+        assert fb.wait_frozen(timeout=5) == {CID}
+        seen: list[list[str]] = []
+        for _ in range(30):
+            seen.append(_children(p.pid))
+            time.sleep(0.01)
+        assert p.poll() is None, "the hook must hold post-dump until release"
+        waits = {cmd for sample in seen for cmd in sample}
+        assert waits and all(cmd.startswith("flock -w") and "hold.lock" in cmd for cmd in waits), waits
+        fb.release()
+        assert p.wait(5) == 0
+        assert not {"timed-out", "owner-gone"} & set(fb.timings(CID))
+
+
+def test_a_hook_blocked_on_the_hold_lock_lets_go_when_drsvc_dies(tmp_path: Path) -> None:
+    """kill -9 of the process holding the batch: the kernel frees its locks and the hook returns
+    (stamping ``owner-gone``) without any release."""
+    root = tmp_path / "freeze"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from drsvc.runtimes.freeze import FreezeBatch\n"
+            f"b = FreezeBatch([{CID!r}], root={str(root)!r}, timeout=20).__enter__()\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"ready"
+        p = hook("post-dump", root, cgroup_file(tmp_path, CID), wait=False)
+        assert isinstance(p, subprocess.Popen)
+        deadline = time.monotonic() + 5
+        while not (root / CID / "frozen").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert p.poll() is None
+        holder.kill()
+        assert p.wait(10) == 0
+        assert (root / CID / "owner-gone").exists() and not (root / CID / "release").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_post_dump_without_a_hold_lock_looks_for_the_release_as_before(tmp_path: Path) -> None:
+    """A batch of an older drsvc has no ``hold.lock``: the hook looks for ``release`` every 1/20 s."""
+    cg = cgroup_file(tmp_path, CID)
+    with FreezeBatch([CID], root=tmp_path / "freeze", timeout=20) as fb:
+        (fb.dir(CID) / "hold.lock").unlink(missing_ok=True)
+        p = hook("post-dump", fb.root, cg, wait=False)
+        assert isinstance(p, subprocess.Popen)
+        assert fb.wait_frozen(timeout=5) == {CID}
+        time.sleep(0.2)
+        assert p.poll() is None
+        fb.release()
+        assert p.wait(5) == 0
+        assert not {"timed-out", "owner-gone"} & set(fb.timings(CID))
 
 
 def test_post_dump_writes_no_init_pid_it_cannot_trust(tmp_path: Path) -> None:
