@@ -349,6 +349,8 @@ class TierJob:
                     cold.keyring.add_sealed(*hot.keyring.sealed_record(key_id))
             written = []
             for keys, ids in by_key.values():
+                if not ids:
+                    continue  # nothing of this key is missing (an unchanged point): no pack writer at all
                 # write_packs authenticates every blob before packing it: hot-store rot is never
                 # carried into the tier meant to survive the hot store.
                 written += cold.keyed(keys).write_packs(
