@@ -13,29 +13,34 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from drsvc.units import format_bytes
+
+if TYPE_CHECKING:  # rich's progress bars are loaded on a terminal only: piped or under cron, never
+    from rich.console import Console
+    from rich.progress import Progress, ProgressColumn
 
 Event = Callable[..., None]
 
 
-class _Amount(ProgressColumn):
+def _amount_column() -> ProgressColumn:
     """``12.0 MiB / 40.0 MiB  8.1 MiB/s`` (or ``300 / 1200 chunks, 12.0 MiB  8.1 MiB/s``)."""
+    from rich.progress import ProgressColumn, Task
+    from rich.text import Text
 
-    def render(self, task: Task) -> Text:
-        moved = task.fields.get("bytes", 0)
-        speed = task.fields.get("speed")
-        rate = f"  {format_bytes(speed)}/s" if speed else ""
-        if task.fields.get("unit") == "items":
-            total = f" / {int(task.total)}" if task.total else ""
-            return Text(f"{int(task.completed)}{total} chunks, {format_bytes(moved)}{rate}")
-        total = f" / {format_bytes(task.total)}" if task.total else ""
-        return Text(f"{format_bytes(moved)}{total}{rate}")
+    class Amount(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            moved = task.fields.get("bytes", 0)
+            speed = task.fields.get("speed")
+            rate = f"  {format_bytes(speed)}/s" if speed else ""
+            if task.fields.get("unit") == "items":
+                total = f" / {int(task.total)}" if task.total else ""
+                return Text(f"{int(task.completed)}{total} chunks, {format_bytes(moved)}{rate}")
+            total = f" / {format_bytes(task.total)}" if task.total else ""
+            return Text(f"{format_bytes(moved)}{total}{rate}")
+
+    return Amount()
 
 
 @dataclass
@@ -109,10 +114,12 @@ class ProgressView:
         if not self.tty:
             return None
         if self._progress is None:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                _Amount(),
+                _amount_column(),
                 TimeRemainingColumn(),
                 console=self.console,
                 transient=False,

@@ -78,3 +78,21 @@ def test_tiering_reports_chunks_and_bytes(tmp_path) -> None:
     moved = events[:-1]
     assert sum(e["advance"] for e in moved) >= 3 * MiB and {e["items"] for e in moved} == {len(moved)}
     kit.catalog.close()
+
+
+def test_plain_lines_load_no_progress_bars() -> None:
+    """Piped or under cron (every cron minute pays its imports), rich's progress bars are not loaded."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import io, sys\n"
+        "from rich.console import Console\n"
+        "from drsvc.cli.progress import ProgressView\n"
+        "view = ProgressView(Console(file=io.StringIO(), width=200), every=0)\n"
+        "view('progress', task='backup d1', advance=1, total=2)\n"
+        "view('progress', task='backup d1', done=True)\n"
+        "print('rich.progress' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
