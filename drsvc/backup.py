@@ -306,8 +306,14 @@ class BackupJob:
                 )
         faults.point("after-pending")
         assert self._side is not None
-        for d in batch:  # the parent manifests are read while the checkpoints run
-            self.committer.parents.start(d.desktop_id, self._side)
+        side = self._side
+
+        def find_parents() -> None:
+            # the parent manifests are read while the dumps run, not before the checkpoints start:
+            # a big manifest's parse holds the GIL, which the checkpoint threads need to start
+            for d in batch:
+                self.committer.parents.start(d.desktop_id, side)
+
         want_memory = policy is None or (policy.capture.checkpoint and policy.capture.consistency == "paired")
         if want_memory and not hook_installed():
             for o in outcomes.values():
@@ -324,7 +330,6 @@ class BackupJob:
         archives: dict[str, StreamRef] = {}
         listed: list[cf.Future[dict[str, list[str]]]] = []
         stamped: dict[str, cf.Future[dict[str, VolumeObject]]] = {}
-        side = self._side
 
         def list_pool() -> None:
             # as soon as the snapshot exists: the listing, and the stats of the objects each parent
@@ -336,8 +341,9 @@ class BackupJob:
         try:
             with phases.timed("freeze"):
                 if want_memory:
-                    archives = self._paired_capture(batch, outcomes, volumes, snap, budget, list_pool)
+                    archives = self._paired_capture(batch, outcomes, volumes, snap, budget, list_pool, find_parents)
                 else:
+                    find_parents()
                     self.on_event("snapshot", pool=pool_url, name=snap)
                     volumes.create(snap)
                     faults.point("after-snapshot")
@@ -408,6 +414,7 @@ class BackupJob:
         snap: str,
         budget: float,
         after_snapshot: Callable[[], None],
+        while_dumping: Callable[[], None],
     ) -> dict[str, StreamRef]:
         """Checkpoint the batch, snapshot the pool while all are frozen, stream the archives.
 
@@ -415,7 +422,7 @@ class BackupJob:
         whatever the snapshot is doing (``FreezeBudgetExceeded``); a desktop that stood still
         longer anyway (its own memory dump outlasted the budget) is crash-consistent.
         ``after_snapshot`` is called once the snapshot exists (it must return at once: the
-        desktops still stand frozen).
+        desktops still stand frozen), ``while_dumping`` once the first dump has begun (the same).
         """
         by_container = {d.container_id: d.desktop_id for d in batch}
 
@@ -444,6 +451,7 @@ class BackupJob:
                 while_frozen=snapshot,
                 freeze_timeout=FREEZE_WAIT,
                 freeze_budget=budget,
+                while_dumping=while_dumping,
             )
         self._freeze_facts(batch, outcomes, results)
         archives: dict[str, StreamRef] = {}

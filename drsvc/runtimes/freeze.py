@@ -290,6 +290,7 @@ def checkpoint_batch(
     freeze_timeout: float = 20.0,
     freeze_budget: float | None = None,
     held_budget: int = heldfiles.BUDGET,
+    while_dumping: Callable[[], None] | None = None,
 ) -> dict[str, FrozenCheckpoint[T]]:
     """Checkpoint ``desktops`` together and run ``while_frozen`` while all of them stand still.
 
@@ -306,6 +307,10 @@ def checkpoint_batch(
     released, whatever ``while_frozen`` is doing; it then raises ``FreezeBudgetExceeded`` (after
     every checkpoint ended). The hook's own timeout is set just above the budget, so the desktops
     thaw even if this process stops responding.
+
+    ``while_dumping`` is called once, on this thread, when the first desktop's dump has begun (its
+    ``pre-dump`` stamp): work of the caller's that would only slow the checkpoints' start (a big
+    manifest's parse holds the GIL) is handed to other threads there; it must return at once.
     """
     results = {d.container_id: FrozenCheckpoint[T](d, budget=freeze_budget) for d in desktops}
     hook_timeout = freeze_budget + 1.0 if freeze_budget is not None else freeze_timeout + 10
@@ -314,7 +319,7 @@ def checkpoint_batch(
         cf.ThreadPoolExecutor(len(results), thread_name_prefix="checkpoint") as pool,
         cf.ThreadPoolExecutor(2, thread_name_prefix="held-files") as readers,
     ):
-        run = _BatchRun(batch, results, freeze_budget, held_budget)
+        run = _BatchRun(batch, results, freeze_budget, held_budget, while_dumping)
         run.start(runtime, consume, pool, readers)
         late: Future[None] | None = None
         try:
@@ -336,9 +341,15 @@ class _BatchRun(Generic[T]):
     """The state one ``checkpoint_batch`` shares between its steps: start, wait, snapshot, release."""
 
     def __init__(
-        self, batch: FreezeBatch, results: dict[str, FrozenCheckpoint[T]], budget: float | None, held_budget: int
+        self,
+        batch: FreezeBatch,
+        results: dict[str, FrozenCheckpoint[T]],
+        budget: float | None,
+        held_budget: int,
+        while_dumping: Callable[[], None] | None = None,
     ) -> None:
         self.batch = batch
+        self.while_dumping = while_dumping
         self.results = results
         self.budget = budget
         self.held_budget = held_budget
@@ -394,6 +405,8 @@ class _BatchRun(Generic[T]):
         if self.first_freeze is None:
             stamps = [t for t in (self.batch.stamp(cid, "pre-dump") for cid in self.results) if t is not None]
             self.first_freeze = min(stamps, default=None)
+            if self.first_freeze is not None and self.while_dumping is not None:
+                self.while_dumping()
 
     def release_at(self) -> float | None:
         """Wall-clock time by which every desktop must be released (None: no budget)."""

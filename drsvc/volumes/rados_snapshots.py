@@ -147,7 +147,8 @@ class RadosPoolSnapshots:
         gives: live objects plus those deleted since a snapshot that still holds them (listings
         ignore the read snapshot), so a listing taken after a snapshot names everything the
         snapshot holds, and readers stat each name at the snapshot and drop those absent there.
-        Sorted; every URL is a key (an empty list when its namespace holds nothing).
+        Sorted; every URL is a key (an empty list when its namespace holds nothing). One URL: its
+        namespace is listed alone (the same scan, only its names sent back).
         """
         prefix = f"{SCHEME}://{self.pool}/"
         by_namespace: dict[str, str] = {}
@@ -161,7 +162,9 @@ class RadosPoolSnapshots:
             rados = ceph.rados_module()
             io = _ioctx(self.pool, self._conn)
             try:
-                io.set_namespace(rados.LIBRADOS_ALL_NSPACES)
+                # One namespace: the OSDs scan the same objects either way, but only its own come
+                # back (not every desktop's of the pool, each turned into a Python object here).
+                io.set_namespace(next(iter(found)) if len(found) == 1 else rados.LIBRADOS_ALL_NSPACES)
                 with ceph.ceph_errors(f"list the objects of pool {self.pool}"):
                     for obj in io.list_objects():
                         names = found.get(obj.nspace)

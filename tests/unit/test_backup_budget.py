@@ -19,7 +19,7 @@ from test_freeze_budget import IDS, HookRuntime
 
 from drsvc import backup as backup_mod
 from drsvc.backup import BackupJob
-from drsvc.backup_commit import Committer
+from drsvc.backup_commit import Committer, EarlyParents
 from drsvc.lease import Lease
 from drsvc.runtimes.base import DesktopRef
 from drsvc.volumes.base import VolumeObject
@@ -345,3 +345,20 @@ def test_an_unchanged_desktop_is_stat_ed_while_its_batch_listing_runs(kit: ColdK
     for o in report.outcomes:
         manifest = kit.services.hot.get_manifest(o.desktop, o.point_id)
         assert manifest["volume"]["capture"]["mode"] == "incremental", manifest["volume"]["capture"]
+
+
+def test_parent_manifests_are_read_once_the_dumps_began(kit: ColdKit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parents are looked up (a big manifest's parse holds the GIL) only once a desktop of the
+    batch is dumping, so they never delay the checkpoints' start."""
+    root = Path(os.environ["DRSVC_FREEZE_ROOT"])
+    seen: list[bool] = []
+    real = EarlyParents.start
+
+    def start(self: EarlyParents, desktop: str, executor: Any) -> None:
+        seen.append(root.is_dir() and any((d / "pre-dump").exists() for d in root.iterdir()))
+        real(self, desktop, executor)
+
+    monkeypatch.setattr(EarlyParents, "start", start)
+    report = run(kit, FakeSnapshots(None))
+    assert report.exit_code == 0, report.document()
+    assert seen == [True, True]

@@ -394,6 +394,41 @@ def test_one_pool_listing_groups_names_by_volume(monkeypatch: pytest.MonkeyPatch
         pool.names_by_volume(["rados://otherpool/a"])
 
 
+def test_one_volume_lists_its_namespace_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch of one desktop lists its namespace only: the OSDs scan the same objects, and the
+    other desktops' names of the pool never come back to be dropped here."""
+    from types import SimpleNamespace
+
+    from drsvc import ceph
+    from drsvc.volumes import rados_snapshots
+
+    pool_objects = [("a", "z"), ("b", "x"), ("a", "m"), ("a", "z")]
+
+    class Io:
+        namespace: str | None = None
+
+        def set_namespace(self, ns: str) -> None:
+            self.namespace = ns
+
+        def list_objects(self) -> Any:
+            return iter(SimpleNamespace(nspace=ns, key=k) for ns, k in pool_objects if self.namespace in ("ALL", ns))
+
+        def close(self) -> None:
+            pass
+
+    io = Io()
+    monkeypatch.setattr(ceph, "rados_module", lambda: SimpleNamespace(LIBRADOS_ALL_NSPACES="ALL"))
+    monkeypatch.setattr(rados_snapshots, "_ioctx", lambda *_a: io)
+    pool = rados_snapshots.RadosPoolSnapshots("desktops")
+    assert pool.names_by_volume(["rados://desktops/a"]) == {"rados://desktops/a": ["m", "z"]}
+    assert io.namespace == "a"
+    assert pool.names_by_volume(["rados://desktops/a", "rados://desktops/b"]) == {
+        "rados://desktops/a": ["m", "z"],
+        "rados://desktops/b": ["x"],
+    }
+    assert io.namespace == "ALL"
+
+
 def test_object_digests_taken_on_the_digest_thread_match_and_keep_order() -> None:
     """Digests hashed beside the capture (small batches, a small window: the capture waits) equal
     ``object_digest`` of each object, listed in the order asked, however the pieces were cut."""
