@@ -174,10 +174,19 @@ class RadosVolume:
     def _scan(
         self, io: Any, where: str, snap_id: int | None = None, names: list[str] | None = None
     ) -> list[VolumeObject]:
-        """Metadata (size, version, xattrs, omap) of ``names`` (default: a listing) as ``io`` sees them."""
+        """Metadata (size, version, xattrs, omap) of ``names`` (default: a listing) as ``io`` sees them.
+
+        At a snapshot, one compound aio op per object (``rados_stamps.metadata``); the binding's
+        threads where the C API cannot be had, and for the live namespace.
+        """
+        wanted = self._names(io) if names is None else sorted(set(names))
+        if snap_id is not None:
+            fast = rados_stamps.metadata(self._conn, self.pool, self.namespace, snap_id, wanted, what=self.url + where)
+            if fast is not None:
+                return fast
         meta = self._meta(snap_id, where)
         try:
-            return meta.objects(io, self._names(io) if names is None else sorted(set(names)))
+            return meta.objects(io, wanted)
         finally:
             meta.close()
 

@@ -395,3 +395,37 @@ def test_stamps_through_the_c_api_are_the_bindings_and_move_with_every_change(ns
         assert new[name].version != old[name].version, name
     untouched = set(old) - {"docs/a.txt", "conf/app.conf", "media/big.bin", "var/old.log"}
     assert untouched and all(new[n].version == old[n].version for n in untouched)
+
+
+def test_metadata_through_one_compound_op_is_the_bindings(ns, snap, ioctx, monkeypatch):
+    """``objects_at`` reads each object's size, version, mtime, xattrs and omap with one compound aio
+    op (``rados_stamps.metadata``): what the binding's stat, getxattrs and omap reads give, at every
+    snapshot, for names asked that are absent too, and for an omap longer than one page."""
+    import rados
+
+    from drsvc.volumes import rados_stamps
+
+    vol = ns()
+    vol.write_objects(_streams(ORIGINAL))
+    ioctx.set_namespace(vol.namespace)
+    keys = [f"k{i:05d}" for i in range(2 * rados_stamps.OMAP_PAGE + 7)]
+    with rados.WriteOpCtx() as op:
+        ioctx.set_omap(op, tuple(keys), tuple(k.encode() * 3 for k in keys))
+        ioctx.operate_write_op(op, "meta/profile")
+    before = snap()
+    _change_everything(vol, ioctx)
+    after = snap()
+    calls = []
+    real = rados_stamps.metadata
+    monkeypatch.setattr(rados_stamps, "metadata", lambda *a, **k: calls.append(a) or real(*a, **k))
+    asked = [*sorted(ORIGINAL), "new/created.txt", "not/there"]
+    fast = {s: vol.objects_at(s) for s in (before, after)} | {"asked": vol.objects_at(after, asked)}
+    assert len(calls) == 3 and all(fast.values()), "the C API was not used"
+    profile = {o.name: o for o in fast[before]}["meta/profile"]
+    assert profile.omap == {"tenant": b"acme"} | {k: k.encode() * 3 for k in keys}
+    assert profile.xattrs == {"user.desktop": b"vt"} and profile.size == 0
+    assert [o.name for o in fast["asked"]] == sorted({*ORIGINAL, "new/created.txt"} - {"var/old.log"})  # deleted
+    monkeypatch.setattr(rados_stamps, "metadata", lambda *a, **k: None)  # as where librados cannot be loaded
+    slow = {s: vol.objects_at(s) for s in (before, after)} | {"asked": vol.objects_at(after, asked)}
+    assert fast == slow
+    assert [(o.name, o.version) for o in fast[after]] == [(o.name, o.version) for o in vol.stamps_at(after)]
