@@ -187,8 +187,14 @@ def _prune(store: ChunkStore, label: str, state: dict[str, str], made: str) -> N
     every ``LIST_EVERY``-th lists it instead (``prune_copies``): strays are found only that way.
     """
     known = state.get(f"{label}:made")
+    try:  # the state file is ours, but may be damaged: then it is as if it remembered nothing
+        pushes = int(state.get(f"{label}:pushes", "0") or 0) + 1
+        _part_keys(known.split() if known else [])
+    except ValueError:
+        known = None
+    if known is None:
+        pushes = 0
     history = [*(known.split() if known else []), made]
-    pushes = int(state.get(f"{label}:pushes", "0") or 0) + 1 if known is not None else 0
     if known is None or pushes % LIST_EVERY == 0:
         prune_copies(store)
     else:
@@ -205,6 +211,8 @@ def _part_keys(made: list[str]) -> list[str]:
     keys = []
     for entry in made:
         copy_id, _, parts = entry.partition(":")
+        if "/" in copy_id or not copy_id or not 0 < int(parts or 1) <= 10_000:
+            raise ValueError(f"not a copy this catalog made: {entry!r}")
         keys += [f"{PREFIX}{copy_id}/part-{n:04d}" for n in range(int(parts or 1))]
     return keys
 

@@ -245,6 +245,21 @@ def test_the_listing_push_removes_what_a_killed_push_or_another_catalog_left(kit
     services.catalog.close()
 
 
+@pytest.mark.parametrize("made", ["x:y", "../../chunks/ab:1", "a:99999999", ""])
+def test_a_damaged_copy_state_only_makes_the_push_list_the_store(kit: ColdKit, made: str) -> None:
+    services = kit.fresh_services()
+    push(services.catalog, [("hot", services.hot)])
+    state = catalog_guard.copy_state(services.catalog.path)
+    state.update({"hot:made": made, "hot:pushes": "3" if made else "z"})
+    catalog_guard.write_copy_state(services.catalog.path, state)
+    _change(services, 1)
+    result = push(services.catalog, [("hot", services.hot)])
+    assert not result["hot"].startswith("error"), result
+    assert copy_ids(services.hot)[-1] == result["hot"]
+    assert list(services.hot.store.list("chunks/"))  # nothing outside the copies was touched
+    services.catalog.close()
+
+
 def test_the_hot_and_cold_copies_are_written_at_once(kit: ColdKit, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each store's first write waits until the other store is written to as well: only pushes made
     at once get past it (one after the other, the barrier breaks and the push is reported failed)."""
