@@ -198,6 +198,33 @@ def test_post_dump_without_a_hold_lock_looks_for_the_release_as_before(tmp_path:
         assert not {"timed-out", "owner-gone"} & set(fb.timings(CID))
 
 
+def test_a_hold_lock_the_hook_cannot_wait_on_falls_back_to_looking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``flock`` that cannot wait on ``hold.lock`` (here: not a file; busybox's has no ``-w``)
+    returns at once: the hook then looks for ``release`` every 1/20 s for the rest of its
+    timeout, instead of letting the desktop go before the snapshot."""
+    import socket
+
+    cg = cgroup_file(tmp_path, CID)
+    with FreezeBatch([CID], root=tmp_path / "freeze", timeout=20) as fb:
+        (fb.dir(CID) / "hold.lock").unlink()
+        sock = socket.socket(socket.AF_UNIX)
+        monkeypatch.chdir(fb.dir(CID))  # a socket's path is short: bound relative to its dir
+        sock.bind("hold.lock")  # exists, but open() refuses it
+        try:
+            p = hook("post-dump", fb.root, cg, wait=False)
+            assert isinstance(p, subprocess.Popen)
+            assert fb.wait_frozen(timeout=5) == {CID}
+            time.sleep(0.3)
+            assert p.poll() is None, "the hook must hold post-dump until release"
+            fb.release()
+            assert p.wait(5) == 0
+            assert not {"timed-out", "owner-gone"} & set(fb.timings(CID))
+        finally:
+            sock.close()
+
+
 def test_post_dump_writes_no_init_pid_it_cannot_trust(tmp_path: Path) -> None:
     cg = cgroup_file(tmp_path, CID)
     with FreezeBatch([CID], root=tmp_path / "freeze", timeout=20) as fb:
