@@ -58,6 +58,12 @@ def with_criu_log(message: str, *, lines: int = 4) -> str:
     except OSError:
         return message
     errors = [line for line in tail if "Error (" in line]
+    # CRIU logs the reason, then "Restoring FAILED." / "Dumping FAILED.", then its teardown's own
+    # errors (e.g. "cg: cgroupd: recv req error"): those say nothing of why and would push the
+    # reason out of the last lines
+    failed = [i for i, line in enumerate(errors) if "FAILED." in line]
+    if failed:
+        errors = errors[: failed[-1] + 1]
     picked = (errors or tail)[-lines:]
     if not picked:
         return message

@@ -249,6 +249,13 @@ def test_criu_failure_names_the_reason_from_its_log(tmp_path: Path) -> None:
     assert "Running pre-restore scripts" not in said  # error lines only, when there are any
     assert said.count("Error (") == 3  # all three: the default keeps the last four error lines
     assert "rlimit" not in with_criu_log(message, lines=2)
+    # the teardown's errors after "Restoring FAILED." do not push the reason out
+    log.write_text(
+        RESTORE_LOG
+        + "(00.220000) Error (criu/cgroup.c:2055): cg: cgroupd: recv req error: No such file or directory\n" * 3
+    )
+    said = with_criu_log(message)
+    assert "Can't mount at ./etc/hostname" in said and "cgroupd" not in said, said
     log.write_text("(00.1) Running pre-restore scripts\n(00.2) Restore finished with an odd ending\n")
     assert with_criu_log(message).endswith(
         "[CRIU log: (00.1) Running pre-restore scripts | (00.2) Restore finished with an odd ending]"
