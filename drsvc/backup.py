@@ -359,7 +359,9 @@ class BackupJob:
             self._drop_snapshot(volumes, snap, snapshot_row, None)
             return [outcomes[d.desktop_id] for d in batch], []
         report.pool_snapshots.append(snap)
-        # the stores start now; each waits for the listing only after the stats it could take ahead
+        # the stores start now; each waits for the listing only after the stats it could take ahead.
+        # One listing for the whole batch, also when the snapshot callback did not start it.
+        listing = listed[0] if listed else side.submit(self._listing, volumes, batch)
         futures = [
             pool.submit(
                 self.committer.store,
@@ -370,7 +372,7 @@ class BackupJob:
                     snap,
                     taken_at,
                     policy,
-                    listing=listed[0] if listed else side.submit(self._listing, volumes, batch),
+                    listing=listing,
                     stamped=stamped.get(d.desktop_id),
                 ),
             )
