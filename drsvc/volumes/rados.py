@@ -25,8 +25,10 @@ What librados actually does (pacific, measured in the lab) and how this module c
 Opening a volume does not connect; the first operation does (through ``drsvc.ceph``).
 
 The pieces: this module (URLs and ``RadosVolume``), ``drsvc.volumes.rados_snapshots`` (pool
-snapshots, re-exported here), ``drsvc.volumes.rados_io`` (shared librados helpers) and
-``drsvc.volumes.rados_meta`` (the metadata scan).
+snapshots, re-exported here), ``drsvc.volumes.rados_io`` (shared librados helpers),
+``drsvc.volumes.rados_scan`` (reading object metadata: which reader, ``rados_stamps``' compound
+aio ops through the C API or ``rados_meta``'s threads), ``drsvc.volumes.rados_window`` (data reads
+at a snapshot).
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ from typing import Any
 
 from drsvc import ceph, faults
 from drsvc.errors import DrsvcError, IntegrityError, InvalidInput, NotFound
-from drsvc.volumes import rados_stamps
 from drsvc.volumes.base import (
     READ_SIZE,
     ObjectStream,
@@ -56,7 +57,7 @@ from drsvc.volumes.rados_io import (
     _lookup_snap,
     _rv_error,
 )
-from drsvc.volumes.rados_meta import MetadataScan
+from drsvc.volumes.rados_scan import NamespaceScanner, list_names
 from drsvc.volumes.rados_snapshots import (
     RadosPoolSnapshots,
     create_pool_snapshot,
@@ -125,6 +126,9 @@ class RadosVolume:
         self._window_bytes = max(READ_SIZE, window_bytes)
         self._threads = max(1, threads)
         self._head: Any = None
+        self._scans = NamespaceScanner(
+            self._conn, pool, namespace, self.url, self._open, window=self._window, threads=self._threads
+        )
 
     def __repr__(self) -> str:
         return f"RadosVolume({self.url!r})"
@@ -163,32 +167,9 @@ class RadosVolume:
         """The pool snapshots of this volume's pool."""
         return RadosPoolSnapshots(self.pool, **self._conn)
 
-    # ------------------------------------------------------------ listing with metadata
+    # ------------------------------------------------------------ listing
     def _names(self, io: Any) -> list[str]:
-        with ceph.ceph_errors(f"list {self.url}"):
-            return sorted({o.key for o in io.list_objects()})
-
-    def _meta(self, snap_id: int | None, where: str) -> MetadataScan:
-        return MetadataScan(lambda: self._open(snap_id), self.url, where, window=self._window, threads=self._threads)
-
-    def _scan(
-        self, io: Any, where: str, snap_id: int | None = None, names: list[str] | None = None
-    ) -> list[VolumeObject]:
-        """Metadata (size, version, xattrs, omap) of ``names`` (default: a listing) as ``io`` sees them.
-
-        At a snapshot, one compound aio op per object (``rados_stamps.metadata``); the binding's
-        threads where the C API cannot be had, and for the live namespace.
-        """
-        wanted = self._names(io) if names is None else sorted(set(names))
-        if snap_id is not None:
-            fast = rados_stamps.metadata(self._conn, self.pool, self.namespace, snap_id, wanted, what=self.url + where)
-            if fast is not None:
-                return fast
-        meta = self._meta(snap_id, where)
-        try:
-            return meta.objects(io, wanted)
-        finally:
-            meta.close()
+        return list_names(io, self.url)
 
     # ------------------------------------------------------------ data
     def _stream(self, io: Any, objects: Iterable[VolumeObject], where: str, exact_size: bool) -> Iterator[ObjectStream]:
@@ -297,7 +278,7 @@ class RadosVolume:
         version, xattrs and omap; names absent at the snapshot are left out."""
         io, snap_id = self._snap_io(snap_name)
         try:
-            return self._scan(io, f" at snapshot {snap_name}", snap_id, names)
+            return self._scans.objects(io, f" at snapshot {snap_name}", snap_id, names)
         finally:
             io.close()
 
@@ -309,18 +290,8 @@ class RadosVolume:
         (``drsvc.volumes.rados_meta`` says why the version is the thing to compare).
         """
         io, snap_id = self._snap_io(snap_name)
-        where = f" at snapshot {snap_name}"
         try:
-            wanted = self._names(io) if names is None else sorted(set(names))
-            # many aio stats on one thread (``rados_stamps``); the binding's threads where it cannot
-            fast = rados_stamps.stamps(self._conn, self.pool, self.namespace, snap_id, wanted, what=self.url + where)
-            if fast is not None:
-                return fast
-            meta = self._meta(snap_id, where)
-            try:
-                return meta.stamps(wanted)
-            finally:
-                meta.close()
+            return self._scans.stamps(io, f" at snapshot {snap_name}", snap_id, names)
         finally:
             io.close()
 
@@ -342,20 +313,16 @@ class RadosVolume:
         if objects is not None:
             window = ReadWindow(io, self.url, where, window=self._window, window_bytes=self._window_bytes)
             return self._closing(io, window.stream(objects))
-        meta = self._meta(snap_id, where)
         try:
-            scan = meta.iter_objects(io, self._names(io))
+            scan = self._scans.iter_objects(io, where, snap_id)
         except BaseException:
-            meta.close()
             io.close()
             raise
-        return self._scanned(io, meta, scan, where)
+        return self._scanned(io, scan, where)
 
-    def _scanned(
-        self, io: Any, meta: MetadataScan, scan: Generator[VolumeObject, None, None], where: str
-    ) -> Iterator[ObjectStream]:
-        """Data of the objects ``scan`` yields, read while it goes on; the scan's threads and contexts,
-        then ``io``, closed in that order at the end (a scan thread never outlives its context)."""
+    def _scanned(self, io: Any, scan: Generator[VolumeObject, None, None], where: str) -> Iterator[ObjectStream]:
+        """Data of the objects ``scan`` yields, read while it goes on; the scan (its threads, then their
+        contexts), then ``io``, closed in that order at the end."""
         window = ReadWindow(io, self.url, where, window=self._window, window_bytes=self._window_bytes)
         try:
             yield from window.stream(scan)
@@ -363,7 +330,6 @@ class RadosVolume:
             try:
                 scan.close()
             finally:
-                meta.close()
                 io.close()
 
     def read_at(self, snap_name: str, name: str) -> Iterator[bytes]:
@@ -384,12 +350,12 @@ class RadosVolume:
     # ------------------------------------------------------------ live
     def objects_now(self) -> list[VolumeObject]:
         """The live objects of the namespace, sorted, with xattrs and omap."""
-        return self._scan(self._head_io(), "")
+        return self._scans.objects(self._head_io(), "")
 
     def read_objects(self, objects: Iterable[VolumeObject] | None = None) -> Iterator[ObjectStream]:
         """Yield (object, data chunks) of live objects in input order (default: all), pipelined."""
         io = self._head_io()
-        objs = self._scan(io, "") if objects is None else objects
+        objs = self._scans.objects(io, "") if objects is None else objects
         return self._stream(io, objs, "", exact_size=False)
 
     def read(self, name: str) -> Iterator[bytes]:
@@ -400,7 +366,7 @@ class RadosVolume:
 
     def stat(self, name: str) -> VolumeObject | None:
         """One live object with xattrs, omap and mtime (one stat, no listing); None when absent."""
-        found = self._scan(self._head_io(), "", names=[name])
+        found = self._scans.objects(self._head_io(), "", names=[name])
         return found[0] if found else None
 
     def digests_now(self, like: Mapping[str, str] | None = None) -> dict[str, str]:
