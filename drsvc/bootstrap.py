@@ -69,7 +69,8 @@ def render_config(config_path: Path, policies_dir: Path, found: dict[str, str]) 
         "hot",
         "hot_store",
         f'store = "{found.get("hot_store", "rados://drsvc-hot")}"     # chunk store in a RADOS pool\n'
-        f'ceph_conf = "{found.get("ceph_conf", "/etc/ceph/ceph.conf")}"',
+        f'ceph_conf = "{found.get("ceph_conf", "/etc/ceph/ceph.conf")}"\n'
+        "# chunk_kib = 128   # average chunk size of a new store (set before the first backup; a store keeps its own)",
         "no CEPH_CONF found: uncomment and point at your cluster",
     )
     cold_body = f'store = "{found.get("cold_store", "s3://drsvc-cold/fleet")}"   # S3 bucket/prefix'

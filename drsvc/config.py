@@ -22,6 +22,9 @@ from drsvc.errors import ConfigError
 SEARCH_PATH = (Path("drsvc.toml"), Path("/etc/drsvc/drsvc.toml"))
 
 STORE_SCHEMES = ("rados", "s3", "file")
+# [hot] chunk_kib: the bounds drsvc.chunks.cutter.AVG_KIB_RANGE enforces (not imported: loading a
+# config must not import the chunk store; a unit test keeps the two equal)
+CHUNK_KIB_RANGE = (16, 1024)
 
 
 class _Section(BaseModel):
@@ -62,11 +65,25 @@ class HotSection(_Section):
         description="zstd level of hot chunks: 1 stores within 0.3 % of level 3 for ~2/3 of its CPU; "
         "the cold tier compresses its frames again at its own level",
     )
+    chunk_kib: int = Field(
+        default=128,
+        description="Average chunk size (KiB, a power of two, 16-1024) of a NEW hot store, and of a cold store "
+        "created from it (minimum a quarter, maximum 4x). A store keeps the size it was made with (its config); "
+        "smaller chunks store less after small scattered writes and cost more objects and requests",
+    )
 
     @field_validator("store")
     @classmethod
     def _store(cls, v: str) -> str:
         return _check_url(v, STORE_SCHEMES)
+
+    @field_validator("chunk_kib")
+    @classmethod
+    def _chunk_kib(cls, v: int) -> int:
+        low, high = CHUNK_KIB_RANGE
+        if not (low <= v <= high and v & (v - 1) == 0):
+            raise ValueError(f"{v}: expected a power of two from {low} to {high} (KiB)")
+        return v
 
 
 class ColdSection(_Section):

@@ -7,6 +7,7 @@ pointed at the lab or at temporary directories.
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +15,12 @@ from drsvc import ceph
 from drsvc.catalog import Catalog
 from drsvc.config import Config
 from drsvc.errors import ConfigError, NotFound
+from drsvc.log import event
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from drsvc.chunks import ChunkStore
+    from drsvc.chunks import ChunkerParams, ChunkStore
     from drsvc.chunks.index_cache import IndexCache
     from drsvc.crypto import Keys
     from drsvc.kms import KeyProvider
@@ -88,11 +92,26 @@ class Services:
             chunk_options["level"] = self.config.hot.zstd_level
         chunk_options["scope"] = self.config.keys.scope
         try:
-            return ChunkStore.open(store, self.key_provider, **chunk_options)
+            opened = ChunkStore.open(store, self.key_provider, **chunk_options)
         except NotFound:
             # First use of this store: create it. Its sealed config makes a later open with
             # another key fail loudly instead of mixing data.
-            return ChunkStore.init(store, self.key_provider, **chunk_options)
+            params = self._new_store_params(cold=cold)
+            return ChunkStore.init(store, self.key_provider, params=params, **chunk_options)
+        if not cold and self.config.hot and url == self.config.hot.store:
+            _say_if_chunk_size_differs(self.config, opened)
+        return opened
+
+    def _new_store_params(self, *, cold: bool) -> ChunkerParams:
+        """How a new store cuts: ``[hot] chunk_kib`` for the hot store; a cold store takes the hot
+        store's own parameters (what its config says, whatever the setting says now), so every
+        chunk tiered into it lies within the bounds its readers check (``max_size``)."""
+        from drsvc.chunks import ChunkerParams
+
+        hot = self.config.hot
+        if cold and hot is not None:
+            return self.hot.params
+        return ChunkerParams.for_average(hot.chunk_kib if hot is not None else ChunkerParams().avg_kib)
 
     def _index_cache(self, url: str) -> IndexCache | None:
         """The local cache of a packed store's indexes: ``<catalog>.cache/index-<store>/`` (None: off)."""
@@ -206,3 +225,21 @@ class Services:
             adapter = self.__dict__.pop(name, None)
             if adapter is not None:
                 adapter.close()
+
+
+def _say_if_chunk_size_differs(config: Config, hot: ChunkStore) -> None:
+    """A ``[hot] chunk_kib`` set to another size than the existing hot store's: said once per process.
+
+    The store's config is the truth (every writer must cut alike, or dedup is lost): the setting
+    only shapes a store not yet created, and an existing one is never re-chunked."""
+    assert config.hot is not None
+    if "chunk_kib" not in config.hot.model_fields_set or hot.params.avg_size == config.hot.chunk_kib * 1024:
+        return
+    event(
+        log,
+        logging.WARNING,
+        "store.chunk_size",
+        f"{config.path}: hot.chunk_kib = {config.hot.chunk_kib}, but the hot store {config.hot.store} was "
+        f"created with {hot.params.avg_kib} KiB chunks and keeps them (a store is never re-chunked); the "
+        "setting applies to a new store only",
+    )

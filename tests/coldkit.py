@@ -56,6 +56,7 @@ class ColdKit:
     bucket: str = field(default_factory=lambda: f"drsvc-cold-{uuid.uuid4().hex[:8]}")
     pack_mib: int = 16
     zstd_level: int = 3
+    chunk_kib: int | None = None  # [hot] chunk_kib (None: not set, the default)
     key_of: ColdKit | None = None  # share another kit's keys (and so its chunk boundaries): see _share_keys
     services: Services = field(init=False)
     world: FakeWorld = field(init=False)
@@ -95,7 +96,9 @@ class ColdKit:
     def config_text(self) -> str:
         return (
             f'policies_dir = "policies"\n[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n'
-            f'[hot]\nstore = "file://{self.root}/hot"\n[cold]\nstore = "{self.cold_url}"\npack_mib = {self.pack_mib}\n'
+            f'[hot]\nstore = "file://{self.root}/hot"\n'
+            + (f"chunk_kib = {self.chunk_kib}\n" if self.chunk_kib else "")
+            + f'[cold]\nstore = "{self.cold_url}"\npack_mib = {self.pack_mib}\n'
             f"zstd_level = {self.zstd_level}\n"
             f'[runtime]\nurl = "fake://{self.name}"\n'
             f"[scheduler]\ngc_grace_seconds = 0\nretries = 0\n"

@@ -17,6 +17,12 @@ from pyfastcdc import FastCDC
 from drsvc.chunks.layout import BLOCK_SIZE, KiB, MiB
 from drsvc.errors import InvalidInput
 
+# The average chunk size a new store may be made with (``[hot] chunk_kib``): powers of two from a
+# 4 KiB minimum chunk (a page; smaller chunks cost more in ids and objects than they save) to a
+# 4 MiB maximum one (one RADOS read; ``FRAME_MAX``). Stores keep what they were made with.
+AVG_KIB_DEFAULT = 128
+AVG_KIB_RANGE = (16, 1024)
+
 
 @dataclass(frozen=True)
 class ChunkerParams:
@@ -35,6 +41,21 @@ class ChunkerParams:
             and 0 <= self.normalization <= 3
         ):
             raise InvalidInput(f"invalid chunker parameters {self}")
+
+    @classmethod
+    def for_average(cls, avg_kib: int) -> ChunkerParams:
+        """The parameters of a new store cutting ``avg_kib`` KiB chunks on average: the default's
+        ratios (minimum a quarter, maximum four times the average; normalization 1)."""
+        low, high = AVG_KIB_RANGE
+        if not (low <= avg_kib <= high and avg_kib & (avg_kib - 1) == 0):
+            raise InvalidInput(f"average chunk size {avg_kib} KiB: expected a power of two from {low} to {high}")
+        avg = avg_kib * KiB
+        return cls(avg // 4, avg, avg * 4)
+
+    @property
+    def avg_kib(self) -> int:
+        """The average chunk size in KiB (rounded down)."""
+        return self.avg_size // KiB
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form for the config."""

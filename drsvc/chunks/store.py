@@ -145,6 +145,18 @@ class ChunkStore:
             options["pack_size"] = config.pack_size
         return cls(store, provider, config.params, config=config, **options)
 
+    def check_takes_chunks_of(self, source: ChunkStore) -> None:
+        """``InvalidInput`` unless every chunk ``source`` may hold lies within what this store's
+        readers accept (its ``max_size``): chunks are copied as they were cut (tiering), never
+        cut again, and a larger one would be stored where no reader of this store opens it."""
+        if source.params.max_size > self.params.max_size:
+            raise InvalidInput(
+                f"{self.store.url} takes chunks up to {self.params.max_size // 1024} KiB (made for "
+                f"{self.params.avg_kib} KiB chunks); {source.store.url} cuts chunks up to "
+                f"{source.params.max_size // 1024} KiB ({source.params.avg_kib} KiB on average): tier into a "
+                "new cold store (created with the hot store's chunk size)"
+            )
+
     def _before_write(self, pack_size: int | None = None) -> None:
         """A store written before its config was sealed is sealed by its first write (see ``config``)."""
         if self.config is not None:

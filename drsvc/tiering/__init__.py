@@ -143,6 +143,7 @@ class TierJob:
                     self._read[c.point["id"]] = self._read_manifest(c.point["desktop_id"], c.point["id"])
             finally:
                 cold = opened.result()
+        cold.check_takes_chunks_of(self.services.hot)  # a hot store made with larger chunks than the cold's
         self._recover_interrupted()
         report.job_id = self.catalog.start_job("tier", token=self.lease.token if self.lease else None)
         with Owner(self.catalog) as owner:
