@@ -87,6 +87,7 @@ class Services:
         if cold and self.config.cold:
             chunk_options["pack_size"] = self.config.cold.pack_mib * 1024 * 1024
             chunk_options["level"] = self.config.cold.zstd_level
+            chunk_options["recompress"] = self.config.cold.recompress
             chunk_options["index_cache"] = self._index_cache(url)
         elif not cold and self.config.hot and url == self.config.hot.store:
             chunk_options["level"] = self.config.hot.zstd_level

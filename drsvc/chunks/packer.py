@@ -5,10 +5,11 @@ buffers, the uploads in flight -- so each step is a named method that reads top 
 
 1. ``_fresh``: drop chunks already in a pack (or repeated in the input);
 2. ``_opened`` (on ``workers`` threads, in order): authenticate each blob, and decompress it when
-   it is compressible (a corrupt blob raises ``CorruptChunk``: nothing bad becomes a packed copy);
+   it is compressible and ``recompress`` is on (a corrupt blob raises ``CorruptChunk``: nothing bad
+   becomes a packed copy);
 3. ``_units``: group runs of compressible chunks into frames (``FRAME_SIZE``/``FRAME_MAX``, objects
    kept whole where ``object_of`` says which object a chunk lies within); an incompressible chunk
-   is a blob packed verbatim, and ends the run;
+   -- every chunk when ``recompress`` is off -- is a blob packed verbatim, and ends the run;
 4. ``_compressed`` (on ``workers`` threads): compress each frame;
 5. ``_add``: seal a frame for its place, copy it (or the blob) into the pack buffer;
 6. ``_flush``/``_upload``/``_reap``: a full pack is uploaded on ``upload_workers`` threads while the
@@ -57,6 +58,7 @@ class PackWriter:
         storage_class: str | None = None,
         retain_until: datetime | None = None,
         object_of: Mapping[str, Hashable] | None = None,
+        recompress: bool = True,
     ) -> None:
         self.store = store
         self.codec = codec
@@ -69,6 +71,7 @@ class PackWriter:
         self.storage_class = storage_class
         self.retain_until = retain_until
         self.objects: Mapping[str, Hashable] = object_of or {}
+        self.recompress = recompress  # False: every chunk packed as the hot tier holds it (no zstd here at all)
         self.written: list[PackIndex] = []
         self._seen: set[bytes] = set()
         self._pool = ThreadPoolExecutor(max_workers=self.upload_workers, thread_name_prefix="drsvc-pack")
@@ -104,14 +107,14 @@ class PackWriter:
                 yield cid, blob
 
     def _opened(self, item: _Blob) -> tuple[str, bytes, bytes | None]:
-        """(id, blob, plaintext if the chunk is compressible): authenticated, on a worker."""
+        """(id, blob, plaintext if the chunk goes into a frame): authenticated, on a worker."""
         cid, blob = item
         key = chunk_key(cid)
         try:
             plain = self.codec.keys.verify(blob, object_aad(key))  # a scratch view, valid until this thread's next call
         except IntegrityError as e:
             raise CorruptChunk(cid, str(e)) from e
-        if len(plain) and plain[0] == CODEC_ZSTD:
+        if self.recompress and len(plain) and plain[0] == CODEC_ZSTD:
             return cid, blob, self.codec.uncompress(key, plain, self.max_chunk)
         return cid, blob, None
 

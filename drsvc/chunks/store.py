@@ -45,6 +45,7 @@ class ChunkStore:
         params: ChunkerParams,
         *,
         level: int = 3,
+        recompress: bool = True,
         workers: int = 2,
         window: int = 8,
         block_size: int = BLOCK_SIZE,
@@ -61,6 +62,7 @@ class ChunkStore:
         self.keys = provider.fleet_keys()  # the store's own objects (config) and the fleet scope
         self.params = params
         self.level = level
+        self.recompress = recompress  # write_packs: frames of compressible chunks at ``level``, or every chunk verbatim
         self.workers = workers
         self.window = window
         self.pack_size = pack_size
@@ -296,7 +298,9 @@ class ChunkStore:
         Every blob is authenticated first: a corrupt one raises ``CorruptChunk`` naming the chunk,
         so nothing bad becomes a packed copy. Blobs already in a pack (or repeated in ``blobs``)
         are skipped. An incompressible chunk is packed verbatim (no re-encryption); runs of
-        compressible chunks are compressed again together as *frames* (``drsvc.chunks.pack``).
+        compressible chunks are compressed again together as *frames* (``drsvc.chunks.pack``) at
+        the store's ``level`` -- or, for a store opened with ``recompress=False``, packed verbatim
+        too, as the loose chunk object holds them (no zstd at all; a larger store, see ``[cold]``).
         ``object_of`` maps chunk ids to the object (file, RADOS object) they lie within, any
         hashable token: a frame past ``FRAME_SIZE`` still takes the next chunk while it belongs to
         the same object as the last, up to ``FRAME_MAX``. Each pack is stored with
@@ -319,6 +323,7 @@ class ChunkStore:
             storage_class=storage_class,
             retain_until=retain_until,
             object_of=object_of,
+            recompress=self.recompress,
         )
         return writer.write(blobs)
 

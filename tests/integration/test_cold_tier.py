@@ -60,10 +60,10 @@ def s3() -> Any:
     return boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT_URL"])
 
 
-def cold_env(drsvc_env: Any, bucket: str, pack_mib: int = 16) -> None:
+def cold_env(drsvc_env: Any, bucket: str, pack_mib: int = 16, recompress: bool = True) -> None:
     drsvc_env.write(
         f'[cold]\nstore = "s3://{bucket}/fleet"\nendpoint_url = "{os.environ["S3_ENDPOINT_URL"]}"\n'
-        f"pack_mib = {pack_mib}\n"
+        f"pack_mib = {pack_mib}\nrecompress = {'true' if recompress else 'false'}\n"
     )
 
 
@@ -86,11 +86,12 @@ def needed_chunks(store: ChunkStore, manifest: dict[str, Any]) -> set[str]:
     return referenced_chunks(refs)
 
 
+@pytest.mark.parametrize("recompress", [True, False], ids=["frames", "verbatim"])
 def test_storage_classes_then_verify_read_data_finds_flipped_bytes(
-    drsvc_env: Any, make_fleet: Any, bucket: str
+    drsvc_env: Any, make_fleet: Any, bucket: str, recompress: bool
 ) -> None:
     d1, d2 = make_fleet(2)
-    cold_env(drsvc_env, bucket)
+    cold_env(drsvc_env, bucket, recompress=recompress)  # false: every hot chunk packed as it is
     tiering = {"after": "1s"}
     drsvc_env.policy("ia", [d1], tiering={**tiering, "storage_class": "STANDARD_IA"})
     drsvc_env.policy("archive", [d2], tiering={**tiering, "storage_class": "GLACIER"})
@@ -130,8 +131,10 @@ def test_storage_classes_then_verify_read_data_finds_flipped_bytes(
     [entry] = [e for e in entries if e.cid == cold_victim]
     offset, length = entry.offset, entry.length
     # a compressible chunk shares its frame with its neighbours (maybe of the other point, or of
-    # the base image both points use)
+    # the base image both points use); verbatim, it is alone
     spoilt = {e.cid for e in entries if e.offset == offset}
+    assert spoilt == {cold_victim} or recompress
+    assert any(e.in_frame for i in cold.refresh_packs().values() for e in i.entries) == recompress
     cold_hit = {p for p, m in ((p1, m1), (p2, m2)) if needed_chunks(cold, m) & spoilt}
     assert p1 in cold_hit
     blob = bytearray(cold.store.get(pack_key(pack)))

@@ -25,8 +25,12 @@ def cold_bucket(lab: Any) -> Iterator[str]:
     )
 
 
-def test_restore_from_a_cold_only_point(drsvc_env, make_fleet, cold_bucket, rados_cluster, fleetdata):
-    drsvc_env.write(f'[cold]\nstore = "s3://{cold_bucket}/fleet"\nendpoint_url = "{os.environ["S3_ENDPOINT_URL"]}"\n')
+@pytest.mark.parametrize("recompress", [True, False], ids=["frames", "verbatim"])
+def test_restore_from_a_cold_only_point(drsvc_env, make_fleet, cold_bucket, rados_cluster, fleetdata, recompress):
+    drsvc_env.write(
+        f'[cold]\nstore = "s3://{cold_bucket}/fleet"\nendpoint_url = "{os.environ["S3_ENDPOINT_URL"]}"\n'
+        f"recompress = {'true' if recompress else 'false'}\n"  # false: the hot chunks packed as they are
+    )
     [desktop] = make_fleet(1, data_mib=4)
     drsvc_env.policy(
         "coldish",
@@ -47,6 +51,8 @@ def test_restore_from_a_cold_only_point(drsvc_env, make_fleet, cold_bucket, rado
     assert drsvc_env.cli("prune").code == 0  # hot keeps only the newest: the first point is cold-only now
     catalog = Catalog.open(drsvc_env.root / "catalog.db")
     assert catalog.point(point_id)["tiers"] == ["cold"]
+    framed = [e for index in services.cold.refresh_packs().values() for e in index.entries if e.in_frame]
+    assert bool(framed) == recompress  # the checkpoint's chunks compress: frames, or zstd chunks verbatim
     expected = {o["name"]: o["digest"] for o in services.cold.get_manifest(desktop, point_id)["volume"]["objects"]}
 
     runtime.remove(desktop)
