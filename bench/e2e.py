@@ -24,6 +24,8 @@ run. ``--backups N`` takes N more ``backup`` + ``tier`` rounds (each tool, turns
 into a fresh installation (its own key, hot prefix and bucket: a full read that stores
 everything, as the first round), removed after the round; every round reports the bytes it stored
 in the hot store (RADOS) and the cold one (S3). ``--skip cold|hot`` leaves those restores out.
+``--variant 'SETTING = VALUE'`` (with ``--backups``) adds a turn with this tree and that line in
+``[cold]`` (e.g. ``recompress = false``) to each round, restored from cold unless ``--skip cold``.
 
     eval "$(dev/lab env)"; flock /tmp/drsvc-lab.lock .venv/bin/python bench/e2e.py [--mib 512 --rounds 2]
 
@@ -94,6 +96,7 @@ class E2E(Bench):
         self.before = before
         self.clones: list[str] = []
         self.lab = 0.0  # the OSD's and radosgw's CPU seconds during the last timed command
+        self.variant_restores: list[dict[str, float]] = []  # cold restores from the --variant installations
 
     def timed(
         self, step: str, *args: str, tree: Path | None = None, config: Path | None = None
@@ -150,20 +153,26 @@ class E2E(Bench):
             hot.close()
         return {"hot_mib": hot_bytes / MiB, "cold_mib": bucket_bytes(self.s3, bucket) / MiB}
 
-    def fresh_round(self, k: int, tree: Path | None) -> dict[str, float]:
+    def fresh_round(self, k: int, tree: Path | None, variant: str = "", restore: bool = False) -> dict[str, float]:
         """``backup`` + ``tier`` into a new installation (key, hot prefix, bucket) of the same desktop,
-        by ``tree``'s drsvc (None: this tree's); the installation is removed afterwards."""
-        tag = f"x{k}{'b' if tree else ''}"
+        by ``tree``'s drsvc (None: this tree's), with ``variant`` lines in its ``[cold]``; with
+        ``restore`` a cold ``restore --as`` from it too (its row in ``self.variant_restores``); the
+        installation is removed afterwards."""
+        tag = f"x{k}{'b' if tree else ''}{'v' if variant else ''}"
         where = self.work / tag
         (where / "policies").mkdir(parents=True)
         shutil.copy(self.dir / "policies" / "bench.yaml", where / "policies" / "bench.yaml")
         generate_key_file(where / "drsvc.key")
         hot_url, bucket = f"rados://drsvc-hot/{self.prefix}-{tag}", f"{self.bucket}-{tag}"
         config = where / "drsvc.toml"
-        config.write_text(config_text(hot=hot_url, cold=f"s3://{bucket}/fleet", runtime=True))
+        text = config_text(hot=hot_url, cold=f"s3://{bucket}/fleet", runtime=True)
+        config.write_text(text.replace("[runtime]\n", f"{variant}\n[runtime]\n"))  # [cold] comes just before
         try:
             row = self.backup_tier(tree, config, f"-{tag}")
-            return {**row, **self.stored(hot_url, bucket)}
+            row.update(self.stored(hot_url, bucket))
+            if restore:
+                self.variant_restores.append(self.restore("cold", k, tree, config, tag=tag))
+            return row
         finally:
             self.drop_installation(where, hot_url, bucket)
 
@@ -184,11 +193,15 @@ class E2E(Bench):
             timeout=300,
         )
 
-    def restore(self, tier: str, k: int, tree: Path | None = None) -> dict[str, float]:
-        clone = f"{self.prefix}-{tier}{k}{'b' if tree else ''}"
+    def restore(
+        self, tier: str, k: int, tree: Path | None = None, config: Path | None = None, tag: str = ""
+    ) -> dict[str, float]:
+        clone = f"{self.prefix}-{tier}{k}{'b' if tree else ''}{tag}"
         self.clones.append(clone)
-        step = f"restore-{tier}{k}{'-before' if tree else ''}"
-        doc, wall, cpu = self.timed(step, "restore", self.desktop, "--tier", tier, "--as", clone, tree=tree)
+        step = f"restore-{tier}{k}{'-before' if tree else ''}{tag}"
+        doc, wall, cpu = self.timed(
+            step, "restore", self.desktop, "--tier", tier, "--as", clone, tree=tree, config=config
+        )
         assert doc.get("status") in ("ok", "objective_missed"), doc
         self.check_clone(clone)
         self.drop_clone(clone)
@@ -288,6 +301,11 @@ def main() -> None:
         help="also back up + tier and restore with the drsvc package of this source tree "
         "(e.g. `git archive REV drsvc | tar -x -C DIR`), turns alternating",
     )
+    parser.add_argument(
+        "--variant",
+        default="",
+        help="with --backups: also a turn of this tree with this line in [cold] (e.g. 'recompress = false')",
+    )
     args = parser.parse_args()
     if not shutil.which("restic"):
         sys.exit("restic is not installed (apt-get install -y restic): it is the reference")
@@ -311,6 +329,8 @@ def main() -> None:
             turns: list[tuple[str, Path | None]] = [("drsvc backup + tier", None)]
             if args.before is not None:
                 turns.append(("  before: backup + tier", args.before))
+            if args.variant and k < args.backups:
+                turns.append((f"  {args.variant}", None))
             if k < args.backups:
                 turns.append(("restic backup", None))
             if k % 2:
@@ -318,6 +338,8 @@ def main() -> None:
             for name, tree in turns:
                 if name == "restic backup":
                     first[name].append(bench.restic_fresh(k))
+                elif name == f"  {args.variant}":
+                    first[name].append(bench.fresh_round(k, None, args.variant, restore="cold" not in args.skip))
                 elif k < args.backups or tree is not None:
                     first[name].append(bench.fresh_round(k, tree))
         show_medians("into S3, a full read (MiB stored: hot, cold; restic: its repository)", first,
@@ -329,6 +351,8 @@ def main() -> None:
                 if args.before is not None:
                     restores[f"  before: {tier} --as"].append(bench.restore(tier, k, args.before))
             restores["restic restore"].append(bench.restic_restore(src.parent / f"{src.name}-r"))
+        if bench.variant_restores:
+            restores[f"  {args.variant}: cold --as"] = bench.variant_restores
         show_medians("restore (drsvc: into a new RADOS namespace + container; restic: into tmpfs)", restores,
              ("total", "rto", "cpu", "ceph", "plan", "fetch", "volume", "container", "health"), width=24)  # fmt: skip
         print(f"  load {os.getloadavg()[0]:.1f}")
