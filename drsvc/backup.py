@@ -181,6 +181,44 @@ def recover_interrupted(catalog: Catalog) -> list[str]:
 # ---------------------------------------------------------------------- the job
 
 
+class SnapshotReads:
+    """What a batch's stores read from its new pool snapshot, started on side threads the moment the
+    snapshot exists, while the checkpoints end: the pool listing (one for the whole batch) and, per
+    desktop, the stats of the objects its parent point names (most of what the listing will name).
+
+    ``start`` is the snapshot callback: it only submits (the desktops still stand frozen). Should it
+    not have run, ``listing`` submits the listing itself: a batch lists its pool once either way.
+    """
+
+    def __init__(
+        self,
+        side: cf.Executor,
+        list_pool: Callable[[], dict[str, list[str]]],
+        stamp_ahead: Callable[[DesktopRef, str], dict[str, VolumeObject]],
+        batch: list[DesktopRef],
+        snap: str,
+    ) -> None:
+        self._side = side
+        self._list_pool = list_pool
+        self._stamp_ahead = stamp_ahead
+        self._batch = batch
+        self._snap = snap
+        self._listing: cf.Future[dict[str, list[str]]] | None = None
+        self.stamped: dict[str, cf.Future[dict[str, VolumeObject]]] = {}  # desktop id -> its stats
+
+    def start(self) -> None:
+        """Submit the listing and every desktop's stats (called once, as soon as the snapshot exists)."""
+        self._listing = self._side.submit(self._list_pool)
+        for d in self._batch:
+            self.stamped[d.desktop_id] = self._side.submit(self._stamp_ahead, d, self._snap)
+
+    def listing(self) -> cf.Future[dict[str, list[str]]]:
+        """The batch's listing: the one ``start`` submitted, else one submitted now."""
+        if self._listing is None:
+            self._listing = self._side.submit(self._list_pool)
+        return self._listing
+
+
 class BackupJob:
     """Takes recovery points for a set of desktops (one run), under the work lease."""
 
@@ -328,26 +366,18 @@ class BackupJob:
 
         volumes = self.services.snapshots(pool_url)
         archives: dict[str, StreamRef] = {}
-        listed: list[cf.Future[dict[str, list[str]]]] = []
-        stamped: dict[str, cf.Future[dict[str, VolumeObject]]] = {}
-
-        def list_pool() -> None:
-            # as soon as the snapshot exists: the listing, and the stats of the objects each parent
-            # point names (most of what the listing will name), run while the checkpoints end
-            listed.append(side.submit(self._listing, volumes, batch))
-            for d in batch:
-                stamped[d.desktop_id] = side.submit(self.committer.stamp_ahead, d, snap)
+        reads = SnapshotReads(side, lambda: self._listing(volumes, batch), self.committer.stamp_ahead, batch, snap)
 
         try:
             with phases.timed("freeze"):
                 if want_memory:
-                    archives = self._paired_capture(batch, outcomes, volumes, snap, budget, list_pool, find_parents)
+                    archives = self._paired_capture(batch, outcomes, volumes, snap, budget, reads.start, find_parents)
                 else:
                     find_parents()
                     self.on_event("snapshot", pool=pool_url, name=snap)
                     volumes.create(snap)
                     faults.point("after-snapshot")
-                    list_pool()
+                    reads.start()
         except FreezeBudgetExceeded as e:
             # Thawed without a snapshot: no point of this batch pairs (or even has) a volume image.
             self._freeze_facts(batch, outcomes, e.results)
@@ -359,9 +389,8 @@ class BackupJob:
             self._drop_snapshot(volumes, snap, snapshot_row, None)
             return [outcomes[d.desktop_id] for d in batch], []
         report.pool_snapshots.append(snap)
-        # the stores start now; each waits for the listing only after the stats it could take ahead.
-        # One listing for the whole batch, also when the snapshot callback did not start it.
-        listing = listed[0] if listed else side.submit(self._listing, volumes, batch)
+        # the stores start now; each waits for the listing only after the stats it could take ahead
+        listing = reads.listing()
         futures = [
             pool.submit(
                 self.committer.store,
@@ -373,7 +402,7 @@ class BackupJob:
                     taken_at,
                     policy,
                     listing=listing,
-                    stamped=stamped.get(d.desktop_id),
+                    stamped=reads.stamped.get(d.desktop_id),
                 ),
             )
             for d in batch

@@ -18,7 +18,7 @@ from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture)
 from test_freeze_budget import IDS, HookRuntime
 
 from drsvc import backup as backup_mod
-from drsvc.backup import BackupJob
+from drsvc.backup import BackupJob, SnapshotReads
 from drsvc.backup_commit import Committer, EarlyParents
 from drsvc.lease import Lease
 from drsvc.runtimes.base import DesktopRef
@@ -362,3 +362,34 @@ def test_parent_manifests_are_read_once_the_dumps_began(kit: ColdKit, monkeypatc
     report = run(kit, FakeSnapshots(None))
     assert report.exit_code == 0, report.document()
     assert seen == [True, True]
+
+
+def test_a_batch_lists_its_pool_once_whether_or_not_the_snapshot_callback_started_it() -> None:
+    """``SnapshotReads.listing`` is the future ``start`` submitted; without ``start``, one submitted
+    on the first call and handed out again (never one listing per desktop)."""
+    import concurrent.futures as cf
+
+    calls: list[str] = []
+    batch = [DesktopRef(f"d{i}", f"c{i}", f"id{i}", f"rados://p/d{i}", None) for i in range(3)]
+
+    def list_pool() -> dict[str, list[str]]:
+        calls.append("list")
+        return {"rados://p/d0": ["a"]}
+
+    def stamp_ahead(d: DesktopRef, snap: str) -> dict[str, VolumeObject]:
+        return {d.desktop_id: VolumeObject(snap, 1)}
+
+    with cf.ThreadPoolExecutor(2) as side:
+        started = SnapshotReads(side, list_pool, stamp_ahead, batch, "s1")
+        started.start()
+        first = started.listing()
+        assert [started.listing() for _ in batch] == [first] * 3
+        assert first.result() == {"rados://p/d0": ["a"]}
+        assert {k: f.result() for k, f in started.stamped.items()} == {
+            d.desktop_id: {d.desktop_id: VolumeObject("s1", 1)} for d in batch
+        }
+        late = SnapshotReads(side, list_pool, stamp_ahead, batch, "s2")
+        listings = [late.listing() for _ in batch]
+        assert listings == [listings[0]] * 3 and late.stamped == {}
+        listings[0].result()
+    assert calls == ["list", "list"]
