@@ -18,7 +18,7 @@ write the hot store and to pack. restic's size for the same data is not measured
 the lab's radosgw); ``bench/tiering.py`` and ``bench/fleet_dedup.py`` print it.
 
     .venv/bin/python bench/cold_encoding.py --mib 1024 --hot 1 3     # ~3 min on 2 cores
-    .venv/bin/python bench/cold_encoding.py --mib 0 --fleet 10 --fleet-mib 100
+    .venv/bin/python bench/cold_encoding.py --mib 0 --fleet 10 --fleet-mib 100 --chunk-kib 128 512
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from _lab import MiB
 from tiering import files_of, make_desktop
 
 from drsvc.chunks import ChunkStore, StreamRef
+from drsvc.chunks.cutter import ChunkerParams
 from drsvc.point_manifest import chunk_objects
 from drsvc.storage.file import FileStore
 
@@ -69,15 +70,18 @@ def object_of(refs: list[StreamRef], sizes: list[list[int]]) -> tuple[list[str],
     return list(order), where
 
 
-def run(label: str, desks: list[Path], data_bytes: int, hot_levels: list[int], cold_level: int, tmp: Path) -> None:
+def run(
+    label: str, desks: list[Path], data_bytes: int, hot_levels: list[int], cold_level: int, chunk_kib: int, tmp: Path
+) -> None:
     key = os.urandom(32)
-    print(f"\n{label}: {data_bytes / MiB:.0f} MiB in {len(desks)} desktop(s)")
+    params = ChunkerParams.for_average(chunk_kib)
+    print(f"\n{label}: {data_bytes / MiB:.0f} MiB in {len(desks)} desktop(s), {chunk_kib} KiB average chunks")
     head = [("hot level", 10), ("encoding", 18), ("stored MiB", 11), ("vs frames", 12)]
     print(" ".join(f"{name:>{width}}" for name, width in [*head, ("hot CPU s", 10), ("pack CPU s", 11)]))
     base: float | None = None
     for level in hot_levels:
         hot_dir = tmp / f"hot{level}"
-        hot = ChunkStore.init(FileStore(hot_dir, fsync=False), key, level=level)
+        hot = ChunkStore.init(FileStore(hot_dir, fsync=False), key, level=level, params=params)
         c0 = time.process_time()
         refs, sizes = ingest(hot, desks)
         hot_cpu = time.process_time() - c0
@@ -91,6 +95,7 @@ def run(label: str, desks: list[Path], data_bytes: int, hot_levels: list[int], c
                 level=cold_level,
                 recompress=recompress,
                 pack_size=16 * MiB,
+                params=params,
             )
             c0 = time.process_time()
             cold.write_packs(hot.sealed_chunks(ids), object_of=where)
@@ -114,6 +119,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7, help="bench/e2e.py's default seed")
     ap.add_argument("--hot", type=int, nargs="+", default=[1, 3], help="hot zstd levels (frames from the first)")
     ap.add_argument("--cold", type=int, default=4, help="[cold] zstd_level of the frames")
+    ap.add_argument("--chunk-kib", type=int, nargs="+", default=[128], help="[hot] chunk_kib (average chunk size)")
     ap.add_argument("--fleet", type=int, default=0, help="desktops in the fleet set (0: skip it)")
     ap.add_argument("--fleet-mib", type=int, default=100)
     ap.add_argument("--fleet-shared", type=float, default=0.7)
@@ -123,7 +129,8 @@ def main() -> None:
         if args.mib:
             src = tmp / "src"
             written = make_desktop(src, args.mib, args.seed)
-            run(f"mixed set (seed {args.seed})", [src], written, args.hot, args.cold, tmp)
+            for kib in args.chunk_kib:
+                run(f"mixed set (seed {args.seed})", [src], written, args.hot, args.cold, kib, tmp)
             shutil.rmtree(src)
         if args.fleet:
             base = tmp / "base-src"
@@ -136,7 +143,8 @@ def main() -> None:
             shutil.rmtree(base)
             total = sum(p.stat().st_size for d in desks for p in files_of(d))
             label = f"fleet {args.fleet} x {args.fleet_mib} MiB, {args.fleet_shared:.0%} shared, one key"
-            run(label, desks, total, args.hot, args.cold, tmp)
+            for kib in args.chunk_kib:
+                run(label, desks, total, args.hot, args.cold, kib, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
