@@ -10,7 +10,8 @@ drop at once.
 the key (``ChunkStore.open`` checks the key fingerprint of both), and every sealed chunk blob is
 bound to its own chunk key, so incompressible chunks are copied byte for byte, never re-encrypted;
 runs of compressible ones are compressed again together as ~1 MiB frames (more zstd context than
-one chunk, ``[cold] zstd_level``). The cold store keeps them in **packs** (``drsvc.chunks``:
+one chunk, ``[cold] zstd_level``) -- or, with ``[cold] recompress = false``, copied as they are too
+(no zstd in tiering, a cold store ~2.5 % larger). The cold store keeps them in **packs** (``drsvc.chunks``:
 ``packs/<2 hex>/<pack-id>`` + ``index/<pack-id>``, ~16 MiB, ``[cold] pack_mib``), because on S3
 every request costs: one object per chunk capped tiering at ~210 PUT/s. One listing of the
 cold store's pack indexes per run (indexes are loaded once per process, then only new ones) says
