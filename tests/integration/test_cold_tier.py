@@ -6,6 +6,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from storage_suite import StorageSuite
 from drsvc.backup import IMAGES, image_record_id
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, chunk_key, pack_key, referenced_chunks
+from drsvc.errors import IntegrityError
 from drsvc.prune import manifest_streams
 from drsvc.storage.s3 import S3Store
 from drsvc.tiering import ColdPruneJob, TierJob
@@ -58,6 +60,38 @@ class TestS3StoreOnRadosgw(StorageSuite):
 
 def s3() -> Any:
     return boto3.client("s3", endpoint_url=os.environ["S3_ENDPOINT_URL"])
+
+
+def test_radosgw_refuses_a_body_changed_after_its_checksum_and_the_store_says_so(bucket: str) -> None:
+    """The body checksum is one the server verifies: a byte flipped after drsvc hashed it is refused."""
+    store = S3Store(bucket, "t")
+    data = bytearray(os.urandom(3 * 1024 * 1024))
+    flipped = bytes(data[:-1]) + bytes([data[-1] ^ 1])
+
+    def change_on_the_way(request: Any, **_: Any) -> None:
+        request.body = flipped  # after signing: what a bad link or a buggy proxy would do
+
+    store._client.meta.events.register("before-send.s3.PutObject", change_on_the_way)
+    with pytest.raises(IntegrityError) as e:
+        store.put("packs/p1", memoryview(data))  # type: ignore[arg-type]
+    assert "packs/p1" in str(e.value) and "\n" not in str(e.value)
+    assert not store.exists("packs/p1")
+    store._client.meta.events.unregister("before-send.s3.PutObject", change_on_the_way)
+    store.put("packs/p1", memoryview(data))  # type: ignore[arg-type]
+    assert store.get("packs/p1") == bytes(data)
+    store.close()
+
+
+def test_locked_writes_one_part_and_multipart_on_radosgw(bucket: str) -> None:
+    store = S3Store(bucket, "t", object_lock=True, multipart_threshold=8 * 1024 * 1024)
+    until = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
+    small, big = os.urandom(1000), bytearray(os.urandom(9 * 1024 * 1024 + 7))
+    store.put("indexes/a", small, retain_until=until)
+    store.put("packs/a", memoryview(big), retain_until=until)  # type: ignore[arg-type]
+    for key, data in (("indexes/a", small), ("packs/a", bytes(big))):
+        assert store.get(key) == data
+        assert store.retain_until(key) == until
+    store.close()
 
 
 def cold_env(drsvc_env: Any, bucket: str, pack_mib: int = 16, recompress: bool = True) -> None:

@@ -22,6 +22,14 @@ fallback (radosgw, MinIO). Credentials are never part of the URL or the config.
   marker and the data stays until the lifecycle rule drsvc installs on buckets it creates expires
   noncurrent versions (which S3 refuses while their retention lasts). A locked version itself can
   never be deleted before its retention ends, by drsvc or anyone.
+- Every write carries a body checksum the server verifies, computed by drsvc in one C call over
+  the buffer (botocore never re-reads a body for it, never sends it ``aws-chunked``): over plain
+  HTTP the signed payload's SHA-256 (every S3 implementation checks it; radosgw before Ceph 19
+  ignores ``x-amz-checksum-*`` headers), over HTTPS a CRC32 header (what AWS S3 checks and Object
+  Lock asks for; TLS guards the wire). A refused digest is an ``IntegrityError``, nothing stored.
+  A pack buffer is sent as views of itself, never copied. Multipart parts carry botocore's checksum
+  the same way, and a locked multipart object gets its retention in a request of its own (radosgw
+  drops the lock headers of ``CreateMultipartUpload``).
 - Only calls every S3 implementation has (no radosgw-only APIs).
 
 The pieces: ``store`` (``S3Store``, ``from_url``), ``errors`` (telling failures apart),

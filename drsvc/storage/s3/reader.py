@@ -9,13 +9,17 @@ from typing import Any
 class _ViewReader(io.RawIOBase):
     """A seekable read-only file over a buffer, without copying it (``io.BytesIO`` copies anything but ``bytes``).
 
-    botocore reads a body several times (its checksum, then the send; again on a retry), a block
-    at a time, seeking back in between; a 16 MiB pack buffer is never duplicated.
+    botocore reads a body several times (the payload's signature, then the send; again on a
+    retry), a block at a time, seeking back in between; a 16 MiB pack buffer is never duplicated.
+    With ``views=True`` a sized read returns a slice of the buffer itself, not a copy: for a body
+    whose blocks go straight to a hash or ``socket.sendall`` within the call (a single PutObject),
+    it saves copying every byte once per pass. The caller keeps the buffer unchanged until then.
     """
 
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview, *, views: bool = False) -> None:
         self._view = memoryview(data).cast("B")
         self._pos = 0
+        self._views = views
 
     def readable(self) -> bool:
         return True
@@ -41,11 +45,11 @@ class _ViewReader(io.RawIOBase):
         self._pos += n
         return n
 
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else self._pos + size
-        piece = bytes(self._view[self._pos : end])
+    def read(self, size: int = -1) -> Any:
+        whole = size is None or size < 0  # a reader that takes everything at once keeps it: a copy
+        piece = self._view[self._pos : len(self._view) if whole else self._pos + size]
         self._pos += len(piece)
-        return piece
+        return piece if self._views and not whole else bytes(piece)
 
-    def readall(self) -> bytes:
+    def readall(self) -> Any:
         return self.read()

@@ -5,9 +5,11 @@ behaviour (retries, storage classes, locks, deletes).
 
 from __future__ import annotations
 
+import base64
 import collections
 import os
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -16,6 +18,7 @@ from typing import Any
 from drsvc import faults
 from drsvc.errors import (
     BackendError,
+    IntegrityError,
     InvalidInput,
     MissingDependency,
     NotFound,
@@ -28,6 +31,10 @@ MiB = 1024 * 1024
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")  # not readable without a RestoreObject first
+
+# What S3 implementations answer to a body that does not match its checksum: Content-MD5 (BadDigest,
+# InvalidDigest), a signed payload's SHA-256 (XAmzContentSHA256Mismatch), an x-amz-checksum-* header.
+_DIGEST_MISMATCH = ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum")
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -92,6 +99,11 @@ class S3Store(StoreBase):
         )
         self._multipart_threshold = multipart_threshold
         self.endpoint = endpoint_url or os.environ.get("S3_ENDPOINT_URL") or None
+        # How bodies are checked by the server (``_body_args``): over HTTPS a CRC32 header (what
+        # AWS S3, MinIO and Ceph >= 19 verify; TLS protects the wire), over plain HTTP the signed
+        # payload's SHA-256, which every S3 implementation verifies (radosgw before 19 ignores
+        # x-amz-checksum-* headers altogether).
+        self._signed = not (self.endpoint or "https://").lower().startswith("https://")
         # Who the client acts as: with the endpoint, decides whether another store is reachable by
         # server-side copy (``copy_from``). The access key id is not a secret.
         self.identity = access_key or profile or os.environ.get("AWS_ACCESS_KEY_ID") or ""
@@ -103,11 +115,10 @@ class S3Store(StoreBase):
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
                 region_name=region,
-                # No SHA-256 of every body for the signature: botocore already skips it over HTTPS
-                # (TLS + the CRC32 checksum it sends, which S3 verifies); on a plain-HTTP endpoint
-                # (radosgw on a trusted network) it cost a CPU-second per GiB here, on both ends.
-                # Bodies keep their CRC32, and everything stored is sealed (AES-GCM) besides.
-                s3={"payload_signing_enabled": False},
+                # Every body carries a checksum the server verifies, computed here in one C call
+                # over the buffer (see ``_body_args``), never by botocore reading the body again.
+                request_checksum_calculation="when_required",
+                s3={"payload_signing_enabled": self._signed},
             )
             keys: dict[str, str] = {}
             if access_key and secret_key:
@@ -131,6 +142,11 @@ class S3Store(StoreBase):
             return NotFound(f"object {key} not found in {self._url}")
         if code == "NoSuchBucket":
             return NotFound(f"s3 bucket {self.bucket} does not exist ({self._url})")
+        if code in _DIGEST_MISMATCH:
+            return IntegrityError(
+                f"s3 {what} {where}: the server refused the body: it does not match its checksum ({code}); "
+                "it was changed on its way, nothing was stored"
+            )
         if code == "InvalidObjectState":
             return BackendError(
                 f"s3 {what} {where}: the object is archived (GLACIER / DEEP_ARCHIVE): "
@@ -232,16 +248,42 @@ class S3Store(StoreBase):
             args["ObjectLockRetainUntilDate"] = until.astimezone(UTC)
         return args
 
+    def _retain(self, oid: str, args: dict[str, Any]) -> None:
+        retention = {"Mode": args["ObjectLockMode"], "RetainUntilDate": args["ObjectLockRetainUntilDate"]}
+        self._client.put_object_retention(Bucket=self.bucket, Key=oid, Retention=retention)
+
+    def _body_args(self, data: bytes) -> dict[str, Any]:
+        """The checksum the server verifies for a one-part write of ``data``, computed once here.
+
+        Signed (plain HTTP): botocore hashes the body for the signature, a view at a time with no
+        copy (the body is a ``_ViewReader`` handing out views), and the server refuses a body
+        whose SHA-256 differs (XAmzContentSHA256Mismatch). Unsigned (HTTPS): a CRC32 header,
+        given here so that botocore neither computes it (reading the body once more) nor sends
+        the body ``aws-chunked`` with a trailer. Either way it is also the body checksum S3 Object
+        Lock asks of every locked write, and a retry resends the same bytes with the same check.
+        """
+        if self._signed:
+            return {}
+        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+        # the algorithm's name too: AWS wants x-amz-sdk-checksum-algorithm (or Content-MD5) on a locked write
+        return {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": crc}
+
     def _put(self, oid: str, key: str, data: bytes, args: dict[str, Any]) -> str | None:
         """Write one object; returns S3's ETag of a one-part write (None for multipart)."""
         faults.point("mid-upload")
         try:
             if len(data) > self._multipart_threshold:
-                self._client.upload_fileobj(_ViewReader(data), self.bucket, oid, ExtraArgs=args, Config=self._transfer)
+                extra = args if self._signed else {**args, "ChecksumAlgorithm": "CRC32"}  # per part
+                self._client.upload_fileobj(_ViewReader(data), self.bucket, oid, ExtraArgs=extra, Config=self._transfer)
+                if "ObjectLockRetainUntilDate" in args:
+                    # radosgw (Ceph 16 here) drops the lock headers of a multipart upload without a
+                    # word: the finished object gets its retention in a request of its own
+                    self._retain(oid, args)
                 return None
-            # bytes go as they are; a view (a pack buffer, reused once this returns) as a file
-            body: Any = data if isinstance(data, bytes) else _ViewReader(data)
-            response = self._client.put_object(Bucket=self.bucket, Key=oid, Body=body, **args)
+            # bytes go as they are (one hash, one send); a view (a slice of a pack buffer) as a file
+            # handing out views of it: botocore takes no memoryview, and must be able to rewind
+            body: Any = data if isinstance(data, bytes | bytearray) else _ViewReader(data, views=True)
+            response = self._client.put_object(Bucket=self.bucket, Key=oid, Body=body, **args, **self._body_args(data))
             return str(response.get("ETag") or "").strip('"') or None
         except Exception as e:
             if not self._is_client_error(e):
@@ -533,11 +575,10 @@ class S3Store(StoreBase):
     def extend_retention(self, keys: Iterable[str], until: datetime) -> int:
         """Raise the Object Lock retention of existing objects to ``until`` (parallel; never shortens)."""
         args = self._put_args(None, until)
-        retention = {"Mode": args["ObjectLockMode"], "RetainUntilDate": args["ObjectLockRetainUntilDate"]}
 
         def one(key: str) -> None:
             try:
-                self._client.put_object_retention(Bucket=self.bucket, Key=self._oid(key), Retention=retention)
+                self._retain(self._oid(key), args)
             except Exception as e:
                 if not self._is_client_error(e):
                     raise
