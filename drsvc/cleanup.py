@@ -28,9 +28,20 @@ from typing import Any
 from drsvc import clock
 from drsvc.backup import recover_interrupted
 from drsvc.errors import DrsvcError, NotFound
-from drsvc.intents import ARTIFACT_KINDS, Intent, interrupted_restores, leftovers, owner_alive, pending, resolve
+from drsvc.intents import (
+    ARTIFACT_KINDS,
+    Intent,
+    intents_of,
+    interrupted_restores,
+    leftovers,
+    owner_alive,
+    pending,
+    resolve,
+    unpack_names,
+)
 from drsvc.lease import Lease, holder_dead
 from drsvc.prune import PruneJob
+from drsvc.restore_effects import CONTAINER_PHASES
 from drsvc.runtimes.base import LABEL_CLONE_OF, forget
 from drsvc.services import Services
 from drsvc.targets import owned_clone
@@ -181,18 +192,11 @@ class CleanupJob:
 
     def _undo(self, intent: Intent, report: CleanupReport) -> str:
         if intent.kind == "clone-container":
+            if intent.detail.get("phase", "container") not in CONTAINER_PHASES:
+                return "undone"  # killed before its container phase: a container there is not its own
             return self._remove_clone(intent.target, intent.detail.get("of"), report)
         if intent.kind == "clone-volume":
-            users = self.catalog.query(
-                "SELECT id FROM desktops WHERE volume = ? AND gone_since IS NULL "
-                "AND labels NOT LIKE '%drsvc.clone-of%'",
-                [intent.target],
-            )
-            if users:
-                report.problems.append(f"{intent.line()}: not purged, desktop {users[0]['id']} uses that volume")
-                return "failed"
-            self.services.volume(intent.target).purge()
-            return "undone"
+            return self._remove_clone_objects(intent, report)
         if intent.kind == "multipart-uploads":
             cold = self.services.cold if self.services.has_cold else None
             if cold is None or cold.store.url != intent.target:
@@ -211,6 +215,36 @@ class CleanupJob:
         if intent.kind == "restore-in-place":
             return "interrupted"
         return "done"  # point-read: nothing was made
+
+    def _remove_clone_objects(self, intent: Intent, report: CleanupReport) -> str:
+        """A killed clone restore's objects: the names it recorded before writing, nothing else."""
+        users = self.catalog.query(
+            "SELECT id FROM desktops WHERE volume = ? AND gone_since IS NULL AND labels NOT LIKE '%drsvc.clone-of%'",
+            [intent.target],
+        )
+        if users:
+            report.problems.append(f"{intent.line()}: not purged, desktop {users[0]['id']} uses that volume")
+            return "failed"
+        # a restore of the same name that succeeded since, or still runs, writes the same names
+        since = [
+            i
+            for i in intents_of(self.catalog, "clone-volume", intent.target)
+            if (i.state == "kept" and i.id > intent.id)
+            or (i.state == "pending" and i.id != intent.id and owner_alive(self.catalog, i.owner))
+        ]
+        if since:
+            why = "holds its clone" if since[0].state == "kept" else "is being written by it"
+            report.problems.append(
+                f"{intent.line()}: not removed, the namespace {why} (restore {since[0].detail.get('restore')})"
+            )
+            return "failed"
+        names = unpack_names(intent.detail)
+        volume = self.services.volume(intent.target)
+        if names is None:  # recorded by an older drsvc, without the names: the namespace was its own
+            volume.purge()
+        else:
+            volume.remove_objects(names)
+        return "undone"
 
     def _forget(self, intent: Intent) -> str:
         """What a killed restore's runtime left (checkpoint image, node archive, loaded base image): removed."""

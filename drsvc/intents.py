@@ -20,9 +20,11 @@ removes (and ``leftovers`` reports).
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +49,29 @@ KINDS = (
 ARTIFACT_KINDS = ("checkpoint-image", "checkpoint-archive", "loaded-image")
 STATES = ("pending", "kept", "undone", "done", "failed", "interrupted")
 OWNER_TTL = 120.0  # seconds an owner stays alive without renewing (renewed every third of it)
+
+
+# The names of the objects a clone restore may write (``clone-volume``), recorded before it writes
+# one: zlib + base64 of their sorted JSON list (a namespace holds thousands of objects; a name may
+# hold any character, a newline too).
+NAMES_KEY = "objects_z"
+
+
+def pack_names(names: Iterable[str]) -> dict[str, str]:
+    """``names`` as intent detail (``Intents.record(..., **pack_names(names))``)."""
+    listed = json.dumps(sorted(set(names))).encode()
+    return {NAMES_KEY: base64.b64encode(zlib.compress(listed, 6)).decode("ascii")}
+
+
+def unpack_names(detail: dict[str, Any]) -> list[str] | None:
+    """The names ``pack_names`` recorded in ``detail``; None when it recorded none (older drsvc)."""
+    packed = detail.get(NAMES_KEY)
+    if packed is None:
+        return None
+    names = json.loads(zlib.decompress(base64.b64decode(packed)))
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError("intent detail: recorded object names are not a list of strings")
+    return names
 
 
 class Owner(Lease):
@@ -77,7 +102,10 @@ class Intent:
     detail: dict[str, Any]
 
     def line(self) -> str:
-        extra = ", ".join(f"{k} {v}" for k, v in self.detail.items() if v is not None)
+        shown = {k: v for k, v in self.detail.items() if v is not None and k != NAMES_KEY}
+        if NAMES_KEY in self.detail:
+            shown["objects"] = len(unpack_names(self.detail) or [])
+        extra = ", ".join(f"{k} {v}" for k, v in shown.items())
         return f"{self.kind} {self.target} (intent {self.id}, {self.created_at[:19]}Z{', ' + extra if extra else ''})"
 
 
@@ -165,6 +193,12 @@ def pending(catalog: Catalog, kind: str | None = None, target: str | None = None
         sql += " AND target = ?"
         params.append(target)
     return [_intent(r) for r in catalog.query(sql + " ORDER BY id", params)]
+
+
+def intents_of(catalog: Catalog, kind: str, target: str) -> list[Intent]:
+    """Every intent of ``kind`` on ``target``, in any state, oldest first."""
+    rows = catalog.query("SELECT * FROM intents WHERE kind = ? AND target = ? ORDER BY id", [kind, target])
+    return [_intent(r) for r in rows]
 
 
 def leftovers(catalog: Catalog, kind: str | None = None, target: str | None = None) -> list[Intent]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -46,7 +47,8 @@ from drsvc.errors import (
     InvalidInput,
     NotFound,
 )
-from drsvc.restore_effects import RestoreEffects, resolve_clone
+from drsvc.log import event
+from drsvc.restore_effects import RestoreEffects
 from drsvc.restore_plan import (
     DEFAULT_TARGET,
     PHASES,
@@ -61,6 +63,8 @@ from drsvc.runtimes import archive as archive_rules
 from drsvc.runtimes.base import LABEL_VOLUME, DesktopRef
 from drsvc.targets import confirm_identity, namespace_of, owned_clone
 from drsvc.volumes.base import VolumeObject
+
+log = logging.getLogger(__name__)
 
 # planning moved to drsvc.restore_plan; these names stay importable from here
 __all__ = [
@@ -135,7 +139,7 @@ class RestoreJob(RestorePlanner):
                 try:
                     self._run(plan, result, network=network, verify=verify)
                 except BaseException:
-                    effects.failed(lambda: self.teardown(plan))
+                    effects.failed(lambda: self.teardown(plan, effects))
                     raise
                 effects.succeeded()
             result.rto_seconds = time.monotonic() - started
@@ -160,20 +164,54 @@ class RestoreJob(RestorePlanner):
             )
         return result
 
-    def teardown(self, plan: RestorePlan) -> None:
-        """Remove a clone ``plan`` made (container, then namespace); never the desktop itself."""
+    def teardown(self, plan: RestorePlan, effects: RestoreEffects) -> None:
+        """After a failed clone restore: remove what this run made (``effects``), nothing else.
+
+        The container goes only if this run reached its container phase and it is still the clone
+        of this desktop; of the namespace, only the objects this run wrote (``effects.created``).
+        Whatever else is there (a racing restore's or an operator's objects, written after the plan
+        found the namespace empty) stays, and is said, as is another desktop's volume the operator
+        allowed writing into (``--allow-cross-tenant``). Never the desktop itself.
+        """
         if not plan.as_name:
             return
+        left: list[str] = []
         runtime = self.services.runtime
         try:
             ref: DesktopRef | None = runtime.inspect(plan.name)
         except NotFound:
             ref = None
-        # only the clone this restore made: never a container someone else put there meanwhile
-        if ref is not None and owned_clone(ref, plan.desktop["id"], plan.name):
-            runtime.remove(plan.name)
-        self.services.volume(plan.volume_url).purge()
-        resolve_clone(self.catalog, plan.name, plan.volume_url)
+        if ref is not None:
+            # only the clone this restore made: never a container someone else put there meanwhile
+            if effects.container_made and owned_clone(ref, plan.desktop["id"], plan.name):
+                runtime.remove(plan.name)
+            else:
+                left.append(f"container {plan.name} (this restore did not make it)")
+        volume = self.services.volume(plan.volume_url)
+        removed = 0
+        if plan.target.foreign is not None:
+            left.append(
+                f"namespace {plan.volume_url} of {plan.target.foreign.desktop_id} as this restore left it "
+                f"(written on purpose, allowed by {plan.target.allowed_by})"
+            )
+        else:
+            removed = volume.remove_objects(effects.created) if effects.created else 0
+            try:  # a listing, on the failure path only: what stays is said
+                others = len(volume.objects_now())
+            except DrsvcError as e:
+                left.append(f"whatever else {plan.volume_url} holds (not listed: {e})")
+            else:
+                if others:
+                    left.append(f"{others} object(s) in {plan.volume_url} this restore did not write")
+        message = f"clone {plan.name} torn down: {removed} object(s) this restore wrote removed"
+        if left:
+            message += "; left: " + "; ".join(left)
+        event(log, logging.WARNING if left else logging.INFO, "restore.teardown", message, restore=plan.name)
+        self.on_event("teardown", message=message, left=left)
+
+    def _created(self) -> set[str] | None:
+        """Where the volume phase notes each object it wrote (what a failed clone's teardown removes)."""
+        return self._effects.created if self._effects is not None else None
 
     def _artifact(self) -> AbstractContextManager[str | None]:
         return self._effects.artifact() if self._effects is not None else nullcontext(None)
@@ -284,13 +322,17 @@ class RestoreJob(RestorePlanner):
             listed = [_volume_object(entry) for entry in objects]
             # a namespace the plan listed and found empty is not listed again (a whole-pool scan)
             namespace = namespace_of(plan.volume_url) or ""
-            target = source.clone_from_snapshot(snap, namespace, listed, fresh=plan.target.empty)
+            target = source.clone_from_snapshot(
+                snap, namespace, listed, fresh=plan.target.empty, created=self._created()
+            )
             result.checks["volume"] = f"copied from pool snapshot {snap} into {plan.volume_url}"
         else:  # cold, or hot chunks whose pool snapshot is gone
             target = self.services.volume(plan.volume_url)
             stream = store.read_stream(StreamRef.from_dict(manifest["volume"]["stream"]))
             # a namespace the plan listed and found empty is not listed again (a whole-pool scan)
-            target.write_objects(_split_objects(objects, stream), exact=True, fresh=plan.target.empty)
+            target.write_objects(
+                _split_objects(objects, stream), exact=True, fresh=plan.target.empty, created=self._created()
+            )
             result.checks["volume"] = f"written from {len(objects)} objects' chunks in the {plan.tier} store"
         if verify:
             expected = {o["name"]: o["digest"] for o in objects}

@@ -6,9 +6,13 @@ One restore run records, under an owner lease of its own:
 * in place: ``restore-in-place`` on the desktop, with the phase reached. A run that dies leaves it
   pending; cleanup marks it ``interrupted`` (visible in ``points list``, an event for alerting) and
   the same ``drsvc restore DESKTOP`` resumes it from the same point;
-* as a clone: ``clone-volume`` and ``clone-container``. Kept when the restore succeeds (a drill's
-  temporary clones stay pending until its teardown); removed again when it fails; removed by
-  cleanup when the run was killed;
+* as a clone: ``clone-volume`` (with the names of the objects it may write, before it writes one)
+  and ``clone-container`` (with the phase reached). Kept when the restore succeeds (a drill's
+  temporary clones stay pending until its teardown). When it fails, the teardown removes the
+  objects this run wrote (``created``) and the container only if this run reached its container
+  phase; when the run was killed, cleanup removes the recorded names and, if the run reached its
+  container phase, the clone container. Never anything else in the namespace: an object another
+  writer put there (a racing restore of the same name, an operator) stays, and the output says so;
 * what the runtime's restore leaves while it runs (``artifact``): a CRI-O checkpoint image in the
   registry (``checkpoint-image``) or the archive on the node (``checkpoint-archive``), both every
   memory page of the desktop in plaintext. The adapter deletes them when it is done; the run then
@@ -30,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from drsvc.catalog import Catalog
 from drsvc.errors import DrsvcError
-from drsvc.intents import Intents, Owner, interrupted_restores, pending, resolve
+from drsvc.intents import Intents, Owner, interrupted_restores, pack_names, pending, resolve
 from drsvc.log import event
 from drsvc.runtimes.base import forget, restore_artifact
 
@@ -38,6 +42,10 @@ if TYPE_CHECKING:
     from drsvc.restore_plan import RestorePlan
 
 log = logging.getLogger(__name__)
+
+# The phases in which a restore removes and creates the container: before them, a container at
+# the clone's name is not this run's.
+CONTAINER_PHASES = ("container", "health")
 
 
 @contextmanager
@@ -84,15 +92,22 @@ class RestoreEffects:
         self.in_place: int | None = None
         self.clone: list[int] = []
         self.loaded: list[tuple[int, str]] = []
+        self.created: set[str] = set()  # objects this run wrote into a clone's namespace (the volume fills it)
+        self.reached: set[str] = set()  # the phases this run entered
 
     def __enter__(self) -> RestoreEffects:
         self.owner.__enter__()
         plan = self.plan
         self.read = self.intents.record("point-read", plan.point["id"], restore=self.restore_id)
         if plan.as_name:
+            # every name it may write, before it writes one: after a kill -9, cleanup removes these and no other
+            names = pack_names(o["name"] for o in plan.manifest["volume"]["objects"])
+            of = plan.desktop["id"]
             self.clone = [
-                self.intents.record("clone-volume", plan.volume_url, restore=self.restore_id, of=plan.desktop["id"]),
-                self.intents.record("clone-container", plan.name, restore=self.restore_id, of=plan.desktop["id"]),
+                self.intents.record(
+                    "clone-volume", plan.volume_url, restore=self.restore_id, of=of, fresh=plan.target.empty, **names
+                ),
+                self.intents.record("clone-container", plan.name, restore=self.restore_id, of=of, phase="plan"),
             ]
         else:
             self.in_place = self.intents.record(
@@ -108,9 +123,18 @@ class RestoreEffects:
             self.owner.__exit__(et, ev, tb)
 
     def phase(self, name: str) -> None:
-        """Remember how far an in-place restore got (shown when it is interrupted)."""
+        """Remember how far the restore got: an interrupted in-place restore shows it; a clone's
+        container is removed (teardown, cleanup) only once its container phase began."""
+        self.reached.add(name)
         if self.in_place is not None:
             self.intents.note(self.in_place, phase=name)
+        elif self.clone and name in CONTAINER_PHASES:
+            self.intents.note(self.clone[1], phase=name)
+
+    @property
+    def container_made(self) -> bool:
+        """Whether this run began to replace or create the clone's container."""
+        return bool(self.reached & set(CONTAINER_PHASES))
 
     def artifact(self) -> AbstractContextManager[str | None]:
         """Around ``runtime.restore``: the token naming what it leaves, recorded first (``leaving``)."""

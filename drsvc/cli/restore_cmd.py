@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from drsvc.cli._common import App, DrsvcCommand, pass_app
@@ -22,6 +23,8 @@ def phase_printer(app: App) -> Any:
     def on_event(kind: str, **f: Any) -> None:
         if kind == "phase" and f["state"] == "done":
             err.print(f"[dim]  {f['phase']:<9} {f['seconds']:6.2f} s[/]")
+        elif kind == "teardown":
+            err.print(f"[yellow]{escape(f['message'])}[/]" if f["left"] else escape(f["message"]))
 
     return on_event
 

@@ -129,22 +129,40 @@ class Volume(Protocol):
         """Make the live volume equal the snapshot (``keep``: names at the snap, if already known)."""
         ...
 
-    def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True, fresh: bool = False) -> int:
+    def write_objects(
+        self,
+        items: Iterable[ObjectStream],
+        *,
+        exact: bool = True,
+        fresh: bool = False,
+        created: set[str] | None = None,
+    ) -> int:
         """Write objects (data, xattrs, omap replaced whole); with ``exact`` remove every other object;
         ``fresh``: the caller found the volume empty, so nothing is listed, and an object that
-        appeared since is never overwritten (the write fails)."""
+        appeared since is never overwritten (the write fails); ``created`` gets the name of each
+        object whose write went through, also when a later one fails."""
         ...
 
     def clone_from_snapshot(
-        self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None, *, fresh: bool = False
+        self,
+        snap_name: str,
+        target: str,
+        objects: Iterable[VolumeObject] | None = None,
+        *,
+        fresh: bool = False,
+        created: set[str] | None = None,
     ) -> Volume:
         """Copy the snapshot's content into a sibling volume named ``target``; return it (``objects``:
         the snapshot's objects with their metadata when the caller knows them, e.g. from a manifest;
-        ``fresh``: the caller found ``target`` empty, as in ``write_objects``)."""
+        ``fresh`` and ``created`` as in ``write_objects``)."""
         ...
 
     def purge(self) -> int:
         """Delete every live object of the volume; return how many."""
+        ...
+
+    def remove_objects(self, names: Iterable[str]) -> int:
+        """Delete the named objects (absent ones are fine) and nothing else; return how many were removed."""
         ...
 
     def close(self) -> None:

@@ -399,12 +399,21 @@ class RadosVolume:
             for _ in pool.map(roll, sorted(wanted)):
                 pass
 
-    def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True, fresh: bool = False) -> int:
+    def write_objects(
+        self,
+        items: Iterable[ObjectStream],
+        *,
+        exact: bool = True,
+        fresh: bool = False,
+        created: set[str] | None = None,
+    ) -> int:
         """Write each (object, data chunks) whole — data, xattrs, omap replaced — pipelined; return the count.
 
         ``exact``: afterwards the namespace holds exactly these objects (others are removed).
         ``fresh``: the caller found the namespace empty; nothing is listed and every object is
         created exclusively (one that appeared since is never overwritten: the write fails).
+        ``created``: gets the name of every object whose write went through, also when a later
+        one fails (what a failed restore's teardown may remove, and nothing else).
         A data stream whose length differs from ``object.size`` raises ``IntegrityError``.
         """
         io = self._head_io()
@@ -412,7 +421,7 @@ class RadosVolume:
             # what to remove afterwards is listed while the writes go on (listing a namespace scans
             # the pool: seconds in a large one); an object written meanwhile is in `written`, kept
             before = pool.submit(self._names_apart) if exact and not fresh else None
-            written = self._write_all(io, items, fresh=fresh)
+            written = self._write_all(io, items, fresh=fresh, created=created)
             if before is not None:
                 self._remove_many(io, [n for n in before.result() if n not in written])
         return len(written)
@@ -425,8 +434,11 @@ class RadosVolume:
         finally:
             io.close()
 
-    def _write_all(self, io: Any, items: Iterable[ObjectStream], *, fresh: bool = False) -> set[str]:
-        """Write every object through the aio window; the names written (``fresh``: create each exclusively)."""
+    def _write_all(
+        self, io: Any, items: Iterable[ObjectStream], *, fresh: bool = False, created: set[str] | None = None
+    ) -> set[str]:
+        """Write every object through the aio window; the names written (``fresh``: create each exclusively;
+        ``created``: as in ``write_objects``)."""
         rados = ceph.rados_module()
         written: set[str] = set()
         inflight: collections.deque[tuple[str, int, Any, Any]] = collections.deque()
@@ -436,6 +448,9 @@ class RadosVolume:
             ceph.wait(entry[2])
             if entry[3] is not None:
                 entry[3].release()
+                # the op that creates (or replaces) the object: from here on it is this writer's
+                if created is not None and entry[2].get_return_value() >= 0:
+                    created.add(entry[0])
 
         def reap() -> None:
             nonlocal inflight_bytes
@@ -509,14 +524,20 @@ class RadosVolume:
             raise _rv_error(f"write {self.url}/{name}", rv)
 
     def clone_from_snapshot(
-        self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None, *, fresh: bool = False
+        self,
+        snap_name: str,
+        target: str,
+        objects: Iterable[VolumeObject] | None = None,
+        *,
+        fresh: bool = False,
+        created: set[str] | None = None,
     ) -> RadosVolume:
         """Copy the snapshot's content of this namespace into namespace ``target`` (made exact); return it.
 
         ``objects``: what the snapshot holds (names, sizes, xattrs, omap), when the caller knows it
         (a point's manifest, taken from this very snapshot); else every object is scanned first.
         ``fresh``: the caller found ``target`` empty (``write_objects``: not listed again, objects
-        created exclusively).
+        created exclusively). ``created``: as in ``write_objects``.
         """
         if target == self.namespace:
             raise InvalidInput(f"clone of {self.url} into itself: use rollback_to")
@@ -528,13 +549,17 @@ class RadosVolume:
             window_bytes=self._window_bytes,
             threads=self._threads,
         )
-        clone.write_objects(self.read_objects_at(snap_name, objects), exact=True, fresh=fresh)
+        clone.write_objects(self.read_objects_at(snap_name, objects), exact=True, fresh=fresh, created=created)
         return clone
 
     def purge(self) -> int:
         """Delete every live object of this namespace (drill teardown); return how many were removed."""
         io = self._head_io()
         return self._remove_many(io, self._names(io))
+
+    def remove_objects(self, names: Iterable[str]) -> int:
+        """Delete the named objects (absent ones are fine), nothing else; return how many were removed."""
+        return self._remove_many(self._head_io(), sorted(set(names)))
 
     def _remove_many(self, io: Any, names: list[str]) -> int:
         inflight: collections.deque[tuple[str, Any]] = collections.deque()

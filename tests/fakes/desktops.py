@@ -695,7 +695,14 @@ class FakeVolume:
             if f.exists():
                 _copy_object(f, live)
 
-    def write_objects(self, items: Iterable[ObjectStream], *, exact: bool = True, fresh: bool = False) -> int:
+    def write_objects(
+        self,
+        items: Iterable[ObjectStream],
+        *,
+        exact: bool = True,
+        fresh: bool = False,
+        created: set[str] | None = None,
+    ) -> int:
         live = self._live()
         live.mkdir(parents=True, exist_ok=True)
         written: set[str] = set()
@@ -707,6 +714,8 @@ class FakeVolume:
                 raise DrsvcError(f"write {self.url}/{obj.name}: the object exists (fresh volume); not overwritten")
             _write_object(live, obj.name, data, dict(obj.xattrs), dict(obj.omap))
             written.add(obj.name)
+            if created is not None:
+                created.add(obj.name)
         if exact and not fresh:
             for f in list(live.glob("*.json")):
                 if _unq(f.name) not in written:
@@ -714,13 +723,29 @@ class FakeVolume:
         return len(written)
 
     def clone_from_snapshot(
-        self, snap_name: str, target: str, objects: Iterable[VolumeObject] | None = None, *, fresh: bool = False
+        self,
+        snap_name: str,
+        target: str,
+        objects: Iterable[VolumeObject] | None = None,
+        *,
+        fresh: bool = False,
+        created: set[str] | None = None,
     ) -> FakeVolume:
         if target == self.namespace:
             raise InvalidInput(f"clone of {self.url} into itself: use rollback_to")
         clone = FakeVolume(self.world, self.pool, target)
-        clone.write_objects(self.read_objects_at(snap_name, objects), exact=True, fresh=fresh)
+        clone.write_objects(self.read_objects_at(snap_name, objects), exact=True, fresh=fresh, created=created)
         return clone
+
+    def remove_objects(self, names: Iterable[str]) -> int:
+        live = self._live()
+        removed = 0
+        for name in set(names):
+            f = live / _qname(name)
+            if f.exists():
+                _remove_object(f)
+                removed += 1
+        return removed
 
     def purge(self) -> int:
         live = self._live()

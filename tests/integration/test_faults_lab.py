@@ -189,6 +189,40 @@ def test_killed_clone_restores_leave_nothing_after_cleanup(drsvc_env, make_fleet
             services.volume(f"rados://desktops/{clone}").purge()
 
 
+def test_a_failed_clone_restore_leaves_what_another_writer_put_in_its_namespace(drsvc_env, make_fleet, rados_cluster):
+    """Real RADOS: someone writes into the clone's namespace after the plan found it empty, one object
+    under a name the restore writes too. The restore fails there; its teardown removes the objects it
+    wrote and nothing of the other writer's."""
+    from drsvc.errors import DrsvcError
+    from drsvc.restore import RestoreJob
+
+    [desktop] = make_fleet(1)
+    assert drsvc_env.cli("backup", desktop).code == 0
+    clone = f"{desktop}-raced"
+    services = drsvc_env.services()
+    io = rados_cluster.open_ioctx("desktops")
+    io.set_namespace(clone)
+    try:
+        said: list[str] = []
+        job = RestoreJob(services, on_event=lambda kind, **f: said.append(f["message"]) if kind == "teardown" else None)
+        plan = job.plan(desktop, as_name=clone)
+        assert plan.target.empty
+        names = sorted(o["name"] for o in plan.manifest["volume"]["objects"])
+        theirs = {names[len(names) // 2]: b"written by someone else", "not-drsvcs": b"an operator's note"}
+        for name, data in theirs.items():
+            io.write_full(name, data)
+        with pytest.raises(DrsvcError, match="the object exists"):
+            job.run(plan)
+        # at head (a listing also shows what pool snapshots still hold)
+        left = {o.name: io.read(o.name, 1 << 20) for o in services.volume(f"rados://desktops/{clone}").objects_now()}
+        assert left == theirs, f"the teardown removed another writer's objects or left its own: {sorted(left)}"
+        assert len(said) == 1 and "2 object(s)" in said[0] and "did not write" in said[0], said
+        assert not container_exists(clone)
+    finally:
+        services.volume(f"rados://desktops/{clone}").purge()
+        io.close()
+
+
 def test_a_killed_in_place_restore_is_visible_and_the_same_command_resumes_it(drsvc_env, make_fleet):
     [desktop] = make_fleet(1)
     assert drsvc_env.cli("backup", desktop).code == 0

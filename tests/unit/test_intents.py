@@ -21,7 +21,17 @@ from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture)
 from drsvc import clock
 from drsvc.cleanup import CleanupJob, leftover_lines
 from drsvc.errors import NotFound
-from drsvc.intents import Intents, Owner, interrupted_restores, leftovers, owner_alive, points_being_read, resolve
+from drsvc.intents import (
+    Intents,
+    Owner,
+    interrupted_restores,
+    leftovers,
+    owner_alive,
+    pack_names,
+    points_being_read,
+    resolve,
+    unpack_names,
+)
 from drsvc.lease import Lease
 from drsvc.prune import plan_hot
 from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, DesktopRef
@@ -51,6 +61,7 @@ class FakeRuntime:
 
 class FakeVolume:
     purged: ClassVar[list[str]] = []
+    removed: ClassVar[list[tuple[str, list[str]]]] = []
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -58,6 +69,10 @@ class FakeVolume:
     def purge(self) -> int:
         FakeVolume.purged.append(self.url)
         return 1
+
+    def remove_objects(self, names: list[str]) -> int:
+        FakeVolume.removed.append((self.url, sorted(names)))
+        return len(names)
 
 
 @pytest.fixture
@@ -69,6 +84,7 @@ def kit(tmp_path: Path, aws: None) -> Iterator[ColdKit]:  # noqa: F811
     kit.runtime = FakeRuntime()
     kit.services.__dict__["runtime"] = kit.runtime
     FakeVolume.purged = []
+    FakeVolume.removed = []
     kit.services.volume = FakeVolume  # type: ignore[method-assign]
     yield kit
     kit.catalog.close()
@@ -119,6 +135,34 @@ def test_cleanup_removes_a_killed_restores_clone_and_only_a_clone(kit: ColdKit) 
     assert any("bob" in p for p in report.problems)
     assert leftovers(kit.catalog) == []  # resolved: a second cleanup has nothing to do
     assert CleanupJob(kit.services, None).run().nothing
+
+
+def test_cleanup_removes_only_the_objects_a_killed_clone_restore_recorded(kit: ColdKit) -> None:
+    """Not the namespace: what the killed run recorded before writing (names with any character)."""
+    names = ["home/a.bin", "odd\nname", "meta/profile"]
+    assert unpack_names(pack_names(names)) == sorted(names)
+    gone = Intents(kit.catalog, dead_owner(kit))
+    gone.record("clone-volume", "rados://desktops/desk-clone", restore=7, of="alice", **pack_names(names))
+    gone.record("clone-volume", "rados://desktops/old-clone", restore=6, of="alice")  # an older drsvc's intent
+    report = CleanupJob(kit.services, None).run()
+    assert FakeVolume.removed == [("rados://desktops/desk-clone", sorted(names))]
+    assert FakeVolume.purged == ["rados://desktops/old-clone"]  # no names recorded: the namespace, as before
+    assert any("objects 3" in line for line in report.undone), report.undone  # a count, not the names
+
+
+def test_cleanup_leaves_a_namespace_a_later_restore_of_the_same_name_holds(kit: ColdKit) -> None:
+    gone = Intents(kit.catalog, dead_owner(kit))
+    gone.record("clone-volume", "rados://desktops/desk-clone", restore=7, of="alice", **pack_names(["a"]))
+    gone.record("clone-container", "desk-clone", restore=7, of="alice", phase="plan")
+    kit.runtime.containers["desk-clone"] = {LABEL_DESKTOP: "desk-clone", LABEL_CLONE_OF: "alice"}
+    with Owner(kit.catalog) as owner:  # the racer that won, and was kept
+        winner = Intents(kit.catalog, owner.name)
+        resolve(kit.catalog, winner.record("clone-volume", "rados://desktops/desk-clone", restore=8), "kept")
+    report = CleanupJob(kit.services, None).run()
+    assert FakeVolume.removed == [] and FakeVolume.purged == []
+    assert kit.runtime.removed == [], "killed before its container phase: the container there is not its own"
+    assert any("holds its clone (restore 8)" in p for p in report.problems), report.problems
+    assert leftovers(kit.catalog) == []
 
 
 def test_a_killed_in_place_restore_is_reported_not_undone(kit: ColdKit) -> None:

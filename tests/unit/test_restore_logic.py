@@ -184,3 +184,58 @@ def test_a_missed_target_is_objective_missed_not_ok(deploy: Deployment) -> None:
     result = job.run(job.plan("alice"), force=True)
     assert (result.status, result.exit_code) == ("objective_missed", 5)
     assert result.rto_seconds > result.plan.target_seconds == 1.0
+
+
+# ---------------------------------------------------------------- a failed clone's teardown
+def _teardown_lines(services: object) -> tuple[RestoreJob, list[str]]:
+    lines: list[str] = []
+    job = RestoreJob(services, on_event=lambda kind, **f: lines.append(f["message"]) if kind == "teardown" else None)
+    return job, lines
+
+
+def test_a_failed_clone_removes_only_what_it_wrote_not_what_another_writer_put_there(deploy: Deployment) -> None:
+    """A writer that starts after the plan found the namespace empty: its objects survive the teardown,
+    the one it wrote under a name the restore also writes included, and the output says what stayed."""
+    three_points(deploy)
+    job, lines = _teardown_lines(deploy.services())
+    plan = job.plan("alice", as_name="alice-x")
+    assert plan.target.empty
+    theirs = {"home/alice/file-03.bin": b"not drsvc's", "notes/operator.txt": b"mine"}
+    deploy.world.write_volume("desktops", "alice-x", theirs)  # after the emptiness check
+    with pytest.raises(DrsvcError, match="the object exists"):
+        job.run(plan)
+    left = deploy.world.read_volume("desktops", "alice-x")
+    assert {name: data for name, (data, _, _) in left.items()} == theirs, "the teardown removed another writer's data"
+    assert len(lines) == 1 and "2 object(s) this restore wrote removed" in lines[0]
+    assert "2 object(s) in fakevol://desktops/alice-x this restore did not write" in lines[0]
+
+
+def test_a_failed_clone_after_its_volume_removes_its_objects_and_leaves_a_strangers(deploy: Deployment) -> None:
+    three_points(deploy)
+    job, lines = _teardown_lines(deploy.services())
+    plan = job.plan("alice", as_name="alice-x")
+    deploy.world.write_volume("desktops", "alice-x", {"notes/operator.txt": b"mine"})
+    deploy.world.set_knobs("alice", restore_error="no space left")
+    with pytest.raises(DrsvcError, match="no space left"):
+        job.run(plan)
+    assert list(deploy.world.read_volume("desktops", "alice-x")) == ["notes/operator.txt"]
+    assert "6 object(s) this restore wrote removed" in lines[0] and "1 object(s)" in lines[0]
+
+
+def test_a_losing_racer_of_the_same_clone_name_leaves_the_winners_clone(deploy: Deployment) -> None:
+    """Two `restore --as` of one name, both planned on the empty namespace: the one that loses at its
+    first object must not take the winner's container and namespace down with it."""
+    three_points(deploy)
+    services = deploy.services()
+    loser, lines = _teardown_lines(services)
+    late = loser.plan("alice", as_name="alice-x")
+    winner = RestoreJob(services)
+    assert winner.run(winner.plan("alice", as_name="alice-x")).status == "ok"
+    with pytest.raises(DrsvcError, match="the object exists"):
+        loser.run(late)
+    assert deploy.world.container("alice-x")["state"] == "running", "the winner's clone container was removed"
+    assert digests(deploy.world.read_volume("desktops", "alice-x")) == digests(volume_for(3, "alice"))
+    assert "0 object(s) this restore wrote removed" in lines[0] and "container alice-x" in lines[0]
+    # the winner's intents are its own: still kept, not resolved by the loser's teardown
+    states = {r["state"] for r in services.catalog.query("SELECT state FROM intents WHERE kind LIKE 'clone-%'")}
+    assert states == {"kept", "undone"}
