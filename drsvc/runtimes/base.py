@@ -273,6 +273,23 @@ def image_matches(image_id: str, target: str) -> bool:
     return bool(have and want) and have.startswith(want)
 
 
+def loaded_image_id(runtime_url: str, target: str) -> str:
+    """The full image id a ``loaded-image`` intent names (``sha256:`` + 64 hex digits, or the 64 alone).
+
+    The target comes from a point's manifest (a store is hostile) or the catalog: anything else
+    (a reference like ``repo:tag`` that other desktops' images share, a short prefix, another
+    desktop's or container's name, a path such as ``../containers/NAME`` that an HTTP API would
+    resolve elsewhere) is refused with ``InvalidInput`` before the runtime is asked anything.
+    """
+    from drsvc.errors import InvalidInput
+
+    if not is_full_id(target.removeprefix("sha256:")):
+        raise InvalidInput(
+            f"forget loaded-image {target[:120]!r} on {runtime_url}: not a full image id (sha256:<64 hex>); refused"
+        )
+    return target
+
+
 def forget(runtime: object, kind: str, target: str) -> str:
     """Remove an artifact a restore left (see above); a runtime without ``forget`` has nothing to forget."""
     fn = getattr(runtime, "forget", None)

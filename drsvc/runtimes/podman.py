@@ -45,6 +45,7 @@ from drsvc.runtimes.base import (
     desktop_from_labels,
     image_matches,
     inspect_isolation,
+    loaded_image_id,
     probe_tcp_in_netns,
     with_criu_log,
 )
@@ -462,6 +463,7 @@ class PodmanRuntime:
         """Remove a base image a killed restore loaded ("undone"), unless a container runs from it ("kept")."""
         if kind != "loaded-image":
             raise InvalidInput(f"forget {kind} {target}: podman:// leaves no {kind}")
+        target = loaded_image_id(self.url, target)  # an exact image id, never a name or a path
         if not self.image_exists(target):
             return "undone"
         _, items = self._call("GET", "/containers/json", params={"all": "true"}, what=f"forget image {target}")

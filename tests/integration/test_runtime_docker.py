@@ -17,13 +17,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 from runtime_suite import RuntimeSuite
 
-from drsvc.errors import DrsvcError
+from drsvc.errors import DrsvcError, InvalidInput
 from drsvc.runtimes import open_runtime
 from drsvc.runtimes.docker import DockerRuntime
 from drsvc.runtimes.freeze import FreezeBatch, hook_installed, install_hook
@@ -293,3 +294,70 @@ def test_dockerd_checkpoint_honours_the_freeze_hook(
     while host_counter(rootfs)[0] <= c1[0] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert host_counter(rootfs)[0] > c1[0] and host_counter(rootfs)[1] == c1[1]
+
+
+# ---------------------------------------------------------------------- forget
+def test_forget_removes_exactly_the_loaded_image_it_names_and_refuses_anything_else(
+    docker_runtime: DockerRuntime, make_docker_fleet: DockerFleet
+) -> None:
+    """``forget("loaded-image", ID)`` (what cleanup calls after a killed restore loaded a base image):
+    that image and nothing beside it; gone already is no error; an image another desktop's
+    container runs from is kept; a target that is not a full image id is refused, whatever dockerd
+    would make of it (a stopped container of another desktop is what a path would reach)."""
+    [desktop] = make_docker_fleet(1, data_mib=0.1)
+    api = docker_runtime.api
+    mark = uuid.uuid4().hex[:8]
+    repo = f"localhost/failsafe-forget-{mark}"
+    victim = f"{make_docker_fleet.prefix}-victim"  # the fleet's cleanup removes it
+
+    def scratch(n: int) -> str:
+        """An image of its own id (the lab image plus a label), as a restore's load would leave one."""
+        cid = api.create_container(IMAGE, command=["true"])["Id"]
+        try:
+            return str(api.commit(cid, repository=repo, tag=str(n), changes=f"LABEL failsafe.forget={mark}-{n}")["Id"])
+        finally:
+            api.remove_container(cid, force=True)
+
+    loaded, shared = scratch(1), scratch(2)
+    try:
+        # another desktop's container of the `shared` image (which has a second name), and a stopped
+        # container from the lab image
+        docker_runtime.tag_image(shared, repo, "shared")
+        api.create_container(shared, command=["true"], name=f"{make_docker_fleet.prefix}-user")
+        api.create_container(IMAGE, command=["true"], name=victim, labels={"drsvc.desktop": victim})
+        victim_id = docker_runtime.client.inspect_raw(victim)["Id"]
+        hostile = [
+            f"../containers/{victim}",
+            f"../../containers/{victim}",
+            f"sha256:../../containers/{victim}",
+            f"{repo}:shared",  # a reference (of the image another desktop uses), not the id a restore loaded
+            desktop,  # another desktop's id
+            loaded[: len("sha256:") + 12],  # a short prefix
+            "",
+        ]
+        for target in hostile:
+            with pytest.raises(InvalidInput, match="not a full image id"):
+                docker_runtime.forget("loaded-image", target)
+        with pytest.raises(InvalidInput):
+            docker_runtime.forget("checkpoint-archive", loaded)
+        # a 64-hex id that is a container's, not an image's: nothing to forget, nothing removed
+        assert docker_runtime.forget("loaded-image", victim_id) == "undone"
+
+        assert docker_runtime.forget("loaded-image", shared) == "kept"
+        assert docker_runtime.forget("loaded-image", loaded) == "undone"
+        assert not docker_runtime.image_exists(loaded)
+        assert docker_runtime.forget("loaded-image", loaded) == "undone"  # gone already: no error
+        assert docker_runtime.forget("loaded-image", loaded.removeprefix("sha256:")) == "undone"
+
+        assert docker_runtime.image_exists(shared), "an image another desktop's container uses was removed"
+        assert docker_runtime.image_exists(f"{repo}:shared"), "a name of another desktop's image was removed"
+        assert docker_runtime.image_exists(IMAGE), "the lab image went"
+        assert docker_runtime.client.inspect_raw(victim)["Id"] == victim_id, "another container was touched"
+        assert docker_runtime.inspect(desktop).state == "running"
+    finally:
+        for name in (f"{make_docker_fleet.prefix}-user", victim):
+            with suppress(Exception):
+                api.remove_container(name, force=True)
+        for n in ("1", "2", "shared"):
+            with suppress(Exception):
+                api.remove_image(f"{repo}:{n}", force=True)

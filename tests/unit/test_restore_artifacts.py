@@ -233,3 +233,17 @@ def test_a_runtime_without_forget_has_nothing_to_forget() -> None:
 
     assert restore_artifact(object(), "ab" * 8) is None
     assert forget(object(), "loaded-image", "sha256:" + "1" * 64) == "undone"
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["../containers/bob", "sha256:../../containers/bob", "localhost/drsvc-desk:busybox", "bob", "sha256:ab12", ""],
+)
+def test_a_loaded_image_is_named_by_its_full_id_only(target: str) -> None:
+    from drsvc.errors import InvalidInput
+    from drsvc.runtimes.base import loaded_image_id
+
+    with pytest.raises(InvalidInput, match="not a full image id"):
+        loaded_image_id("docker:///run/docker.sock", target)
+    full = "sha256:" + "ab" * 32
+    assert loaded_image_id("docker://", full) == full and loaded_image_id("podman://", full[7:]) == full[7:]

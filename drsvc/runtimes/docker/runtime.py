@@ -24,6 +24,7 @@ from drsvc.runtimes.base import (
     desktop_from_labels,
     image_matches,
     inspect_isolation,
+    loaded_image_id,
     probe_tcp_in_netns,
 )
 from drsvc.runtimes.docker.client import CHUNK, DockerClient, chunks
@@ -307,6 +308,7 @@ class DockerRuntime:
         """Remove a base image a killed restore loaded ("undone"), unless a container runs from it ("kept")."""
         if kind != "loaded-image":
             raise InvalidInput(f"forget {kind} {target}: docker:// leaves no {kind}")
+        target = loaded_image_id(self.url, target)  # an exact image id, never a name or a path
         if self.client.image_id(target) is None:
             return "undone"
         with self.client.errors(f"forget image {target}"):
