@@ -26,6 +26,8 @@ everything, as the first round), removed after the round; every round reports th
 in the hot store (RADOS) and the cold one (S3). ``--skip cold|hot`` leaves those restores out.
 ``--variant 'SETTING = VALUE'`` (with ``--backups``) adds a turn with this tree and that line in
 ``[cold]`` (e.g. ``recompress = false``) to each round, restored from cold unless ``--skip cold``.
+``--chunk-kib N`` makes this tree's installations with ``[hot] chunk_kib = N`` (a new hot store
+cutting N KiB chunks on average; the cold store takes its parameters).
 
     eval "$(dev/lab env)"; flock /tmp/drsvc-lab.lock .venv/bin/python bench/e2e.py [--mib 512 --rounds 2]
 
@@ -88,9 +90,13 @@ def lab_cpu() -> float:
 
 
 class E2E(Bench):
-    def __init__(self, work: Path, src: Path, profile: Path | None, before: Path | None = None) -> None:
+    def __init__(
+        self, work: Path, src: Path, profile: Path | None, before: Path | None = None, chunk_kib: int | None = None
+    ) -> None:
         super().__init__(work, src, [])  # one installation: ``--before`` restores the same point with another tree
         build = self.builds[0]
+        self.chunk_kib = chunk_kib
+        build.config.write_text(self.with_chunk_size(build.config.read_text()))
         self.config, self.dir, self.hot_url, self.bucket = build.config, build.dir, build.hot_url, build.bucket
         self.profile = profile
         self.before = before
@@ -166,6 +172,7 @@ class E2E(Bench):
         hot_url, bucket = f"rados://drsvc-hot/{self.prefix}-{tag}", f"{self.bucket}-{tag}"
         config = where / "drsvc.toml"
         text = config_text(hot=hot_url, cold=f"s3://{bucket}/fleet", runtime=True)
+        text = text if tree is not None else self.with_chunk_size(text)  # --chunk-kib: this tree's installations
         config.write_text(text.replace("[runtime]\n", f"{variant}\n[runtime]\n"))  # [cold] comes just before
         try:
             row = self.backup_tier(tree, config, f"-{tag}")
@@ -175,6 +182,12 @@ class E2E(Bench):
             return row
         finally:
             self.drop_installation(where, hot_url, bucket)
+
+    def with_chunk_size(self, text: str) -> str:
+        """A config text with ``[hot] chunk_kib`` when ``--chunk-kib`` was given."""
+        if self.chunk_kib is None:
+            return text
+        return text.replace("[hot]\n", f"[hot]\nchunk_kib = {self.chunk_kib}\n", 1)
 
     def drop_installation(self, where: Path, hot_url: str, bucket: str) -> None:
         from drsvc.storage import open_store
@@ -294,6 +307,7 @@ def main() -> None:
     parser.add_argument(
         "--backups", type=int, default=0, help="more backup + tier rounds, each into a fresh installation"
     )
+    parser.add_argument("--chunk-kib", type=int, help="this tree's new hot stores cut N KiB chunks on average")
     parser.add_argument("--skip", action="append", default=[], choices=["cold", "hot"], help="skip these restores")
     parser.add_argument(
         "--before",
@@ -317,7 +331,7 @@ def main() -> None:
     src = Path(tempfile.mkdtemp(prefix="perf-e2e-bench-src-", dir="/dev/shm"))
     if args.before is not None:
         byte_compile(args.before)
-    bench = E2E(work, src, args.profile, args.before)
+    bench = E2E(work, src, args.profile, args.before, args.chunk_kib)
     try:
         written = bench.setup(args.mib, args.seed)
         print(f"desktop {bench.desktop}: {written / MiB:.0f} MiB in {len(files_of(src))} objects; "

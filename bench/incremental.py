@@ -24,7 +24,10 @@ kernel without soft-dirty tracking); ``backup-ckpt`` is drsvc's backup step minu
 ``--before DIR`` (repeatable) adds a build: the drsvc tree in DIR (e.g. ``git archive REV drsvc |
 tar -x -C DIR``), run with this venv's interpreter and ``PYTHONPATH=DIR``, with its own catalog,
 hot prefix and bucket; builds take turns on the same desktop in every round. ``--no-full`` skips
-the full-read rows (each costs a whole read per round).
+the full-read rows (each costs a whole read per round). ``--chunk-kib N`` (repeatable) adds a build
+of this tree whose hot store is made with ``[hot] chunk_kib = N`` (``kibN``; the cold store takes
+its parameters): the average chunk size's trade, beside the default's (128 KiB) in the same run;
+every build's hot store object count is printed at the end.
 
     apt-get install -y restic
     eval "$(dev/lab env)"; flock /tmp/drsvc-lab.lock .venv/bin/python bench/incremental.py [--mib 1024 --rounds 3]
@@ -90,7 +93,9 @@ def scatter(root: Path, fraction: float, seed: int) -> dict[str, list[tuple[int,
 class Build:
     """One drsvc tree (this checkout, or ``--before``) with its own config, key, catalog, hot prefix, bucket."""
 
-    def __init__(self, label: str, tree: Path, work: Path, desktop: str, tag: str) -> None:
+    def __init__(
+        self, label: str, tree: Path, work: Path, desktop: str, tag: str, chunk_kib: int | None = None
+    ) -> None:
         self.label, self.tree, self.desktop = label, tree, desktop
         self.bucket = re.sub(r"[^a-z0-9-]", "-", f"perf-inc-{tag}-{label}".lower())[:63].rstrip("-")
         self.dir = work / f"drsvc-{label}"
@@ -98,7 +103,10 @@ class Build:
         generate_key_file(self.dir / "drsvc.key")
         self.hot_url = f"rados://drsvc-hot/perf-inc-{tag}-{label}"
         self.config = self.dir / "drsvc.toml"
-        self.config.write_text(config_text(hot=self.hot_url, cold=f"s3://{self.bucket}/fleet", runtime=True))
+        text = config_text(hot=self.hot_url, cold=f"s3://{self.bucket}/fleet", runtime=True)
+        if chunk_kib is not None:
+            text = text.replace("[hot]\n", f"[hot]\nchunk_kib = {chunk_kib}\n", 1)
+        self.config.write_text(text)
         self.env = {**os.environ, "PYTHONPATH": str(tree)}
         byte_compile(tree)
         self.s3 = boto3.client("s3", endpoint_url=ENDPOINT)
@@ -159,6 +167,12 @@ class Build:
             catalog.close()
         return dict(manifest["volume"]["capture"])
 
+    def hot_objects(self) -> int:
+        """Objects in the hot store (chunks, manifests, config, keys): one listing, untimed."""
+        from drsvc.storage import open_store
+
+        return sum(1 for _ in open_store(self.hot_url).list(""))
+
     def cleanup(self) -> None:
         try:
             catalog = Catalog.open(self.dir / "catalog.db")
@@ -181,13 +195,16 @@ class Build:
 
 
 class Bench:
-    def __init__(self, work: Path, src: Path, before: list[Path], this: Path = ROOT) -> None:
+    def __init__(
+        self, work: Path, src: Path, before: list[Path], this: Path = ROOT, chunk_kib: tuple[int, ...] = ()
+    ) -> None:
         self.work, self.src = work, src
         tag = uuid.uuid4().hex[:6]
         self.prefix = f"perf-inc-{tag}"
         self.desktop = f"{self.prefix}-001"
         self.restic_bucket = f"perf-inc-restic-{tag}"
         self.builds = [Build("this", this, work, self.desktop, tag)]
+        self.builds += [Build(f"kib{n}", this, work, self.desktop, tag, chunk_kib=n) for n in chunk_kib]
         self.builds += [Build(tree.resolve().name, tree.resolve(), work, self.desktop, tag) for tree in before]
         import rados
 
@@ -277,12 +294,19 @@ def main() -> None:
     parser.add_argument("--before", type=Path, action="append", default=[], help="another drsvc tree (repeatable)")
     parser.add_argument("--this", type=Path, default=ROOT, help="the drsvc tree of the 'this' build (default: here)")
     parser.add_argument("--no-full", action="store_true", help="skip the full-read rows (capture.full_every: 1)")
+    parser.add_argument(
+        "--chunk-kib",
+        type=int,
+        action="append",
+        default=[],
+        help="also a build of this tree whose new hot store cuts N KiB chunks on average (repeatable)",
+    )
     args = parser.parse_args()
     if not shutil.which("restic"):
         sys.exit("restic is not installed (apt-get install -y restic): it is the reference")
     work = Path(tempfile.mkdtemp(prefix="perf-inc-bench-"))
     src = Path(tempfile.mkdtemp(prefix="perf-inc-bench-src-", dir="/dev/shm"))
-    bench = Bench(work, src, args.before, args.this.resolve())
+    bench = Bench(work, src, args.before, args.this.resolve(), tuple(args.chunk_kib))
     builds = bench.builds
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     try:
@@ -341,6 +365,8 @@ def main() -> None:
             print(f"  stored growth / changed bytes: drsvc {b.label} {statistics.median(growth):.2f}x")
         rgrowth = [d["stored_mib"] / s for d, s in zip(changed["restic"], sizes, strict=True)]
         print(f"  stored growth / changed bytes: restic {statistics.median(rgrowth):.2f}x")
+        for b in builds:
+            print(f"  hot store objects: drsvc {b.label} {b.hot_objects()}")
     finally:
         bench.cleanup()
         shutil.rmtree(work, ignore_errors=True)

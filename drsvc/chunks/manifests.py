@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from drsvc.chunks.codec import Codec
-from drsvc.chunks.layout import MANIFEST_MAX, MANIFEST_STORED_MAX, MANIFESTS_PREFIX, segment
+from drsvc.chunks.layout import MANIFEST_MAX, MANIFEST_STORED_MAX, MANIFESTS_PREFIX, MiB, segment
 from drsvc.chunks.refs import is_stream_dict
-from drsvc.errors import IntegrityError, NotFound
+from drsvc.errors import IntegrityError, InvalidInput, NotFound
 from drsvc.storage.base import ObjectStore
 
 
@@ -51,7 +51,16 @@ class Manifests:
         key = manifest_key(desktop, point_id)
         check_streams(key, doc, codec.keys.key_id)
         raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        self.store.put(key, codec.seal_doc(key, raw))
+        blob = codec.seal_doc(key, raw)
+        if len(raw) > MANIFEST_MAX or len(blob) > MANIFEST_STORED_MAX:
+            # Readers refuse it (hostile-input bounds): never store a point no one can read back.
+            # Its size grows with the chunk count (~35 bytes stored per chunk: 4x at 32 KiB chunks).
+            raise InvalidInput(
+                f"{key}: the manifest would be {len(blob) / MiB:.0f} MiB stored, {len(raw) / MiB:.0f} MiB of JSON; "
+                f"readers take at most {MANIFEST_STORED_MAX // MiB} and {MANIFEST_MAX // MiB} MiB: too many chunks "
+                "for one point (a store made with a larger [hot] chunk_kib cuts fewer)"
+            )
+        self.store.put(key, blob)
 
     def get_sealed(self, desktop: str, point_id: str) -> tuple[dict[str, Any], bytes]:
         """The manifest, authenticated, and the sealed object as stored (one read, for a verbatim copy)."""

@@ -197,3 +197,19 @@ def test_a_hot_store_with_larger_chunks_than_the_cold_store_takes_is_refused_bef
         assert "cold" not in kit.catalog.point(pid)["tiers"]
     finally:
         kit.close()
+
+
+def test_a_manifest_past_what_readers_accept_is_never_stored(tmp_path, services, monkeypatch):
+    """A manifest lists every chunk (~35 bytes each, stored): smaller chunks bring a volume 4x closer
+    to the readers' bound. One past it would be a point no one can read back: refused at write."""
+    import drsvc.chunks.manifests as manifests
+
+    hot = services(32).hot
+    ref = hot.write_stream(os.urandom(2 * MiB))
+    doc = {"volume": {"stream": ref.to_dict()}}
+    hot.put_manifest("alice", "p1", doc)  # within the bound: stored and read back
+    assert hot.get_manifest("alice", "p1") == doc
+    monkeypatch.setattr(manifests, "MANIFEST_STORED_MAX", 512)
+    with pytest.raises(InvalidInput, match=r"manifests/alice/p2: the manifest would be .* too many chunks"):
+        hot.put_manifest("alice", "p2", doc)
+    assert sorted(p for _, p in hot.list_manifests("alice")) == ["p1"]
