@@ -207,3 +207,22 @@ def test_a_locked_multipart_write_gets_its_retention_in_a_request_of_its_own() -
     assert last["method"] == "PUT" and "retention" in last["query"]
     assert b"<Mode>COMPLIANCE</Mode>" in last["body"]
     assert any(r["method"] == "POST" and "uploadId" in r["query"] for r in wire.requests[:-1])  # after completing
+
+
+def test_opening_an_s3_store_imports_neither_boto3_nor_s3transfer() -> None:
+    # ~0.1 s of every `drsvc tier` / cold restore: the store needs botocore's client alone
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\n"
+        "from drsvc.storage.s3 import S3Store\n"
+        "S3Store('b', endpoint_url='http://127.0.0.1:9', region='us-east-1', create=False).close()\n"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    modules = set(json.loads(done.stdout))
+    assert "botocore.client" in modules  # the probe really made a client
+    assert not {m for m in modules if m.split(".")[0] in ("boto3", "s3transfer")}

@@ -8,8 +8,9 @@ fallback (radosgw, MinIO). Credentials are never part of the URL or the config.
   ``window_bytes`` in flight on ``workers`` threads; ``get_many`` reads ahead ``window`` objects;
   ``delete_many`` sends ``DeleteObjects`` batches of 1000 keys; ``get_range`` is one ranged GET
   (how the chunk store reads many chunks of a pack per request).
-- Objects above ``multipart_threshold`` go through boto3's managed transfer (multipart, parallel
-  parts); chunks (≤ 1 MiB) are single ``PutObject`` calls.
+- Objects above ``multipart_threshold`` go through s3transfer (boto3's managed transfer:
+  multipart, parallel parts); chunks (≤ 1 MiB) are single ``PutObject`` calls. The client is
+  botocore's own (boto3 is never imported; s3transfer only for a multipart upload).
 - Retries: botocore's ``standard`` mode (exponential backoff with jitter on throttling, 5xx and
   connection errors), ``max_attempts`` 10. Not ``adaptive``: its client-side token bucket is
   documented as experimental and throttles every thread of the client together.

@@ -39,12 +39,13 @@ _DIGEST_MISMATCH = ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-def _boto3() -> Any:
+def _botocore_session(profile: str | None) -> Any:
+    """A botocore session: the client drsvc needs without importing boto3 and s3transfer (~0.1 s a process)."""
     try:
-        import boto3
-    except ImportError as e:  # pragma: no cover - boto3 is a dependency
+        import botocore.session
+    except ImportError as e:  # pragma: no cover - boto3 (and so botocore) is a dependency
         raise MissingDependency("the s3:// store needs boto3: pip install boto3") from e
-    return boto3
+    return botocore.session.Session(profile=profile) if profile else botocore.session.Session()
 
 
 def from_url(url: str, **options: Any) -> S3Store:
@@ -88,15 +89,6 @@ class S3Store(StoreBase):
         self._window = max(1, window)
         self._window_bytes = window_bytes
         self._lock_enabled: bool | None = None
-        boto3 = _boto3()
-        from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
-
-        self._transfer = TransferConfig(
-            multipart_threshold=multipart_threshold,
-            multipart_chunksize=max(8 * MiB, multipart_threshold // 2),
-            max_concurrency=self._workers,
-        )
         self._multipart_threshold = multipart_threshold
         self.endpoint = endpoint_url or os.environ.get("S3_ENDPOINT_URL") or None
         # How bodies are checked by the server (``_body_args``): over HTTPS a CRC32 header (what
@@ -108,7 +100,9 @@ class S3Store(StoreBase):
         # server-side copy (``copy_from``). The access key id is not a secret.
         self.identity = access_key or profile or os.environ.get("AWS_ACCESS_KEY_ID") or ""
         if client is None:
-            session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
+            session = _botocore_session(profile)
+            from botocore.config import Config
+
             config = Config(
                 retries={"mode": "standard", "max_attempts": max_attempts},
                 max_pool_connections=max(10, 2 * self._workers),
@@ -123,7 +117,7 @@ class S3Store(StoreBase):
             keys: dict[str, str] = {}
             if access_key and secret_key:
                 keys = {"aws_access_key_id": access_key, "aws_secret_access_key": secret_key}
-            client = session.client("s3", endpoint_url=self.endpoint, region_name=region, config=config, **keys)
+            client = session.create_client("s3", endpoint_url=self.endpoint, region_name=region, config=config, **keys)
         self._client = client
         self._errors = client.exceptions
         if create:
@@ -248,6 +242,19 @@ class S3Store(StoreBase):
             args["ObjectLockRetainUntilDate"] = until.astimezone(UTC)
         return args
 
+    def _multipart(self, oid: str, data: bytes, args: dict[str, Any]) -> None:
+        """One object in parts on up to ``workers`` threads (s3transfer, what boto3's upload_fileobj runs)."""
+        from s3transfer.manager import TransferConfig, TransferManager
+
+        config = TransferConfig(
+            multipart_threshold=self._multipart_threshold,
+            multipart_chunksize=max(8 * MiB, self._multipart_threshold // 2),
+            max_request_concurrency=self._workers,
+        )
+        with TransferManager(self._client, config) as manager:
+            body: Any = _ViewReader(data)
+            manager.upload(body, self.bucket, oid, extra_args=args).result()
+
     def _retain(self, oid: str, args: dict[str, Any]) -> None:
         retention = {"Mode": args["ObjectLockMode"], "RetainUntilDate": args["ObjectLockRetainUntilDate"]}
         self._client.put_object_retention(Bucket=self.bucket, Key=oid, Retention=retention)
@@ -274,7 +281,7 @@ class S3Store(StoreBase):
         try:
             if len(data) > self._multipart_threshold:
                 extra = args if self._signed else {**args, "ChecksumAlgorithm": "CRC32"}  # per part
-                self._client.upload_fileobj(_ViewReader(data), self.bucket, oid, ExtraArgs=extra, Config=self._transfer)
+                self._multipart(oid, data, extra)
                 if "ObjectLockRetainUntilDate" in args:
                     # radosgw (Ceph 16 here) drops the lock headers of a multipart upload without a
                     # word: the finished object gets its retention in a request of its own
