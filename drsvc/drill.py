@@ -225,6 +225,7 @@ class DrillJob:
         result = DesktopResult(desktop)
         restore = RestoreJob(self.services)
         plan: RestorePlan | None = None
+        ran = False  # the restore finished (its clone is whole); a failed one tore its own down
         try:
             plan = restore.plan(desktop, as_name=f"drill-{drill_id}-{desktop}")
             result.point_id, result.tier, result.clone = plan.point["id"], plan.tier, plan.name
@@ -234,6 +235,7 @@ class DrillJob:
                 raise DrsvcError("the latest point is crash-consistent (no checkpoint): nothing to prove continuity")
             self.on_event("start", desktop=desktop, plan=plan)
             outcome = restore.run(plan, network="none", verify=True, drill_id=drill_id, temporary=True)
+            ran = True
             result.phases = outcome.phases
             result.rto_seconds = outcome.rto_seconds
             result.verified = "data" in outcome.checks and outcome.checks.get("restored_from_checkpoint") is True
@@ -254,7 +256,7 @@ class DrillJob:
                 result.phases = json.loads(rows[0]["phases"])
                 result.rto_seconds = rows[0]["rto_seconds"]
         finally:
-            self._teardown(plan, result)
+            self._teardown(plan, result, ran=ran)
             self._record(drill_id, result)
             self.on_event("result", result=result)
         return result
@@ -270,8 +272,12 @@ class DrillJob:
             original = probe(plan.manifest["runtime"]["container"])
         return check_isolation(probe(plan.name), original)
 
-    def _teardown(self, plan: RestorePlan | None, result: DesktopResult) -> None:
-        """Remove the clone and its namespace; never the production desktop."""
+    def _teardown(self, plan: RestorePlan | None, result: DesktopResult, *, ran: bool) -> None:
+        """Remove the clone: its container and the objects its restore wrote; never the production desktop.
+
+        ``ran``: the restore finished, so it wrote every object of the point (into a namespace the
+        plan found empty); those go, nothing else there does. A restore that failed removed what it
+        wrote itself (``RestoreJob.teardown``)."""
         if plan is None or not plan.as_name:
             return
         try:
@@ -283,7 +289,10 @@ class DrillJob:
             # only the clone this drill made: never a container another restore or tenant put there
             if ref is not None and owned_clone(ref, plan.desktop["id"], plan.name):
                 runtime.remove(plan.name)
-            self.services.volume(plan.volume_url).purge()
+            if ran:
+                self.services.volume(plan.volume_url).remove_objects(
+                    o["name"] for o in plan.manifest["volume"]["objects"]
+                )
             resolve_clone(self.catalog, plan.name, plan.volume_url)  # the restore's intents: undone
         except DrsvcError as e:
             note = f"teardown failed: {e}"

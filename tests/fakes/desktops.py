@@ -745,6 +745,8 @@ class FakeVolume:
             if f.exists():
                 _remove_object(f)
                 removed += 1
+        if live.is_dir() and not any(live.iterdir()):
+            live.rmdir()  # a namespace with no object is no namespace (RADOS keeps no trace of it)
         return removed
 
     def purge(self) -> int:

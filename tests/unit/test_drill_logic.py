@@ -19,7 +19,8 @@ def fleet(d: Deployment, *names: str) -> None:
 
 def leftovers(d: Deployment) -> list[str]:
     clones = [c["name"] for c in d.world.containers() if c["name"].startswith("drill-")]
-    spaces = [p.name for p in (d.world.root / "pools" / "desktops" / "live").glob("drill-*")]
+    # a namespace with no object left is none (as in RADOS): only the fake keeps its directory
+    spaces = [p.name for p in (d.world.root / "pools" / "desktops" / "live").glob("drill-*") if any(p.iterdir())]
     return clones + spaces
 
 
@@ -151,3 +152,27 @@ def test_parallel_drills_each_get_their_own_sandbox(deploy: Deployment) -> None:
     report = DrillJob(deploy.services()).run(["a1", "a2", "a3"], parallel=3)
     assert report.exit_code == 0 and len({r.clone for r in report.results}) == 3
     assert leftovers(deploy) == []
+
+
+def test_a_drills_teardown_leaves_what_someone_else_wrote_into_its_sandbox_namespace(
+    deploy: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clone's objects go; an object another writer put there after the plan found it empty stays."""
+    fleet(deploy, "alice")
+    real_health = restore.RestoreJob._health
+    spaces: list[str] = []
+
+    def meanwhile(self, plan, restored, result):  # type: ignore[no-untyped-def]
+        spaces.append(plan.name)
+        live = deploy.world.live("desktops", plan.name)
+        objects = {n: v for n, v in deploy.world.read_volume("desktops", plan.name).items()}
+        deploy.world.write_volume("desktops", plan.name, {**objects, "notes/operator.txt": b"mine"})
+        assert live.is_dir()
+        return real_health(self, plan, restored, result)
+
+    monkeypatch.setattr(restore.RestoreJob, "_health", meanwhile)
+    (r,) = DrillJob(deploy.services()).run(["alice"]).results
+    assert r.passed, r.error
+    [space] = spaces
+    assert {n: v[0] for n, v in deploy.world.read_volume("desktops", space).items()} == {"notes/operator.txt": b"mine"}
+    assert not deploy.world.containers() or all(c["name"] != space for c in deploy.world.containers())
