@@ -60,7 +60,7 @@ from drsvc.restore_plan import (
     parse_time,
 )
 from drsvc.runtimes import archive as archive_rules
-from drsvc.runtimes.base import LABEL_VOLUME, DesktopRef
+from drsvc.runtimes.base import LABEL_VOLUME, DesktopRef, is_full_id
 from drsvc.targets import confirm_identity, namespace_of, owned_clone
 from drsvc.volumes.base import VolumeObject
 
@@ -282,6 +282,12 @@ class RestoreJob(RestorePlanner):
         with self._phase(result, "fetch"):
             image = plan.manifest.get("image")
             runtime = self.services.runtime
+            if image and image.get("image_id") and not is_full_id(str(image["image_id"]).removeprefix("sha256:")):
+                # what it names is asked of the runtime, loaded, recorded and later forgotten: an id, no name or path
+                raise IntegrityError(
+                    f"point {plan.point['id']}: its manifest names base image {str(image['image_id'])[:80]!r}, "
+                    "not a full image id; refused"
+                )
             if image and image.get("image_id") and not runtime.image_exists(image["image_id"]):
                 record = store.get_manifest(IMAGES, image_record_id(plan.manifest) or image_key(image["image_id"]))
                 ref = StreamRef.from_dict(record["stream"])

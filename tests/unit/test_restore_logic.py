@@ -13,7 +13,7 @@ import pytest
 from deployment import Deployment, digests, volume_for
 
 from drsvc import clock
-from drsvc.errors import DrsvcError, InvalidInput, NotFound
+from drsvc.errors import DrsvcError, IntegrityError, InvalidInput, NotFound
 from drsvc.restore import RestoreJob
 
 HOUR = timedelta(hours=1)
@@ -239,3 +239,15 @@ def test_a_losing_racer_of_the_same_clone_name_leaves_the_winners_clone(deploy: 
     # the winner's intents are its own: still kept, not resolved by the loser's teardown
     states = {r["state"] for r in services.catalog.query("SELECT state FROM intents WHERE kind LIKE 'clone-%'")}
     assert states == {"kept", "undone"}
+
+
+def test_a_manifest_naming_a_base_image_by_anything_but_its_full_id_is_refused(deploy: Deployment) -> None:
+    """The id is asked of the runtime, loaded, recorded and later forgotten: never a name or a path."""
+    three_points(deploy)
+    services = deploy.services()
+    job = RestoreJob(services)
+    plan = job.plan("alice", as_name="alice-x")
+    plan.manifest["image"]["image_id"] = "../containers/bob"  # as a hostile store could serve it
+    with pytest.raises(IntegrityError, match="not a full image id"):
+        job.run(plan)
+    assert not services.catalog.query("SELECT id FROM intents WHERE kind = 'loaded-image'")
