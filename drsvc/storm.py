@@ -20,6 +20,7 @@ every failure with its reason. Runs are recorded in ``site_recoveries`` and
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import threading
@@ -291,10 +292,23 @@ class FleetRestore:
         self.services.runtime  # noqa: B018
         if any(i.tier == "cold" for i in items):
             self.services.cold  # noqa: B018
+        planned = [item for item in items if item.status == "planned"]
+        order = collections.deque(planned)
+        taking = threading.Lock()
+
+        def next_one(_: FleetItem) -> None:
+            # each worker takes the next item, and announces it, in plan order: the pool's threads
+            # dequeue in order, but one may be preempted before it announces (or starts) its item
+            with taking:
+                item = order.popleft()
+                item.status = "running"
+                self.on_event("started", item=item, elapsed=time.monotonic() - t0)
+            self._one(item, t0)
+
         try:
             run_each(
-                lambda item: self._one(item, t0),
-                [item for item in items if item.status == "planned"],
+                next_one,
+                planned,
                 workers=self.parallel,
                 name="storm",
                 on_interrupt=lambda: setattr(report, "interrupted", True),
@@ -309,8 +323,6 @@ class FleetRestore:
         gate = RestoreGate(self.admission, item.host)
         job = RestoreJob(self.services, on_event=gate, relocate=self.relocate)
         plan: RestorePlan | None = None
-        item.status = "running"
-        self.on_event("started", item=item, elapsed=time.monotonic() - t0)
         try:
             item.clone = self.clone_name(item) if self.clone_name else None
             plan = job.plan(item.desktop, point_id=item.point_id, tier=item.tier, as_name=item.clone)
