@@ -27,7 +27,10 @@ hot prefix and bucket; builds take turns on the same desktop in every round. ``-
 the full-read rows (each costs a whole read per round). ``--chunk-kib N`` (repeatable) adds a build
 of this tree whose hot store is made with ``[hot] chunk_kib = N`` (``kibN``; the cold store takes
 its parameters): the average chunk size's trade, beside the default's (128 KiB) in the same run;
-every build's hot store object count is printed at the end.
+every build's hot store object count is printed at the end. ``--pool-objects N`` first puts N
+empty objects in the hot pool under a prefix of the bench's own, as a fleet's hot pool holds every
+other desktop's chunks (a RADOS listing reads the whole pool, whatever the prefix); ``--phases``
+prints each drsvc backup's phase seconds (``drsvc --json backup``'s ``phases``).
 
     apt-get install -y restic
     eval "$(dev/lab env)"; flock /tmp/drsvc-lab.lock .venv/bin/python bench/incremental.py [--mib 1024 --rounds 3]
@@ -93,6 +96,8 @@ def scatter(root: Path, fraction: float, seed: int) -> dict[str, list[tuple[int,
 class Build:
     """One drsvc tree (this checkout, or ``--before``) with its own config, key, catalog, hot prefix, bucket."""
 
+    phases = False  # print each backup's phases (--phases)
+
     def __init__(
         self, label: str, tree: Path, work: Path, desktop: str, tag: str, chunk_kib: int | None = None
     ) -> None:
@@ -137,6 +142,8 @@ class Build:
         backup = time.perf_counter() - t
         (result,) = doc["results"]
         assert result["status"] == "complete", result
+        if self.phases:
+            print(f"    {self.label}: backup {backup:.2f} s, phases {doc['phases']}", flush=True)
         time.sleep(1.1)  # the policy's tiering.after
         t = time.perf_counter()
         self.drsvc("tier")
@@ -212,6 +219,9 @@ class Bench:
         self.cluster.connect(timeout=15)
         self.io = self.cluster.open_ioctx("desktops")
         self.io.set_namespace(self.desktop)
+        self.hot_io = self.cluster.open_ioctx("drsvc-hot")
+        self.filler = f"{self.prefix}-fleet/"
+        self.filled = 0
         self.s3 = boto3.client("s3", endpoint_url=ENDPOINT)
 
     def checkpoint_round(self) -> dict[str, float]:
@@ -252,6 +262,23 @@ class Bench:
         self.restic("init")
         return written
 
+    def fill_pool(self, count: int) -> None:
+        """``count`` empty objects in the hot pool under the bench's own prefix (the rest of a fleet)."""
+        self.filled = count  # cleanup removes them all, also after a failure here
+        names = (self.filler + f"{i:08d}" for i in range(count))
+        self._pipelined(names, lambda oid: self.hot_io.aio_write_full(oid, b""))
+
+    def _pipelined(self, oids: Any, submit: Any) -> None:
+        inflight: list[Any] = []
+        for oid in oids:
+            inflight.append(submit(oid))
+            if len(inflight) >= 512:
+                for comp in inflight:
+                    comp.wait_for_complete()
+                inflight = []
+        for comp in inflight:
+            comp.wait_for_complete()
+
     def change(self, fraction: float, seed: int) -> int:
         writes = scatter(self.src, fraction, seed)
         for name, pieces in writes.items():
@@ -274,6 +301,9 @@ class Bench:
         subprocess.run(["podman", "rm", "-f", "-t", "0", self.desktop], capture_output=True, timeout=120)
         for o in list(self.io.list_objects()):
             self.io.remove_object(o.key)
+        if self.filled:
+            self._pipelined((self.filler + f"{i:08d}" for i in range(self.filled)), self.hot_io.aio_remove)
+        self.hot_io.close()
         for build in self.builds:
             build.cleanup()
         subprocess.run(
@@ -301,7 +331,10 @@ def main() -> None:
         default=[],
         help="also a build of this tree whose new hot store cuts N KiB chunks on average (repeatable)",
     )
+    parser.add_argument("--pool-objects", type=int, default=0, help="empty objects put in the hot pool first")
+    parser.add_argument("--phases", action="store_true", help="print each drsvc backup's phase seconds")
     args = parser.parse_args()
+    Build.phases = args.phases
     if not shutil.which("restic"):
         sys.exit("restic is not installed (apt-get install -y restic): it is the reference")
     work = Path(tempfile.mkdtemp(prefix="perf-inc-bench-"))
@@ -310,6 +343,10 @@ def main() -> None:
     builds = bench.builds
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     try:
+        if args.pool_objects:
+            t = time.perf_counter()
+            bench.fill_pool(args.pool_objects)
+            print(f"hot pool: {args.pool_objects} more objects in {time.perf_counter() - t:.1f} s")
         written = bench.setup(args.mib, args.seed)
         print(f"desktop {bench.desktop}: {written / MiB:.0f} MiB in {len(files_of(src))} objects; seconds, MiB")
         keys = ("total", "backup", "backup-ckpt", "tier", "read_mib", "stored_mib")
