@@ -274,10 +274,10 @@ class Bench:
             inflight.append(submit(oid))
             if len(inflight) >= 512:
                 for comp in inflight:
-                    comp.wait_for_complete()
+                    comp.wait_for_complete_and_cb()
                 inflight = []
         for comp in inflight:
-            comp.wait_for_complete()
+            comp.wait_for_complete_and_cb()
 
     def change(self, fraction: float, seed: int) -> int:
         writes = scatter(self.src, fraction, seed)
