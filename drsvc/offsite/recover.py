@@ -227,14 +227,22 @@ class SiteRecovery:
 
     @staticmethod
     def _teardown(services: Services, item: FleetItem, plan: RestorePlan) -> None:
-        """A drill desktop passes only verified and continued from its checkpoint; its clone always goes."""
+        """A drill desktop passes only verified and continued from its checkpoint; its clone always goes.
+
+        Of the namespace, only the clone's objects: the point's names once its restore finished (a
+        failed restore removed what it wrote itself); an object someone else wrote there stays."""
+        ran = item.up  # before the verdict below: whether the restore finished, not whether it passed
         if item.up and not ("data" in item.checks and item.checks.get("restored_from_checkpoint") is True):
             item.status = "failed"
             item.error = "not verified: no checkpoint restored or data not checked"
         if not plan.as_name:
             return  # never a live desktop
+        wrote = [o["name"] for o in plan.manifest["volume"]["objects"]] if ran else []
         errors = []
-        for step in (lambda: services.runtime.remove(plan.name), lambda: services.volume(plan.volume_url).purge()):
+        for step in (
+            lambda: services.runtime.remove(plan.name),
+            lambda: services.volume(plan.volume_url).remove_objects(wrote) if wrote else 0,
+        ):
             try:
                 step()
             except DrsvcError as e:

@@ -176,3 +176,27 @@ def test_a_drills_teardown_leaves_what_someone_else_wrote_into_its_sandbox_names
     [space] = spaces
     assert {n: v[0] for n, v in deploy.world.read_volume("desktops", space).items()} == {"notes/operator.txt": b"mine"}
     assert not deploy.world.containers() or all(c["name"] != space for c in deploy.world.containers())
+
+
+def test_a_site_drills_teardown_removes_the_clones_objects_and_nothing_else(deploy: Deployment) -> None:
+    from drsvc.offsite.recover import SiteRecovery
+    from drsvc.storm import FleetItem
+
+    fleet(deploy, "alice")
+    services = deploy.services()
+    job = restore.RestoreJob(services)
+    plan = job.plan("alice", as_name="sitedrill-abc123-alice")
+    result = job.run(plan, network="none", verify=True)
+    deploy.world.write_volume(
+        "desktops", plan.name, {**deploy.world.read_volume("desktops", plan.name), "notes/operator.txt": b"mine"}
+    )
+    item = FleetItem("alice", status="ok", checks=result.checks)
+    SiteRecovery._teardown(services, item, plan)
+    assert {n: v[0] for n, v in deploy.world.read_volume("desktops", plan.name).items()} == {
+        "notes/operator.txt": b"mine"
+    }
+    assert all(c["name"] != plan.name for c in deploy.world.containers())
+    # a failed restore tore its own clone down: the site drill removes no object then
+    failed = FleetItem("alice", status="failed")
+    SiteRecovery._teardown(services, failed, plan)
+    assert list(deploy.world.read_volume("desktops", plan.name)) == ["notes/operator.txt"]
