@@ -26,8 +26,8 @@ everything, as the first round), removed after the round; every round reports th
 in the hot store (RADOS) and the cold one (S3). ``--skip cold|hot`` leaves those restores out.
 ``--variant 'SETTING = VALUE'`` (with ``--backups``) adds a turn with this tree and that line in
 ``[cold]`` (e.g. ``recompress = false``) to each round, restored from cold unless ``--skip cold``.
-``--chunk-kib N`` makes this tree's installations with ``[hot] chunk_kib = N`` (a new hot store
-cutting N KiB chunks on average; the cold store takes its parameters).
+``--chunk-kib N`` makes every installation with ``[hot] chunk_kib = N`` (a new hot store cutting N
+KiB chunks on average; the cold store takes its parameters; a ``--before`` tree must know it).
 
     eval "$(dev/lab env)"; flock /tmp/drsvc-lab.lock .venv/bin/python bench/e2e.py [--mib 512 --rounds 2]
 
@@ -172,7 +172,7 @@ class E2E(Bench):
         hot_url, bucket = f"rados://drsvc-hot/{self.prefix}-{tag}", f"{self.bucket}-{tag}"
         config = where / "drsvc.toml"
         text = config_text(hot=hot_url, cold=f"s3://{bucket}/fleet", runtime=True)
-        text = text if tree is not None else self.with_chunk_size(text)  # --chunk-kib: this tree's installations
+        text = self.with_chunk_size(text)  # --chunk-kib: a --before tree must know [hot] chunk_kib too
         config.write_text(text.replace("[runtime]\n", f"{variant}\n[runtime]\n"))  # [cold] comes just before
         try:
             row = self.backup_tier(tree, config, f"-{tag}")
