@@ -11,15 +11,19 @@ compete for is not "restores" but three resources with very different costs:
 
 Everything at once divides each resource by the number of desktops: every desktop takes as long as
 the slowest, and the first is up no sooner than the last. Admission gives each resource a few
-slots and lets desktops through in priority order, so the first are up in about their own restore
-time, and the pipeline keeps every resource busy (one desktop downloads while another's CRIU
-restore runs). ``RestoreGate`` maps one restore's phases (``RestoreJob``'s ``phase`` events) onto
-the slots: it blocks in the event of a phase start until that phase's resources are free, and
-releases them when the phase is done. Waiting counts in the desktop's RTO, not in its phases.
+slots and lets desktops through in priority order -- a freed slot goes to the waiting desktop
+ranked first in the plan, whichever thread the OS wakes first (``RankedSlots``) -- so the first are
+up in about their own restore time, and the pipeline keeps every resource busy (one desktop
+downloads while another's CRIU restore runs). ``RestoreGate`` maps one restore's phases
+(``RestoreJob``'s ``phase`` events) onto the slots: it blocks in the event of a phase start until
+that phase's resources are free, and releases them when the phase is done. Waiting counts in the
+desktop's RTO, not in its phases.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import time
 from collections import defaultdict
@@ -42,12 +46,50 @@ class Limits:
         return {"downloads": self.downloads, "ceph_writes": self.ceph_writes, "criu_per_host": self.criu_per_host}
 
 
+class RankedSlots:
+    """``size`` slots given to waiters by rank (lowest first; equal ranks in arrival order).
+
+    A semaphore lets whichever thread runs first take a freed slot, so a desktop of lower priority
+    that happens to ask at the right moment would overtake one that waits; here a free slot goes
+    only to the first-ranked waiter.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free = size
+        self._waiting: list[tuple[int, int]] = []  # heap of (rank, arrival)
+        self._arrivals = itertools.count()
+        self._changed = threading.Condition()
+
+    def acquire(self, rank: int) -> None:
+        with self._changed:
+            me = (rank, next(self._arrivals))
+            heapq.heappush(self._waiting, me)
+            while not (self._free and self._waiting[0] == me):
+                self._changed.wait()
+            heapq.heappop(self._waiting)
+            self._free -= 1
+            self._changed.notify_all()  # the next-ranked waiter may take a slot still free
+
+    def release(self) -> None:
+        with self._changed:
+            if self._free >= self.size:
+                raise ValueError("slot released more often than acquired")
+            self._free += 1
+            self._changed.notify_all()
+
+    def waiting(self) -> int:
+        """How many wait now (for reports and tests)."""
+        with self._changed:
+            return len(self._waiting)
+
+
 class Admission:
     """The slots of every shared resource of one storm (``limits`` None: no bounds at all)."""
 
     def __init__(self, limits: Limits | None) -> None:
         self.limits = limits
-        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots: dict[str, RankedSlots] = {}
         self._lock = threading.Lock()
         self.waited: dict[str, float] = defaultdict(float)  # resource kind -> seconds spent waiting
 
@@ -56,16 +98,17 @@ class Admission:
         kind = resource.partition("@")[0]
         return {"download": self.limits.downloads, "ceph": self.limits.ceph_writes}.get(kind, self.limits.criu_per_host)
 
-    def acquire(self, resource: str) -> None:
-        """Take one slot of ``resource`` (``criu@HOST`` slots exist per host), waiting for it."""
+    def acquire(self, resource: str, rank: int = 0) -> None:
+        """Take one slot of ``resource`` (``criu@HOST`` slots exist per host), waiting for it
+        behind every waiter of a lower ``rank`` (the desktop's place in the plan)."""
         if self.limits is None:
             return
         with self._lock:
             slot = self._slots.get(resource)
             if slot is None:
-                slot = self._slots[resource] = threading.BoundedSemaphore(self._size(resource))
+                slot = self._slots[resource] = RankedSlots(self._size(resource))
         started = time.monotonic()
-        slot.acquire()
+        slot.acquire(rank)
         waited = time.monotonic() - started
         with self._lock:
             self.waited[resource.partition("@")[0]] += waited
@@ -88,12 +131,14 @@ class RestoreGate:
     from the first of them starting to the last finishing (the second waits with the first while
     it is taken); ``volume`` also holds a ``ceph`` slot; ``container`` holds ``criu@HOST``.
     Resources are always taken in that order (download, ceph, criu), so no two desktops wait for
-    each other. Every event is passed on to ``forward``.
+    each other. ``rank`` is the desktop's place in the plan: a lower rank is served first. Every
+    event is passed on to ``forward``.
     """
 
-    def __init__(self, admission: Admission, host: str, forward: Event | None = None) -> None:
+    def __init__(self, admission: Admission, host: str, forward: Event | None = None, *, rank: int = 0) -> None:
         self.admission = admission
         self.host = host
+        self.rank = rank
         self.forward = forward
         self._lock = threading.Lock()  # fetch and volume: who takes the download slot
         self._held_lock = threading.Lock()  # never held while waiting for a slot
@@ -101,7 +146,7 @@ class RestoreGate:
         self._held: list[str] = []
 
     def _take(self, resource: str) -> None:
-        self.admission.acquire(resource)
+        self.admission.acquire(resource, self.rank)
         with self._held_lock:
             self._held.append(resource)
 

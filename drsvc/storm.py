@@ -293,17 +293,17 @@ class FleetRestore:
         if any(i.tier == "cold" for i in items):
             self.services.cold  # noqa: B018
         planned = [item for item in items if item.status == "planned"]
-        order = collections.deque(planned)
+        order = collections.deque(enumerate(planned))
         taking = threading.Lock()
 
         def next_one(_: FleetItem) -> None:
             # each worker takes the next item, and announces it, in plan order: the pool's threads
             # dequeue in order, but one may be preempted before it announces (or starts) its item
             with taking:
-                item = order.popleft()
+                rank, item = order.popleft()
                 item.status = "running"
                 self.on_event("started", item=item, elapsed=time.monotonic() - t0)
-            self._one(item, t0)
+            self._one(item, t0, rank)
 
         try:
             run_each(
@@ -319,8 +319,8 @@ class FleetRestore:
             self._finish(report)
         return report
 
-    def _one(self, item: FleetItem, t0: float) -> None:
-        gate = RestoreGate(self.admission, item.host)
+    def _one(self, item: FleetItem, t0: float, rank: int) -> None:
+        gate = RestoreGate(self.admission, item.host, rank=rank)
         job = RestoreJob(self.services, on_event=gate, relocate=self.relocate)
         plan: RestorePlan | None = None
         try:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from drsvc.admission import Admission, Limits, RestoreGate
+from drsvc.admission import Admission, Limits, RankedSlots, RestoreGate
 from drsvc.catalog import Catalog
 from drsvc.config import parse_config
 from drsvc.errors import EXIT_FAILED, EXIT_OBJECTIVE_MISSED, EXIT_OK, EXIT_PARTIAL, DrsvcError, InvalidInput
@@ -54,6 +54,57 @@ def test_criu_slots_are_per_host_and_release_all_frees_what_an_error_left() -> N
     a.release_all()  # a failed between its events
     assert done.wait(2)
     t.join()
+
+
+def test_a_freed_slot_goes_to_the_first_ranked_waiter_not_the_first_to_ask() -> None:
+    admission = Admission(Limits(downloads=1, ceph_writes=1, criu_per_host=1))
+    holder = RestoreGate(admission, "h", rank=0)
+    holder("phase", phase="fetch", state="start")
+    served: list[int] = []
+    threads = []
+    for rank in (3, 1, 2):  # they ask in this order, each once the one before waits
+        gate = RestoreGate(admission, "h", rank=rank)
+
+        def run(gate: RestoreGate = gate) -> None:
+            gate("phase", phase="fetch", state="start")
+            served.append(gate.rank)
+            gate("phase", phase="fetch", state="done")
+
+        threads.append(threading.Thread(target=run))
+        threads[-1].start()
+        deadline = time.monotonic() + 5
+        while admission._slots["download"].waiting() < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    assert admission._slots["download"].waiting() == 3
+    holder("phase", phase="fetch", state="done")
+    for t in threads:
+        t.join(5)
+    assert served == [1, 2, 3]
+
+
+def test_equal_ranks_are_served_in_arrival_order_and_over_release_is_refused() -> None:
+    slots = RankedSlots(1)
+    slots.acquire(0)
+    served: list[str] = []
+    threads = []
+    for name in ("first", "second", "third"):
+
+        def run(name: str = name) -> None:
+            slots.acquire(0)
+            served.append(name)
+            slots.release()
+
+        threads.append(threading.Thread(target=run))
+        threads[-1].start()
+        deadline = time.monotonic() + 5
+        while slots.waiting() < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.005)
+    slots.release()
+    for t in threads:
+        t.join(5)
+    assert served == ["first", "second", "third"]
+    with pytest.raises(ValueError):
+        slots.release()
 
 
 def test_no_limits_means_nobody_waits() -> None:
