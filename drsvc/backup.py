@@ -55,6 +55,7 @@ from drsvc.backup_commit import (  # the names below were defined here first: th
     image_key,
 )
 from drsvc.catalog import Catalog
+from drsvc.checkpoint_effects import RecordedCheckpoints
 from drsvc.chunks import StreamRef
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BackendError, DrsvcError, NotFound
 from drsvc.lease import Lease
@@ -233,6 +234,8 @@ class BackupJob:
         self.phases = Phases()
         self.committer = Committer(services, lease, self.phases, on_event)
         self._side: cf.Executor | None = None  # the run's listing threads (``run``)
+        # what each checkpoint leaves (Docker's checkpoint directory), recorded before it is made
+        self._checkpoints = RecordedCheckpoints(services.catalog)
 
     def run(self, desktops: Sequence[DesktopRef], policy: Policy | None) -> BackupReport:
         """Back up ``desktops`` now; ``policy`` decides capture options (None: manual defaults)."""
@@ -261,6 +264,7 @@ class BackupJob:
             # the stats ahead of each listing, started early so they run while checkpoints are taken
             # and archives stream in, not after them
             with (
+                self._checkpoints,
                 store_pool(self.workers, pipelined=self.pipeline_depth > 0) as pool,
                 cf.ThreadPoolExecutor(2 + self.workers, thread_name_prefix="listing") as side,
             ):
@@ -483,6 +487,7 @@ class BackupJob:
                 freeze_timeout=FREEZE_WAIT,
                 freeze_budget=budget,
                 while_dumping=while_dumping,
+                open_checkpoint=self._checkpoints.checkpoint,
             )
         self._freeze_facts(batch, outcomes, results)
         archives: dict[str, StreamRef] = {}

@@ -10,8 +10,9 @@ Three kinds of leftovers, all found from the catalog:
    uses the namespace), open multipart uploads aborted, a killed restore's row marked failed; an
    in-place restore is not undone but marked ``interrupted`` and reported (event
    ``restore-interrupted``): the same ``drsvc restore`` command resumes it. What a runtime's
-   restore left (a CRI-O checkpoint image or node archive, a base image it loaded) is removed by
-   the runtime's ``forget`` (a loaded image only while no container runs from it).
+   restore left (a CRI-O checkpoint image or node archive, a base image it loaded) and the Docker
+   checkpoint directory a killed backup left are removed by the runtime's ``forget`` (a loaded
+   image only while no container runs from it).
 
 Runs under the work lease (``drsvc cleanup``, the scheduler's tick, ``prune``, ``backup``), so no live
 backup owns a pending point. Each undo is idempotent: a second cleanup finds nothing to do.
@@ -30,6 +31,7 @@ from drsvc.backup import recover_interrupted
 from drsvc.errors import DrsvcError, NotFound
 from drsvc.intents import (
     ARTIFACT_KINDS,
+    MEMORY_KINDS,
     Intent,
     intents_of,
     interrupted_restores,
@@ -91,7 +93,7 @@ def leftover_lines(services: Services) -> list[str]:
     for name in PruneJob(services, None).unreferenced_snapshots():
         lines.append(f"leftover: pool snapshot {name} is needed by no point")
     for intent in leftovers(catalog):
-        if intent.kind in ("checkpoint-image", "checkpoint-archive"):
+        if intent.kind in MEMORY_KINDS:
             lines.append(f"leftover: {intent.line()}: its owner is gone; it holds a desktop's memory in plaintext")
         elif intent.kind != "restore-in-place":
             lines.append(f"leftover: {intent.line()}: its owner is gone")

@@ -6,7 +6,9 @@ an in-place restore records ``restore-in-place`` before it touches the desktop; 
 ``point-read`` on the point it reads (prune skips such points; so do single-object restores,
 ``dump`` and ``mount``, through ``reading``); a restore records ``checkpoint-image`` or
 ``checkpoint-archive`` before a CRI-O runtime pushes the checkpoint image or writes the archive
-onto the node, and ``loaded-image`` before it loads a base image the runtime lacks. Each intent names its **owner**:
+onto the node, and ``loaded-image`` before it loads a base image the runtime lacks; a Docker
+backup records ``checkpoint-dir`` before dockerd writes the desktop's memory image into its
+checkpoint directory (``drsvc.checkpoint_effects``). Each intent names its **owner**:
 a lease (``leases`` row ``owner:<hex>``) that the owning process renews in the background. When
 the process ends normally it resolves its intents; when it is killed they stay ``pending`` and
 its lease lapses (at once on this host: its pid is gone). ``leftovers`` finds pending intents
@@ -43,10 +45,12 @@ KINDS = (
     "checkpoint-image",  # target: HOST/REPO:TAG of the checkpoint image a CRI-O restore pushes
     "checkpoint-archive",  # target: the archive's path on the node a CRI-O restore (archive mode) writes
     "loaded-image",  # target: the base image id a restore loads because the runtime lacks it
+    "checkpoint-dir",  # target: drsvc-<12 hex>, the Docker checkpoint directory a backup makes
 )
-# What a runtime's restore leaves outside drsvc (``ContainerRuntime.forget`` removes them): the
-# checkpoint kinds hold every memory page of a desktop in plaintext.
-ARTIFACT_KINDS = ("checkpoint-image", "checkpoint-archive", "loaded-image")
+# What a runtime's restore or checkpoint leaves outside drsvc (``ContainerRuntime.forget`` removes
+# them): the checkpoint kinds hold every memory page of a desktop in plaintext.
+MEMORY_KINDS = ("checkpoint-image", "checkpoint-archive", "checkpoint-dir")
+ARTIFACT_KINDS = (*MEMORY_KINDS, "loaded-image")
 STATES = ("pending", "kept", "undone", "done", "failed", "interrupted")
 OWNER_TTL = 120.0  # seconds an owner stays alive without renewing (renewed every third of it)
 

@@ -261,6 +261,17 @@ class ContainerRuntime(Protocol):
 #       (a loaded image a container runs from); ``DrsvcError`` when it cannot (it stays recorded).
 
 
+# A backup's checkpoint may leave something too (Docker's checkpoint directory, the desktop's memory
+# image): ``checkpoint_artifact(token) -> (kind, target)`` names it, the backup records it and then
+# calls ``checkpoint(name, token=token)``; ``forget`` removes it after a kill.
+
+
+def checkpoint_artifact(runtime: object, token: str) -> tuple[str, str] | None:
+    """What ``runtime.checkpoint(..., token=token)`` leaves behind while it runs; None: nothing."""
+    fn = getattr(runtime, "checkpoint_artifact", None)
+    return None if fn is None else cast("tuple[str, str] | None", fn(token))
+
+
 def restore_artifact(runtime: object, token: str) -> tuple[str, str] | None:
     """What ``runtime.restore(..., token=token)`` would leave behind while it runs; None: nothing."""
     fn = getattr(runtime, "restore_artifact", None)

@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -291,6 +292,7 @@ def checkpoint_batch(
     freeze_budget: float | None = None,
     held_budget: int = heldfiles.BUDGET,
     while_dumping: Callable[[], None] | None = None,
+    open_checkpoint: Callable[[ContainerRuntime, str], AbstractContextManager[BinaryIO]] | None = None,
 ) -> dict[str, FrozenCheckpoint[T]]:
     """Checkpoint ``desktops`` together and run ``while_frozen`` while all of them stand still.
 
@@ -311,6 +313,9 @@ def checkpoint_batch(
     ``while_dumping`` is called once, on this thread, when the first desktop's dump has begun (its
     ``pre-dump`` stamp): work of the caller's that would only slow the checkpoints' start (a big
     manifest's parse holds the GIL) is handed to other threads there; it must return at once.
+
+    ``open_checkpoint(runtime, container)`` takes each checkpoint (default ``runtime.checkpoint``):
+    a backup passes one that records what the checkpoint leaves (``drsvc.checkpoint_effects``).
     """
     results = {d.container_id: FrozenCheckpoint[T](d, budget=freeze_budget) for d in desktops}
     hook_timeout = freeze_budget + 1.0 if freeze_budget is not None else freeze_timeout + 10
@@ -319,7 +324,7 @@ def checkpoint_batch(
         cf.ThreadPoolExecutor(len(results), thread_name_prefix="checkpoint") as pool,
         cf.ThreadPoolExecutor(2, thread_name_prefix="held-files") as readers,
     ):
-        run = _BatchRun(batch, results, freeze_budget, held_budget, while_dumping)
+        run = _BatchRun(batch, results, freeze_budget, held_budget, while_dumping, open_checkpoint)
         run.start(runtime, consume, pool, readers)
         late: Future[None] | None = None
         try:
@@ -347,9 +352,11 @@ class _BatchRun(Generic[T]):
         budget: float | None,
         held_budget: int,
         while_dumping: Callable[[], None] | None = None,
+        open_checkpoint: Callable[[ContainerRuntime, str], AbstractContextManager[BinaryIO]] | None = None,
     ) -> None:
         self.batch = batch
         self.while_dumping = while_dumping
+        self.open_checkpoint = open_checkpoint or (lambda runtime, name: runtime.checkpoint(name))
         self.results = results
         self.budget = budget
         self.held_budget = held_budget
@@ -378,7 +385,7 @@ class _BatchRun(Generic[T]):
         started = time.monotonic()
         held: heldfiles.HeldFiles | None = None
         try:
-            with runtime.checkpoint(r.desktop.container) as stream:
+            with self.open_checkpoint(runtime, r.desktop.container) as stream:
                 held = self.ready[r.desktop.container_id].result()  # set at the release at the latest
                 pieces: Iterable[bytes] = iter(lambda: stream.read(1 << 20), b"")
                 if held is not None and held.files:

@@ -7,6 +7,7 @@ document), never from anything inside a container.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import time
@@ -14,11 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from drsvc.errors import BackendError
+from drsvc.errors import BackendError, InvalidInput
 
 RESTORE_MARKER = "drsvc-restore.id"  # a file unique to each restore's checkpoint directory
 CONTAINERD_TEMP_PREFIX = "ctrd-checkpoint"
 STALE_SECONDS = 600.0  # a leftover of another drsvc restore this old is no longer being read
+# the name of each checkpoint a drsvc backup asks dockerd for (``backup_checkpoint_name``)
+BACKUP_CHECKPOINT = re.compile(r"drsvc-[0-9a-f]{12}")
+_CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
 
 
 def upper_dir(c: dict[str, Any]) -> Path:
@@ -36,6 +40,55 @@ def upper_dir(c: dict[str, Any]) -> Path:
 def checkpoint_dir(root: Path, cid: str, name: str) -> Path:
     """``<DockerRootDir>/containers/<id>/checkpoints/<name>``: where dockerd keeps a checkpoint."""
     return root / "containers" / cid / "checkpoints" / name
+
+
+def backup_checkpoint_name(token: str) -> str:
+    """``drsvc-<12 hex>``: the checkpoint name a backup derives from its token (recorded before it exists)."""
+    name = f"drsvc-{token[:12]}"
+    if not BACKUP_CHECKPOINT.fullmatch(name):
+        raise InvalidInput(f"checkpoint token {token[:40]!r}: not hexadecimal")
+    return name
+
+
+def remove_backup_checkpoint(root: Path, name: str) -> int:
+    """Delete ``<root>/containers/<id>/checkpoints/<name>`` of every container; return how many.
+
+    What a killed backup left (its ``checkpoint-dir`` intent names it): the whole memory image of
+    a desktop. ``name`` must be drsvc's own ``drsvc-<12 hex>`` (random per checkpoint, so it names
+    one directory); nothing is reached through a symlink, and nothing outside a container's
+    ``checkpoints`` directory is touched. Gone already is fine (0).
+    """
+    if not BACKUP_CHECKPOINT.fullmatch(name):
+        raise InvalidInput(f"forget checkpoint-dir {name[:80]!r}: not a drsvc checkpoint name (drsvc-<12 hex>)")
+    containers = root / "containers"
+    try:
+        ids = [cid for cid in os.listdir(containers) if _CONTAINER_ID.fullmatch(cid)]
+    except FileNotFoundError:
+        return 0
+    except OSError as e:
+        raise BackendError(f"forget checkpoint-dir {name}: listing {containers}: {e}") from e
+    removed = 0
+    for cid in sorted(ids):
+        parent = containers / cid / "checkpoints"
+        target = parent / name
+        if not all(_real_dir(p) for p in (containers / cid, parent, target)):
+            continue
+        try:
+            shutil.rmtree(target)  # file-descriptor based: a link swapped in meanwhile is not followed
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise BackendError(f"forget checkpoint-dir {name}: removing {target}: {e}") from e
+        removed += 1
+    return removed
+
+
+def _real_dir(path: Path) -> bool:
+    """A directory itself, not a link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def spool_dir(root: Path) -> Path | None:

@@ -29,7 +29,12 @@ from drsvc.runtimes.base import (
 )
 from drsvc.runtimes.docker.client import CHUNK, DockerClient, chunks
 from drsvc.runtimes.docker.pack import LABEL_RESTORED_AT, archive_members, rootfs_diff, tar_stream, visible_labels
-from drsvc.runtimes.docker.paths import checkpoint_dir, spool_dir
+from drsvc.runtimes.docker.paths import (
+    backup_checkpoint_name,
+    checkpoint_dir,
+    remove_backup_checkpoint,
+    spool_dir,
+)
 from drsvc.runtimes.docker.unpack import Unpacker
 from drsvc.streams import IterReader
 
@@ -119,19 +124,24 @@ class DockerRuntime:
             self.api.unpause(name)
 
     # ------------------------------------------------------------------ checkpoint
+    def checkpoint_artifact(self, token: str) -> tuple[str, str]:
+        """What ``checkpoint(..., token=token)`` leaves on this host while it runs (see runtimes.base)."""
+        return "checkpoint-dir", backup_checkpoint_name(token)
+
     @contextmanager
-    def checkpoint(self, name: str, *, tcp_established: bool = True) -> Iterator[BinaryIO]:
+    def checkpoint(self, name: str, *, tcp_established: bool = True, token: str | None = None) -> Iterator[BinaryIO]:
         """Checkpoint a container, leaving it running; yield drsvc's archive as a stream.
 
         The CRIU images stay in Docker's checkpoint directory while the archive streams and are
-        deleted afterwards (also when the consumer fails).
+        deleted afterwards (also when the consumer fails). ``token`` names the directory
+        (``checkpoint_artifact``): a backup records it first, so that a kill -9 leaves a record.
         """
         what = f"checkpoint {name}"
         c = self.client.inspect_raw(name)  # NotFound before anything else happens
         cid = c["Id"]
         if str((c.get("State") or {}).get("Status")) != "running":
             raise BackendError(f"{what}: container is {(c.get('State') or {}).get('Status')}, not running")
-        ckpt = f"drsvc-{uuid.uuid4().hex[:12]}"
+        ckpt = backup_checkpoint_name(token or uuid.uuid4().hex)
         self.client.create_checkpoint(cid, ckpt, what)
         root = self.client.root_dir()
         ckpt_dir = checkpoint_dir(root, cid, ckpt)
@@ -305,7 +315,11 @@ class DockerRuntime:
             pass
 
     def forget(self, kind: str, target: str) -> str:
-        """Remove a base image a killed restore loaded ("undone"), unless a container runs from it ("kept")."""
+        """Remove what a killed job left: a backup's checkpoint directory, or a base image a restore
+        loaded ("undone"), unless a container runs from it ("kept")."""
+        if kind == "checkpoint-dir":
+            remove_backup_checkpoint(self.client.root_dir(), target)  # drsvc-<12 hex> only, no links
+            return "undone"
         if kind != "loaded-image":
             raise InvalidInput(f"forget {kind} {target}: docker:// leaves no {kind}")
         target = loaded_image_id(self.url, target)  # an exact image id, never a name or a path
