@@ -505,6 +505,10 @@ class BackupJob:
                 # instant than its disk. Keep the volume, drop the memory.
                 o.consistency, o.reason = "crash", "did not freeze in time to be in its batch's pool snapshot"
                 continue
+            if r.redumped:
+                o.consistency = "crash"
+                o.reason = "the runtime dumped it again after its batch's pool snapshot (a retried checkpoint)"
+                continue
             if r.overran:
                 o.consistency = "crash"
                 o.reason = f"stood frozen {o.freeze_ms:.0f} ms, over its freeze budget of {budget:g} s"

@@ -226,10 +226,19 @@ class RuntimeSuite:
         start_growing(runtime, name, "/tmp/held")
         ref = runtime.inspect(name)
         for round_ in range(3):
-            clone = self.clone_name(name, f"held{round_}")
-            result = checkpoint_batch(runtime, [ref], lambda _d, stream, c=clone: runtime.restore(stream, name=c))
-            r = result[ref.container_id]
+            for attempt in range(4):
+                clone = self.clone_name(name, f"held{round_}{attempt}")
+                result = checkpoint_batch(runtime, [ref], lambda _d, stream, c=clone: runtime.restore(stream, name=c))
+                r = result[ref.container_id]
+                if not r.redumped:
+                    break
+                # Docker dumped it again after the release (containerd still held the previous
+                # checkpoint's blobs, moby#42900): drsvc calls that archive unpaired and applies no
+                # held files (test_freeze_budget, test_backup_budget). Let containerd's collector run.
+                runtime.remove(clone)
+                time.sleep(2)
             try:
+                assert not r.redumped, f"round {round_}: dumped again after the release in 4 attempts"
                 assert r.error is None, f"round {round_}: {r.error}"
                 assert r.frozen and r.value is not None and r.value.state == "running"
                 assert r.held["notes"] == [], r.held

@@ -256,6 +256,10 @@ class FrozenCheckpoint(Generic[T]):
     seconds: float = 0.0  # the checkpoint call, from its start until ``consume`` returned
     held: dict[str, Any] = field(default_factory=dict)  # HeldFiles.summary() of what was read in the freeze
     budget: float | None = None  # the freeze budget it ran under (seconds), if any
+    # The runtime dumped it again after the release (Docker retries a checkpoint containerd
+    # refused, moby#42900, with a second CRIU dump): the archive's memory is later than the pool
+    # snapshot and the held files, read in the first freeze, do not describe it.
+    redumped: bool = False
 
     @property
     def overran(self) -> bool:
@@ -387,8 +391,9 @@ class _BatchRun(Generic[T]):
         try:
             with self.open_checkpoint(runtime, r.desktop.container) as stream:
                 held = self.ready[r.desktop.container_id].result()  # set at the release at the latest
+                r.redumped = self._dumped_after_release(r.desktop.container_id)
                 pieces: Iterable[bytes] = iter(lambda: stream.read(1 << 20), b"")
-                if held is not None and held.files:
+                if held is not None and held.files and not r.redumped:
                     pieces = heldfiles.patch_archive(stream, held)
                 # what the runtime archived of a tenant's root filesystem is held to the archive
                 # rules before it is stored: a diff naming a path beneath its own symlink (a host
@@ -403,6 +408,12 @@ class _BatchRun(Generic[T]):
             if held is not None:
                 held.close()
             r.seconds = time.monotonic() - started
+
+    def _dumped_after_release(self, cid: str) -> bool:
+        """Whether the dump that made this archive began after the release, though the desktop
+        stood frozen for the snapshot (the hook stamps every ``pre-dump``; the last one wins)."""
+        released, began = self.batch.released_at, self.batch.stamp(cid, "pre-dump")
+        return cid in self.frozen and released is not None and began is not None and began > released
 
     def _poll(self) -> None:
         self.frozen = self.batch.frozen()

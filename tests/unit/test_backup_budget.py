@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from coldkit import ColdKit, aws  # noqa: F401  (aws: the fixture)
-from test_freeze_budget import IDS, HookRuntime
+from test_freeze_budget import IDS, HookRuntime, RedumpRuntime
 
 from drsvc import backup as backup_mod
 from drsvc.backup import BackupJob, SnapshotReads
@@ -99,6 +99,23 @@ def test_a_quick_snapshot_gives_paired_points_with_budget_and_freeze(kit: ColdKi
         assert (o.status, o.consistency) == ("complete", "paired"), o
         point = kit.catalog.point(o.point_id)
         assert point["freeze_budget_ms"] == 2000 and 0 < point["freeze_ms"] <= 2000
+
+
+def test_a_desktop_dumped_again_after_the_snapshot_keeps_its_volume_not_its_memory(
+    kit: ColdKit, tmp_path: Path
+) -> None:
+    """A retried checkpoint (Docker's, moby#42900) dumps desk-b again after the batch's pool
+    snapshot: its point is crash-consistent and says why; desk-a's stays paired."""
+    runtime = RedumpRuntime(tmp_path, redump={"desk-b"})
+    for attr in ("url", "save_image", "stores_images"):
+        setattr(runtime, attr, getattr(kit.services.runtime, attr))
+    kit.services.__dict__["runtime"] = runtime
+    report = run(kit, FakeSnapshots(None))
+    by_desktop = {o.desktop: o for o in report.outcomes}
+    assert by_desktop["desk-a"].consistency == "paired", by_desktop["desk-a"]
+    b = by_desktop["desk-b"]
+    assert b.status == "complete" and b.consistency == "crash", b
+    assert "dumped it again after its batch's pool snapshot" in (b.reason or "")
 
 
 def test_a_stalled_snapshot_fails_the_batch_within_the_budget_and_is_removed(kit: ColdKit) -> None:

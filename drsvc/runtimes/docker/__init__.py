@@ -40,7 +40,9 @@ Facts measured in the lab (Docker 20.10.24, containerd 1.6.20, runc 1.1.5, CRIU 
 - containerd keeps a checkpoint's blobs until its garbage collector runs (0.3-1.3 s after dockerd
   deletes the checkpoint image). Meanwhile another checkpoint of the same container (same spec
   blob) fails with "content sha256:...: already exists" (moby#42900): the adapter retries with
-  backoff. A restore uploads its checkpoint directory the same way; a marker file unique to the
+  backoff. Each retry is a new CRIU dump: inside a freeze batch it comes after the release, so
+  ``checkpoint_batch`` marks it ``redumped`` and a backup keeps that desktop's volume, not its memory.
+  A restore uploads its checkpoint directory the same way; a marker file unique to the
   restore keeps it from equalling containerd's copy of a checkpoint taken within the same second.
 - The rootfs diff is read right after CRIU let the container go (as Podman does), so files the
   desktop writes in between appear in it; the files CRIU checks at restore are put back as they
