@@ -11,7 +11,6 @@ directory. A runtime that leaves nothing (Podman streams its export) records not
 
 from __future__ import annotations
 
-import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -19,12 +18,9 @@ from contextlib import contextmanager
 from typing import BinaryIO
 
 from drsvc.catalog import Catalog
-from drsvc.errors import DrsvcError
 from drsvc.intents import Intents, Owner
-from drsvc.log import event
-from drsvc.runtimes.base import ContainerRuntime, checkpoint_artifact, forget
-
-log = logging.getLogger(__name__)
+from drsvc.leftovers import recorded
+from drsvc.runtimes.base import ContainerRuntime, checkpoint_artifact
 
 
 class RecordedCheckpoints:
@@ -69,16 +65,8 @@ class RecordedCheckpoints:
             with runtime.checkpoint(name) as stream:
                 yield stream
             return
-        kind, target = left
-        intents = self._recorder()
-        intent_id = intents.record(kind, target, container=name, token=token)
-        try:
-            with runtime.checkpoint(name, token=token) as stream:  # type: ignore[call-arg]
-                yield stream
-        finally:
-            try:
-                forget(runtime, kind, target)  # the adapter removed it already: a cheap check
-            except DrsvcError as e:
-                event(log, logging.WARNING, "backup.checkpoint-kept", f"{kind} {target} kept: {e}")
-            else:
-                intents.resolve(intent_id, "done")
+        with (
+            recorded(self._recorder(), runtime, left, "backup.checkpoint-kept", container=name, token=token),
+            runtime.checkpoint(name, token=token) as stream,  # type: ignore[call-arg]
+        ):
+            yield stream

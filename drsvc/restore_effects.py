@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from drsvc.catalog import Catalog
 from drsvc.errors import DrsvcError
 from drsvc.intents import Intents, Owner, interrupted_restores, pack_names, pending, resolve
-from drsvc.log import event
+from drsvc.leftovers import recorded
 from drsvc.runtimes.base import forget, restore_artifact
 
 if TYPE_CHECKING:
@@ -52,27 +52,16 @@ CONTAINER_PHASES = ("container", "health")
 def leaving(intents: Intents, runtime: object, **detail: object) -> Iterator[str | None]:
     """Around one ``runtime.restore``: yield the token to pass it (None: it leaves nothing).
 
-    What the restore would leave (``restore_artifact``) is recorded before the block; after it,
-    however it ends, the runtime forgets it and the intent is resolved ``done``. A forget that
-    fails leaves the intent pending: cleanup retries once this process is gone, and
-    ``catalog check`` lists it meanwhile.
+    What the restore would leave (``restore_artifact``) is recorded before the block and forgotten
+    after it (``leftovers.recorded``).
     """
     token = uuid.uuid4().hex[:16]
     left = restore_artifact(runtime, token)
     if left is None:
         yield None
         return
-    kind, target = left
-    intent_id = intents.record(kind, target, token=token, **detail)
-    try:
+    with recorded(intents, runtime, left, "restore.artifact-kept", token=token, **detail):
         yield token
-    finally:
-        try:
-            forget(runtime, kind, target)
-        except DrsvcError as e:
-            event(log, logging.WARNING, "restore.artifact-kept", f"{kind} {target} kept: {e}")
-        else:
-            intents.resolve(intent_id, "done")
 
 
 class RestoreEffects:
