@@ -8,14 +8,17 @@ Every trial runs drsvc through its CLI in its own process and then checks the in
 * broken   -- no complete point is broken (``drsvc verify --all`` exit 0 after recovery);
 * lost     -- no point that was complete before the trial (and that retention keeps) is gone;
 * leftover -- after the next run nothing is left: pool snapshots of the trial's policy equal the
-              catalog's live ones, no clone container or namespace, no restore still "running",
-              ``drsvc catalog check`` exit 0;
+              catalog's live ones, no clone container or namespace, no restore, object restore
+              or drill still "running", ``drsvc catalog check`` exit 0;
 * traceback-- no command printed a Python traceback;
 * damaged  -- (catalog trials) one line naming the file, exit 4, and the file unchanged.
 
 Trial types: backup / tier / prune / in-place restore / clone restore killed (SIGKILL at every
 named fault point, and at random moments), radosgw killed mid-tier, the OSD stopped during a
-freeze, the catalog truncated and page-overwritten. ``--quick`` is roughly the CI configuration.
+freeze, the catalog truncated and page-overwritten; and (``bench/faultops.py``, with the invariants
+each command adds) drill, copy to the DR site, key rotation, single-object restore, restore from
+the cold tier, cleanup itself and the scheduler's tick killed. ``--quick`` is roughly the CI
+configuration. The environment and the common checks are ``bench/faultenv.py``.
 
 Needs the lab and its lock; everything it creates is prefixed ``failsafe-bench`` and removed::
 
@@ -29,23 +32,18 @@ import argparse
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
-import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-from _lab import DRSVC, ROOT, config_text
+import faultops
+from faultenv import BUDGET, NUMBERS, POLICY, Env, NotKilled, Violation, watched
 from faultkit import (
-    Watcher,
     container_exists,
     daemon_pids,
     drsvc_snapshots,
@@ -56,209 +54,6 @@ from faultkit import (
     truncate,
     wait_for,
 )
-
-from drsvc.catalog import Catalog
-from drsvc.crypto import generate_key_file
-
-BUDGET = 3.0
-# one policy name per bench run: its snapshot names (drsvc-POLICY-…) are this run's alone, never
-# another run's in the shared pool (an earlier run whose clean-up failed, another engineer's)
-POLICY = f"fsbench{uuid.uuid4().hex[:4]}"
-
-
-class Violation(Exception):
-    """An invariant that did not hold."""
-
-
-class NotKilled(Exception):
-    """A trial whose command finished before the kill (a random moment too late, a hit count never
-    reached): not a kill trial, not counted."""
-
-
-class Env:
-    """A drsvc deployment on the lab for the trials: own hot prefix, cold prefix, desktops, policy."""
-
-    def __init__(self, desktops: int) -> None:
-        tag = uuid.uuid4().hex[:6]
-        self.prefix = f"failsafe-bench-{tag}"
-        self.root = Path(tempfile.mkdtemp(prefix="drsvc-faults-"))
-        (self.root / "policies").mkdir()
-        generate_key_file(self.root / "drsvc.key")
-        (self.root / "drsvc.toml").write_text(
-            config_text(hot=f"rados://drsvc-hot/{self.prefix}", cold=f"s3://drsvc-cold/{self.prefix}", runtime=True)
-            + "[scheduler]\nworkers = 2\nretries = 1\nlease_seconds = 60\ngc_grace_seconds = 0\n"
-            "[timeouts]\nceph_seconds = 10\ns3_read_seconds = 10\ns3_attempts = 2\n"
-        )
-        subprocess.run(
-            [str(ROOT / "dev" / "lab"), "fleet", str(desktops), "--prefix", self.prefix, "--data-mib", "2"],
-            check=True,
-            capture_output=True,
-            timeout=900,
-        )
-        self.desktops = [f"{self.prefix}-{i:03d}" for i in range(1, desktops + 1)]
-        doc = {
-            "name": POLICY,
-            "selector": {"desktops": self.desktops},
-            "schedule": "0 * * * *",
-            "timezone": "UTC",
-            "capture": {"freeze_timeout": f"{BUDGET:g}s"},
-            "retention": {"hot": {"last": 3}},
-            "tiering": {"after": "1s", "storage_class": "STANDARD"},
-        }
-        (self.root / "policies" / f"{POLICY}.yaml").write_text(yaml.safe_dump(doc))
-        self.stderr: list[str] = []
-
-    # -------------------------------------------------------------- running drsvc
-    def argv(self, *args: str) -> list[str]:
-        return [DRSVC, "--config", str(self.root / "drsvc.toml"), *args]
-
-    def run(self, *args: str, ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None) -> tuple[int, str]:
-        p = subprocess.run(self.argv(*args), capture_output=True, text=True, env=env, timeout=900)
-        self.stderr.append(p.stderr)
-        if p.returncode not in ok:
-            raise Violation(f"drsvc {' '.join(args)} exit {p.returncode}: {p.stderr.strip()[-400:]}")
-        return p.returncode, p.stdout
-
-    def killed_at(self, point: str, *args: str) -> None:
-        name, _, hit = point.partition("@")
-        env = {**os.environ, "DRSVC_FAULT": f"{name}:kill" + (f"@{hit}" if hit else "")}
-        p = subprocess.run(self.argv(*args), capture_output=True, text=True, env=env, timeout=900)
-        self.stderr.append(p.stderr)
-        if p.returncode == 0 and hit and int(hit) > 1:
-            # an incremental run may upload fewer objects than the trial asks to count
-            raise NotKilled(f"the run ended after fewer than {hit} hits of {name}")
-        if p.returncode != -9:
-            raise Violation(f"drsvc {' '.join(args)} never reached {point} (exit {p.returncode})")
-
-    def killed_after(self, seconds: float, *args: str) -> None:
-        proc = subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(seconds)
-        proc.send_signal(signal.SIGKILL)
-        self.stderr.append(proc.communicate()[1])
-
-    def finished_clone(self, clone: str) -> bool:
-        """Whether the restore as ``clone`` finished (its clone is the operator's, not a leftover)."""
-        c = self.catalog()
-        try:
-            rows = c.query("SELECT status FROM restores WHERE as_name = ? ORDER BY id DESC LIMIT 1", [clone])
-        finally:
-            c.close()
-        return bool(rows) and rows[0]["status"] in ("ok", "objective_missed")
-
-    def drop_clone(self, clone: str) -> None:
-        """Remove a clone a finished restore made (as an operator would), container and namespace."""
-        from drsvc.volumes import open_volume
-
-        subprocess.run(["podman", "rm", "-f", "-t", "0", clone], capture_output=True, timeout=120)
-        open_volume(f"rados://desktops/{clone}").purge()
-
-    def catalog(self) -> Catalog:
-        return Catalog.open(self.root / "catalog.db")
-
-    def complete(self) -> set[str]:
-        c = self.catalog()
-        try:
-            return {p["id"] for p in c.points(status="complete")}
-        finally:
-            c.close()
-
-    # -------------------------------------------------------------- invariants
-    def check_tracebacks(self) -> None:
-        for err in self.stderr:
-            if "Traceback" in err:
-                raise Violation("traceback: " + err.strip().splitlines()[-1][:300])
-        self.stderr.clear()
-
-    def check_leftovers(self) -> None:
-        self.run("cleanup")
-        c = self.catalog()
-        try:
-            live = {r["name"] for r in c.query("SELECT name FROM pool_snapshots WHERE removed_at IS NULL")}
-            known = {r["name"] for r in c.query("SELECT name FROM pool_snapshots")}
-            running = c.query("SELECT id FROM restores WHERE status = 'running'")
-        finally:
-            c.close()
-        # the trials' own snapshots: the policy's, and manual ones (restore trials back up a single
-        # desktop) this catalog ever recorded; other users' manual snapshots in the shared pool are not ours
-        ours = {s for s in drsvc_snapshots() if s.startswith(f"drsvc-{POLICY}-") or s in known}
-        if ours != live:
-            raise Violation(f"leftover: pool snapshots {sorted(ours ^ live)[:3]}")
-        if running:
-            raise Violation(f"leftover: restores still running {running}")
-        clones = [n for n in _podman_names() if n.startswith(self.prefix) and "-clone" in n]
-        if clones:
-            raise Violation(f"leftover: clone containers {clones}")
-        code, _out = self.run("catalog", "check", ok=(0, 4))
-        if code:
-            raise Violation("leftover: catalog check exit 4")
-
-    def check_sound(self) -> None:
-        code, _out = self.run("verify", "--all", ok=(0, 4))
-        if code:
-            raise Violation("broken: verify --all found damaged complete points")
-
-    def cleanup(self) -> None:
-        subprocess.run(
-            ["podman", "rm", "-f", "-t", "0", *[n for n in _podman_names() if n.startswith(self.prefix)]],
-            capture_output=True,
-            timeout=300,
-        )
-        c = self.catalog()
-        try:
-            snaps = c.query("SELECT pool, name FROM pool_snapshots WHERE removed_at IS NULL")
-        finally:
-            c.close()
-        from drsvc.volumes import open_snapshots
-
-        for s in snaps:
-            for attempt in (1, 2, 3):
-                try:
-                    open_snapshots(s["pool"]).remove(s["name"])
-                    break
-                except Exception as e:  # said, not hidden: a snapshot left in the shared pool
-                    if attempt == 3:
-                        print(f"clean-up: pool snapshot {s['name']} not removed: {e!r}", flush=True)
-                    time.sleep(1)
-        subprocess.run(
-            [
-                "/usr/bin/python3",
-                str(ROOT / "dev" / "fleet.py"),
-                "purge",
-                "--conf",
-                os.environ["CEPH_CONF"],
-                "--pool",
-                "desktops",
-                *[a for d in self.desktops for a in ("--desktop", d)],
-            ],
-            capture_output=True,
-            timeout=300,
-        )
-        from drsvc.storage import open_store
-
-        for url in (f"rados://drsvc-hot/{self.prefix}", f"s3://drsvc-cold/{self.prefix}"):
-            try:
-                store = (
-                    open_store(url, endpoint_url=os.environ.get("S3_ENDPOINT_URL"))
-                    if url.startswith("s3")
-                    else open_store(url)
-                )
-                store.delete_many(list(store.list("")))
-            except Exception:
-                pass
-
-
-def _podman_names() -> list[str]:
-    p = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True, timeout=60)
-    return p.stdout.split()
-
-
-@contextmanager
-def watched(env: Env) -> Iterator[Watcher]:
-    with Watcher(env.desktops) as w:
-        yield w
-    for d in env.desktops:
-        if w.longest_still(d) > BUDGET + 0.5:
-            raise Violation(f"frozen: {d} stood still {w.longest_still(d):.2f} s (budget {BUDGET:g} s)")
 
 
 # ---------------------------------------------------------------------- trials
@@ -520,9 +315,6 @@ def catalog_trial(env: Env, damage: str) -> None:
     env.check_leftovers()
 
 
-NUMBERS: list[str] = []
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--quick", action="store_true", help="about the CI configuration")
@@ -566,10 +358,12 @@ def main() -> None:
         "catalog-damage": [(catalog_trial, d) for d in ("truncated", "page overwritten")],
         "20-killed-then-one-cleanup": [(batch_trial, (4, 2) if args.quick else (20, 10))],
     }
+    trials.update(faultops.trials(rng, n_random))  # type: ignore[arg-type]
     if args.quick:
         trials["backup"] = trials["backup"][1::2]
     only = [t for t in args.only.split(",") if t] or list(trials)
-    env = Env(desktops=3)
+    # per-tenant data keys only where a trial rotates them; every other trial runs as before
+    env = Env(desktops=3, scope="tenant" if "keys" in only else "")
     results: dict[str, list[str]] = defaultdict(list)
     runs: dict[str, int] = defaultdict(int)
     started = time.monotonic()

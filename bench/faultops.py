@@ -1,0 +1,275 @@
+"""Kill trials for the commands besides backup, tier, prune and restore (``bench/faults.py`` runs them).
+
+Each trial kills one drsvc command (SIGKILL at a named fault point, or after a random delay), lets
+the next run or ``drsvc cleanup`` recover, and checks the suite's invariants (``Env.check_*``)
+plus what the command itself promises:
+
+* drill          -- no sandbox clone (container, namespace) left; the drill recorded failed or
+                    interrupted, never passed, never still running;
+* copy           -- the site never holds a point the catalog calls copied that does not verify
+                    (``verify --all --site``); the next copy finishes (nothing due afterwards);
+* keys           -- keys list, backup and verify work after a killed rotation, and so does the
+                    next rotation;
+* restore-object -- the restored object is either the old one or the point's, never a mix;
+                    nothing else in the namespace changed; the same command then finishes it;
+* restore-cold   -- a clone restored from the cold tier: as restore-clone;
+* cleanup        -- a cleanup killed while it removes what killed runs left: the next one finishes;
+* run            -- ``drsvc run --once`` killed mid-tick: the next tick recovers, nothing is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+
+from faultenv import POLICY, SITE, Env, NotKilled, Violation
+from faultkit import container_exists
+
+BIG = "drsvc-fsbench-big"  # the object the restore-object trials restore: 3 RADOS writes (> 4 MiB)
+BIG_SIZE = 10 * 1024 * 1024
+
+
+def _kill(env: Env, point: str | float, *args: str) -> None:
+    """Kill ``drsvc ARGS`` at the fault point, or after the delay (``NotKilled`` when it ended first)."""
+    if isinstance(point, str):
+        env.killed_at(point, *args)
+        return
+    code = env.killed_after(point, *args)
+    if code != -9:
+        raise NotKilled(f"drsvc {args[0]} ended (exit {code}) within {point:.2f} s")
+
+
+def _volume(name: str):  # type: ignore[no-untyped-def]
+    from drsvc.volumes import open_volume
+
+    return open_volume(f"rados://desktops/{name}")
+
+
+def _namespace_left(name: str) -> bool:
+    return bool(_volume(name).objects_now())
+
+
+# ---------------------------------------------------------------------- drill
+def drill_trial(env: Env, point: str | float) -> None:
+    desktop = env.desktops[0]
+    env.run("backup", desktop)
+    c = env.catalog()
+    try:
+        last = c.query("SELECT COALESCE(MAX(id), 0) AS n FROM drills")[0]["n"]
+    finally:
+        c.close()
+    drill_id = last + 1
+    clone = f"drill-{drill_id}-{desktop}"
+    env.namespaces.append(clone)
+    _kill(env, point, "drill", desktop)
+    env.run("cleanup")
+    if container_exists(clone):
+        raise Violation(f"leftover: drill clone {clone} after cleanup")
+    if _namespace_left(clone):
+        raise Violation(f"leftover: drill namespace {clone} after cleanup")
+    c = env.catalog()
+    try:
+        rows = c.query("SELECT status FROM drills WHERE id = ?", [drill_id])
+        passed = c.query("SELECT desktop_id FROM drill_results WHERE drill_id = ? AND passed = 1", [drill_id])
+    finally:
+        c.close()
+    if not rows:
+        return  # killed before the drill was recorded: nothing to judge but the leftovers
+    if rows[0]["status"] not in ("failed", "interrupted"):
+        raise Violation(f"drill {drill_id} killed, recorded {rows[0]['status']!r} after cleanup")
+    if passed:
+        raise Violation(f"drill {drill_id} killed, yet {passed[0]['desktop_id']} recorded passed")
+    env.check_leftovers()
+
+
+# ---------------------------------------------------------------------- copy to the DR site
+def _site_copies(env: Env) -> int:
+    c = env.catalog()
+    try:
+        return int(c.query("SELECT COUNT(*) AS n FROM point_sites WHERE site = ?", [SITE])[0]["n"])
+    finally:
+        c.close()
+
+
+def copy_trial(env: Env, point: str | float) -> None:
+    env.run("backup", "--policy", POLICY)
+    time.sleep(1.2)  # tiering.after = 1s
+    env.run("tier")
+    time.sleep(1.2)  # sites.dr.after = 1s
+    _kill(env, point, "copy")
+    # at once, before any repair: what the catalog says the site holds must verify there
+    code, _ = env.run("verify", "--all", "--site", SITE, ok=(0, 3, 4))
+    if code == 3 and _site_copies(env):
+        raise Violation("lost: the catalog lists copies at a site that holds no chunk store")
+    if code == 4:
+        raise Violation("broken: a killed copy left a site copy the catalog lists that does not verify")
+    env.run("copy")
+    _, out = env.run("--json", "copy", "--dry-run")
+    if json.loads(out).get("moves"):
+        raise Violation(f"the copy after the killed one left points due: {json.loads(out)['moves'][:2]}")
+    code, _ = env.run("verify", "--all", "--site", SITE, ok=(0, 4))
+    if code:
+        raise Violation("broken: a site copy does not verify after the next copy")
+    env.check_leftovers()
+    env.check_sound()
+
+
+# ---------------------------------------------------------------------- keys rotate
+def keys_trial(env: Env, point: str | float) -> None:
+    env.run("backup", "--policy", POLICY)
+    before = env.complete()
+    _kill(env, point, "keys", "rotate", "--tenant", "acme")
+    env.run("keys", "list")
+    env.run("backup", "--policy", POLICY)
+    if not before <= env.complete():
+        raise Violation("lost: a point after a killed key rotation")
+    env.run("keys", "rotate", "--tenant", "acme")
+    env.run("backup", "--policy", POLICY)
+    env.check_leftovers()
+    env.check_sound()
+
+
+# ---------------------------------------------------------------------- single-object restore
+def _digest(volume, name: str) -> str | None:  # type: ignore[no-untyped-def]
+    current = volume.stat(name)
+    if current is None:
+        return None
+    h = hashlib.sha256()
+    for _obj, data in volume.read_objects([current]):
+        for piece in data:
+            h.update(piece)
+    return h.hexdigest()
+
+
+def _others(volume, skip: str) -> dict[str, str | None]:  # type: ignore[no-untyped-def]
+    """Digests of the namespace's objects but the restored one, its kept copies and the workload's counter."""
+    names = [o.name for o in volume.objects_now() if not o.name.startswith(skip) and o.name != "counter"]
+    return {n: _digest(volume, n) for n in names}
+
+
+def restore_object_trial(env: Env, param: tuple[str, str | float]) -> None:
+    mode, point = param
+    from drsvc.volumes.base import VolumeObject
+
+    desktop = env.desktops[1]
+    volume = _volume(desktop)
+    volume.remove_objects([o.name for o in volume.objects_now() if o.name.startswith(BIG)])  # an earlier trial's
+    old, new = os.urandom(BIG_SIZE), os.urandom(BIG_SIZE)
+    volume.write_objects([(VolumeObject(BIG, BIG_SIZE), iter([old]))], exact=False)
+    env.run("backup", desktop)
+    volume.write_objects([(VolumeObject(BIG, BIG_SIZE), iter([new]))], exact=False)
+    want = {hashlib.sha256(old).hexdigest(): "the point's", hashlib.sha256(new).hexdigest(): "the current"}
+    others = _others(volume, BIG)
+    args = ("restore", desktop, "--object", BIG) + (("--overwrite",) if mode == "overwrite" else ())
+    try:
+        _kill(env, point, *args)
+    finally:
+        got = _digest(volume, BIG)
+        for kept in [o.name for o in volume.objects_now() if o.name.startswith(BIG + ".drsvc-")]:
+            if _digest(volume, kept) not in want:
+                raise Violation(f"half: the kept copy {kept} is neither the old object nor the point's")
+    if got not in want:
+        raise Violation(f"half: {BIG} is neither the current object nor the point's after the kill ({mode})")
+    if _others(volume, BIG) != others:
+        raise Violation("touched: objects besides the restored one changed")
+    env.run("cleanup")
+    env.run(*args)  # the same command again finishes it
+    if _digest(volume, BIG) != hashlib.sha256(old).hexdigest():
+        raise Violation("the restore run again did not bring the point's object back")
+    env.check_leftovers()
+    volume.remove_objects([o.name for o in volume.objects_now() if o.name.startswith(BIG)])
+
+
+# ---------------------------------------------------------------------- restore from the cold tier
+def restore_cold_trial(env: Env, point: str | float) -> None:
+    desktop = env.desktops[0]
+    env.run("backup", desktop)
+    time.sleep(1.2)
+    env.run("tier")
+    clone = f"{desktop}-clone{random.randrange(10**6)}"
+    env.namespaces.append(clone)
+    code = None
+    if isinstance(point, str):
+        env.killed_at(point, "restore", desktop, "--as", clone, "--tier", "cold")
+    else:
+        code = env.killed_after(point, "restore", desktop, "--as", clone, "--tier", "cold")
+    if code is not None and env.finished_clone(clone):  # done before the kill (or killed on its way out)
+        env.drop_clone(clone)
+        raise NotKilled(f"restore finished in under {point:.2f} s")
+    env.run("cleanup")
+    if container_exists(clone):
+        raise Violation(f"leftover: clone {clone} after cleanup")
+    if _namespace_left(clone):
+        raise Violation(f"leftover: namespace {clone} after cleanup")
+    env.check_leftovers()
+
+
+# ---------------------------------------------------------------------- cleanup killed itself
+def cleanup_trial(env: Env, point: str | float) -> None:
+    """Leftovers of two killed restores and a killed backup; the cleanup removing them is killed."""
+    desktop = env.desktops[0]
+    env.run("backup", desktop)
+    clones = [f"{desktop}-clone{random.randrange(10**6)}" for _ in range(2)]
+    env.namespaces.extend(clones)
+    env.killed_at("after-clone-created", "restore", desktop, "--as", clones[0])
+    env.killed_at("after-restore-volume", "restore", desktop, "--as", clones[1])
+    env.killed_at("after-snapshot", "backup", "--policy", POLICY)
+    time.sleep(0.6)
+    _kill(env, point, "cleanup")
+    env.run("cleanup")
+    for clone in clones:
+        if container_exists(clone):
+            raise Violation(f"leftover: clone {clone} after the cleanup that followed a killed one")
+        if _namespace_left(clone):
+            raise Violation(f"leftover: namespace {clone} after the cleanup that followed a killed one")
+    env.check_leftovers()
+    env.check_sound()
+
+
+# ---------------------------------------------------------------------- the scheduler's tick
+def run_trial(env: Env, point: str | float) -> None:
+    """``run --once`` with the policy's backup due (its window forgotten), killed mid-tick."""
+
+    def due() -> None:
+        c = env.catalog()
+        try:
+            c.execute("DELETE FROM schedule_state WHERE policy = ?", [POLICY])
+        finally:
+            c.close()
+
+    before = env.complete()
+    due()
+    _kill(env, point, "run", "--once")
+    due()
+    env.run("run", "--once")
+    if not before <= env.complete():
+        raise Violation(f"lost: {sorted(before - env.complete())[:3]}")
+    env.check_leftovers()
+    env.check_sound()
+
+
+def trials(rng: random.Random, n_random: int) -> dict[str, list[tuple[object, object]]]:
+    """The trial types of this module: named fault points first, then random moments."""
+
+    def moments(lo: float, hi: float) -> list[float]:
+        return [rng.uniform(lo, hi) for _ in range(n_random)]
+
+    return {
+        "drill": [(drill_trial, p) for p in ("mid-restore-volume@2", "after-restore-volume", "after-clone-created")]
+        + [(drill_trial, t) for t in moments(0.5, 4.0)],
+        "copy": [(copy_trial, p) for p in ("mid-upload@1", "mid-upload@4")]
+        + [(copy_trial, t) for t in moments(0.4, 2.0)],
+        "keys": [(keys_trial, "mid-upload@1")] + [(keys_trial, t) for t in moments(0.3, 1.2)],
+        "restore-object": [(restore_object_trial, ("overwrite", t)) for t in moments(0.5, 2.0)]
+        + [(restore_object_trial, ("keep", t)) for t in moments(0.5, 2.5)],
+        "restore-cold": [
+            (restore_cold_trial, p) for p in ("mid-restore-volume@2", "after-restore-volume", "after-clone-created")
+        ]
+        + [(restore_cold_trial, t) for t in moments(0.4, 1.3)],
+        "cleanup": [(cleanup_trial, "prune-after-snapshot-removed")] + [(cleanup_trial, t) for t in moments(0.3, 1.5)],
+        "run": [(run_trial, p) for p in ("after-snapshot", "mid-upload@3", "tier-after-packs")]
+        + [(run_trial, t) for t in moments(0.5, 6.0)],
+    }
