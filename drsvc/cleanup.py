@@ -1,6 +1,6 @@
 """Cleanup: remove what interrupted jobs left behind, once their owners are gone.
 
-Three kinds of leftovers, all found from the catalog:
+Four kinds of leftovers, all found from the catalog:
 
 1. points of backup jobs that died (still ``pending``): marked failed (``recover_interrupted``);
 2. pool snapshots no pending or hot point refers to — among them those a killed backup recorded
@@ -12,7 +12,9 @@ Three kinds of leftovers, all found from the catalog:
    ``restore-interrupted``): the same ``drsvc restore`` command resumes it. What a runtime's
    restore left (a CRI-O checkpoint image or node archive, a base image it loaded) and the Docker
    checkpoint directory a killed backup left are removed by the runtime's ``forget`` (a loaded
-   image only while no container runs from it).
+   image only while no container runs from it);
+4. drills still recorded ``running`` whose owner lease lapsed (killed): recorded ``interrupted``
+   (their sandbox clones are the restores' intents of 3).
 
 Runs under the work lease (``drsvc cleanup``, the scheduler's tick, ``prune``, ``backup``), so no live
 backup owns a pending point. Each undo is idempotent: a second cleanup finds nothing to do.
@@ -28,6 +30,7 @@ from typing import Any
 
 from drsvc import clock
 from drsvc.backup import recover_interrupted
+from drsvc.drill import interrupted_drills
 from drsvc.errors import DrsvcError, NotFound
 from drsvc.intents import (
     ARTIFACT_KINDS,
@@ -58,11 +61,12 @@ class CleanupReport:
     snapshots: list[str] = field(default_factory=list)
     undone: list[str] = field(default_factory=list)
     interrupted_restores: list[str] = field(default_factory=list)
+    interrupted_drills: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
     def nothing(self) -> bool:
-        return not (self.failed_points or self.snapshots or self.undone)
+        return not (self.failed_points or self.snapshots or self.undone or self.interrupted_drills)
 
     def document(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -97,6 +101,8 @@ def leftover_lines(services: Services) -> list[str]:
             lines.append(f"leftover: {intent.line()}: its owner is gone; it holds a desktop's memory in plaintext")
         elif intent.kind != "restore-in-place":
             lines.append(f"leftover: {intent.line()}: its owner is gone")
+    for drill_id in interrupted_drills(catalog):
+        lines.append(f"leftover: drill {drill_id} is recorded running but its process is gone")
     for intent in interrupted_restores(catalog):
         lines.append(f"interrupted: in-place restore {intent.line()}: `drsvc restore {intent.target}` finishes it")
     if lines:
@@ -142,6 +148,7 @@ class CleanupJob:
             report.interrupted_restores += [
                 i.line() for i in interrupted_restores(self.catalog) if i.state == "interrupted"
             ]
+            report.interrupted_drills = interrupted_drills(self.catalog)
             return report
         if self.lease is None or not self.lease.joined:
             report.failed_points = recover_interrupted(self.catalog)
@@ -150,7 +157,8 @@ class CleanupJob:
             report.snapshots = prune.remove_unreferenced_snapshots(report.problems)
         except DrsvcError as e:  # the lease lost, the catalog unreadable
             report.problems.append(f"pool snapshots: {e}")
-        self.undo(leftovers(self.catalog), report)
+        self.undo(leftovers(self.catalog), report)  # a killed drill's clones among them
+        report.interrupted_drills = interrupted_drills(self.catalog, mark=True)
         # owner leases that lapsed and guard nothing any more (one row per restore or tier run)
         self.catalog.execute(
             "DELETE FROM leases WHERE name LIKE 'owner:%' AND expires_at < ? "

@@ -23,6 +23,7 @@ from typing import Any
 from drsvc import clock
 from drsvc.catalog import Catalog
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, InvalidInput, NotFound
+from drsvc.intents import Owner, owner_alive
 from drsvc.restore import DEFAULT_TARGET, RestoreJob, RestorePlan
 from drsvc.restore_effects import resolve_clone
 from drsvc.runtimes.base import Isolation
@@ -91,6 +92,23 @@ def check_isolation(clone: Isolation | None, original: Isolation | None) -> dict
         "clone": clone.document() if clone else None,
         "original": original.document() if original else None,
     }
+
+
+def interrupted_drills(catalog: Catalog, *, mark: bool = False) -> list[int]:
+    """Drills still recorded running whose process is gone (killed: its owner lease lapsed).
+
+    ``mark``: record them ``interrupted`` (``drsvc cleanup``; their clones are the restores'
+    intents, undone there). A drill of an older drsvc (no owner) is left as it is.
+    """
+    rows = catalog.query("SELECT id, owner FROM drills WHERE status = 'running' AND owner IS NOT NULL")
+    gone = [r["id"] for r in rows if not owner_alive(catalog, r["owner"])]
+    if mark and gone:
+        catalog.execute(
+            f"UPDATE drills SET status = 'interrupted', finished_at = ? WHERE status = 'running' "
+            f"AND id IN ({','.join('?' * len(gone))})",
+            [clock.to_iso(clock.now()), *gone],
+        )
+    return gone
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -194,10 +212,19 @@ class DrillJob:
     ) -> DrillReport:
         if parallel < 1:
             raise InvalidInput(f"--parallel {parallel}: must be at least 1")
+        # the owner lease: a drill killed (-9) skips the finally below; once its owner lapses,
+        # cleanup records it interrupted (``interrupted_drills``)
+        with Owner(self.catalog) as owner:
+            return self._run(desktops, parallel, policy, selection, owner.name)
+
+    def _run(
+        self, desktops: Sequence[str], parallel: int, policy: str | None, selection: str, owner: str
+    ) -> DrillReport:
         started = clock.now()
         cursor = self.catalog.execute(
-            "INSERT INTO drills (started_at, policy, selection, parallel, status) VALUES (?, ?, ?, ?, 'running')",
-            [clock.to_iso(started), policy, selection or ",".join(desktops), parallel],
+            "INSERT INTO drills (started_at, policy, selection, parallel, status, owner) "
+            "VALUES (?, ?, ?, ?, 'running', ?)",
+            [clock.to_iso(started), policy, selection or ",".join(desktops), parallel, owner],
         )
         report = DrillReport(int(cursor.lastrowid or 0))
         try:

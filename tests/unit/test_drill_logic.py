@@ -140,6 +140,29 @@ def test_ctrl_c_mid_drill_still_tears_down_and_records_interrupted(
     assert [r["status"] for r in services.catalog.query("SELECT status FROM drills")] == ["interrupted"]
 
 
+@pytest.mark.parametrize("point", ["after-clone-created", "after-restore-volume"])
+def test_a_drill_killed_mid_restore_is_torn_down_and_recorded_interrupted_by_cleanup(
+    deploy: Deployment, point: str
+) -> None:
+    """kill -9 (a real SIGKILL of a child drsvc) skips the drill's finally: cleanup must end what it left."""
+    fleet(deploy, "alice")
+    killed = deploy.run_child("drill", "alice", DRSVC_FAULT=f"{point}:kill")
+    assert killed.returncode == -9, killed.stderr
+    services = deploy.services()
+    assert [r["status"] for r in services.catalog.query("SELECT status FROM drills")] == ["running"]
+    assert deploy.cli("cleanup").code == 0
+    assert leftovers(deploy) == []
+    assert [r["status"] for r in services.catalog.query("SELECT status FROM drills")] == ["interrupted"]
+    assert not services.catalog.query("SELECT 1 FROM drill_results WHERE passed = 1")
+    assert deploy.cli("catalog", "check").code == 0
+    # and a drill that runs now is not taken for a killed one
+    assert deploy.cli("drill", "alice").code == 0
+    assert [r["status"] for r in services.catalog.query("SELECT status FROM drills ORDER BY id")] == [
+        "interrupted",
+        "passed",
+    ]
+
+
 def test_a_failed_teardown_fails_the_desktop(deploy: Deployment) -> None:
     fleet(deploy, "alice")
     deploy.world.set_knobs("alice", remove_error="device busy")
