@@ -47,7 +47,7 @@ from drsvc.intents import (
 from drsvc.lease import Lease, holder_dead
 from drsvc.prune import PruneJob
 from drsvc.restore_effects import CONTAINER_PHASES
-from drsvc.runtimes.base import LABEL_CLONE_OF, forget
+from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_RESTORE, forget
 from drsvc.services import Services
 from drsvc.targets import owned_clone
 
@@ -63,6 +63,8 @@ class CleanupReport:
     interrupted_restores: list[str] = field(default_factory=list)
     interrupted_drills: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # what a killed run's intent names but the run did not make: left in place on purpose
+    others: list[str] = field(default_factory=list)
 
     @property
     def nothing(self) -> bool:
@@ -204,7 +206,7 @@ class CleanupJob:
         if intent.kind == "clone-container":
             if intent.detail.get("phase", "container") not in CONTAINER_PHASES:
                 return "undone"  # killed before its container phase: a container there is not its own
-            return self._remove_clone(intent.target, intent.detail.get("of"), report)
+            return self._remove_clone(intent.target, intent.detail.get("of"), intent.detail.get("mark"), report)
         if intent.kind == "clone-volume":
             return self._remove_clone_objects(intent, report)
         if intent.kind == "multipart-uploads":
@@ -227,7 +229,13 @@ class CleanupJob:
         return "done"  # point-read: nothing was made
 
     def _remove_clone_objects(self, intent: Intent, report: CleanupReport) -> str:
-        """A killed clone restore's objects: the names it recorded before writing, nothing else."""
+        """A killed clone restore's objects: of the names it recorded before writing, those it wrote.
+
+        Killed while writing into an empty namespace (``mark`` recorded, not ``written``): only the
+        objects that still carry its writer mark, which it set in the op creating each one; an
+        object another writer put under one of those names stays. Once ``written``: every recorded
+        name (each one created by it). Recorded by an older drsvc: the names, or without names the
+        whole namespace, as before."""
         users = self.catalog.query(
             "SELECT id FROM desktops WHERE volume = ? AND gone_since IS NULL AND labels NOT LIKE '%drsvc.clone-of%'",
             [intent.target],
@@ -235,6 +243,17 @@ class CleanupJob:
         if users:
             report.problems.append(f"{intent.line()}: not purged, desktop {users[0]['id']} uses that volume")
             return "failed"
+        names = unpack_names(intent.detail)
+        mark = intent.detail.get("mark")
+        volume = self.services.volume(intent.target)
+        if names is not None and mark is not None and not intent.detail.get("written"):
+            # exact whoever else writes there (a racing restore of the same name, an operator)
+            removed = volume.remove_objects(names, marked=str(mark))
+            report.others.append(
+                f"{intent.target}: removed the {removed} object(s) carrying the killed restore's writer mark; "
+                "an object without it is not its own and stays"
+            )
+            return "undone"
         # a restore of the same name that succeeded since, or still runs, writes the same names
         since = [
             i
@@ -248,8 +267,6 @@ class CleanupJob:
                 f"{intent.line()}: not removed, the namespace {why} (restore {since[0].detail.get('restore')})"
             )
             return "failed"
-        names = unpack_names(intent.detail)
-        volume = self.services.volume(intent.target)
         if names is None:  # recorded by an older drsvc, without the names: the namespace was its own
             volume.purge()
         else:
@@ -264,7 +281,7 @@ class CleanupJob:
             raise DrsvcError("left for now: a running restore loads the same image")
         return forget(self.services.runtime, intent.kind, intent.target)
 
-    def _remove_clone(self, name: str, source: str | None, report: CleanupReport) -> str:
+    def _remove_clone(self, name: str, source: str | None, mark: str | None, report: CleanupReport) -> str:
         runtime = self.services.runtime
         try:
             container = runtime.inspect(name)
@@ -274,6 +291,10 @@ class CleanupJob:
         if not (owned_clone(container, source, name) if source else LABEL_CLONE_OF in container.labels):
             report.problems.append(f"container {name}: not removed, it is not the clone a restore of {source} made")
             return "failed"
+        if mark is not None and container.labels.get(LABEL_RESTORE) != mark:
+            # recorded by a drsvc that labels what it makes: another restore of that name made this one
+            report.others.append(f"container {name}: not removed, the killed restore did not make it")
+            return "undone"
         runtime.remove(name)
         return "undone"
 

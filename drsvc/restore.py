@@ -183,7 +183,8 @@ class RestoreJob(RestorePlanner):
             ref = None
         if ref is not None:
             # only the clone this restore made: never a container someone else put there meanwhile
-            if effects.container_made and owned_clone(ref, plan.desktop["id"], plan.name):
+            made = effects.container_labels().items() <= ref.labels.items()
+            if effects.container_made and made and owned_clone(ref, plan.desktop["id"], plan.name):
                 runtime.remove(plan.name)
             else:
                 left.append(f"container {plan.name} (this restore did not make it)")
@@ -212,6 +213,10 @@ class RestoreJob(RestorePlanner):
     def _created(self) -> set[str] | None:
         """Where the volume phase notes each object it wrote (what a failed clone's teardown removes)."""
         return self._effects.created if self._effects is not None else None
+
+    def _mark(self) -> str | None:
+        """The writer mark each object of a clone carries while it is written (None: not marked)."""
+        return self._effects.volume_mark if self._effects is not None else None
 
     def _artifact(self) -> AbstractContextManager[str | None]:
         return self._effects.artifact() if self._effects is not None else nullcontext(None)
@@ -251,6 +256,8 @@ class RestoreJob(RestorePlanner):
                 labels = plan.target.labels()
                 if labels is None and self.relocate is not None:
                     labels = {LABEL_VOLUME: plan.volume_url}  # restored in place, its volume elsewhere
+                if labels is not None and self._effects is not None:
+                    labels.update(self._effects.container_labels())  # the mark cleanup checks after a kill
                 for attempt in (1, 2):
                     try:
                         # what the runtime leaves while it restores (a CRI-O checkpoint image) is recorded first
@@ -329,7 +336,7 @@ class RestoreJob(RestorePlanner):
             # a namespace the plan listed and found empty is not listed again (a whole-pool scan)
             namespace = namespace_of(plan.volume_url) or ""
             target = source.clone_from_snapshot(
-                snap, namespace, listed, fresh=plan.target.empty, created=self._created()
+                snap, namespace, listed, fresh=plan.target.empty, created=self._created(), mark=self._mark()
             )
             result.checks["volume"] = f"copied from pool snapshot {snap} into {plan.volume_url}"
         else:  # cold, or hot chunks whose pool snapshot is gone
@@ -337,9 +344,17 @@ class RestoreJob(RestorePlanner):
             stream = store.read_stream(StreamRef.from_dict(manifest["volume"]["stream"]))
             # a namespace the plan listed and found empty is not listed again (a whole-pool scan)
             target.write_objects(
-                _split_objects(objects, stream), exact=True, fresh=plan.target.empty, created=self._created()
+                _split_objects(objects, stream),
+                exact=True,
+                fresh=plan.target.empty,
+                created=self._created(),
+                mark=self._mark(),
             )
             result.checks["volume"] = f"written from {len(objects)} objects' chunks in the {plan.tier} store"
+        if self._effects is not None and self._mark() is not None:
+            # recorded first: once the marks are off, only this says every recorded name is this run's
+            self._effects.volume_written()
+            target.unmark(o["name"] for o in objects)
         if verify:
             expected = {o["name"]: o["digest"] for o in objects}
             # each object hashed in the form its digest was recorded in: a point may mix forms

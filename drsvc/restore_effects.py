@@ -7,12 +7,15 @@ One restore run records, under an owner lease of its own:
   pending; cleanup marks it ``interrupted`` (visible in ``points list``, an event for alerting) and
   the same ``drsvc restore DESKTOP`` resumes it from the same point;
 * as a clone: ``clone-volume`` (with the names of the objects it may write, before it writes one)
-  and ``clone-container`` (with the phase reached). Kept when the restore succeeds (a drill's
-  temporary clones stay pending until its teardown). When it fails, the teardown removes the
-  objects this run wrote (``created``) and the container only if this run reached its container
-  phase; when the run was killed, cleanup removes the recorded names and, if the run reached its
-  container phase, the clone container. Never anything else in the namespace: an object another
-  writer put there (a racing restore of the same name, an operator) stays, and the output says so;
+  and ``clone-container`` (with the phase reached). Both carry the run's writer ``mark``: into an
+  empty namespace each object is created carrying it (``WRITER_XATTR``, taken off once the
+  intent says ``written``), and the clone's container gets it as label ``drsvc.restore``. Kept
+  when the restore succeeds (a drill's temporary clones stay pending until its teardown). When it
+  fails, the teardown removes the objects this run wrote (``created``) and the container only if
+  this run made it; when the run was killed, cleanup removes the recorded names that carry the
+  mark (all of them once ``written``) and the container only if it carries the mark. Never
+  anything else in the namespace: an object another writer put there (a racing restore of the
+  same name, an operator) stays, and the output says so;
 * what the runtime's restore leaves while it runs (``artifact``): a CRI-O checkpoint image in the
   registry (``checkpoint-image``) or the archive on the node (``checkpoint-archive``), both every
   memory page of the desktop in plaintext. The adapter deletes them when it is done; the run then
@@ -36,7 +39,7 @@ from drsvc.catalog import Catalog
 from drsvc.errors import DrsvcError
 from drsvc.intents import Intents, Owner, interrupted_restores, pack_names, pending, resolve
 from drsvc.leftovers import recorded
-from drsvc.runtimes.base import forget, restore_artifact
+from drsvc.runtimes.base import LABEL_RESTORE, forget, restore_artifact
 
 if TYPE_CHECKING:
     from drsvc.restore_plan import RestorePlan
@@ -83,6 +86,8 @@ class RestoreEffects:
         self.loaded: list[tuple[int, str]] = []
         self.created: set[str] = set()  # objects this run wrote into a clone's namespace (the volume fills it)
         self.reached: set[str] = set()  # the phases this run entered
+        # what this run's objects (while written) and its clone container carry: nothing else has it
+        self.mark = f"{restore_id}.{uuid.uuid4().hex[:16]}"
 
     def __enter__(self) -> RestoreEffects:
         self.owner.__enter__()
@@ -92,11 +97,21 @@ class RestoreEffects:
             # every name it may write, before it writes one: after a kill -9, cleanup removes these and no other
             names = pack_names(o["name"] for o in plan.manifest["volume"]["objects"])
             of = plan.desktop["id"]
+            # objects are marked only where they are created exclusively (an empty namespace)
+            marked = {"mark": self.mark} if plan.target.empty else {}
             self.clone = [
                 self.intents.record(
-                    "clone-volume", plan.volume_url, restore=self.restore_id, of=of, fresh=plan.target.empty, **names
+                    "clone-volume",
+                    plan.volume_url,
+                    restore=self.restore_id,
+                    of=of,
+                    fresh=plan.target.empty,
+                    **marked,
+                    **names,
                 ),
-                self.intents.record("clone-container", plan.name, restore=self.restore_id, of=of, phase="plan"),
+                self.intents.record(
+                    "clone-container", plan.name, restore=self.restore_id, of=of, phase="plan", mark=self.mark
+                ),
             ]
         else:
             self.in_place = self.intents.record(
@@ -119,6 +134,21 @@ class RestoreEffects:
             self.intents.note(self.in_place, phase=name)
         elif self.clone and name in CONTAINER_PHASES:
             self.intents.note(self.clone[1], phase=name)
+
+    @property
+    def volume_mark(self) -> str | None:
+        """The mark this run's clone objects carry while written (None: not a clone into an empty namespace)."""
+        return self.mark if self.clone and self.plan.target.empty else None
+
+    def volume_written(self) -> None:
+        """Every recorded name is this run's object now: said durably before the marks come off."""
+        if self.clone:
+            self.intents.note(self.clone[0], written=True)
+
+    def container_labels(self) -> dict[str, str]:
+        """The label the clone's container gets from this run (what cleanup checks before removing it)."""
+        target = self.plan.target
+        return {LABEL_RESTORE: self.mark} if self.clone and target.clone and target.foreign is None else {}
 
     @property
     def container_made(self) -> bool:

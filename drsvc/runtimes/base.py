@@ -26,6 +26,7 @@ LABEL_DESKTOP = "drsvc.desktop"
 LABEL_VOLUME = "drsvc.volume"
 LABEL_TENANT = "drsvc.tenant"
 LABEL_CLONE_OF = "drsvc.clone-of"  # set on clones restored beside their desktop (restore --as, drills)
+LABEL_RESTORE = "drsvc.restore"  # on a clone: the writer mark of the restore that made it (what cleanup removes)
 
 LABEL_CLONE_STORAGE = "drsvc.clone"  # on storage a runtime made for a clone (its volumes): removed with it
 

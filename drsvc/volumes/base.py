@@ -26,6 +26,12 @@ import blake3
 READ_SIZE = 4 * 1024 * 1024
 """Largest single read or write of object data: memory stays bounded whatever the object size."""
 
+WRITER_XATTR = "drsvc.restore-writer"
+"""The xattr a clone restore's write sets on each object it creates, in the op that creates it
+(``write_objects(mark=...)``), until the restore has recorded that every object is written
+(``unmark``): after a kill -9 it tells the restore's own objects from another writer's
+(``remove_objects(marked=...)``)."""
+
 
 @dataclass(frozen=True)
 class VolumeObject:
@@ -136,11 +142,13 @@ class Volume(Protocol):
         exact: bool = True,
         fresh: bool = False,
         created: set[str] | None = None,
+        mark: str | None = None,
     ) -> int:
         """Write objects (data, xattrs, omap replaced whole); with ``exact`` remove every other object;
         ``fresh``: the caller found the volume empty, so nothing is listed, and an object that
         appeared since is never overwritten (the write fails); ``created`` gets the name of each
-        object whose write went through, also when a later one fails."""
+        object whose write went through, also when a later one fails; ``mark`` (with ``fresh``):
+        each object carries ``WRITER_XATTR`` = ``mark`` from the op that creates it on."""
         ...
 
     def clone_from_snapshot(
@@ -151,18 +159,24 @@ class Volume(Protocol):
         *,
         fresh: bool = False,
         created: set[str] | None = None,
+        mark: str | None = None,
     ) -> Volume:
         """Copy the snapshot's content into a sibling volume named ``target``; return it (``objects``:
         the snapshot's objects with their metadata when the caller knows them, e.g. from a manifest;
-        ``fresh`` and ``created`` as in ``write_objects``)."""
+        ``fresh``, ``created`` and ``mark`` as in ``write_objects``)."""
         ...
 
     def purge(self) -> int:
         """Delete every live object of the volume; return how many."""
         ...
 
-    def remove_objects(self, names: Iterable[str]) -> int:
-        """Delete the named objects (absent ones are fine) and nothing else; return how many were removed."""
+    def remove_objects(self, names: Iterable[str], *, marked: str | None = None) -> int:
+        """Delete the named objects (absent ones are fine) and nothing else; return how many were removed
+        (``marked``: only those whose ``WRITER_XATTR`` is ``marked``, as one guarded step each)."""
+        ...
+
+    def unmark(self, names: Iterable[str]) -> int:
+        """Take ``WRITER_XATTR`` off the named objects (absent objects are fine); return how many had it."""
         ...
 
     def close(self) -> None:

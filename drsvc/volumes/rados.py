@@ -41,8 +41,10 @@ from typing import Any
 
 from drsvc import ceph, faults
 from drsvc.errors import DrsvcError, IntegrityError, InvalidInput, NotFound
+from drsvc.volumes import rados_removal
 from drsvc.volumes.base import (
     READ_SIZE,
+    WRITER_XATTR,
     ObjectStream,
     VolumeObject,
     digest_streams,
@@ -406,6 +408,7 @@ class RadosVolume:
         exact: bool = True,
         fresh: bool = False,
         created: set[str] | None = None,
+        mark: str | None = None,
     ) -> int:
         """Write each (object, data chunks) whole — data, xattrs, omap replaced — pipelined; return the count.
 
@@ -414,6 +417,8 @@ class RadosVolume:
         created exclusively (one that appeared since is never overwritten: the write fails).
         ``created``: gets the name of every object whose write went through, also when a later
         one fails (what a failed restore's teardown may remove, and nothing else).
+        ``mark`` (with ``fresh``): the op that creates each object also sets ``WRITER_XATTR`` to it
+        (``drsvc.volumes.rados_removal``: what cleanup after a kill -9 removes, and nothing else).
         A data stream whose length differs from ``object.size`` raises ``IntegrityError``.
         """
         io = self._head_io()
@@ -421,7 +426,7 @@ class RadosVolume:
             # what to remove afterwards is listed while the writes go on (listing a namespace scans
             # the pool: seconds in a large one); an object written meanwhile is in `written`, kept
             before = pool.submit(self._names_apart) if exact and not fresh else None
-            written = self._write_all(io, items, fresh=fresh, created=created)
+            written = self._write_all(io, items, fresh=fresh, created=created, mark=mark if fresh else None)
             if before is not None:
                 self._remove_many(io, [n for n in before.result() if n not in written])
         return len(written)
@@ -435,10 +440,16 @@ class RadosVolume:
             io.close()
 
     def _write_all(
-        self, io: Any, items: Iterable[ObjectStream], *, fresh: bool = False, created: set[str] | None = None
+        self,
+        io: Any,
+        items: Iterable[ObjectStream],
+        *,
+        fresh: bool = False,
+        created: set[str] | None = None,
+        mark: str | None = None,
     ) -> set[str]:
         """Write every object through the aio window; the names written (``fresh``: create each exclusively;
-        ``created``: as in ``write_objects``)."""
+        ``created``, ``mark``: as in ``write_objects``)."""
         rados = ceph.rados_module()
         written: set[str] = set()
         inflight: collections.deque[tuple[str, int, Any, Any]] = collections.deque()
@@ -482,6 +493,8 @@ class RadosVolume:
                     op.write_full(first)
                     for key, value in obj.xattrs.items():
                         op.set_xattr(key, bytes(value))
+                    if mark is not None:  # in the creating op: marked exactly when this writer made it
+                        op.set_xattr(WRITER_XATTR, mark.encode())
                     if obj.omap:
                         io.set_omap(op, tuple(obj.omap), tuple(bytes(v) for v in obj.omap.values()))
                     with ceph.ceph_errors(f"write {self.url}/{obj.name}"):
@@ -531,13 +544,14 @@ class RadosVolume:
         *,
         fresh: bool = False,
         created: set[str] | None = None,
+        mark: str | None = None,
     ) -> RadosVolume:
         """Copy the snapshot's content of this namespace into namespace ``target`` (made exact); return it.
 
         ``objects``: what the snapshot holds (names, sizes, xattrs, omap), when the caller knows it
         (a point's manifest, taken from this very snapshot); else every object is scanned first.
         ``fresh``: the caller found ``target`` empty (``write_objects``: not listed again, objects
-        created exclusively). ``created``: as in ``write_objects``.
+        created exclusively). ``created``, ``mark``: as in ``write_objects``.
         """
         if target == self.namespace:
             raise InvalidInput(f"clone of {self.url} into itself: use rollback_to")
@@ -549,7 +563,9 @@ class RadosVolume:
             window_bytes=self._window_bytes,
             threads=self._threads,
         )
-        clone.write_objects(self.read_objects_at(snap_name, objects), exact=True, fresh=fresh, created=created)
+        clone.write_objects(
+            self.read_objects_at(snap_name, objects), exact=True, fresh=fresh, created=created, mark=mark
+        )
         return clone
 
     def purge(self) -> int:
@@ -557,32 +573,16 @@ class RadosVolume:
         io = self._head_io()
         return self._remove_many(io, self._names(io))
 
-    def remove_objects(self, names: Iterable[str]) -> int:
-        """Delete the named objects (absent ones are fine), nothing else; return how many were removed."""
+    def remove_objects(self, names: Iterable[str], *, marked: str | None = None) -> int:
+        """Delete the named objects (absent ones are fine), nothing else; return how many were removed
+        (``marked``: only those still carrying that writer mark, ``rados_removal.remove_marked``)."""
+        if marked is not None:
+            return rados_removal.remove_marked(self._head_io(), self.url, sorted(set(names)), marked)
         return self._remove_many(self._head_io(), sorted(set(names)))
 
+    def unmark(self, names: Iterable[str]) -> int:
+        """Take the writer mark off the named objects (``rados_removal.unmark``); return how many had it."""
+        return rados_removal.unmark(self._head_io(), self.url, names, self._window)
+
     def _remove_many(self, io: Any, names: list[str]) -> int:
-        inflight: collections.deque[tuple[str, Any]] = collections.deque()
-        removed = 0
-
-        def reap() -> None:
-            nonlocal removed
-            name, comp = inflight.popleft()
-            ceph.wait(comp)
-            rv = comp.get_return_value()
-            if rv == 0:
-                removed += 1
-            elif rv != -errno.ENOENT:  # listed but already gone (deleted since a snap): fine
-                raise _rv_error(f"remove {self.url}/{name}", rv)
-
-        try:
-            for name in names:
-                with ceph.ceph_errors(f"remove {self.url}/{name}"):
-                    inflight.append((name, io.aio_remove(name)))
-                if len(inflight) >= self._window:
-                    reap()
-            while inflight:
-                reap()
-        finally:
-            _drain(inflight, lambda entry: ceph.wait(entry[1]))
-        return removed
+        return rados_removal.remove_many(io, self.url, names, self._window)

@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 from drsvc import runtimes, volumes
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
 from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, LABEL_TENANT, LABEL_VOLUME, DesktopRef, Isolation
-from drsvc.volumes.base import ObjectStream, SnapshotInfo, VolumeObject, digest_streams
+from drsvc.volumes.base import WRITER_XATTR, ObjectStream, SnapshotInfo, VolumeObject, digest_streams
 
 WORLD_ENV = "DRSVC_FAKE_WORLD"
 RUNTIME_SCHEME = "fake"
@@ -702,6 +702,7 @@ class FakeVolume:
         exact: bool = True,
         fresh: bool = False,
         created: set[str] | None = None,
+        mark: str | None = None,
     ) -> int:
         live = self._live()
         live.mkdir(parents=True, exist_ok=True)
@@ -712,7 +713,10 @@ class FakeVolume:
                 raise BackendError(f"write {self.url}/{obj.name}: {len(data)} bytes, expected {obj.size}")
             if fresh and (live / _qname(obj.name)).exists():
                 raise DrsvcError(f"write {self.url}/{obj.name}: the object exists (fresh volume); not overwritten")
-            _write_object(live, obj.name, data, dict(obj.xattrs), dict(obj.omap))
+            xattrs = dict(obj.xattrs)
+            if mark is not None and fresh:
+                xattrs[WRITER_XATTR] = mark.encode()
+            _write_object(live, obj.name, data, xattrs, dict(obj.omap))
             written.add(obj.name)
             if created is not None:
                 created.add(obj.name)
@@ -730,24 +734,39 @@ class FakeVolume:
         *,
         fresh: bool = False,
         created: set[str] | None = None,
+        mark: str | None = None,
     ) -> FakeVolume:
         if target == self.namespace:
             raise InvalidInput(f"clone of {self.url} into itself: use rollback_to")
         clone = FakeVolume(self.world, self.pool, target)
-        clone.write_objects(self.read_objects_at(snap_name, objects), exact=True, fresh=fresh, created=created)
+        clone.write_objects(
+            self.read_objects_at(snap_name, objects), exact=True, fresh=fresh, created=created, mark=mark
+        )
         return clone
 
-    def remove_objects(self, names: Iterable[str]) -> int:
+    def remove_objects(self, names: Iterable[str], *, marked: str | None = None) -> int:
         live = self._live()
         removed = 0
         for name in set(names):
             f = live / _qname(name)
-            if f.exists():
+            if f.exists() and (marked is None or _read_meta(f)[1].get(WRITER_XATTR) == marked.encode()):
                 _remove_object(f)
                 removed += 1
         if live.is_dir() and not any(live.iterdir()):
             live.rmdir()  # a namespace with no object is no namespace (RADOS keeps no trace of it)
         return removed
+
+    def unmark(self, names: Iterable[str]) -> int:
+        live = self._live()
+        done = 0
+        for name in set(names):
+            f = live / _qname(name)
+            if f.exists():
+                data, xattrs, omap = _read_object(f)
+                if xattrs.pop(WRITER_XATTR, None) is not None:
+                    _write_object(live, name, data, xattrs, omap)
+                    done += 1
+        return done
 
     def purge(self) -> int:
         live = self._live()

@@ -223,6 +223,81 @@ def test_a_failed_clone_restore_leaves_what_another_writer_put_in_its_namespace(
         io.close()
 
 
+def test_a_killed_clone_restores_cleanup_leaves_what_another_writer_put_in_its_namespace(
+    drsvc_env, make_fleet, rados_cluster, tmp_path
+):
+    """Real RADOS, kill -9: after the plan found the clone's namespace empty, someone writes there, one
+    object under a name the restore would write later. The restore is killed mid-volume; cleanup
+    removes the objects it wrote and nothing of the other writer's (the intent names them all)."""
+    from drsvc.restore import RestoreJob
+
+    [desktop] = make_fleet(1)
+    assert drsvc_env.cli("backup", desktop).code == 0
+    clone = f"{desktop}-killraced"
+    services = drsvc_env.services()
+    volume = services.volume(f"rados://desktops/{clone}")
+    io = rados_cluster.open_ioctx("desktops")
+    io.set_namespace(clone)
+    try:
+        plan = RestoreJob(services).plan(desktop, as_name=clone)
+        names = [o["name"] for o in plan.manifest["volume"]["objects"]]  # the order it writes them in
+        assert len(names) >= 6, names
+        go = tmp_path / "go"
+        # wait before the 3rd object, then die before the 5th: names[-1] is never written by it
+        fault = f"mid-restore-volume:wait={go}@3,mid-restore-volume:kill@5"
+        proc = drsvc_env.subprocess("restore", desktop, "--as", clone, env={**os.environ, "DRSVC_FAULT": fault})
+        wait_for(Path(f"{go}.reached"), 300, proc)
+        theirs = {names[-1]: b"written by someone else", "not-drsvcs": b"an operator's note"}
+        for name, data in theirs.items():
+            io.write_full(name, data)
+        go.touch()
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == -9, f"the restore was not killed (exit {proc.returncode}):\n{out}\n{err}"
+        written = {o.name for o in volume.objects_now()} - set(theirs)
+        assert written, "the killed restore wrote nothing: the trial tested nothing"
+
+        result = drsvc_env.cli("--json", "cleanup")
+        assert result.code == 0 and "Traceback" not in result.stderr, result.output
+        left = {o.name: io.read(o.name, 1 << 20) for o in volume.objects_now()}
+        assert left == theirs, f"cleanup removed another writer's objects or left the restore's: {sorted(left)}"
+        assert not container_exists(clone)
+    finally:
+        volume.purge()
+        io.close()
+
+
+def test_a_killed_clone_restores_cleanup_leaves_a_container_it_did_not_make(drsvc_env, make_fleet):
+    """kill -9 once the clone runs; then its container is replaced by another with the same clone labels
+    (a restore of the same name by another process). Cleanup removes the killed restore's objects, and
+    not the container it did not make."""
+    [desktop] = make_fleet(1)
+    assert drsvc_env.cli("backup", desktop).code == 0
+    clone = f"{desktop}-killswap"
+    services = drsvc_env.services()
+    volume = services.volume(f"rados://desktops/{clone}")
+    try:
+        _killed(drsvc_env, "after-clone-created", "restore", desktop, "--as", clone)
+        assert container_exists(clone), "the kill left no clone: the trial tested nothing"
+        image = subprocess.run(
+            ["podman", "inspect", "--format", "{{.ImageName}}", clone], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        subprocess.run(["podman", "rm", "-f", "-t", "0", clone], capture_output=True, check=True, timeout=120)
+        labels = {"drsvc.desktop": clone, "drsvc.volume": f"rados://desktops/{clone}", "drsvc.clone-of": desktop}
+        flags = [x for k, v in labels.items() for x in ("--label", f"{k}={v}")]
+        subprocess.run(
+            ["podman", "create", "--name", clone, *flags, image, "sleep", "600"], capture_output=True, check=True
+        )
+        assert volume.objects_now(), "the killed restore left no object: the trial tested nothing"
+
+        result = drsvc_env.cli("--json", "cleanup")
+        assert result.code == 0 and "Traceback" not in result.stderr, result.output
+        assert container_exists(clone), "cleanup removed a container the killed restore did not make"
+        assert volume.objects_now() == [], "cleanup left the killed restore's objects"
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", clone], capture_output=True, timeout=120)
+        volume.purge()
+
+
 def test_a_killed_in_place_restore_is_visible_and_the_same_command_resumes_it(drsvc_env, make_fleet):
     [desktop] = make_fleet(1)
     assert drsvc_env.cli("backup", desktop).code == 0

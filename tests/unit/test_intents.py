@@ -34,7 +34,7 @@ from drsvc.intents import (
 )
 from drsvc.lease import Lease
 from drsvc.prune import plan_hot
-from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, DesktopRef
+from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, LABEL_RESTORE, DesktopRef
 
 
 class FakeRuntime:
@@ -70,8 +70,8 @@ class FakeVolume:
         FakeVolume.purged.append(self.url)
         return 1
 
-    def remove_objects(self, names: list[str]) -> int:
-        FakeVolume.removed.append((self.url, sorted(names)))
+    def remove_objects(self, names: list[str], *, marked: str | None = None) -> int:
+        FakeVolume.removed.append((self.url, sorted(names)) if marked is None else (self.url, sorted(names), marked))
         return len(names)
 
 
@@ -148,6 +148,33 @@ def test_cleanup_removes_only_the_objects_a_killed_clone_restore_recorded(kit: C
     assert FakeVolume.removed == [("rados://desktops/desk-clone", sorted(names))]
     assert FakeVolume.purged == ["rados://desktops/old-clone"]  # no names recorded: the namespace, as before
     assert any("objects 3" in line for line in report.undone), report.undone  # a count, not the names
+
+
+def test_cleanup_after_a_kill_mid_write_removes_only_objects_carrying_the_runs_mark(kit: ColdKit) -> None:
+    """A run killed while writing into an empty namespace: the names, but only those that carry its
+    writer mark (set in the op creating each one); once it recorded `written`, every name."""
+    gone = Intents(kit.catalog, dead_owner(kit))
+    names = pack_names(["a", "b"])
+    gone.record("clone-volume", "rados://desktops/mid", restore=7, of="alice", mark="7.x", **names)
+    gone.record("clone-volume", "rados://desktops/done", restore=8, of="alice", mark="8.y", written=True, **names)
+    report = CleanupJob(kit.services, None).run()
+    assert FakeVolume.removed == [("rados://desktops/mid", ["a", "b"], "7.x"), ("rados://desktops/done", ["a", "b"])]
+    assert not report.problems and any("writer mark" in line for line in report.others), report
+
+
+def test_cleanup_removes_a_killed_restores_container_only_when_it_carries_its_mark(kit: ColdKit) -> None:
+    gone = Intents(kit.catalog, dead_owner(kit))
+    gone.record("clone-container", "ours", restore=7, of="alice", phase="container", mark="7.x")
+    gone.record("clone-container", "swapped", restore=8, of="alice", phase="container", mark="8.y")
+    gone.record("clone-container", "older", restore=9, of="alice", phase="container")  # an older drsvc's intent
+    clone = {LABEL_CLONE_OF: "alice"}
+    kit.runtime.containers["ours"] = {**clone, LABEL_DESKTOP: "ours", LABEL_RESTORE: "7.x"}
+    kit.runtime.containers["swapped"] = {**clone, LABEL_DESKTOP: "swapped", LABEL_RESTORE: "9.z"}
+    kit.runtime.containers["older"] = {**clone, LABEL_DESKTOP: "older"}
+    report = CleanupJob(kit.services, None).run()
+    assert sorted(kit.runtime.removed) == ["older", "ours"], "removed a container another restore made"
+    assert not report.problems and any("swapped" in line for line in report.others), report
+    assert leftovers(kit.catalog) == []
 
 
 def test_cleanup_leaves_a_namespace_a_later_restore_of_the_same_name_holds(kit: ColdKit) -> None:

@@ -7,6 +7,7 @@ decides, and that a failure is recorded. Content is compared with the test's own
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -15,6 +16,8 @@ from deployment import Deployment, digests, volume_for
 from drsvc import clock
 from drsvc.errors import DrsvcError, IntegrityError, InvalidInput, NotFound
 from drsvc.restore import RestoreJob
+from drsvc.runtimes.base import LABEL_RESTORE
+from drsvc.volumes.base import WRITER_XATTR
 
 HOUR = timedelta(hours=1)
 
@@ -239,6 +242,23 @@ def test_a_losing_racer_of_the_same_clone_name_leaves_the_winners_clone(deploy: 
     # the winner's intents are its own: still kept, not resolved by the loser's teardown
     states = {r["state"] for r in services.catalog.query("SELECT state FROM intents WHERE kind LIKE 'clone-%'")}
     assert states == {"kept", "undone"}
+
+
+def test_a_clone_carries_its_writer_mark_only_while_written_and_its_container_the_label(deploy: Deployment) -> None:
+    """The objects of a clone are created marked (what cleanup after a kill removes); the intent says
+    `written` before the marks come off, so the kept clone holds the point's content, nothing more."""
+    three_points(deploy)
+    services = deploy.services()
+    job = RestoreJob(services)
+    plan = job.plan("alice", as_name="alice-x")
+    assert job.run(plan, verify=True).status == "ok"  # verify: the digests (xattrs included) match
+    left = deploy.world.read_volume("desktops", "alice-x")
+    assert left and all(WRITER_XATTR not in xattrs for _, xattrs, _ in left.values())
+    [volume] = services.catalog.query("SELECT detail FROM intents WHERE kind = 'clone-volume'")
+    detail = json.loads(volume["detail"])
+    assert detail["written"] is True and detail["mark"]
+    labels = deploy.world.container("alice-x")["labels"]
+    assert labels[LABEL_RESTORE] == detail["mark"], labels
 
 
 def test_a_manifest_naming_a_base_image_by_anything_but_its_full_id_is_refused(deploy: Deployment) -> None:
