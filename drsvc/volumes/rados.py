@@ -9,9 +9,10 @@ What librados actually does (pacific, measured in the lab) and how this module c
 * Round trips are pipelined: stat, omap and data reads use librados aio with a bounded window
   (objects and bytes in flight). The binding has no aio for ``get_xattrs`` and ``snap_rollback``,
   but its sync calls release the GIL, so those run on a few threads beside the aio stream.
-* A write replaces an object whole in one compound op — ``remove`` (FAILOK) + ``write_full`` +
-  xattrs + omap — so no stale xattr or omap key survives, without a read first. Data beyond the
-  first 4 MiB follows as ``aio_write`` at explicit offsets (ops on one object keep their order).
+* A write replaces an object whole in one compound op — ``remove`` (FAILOK) or an exclusive
+  create + ``write_full`` + xattrs + omap — so no stale xattr or omap key survives, without a read
+  first (``drsvc.volumes.rados_write``: data past the op's first 32 MiB follows as ``aio_write`` at
+  explicit offsets; ops on one object keep their order).
 * ``snap_rollback(oid, snap)`` restores data, xattrs and omap and brings back an object deleted
   since the snap; on an object absent at the snap it deletes it.
 * A pool snapshot preserves a write only if the PG that takes it already has the osdmap with the
@@ -28,7 +29,7 @@ The pieces: this module (URLs and ``RadosVolume``), ``drsvc.volumes.rados_snapsh
 snapshots, re-exported here), ``drsvc.volumes.rados_io`` (shared librados helpers),
 ``drsvc.volumes.rados_scan`` (reading object metadata: which reader, ``rados_stamps``' compound
 aio ops through the C API or ``rados_meta``'s threads), ``drsvc.volumes.rados_window`` (data reads
-at a snapshot).
+at a snapshot), ``drsvc.volumes.rados_write`` (whole-object writes).
 """
 
 from __future__ import annotations
@@ -40,11 +41,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from drsvc import ceph, faults
-from drsvc.errors import DrsvcError, IntegrityError, InvalidInput, NotFound
+from drsvc.errors import IntegrityError, InvalidInput, NotFound
 from drsvc.volumes import rados_removal
 from drsvc.volumes.base import (
     READ_SIZE,
-    WRITER_XATTR,
     ObjectStream,
     VolumeObject,
     digest_streams,
@@ -53,7 +53,6 @@ from drsvc.volumes.rados_io import (
     _NAMESPACE,
     _POOL,
     SCHEME,
-    _coalesce,
     _drain,
     _ioctx,
     _lookup_snap,
@@ -68,6 +67,7 @@ from drsvc.volumes.rados_snapshots import (
     snapshots_from_scope,
 )
 from drsvc.volumes.rados_window import ReadWindow
+from drsvc.volumes.rados_write import WriteWindow
 
 __all__ = [
     "SCHEME",
@@ -448,93 +448,18 @@ class RadosVolume:
         created: set[str] | None = None,
         mark: str | None = None,
     ) -> set[str]:
-        """Write every object through the aio window; the names written (``fresh``: create each exclusively;
+        """Write every object through the aio window (``WriteWindow``); the names written (``fresh``,
         ``created``, ``mark``: as in ``write_objects``)."""
-        rados = ceph.rados_module()
-        written: set[str] = set()
-        inflight: collections.deque[tuple[str, int, Any, Any]] = collections.deque()
-        inflight_bytes = 0
-
-        def wait(entry: tuple[str, int, Any, Any]) -> None:
-            ceph.wait(entry[2])
-            if entry[3] is not None:
-                entry[3].release()
-                # the op that creates (or replaces) the object: from here on it is this writer's
-                if created is not None and entry[2].get_return_value() >= 0:
-                    created.add(entry[0])
-
-        def reap() -> None:
-            nonlocal inflight_bytes
-            entry = inflight.popleft()
-            name, size, comp, _ = entry
-            inflight_bytes -= size
-            wait(entry)
-            self._written(name, comp.get_return_value(), fresh)
-
-        def room(size: int) -> None:
-            while inflight and (len(inflight) >= self._window or inflight_bytes + size > self._window_bytes):
-                reap()
-
-        try:
-            for obj, chunks in items:
-                if not obj.name or obj.name in written:
-                    raise InvalidInput(f"write to {self.url}: empty or repeated object name {obj.name!r}")
-                faults.point("mid-restore-volume")
-                pieces = _coalesce(chunks, READ_SIZE)
-                first = next(pieces, b"")
-                room(len(first))
-                op = io.create_write_op()
-                try:
-                    if fresh:  # never over an object that appeared since the namespace was found empty
-                        op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
-                    else:
-                        op.remove()
-                        op.set_flags(rados.LIBRADOS_OP_FLAG_FAILOK)  # absent is fine: this is a create
-                    op.write_full(first)
-                    for key, value in obj.xattrs.items():
-                        op.set_xattr(key, bytes(value))
-                    if mark is not None:  # in the creating op: marked exactly when this writer made it
-                        op.set_xattr(WRITER_XATTR, mark.encode())
-                    if obj.omap:
-                        io.set_omap(op, tuple(obj.omap), tuple(bytes(v) for v in obj.omap.values()))
-                    with ceph.ceph_errors(f"write {self.url}/{obj.name}"):
-                        comp = io.operate_aio_write_op(op, obj.name)
-                except BaseException:
-                    op.release()
-                    raise
-                inflight.append((obj.name, len(first), comp, op))
-                inflight_bytes += len(first)
-                offset = len(first)
-                if fresh and obj.size > offset:
-                    # the next pieces are plain writes: only once the exclusive create went through
-                    self._written(obj.name, ceph.wait(comp).get_return_value(), fresh)
-                for piece in pieces:
-                    room(len(piece))
-                    with ceph.ceph_errors(f"write {self.url}/{obj.name}"):
-                        comp = io.aio_write(obj.name, piece, offset)
-                    inflight.append((obj.name, len(piece), comp, None))
-                    inflight_bytes += len(piece)
-                    offset += len(piece)
-                written.add(obj.name)
-                if offset != obj.size:
-                    raise IntegrityError(
-                        f"write {self.url}/{obj.name}: data stream of {offset} bytes, expected {obj.size}"
-                    )
-            while inflight:
-                reap()
-        finally:
-            _drain(inflight, wait)
-        return written
-
-    def _written(self, name: str, rv: int, fresh: bool) -> None:
-        """Raise for a failed write of object ``name`` (``fresh``: created exclusively)."""
-        if rv == -errno.EEXIST and fresh:
-            raise DrsvcError(
-                f"write {self.url}/{name}: the object exists, though the namespace was empty when the "
-                "restore began (someone writes there); it is not overwritten"
-            )
-        if rv < 0:
-            raise _rv_error(f"write {self.url}/{name}", rv)
+        window = WriteWindow(
+            io,
+            self.url,
+            window=self._window,
+            window_bytes=self._window_bytes,
+            fresh=fresh,
+            created=created,
+            mark=mark,
+        )
+        return window.write_all(items)
 
     def clone_from_snapshot(
         self,
