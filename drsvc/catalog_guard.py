@@ -99,7 +99,7 @@ def quick_check(conn: sqlite3.Connection) -> list[str]:
 # (here, not in catalog_copy: a cron minute with nothing to copy must not import the chunk store)
 EPHEMERAL = ("leases",)
 # rows that change without changing what a copy is for (a cron tick every minute)
-NOT_A_CHANGE = (*EPHEMERAL, "scheduler_ticks", "tier_lag")
+NOT_A_CHANGE = (*EPHEMERAL, "scheduler_ticks", "tier_lag", "store_params")
 COPIES_SUFFIX = ".copies"
 
 

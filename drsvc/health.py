@@ -21,8 +21,9 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from drsvc import clock
+from drsvc import clock, store_params
 from drsvc.catalog import Catalog
+from drsvc.config import Config
 from drsvc.policy import Policy, PolicySet
 from drsvc.units import format_duration
 
@@ -262,6 +263,7 @@ def read_health(
     *,
     tier_lag_known: Mapping[tuple[str, str], int] | None = None,
     last_points: Mapping[LastPointKey, LastPoint] | None = None,
+    config: Config | None = None,
 ) -> FleetHealth:
     """The fleet's health at ``now`` from the catalog and the policies.
 
@@ -272,6 +274,9 @@ def read_health(
 
     ``last_points``: the newest complete point per (desktop, policy) as ``last_points()`` reads it,
     from a caller that already passed over every point (the metrics collector's one pass).
+
+    ``config``: the settings to hold against what the catalog last saw of the stores (a
+    ``[hot] chunk_kib`` the existing hot store does not follow is a problem: ``drsvc.store_params``).
     """
     now = now or clock.now()
     reader = _Reader(catalog)
@@ -301,6 +306,10 @@ def read_health(
     health.policies = [by_policy[name] for name in sorted(by_policy)]
     health.interrupted_restores = reader.interrupted_restores(now)
     _judge(health)
+    if config is not None and config.hot is not None:
+        problem = store_params.chunk_size_problem(config, store_params.recorded_avg_size(catalog, config.hot.store))
+        if problem is not None:
+            health.problems.append(problem)
     return health
 
 

@@ -8,6 +8,7 @@ pointed at the lab or at temporary directories.
 from __future__ import annotations
 
 import logging
+import sys
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,7 @@ class Services:
             params = self._new_store_params(cold=cold)
             return ChunkStore.init(store, self.key_provider, params=params, **chunk_options)
         if not cold and self.config.hot and url == self.config.hot.store:
-            _say_if_chunk_size_differs(self.config, opened)
+            _hot_store_seen(self.config, self.catalog, url, opened)
         return opened
 
     def _new_store_params(self, *, cold: bool) -> ChunkerParams:
@@ -228,19 +229,24 @@ class Services:
                 adapter.close()
 
 
-def _say_if_chunk_size_differs(config: Config, hot: ChunkStore) -> None:
-    """A ``[hot] chunk_kib`` set to another size than the existing hot store's: said once per process.
+def _hot_store_seen(config: Config, catalog: Catalog, url: str, hot: ChunkStore) -> None:
+    """Record how the existing hot store cuts (``drsvc status`` compares it with ``[hot] chunk_kib``).
 
-    The store's config is the truth (every writer must cut alike, or dedup is lost): the setting
-    only shapes a store not yet created, and an existing one is never re-chunked."""
-    assert config.hot is not None
-    if "chunk_kib" not in config.hot.model_fields_set or hot.params.avg_size == config.hot.chunk_kib * 1024:
-        return
-    event(
-        log,
-        logging.WARNING,
-        "store.chunk_size",
-        f"{config.path}: hot.chunk_kib = {config.hot.chunk_kib}, but the hot store {config.hot.store} was "
-        f"created with {hot.params.avg_kib} KiB chunks and keeps them (a store is never re-chunked); the "
-        "setting applies to a new store only",
-    )
+    The store's config is the truth: the setting only shapes a store not yet created. When they
+    differ, ``status`` lists it as a problem (``drsvc.store_params``, the one wording); on stderr it
+    is said once per process only to someone at a terminal: a cron or daemon run logs it at info
+    level, or cron would mail it every minute."""
+    from drsvc import store_params
+
+    store_params.record(catalog, url, hot.params)
+    problem = store_params.chunk_size_problem(config, hot.params.avg_size)
+    if problem is not None:
+        level = logging.WARNING if _at_a_terminal() else logging.INFO
+        event(log, level, "store.chunk_size", problem)
+
+
+def _at_a_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False

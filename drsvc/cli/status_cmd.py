@@ -98,8 +98,9 @@ def command(app: App, all_desktops: bool) -> int:
     planned from the catalog only when no tier run has recorded one yet. Exit 0 when every
     objective is met, 5 when an RPO or RTO objective is missed (so it works as a Nagios/Icinga
     check); other problems (failed backups still inside the RPO, tier lag, a failed verification,
-    an interrupted restore) are listed either way.
+    an interrupted restore, a `[hot] chunk_kib` the existing hot store does not follow) are listed
+    either way.
     """
-    health = read_health(app.catalog, app.services.policies)
+    health = read_health(app.catalog, app.services.policies, config=app.services.config)
     app.emit(health.document(), lambda out: render(health, out, all_desktops=all_desktops))
     return EXIT_OK if health.ok else EXIT_OBJECTIVE_MISSED

@@ -8,6 +8,7 @@ refused before anything is uploaded.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import statistics
@@ -115,7 +116,8 @@ def test_a_new_store_made_with_32_kib_cuts_32_kib_chunks_and_records_it(tmp_path
     assert ref.stats.chunks_new == 0
 
 
-def test_an_existing_store_keeps_its_chunk_size_and_the_operator_is_told_once(tmp_path, services, caplog):
+def test_an_existing_store_keeps_its_chunk_size_and_the_operator_is_told_once(tmp_path, services, caplog, monkeypatch):
+    monkeypatch.setattr("drsvc.services._at_a_terminal", lambda: True)  # a person runs it
     first = services(None).hot  # made before the setting existed: 128 KiB
     data = os.urandom(8 * MiB)
     sizes = _sizes(first, data)
@@ -139,6 +141,32 @@ def test_an_existing_store_keeps_its_chunk_size_and_the_operator_is_told_once(tm
         services(128).hot  # noqa: B018 (the setting agrees)
         services(None).hot  # noqa: B018 (not set)
     assert [r for r in caplog.records if r.levelno == logging.WARNING] == []
+
+
+def test_a_cron_run_keeps_quiet_and_status_says_it_once_with_what_to_do(tmp_path, services, caplog, run_cli):
+    """Every cron minute a new process opens the hot store: it records how the store cuts and says
+    nothing on stderr; `drsvc status` has the one line (configured, used, kept, what to do)."""
+    services(None).hot  # noqa: B018 (made with 128 KiB chunks)
+    with caplog.at_level(logging.INFO, logger="drsvc"):
+        for _ in range(3):  # three cron minutes
+            services(32).hot  # noqa: B018
+    said = [r for r in caplog.records if getattr(r, "drsvc", {}).get("event") == "store.chunk_size"]
+    assert said and all(r.levelno == logging.INFO for r in said), [(r.levelname, r.getMessage()) for r in said]
+
+    config = _config(tmp_path, 32)
+    status = run_cli("--config", str(config), "--json", "status")
+    assert status.code == 0, status.output  # a setting, not an objective
+    lines = [p for p in json.loads(status.stdout)["problems"] if "chunk_kib" in p]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert str(config) in line and "hot.chunk_kib = 32" in line and "cuts 128 KiB chunks" in line
+    assert "keeps them" in line and "Set chunk_kib = 128" in line and "new store" in line
+    shown = run_cli("--config", str(config), "status")
+    assert shown.stdout.count("chunk_kib = 32") == 1, shown.stdout
+    # the operator follows the advice: the line goes at once (the config is read by status itself)
+    for agreeing in (128, None):
+        status = run_cli("--config", str(_config(tmp_path, agreeing)), "--json", "status")
+        assert not [p for p in json.loads(status.stdout)["problems"] if "chunk_kib" in p], status.stdout
 
 
 # ---------------------------------------------------------------- the cold store
