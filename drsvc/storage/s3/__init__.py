@@ -33,8 +33,10 @@ fallback (radosgw, MinIO). Credentials are never part of the URL or the config.
   drops the lock headers of ``CreateMultipartUpload``).
 - Only calls every S3 implementation has (no radosgw-only APIs).
 
-The pieces: ``store`` (``S3Store``, ``from_url``), ``errors`` (telling failures apart),
-``reader`` (the upload body); the names below are re-exported here.
+The pieces: ``store`` (``S3Store``, ``from_url``: the facade), ``checksums`` (the body checksum of
+every write), ``multipart`` (writes in parts, retention after them, aborting leftovers), ``bucket``
+(bucket setup), ``errors`` (telling failures apart), ``reader`` (the upload body); the names below
+are re-exported here.
 """
 
 from __future__ import annotations

@@ -1,15 +1,14 @@
 """``S3Store``: one bucket (and key prefix) as a drsvc object store -- bucket setup, parallel
 transfers, Object Lock retention, tagged and server-side copies. See the package docstring for the
-behaviour (retries, storage classes, locks, deletes).
+behaviour (retries, storage classes, locks, deletes); body checksums are ``checksums``, writes in
+parts (and their leftovers) ``multipart``.
 """
 
 from __future__ import annotations
 
-import base64
 import collections
 import os
 import re
-import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -24,6 +23,8 @@ from drsvc.errors import (
     NotFound,
 )
 from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map, split_store_url, too_large
+from drsvc.storage.s3 import bucket as bucket_setup
+from drsvc.storage.s3 import checksums, multipart
 from drsvc.storage.s3.errors import _NOT_FOUND, RUNBOOK, _code, _outage
 from drsvc.storage.s3.reader import _ViewReader
 
@@ -31,10 +32,6 @@ MiB = 1024 * 1024
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")  # not readable without a RestoreObject first
-
-# What S3 implementations answer to a body that does not match its checksum: Content-MD5 (BadDigest,
-# InvalidDigest), a signed payload's SHA-256 (XAmzContentSHA256Mismatch), an x-amz-checksum-* header.
-_DIGEST_MISMATCH = ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum")
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -91,11 +88,8 @@ class S3Store(StoreBase):
         self._lock_enabled: bool | None = None
         self._multipart_threshold = multipart_threshold
         self.endpoint = endpoint_url or os.environ.get("S3_ENDPOINT_URL") or None
-        # How bodies are checked by the server (``_body_args``): over HTTPS a CRC32 header (what
-        # AWS S3, MinIO and Ceph >= 19 verify; TLS protects the wire), over plain HTTP the signed
-        # payload's SHA-256, which every S3 implementation verifies (radosgw before 19 ignores
-        # x-amz-checksum-* headers altogether).
-        self._signed = not (self.endpoint or "https://").lower().startswith("https://")
+        # how the server checks bodies: the signed payload's SHA-256, or over HTTPS a CRC32 header
+        self._signed = checksums.signs_payload(self.endpoint)
         # Who the client acts as: with the endpoint, decides whether another store is reachable by
         # server-side copy (``copy_from``). The access key id is not a secret.
         self.identity = access_key or profile or os.environ.get("AWS_ACCESS_KEY_ID") or ""
@@ -109,10 +103,7 @@ class S3Store(StoreBase):
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
                 region_name=region,
-                # Every body carries a checksum the server verifies, computed here in one C call
-                # over the buffer (see ``_body_args``), never by botocore reading the body again.
-                request_checksum_calculation="when_required",
-                s3={"payload_signing_enabled": self._signed},
+                **checksums.client_options(self._signed),
             )
             keys: dict[str, str] = {}
             if access_key and secret_key:
@@ -136,7 +127,7 @@ class S3Store(StoreBase):
             return NotFound(f"object {key} not found in {self._url}")
         if code == "NoSuchBucket":
             return NotFound(f"s3 bucket {self.bucket} does not exist ({self._url})")
-        if code in _DIGEST_MISMATCH:
+        if code in checksums.DIGEST_MISMATCH:
             return IntegrityError(
                 f"s3 {what} {where}: the server refused the body: it does not match its checksum ({code}); "
                 "it was changed on its way, nothing was stored"
@@ -162,74 +153,23 @@ class S3Store(StoreBase):
         return BackendError(f"s3 {what} {where}: {code or type(error).__name__}: {error}")
 
     def _is_client_error(self, error: Exception) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        return isinstance(error, ClientError | BotoCoreError)
+        return bucket_setup.is_client_error(error)
 
     def _ensure_bucket(self, region: str | None, object_lock: bool) -> None:
-        try:
-            self._client.head_bucket(Bucket=self.bucket)
-            exists = True
-        except Exception as e:
-            if not self._is_client_error(e):
-                raise
-            if _code(e) not in ("404", "NoSuchBucket", "NotFound"):
-                raise self._fail("head bucket", "", e) from e
-            exists = False
-        if not exists:
-            args: dict[str, Any] = {"Bucket": self.bucket}
-            if object_lock:
-                args["ObjectLockEnabledForBucket"] = True
-            if region and region != "us-east-1":
-                args["CreateBucketConfiguration"] = {"LocationConstraint": region}
-            try:
-                self._client.create_bucket(**args)
-            except Exception as e:
-                if not self._is_client_error(e):
-                    raise
-                if _code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                    raise self._fail("create bucket", "", e) from e
-            else:
-                self._install_lifecycle(object_lock)
+        bucket_setup.ensure(
+            self._client, self.bucket, self.prefix, region=region, object_lock=object_lock, fail=self._fail
+        )
         if object_lock and not self.object_lock_enabled:
             raise InvalidInput(
                 f"s3 bucket {self.bucket} exists without Object Lock, which a locked cold tier needs: "
                 "enable it on the bucket (versioning + object lock configuration) or use a new bucket"
             )
 
-    def _install_lifecycle(self, versioned: bool) -> None:
-        """Housekeeping on buckets drsvc created: stale multipart uploads, and old versions when locked."""
-        rule: dict[str, Any] = {
-            "ID": "drsvc-housekeeping",
-            "Status": "Enabled",
-            "Filter": {"Prefix": self.prefix},
-            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
-        }
-        if versioned:
-            # A delete leaves a delete marker; the deleted data goes once its lock allows it.
-            rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": 1}
-            rule["Expiration"] = {"ExpiredObjectDeleteMarker": True}
-        try:
-            self._client.put_bucket_lifecycle_configuration(
-                Bucket=self.bucket, LifecycleConfiguration={"Rules": [rule]}
-            )
-        except Exception as e:
-            if not self._is_client_error(e):
-                raise
-            raise self._fail("put bucket lifecycle", "", e) from e
-
     @property
     def object_lock_enabled(self) -> bool:
         """Whether the bucket has Object Lock enabled (asked once, then remembered)."""
         if self._lock_enabled is None:
-            try:
-                cfg = self._client.get_object_lock_configuration(Bucket=self.bucket)
-                enabled = cfg.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
-            except Exception as e:
-                if not self._is_client_error(e):
-                    raise
-                enabled = False
-            self._lock_enabled = enabled
+            self._lock_enabled = bucket_setup.lock_enabled(self._client, self.bucket)
         return self._lock_enabled
 
     def _put_args(self, storage_class: str | None, retain_until: datetime | None) -> dict[str, Any]:
@@ -242,55 +182,26 @@ class S3Store(StoreBase):
             args["ObjectLockRetainUntilDate"] = until.astimezone(UTC)
         return args
 
-    def _multipart(self, oid: str, data: bytes, args: dict[str, Any]) -> None:
-        """One object in parts on up to ``workers`` threads (s3transfer, what boto3's upload_fileobj runs)."""
-        from s3transfer.manager import TransferConfig, TransferManager
-
-        config = TransferConfig(
-            multipart_threshold=self._multipart_threshold,
-            multipart_chunksize=max(8 * MiB, self._multipart_threshold // 2),
-            max_request_concurrency=self._workers,
-        )
-        with TransferManager(self._client, config) as manager:
-            body: Any = _ViewReader(data)
-            manager.upload(body, self.bucket, oid, extra_args=args).result()
-
-    def _retain(self, oid: str, args: dict[str, Any]) -> None:
-        retention = {"Mode": args["ObjectLockMode"], "RetainUntilDate": args["ObjectLockRetainUntilDate"]}
-        self._client.put_object_retention(Bucket=self.bucket, Key=oid, Retention=retention)
-
-    def _body_args(self, data: bytes) -> dict[str, Any]:
-        """The checksum the server verifies for a one-part write of ``data``, computed once here.
-
-        Signed (plain HTTP): botocore hashes the body for the signature, a view at a time with no
-        copy (the body is a ``_ViewReader`` handing out views), and the server refuses a body
-        whose SHA-256 differs (XAmzContentSHA256Mismatch). Unsigned (HTTPS): a CRC32 header,
-        given here so that botocore neither computes it (reading the body once more) nor sends
-        the body ``aws-chunked`` with a trailer. Either way it is also the body checksum S3 Object
-        Lock asks of every locked write, and a retry resends the same bytes with the same check.
-        """
-        if self._signed:
-            return {}
-        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
-        # the algorithm's name too: AWS wants x-amz-sdk-checksum-algorithm (or Content-MD5) on a locked write
-        return {"ChecksumAlgorithm": "CRC32", "ChecksumCRC32": crc}
-
     def _put(self, oid: str, key: str, data: bytes, args: dict[str, Any]) -> str | None:
         """Write one object; returns S3's ETag of a one-part write (None for multipart)."""
         faults.point("mid-upload")
         try:
             if len(data) > self._multipart_threshold:
-                extra = args if self._signed else {**args, "ChecksumAlgorithm": "CRC32"}  # per part
-                self._multipart(oid, data, extra)
-                if "ObjectLockRetainUntilDate" in args:
-                    # radosgw (Ceph 16 here) drops the lock headers of a multipart upload without a
-                    # word: the finished object gets its retention in a request of its own
-                    self._retain(oid, args)
+                multipart.upload(
+                    self._client,
+                    self.bucket,
+                    oid,
+                    data,
+                    checksums.part_args(args, self._signed),
+                    threshold=self._multipart_threshold,
+                    workers=self._workers,
+                )
                 return None
             # bytes go as they are (one hash, one send); a view (a slice of a pack buffer) as a file
             # handing out views of it: botocore takes no memoryview, and must be able to rewind
             body: Any = data if isinstance(data, bytes | bytearray) else _ViewReader(data, views=True)
-            response = self._client.put_object(Bucket=self.bucket, Key=oid, Body=body, **args, **self._body_args(data))
+            check = checksums.body_args(data, self._signed)
+            response = self._client.put_object(Bucket=self.bucket, Key=oid, Body=body, **args, **check)
             return str(response.get("ETag") or "").strip('"') or None
         except Exception as e:
             if not self._is_client_error(e):
@@ -476,23 +387,12 @@ class S3Store(StoreBase):
         A process killed mid-upload leaves them open (stored, billed, invisible to listings);
         ``drsvc cleanup`` calls this for the intents such a process left. Returns how many.
         """
-        aborted = 0
         try:
-            for page in self._client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=self.prefix
-            ):
-                for upload in page.get("Uploads", []):
-                    if initiated_after is not None and upload["Initiated"] < initiated_after:
-                        continue
-                    self._client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                    )
-                    aborted += 1
+            return multipart.abort_uploads(self._client, self.bucket, self.prefix, initiated_after)
         except Exception as e:
             if not self._is_client_error(e):
                 raise
             raise self._fail("abort multipart uploads", "", e) from e
-        return aborted
 
     def close(self) -> None:
         """Release the client's connection pool."""
@@ -585,7 +485,7 @@ class S3Store(StoreBase):
 
         def one(key: str) -> None:
             try:
-                self._retain(self._oid(key), args)
+                multipart.retain(self._client, self.bucket, self._oid(key), args)
             except Exception as e:
                 if not self._is_client_error(e):
                     raise
