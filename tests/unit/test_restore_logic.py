@@ -261,6 +261,40 @@ def test_a_clone_carries_its_writer_mark_only_while_written_and_its_container_th
     assert labels[LABEL_RESTORE] == detail["mark"], labels
 
 
+def test_the_marks_come_off_beside_the_container_phase_and_a_mark_left_fails_the_restore(
+    deploy: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --verify the marks come off while the container is restored: gone when the restore
+    returns; a removal that fails fails the restore, and its clone is torn down (never kept marked)."""
+    from fakes.desktops import FakeVolume
+
+    three_points(deploy)
+    services = deploy.services()
+    job = RestoreJob(services)
+    phases: list[str] = []
+    unmark = FakeVolume.unmark
+
+    def slow_unmark(self: FakeVolume, names: object) -> int:
+        phases.append("unmark")
+        return unmark(self, names)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FakeVolume, "unmark", slow_unmark)
+    assert job.run(job.plan("alice", as_name="alice-x")).status == "ok"
+    left = deploy.world.read_volume("desktops", "alice-x")
+    assert left and all(WRITER_XATTR not in xattrs for _, xattrs, _ in left.values())
+    assert phases == ["unmark"]
+
+    def failing_unmark(self: FakeVolume, names: object) -> int:
+        raise DrsvcError("unmark rados://desktops/alice-y: timed out")
+
+    monkeypatch.setattr(FakeVolume, "unmark", failing_unmark)
+    with pytest.raises(DrsvcError, match=r"unmark .*timed out"):
+        job.run(job.plan("alice", as_name="alice-y"))
+    assert not deploy.world.read_volume("desktops", "alice-y")  # torn down: no marked object stays
+    with pytest.raises(NotFound):
+        deploy.world.container("alice-y")
+
+
 def test_a_manifest_naming_a_base_image_by_anything_but_its_full_id_is_refused(deploy: Deployment) -> None:
     """The id is asked of the runtime, loaded, recorded and later forgotten: never a name or a path."""
     three_points(deploy)
