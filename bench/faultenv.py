@@ -110,6 +110,23 @@ class Env:
         if p.returncode != -9:
             raise Violation(f"drsvc {' '.join(args)} never reached {point} (exit {p.returncode})")
 
+    def killed_inside(self, point: str, *args: str, settle: float = 0.5) -> bool:
+        """Run ``drsvc ARGS``, hold it at ``point`` (``wait``), let what it sent land (``settle`` s),
+        then SIGKILL it from outside; False when it ended without reaching the point."""
+        go = self.root / "go"
+        go.unlink(missing_ok=True)
+        reached = Path(f"{go}.reached")
+        reached.unlink(missing_ok=True)
+        env = {**os.environ, "DRSVC_FAULT": f"{point}:wait={go}"}
+        proc = subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        while not reached.exists() and proc.poll() is None:
+            time.sleep(0.005)
+        if reached.exists():
+            time.sleep(settle)
+            proc.send_signal(signal.SIGKILL)
+        self.stderr.append(proc.communicate(timeout=600)[1])
+        return proc.returncode == -9
+
     def killed_after(self, seconds: float, *args: str) -> int:
         """Run ``drsvc ARGS`` and SIGKILL it after ``seconds``; its exit status (-9: killed)."""
         proc = subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -165,7 +165,11 @@ def restore_object_trial(env: Env, param: tuple[str, str | float]) -> None:
     others = _others(volume, BIG)
     args = ("restore", desktop, "--object", BIG) + (("--overwrite",) if mode == "overwrite" else ())
     try:
-        _kill(env, point, *args)
+        if point == "mid-object-write":  # between the object's write ops, once the first one landed
+            if not env.killed_inside(point, *args):
+                raise NotKilled("the object was written in one operation: never between two")
+        else:
+            _kill(env, point, *args)
     finally:
         got = _digest(volume, BIG)
         for kept in [o.name for o in volume.objects_now() if o.name.startswith(BIG + ".drsvc-")]:
@@ -259,17 +263,22 @@ def trials(rng: random.Random, n_random: int) -> dict[str, list[tuple[object, ob
 
     return {
         "drill": [(drill_trial, p) for p in ("mid-restore-volume@2", "after-restore-volume", "after-clone-created")]
-        + [(drill_trial, t) for t in moments(0.5, 4.0)],
+        + [(drill_trial, t) for t in moments(0.4, 1.6)],
         "copy": [(copy_trial, p) for p in ("mid-upload@1", "mid-upload@4")]
         + [(copy_trial, t) for t in moments(0.4, 2.0)],
-        "keys": [(keys_trial, "mid-upload@1")] + [(keys_trial, t) for t in moments(0.3, 1.2)],
-        "restore-object": [(restore_object_trial, ("overwrite", t)) for t in moments(0.5, 2.0)]
-        + [(restore_object_trial, ("keep", t)) for t in moments(0.5, 2.5)],
+        "keys": [(keys_trial, "mid-upload@1")] + [(keys_trial, t) for t in moments(0.2, 0.45)],
+        "restore-object": [
+            (restore_object_trial, ("overwrite", "mid-object-write")),
+            (restore_object_trial, ("keep", "mid-object-write")),
+            (restore_object_trial, ("keep", "mid-restore-volume@2")),  # after its kept copy
+        ]
+        + [(restore_object_trial, ("overwrite", t)) for t in moments(0.3, 0.8)]
+        + [(restore_object_trial, ("keep", t)) for t in moments(0.3, 0.9)],
         "restore-cold": [
             (restore_cold_trial, p) for p in ("mid-restore-volume@2", "after-restore-volume", "after-clone-created")
         ]
         + [(restore_cold_trial, t) for t in moments(0.4, 1.3)],
-        "cleanup": [(cleanup_trial, "prune-after-snapshot-removed")] + [(cleanup_trial, t) for t in moments(0.3, 1.5)],
+        "cleanup": [(cleanup_trial, "prune-after-snapshot-removed")] + [(cleanup_trial, t) for t in moments(0.2, 0.5)],
         "run": [(run_trial, p) for p in ("after-snapshot", "mid-upload@3", "tier-after-packs")]
         + [(run_trial, t) for t in moments(0.5, 6.0)],
     }

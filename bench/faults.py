@@ -373,6 +373,10 @@ def main() -> None:
             for trial, param in trials[kind]:
                 runs[kind] += 1
                 label = str(param) if not isinstance(param, float) else f"random {param:.2f} s"
+                if isinstance(param, tuple) and isinstance(param[1], float):
+                    label = f"{param[0]}, random {param[1]:.2f} s"
+                elif isinstance(param, tuple):
+                    label = ", ".join(map(str, param))
                 t = time.monotonic()
                 try:
                     trial(env, param)
