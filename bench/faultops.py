@@ -28,8 +28,8 @@ import time
 from faultenv import POLICY, SITE, Env, NotKilled, Violation
 from faultkit import container_exists
 
-BIG = "drsvc-fsbench-big"  # the object the restore-object trials restore: 3 RADOS writes (> 4 MiB)
-BIG_SIZE = 10 * 1024 * 1024
+BIG = "drsvc-fsbench-big"  # the object the restore-object trials restore: past the 32 MiB of a first write op
+BIG_SIZE = 40 * 1024 * 1024
 
 
 def _kill(env: Env, point: str | float, *args: str) -> None:

@@ -299,6 +299,18 @@ class CleanupJob:
         return "undone"
 
     def _fail_restore(self, intent: Intent) -> None:
+        object_restore = intent.detail.get("object_restore")  # a single-object restore's read lease
+        if intent.kind == "point-read" and object_restore is not None:
+            self.catalog.execute(
+                "UPDATE object_restores SET status = 'failed', error = ?, finished_at = ? "
+                "WHERE id = ? AND status = 'running'",
+                [
+                    "interrupted: the restoring process ended; run the same `drsvc restore --object` again",
+                    clock.to_iso(clock.now()),
+                    object_restore,
+                ],
+            )
+            return
         restore_id = intent.detail.get("restore")
         if restore_id is None:
             return

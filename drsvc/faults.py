@@ -55,6 +55,7 @@ POINTS: dict[str, str] = {
     "prune-after-snapshot-removed": "prune: a pool snapshot was removed from Ceph; the catalog still lists it",
     # restore
     "mid-restore-volume": "restore: one object of the volume is about to be written or rolled back",
+    "mid-object-write": "any volume write: an object's first operation is sent; its next piece is about to be",
     "after-restore-volume": "restore: the volume is restored; the container not yet",
     "after-container-removed": "restore in place: the old container is removed; the new one not yet restored",
     "after-clone-created": "restore: the container (or clone) runs; health not checked, not recorded",

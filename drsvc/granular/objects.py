@@ -16,13 +16,18 @@ exit 4 and names the object. Everything is validated before the first write (unk
 a kept name that already exists, files in the way), and the restore is recorded first
 (``object_restores``: who, what, which point, when, how long) and audited (``point_access``).
 
-Concurrency: the desktop may write an object while it is being restored; the restored object is
-written with one ``write_full`` plus appends (as whole-desktop restores do), so a write racing
-it can interleave. Restore objects a desktop is actively rewriting only with it stopped.
+Kills: each object (and each kept copy) up to ``WHOLE_MAX`` is written in one operation, so a
+kill -9 leaves the old object or the point's, never a mix; a kept copy that is whole and equal to
+the live object is what an interrupted run of this restore left, and the same command goes on.
+
+Concurrency: the desktop may write an object while it is being restored; an object larger than
+``WHOLE_MAX`` is written with one ``write_full`` plus appends (as whole-desktop restores do), so a
+write racing it can interleave. Restore objects a desktop is actively rewriting only with it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -194,7 +199,7 @@ class ObjectRestoreJob:
 
     def _check_kept_names(self, url: str, entries: list[ObjectEntry], point_id: str) -> None:
         volume = self.services.volume(url)
-        taken = [kept_name(e.name, point_id) for e in entries if volume.stat(kept_name(e.name, point_id)) is not None]
+        taken = [kept_name(e.name, point_id) for e in entries if not _keepable(volume, e, point_id)]
         if taken:
             raise InvalidInput(
                 f"{taken[0]} already exists in {url} (an earlier restore from this point kept it there); "
@@ -289,18 +294,23 @@ class ObjectRestoreJob:
                 if current is not None and plan.mode == "keep":
                     record["kept_as"] = self._keep(volume, current, plan.source.id)
                 obj = VolumeObject(entry.name, entry.size, entry.xattrs, entry.omap)
-                volume.write_objects([(obj, self._data(plan, entry, result))], exact=False)
+                # whole: a kill or a reader sees today's object or the point's, never part of it
+                volume.write_objects([(obj, self._data(plan, entry, result))], exact=False, whole=True)
                 record["status"] = "restored"
             result.objects.append(record)
             self.on_event("object", name=entry.name, state=record["status"], kept_as=record["kept_as"])
 
     @staticmethod
     def _keep(volume: Volume, current: VolumeObject, point_id: str) -> str:
-        """Copy the live object (data, xattrs, omap) aside before the point's version replaces it."""
+        """Copy the live object (data, xattrs, omap) aside before the point's version replaces it
+        (already there, whole, when an interrupted run of the same restore kept it: not again)."""
         name = kept_name(current.name, point_id)
+        kept = volume.stat(name)
+        if kept is not None and _same_object(volume, kept, current):
+            return name
         copy = VolumeObject(name, current.size, current.xattrs, current.omap)
         for _obj, data in volume.read_objects([current]):
-            volume.write_objects([(copy, data)], exact=False)
+            volume.write_objects([(copy, data)], exact=False, whole=True)
         return name
 
     def _to_dir(self, plan: ObjectPlan, result: ObjectResult) -> None:
@@ -339,6 +349,32 @@ class ObjectRestoreJob:
                 )
         finally:
             os.close(root)
+
+
+def _keepable(volume: Volume, entry: ObjectEntry, point_id: str) -> bool:
+    """Whether keeping ``entry``'s live object aside can go ahead: its kept name is free, or holds
+    what an interrupted run of this same restore left -- a whole copy of the live object, or the
+    live object is the point's already (restored; nothing more to keep)."""
+    kept = volume.stat(kept_name(entry.name, point_id))
+    if kept is None:
+        return True
+    current = volume.stat(entry.name)
+    return current is not None and (_same(volume, current, entry) or _same_object(volume, kept, current))
+
+
+def _content(volume: Volume, obj: VolumeObject) -> str:
+    h = hashlib.sha256()
+    for _obj, data in volume.read_objects([obj]):
+        for piece in data:
+            h.update(piece)
+    return h.hexdigest()
+
+
+def _same_object(volume: Volume, a: VolumeObject, b: VolumeObject) -> bool:
+    """Whether two live objects hold the same data, xattrs and omap (cheap checks first)."""
+    if a.size != b.size or a.xattrs != b.xattrs or a.omap != b.omap:
+        return False
+    return _content(volume, a) == _content(volume, b)
 
 
 def _same(volume: Volume, current: VolumeObject, entry: ObjectEntry) -> bool:

@@ -26,6 +26,10 @@ import blake3
 READ_SIZE = 4 * 1024 * 1024
 """Largest single read or write of object data: memory stays bounded whatever the object size."""
 
+WHOLE_MAX = 64 * 1024 * 1024
+"""The largest object ``write_objects(whole=True)`` writes in one operation: below RADOS's default
+osd_max_write_size (90 MiB), which refuses larger single writes."""
+
 WRITER_XATTR = "drsvc.restore-writer"
 """The xattr a clone restore's write sets on each object it creates, in the op that creates it
 (``write_objects(mark=...)``), until the restore has recorded that every object is written
@@ -143,12 +147,15 @@ class Volume(Protocol):
         fresh: bool = False,
         created: set[str] | None = None,
         mark: str | None = None,
+        whole: bool = False,
     ) -> int:
         """Write objects (data, xattrs, omap replaced whole); with ``exact`` remove every other object;
         ``fresh``: the caller found the volume empty, so nothing is listed, and an object that
         appeared since is never overwritten (the write fails); ``created`` gets the name of each
         object whose write went through, also when a later one fails; ``mark`` (with ``fresh``):
-        each object carries ``WRITER_XATTR`` = ``mark`` from the op that creates it on."""
+        each object carries ``WRITER_XATTR`` = ``mark`` from the op that creates it on; ``whole``:
+        each object in one operation (its data held in memory, up to ``WHOLE_MAX``), so a kill or a
+        reader sees the old object or the new one, never a part (larger ones go in pieces all the same)."""
         ...
 
     def clone_from_snapshot(

@@ -409,6 +409,7 @@ class RadosVolume:
         fresh: bool = False,
         created: set[str] | None = None,
         mark: str | None = None,
+        whole: bool = False,
     ) -> int:
         """Write each (object, data chunks) whole — data, xattrs, omap replaced — pipelined; return the count.
 
@@ -419,6 +420,8 @@ class RadosVolume:
         one fails (what a failed restore's teardown may remove, and nothing else).
         ``mark`` (with ``fresh``): the op that creates each object also sets ``WRITER_XATTR`` to it
         (``drsvc.volumes.rados_removal``: what cleanup after a kill -9 removes, and nothing else).
+        ``whole``: each object up to ``WHOLE_MAX`` in one write op (atomic: a kill never leaves part
+        of it, a reader never sees part of it); larger ones are written in pieces after the first op.
         A data stream whose length differs from ``object.size`` raises ``IntegrityError``.
         """
         io = self._head_io()
@@ -426,7 +429,9 @@ class RadosVolume:
             # what to remove afterwards is listed while the writes go on (listing a namespace scans
             # the pool: seconds in a large one); an object written meanwhile is in `written`, kept
             before = pool.submit(self._names_apart) if exact and not fresh else None
-            written = self._write_all(io, items, fresh=fresh, created=created, mark=mark if fresh else None)
+            written = self._write_all(
+                io, items, fresh=fresh, created=created, mark=mark if fresh else None, whole=whole
+            )
             if before is not None:
                 self._remove_many(io, [n for n in before.result() if n not in written])
         return len(written)
@@ -447,9 +452,10 @@ class RadosVolume:
         fresh: bool = False,
         created: set[str] | None = None,
         mark: str | None = None,
+        whole: bool = False,
     ) -> set[str]:
         """Write every object through the aio window (``WriteWindow``); the names written (``fresh``,
-        ``created``, ``mark``: as in ``write_objects``)."""
+        ``created``, ``mark``, ``whole``: as in ``write_objects``)."""
         window = WriteWindow(
             io,
             self.url,
@@ -458,6 +464,7 @@ class RadosVolume:
             fresh=fresh,
             created=created,
             mark=mark,
+            whole=whole,
         )
         return window.write_all(items)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from drsvc import ceph, faults
 from drsvc.errors import DrsvcError, IntegrityError, InvalidInput
-from drsvc.volumes.base import READ_SIZE, WRITER_XATTR, ObjectStream, VolumeObject
+from drsvc.volumes.base import READ_SIZE, WHOLE_MAX, WRITER_XATTR, ObjectStream, VolumeObject
 from drsvc.volumes.rados_io import _coalesce, _drain, _rv_error
 
 FIRST_OP_MAX = 32 * 1024 * 1024  # data carried by an object's first (creating) op; well under osd_max_write_size
@@ -45,6 +45,7 @@ class WriteWindow:
     ``created``: gets the name of every object whose creating op went through, also when a later
     one fails (what a failed restore's teardown may remove, and nothing else).
     ``mark``: the creating op also sets ``WRITER_XATTR`` to it (``drsvc.volumes.rados_removal``).
+    ``whole``: objects up to ``WHOLE_MAX`` in their creating op alone (a kill never leaves part of one).
     """
 
     def __init__(
@@ -57,12 +58,15 @@ class WriteWindow:
         fresh: bool = False,
         created: set[str] | None = None,
         mark: str | None = None,
+        whole: bool = False,
     ) -> None:
         self.io = io
         self.url = url
         self.window = max(1, window)
         self.window_bytes = max(READ_SIZE, window_bytes)
         self.first_max = max(READ_SIZE, min(FIRST_OP_MAX, self.window_bytes))
+        if whole:  # atomic replacement: the creating op carries the object whole, up to WHOLE_MAX
+            self.first_max = WHOLE_MAX
         self.fresh = fresh
         self.created = created
         self.mark = mark
@@ -109,6 +113,7 @@ class WriteWindow:
             # plain writes only once the exclusive create went through: never onto another's object
             self._written(obj.name, ceph.wait(comp).get_return_value())
         for piece in _chain(rest, pieces):
+            faults.point("mid-object-write")
             self._room(len(piece))
             with ceph.ceph_errors(f"write {self.url}/{obj.name}"):
                 done = self.io.aio_write(obj.name, piece, offset)

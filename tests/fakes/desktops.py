@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from drsvc import runtimes, volumes
+from drsvc import faults, runtimes, volumes
 from drsvc.errors import BackendError, DrsvcError, InvalidInput, NotFound
 from drsvc.runtimes.base import LABEL_CLONE_OF, LABEL_DESKTOP, LABEL_TENANT, LABEL_VOLUME, DesktopRef, Isolation
 from drsvc.volumes.base import WRITER_XATTR, ObjectStream, SnapshotInfo, VolumeObject, digest_streams
@@ -703,11 +703,13 @@ class FakeVolume:
         fresh: bool = False,
         created: set[str] | None = None,
         mark: str | None = None,
+        whole: bool = False,
     ) -> int:
-        live = self._live()
+        live = self._live()  # every object is written whole here (``whole`` is what RADOS needs)
         live.mkdir(parents=True, exist_ok=True)
         written: set[str] = set()
         for obj, chunks in items:
+            faults.point("mid-restore-volume")  # where RADOS's writer marks it: before each object
             data = b"".join(chunks)
             if len(data) != obj.size:
                 raise BackendError(f"write {self.url}/{obj.name}: {len(data)} bytes, expected {obj.size}")

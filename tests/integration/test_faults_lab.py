@@ -11,11 +11,13 @@ undone in a ``finally``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faultkit import Watcher, container_exists, drsvc_snapshots, osd_stopped, wait_for
@@ -313,3 +315,59 @@ def test_a_killed_in_place_restore_is_visible_and_the_same_command_resumes_it(dr
     assert "resuming the interrupted in-place restore" in resumed.stderr, resumed.output
     assert container_exists(desktop)
     assert "interrupted" not in drsvc_env.cli("points", "list", desktop).stdout
+
+
+# ---------------------------------------------------------------------- single-object restore, killed
+BIG = 40 * 1024 * 1024  # past the 32 MiB a first write op carries: several ops unless written whole
+
+
+def _sha(volume: Any, name: str) -> str | None:
+    current = volume.stat(name)
+    if current is None:
+        return None
+    return hashlib.sha256(b"".join(p for _o, data in volume.read_objects([current]) for p in data)).hexdigest()
+
+
+def _killed_between_writes(env: Any, tmp_path: Path, *args: str) -> bool:
+    """Hold ``drsvc ARGS`` where an object's first write op is sent and the next piece is due, let
+    that op land, SIGKILL it; False when it never got there (the object went in one operation)."""
+    go = tmp_path / "go"
+    proc = env.subprocess(*args, env={**os.environ, "DRSVC_FAULT": f"mid-object-write:wait={go}"})
+    reached = Path(f"{go}.reached")
+    while not reached.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    if reached.exists():
+        time.sleep(0.5)
+        proc.kill()
+    _out, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err, err
+    return proc.returncode == -9
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "keep"])
+def test_a_killed_object_restore_leaves_the_old_object_or_the_points_never_half(drsvc_env, make_fleet, tmp_path, mode):
+    from drsvc.volumes.base import VolumeObject
+
+    [desktop] = make_fleet(1)
+    volume = drsvc_env.services().volume(f"rados://desktops/{desktop}")
+    old, new = os.urandom(BIG), os.urandom(BIG)
+    volume.write_objects([(VolumeObject("big", BIG), iter([old]))], exact=False)
+    assert drsvc_env.cli("backup", desktop).code == 0
+    volume.write_objects([(VolumeObject("big", BIG), iter([new]))], exact=False)
+    whole = {hashlib.sha256(old).hexdigest(), hashlib.sha256(new).hexdigest()}
+    args = ("restore", desktop, "--object", "big") + (("--overwrite",) if mode == "overwrite" else ())
+
+    killed = _killed_between_writes(drsvc_env, tmp_path, *args)
+    print(f"{mode}: {'killed between two writes of an object' if killed else 'every object went in one write'}")
+    for o in volume.objects_now():
+        if o.name.startswith("big"):
+            assert _sha(volume, o.name) in whole, f"{o.name} is part old, part new after a kill -9"
+    assert drsvc_env.cli("cleanup").code == 0
+    again = drsvc_env.cli(*args)  # the same command finishes it
+    assert again.code == 0, again.output
+    assert _sha(volume, "big") == hashlib.sha256(old).hexdigest()
+    catalog = _catalog(drsvc_env)
+    try:
+        assert not catalog.query("SELECT id FROM object_restores WHERE status = 'running'")
+    finally:
+        catalog.close()
