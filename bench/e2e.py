@@ -14,7 +14,9 @@ on the same files (the mixed desktop set of ``bench/tiering.py``):
 
 Each drsvc row has wall seconds, the CPU seconds the process used (user + system: wall far above
 CPU means it waited on round trips), and for restores the phases the restore report records
-(``fetch`` of the checkpoint runs while ``volume`` is written). ``--profile DIR`` runs each drsvc
+(``fetch`` of the checkpoint runs while ``volume`` is written; within ``volume``, ``chunks_wait`` is the
+writer waiting for verified chunks and ``writes`` submitting and waiting on RADOS; ``unmark``, the
+clone's writer marks coming off, runs beside ``container`` and ``health``). ``--profile DIR`` runs each drsvc
 command under ``py-spy record --idle`` (install it into the venv: ``pip install py-spy``; with
 ``E2E_PROFILE_CPU=1`` only threads on a CPU are sampled: where the CPU goes, not the waits) and
 prints where its threads spent their wall time, by the innermost drsvc function: the waits.
@@ -219,6 +221,10 @@ class E2E(Bench):
         self.check_clone(clone)
         self.drop_clone(clone)
         phases = {p: float(v) for p, v in doc["phases"].items()}
+        # the volume phase's own breakdown, where the tree reports it: the writer waiting for verified
+        # chunks, submitting and waiting on RADOS writes; the writer marks' removal (beside the container)
+        detail = doc.get("checks", {}).get("volume_detail") or {}
+        phases.update({k.removesuffix("_s"): float(v) for k, v in detail.items()})
         return {"total": wall, "rto": float(doc["rto_seconds"]), "cpu": cpu, "ceph": self.lab, **phases}
 
     def check_clone(self, clone: str) -> None:
@@ -368,7 +374,8 @@ def main() -> None:
         if bench.variant_restores:
             restores[f"  {args.variant}: cold --as"] = bench.variant_restores
         show_medians("restore (drsvc: into a new RADOS namespace + container; restic: into tmpfs)", restores,
-             ("total", "rto", "cpu", "ceph", "plan", "fetch", "volume", "container", "health"), width=24)  # fmt: skip
+             ("total", "rto", "cpu", "ceph", "plan", "fetch", "volume", "chunks_wait", "writes", "unmark", "container",
+              "health"), width=24)  # fmt: skip
         print(f"  load {os.getloadavg()[0]:.1f}")
         if args.profile is not None:
             for raw in sorted(args.profile.glob("*.txt")):

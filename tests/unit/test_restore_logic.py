@@ -98,6 +98,9 @@ def test_a_hot_copy_without_its_pool_snapshot_restores_from_hot_chunks(deploy: D
     result = job.run(plan, force=True, verify=True)
     assert result.status == "ok", result.error
     assert digests(deploy.world.read_volume("desktops", "alice")) == digests(volume_for(1, "alice"))
+    # where the volume phase went, written from chunks: waiting for verified chunks, then writing
+    detail = result.checks["volume_detail"]
+    assert set(detail) == {"chunks_wait_s", "writes_s"} and all(v >= 0 for v in detail.values()), detail
 
 
 def test_asking_for_a_tier_the_point_lacks_is_not_found(deploy: Deployment) -> None:
@@ -279,7 +282,8 @@ def test_the_marks_come_off_beside_the_container_phase_and_a_mark_left_fails_the
         return unmark(self, names)  # type: ignore[arg-type]
 
     monkeypatch.setattr(FakeVolume, "unmark", slow_unmark)
-    assert job.run(job.plan("alice", as_name="alice-x")).status == "ok"
+    result = job.run(job.plan("alice", as_name="alice-x"))
+    assert result.status == "ok" and result.checks["volume_detail"]["unmark_s"] >= 0
     left = deploy.world.read_volume("desktops", "alice-x")
     assert left and all(WRITER_XATTR not in xattrs for _, xattrs, _ in left.values())
     assert phases == ["unmark"]
