@@ -184,11 +184,41 @@ def rv_error(op: str, rv: int) -> DrsvcError:
     return classify(op, -rv, f"{errno.errorcode.get(-rv, str(rv))} ({rv})")
 
 
+class NotUtf8Name(DrsvcError):
+    """A name in a namespace (an object's, an xattr's, an omap key) that is not UTF-8.
+
+    Its tenant chose it: librados takes any bytes, drsvc's readers and its manifests take text.
+    The desktop that holds it fails; every other desktop goes on.
+    """
+
+
+def not_utf8(op: str, e: UnicodeDecodeError) -> NotUtf8Name:
+    """The error for a name whose decoding failed (shown with its bytes escaped)."""
+    raw = bytes(e.object)
+    shown = raw.decode("utf-8", "backslashreplace")
+    return NotUtf8Name(
+        f"{op}: the name {shown!r} is not UTF-8: drsvc cannot back up an object, xattr or omap key "
+        "named so (the desktop's own processes chose it; rename or remove it)"
+    )
+
+
+def text(raw: bytes, op: str) -> str:
+    """``raw`` (a name librados gave as bytes) as text; ``NotUtf8Name`` naming ``op`` when it is not UTF-8."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as e:
+        raise not_utf8(op, e) from None
+
+
 @contextlib.contextmanager
 def ceph_errors(op: str) -> Iterator[None]:
-    """Translate ``rados.Error`` raised inside into drsvc errors (``error``)."""
+    """Translate ``rados.Error`` raised inside into drsvc errors (``error``), and the binding's
+    failure to decode a name (it decodes every name it returns as strict UTF-8) into ``NotUtf8Name``:
+    a tenant names its objects, and such a name must fail its desktop, not the run."""
     rados = rados_module()
     try:
         yield
     except rados.Error as e:
         raise error(op, e) from e
+    except UnicodeDecodeError as e:
+        raise not_utf8(op, e) from None

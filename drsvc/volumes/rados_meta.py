@@ -165,7 +165,8 @@ class MetadataScan:
                     return None
                 if rv < 0:
                     raise ceph.rv_error(f"read omap of {self.url}/{name}{self.where}", rv)
-                omap = {k: bytes(v) for k, v in it}
+                with ceph.ceph_errors(f"read omap of {self.url}/{name}{self.where}"):  # keys decode here
+                    omap = {k: bytes(v) for k, v in it}
             finally:
                 op.release()
             if len(omap) >= OMAP_PAGE:

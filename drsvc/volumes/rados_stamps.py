@@ -317,7 +317,8 @@ class _MetaScan:
                 raise ceph.rv_error(f"read xattrs of {self.what}", rv)
             if name.value is None:
                 return out
-            out[name.value.decode()] = ctypes.string_at(val, n.value) if n.value else b""
+            key = ceph.text(name.value, f"read xattrs of {self.what}")
+            out[key] = ctypes.string_at(val, n.value) if n.value else b""
 
     def _omap(self, it: ctypes.c_void_p) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
@@ -330,7 +331,8 @@ class _MetaScan:
                 raise ceph.rv_error(f"read omap of {self.what}", rv)
             if not key.value:
                 return out
-            out[ctypes.string_at(key, kn.value).decode()] = ctypes.string_at(val, vn.value) if vn.value else b""
+            name = ceph.text(ctypes.string_at(key, kn.value), f"read omap of {self.what}")
+            out[name] = ctypes.string_at(val, vn.value) if vn.value else b""
 
     def _omap_rest(self, name: str, omap: dict[str, bytes]) -> dict[str, bytes]:
         """Pages after the first of a long omap, synchronously (rare: more than ``OMAP_PAGE`` keys)."""
