@@ -44,7 +44,8 @@ class NotKilled(Exception):
 class Env:
     """A drsvc deployment on the lab for the trials: own hot prefix, cold prefix, desktops, policy."""
 
-    def __init__(self, desktops: int, *, scope: str = "") -> None:
+    def __init__(self, desktops: int, *, scope: str = "", runtime: str = "podman") -> None:
+        self.runtime = runtime  # podman, or docker (its desktops on the lab's dockerd)
         tag = uuid.uuid4().hex[:6]
         self.prefix = f"failsafe-bench-{tag}"
         self.root = Path(tempfile.mkdtemp(prefix="drsvc-faults-"))
@@ -66,8 +67,16 @@ class Env:
             + "[scheduler]\nworkers = 2\nretries = 1\nlease_seconds = 60\ngc_grace_seconds = 0\n"
             "[timeouts]\nceph_seconds = 10\ns3_read_seconds = 10\ns3_attempts = 2\n" + sites
         )
+        if runtime == "docker":
+            text = (self.root / "drsvc.toml").read_text()
+            podman = f'url = "podman://{os.environ["DRSVC_PODMAN_SOCKET"]}"'
+            docker = f'url = "docker://{os.environ["DRSVC_DOCKER_SOCKET"]}"'
+            (self.root / "drsvc.toml").write_text(text.replace(podman, docker))
         subprocess.run(
-            [str(ROOT / "dev" / "lab"), "fleet", str(desktops), "--prefix", self.prefix, "--data-mib", "2"],
+            [
+                *(str(ROOT / "dev" / "lab"), "fleet", str(desktops), "--prefix", self.prefix),
+                *("--data-mib", "2", "--runtime", runtime),
+            ],
             check=True,
             capture_output=True,
             timeout=900,
@@ -209,6 +218,13 @@ class Env:
             raise Violation("broken: verify --all found damaged complete points")
 
     def cleanup(self) -> None:
+        if self.runtime == "docker":
+            names = subprocess.run(
+                ["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True, timeout=60
+            ).stdout.split()
+            subprocess.run(
+                ["docker", "rm", "-f", *[n for n in names if self.prefix in n]], capture_output=True, timeout=300
+            )
         subprocess.run(
             ["podman", "rm", "-f", "-t", "0", *[n for n in _podman_names() if self.prefix in n]],
             capture_output=True,

@@ -6,6 +6,7 @@ plus what the command itself promises:
 
 * drill          -- no sandbox clone (container, namespace) left; the drill recorded failed or
                     interrupted, never passed, never still running;
+* site-drill     -- ``site drill --from`` killed: as drill (its sandboxes are in a scratch catalog);
 * copy           -- the site never holds a point the catalog calls copied that does not verify
                     (``verify --all --site``); the next copy finishes (nothing due afterwards);
 * keys           -- keys list, backup and verify work after a killed rotation, and so does the
@@ -14,7 +15,10 @@ plus what the command itself promises:
                     nothing else in the namespace changed; the same command then finishes it;
 * restore-cold   -- a clone restored from the cold tier: as restore-clone;
 * cleanup        -- a cleanup killed while it removes what killed runs left: the next one finishes;
-* run            -- ``drsvc run --once`` killed mid-tick: the next tick recovers, nothing is lost.
+* run            -- ``drsvc run --once`` killed mid-tick: the next tick recovers, nothing is lost;
+* docker-backup  -- a backup of Docker desktops killed (run alone: ``--only docker-backup``, its
+                    desktops on the lab's dockerd): as backup, and no checkpoint directory
+                    (the desktops' memory, in plaintext) is left in dockerd's data root.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import hashlib
 import json
 import os
 import random
+import subprocess
 import time
+from pathlib import Path
 
 from faultenv import POLICY, SITE, Env, NotKilled, Violation
 from faultkit import container_exists
@@ -115,6 +121,44 @@ def copy_trial(env: Env, point: str | float) -> None:
         raise Violation("broken: a site copy does not verify after the next copy")
     env.check_leftovers()
     env.check_sound()
+
+
+# ---------------------------------------------------------------------- site drill
+def _sitedrill_namespaces(env: Env) -> list[str]:
+    out = subprocess.run(
+        ["rados", "-p", "desktops", "ls", "--all", "--format", "json"], capture_output=True, text=True, timeout=120
+    ).stdout
+    spaces = {o.get("namespace", "") for o in json.loads(out or "[]")}
+    return sorted(n for n in spaces if n.startswith("sitedrill-") and env.prefix in n)
+
+
+def site_drill_trial(env: Env, point: str | float) -> None:
+    """``site drill`` killed: no sandbox clone (container, namespace) left, no drill still running."""
+    env.run("backup", "--policy", POLICY)
+    time.sleep(1.2)
+    env.run("tier")
+    time.sleep(1.2)
+    env.run("copy")
+    _kill(env, point, "site", "drill", "--from", SITE, "--policy", POLICY)
+    env.run("cleanup")
+    spaces = _sitedrill_namespaces(env)
+    env.namespaces.extend(spaces)
+    clones = [n for n in _container_names() if n.startswith("sitedrill-") and env.prefix in n]
+    if clones or spaces:
+        raise Violation(f"leftover: site drill sandboxes after cleanup: {(clones + spaces)[:3]}")
+    c = env.catalog()
+    try:
+        running = c.query("SELECT id FROM site_recoveries WHERE status = 'running'")
+    finally:
+        c.close()
+    if running:
+        raise Violation(f"leftover: site drills still recorded running {[r['id'] for r in running]}")
+    env.check_leftovers()
+
+
+def _container_names() -> list[str]:
+    out = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True, timeout=60)
+    return out.stdout.split()
 
 
 # ---------------------------------------------------------------------- keys rotate
@@ -255,6 +299,40 @@ def run_trial(env: Env, point: str | float) -> None:
     env.check_sound()
 
 
+# ---------------------------------------------------------------------- Docker backup
+def _docker_checkpoints(env: Env) -> list[str]:
+    """drsvc's checkpoint directories (``drsvc-<12 hex>``) under the env's Docker desktops."""
+    from drsvc.runtimes.docker.paths import BACKUP_CHECKPOINT
+
+    def docker(*args: str) -> str:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+    root = Path(docker("info", "--format", "{{.DockerRootDir}}"))
+    left = []
+    for desktop in env.desktops:
+        cid = docker("inspect", "--format", "{{.Id}}", desktop)
+        with_dirs = root / "containers" / cid / "checkpoints"
+        if with_dirs.is_dir():
+            left += [f"{desktop}/{p.name}" for p in with_dirs.iterdir() if BACKUP_CHECKPOINT.fullmatch(p.name)]
+    return left
+
+
+def docker_backup_trial(env: Env, point: str | float) -> None:
+    if env.runtime != "docker":
+        raise RuntimeError("docker-backup needs the Docker environment: run it alone (--only docker-backup)")
+    before = env.complete()
+    _kill(env, point, "backup", "--policy", POLICY)
+    time.sleep(0.6)
+    env.run("backup", "--policy", POLICY)  # the next run: cleans up, then works
+    if not before <= env.complete():
+        raise Violation(f"lost: {sorted(before - env.complete())[:3]}")
+    env.check_leftovers()
+    left = _docker_checkpoints(env)
+    if left:
+        raise Violation(f"leftover: Docker checkpoint directories {left[:3]} after the next backup and cleanup")
+    env.check_sound()
+
+
 def trials(rng: random.Random, n_random: int) -> dict[str, list[tuple[object, object]]]:
     """The trial types of this module: named fault points first, then random moments."""
 
@@ -266,6 +344,8 @@ def trials(rng: random.Random, n_random: int) -> dict[str, list[tuple[object, ob
         + [(drill_trial, t) for t in moments(0.4, 1.6)],
         "copy": [(copy_trial, p) for p in ("mid-upload@1", "mid-upload@4")]
         + [(copy_trial, t) for t in moments(0.4, 2.0)],
+        "site-drill": [(site_drill_trial, p) for p in ("mid-restore-volume@2", "after-clone-created")]
+        + [(site_drill_trial, t) for t in moments(1.0, 4.0)],
         "keys": [(keys_trial, "mid-upload@1")] + [(keys_trial, t) for t in moments(0.2, 0.45)],
         "restore-object": [
             (restore_object_trial, ("overwrite", "mid-object-write")),
@@ -281,4 +361,6 @@ def trials(rng: random.Random, n_random: int) -> dict[str, list[tuple[object, ob
         "cleanup": [(cleanup_trial, "prune-after-snapshot-removed")] + [(cleanup_trial, t) for t in moments(0.2, 0.5)],
         "run": [(run_trial, p) for p in ("after-snapshot", "mid-upload@3", "tier-after-packs")]
         + [(run_trial, t) for t in moments(0.5, 6.0)],
+        "docker-backup": [(docker_backup_trial, p) for p in ("after-freeze", "after-snapshot", "after-release")]
+        + [(docker_backup_trial, t) for t in moments(0.3, 4.0)],
     }

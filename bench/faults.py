@@ -363,7 +363,11 @@ def main() -> None:
         trials["backup"] = trials["backup"][1::2]
     only = [t for t in args.only.split(",") if t] or list(trials)
     # per-tenant data keys only where a trial rotates them; every other trial runs as before
-    env = Env(desktops=3, scope="tenant" if "keys" in only else "")
+    env = Env(
+        desktops=3,
+        scope="tenant" if "keys" in only else "",
+        runtime="docker" if only == ["docker-backup"] else "podman",
+    )
     results: dict[str, list[str]] = defaultdict(list)
     runs: dict[str, int] = defaultdict(int)
     started = time.monotonic()
