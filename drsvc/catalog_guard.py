@@ -167,6 +167,7 @@ def leftovers_possible(catalog: Any) -> bool:
     rows = catalog.query(
         "SELECT 1 FROM intents WHERE state = 'pending' UNION ALL "
         "SELECT 1 FROM drills WHERE status = 'running' AND owner IS NOT NULL UNION ALL "
+        "SELECT 1 FROM site_recoveries WHERE status = 'running' AND owner IS NOT NULL UNION ALL "
         "SELECT 1 FROM pool_snapshots s WHERE s.removed_at IS NULL AND NOT EXISTS ("
         " SELECT 1 FROM points p WHERE p.pool_snapshot_id = s.id AND (p.status = 'pending' OR EXISTS ("
         "  SELECT 1 FROM point_tiers t WHERE t.point_id = p.id AND t.tier = 'hot'))) LIMIT 1"

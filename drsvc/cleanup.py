@@ -13,8 +13,9 @@ Four kinds of leftovers, all found from the catalog:
    restore left (a CRI-O checkpoint image or node archive, a base image it loaded) and the Docker
    checkpoint directory a killed backup left are removed by the runtime's ``forget`` (a loaded
    image only while no container runs from it);
-4. drills still recorded ``running`` whose owner lease lapsed (killed): recorded ``interrupted``
-   (their sandbox clones are the restores' intents of 3).
+4. drills, site recoveries and site drills still recorded ``running`` whose owner lease lapsed
+   (killed): recorded ``interrupted`` (their sandbox clones are the restores' intents of 3; a
+   site drill's are in its scratch catalog beside the catalog, undone there, then removed).
 
 Runs under the work lease (``drsvc cleanup``, the scheduler's tick, ``prune``, ``backup``), so no live
 backup owns a pending point. Each undo is idempotent: a second cleanup finds nothing to do.
@@ -23,6 +24,7 @@ backup owns a pending point. Each undo is idempotent: a second cleanup finds not
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from drsvc.intents import (
     ARTIFACT_KINDS,
     MEMORY_KINDS,
     Intent,
+    abandoned_runs,
     intents_of,
     interrupted_restores,
     leftovers,
@@ -62,13 +65,20 @@ class CleanupReport:
     undone: list[str] = field(default_factory=list)
     interrupted_restores: list[str] = field(default_factory=list)
     interrupted_drills: list[int] = field(default_factory=list)
+    interrupted_recoveries: list[int] = field(default_factory=list)  # site recoveries, site drills, storms
     problems: list[str] = field(default_factory=list)
     # what a killed run's intent names but the run did not make: left in place on purpose
     others: list[str] = field(default_factory=list)
 
     @property
     def nothing(self) -> bool:
-        return not (self.failed_points or self.snapshots or self.undone or self.interrupted_drills)
+        return not (
+            self.failed_points
+            or self.snapshots
+            or self.undone
+            or self.interrupted_drills
+            or self.interrupted_recoveries
+        )
 
     def document(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -105,6 +115,8 @@ def leftover_lines(services: Services) -> list[str]:
             lines.append(f"leftover: {intent.line()}: its owner is gone")
     for drill_id in interrupted_drills(catalog):
         lines.append(f"leftover: drill {drill_id} is recorded running but its process is gone")
+    for run_id in abandoned_runs(catalog, "site_recoveries"):
+        lines.append(f"leftover: site recovery or drill {run_id} is recorded running but its process is gone")
     for intent in interrupted_restores(catalog):
         lines.append(f"interrupted: in-place restore {intent.line()}: `drsvc restore {intent.target}` finishes it")
     if lines:
@@ -151,6 +163,7 @@ class CleanupJob:
                 i.line() for i in interrupted_restores(self.catalog) if i.state == "interrupted"
             ]
             report.interrupted_drills = interrupted_drills(self.catalog)
+            report.interrupted_recoveries = abandoned_runs(self.catalog, "site_recoveries")
             return report
         if self.lease is None or not self.lease.joined:
             report.failed_points = recover_interrupted(self.catalog)
@@ -160,7 +173,9 @@ class CleanupJob:
         except DrsvcError as e:  # the lease lost, the catalog unreadable
             report.problems.append(f"pool snapshots: {e}")
         self.undo(leftovers(self.catalog), report)  # a killed drill's clones among them
+        self._site_drills(report)
         report.interrupted_drills = interrupted_drills(self.catalog, mark=True)
+        report.interrupted_recoveries = abandoned_runs(self.catalog, "site_recoveries", mark=True)
         # owner leases that lapsed and guard nothing any more (one row per restore or tier run)
         self.catalog.execute(
             "DELETE FROM leases WHERE name LIKE 'owner:%' AND expires_at < ? "
@@ -170,6 +185,21 @@ class CleanupJob:
         # every in-place restore still interrupted, not only those noticed now
         report.interrupted_restores = [i.line() for i in interrupted_restores(self.catalog)]
         return report
+
+    def _site_drills(self, report: CleanupReport) -> None:
+        """A killed ``site drill`` recorded its sandboxes' intents in its scratch catalog: undone
+        there (with the site's services), then the scratch catalog goes."""
+        from drsvc.offsite.recover import SiteServices, abandoned_scratch
+
+        for site, catalog, directory in abandoned_scratch(self.services, report.problems):
+            try:
+                site_services = SiteServices(self.services, site, catalog)
+                CleanupJob(site_services, None, on_event=self.on_event).undo(leftovers(catalog), report)
+                left = pending(catalog)
+            finally:
+                catalog.close()
+            if not left:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def _drop_manifests(self, report: CleanupReport) -> None:
         """A backup killed after writing a manifest left a point the catalog now calls failed:

@@ -23,7 +23,7 @@ from typing import Any
 from drsvc import clock
 from drsvc.catalog import Catalog
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, InvalidInput, NotFound
-from drsvc.intents import Owner, owner_alive
+from drsvc.intents import Owner, abandoned_runs
 from drsvc.restore import DEFAULT_TARGET, RestoreJob, RestorePlan
 from drsvc.restore_effects import resolve_clone
 from drsvc.runtimes.base import Isolation
@@ -100,15 +100,7 @@ def interrupted_drills(catalog: Catalog, *, mark: bool = False) -> list[int]:
     ``mark``: record them ``interrupted`` (``drsvc cleanup``; their clones are the restores'
     intents, undone there). A drill of an older drsvc (no owner) is left as it is.
     """
-    rows = catalog.query("SELECT id, owner FROM drills WHERE status = 'running' AND owner IS NOT NULL")
-    gone = [r["id"] for r in rows if not owner_alive(catalog, r["owner"])]
-    if mark and gone:
-        catalog.execute(
-            f"UPDATE drills SET status = 'interrupted', finished_at = ? WHERE status = 'running' "
-            f"AND id IN ({','.join('?' * len(gone))})",
-            [clock.to_iso(clock.now()), *gone],
-        )
-    return gone
+    return abandoned_runs(catalog, "drills", mark=mark)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

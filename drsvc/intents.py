@@ -224,6 +224,30 @@ def points_being_read(catalog: Catalog) -> set[str]:
     return {i.target for i in reads if i.owner in alive}
 
 
+# Tables of runs recorded 'running' under an ``owner`` lease (column ``owner``): drills, site
+# recoveries and drills, restore storms. A killed run never records its end.
+RUN_TABLES = ("drills", "site_recoveries")
+
+
+def abandoned_runs(catalog: Catalog, table: str, *, mark: bool = False) -> list[int]:
+    """Rows of ``table`` (one of ``RUN_TABLES``) still ``running`` whose owner is gone (killed).
+
+    ``mark``: record them ``interrupted`` (``drsvc cleanup``). A row without an owner (written by
+    an older drsvc) is left as it is.
+    """
+    if table not in RUN_TABLES:
+        raise ValueError(f"not a table of owned runs: {table!r}")
+    rows = catalog.query(f"SELECT id, owner FROM {table} WHERE status = 'running' AND owner IS NOT NULL")
+    gone = [r["id"] for r in rows if not owner_alive(catalog, r["owner"])]
+    if mark and gone:
+        catalog.execute(
+            f"UPDATE {table} SET status = 'interrupted', finished_at = ? WHERE status = 'running' "
+            f"AND id IN ({','.join('?' * len(gone))})",
+            [clock.to_iso(clock.now()), *gone],
+        )
+    return gone
+
+
 def interrupted_restores(catalog: Catalog) -> list[Intent]:
     """In-place restores whose process died before finishing: the desktop may be down.
 

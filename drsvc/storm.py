@@ -33,6 +33,7 @@ from drsvc import clock
 from drsvc.admission import Admission, Limits, RestoreGate
 from drsvc.catalog import Catalog
 from drsvc.errors import EXIT_FAILED, EXIT_OBJECTIVE_MISSED, EXIT_OK, EXIT_PARTIAL, DrsvcError, InvalidInput
+from drsvc.intents import Owner
 from drsvc.policy import PolicySet
 from drsvc.prune import policy_for
 from drsvc.restore import DEFAULT_TARGET, RestoreJob, RestorePlan
@@ -287,7 +288,13 @@ class FleetRestore:
         report = report or FleetReport(self.kind, self.site)
         report.items, report.selection, report.parallel = items, selection, self.parallel
         report.admission = self.admission.document()
-        report.recovery_id = self._start(report)
+        # the owner lease: a run killed (-9) skips the finally that records its end; once its
+        # owner lapses, cleanup records it interrupted (``drsvc.intents.abandoned_runs``)
+        with Owner(self.record) as owner:
+            report.recovery_id = self._start(report, owner.name)
+            return self._run(items, report, t0)
+
+    def _run(self, items: list[FleetItem], report: FleetReport, t0: float) -> FleetReport:
         # Shared adapters are built once, before the threads race to build them.
         self.services.runtime  # noqa: B018
         if any(i.tier == "cold" for i in items):
@@ -353,11 +360,11 @@ class FleetRestore:
 
     # ------------------------------------------------------------------ the record
 
-    def _start(self, report: FleetReport) -> int:
+    def _start(self, report: FleetReport, owner: str) -> int:
         with self.record.transaction():
             cursor = self.record.execute(
-                "INSERT INTO site_recoveries (kind, site, started_at, selection, parallel, admission, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'running')",
+                "INSERT INTO site_recoveries (kind, site, started_at, selection, parallel, admission, status, owner) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
                 [
                     report.kind,
                     report.site,
@@ -365,6 +372,7 @@ class FleetRestore:
                     report.selection,
                     report.parallel,
                     json.dumps(report.admission),
+                    owner,
                 ],
             )
             recovery_id = int(cursor.lastrowid or 0)

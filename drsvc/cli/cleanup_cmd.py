@@ -25,6 +25,8 @@ def render(report: CleanupReport, out: Console) -> None:
         out.print(f"[red]interrupted[/] {line}: run the same `drsvc restore` again to finish it")
     for drill_id in report.interrupted_drills:
         out.print(f"{verb or 'marked'} {'mark ' if verb else ''}interrupted: drill {drill_id} (its process is gone)")
+    for run_id in report.interrupted_recoveries:
+        out.print(f"{verb or 'marked'} {'mark ' if verb else ''}interrupted: site run {run_id} (its process is gone)")
     for line in report.others:
         out.print(f"[dim]note[/] {line}")
     for line in report.problems:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from drsvc.admission import Limits
 from drsvc.catalog import Catalog
 from drsvc.errors import DrsvcError
+from drsvc.intents import Owner, owner_alive
 from drsvc.rebuild import rebuild_catalog
 from drsvc.services import Services
 from drsvc.sites import relocate_volume, site_section
@@ -119,15 +120,58 @@ def catalog_from_site(services: SiteServices) -> dict[str, Any]:
 
 
 @contextmanager
-def scratch_catalog() -> Iterator[Catalog]:
-    """A catalog in a temporary directory, removed afterwards (dry runs and drills)."""
-    directory = Path(tempfile.mkdtemp(prefix="drsvc-site-"))
+def scratch_catalog(under: Path | None = None, site: str = "") -> Iterator[Catalog]:
+    """A catalog in a temporary directory, removed afterwards (dry runs and drills).
+
+    ``under`` (``scratch_root``): where a drill keeps it, so that the intents its restores record
+    there outlive a kill -9 of the drill: ``drsvc cleanup`` finds them (``abandoned_scratch``).
+    """
+    if under is not None:
+        under.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix=f"{site}." if site else "drsvc-site-", dir=under))
     catalog = Catalog.open(directory / "catalog.db")
     try:
         yield catalog
     finally:
         catalog.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def scratch_root(services: Services) -> Path:
+    """Where site drills keep their scratch catalogs: beside the catalog, ``site-drills/SITE.XXXX``."""
+    return Path(services.catalog.path).parent / "site-drills"
+
+
+def abandoned_scratch(services: Services, problems: list[str]) -> Iterator[tuple[str, Catalog, Path]]:
+    """The scratch catalogs of site drills that were killed: (site, open catalog, its directory).
+
+    A scratch catalog is live while an owner lease in it is (its drill holds one throughout); one
+    without a catalog file is skipped for a minute (its drill may be creating it). The caller
+    closes each catalog; what cannot be opened is named in ``problems`` and left.
+    """
+    root = scratch_root(services)
+    if not root.is_dir():
+        return
+    for directory in sorted(root.iterdir()):
+        site = directory.name.partition(".")[0]
+        if not (directory / "catalog.db").exists():
+            if time.time() - directory.stat().st_mtime > 60:
+                shutil.rmtree(directory, ignore_errors=True)
+            continue
+        try:
+            catalog = Catalog.open(directory / "catalog.db")
+        except DrsvcError as e:
+            problems.append(f"site drill scratch catalog {directory}: {e}")
+            continue
+        owners = catalog.query("SELECT name FROM leases WHERE name LIKE 'owner:%'")
+        if any(owner_alive(catalog, r["name"]) for r in owners):
+            catalog.close()
+            continue
+        if site not in services.config.sites:
+            catalog.close()
+            problems.append(f"site drill scratch catalog {directory}: no [sites.{site}] in the config any more")
+            continue
+        yield site, catalog, directory
 
 
 class SiteRecovery:
@@ -202,7 +246,8 @@ class SiteRecovery:
         report = FleetReport("drill", self.site, parallel=parallel, dry_run=dry_run)
         report.admission = limits.document() if limits else {}
         token = secrets.token_hex(3)
-        with scratch_catalog() as catalog:
+        # its own owner lease in the scratch catalog: cleanup leaves a live drill's scratch alone
+        with scratch_catalog(scratch_root(self.services), self.site) as catalog, Owner(catalog):
             site_services = SiteServices(self.services, self.site, catalog)
             report.prepare = catalog_from_site(site_services)
             report.prepare["catalog"] = "rebuilt from the site's manifests into a scratch catalog"

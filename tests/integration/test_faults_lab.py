@@ -371,3 +371,29 @@ def test_a_killed_object_restore_leaves_the_old_object_or_the_points_never_half(
         assert not catalog.query("SELECT id FROM object_restores WHERE status = 'running'")
     finally:
         catalog.close()
+
+
+def test_a_killed_drill_leaves_no_sandbox_and_is_recorded_interrupted(drsvc_env, make_fleet):
+    [desktop] = make_fleet(1)
+    assert drsvc_env.cli("backup", desktop).code == 0
+    _killed(drsvc_env, "after-clone-created", "drill", desktop)
+    catalog = _catalog(drsvc_env)
+    try:
+        [drill] = catalog.query("SELECT id, status FROM drills")
+        clone = f"drill-{drill['id']}-{desktop}"
+        services = drsvc_env.services()
+        try:
+            assert container_exists(clone), "the trial did not leave a sandbox"
+            assert drsvc_env.cli("cleanup").code == 0
+            assert not container_exists(clone), f"sandbox {clone} left after cleanup"
+            assert services.volume(f"rados://desktops/{clone}").objects_now() == [], f"namespace {clone} left"
+        finally:
+            subprocess.run(["podman", "rm", "-f", "-t", "0", clone], capture_output=True, timeout=120)
+            services.volume(f"rados://desktops/{clone}").purge()
+        [row] = catalog.query("SELECT status FROM drills")
+        assert row["status"] == "interrupted", f"a killed drill is recorded {row['status']!r}"
+        assert not catalog.query("SELECT 1 FROM drill_results WHERE passed = 1")
+    finally:
+        catalog.close()
+    check = drsvc_env.cli("catalog", "check")
+    assert check.code == 0, check.output

@@ -221,6 +221,52 @@ def test_an_interrupted_copy_resumes(drsvc_env: Any, make_fleet: Any, sites: dic
     assert drsvc_env.cli("verify", "--all", "--site", "dr", "--read-data").code == 0
 
 
+def test_a_killed_site_drill_leaves_no_sandbox_after_cleanup(
+    drsvc_env: Any, make_fleet: Any, sites: dict[str, str], dr_pool: DRPool
+) -> None:
+    """kill -9 of ``site drill`` while its sandbox runs: the intents its restore recorded are in the
+    drill's scratch catalog, which cleanup must find; the drill's record must not stay running."""
+    _primary(drsvc_env, sites)
+    [desktop] = make_fleet(1, data_mib=1)
+    drsvc_env.policy("sd", [desktop], tiering={"after": "1s"}, sites={"dr": {"after": "1s"}})
+    assert drsvc_env.cli("backup", "--policy", "sd").code == 0
+    time.sleep(1.2)
+    assert drsvc_env.cli("tier").code == 0
+    time.sleep(1.2)
+    assert drsvc_env.cli("copy").code == 0
+
+    def sandboxes() -> list[str]:
+        names = subprocess.run(
+            ["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        spaces = {o.nspace for o in dr_pool.ioctx.list_objects()}
+        return [n for n in names if n.startswith("sitedrill-") and desktop in n] + sorted(
+            n for n in spaces if n.startswith("sitedrill-") and desktop in n
+        )
+
+    killed = {**os.environ, "DRSVC_FAULT": "after-clone-created:kill"}
+    proc = drsvc_env.subprocess("site", "drill", "--from", "dr", env=killed)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == -9, f"the site drill never reached after-clone-created:\n{out}\n{err}"
+    left = sandboxes()
+    dr_pool.touched.extend(left)  # purged afterwards, whatever the test found
+    try:
+        assert left, "the kill left no sandbox: the test tests nothing"
+        cleaned = drsvc_env.cli("cleanup")
+        assert cleaned.code == 0, cleaned.output
+        assert sandboxes() == [], "a killed site drill's sandbox outlived cleanup"
+        catalog = Catalog.open(drsvc_env.root / "catalog.db")
+        try:
+            statuses = [r["status"] for r in catalog.query("SELECT status FROM site_recoveries")]
+        finally:
+            catalog.close()
+        assert statuses == ["interrupted"], statuses
+        assert drsvc_env.cli("catalog", "check").code == 0
+    finally:
+        for name in left:
+            subprocess.run(["podman", "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
+
+
 def test_wrong_site_names_and_unreachable_sites_are_clear_errors(drsvc_env: Any, sites: dict[str, str]) -> None:
     _primary(drsvc_env, sites)
     wrong = drsvc_env.cli("site", "recover", "--from", "dx")
