@@ -16,10 +16,21 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-__all__ = ["FIELDS", "JsonFormatter", "TextFormatter", "event", "setup"]
+from drsvc.printable import printable
+
+__all__ = ["FIELDS", "JsonFormatter", "TextFormatter", "event", "printable", "setup"]
 
 FIELDS = ("event", "desktop", "point", "job", "policy", "error")
 LOGGER = "drsvc"
+
+
+def _lines(text: str) -> str:
+    """A multi-line text (a traceback) with each line ``printable``."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+def _shown(value: Any) -> Any:
+    return printable(value) if isinstance(value, str) else value
 
 
 def event(
@@ -70,7 +81,10 @@ class JsonFormatter(logging.Formatter):
         doc["message"] = record.getMessage()
         if record.exc_info:
             doc.setdefault("error", str(record.exc_info[1]))
-            doc["traceback"] = self.formatException(record.exc_info)
+        # JSON escapes C0 controls itself, not C1 ones, bidi overrides or lone surrogates
+        doc = {k: _shown(v) for k, v in doc.items()}
+        if record.exc_info:
+            doc["traceback"] = _lines(self.formatException(record.exc_info))
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
@@ -82,14 +96,13 @@ class TextFormatter(logging.Formatter):
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         name = fields.pop("event", record.name)
         error = fields.pop("error", None)
-        pairs = " ".join(f"{k}={v}" for k, v in fields.items())
-        line = (
-            f"{stamp} {record.levelname.lower()} {name}" + (f" {pairs}" if pairs else "") + f": {record.getMessage()}"
-        )
-        if error is not None and str(error) not in record.getMessage():
-            line += f" ({error})"
+        pairs = " ".join(f"{k}={printable(str(v))}" for k, v in fields.items())
+        message = record.getMessage()
+        line = f"{stamp} {record.levelname.lower()} {name}" + (f" {pairs}" if pairs else "") + f": {printable(message)}"
+        if error is not None and str(error) not in message:
+            line += f" ({printable(str(error))})"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + _lines(self.formatException(record.exc_info))
         return line
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from drsvc.errors import EXIT_CODES
+from drsvc.printable import printable
 
 if TYPE_CHECKING:
     from rich.console import Console  # imported when a command prints: `drsvc --help` never does
@@ -176,6 +177,14 @@ class App:
             sys.stdout.write("\n")
         else:
             render(self.out)
+
+
+def shown(value: Any) -> str:
+    """``value`` as text a rich console prints as it is: control characters escaped (``printable``)
+    and ``[`` no markup. Every name or error that may come from a desktop goes through it."""
+    from rich.markup import escape
+
+    return escape(printable(str(value)))
 
 
 pass_app = click.make_pass_decorator(App)

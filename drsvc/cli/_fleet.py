@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from drsvc.admission import Limits
-from drsvc.cli._common import App
+from drsvc.cli._common import App, shown
 from drsvc.storm import FleetItem, FleetReport
 
 
@@ -44,7 +44,7 @@ def progress_printer(app: App, total: int) -> Any:
                     f" {count()}"
                 )
             else:
-                err.print(f"{stamp} [red]✗[/] {item.desktop} {item.status}: {item.error} {count()}")
+                err.print(f"{stamp} [red]✗[/] {item.desktop} {item.status}: {shown(item.error)} {count()}")
 
     return on_event
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.cli._common import App, DrsvcCommand, pass_app, shown
 from drsvc.errors import InvalidInput
 from drsvc.inventory import select
 from drsvc.units import format_bytes
@@ -48,9 +48,9 @@ def progress_printer(app: App) -> Any:
                 f"{len(r.snapshots)} pool snapshot(s), {len(r.undone)} other leftover(s) removed[/]"
             )
             for line in r.problems:
-                err.print(f"[yellow]left behind[/] {line}")
+                err.print(f"[yellow]left behind[/] {shown(line)}")
         elif kind == "cleanup-failed":
-            err.print(f"[yellow]cleanup of interrupted runs failed (retried next run): {fields['error']}[/]")
+            err.print(f"[yellow]cleanup of interrupted runs failed (retried next run): {shown(fields['error'])}[/]")
         elif kind == "restore-interrupted":
             i = fields["intent"]
             err.print(f"[red]in-place restore of {i.target} was interrupted[/]: run `drsvc restore {i.target}` again")
@@ -59,7 +59,7 @@ def progress_printer(app: App) -> Any:
             mark = "[green]✓[/]" if o.status == "complete" else "[red]✗[/]"
             err.print(
                 f"{mark} {o.desktop} {o.status} ({o.consistency}) in {o.seconds:.1f}s"
-                + (f": {o.error or o.reason}" if (o.error or o.reason) else "")
+                + (f": {shown(o.error or o.reason)}" if (o.error or o.reason) else "")
             )
 
     return on_event
@@ -80,7 +80,7 @@ def render_report(report: BackupReport, out: Console) -> None:
             f"{o.freeze_ms:.0f} ms" if o.freeze_ms is not None else "-",
             format_bytes(o.bytes),
             format_bytes(o.new_bytes),
-            o.error or o.reason or "",
+            shown(o.error or o.reason or ""),
         )
     out.print(table)
     s = report.document()["summary"]

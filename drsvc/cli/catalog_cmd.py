@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 
 from drsvc.catalog_guard import CatalogDamaged, quarantine
-from drsvc.cli._common import App, DrsvcGroup, pass_app
+from drsvc.cli._common import App, DrsvcGroup, pass_app, shown
 from drsvc.errors import EXIT_INTEGRITY, IntegrityError
 
 EXPORT_TABLES = (
@@ -120,7 +120,7 @@ def rebuild(app: App, dry_run: bool, forget_missing: bool) -> int:
                 point, tier = copy.rsplit(":", 1)
                 out.print(f"  {point} ({tier})")
         for problem in report.problems:
-            out.print(f"[red]unreadable[/] {problem}")
+            out.print(f"[red]unreadable[/] {shown(problem)}")
 
     if dry_run:
         report = rebuild_catalog(app.services, dry_run=True, forget_missing=forget_missing)

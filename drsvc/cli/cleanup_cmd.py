@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 
 from drsvc.cleanup import CleanupJob, CleanupReport
-from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.cli._common import App, DrsvcCommand, pass_app, shown
 from drsvc.errors import EXIT_PARTIAL
 
 
@@ -28,7 +28,7 @@ def render(report: CleanupReport, out: Console) -> None:
     for run_id in report.interrupted_recoveries:
         out.print(f"{verb or 'marked'} {'mark ' if verb else ''}interrupted: site run {run_id} (its process is gone)")
     for line in report.others:
-        out.print(f"[dim]note[/] {line}")
+        out.print(f"[dim]note[/] {shown(line)}")
     for line in report.problems:
         out.print(f"[red]left[/] {line}")
 

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.cli._common import App, DrsvcCommand, pass_app, shown
 from drsvc.drill import DesktopResult, DrillJob, DrillReport
 from drsvc.errors import InvalidInput
 
@@ -52,7 +52,7 @@ def printer(app: App) -> Any:
         elif kind == "result":
             r: DesktopResult = f["result"]
             mark = "[green]✓[/]" if r.passed else "[red]✗[/]"
-            err.print(f"{mark} {r.desktop} RTO {_s(r.rto_seconds)} s" + (f": {r.error}" if r.error else ""))
+            err.print(f"{mark} {r.desktop} RTO {_s(r.rto_seconds)} s" + (f": {shown(r.error)}" if r.error else ""))
 
     return on_event
 

@@ -12,6 +12,7 @@ from drsvc import __version__
 from drsvc.cli import COMMANDS, load
 from drsvc.cli._common import App, DrsvcGroup
 from drsvc.errors import EXIT_FAILED, EXIT_INTEGRITY, EXIT_INVALID, DrsvcError
+from drsvc.printable import printable
 
 # Imported when used, not at start-up: logging (drsvc.log) once a command runs, rich when it
 # prints, sqlite3 with the catalog. `drsvc --help` (every cron minute's cost) needs none of them.
@@ -164,6 +165,6 @@ def _report(error: DrsvcError, json_output: bool, debug: bool) -> None:
 
         doc = {"error": error.message, "details": error.details, "exit_code": error.exit_code}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    click.echo(f"drsvc: error: {error.message}", err=True)
+    click.echo(f"drsvc: error: {printable(error.message)}", err=True)
     for line in error.details:
-        click.echo(f"  {line}", err=True)
+        click.echo(f"  {printable(line)}", err=True)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.printable import printable
 from drsvc.units import format_bytes
 
 if TYPE_CHECKING:  # the jobs load when a subcommand runs, not with `drsvc points list`
@@ -48,7 +49,7 @@ def render_listing(result: PointListing, long: bool) -> None:
             lines.append(f"  {f.type:<8} {f.mode & 0o7777:04o} {f.size:>12}  {when}  /{f.path}{link}")
         lines.extend(f"  deleted           /{p}" for p in rootfs.deleted)
     lines.extend(f"note: {n}" for n in rootfs.notes)
-    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.write("\n".join(map(printable, lines)) + "\n")  # names are the desktop's: one line each
 
 
 @click.command("ls", cls=DrsvcCommand)
@@ -100,7 +101,7 @@ def render_diff(result: PointDiff) -> None:
         lines += [f"+ /{p}" for p in rootfs["added"]]
         lines += [f"- /{p}" for p in rootfs["removed"]]
         lines += [f"M /{p}" for p in rootfs["changed"]]
-    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.write("\n".join(map(printable, lines)) + "\n")  # names are the desktop's: one line each
 
 
 @click.command("diff", cls=DrsvcCommand)

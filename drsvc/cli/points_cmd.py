@@ -7,7 +7,7 @@ import json
 import click
 from rich.console import Console
 
-from drsvc.cli._common import App, DrsvcGroup, pass_app
+from drsvc.cli._common import App, DrsvcGroup, pass_app, shown
 from drsvc.intents import interrupted_restores
 from drsvc.units import format_bytes
 
@@ -159,9 +159,9 @@ def show_point(app: App, point_id: str) -> None:
             )
         held = doc["held_files"] or {}
         for f in held.get("files", ()):
-            out.print(f"{'held file':12} /{f['path']} ({format_bytes(f['size'])}, as at the freeze)")
+            out.print(f"{'held file':12} /{shown(f['path'])} ({format_bytes(f['size'])}, as at the freeze)")
         for note in held.get("notes", ()):
-            out.print(f"{'held note':12} {note}")
+            out.print(f"{'held note':12} {shown(note)}")
 
     app.emit(doc, render)
 

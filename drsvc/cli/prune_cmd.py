@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 
 from drsvc.cleanup import clean_before
-from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.cli._common import App, DrsvcCommand, pass_app, shown
 from drsvc.offsite.prune import SitePruneReport, prune_site
 from drsvc.prune import PruneJob, PruneReport
 from drsvc.tiering import ColdPruneReport, prune_cold
@@ -27,7 +27,7 @@ def render(report: PruneReport, out: Console) -> None:
             f"chunks unreferenced: {report.chunks_marked}, deleted after the grace period: {report.chunks_deleted}"
         )
     for problem in report.problems:
-        out.print(f"not done (the next prune retries): {problem}")
+        out.print(f"not done (the next prune retries): {shown(problem)}")
 
 
 @click.command("prune", cls=DrsvcCommand)

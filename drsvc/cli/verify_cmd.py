@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.console import Console
 
-from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.cli._common import App, DrsvcCommand, pass_app, shown
 from drsvc.errors import InvalidInput
 from drsvc.verify import VerifyJob, VerifyReport
 
@@ -25,7 +25,7 @@ def render(report: VerifyReport, out: Console) -> None:
         )
         return
     for problem in report.problems:
-        out.print(f"[red]BAD[/] {problem.line()}")
+        out.print(f"[red]BAD[/] {shown(problem.line())}")
     out.print(f"{len(report.affected)} of {len(report.points)} point(s) affected; chunks checked: {chunks}")
 
 

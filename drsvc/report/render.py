@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from drsvc import clock
 from drsvc.errors import InvalidInput, MissingDependency
 from drsvc.optional import require
+from drsvc.printable import printable
 from drsvc.units import format_bytes
 
 if TYPE_CHECKING:
@@ -166,8 +167,10 @@ def verdict(doc: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _md_cell(value: Any) -> str:
+    # errors hold names from desktops: a CR (a line end to CommonMark) or an escape would break
+    # out of the table row as surely as a newline
     text = "-" if value is None or value == "" else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+    return printable(text.replace("\n", " ")).replace("|", "\\|")
 
 
 def _environment(*, html: bool) -> jinja2.Environment:

@@ -25,3 +25,91 @@ def test_a_name_from_the_c_api_is_decoded_or_refused_by_name() -> None:
     assert ceph.text("ok/é".encode(), "read xattrs of x") == "ok/é"
     with pytest.raises(ceph.NotUtf8Name, match=r"read omap of x: the name 'k\\\\xfe' is not UTF-8"):
         ceph.text(b"k\xfe", "read omap of x")
+
+
+# ---------------------------------------------------------------- names shown to an operator
+# A name from a desktop (an archive member, a held file, an object named in an error) reaches log
+# lines, the CLI's error line and its tables. It may hold a newline (a forged log line), terminal
+# escapes (clear the screen, retitle the window, hide text), rich markup (``[/bold]`` made the
+# console raise instead of printing) and, from an archive, bytes that are not UTF-8 (surrogates
+# a UTF-8 stream refuses to write).
+HOSTILE = "x[/bold]\x1b[2J\x9b31m\nforged error line\udcff\u202e"
+
+
+def _harmless(text: str, lines: int = 1) -> None:
+    assert text.count("\n") == lines, text
+    assert not any(c in text for c in "\x1b\x9b\u202e"), text
+    text.encode("utf-8")  # no lone surrogate left
+    assert "\\x1b" in text and "\\n" in text and "\\xff" in text, text
+
+
+def test_a_text_log_line_shows_a_hostile_name_on_one_line() -> None:
+    import io
+    import logging
+
+    from drsvc.log import event, setup
+
+    stream = io.StringIO()
+    setup(logging.INFO, "text", stream)
+    try:
+        event(logging.getLogger("drsvc.t"), logging.WARNING, "backup.desktop", f"stat {HOSTILE}: gone", error=HOSTILE)
+    finally:
+        setup(logging.WARNING, "text")
+    _harmless(stream.getvalue())
+
+
+def test_a_json_log_line_can_be_written_whatever_the_name() -> None:
+    import io
+    import json
+    import logging
+
+    from drsvc.log import event, setup
+
+    stream = io.StringIO()
+    setup(logging.INFO, "json", stream)
+    try:
+        event(logging.getLogger("drsvc.t"), logging.WARNING, "backup.desktop", f"stat {HOSTILE}", desktop="d1")
+    finally:
+        setup(logging.WARNING, "text")
+    line = stream.getvalue()
+    line.encode("utf-8")
+    assert "\x9b" not in line and "\u202e" not in line
+    assert json.loads(line)["message"].startswith("stat x[/bold]")
+
+
+def test_the_cli_error_line_shows_a_hostile_name_on_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from drsvc.cli.main import _report
+
+    _report(DrsvcError(f"stat rados://desktops/t1/{HOSTILE}: gone"), False, False)
+    _harmless(capsys.readouterr().err)
+
+
+def test_backup_progress_and_table_print_a_hostile_error_as_text() -> None:
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from drsvc.backup import BackupReport
+    from drsvc.backup_commit import Outcome
+    from drsvc.cli.backup_cmd import progress_printer, render_report
+
+    stream = io.StringIO()
+    console = Console(file=stream, highlight=False, width=400)
+    outcome = Outcome(desktop="d1", point_id="p1", status="failed", error=f"member {HOSTILE} refused")
+    progress_printer(SimpleNamespace(err=console))("desktop", outcome=outcome)
+    assert "x[/bold]" in stream.getvalue()
+    _harmless(stream.getvalue())
+    table = io.StringIO()
+    render_report(BackupReport(job_id=1, policy=None, outcomes=[outcome]), Console(file=table, width=400))
+    assert "x[/bold]" in table.getvalue()
+    assert "\x1b" not in table.getvalue() and "forged error line" in table.getvalue().splitlines()[1]
+
+
+def test_a_markdown_report_cell_keeps_a_hostile_error_in_its_row() -> None:
+    pytest.importorskip("jinja2", reason="the report extra (jinja2) is not installed")
+    from drsvc.report.render import _md_cell
+
+    cell = _md_cell("restore failed: member a\r# All drills passed\x1b[8m|b")
+    assert "\r" not in cell and "\x1b" not in cell and "\n" not in cell
+    assert cell.endswith("\\|b") and "\\r# All drills passed" in cell
