@@ -362,5 +362,5 @@ def trials(rng: random.Random, n_random: int) -> dict[str, list[tuple[object, ob
         "run": [(run_trial, p) for p in ("after-snapshot", "mid-upload@3", "tier-after-packs")]
         + [(run_trial, t) for t in moments(0.5, 6.0)],
         "docker-backup": [(docker_backup_trial, p) for p in ("after-freeze", "after-snapshot", "after-release")]
-        + [(docker_backup_trial, t) for t in moments(0.3, 4.0)],
+        + [(docker_backup_trial, t) for t in moments(0.3, 1.4)],
     }
