@@ -16,12 +16,15 @@ from __future__ import annotations
 import hashlib
 import re
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import blake3
+
+from drsvc.errors import DrsvcError
 
 READ_SIZE = 4 * 1024 * 1024
 """Largest single read or write of object data: memory stays bounded whatever the object size."""
@@ -35,6 +38,58 @@ WRITER_XATTR = "drsvc.restore-writer"
 (``write_objects(mark=...)``), until the restore has recorded that every object is written
 (``unmark``): after a kill -9 it tells the restore's own objects from another writer's
 (``remove_objects(marked=...)``)."""
+
+
+OBJECT_METADATA_MAX = 64 * 1024 * 1024
+"""Most bytes of xattrs and omap (names and values) drsvc reads for one object."""
+
+VOLUME_METADATA_MAX = 128 * 1024 * 1024
+"""Most bytes of xattrs and omap one capture reads for a whole volume. A desktop's processes write
+their namespace: without a bound, one object's gigabytes of omap (RADOS accepts them) were held in
+memory, then hex-encoded into a manifest no reader takes (``MANIFEST_MAX``), and the backup
+process that serves every desktop ran out of memory. The manifest lists them as hex (twice the
+bytes), well inside what a manifest may hold."""
+
+
+class MetadataTooLarge(DrsvcError):
+    """A volume's xattrs and omap are past what drsvc reads (its desktop fails, the others go on)."""
+
+
+class MetadataBudget:
+    """Counts the xattr and omap bytes one scan of a volume reads; thread-safe.
+
+    ``check`` bounds one object while its omap pages come in (the reader stops asking for more);
+    ``take`` adds a whole object to the volume's total. Both raise ``MetadataTooLarge``.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def check(self, name: str, nbytes: int) -> None:
+        if nbytes > OBJECT_METADATA_MAX:
+            raise MetadataTooLarge(
+                f"{self.what}/{name}: more than {OBJECT_METADATA_MAX >> 20} MiB of xattrs and omap in one "
+                "object: drsvc does not back up metadata that large (the desktop's own processes wrote it)"
+            )
+
+    def take(self, name: str, xattrs: Mapping[str, bytes], omap: Mapping[str, bytes]) -> None:
+        nbytes = metadata_bytes(xattrs) + metadata_bytes(omap)
+        self.check(name, nbytes)
+        with self._lock:
+            self.total += nbytes
+            total = self.total
+        if total > VOLUME_METADATA_MAX:
+            raise MetadataTooLarge(
+                f"{self.what}: more than {VOLUME_METADATA_MAX >> 20} MiB of xattrs and omap in the volume "
+                f"(at {name}): drsvc does not back up metadata that large (the desktop's own processes wrote it)"
+            )
+
+
+def metadata_bytes(pairs: Mapping[str, bytes]) -> int:
+    """Bytes of xattrs or omap as stored: names (UTF-8) and values."""
+    return sum(len(k.encode("utf-8", "surrogateescape")) + len(v) for k, v in pairs.items())
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 
 from drsvc import ceph
 from drsvc.errors import NotFound
-from drsvc.volumes.base import VolumeObject
+from drsvc.volumes.base import MetadataBudget, VolumeObject, metadata_bytes
 
 OMAP_PAGE = 1000
 _BATCH = 32  # names per thread task: keeps the executor's own cost per object small
@@ -70,6 +70,7 @@ class MetadataScan:
         self.window = max(1, window)
         self.threads = max(1, threads)
         self._contexts = ThreadContexts(open_io)
+        self.budget = MetadataBudget(url + where)
 
     def close(self) -> None:
         self._contexts.close()
@@ -135,6 +136,7 @@ class MetadataScan:
                 if meta is None or omap is None:
                     continue
                 size, version, mtime, xattrs = meta
+                self.budget.take(name, xattrs, omap)
                 yield VolumeObject(name, size, xattrs, omap, mtime=mtime, version=version)
             for _ in omaps:  # drain (the generator closes its window)
                 pass
@@ -190,12 +192,15 @@ class MetadataScan:
     def _omap_rest(self, io: Any, name: str, omap: dict[str, bytes]) -> dict[str, bytes]:
         rados = ceph.rados_module()
         after = max(omap)
+        held = metadata_bytes(omap)  # this object's xattrs are counted once all of it is in (``take``)
         while True:
+            self.budget.check(name, held)
             with ceph.ceph_errors(f"read omap of {self.url}/{name}{self.where}"), rados.ReadOpCtx() as op:
                 it, _ = io.get_omap_vals(op, after, "", OMAP_PAGE)
                 io.operate_read_op(op, name)
                 page = [(k, bytes(v)) for k, v in it]
             omap.update(page)
+            held += sum(len(k.encode()) + len(v) for k, v in page)
             if len(page) < OMAP_PAGE:
                 return omap
             after = page[-1][0]

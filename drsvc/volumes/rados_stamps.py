@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from drsvc import ceph
-from drsvc.volumes.base import VolumeObject
+from drsvc.volumes.base import MetadataBudget, VolumeObject, metadata_bytes
 
 WINDOW = 256  # ops in flight: enough to keep the OSDs busy; a few KiB of buffers (and one omap page) each
 OMAP_PAGE = 1000  # omap keys asked by an object's first op (as ``rados_meta``)
@@ -258,6 +258,7 @@ class _MetaScan:
         self.lib = lib
         self.io = io
         self.what = what
+        self.budget = MetadataBudget(what)
 
     def run(self, names: list[str]) -> list[VolumeObject]:
         lib = self.lib
@@ -303,7 +304,8 @@ class _MetaScan:
         finally:
             one.release(lib)
         if more:
-            omap = self._omap_rest(one.name, omap)
+            omap = self._omap_rest(one.name, omap, metadata_bytes(xattrs))
+        self.budget.take(one.name, xattrs, omap)
         out.append(
             VolumeObject(one.name, int(one.size.value), xattrs, omap, mtime=int(one.mtime.value), version=version)
         )
@@ -334,10 +336,13 @@ class _MetaScan:
             name = ceph.text(ctypes.string_at(key, kn.value), f"read omap of {self.what}")
             out[name] = ctypes.string_at(val, vn.value) if vn.value else b""
 
-    def _omap_rest(self, name: str, omap: dict[str, bytes]) -> dict[str, bytes]:
-        """Pages after the first of a long omap, synchronously (rare: more than ``OMAP_PAGE`` keys)."""
+    def _omap_rest(self, name: str, omap: dict[str, bytes], held: int) -> dict[str, bytes]:
+        """Pages after the first of a long omap, synchronously (rare: more than ``OMAP_PAGE`` keys);
+        ``held``: the object's xattr bytes, counted with its omap against the budget page by page."""
         lib = self.lib
+        held += metadata_bytes(omap)
         while True:
+            self.budget.check(name, held)
             op = ctypes.c_void_p(lib.rados_create_read_op())
             it, more, prval = ctypes.c_void_p(), ctypes.c_ubyte(), ctypes.c_int()
             try:
@@ -348,7 +353,9 @@ class _MetaScan:
                 rv = rv if rv < 0 else prval.value
                 if rv < 0:
                     raise ceph.rv_error(f"read omap of {self.what}/{name}", rv)
-                omap.update(self._omap(it))
+                page = self._omap(it)
+                omap.update(page)
+                held += metadata_bytes(page)
             finally:
                 if it:
                     lib.rados_omap_get_end(it)

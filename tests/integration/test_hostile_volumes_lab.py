@@ -53,3 +53,44 @@ def test_a_non_utf8_name_in_one_namespace_fails_that_desktop_alone(drsvc_env, ma
     assert by_desktop[attacker]["status"] == "failed", by_desktop[attacker]
     assert "not UTF-8" in (by_desktop[attacker].get("error") or ""), by_desktop[attacker]
     assert "\\xff" in by_desktop[attacker]["error"] or "\\xfe" in by_desktop[attacker]["error"]
+
+
+@pytest.mark.parametrize("reader", ["C API", "binding"])
+@pytest.mark.parametrize("limit", ["object", "volume"])
+def test_omap_past_the_metadata_bound_fails_that_desktop_alone(
+    drsvc_env, make_fleet, rados_cluster, monkeypatch, limit, reader
+):
+    """A desktop's processes write omap into their objects: RADOS takes gigabytes. The bounds are
+    lowered here (256 KiB) so the attack stays small on the shared lab; 1,500 keys of 300 bytes
+    span two omap pages, so the bound is checked while pages come in, on both metadata readers."""
+    from drsvc.volumes import base, rados_stamps
+
+    monkeypatch.setattr(
+        base, "OBJECT_METADATA_MAX" if limit == "object" else "VOLUME_METADATA_MAX", 256 << 10, raising=False
+    )
+    if reader == "binding":
+        monkeypatch.setattr(rados_stamps, "metadata", lambda *a, **k: None)  # the C API is not there
+    victim, attacker = make_fleet(2)
+    io = rados_cluster.open_ioctx("desktops")
+    try:
+        io.set_namespace(attacker)
+        # volume: spread over objects each well under the object bound; object: all in one
+        for i in range(1 if limit == "object" else 3):
+            keys = [f"k{i}-{n:05d}" for n in range(1500 if limit == "object" else 500)]
+            with _write_op() as op:
+                io.set_omap(op, tuple(keys), tuple(b"v" * 300 for _ in keys))
+                io.operate_write_op(op, f"fat-{i}")
+        result = drsvc_env.cli("--json", "backup", victim, attacker)
+    finally:
+        io.close()
+    assert result.code == 6, result.output
+    by_desktop = {o["desktop"]: o for o in result.json()["results"]}
+    assert by_desktop[victim]["status"] == "complete", by_desktop[victim]
+    assert by_desktop[attacker]["status"] == "failed", by_desktop[attacker]
+    assert "of xattrs and omap" in (by_desktop[attacker].get("error") or ""), by_desktop[attacker]
+
+
+def _write_op():
+    import rados
+
+    return rados.WriteOpCtx()

@@ -113,3 +113,21 @@ def test_a_markdown_report_cell_keeps_a_hostile_error_in_its_row() -> None:
     cell = _md_cell("restore failed: member a\r# All drills passed\x1b[8m|b")
     assert "\r" not in cell and "\x1b" not in cell and "\n" not in cell
     assert cell.endswith("\\|b") and "\\r# All drills passed" in cell
+
+
+# ---------------------------------------------------------------- metadata a desktop writes
+def test_the_metadata_budget_bounds_one_object_and_the_volume(monkeypatch: pytest.MonkeyPatch) -> None:
+    from drsvc.volumes import base
+
+    monkeypatch.setattr(base, "OBJECT_METADATA_MAX", 1000)
+    monkeypatch.setattr(base, "VOLUME_METADATA_MAX", 2500)
+    budget = base.MetadataBudget("rados://desktops/t1 at snapshot s")
+    budget.check("a", 1000)  # at the bound: taken
+    with pytest.raises(base.MetadataTooLarge, match=r"rados://desktops/t1 at snapshot s/big: more than"):
+        budget.check("big", 1001)  # a reader stops paging here
+    with pytest.raises(base.MetadataTooLarge, match="/x: more than"):
+        budget.take("x", {"k": b"v" * 600}, {"o": b"w" * 600})  # xattrs and omap together
+    for name in "abc":
+        budget.take(name, {}, {"é": b"v" * 798})  # names count in UTF-8 bytes: 800 each
+    with pytest.raises(base.MetadataTooLarge, match=r"in the volume \(at d\)"):
+        budget.take("d", {}, {"k": b"v" * 100})
