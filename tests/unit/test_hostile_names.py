@@ -8,10 +8,17 @@ a one-line error, never a traceback that ends the run for every desktop (the lab
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import logging
+from collections.abc import Iterator
+
 import pytest
 
 from drsvc import ceph
 from drsvc.errors import DrsvcError
+from drsvc.log import event, setup
 
 
 def test_a_name_the_binding_cannot_decode_is_a_drsvc_error_naming_its_bytes() -> None:
@@ -43,34 +50,37 @@ def _harmless(text: str, lines: int = 1) -> None:
     assert "\\x1b" in text and "\\n" in text and "\\xff" in text, text
 
 
-def test_a_text_log_line_shows_a_hostile_name_on_one_line() -> None:
-    import io
-    import logging
+@contextlib.contextmanager
+def _drsvc_log(fmt: str) -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger that writes through drsvc's own handler (``fmt``) and nowhere else.
 
-    from drsvc.log import event, setup
-
+    pytest hangs its log capture on every logger that does not propagate, once it exists; a
+    record holding a lone surrogate would reach the test report there, which pytest-xdist cannot
+    send to its controller.
+    """
     stream = io.StringIO()
-    setup(logging.INFO, "text", stream)
+    handler = setup(logging.INFO, fmt, stream)
+    logging.getLogger("drsvc").removeHandler(handler)
+    logger = logging.getLogger("drsvc.hostile-names")
+    saved = logger.handlers[:]
+    logger.handlers = [handler]
+    logger.propagate = False
     try:
-        event(logging.getLogger("drsvc.t"), logging.WARNING, "backup.desktop", f"stat {HOSTILE}: gone", error=HOSTILE)
+        yield logger, stream
     finally:
+        logger.handlers = saved
         setup(logging.WARNING, "text")
+
+
+def test_a_text_log_line_shows_a_hostile_name_on_one_line() -> None:
+    with _drsvc_log("text") as (logger, stream):
+        event(logger, logging.WARNING, "backup.desktop", f"stat {HOSTILE}: gone", error=HOSTILE)
     _harmless(stream.getvalue())
 
 
 def test_a_json_log_line_can_be_written_whatever_the_name() -> None:
-    import io
-    import json
-    import logging
-
-    from drsvc.log import event, setup
-
-    stream = io.StringIO()
-    setup(logging.INFO, "json", stream)
-    try:
-        event(logging.getLogger("drsvc.t"), logging.WARNING, "backup.desktop", f"stat {HOSTILE}", desktop="d1")
-    finally:
-        setup(logging.WARNING, "text")
+    with _drsvc_log("json") as (logger, stream):
+        event(logger, logging.WARNING, "backup.desktop", f"stat {HOSTILE}", desktop="d1")
     line = stream.getvalue()
     line.encode("utf-8")
     assert "\x9b" not in line and "\u202e" not in line
