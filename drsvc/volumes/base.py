@@ -51,6 +51,24 @@ process that serves every desktop ran out of memory. The manifest lists them as 
 bytes), well inside what a manifest may hold."""
 
 
+VOLUME_OBJECTS_MAX = 1_000_000
+"""Most objects drsvc backs up in one volume. A desktop's processes can create millions of empty
+objects: each name costs memory while listed, a stat, and an entry in the point's manifest, which
+readers take up to ``MANIFEST_MAX`` (about 1.5 million entries): past that the point was refused
+only once hours of its batch's store time had gone into it."""
+
+
+class TooManyObjects(DrsvcError):
+    """A volume holds more objects than drsvc backs up (its desktop fails, the others go on)."""
+
+
+def too_many_objects(url: str) -> TooManyObjects:
+    return TooManyObjects(
+        f"{url}: more than {VOLUME_OBJECTS_MAX:,} objects: drsvc does not back up a volume that large "
+        "(the desktop's own processes created them)"
+    )
+
+
 class MetadataTooLarge(DrsvcError):
     """A volume's xattrs and omap are past what drsvc reads (its desktop fails, the others go on)."""
 

@@ -20,18 +20,25 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from drsvc import ceph
-from drsvc.volumes import rados_stamps
+from drsvc.volumes import base, rados_stamps
 from drsvc.volumes.base import VolumeObject
 from drsvc.volumes.rados_meta import MetadataScan
 
 
-def list_names(io: Any, url: str) -> list[str]:
+def list_names(io: Any, url: str, *, bounded: bool = False) -> list[str]:
     """Every object name ``io`` lists in its namespace, sorted, once each (``url`` names it in errors).
 
     At a snapshot the listing also holds names deleted since (``drsvc.volumes.rados`` says why): the
-    readers leave out whatever is absent where they look."""
+    readers leave out whatever is absent where they look. ``bounded``: past ``VOLUME_OBJECTS_MAX``
+    names raise ``TooManyObjects`` (a capture's listings; a restore that removes what is extra
+    must see every name, however many the desktop made)."""
+    names: set[str] = set()
     with ceph.ceph_errors(f"list {url}"):
-        return sorted({o.key for o in io.list_objects()})
+        for o in io.list_objects():
+            names.add(o.key)
+            if bounded and len(names) > base.VOLUME_OBJECTS_MAX:  # stop before the names cost more memory
+                raise base.too_many_objects(url)
+    return sorted(names)
 
 
 class NamespaceScanner:
@@ -73,7 +80,7 @@ class NamespaceScanner:
         At a snapshot, one compound aio op per object (``rados_stamps.metadata``); the binding's
         threads where the C API cannot be had, and for the live namespace.
         """
-        wanted = list_names(io, self._url) if names is None else sorted(set(names))
+        wanted = list_names(io, self._url, bounded=True) if names is None else sorted(set(names))
         if snap_id is not None:
             what = self._url + where
             fast = rados_stamps.metadata(self._conn, self._pool, self._namespace, snap_id, wanted, what=what)
@@ -91,7 +98,7 @@ class NamespaceScanner:
 
         Many aio stats on one thread (``rados_stamps.stamps``); the binding's threads where it cannot.
         """
-        wanted = list_names(io, self._url) if names is None else sorted(set(names))
+        wanted = list_names(io, self._url, bounded=True) if names is None else sorted(set(names))
         fast = rados_stamps.stamps(self._conn, self._pool, self._namespace, snap_id, wanted, what=self._url + where)
         if fast is not None:
             return fast
@@ -109,7 +116,7 @@ class NamespaceScanner:
         this call). Closing the generator ends the scan's threads, then closes their contexts (a
         scan thread never outlives its context); ``io`` stays the caller's to close afterwards.
         """
-        names = list_names(io, self._url)
+        names = list_names(io, self._url, bounded=True)
         meta = self._on_threads(snap_id, where)
         return _closing(meta, meta.iter_objects(io, names))
 

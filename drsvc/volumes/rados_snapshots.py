@@ -20,6 +20,7 @@ from typing import Any
 
 from drsvc import ceph
 from drsvc.errors import BackendError, InvalidInput, NotFound
+from drsvc.volumes import base
 from drsvc.volumes.base import (
     SnapshotInfo,
 )
@@ -147,7 +148,8 @@ class RadosPoolSnapshots:
         gives: live objects plus those deleted since a snapshot that still holds them (listings
         ignore the read snapshot), so a listing taken after a snapshot names everything the
         snapshot holds, and readers stat each name at the snapshot and drop those absent there.
-        Sorted; every URL is a key (an empty list when its namespace holds nothing). One URL: its
+        Sorted; every URL is a key (an empty list when its namespace holds nothing), but one whose
+        namespace holds more than ``VOLUME_OBJECTS_MAX`` objects (its desktop's own listing fails). One URL: its
         namespace is listed alone (the same scan, only its names sent back).
         """
         prefix = f"{SCHEME}://{self.pool}/"
@@ -170,6 +172,9 @@ class RadosPoolSnapshots:
                         names = found.get(obj.nspace)
                         if names is not None:
                             names.add(obj.key)
+                            if len(names) > base.VOLUME_OBJECTS_MAX:
+                                # no names for it: its desktop lists its own namespace, and fails there
+                                del found[obj.nspace]
             finally:
                 io.close()
         return {by_namespace[ns]: sorted(names) for ns, names in found.items()}

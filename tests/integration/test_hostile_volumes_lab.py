@@ -94,3 +94,34 @@ def _write_op():
     import rados
 
     return rados.WriteOpCtx()
+
+
+@pytest.mark.parametrize("batch", ["pool listing", "own listing"])
+def test_objects_past_the_count_bound_fail_that_desktop_alone(drsvc_env, make_fleet, rados_cluster, monkeypatch, batch):
+    """A desktop's processes create millions of empty objects; the bound is lowered here (the
+    fleet's desktops hold a few objects) so the attack stays small on the shared lab."""
+    from drsvc.volumes import base
+    from drsvc.volumes.rados_snapshots import RadosPoolSnapshots
+
+    victim, attacker = make_fleet(2)
+    io = rados_cluster.open_ioctx("desktops")
+    try:
+        counts = {}
+        for desktop in (victim, attacker):
+            io.set_namespace(desktop)
+            counts[desktop] = sum(1 for _ in io.list_objects())
+        bound = max(counts.values())  # the victim is within it; the attacker goes one past
+        io.set_namespace(attacker)
+        for i in range(bound + 1 - counts[attacker]):
+            io.write_full(f"tiny-{i:04d}", b"")
+        monkeypatch.setattr(base, "VOLUME_OBJECTS_MAX", bound, raising=False)
+        if batch == "own listing":  # the batch's one listing failed: each desktop lists its own
+            monkeypatch.setattr(RadosPoolSnapshots, "names_by_volume", lambda *_a: {})
+        result = drsvc_env.cli("--json", "backup", victim, attacker)
+    finally:
+        io.close()
+    assert result.code == 6, result.output
+    by_desktop = {o["desktop"]: o for o in result.json()["results"]}
+    assert by_desktop[victim]["status"] == "complete", by_desktop[victim]
+    assert by_desktop[attacker]["status"] == "failed", by_desktop[attacker]
+    assert "objects: drsvc does not back up" in (by_desktop[attacker].get("error") or ""), by_desktop[attacker]

@@ -141,3 +141,20 @@ def test_the_metadata_budget_bounds_one_object_and_the_volume(monkeypatch: pytes
         budget.take(name, {}, {"é": b"v" * 798})  # names count in UTF-8 bytes: 800 each
     with pytest.raises(base.MetadataTooLarge, match=r"in the volume \(at d\)"):
         budget.take("d", {}, {"k": b"v" * 100})
+
+
+def test_a_captures_listing_is_bounded_a_restores_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A capture stops listing past ``VOLUME_OBJECTS_MAX`` names; a restore that removes what is extra
+    (rollback, write, purge) must see every name, or a desktop that made millions could not be
+    restored. The lab proof of the capture: ``tests/integration/test_hostile_volumes_lab.py``."""
+    from types import SimpleNamespace
+
+    from drsvc.volumes import base
+    from drsvc.volumes.rados_scan import list_names
+
+    pytest.importorskip("rados", reason="python3-rados is not importable here: ceph_errors needs it")
+    monkeypatch.setattr(base, "VOLUME_OBJECTS_MAX", 3)
+    io = SimpleNamespace(list_objects=lambda: iter(SimpleNamespace(key=f"o{i}") for i in range(5)))
+    assert list_names(io, "rados://desktops/t1") == [f"o{i}" for i in range(5)]
+    with pytest.raises(base.TooManyObjects, match="rados://desktops/t1: more than 3 objects"):
+        list_names(io, "rados://desktops/t1", bounded=True)
