@@ -345,7 +345,7 @@ def trials(rng: random.Random, n_random: int) -> dict[str, list[tuple[object, ob
         "copy": [(copy_trial, p) for p in ("mid-upload@1", "mid-upload@4")]
         + [(copy_trial, t) for t in moments(0.4, 2.0)],
         "site-drill": [(site_drill_trial, p) for p in ("mid-restore-volume@2", "after-clone-created")]
-        + [(site_drill_trial, t) for t in moments(1.0, 4.0)],
+        + [(site_drill_trial, t) for t in moments(1.0, 5.0)],
         "keys": [(keys_trial, "mid-upload@1")] + [(keys_trial, t) for t in moments(0.2, 0.45)],
         "restore-object": [
             (restore_object_trial, ("overwrite", "mid-object-write")),

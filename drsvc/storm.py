@@ -236,9 +236,9 @@ class FleetRestore:
 
     ``relocate(url)`` moves each point's volume (a site recovery writes into its own pool, see
     ``RestoreJob``); ``finish(item, plan)`` runs after each desktop whatever happened (a drill tears its
-    clone down); ``clone_name(item)`` restores each desktop as a clone of that name instead of in
-    place. ``record`` is the catalog the run is recorded in (a drill restores through a scratch
-    catalog but is recorded in the real one).
+    clone down, and resolves the clone's intents, left pending for it); ``clone_name(item)``
+    restores each desktop as a clone of that name instead of in place. ``record`` is the catalog
+    the run is recorded in (a drill restores through a scratch catalog but is recorded in the real one).
     """
 
     def __init__(
@@ -338,7 +338,10 @@ class FleetRestore:
                 item.status = "skipped"
                 item.error = f"{plan.name} is already running here (--force restores over it)"
                 return
-            result = job.run(plan, force=self.force, network=self.network, verify=self.verify)
+            # a clone that ``finish`` tears down keeps its intents pending until then (``temporary``):
+            # killed between the restore and the teardown, cleanup still finds and removes it
+            temporary = self.finish is not None and bool(plan.as_name)
+            result = job.run(plan, force=self.force, network=self.network, verify=self.verify, temporary=temporary)
             item.up_seconds = time.monotonic() - t0
             item.rto_seconds, item.phases, item.checks = result.rto_seconds, result.phases, result.checks
             item.status = "ok" if item.up_seconds <= item.target_seconds else "objective_missed"

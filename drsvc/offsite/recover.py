@@ -39,6 +39,7 @@ from drsvc.catalog import Catalog
 from drsvc.errors import DrsvcError
 from drsvc.intents import Owner, owner_alive
 from drsvc.rebuild import rebuild_catalog
+from drsvc.restore_effects import resolve_clone
 from drsvc.services import Services
 from drsvc.sites import relocate_volume, site_section
 from drsvc.storm import FleetItem, FleetReport, FleetRestore, plan_fleet, select_desktops
@@ -292,5 +293,6 @@ class SiteRecovery:
                 step()
             except DrsvcError as e:
                 errors.append(str(e))
-        if errors:
+        if errors:  # the clone's intents stay pending: cleanup retries what is left
             raise DrsvcError("; ".join(errors))
+        resolve_clone(services.catalog, plan.name, plan.volume_url)  # torn down: its intents are done with
