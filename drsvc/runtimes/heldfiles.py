@@ -185,13 +185,20 @@ def _copy_held(held: HeldFiles, layer: Root, paths: set[str], budget: int) -> No
     spent = 0
     for path in sorted(paths):
         try:
-            fd = layer.open(clean(path, what="held file", absolute=True), os.O_RDONLY | os.O_NOFOLLOW)
+            # O_PATH: the type is known before anything is opened for reading. A desktop can hold a
+            # FIFO (a read open would wait for a writer, the batch frozen) or a device node it made
+            # (a read open runs the host driver's open): only a regular file is opened to be read.
+            fd = layer.open(clean(path, what="held file", absolute=True), os.O_PATH | os.O_NOFOLLOW)
         except (OSError, Escape):
             continue  # not in the writable layer (an image file, unchanged), or only through a link
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 continue
+            # the same inode, now for reading (the magic link is the O_PATH fd's own file)
+            data = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            os.close(fd)
+            fd = data
             if spent + st.st_size > budget:
                 held.notes.append(f"/{path} ({st.st_size} bytes) not copied: over the {budget} bytes budget")
                 continue

@@ -98,7 +98,7 @@ class _LayerReader:
             if stat.S_ISLNK(st.st_mode):  # O_PATH|O_NOFOLLOW opened the link itself
                 self._add_link(rel)
             elif stat.S_ISREG(st.st_mode):
-                self._add_file(rel, st, info)
+                self._add_file(rel, fd, st, info)
             elif stat.S_ISDIR(st.st_mode):
                 info.type = tarfile.DIRTYPE
                 self.tf.addfile(info)
@@ -132,7 +132,8 @@ class _LayerReader:
         info.type, info.linkname = tarfile.SYMTYPE, target  # archived as a link, never followed
         self.tf.addfile(info)
 
-    def _add_file(self, rel: str, st: os.stat_result, info: tarfile.TarInfo) -> None:
+    def _add_file(self, rel: str, found: int, st: os.stat_result, info: tarfile.TarInfo) -> None:
+        """The regular file at ``rel`` into the tar, read through ``found`` (its ``O_PATH`` fd, type checked)."""
         if st.st_nlink > 1:
             first = self.inodes.get((st.st_dev, st.st_ino))
             if first is not None:
@@ -140,16 +141,12 @@ class _LayerReader:
                 self.tf.addfile(info)
                 return
             self.inodes[(st.st_dev, st.st_ino)] = rel
-        try:
-            fd = self.root.open(rel, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as e:
-            if e.errno in _GONE:
-                return
-            raise
+        # Read through the descriptor whose type was checked, never the path again: the container
+        # runs, and its tenant may have swapped the file for a FIFO (a read open would wait for a
+        # writer for ever) or a device node (a read open runs the host driver's open) meanwhile.
+        fd = os.open(f"/proc/self/fd/{found}", os.O_RDONLY | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as f:
             now = os.fstat(f.fileno())
-            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-                return  # replaced between the two opens: the next backup takes it
             info.size = now.st_size
             # a file still being written: take what is there now, exactly info.size
             self.tf.addfile(info, _Exact(f, info.size))
