@@ -139,13 +139,22 @@ def test_post_dump_blocks_on_the_hold_lock_instead_of_looking_in_steps(tmp_path:
         p = hook("post-dump", fb.root, cg, wait=False)
         assert isinstance(p, subprocess.Popen)
         assert fb.wait_frozen(timeout=5) == {CID}
+        # Between `frozen` and its flock the hook runs `date` and `awk` (slow on a loaded machine):
+        # sample until the flock shows, then go on looking for any other wait.
         seen: list[list[str]] = []
-        for _ in range(30):
+        deadline = time.monotonic() + 10
+        while not any(cmd.startswith("flock -w") for cmd in (seen[-1] if seen else [])):
+            assert time.monotonic() < deadline, f"no flock on hold.lock within 10 s: {seen[-5:]}"
             seen.append(_children(p.pid))
             time.sleep(0.01)
+        waiting = []
+        for _ in range(30):
+            waiting.append(_children(p.pid))
+            time.sleep(0.01)
         assert p.poll() is None, "the hook must hold post-dump until release"
-        waits = {cmd for sample in seen for cmd in sample}
+        waits = {cmd for sample in waiting for cmd in sample}
         assert waits and all(cmd.startswith("flock -w") and "hold.lock" in cmd for cmd in waits), waits
+        assert not any(cmd.startswith("sleep") for sample in seen for cmd in sample), seen
         fb.release()
         assert p.wait(5) == 0
         assert not {"timed-out", "owner-gone"} & set(fb.timings(CID))
