@@ -240,13 +240,13 @@ class CleanupJob:
         if intent.kind == "clone-volume":
             return self._remove_clone_objects(intent, report)
         if intent.kind == "multipart-uploads":
-            cold = self.services.cold if self.services.has_cold else None
-            if cold is None or cold.store.url != intent.target:
-                report.problems.append(f"{intent.line()}: that store is not this config's cold store")
+            store = self._upload_store(intent.target)
+            if store is None:
+                report.problems.append(f"{intent.line()}: that store is not this config's cold store or a site's")
                 return "failed"
             if self.lease is None:  # stays pending for a cleanup that holds the lease
                 raise DrsvcError("left for a cleanup under the work lease")
-            abort = getattr(cold.store, "abort_multipart_uploads", None)
+            abort = getattr(store, "abort_multipart_uploads", None)
             if abort is not None:
                 # Every unfinished upload of the store, not only those begun after the intent:
                 # under the work lease no tier run uploads, and S3 clocks are not ours to trust.
@@ -257,6 +257,17 @@ class CleanupJob:
         if intent.kind == "restore-in-place":
             return "interrupted"
         return "done"  # point-read: nothing was made
+
+    def _upload_store(self, url: str) -> Any:
+        """The object store a ``multipart-uploads`` intent names: the cold tier's (tier runs) or a
+        site's (copies); None when the config has no such store any more."""
+        if self.services.has_cold and self.services.cold.store.url == url:
+            return self.services.cold.store
+        for name in self.services.config.sites:
+            objects = self.services.site_objects(name, create=False)
+            if objects.url == url:
+                return objects
+        return None
 
     def _remove_clone_objects(self, intent: Intent, report: CleanupReport) -> str:
         """A killed clone restore's objects: of the names it recorded before writing, those it wrote.

@@ -36,6 +36,7 @@ from drsvc.backup import IMAGES, image_record_id
 from drsvc.chunks import CONFIG_KEY, ChunkStore, chunk_key, index_key, pack_key
 from drsvc.chunks.layout import KEYS_PREFIX
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, IntegrityError, InvalidInput, NotFound
+from drsvc.intents import Intents, Owner
 from drsvc.lease import Lease
 from drsvc.offsite.plan import CopyCandidate, plan_copies
 from drsvc.prune import manifest_streams
@@ -191,9 +192,14 @@ class CopyJob:
             return report
         report.job_id = self.catalog.start_job("copy", token=self.lease.token if self.lease else None)
         try:
-            for name in sorted({c.site for c in candidates}):
-                items = [(c, m) for c, m in zip(candidates, report.moves, strict=True) if c.site == name]
-                self._copy_site(name, items, report)
+            with Owner(self.catalog) as owner:
+                intents = Intents(self.catalog, owner.name)
+                for name in sorted({c.site for c in candidates}):
+                    items = [(c, m) for c, m in zip(candidates, report.moves, strict=True) if c.site == name]
+                    uploads = self._uploads_intent(intents, name, report.job_id)
+                    self._copy_site(name, items, report)
+                    if uploads is not None and not any(m.error for _, m in items):
+                        intents.resolve(uploads, "done")
         except BaseException as e:
             status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             self.catalog.finish_job(report.job_id, status, error=str(e) or type(e).__name__, detail=report.document())
@@ -202,6 +208,17 @@ class CopyJob:
         errors = "; ".join(f"{m.point_id}@{m.site}: {m.error}" for m in report.moves if m.error)
         self.catalog.finish_job(report.job_id, status, error=errors or None, detail=report.document())
         return report
+
+    def _uploads_intent(self, intents: Intents, name: str, job_id: int | None) -> int | None:
+        """A streamed pack past the site store's multipart threshold is a multipart upload, which a
+        killed run leaves open at the site (billed storage): say where before copying, for cleanup.
+        Resolved only when every copy to the site finished cleanly; None when the site is unreachable
+        (its copies then fail before any upload)."""
+        try:
+            url = self.services.site_objects(name).url
+        except DrsvcError:
+            return None
+        return intents.record("multipart-uploads", url, job=job_id, site=name)
 
     # ------------------------------------------------------------------ planning helpers
 

@@ -267,6 +267,51 @@ def test_a_killed_site_drill_leaves_no_sandbox_after_cleanup(
             subprocess.run(["podman", "rm", "-f", "-t", "0", name], capture_output=True, timeout=120)
 
 
+def test_a_copy_killed_mid_multipart_leaves_no_open_upload_at_the_site_after_cleanup(
+    drsvc_env: Any, make_fleet: Any, sites: dict[str, str]
+) -> None:
+    """A pack past the site store's 16 MiB multipart threshold is streamed as a multipart upload;
+    kill -9 mid-upload leaves it open at the site (storage it bills for): cleanup must abort it."""
+    from drsvc.volumes.base import VolumeObject
+
+    _primary(drsvc_env, sites, pack_mib=32)
+    [desktop] = make_fleet(1, data_mib=1)
+    big = os.urandom(30 * 1024 * 1024)  # incompressible: one pack past the 16 MiB threshold
+    drsvc_env.services().volume(f"rados://desktops/{desktop}").write_objects(
+        [(VolumeObject("big", len(big)), iter([big]))], exact=False
+    )
+    drsvc_env.policy("mp", [desktop], tiering={"after": "1s"}, sites={"dr": {"after": "1s"}})
+    assert drsvc_env.cli("backup", "--policy", "mp").code == 0
+    time.sleep(1.2)
+    assert drsvc_env.cli("tier").code == 0
+    time.sleep(1.2)
+    dr = _dr_client()
+
+    def open_uploads() -> list[str]:
+        try:
+            return [u["Key"] for u in dr.list_multipart_uploads(Bucket=sites["dr"]).get("Uploads", [])]
+        except dr.exceptions.NoSuchBucket:
+            return []
+
+    copy = drsvc_env.subprocess("copy", "--limit-upload", "2048")  # ~31 MiB at 2 MiB/s: ~15 s
+    try:
+        deadline = time.monotonic() + 60
+        while not open_uploads():
+            assert copy.poll() is None, copy.communicate()
+            assert time.monotonic() < deadline, "no multipart upload began at the DR site within 60 s"
+            time.sleep(0.05)
+        copy.send_signal(signal.SIGKILL)
+    finally:
+        copy.wait(30)
+    assert open_uploads(), "the kill left no open upload: the test tests nothing"
+    cleaned = drsvc_env.cli("cleanup")
+    assert cleaned.code == 0, cleaned.output
+    assert open_uploads() == [], "a killed copy's multipart upload is still open at the site after cleanup"
+    resumed = drsvc_env.cli("copy")
+    assert resumed.code == 0, resumed.output
+    assert drsvc_env.cli("verify", "--all", "--site", "dr").code == 0
+
+
 def test_wrong_site_names_and_unreachable_sites_are_clear_errors(drsvc_env: Any, sites: dict[str, str]) -> None:
     _primary(drsvc_env, sites)
     wrong = drsvc_env.cli("site", "recover", "--from", "dx")
