@@ -1,6 +1,6 @@
 """Cleanup: remove what interrupted jobs left behind, once their owners are gone.
 
-Four kinds of leftovers, all found from the catalog:
+Five kinds of leftovers, all found from the catalog:
 
 1. points of backup jobs that died (still ``pending``): marked failed (``recover_interrupted``);
 2. pool snapshots no pending or hot point refers to — among them those a killed backup recorded
@@ -15,7 +15,9 @@ Four kinds of leftovers, all found from the catalog:
    image only while no container runs from it);
 4. drills, site recoveries and site drills still recorded ``running`` whose owner lease lapsed
    (killed): recorded ``interrupted`` (their sandbox clones are the restores' intents of 3; a
-   site drill's are in its scratch catalog beside the catalog, undone there, then removed).
+   site drill's are in its scratch catalog beside the catalog, undone there, then removed);
+5. tier, copy, prune and verify jobs still recorded ``running`` whose process on this host is
+   gone: recorded ``interrupted`` (what they left in stores is an intent of 3).
 
 Runs under the work lease (``drsvc cleanup``, the scheduler's tick, ``prune``, ``backup``), so no live
 backup owns a pending point. Each undo is idempotent: a second cleanup finds nothing to do.
@@ -32,6 +34,7 @@ from typing import Any
 
 from drsvc import clock
 from drsvc.backup import recover_interrupted
+from drsvc.catalog import Catalog
 from drsvc.drill import interrupted_drills
 from drsvc.errors import DrsvcError, NotFound
 from drsvc.intents import (
@@ -66,6 +69,7 @@ class CleanupReport:
     interrupted_restores: list[str] = field(default_factory=list)
     interrupted_drills: list[int] = field(default_factory=list)
     interrupted_recoveries: list[int] = field(default_factory=list)  # site recoveries, site drills, storms
+    interrupted_jobs: list[int] = field(default_factory=list)  # tier, copy, prune, verify rows of a dead process
     problems: list[str] = field(default_factory=list)
     # what a killed run's intent names but the run did not make: left in place on purpose
     others: list[str] = field(default_factory=list)
@@ -78,6 +82,7 @@ class CleanupReport:
             or self.undone
             or self.interrupted_drills
             or self.interrupted_recoveries
+            or self.interrupted_jobs
         )
 
     def document(self) -> dict[str, Any]:
@@ -91,6 +96,28 @@ def dead_backup_points(services: Services) -> list[str]:
         "WHERE p.status = 'pending' AND j.kind = 'backup' AND j.status = 'running' ORDER BY p.id"
     )
     return [r["id"] for r in rows]
+
+
+def dead_jobs(catalog: Catalog, *, mark: bool = False) -> list[int]:
+    """Jobs other than backups still recorded running whose process is gone (this host, pid dead).
+
+    A killed ``tier``, ``copy``, ``prune`` or ``verify`` skips its ``finish_job``; what it left in
+    stores is undone through its intents, and this only ends its row. A row of another host, or
+    whose pid is alive (perhaps reused), is left: it may be running. Backup rows are ended with
+    their points (``recover_interrupted``). ``mark``: record them ``interrupted``.
+    """
+    rows = catalog.query("SELECT id, host, pid FROM jobs WHERE status = 'running' AND kind != 'backup' ORDER BY id")
+    dead = [int(r["id"]) for r in rows if holder_dead(f"{r['host']}:{r['pid']}")]
+    if mark and dead:
+        now = clock.to_iso(clock.now())
+        with catalog.transaction():
+            for job_id in dead:
+                catalog.execute(
+                    "UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ? "
+                    "WHERE id = ? AND status = 'running'",
+                    [now, "interrupted: the process ended before the job finished", job_id],
+                )
+    return dead
 
 
 def leftover_lines(services: Services) -> list[str]:
@@ -117,6 +144,8 @@ def leftover_lines(services: Services) -> list[str]:
         lines.append(f"leftover: drill {drill_id} is recorded running but its process is gone")
     for run_id in abandoned_runs(catalog, "site_recoveries"):
         lines.append(f"leftover: site recovery or drill {run_id} is recorded running but its process is gone")
+    for job_id in dead_jobs(catalog):
+        lines.append(f"leftover: job {job_id} is recorded running but its process is gone")
     for intent in interrupted_restores(catalog):
         lines.append(f"interrupted: in-place restore {intent.line()}: `drsvc restore {intent.target}` finishes it")
     if lines:
@@ -164,6 +193,7 @@ class CleanupJob:
             ]
             report.interrupted_drills = interrupted_drills(self.catalog)
             report.interrupted_recoveries = abandoned_runs(self.catalog, "site_recoveries")
+            report.interrupted_jobs = dead_jobs(self.catalog)
             return report
         if self.lease is None or not self.lease.joined:
             report.failed_points = recover_interrupted(self.catalog)
@@ -176,6 +206,7 @@ class CleanupJob:
         self._site_drills(report)
         report.interrupted_drills = interrupted_drills(self.catalog, mark=True)
         report.interrupted_recoveries = abandoned_runs(self.catalog, "site_recoveries", mark=True)
+        report.interrupted_jobs = dead_jobs(self.catalog, mark=True)
         # owner leases that lapsed and guard nothing any more (one row per restore or tier run)
         self.catalog.execute(
             "DELETE FROM leases WHERE name LIKE 'owner:%' AND expires_at < ? "

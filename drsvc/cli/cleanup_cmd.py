@@ -27,6 +27,8 @@ def render(report: CleanupReport, out: Console) -> None:
         out.print(f"{verb or 'marked'} {'mark ' if verb else ''}interrupted: drill {drill_id} (its process is gone)")
     for run_id in report.interrupted_recoveries:
         out.print(f"{verb or 'marked'} {'mark ' if verb else ''}interrupted: site run {run_id} (its process is gone)")
+    for job_id in report.interrupted_jobs:
+        out.print(f"{verb or 'marked'} {'mark ' if verb else ''}interrupted: job {job_id} (its process is gone)")
     for line in report.others:
         out.print(f"[dim]note[/] {shown(line)}")
     for line in report.problems:

@@ -239,6 +239,25 @@ def test_cleanup_aborts_the_multipart_uploads_a_killed_tier_run_left(kit: ColdKi
     assert s3.list_multipart_uploads(Bucket=kit.bucket).get("Uploads", []) == []
 
 
+def test_cleanup_ends_the_job_rows_of_a_killed_tier_or_copy_and_only_those(kit: ColdKit) -> None:
+    """kill -9 skips ``finish_job``: the row of a process that has ended is recorded interrupted;
+    a row whose process lives, or of another host, may still be running and is left."""
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = {kind: kit.catalog.start_job(kind) for kind in ("tier", "copy")}
+    live = kit.catalog.start_job("prune")
+    elsewhere = kit.catalog.start_job("verify")
+    kit.catalog.execute("UPDATE jobs SET pid = ? WHERE id IN (?, ?)", [int(ended.stdout), *killed.values()])
+    kit.catalog.execute("UPDATE jobs SET host = 'another-node' WHERE id = ?", [elsewhere])
+    assert sum("recorded running but its process is gone" in line for line in leftover_lines(kit.services)) == 2
+    assert CleanupJob(kit.services, None).run(dry_run=True).interrupted_jobs == sorted(killed.values())
+    report = CleanupJob(kit.services, None).run()
+    assert report.interrupted_jobs == sorted(killed.values())
+    status = {r["id"]: r["status"] for r in kit.catalog.query("SELECT id, status FROM jobs")}
+    assert [status[j] for j in killed.values()] == ["interrupted", "interrupted"]
+    assert status[live] == status[elsewhere] == "running"
+    assert CleanupJob(kit.services, None).run().interrupted_jobs == []
+
+
 def test_status_shows_a_killed_in_place_restore_at_once_until_a_restore_finishes_it(kit: ColdKit) -> None:
     """The desktop may be down: `drsvc status` (and the alert built on it) says so from the moment
     its restorer died, not an hour later, and also after cleanup marked the restore failed."""
