@@ -165,6 +165,16 @@ class PruneJob:
             ]
             return report
         job_id = self.catalog.start_job("prune", token=self.lease.token if self.lease else None)
+        try:
+            self._drop(report, now)
+        except BaseException as e:  # the row says how it ended (a kill -9 is ended by cleanup)
+            self.catalog.finish_job(job_id, "failed", error=str(e) or type(e).__name__, detail=report.document())
+            raise
+        self.catalog.finish_job(job_id, "partial" if report.problems else "ok", detail=report.document())
+        return report
+
+    def _drop(self, report: PruneReport, now: datetime) -> None:
+        """Drop the hot copies ``report`` decided against, then the snapshots and chunks left unused."""
         hot = self.services.hot
         for decision in report.decisions:
             if decision.keep:
@@ -179,8 +189,6 @@ class PruneJob:
             self.on_event("dropped", decision=decision)
         report.snapshots_removed = self.remove_unreferenced_snapshots(report.problems)
         report.chunks_marked, report.chunks_deleted = self.collect_garbage(hot, now)
-        self.catalog.finish_job(job_id, "partial" if report.problems else "ok", detail=report.document())
-        return report
 
     def remove_unreferenced_snapshots(self, problems: list[str]) -> list[str]:
         """Remove the pool snapshots no pending or hot point refers to (also those a killed backup

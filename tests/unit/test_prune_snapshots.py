@@ -81,3 +81,19 @@ def test_the_snapshot_left_behind_goes_on_the_next_run(deploy: Deployment, monke
     monkeypatch.undo()
     again = PruneJob(deploy.services(), None).run()
     assert again.snapshots_removed == [bad] and again.problems == [] and again.exit_code == EXIT_OK
+
+
+def test_a_prune_that_fails_says_so_in_its_job_row(deploy: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error past the snapshots (the hot store unreachable while collecting chunks) ends the
+    run; its job row records the failure instead of staying 'running'."""
+    _three_unreferenced(deploy)
+
+    def unreachable(*_a: object, **_k: object) -> None:
+        raise BackendError("rados: listing the hot store: timed out")
+
+    monkeypatch.setattr(PruneJob, "collect_garbage", unreachable)
+    services = deploy.services()
+    with pytest.raises(BackendError, match="timed out"):
+        PruneJob(services, None).run()
+    [job] = services.catalog.query("SELECT status, error FROM jobs WHERE kind = 'prune'")
+    assert job["status"] == "failed" and "timed out" in job["error"]
