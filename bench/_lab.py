@@ -75,6 +75,14 @@ def run(*cmd: str, **kw: Any) -> subprocess.CompletedProcess[str]:
     return p
 
 
+def purge_namespaces(namespaces: list[str], pool: str = "desktops", timeout: float = 300) -> None:
+    """Remove every object of these namespaces of ``pool`` (``dev/fleet.py purge``); best effort,
+    as a bench's clean-up of the shared lab."""
+    desks = [a for d in namespaces for a in ("--desktop", d)]
+    cmd = ["/usr/bin/python3", str(ROOT / "dev" / "fleet.py"), "purge", "--conf", env("CEPH_CONF"), "--pool", pool]
+    subprocess.run([*cmd, *desks], capture_output=True, timeout=timeout)
+
+
 def show_medians(title: str, rows: dict[str, list[dict[str, float]]], keys: tuple[str, ...], width: int = 34) -> None:
     """Print one line per row name: for each key, the median of its rounds and every round's value."""
     import statistics

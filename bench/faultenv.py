@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
-from _lab import DRSVC, ROOT, config_text
+from _lab import DRSVC, ROOT, config_text, purge_namespaces
 from faultkit import Watcher, drsvc_snapshots
 
 from drsvc.catalog import Catalog
@@ -246,20 +246,7 @@ class Env:
                     if attempt == 3:
                         print(f"clean-up: pool snapshot {s['name']} not removed: {e!r}", flush=True)
                     time.sleep(1)
-        subprocess.run(
-            [
-                "/usr/bin/python3",
-                str(ROOT / "dev" / "fleet.py"),
-                "purge",
-                "--conf",
-                os.environ["CEPH_CONF"],
-                "--pool",
-                "desktops",
-                *[a for d in self.desktops + self.namespaces for a in ("--desktop", d)],
-            ],
-            capture_output=True,
-            timeout=300,
-        )
+        purge_namespaces(self.desktops + self.namespaces)
         from drsvc.storage import open_store
 
         for url in (f"rados://drsvc-hot/{self.prefix}", f"s3://drsvc-cold/{self.prefix}"):

@@ -42,7 +42,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _lab import ROOT, MiB, config_text, env, run
+from _lab import ROOT, MiB, config_text, env, purge_namespaces, run
 
 from drsvc.crypto import generate_key_file
 from drsvc.storage import open_store
@@ -257,9 +257,7 @@ def main() -> None:
             b.cleanup(io)
         if not args.keep_fleet:
             subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
-            desks = [a for d in ids for a in ("--desktop", d)]
-            cmd = ["/usr/bin/python3", str(ROOT / "dev" / "fleet.py"), "purge", "--conf", env("CEPH_CONF")]
-            subprocess.run([*cmd, "--pool", POOL, *desks], capture_output=True)
+            purge_namespaces(ids, POOL)
         io.close()
         cluster.shutdown()
         shutil.rmtree(work, ignore_errors=True)

@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _lab import DRSVC, ROOT, MiB, config_text
+from _lab import DRSVC, ROOT, MiB, config_text, purge_namespaces
 from rto import purge, start_desktop, write_data
 
 STATE = Path(os.environ.get("DRSVC_BENCH_STATE", "/var/tmp/drsvc-bench-siterecovery"))
@@ -341,8 +341,7 @@ def cleanup() -> None:
     lose_primary()
     for name in BIG:
         purge(name)
-    fleet = [str(ROOT / "dev" / "fleet.py"), "purge", "--conf", os.environ["CEPH_CONF"], "--pool", "desktops"]
-    subprocess.run(["/usr/bin/python3", *fleet, *[a for d in SMALL for a in ("--desktop", d)]], capture_output=True)
+    purge_namespaces(SMALL)
     for bucket in (COLD_BUCKET, DR_BUCKET, REF_BUCKET):
         sh(
             "radosgw-admin",

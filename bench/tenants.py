@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from _lab import DRSVC, ROOT, MiB, config_text
+from _lab import DRSVC, ROOT, MiB, config_text, purge_namespaces
 
 from drsvc.crypto import generate_key_file
 from drsvc.storage import open_store
@@ -42,20 +41,7 @@ def lab(*args: str) -> None:
 
 def remove_fleet(ids: list[str]) -> None:
     subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
-    desks = [a for d in ids for a in ("--desktop", d)]
-    subprocess.run(
-        [
-            "/usr/bin/python3",
-            str(ROOT / "dev" / "fleet.py"),
-            "purge",
-            "--conf",
-            os.environ["CEPH_CONF"],
-            "--pool",
-            "desktops",
-            *desks,
-        ],
-        capture_output=True,
-    )
+    purge_namespaces(ids)
 
 
 class Install:

@@ -11,24 +11,28 @@ from drsvc.errors import EXIT_PARTIAL
 
 
 def render(report: CleanupReport, out: Console) -> None:
-    verb = "would" if report.dry_run else ""
+    def did(past: str, verb: str) -> str:  # "marked", or "would mark" on a dry run
+        return f"would {verb}" if report.dry_run else past
+
     if report.nothing and not report.problems:
         out.print("nothing left behind")
         return
     for pid in report.failed_points:
-        out.print(f"{verb or 'marked'} {'mark ' if verb else ''}failed: point {pid} (its backup was interrupted)")
+        out.print(f"{did('marked', 'mark')} failed: point {pid} (its backup was interrupted)")
     for name in report.snapshots:
-        out.print(f"{verb or 'removed'} {'remove ' if verb else ''}pool snapshot {name} (no point needs it)")
+        out.print(f"{did('removed', 'remove')} pool snapshot {name} (no point needs it)")
     for line in report.undone:
-        out.print(f"{verb or 'undid'} {'undo ' if verb else ''}{line}")
+        out.print(f"{did('undid', 'undo')} {line}")
     for line in report.interrupted_restores:
         out.print(f"[red]interrupted[/] {line}: run the same `drsvc restore` again to finish it")
-    for drill_id in report.interrupted_drills:
-        out.print(f"{verb or 'marked'} {'mark ' if verb else ''}interrupted: drill {drill_id} (its process is gone)")
-    for run_id in report.interrupted_recoveries:
-        out.print(f"{verb or 'marked'} {'mark ' if verb else ''}interrupted: site run {run_id} (its process is gone)")
-    for job_id in report.interrupted_jobs:
-        out.print(f"{verb or 'marked'} {'mark ' if verb else ''}interrupted: job {job_id} (its process is gone)")
+    gone = [
+        ("drill", report.interrupted_drills),
+        ("site run", report.interrupted_recoveries),
+        ("job", report.interrupted_jobs),
+    ]
+    for what, ids in gone:
+        for run_id in ids:
+            out.print(f"{did('marked', 'mark')} interrupted: {what} {run_id} (its process is gone)")
     for line in report.others:
         out.print(f"[dim]note[/] {shown(line)}")
     for line in report.problems:
