@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__ = ["printable"]
 
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def printable(text: str) -> str:
@@ -17,20 +17,26 @@ def printable(text: str) -> str:
     an error): a newline would forge a log line, an escape sequence (C0 or C1) would rewrite the
     screen, a bidi override would reorder what is shown, and a lone surrogate (a byte that was not
     UTF-8, kept by ``surrogateescape``) would make the write itself fail. Those become ``\\n``,
-    ``\\x1b``, ``\\u202e``, ``\\xff`` (the original byte); everything printable stays as it is.
+    ``\\x1b``, ``\\u009b``, ``\\u202e``, ``\\xff`` (the original byte); everything printable stays
+    as it is.
+
+    No two texts are shown alike, or a tenant could name an object ``a\\x1bb`` (the four
+    characters) to pass for another named with a real escape: a backslash is doubled, ``\\xNN``
+    is a byte below 0x80 or a byte that was not UTF-8, and a code point from 0x80 up is ``\\uNNNN``.
+    Text without a backslash or anything to escape (every ordinary name) is shown unchanged.
     """
-    if text.isprintable():
+    if text.isprintable() and "\\" not in text:
         return text
     out = []
     for ch in text:
         code = ord(ch)
-        if ch.isprintable():
-            out.append(ch)
-        elif ch in _ESCAPES:
+        if ch in _ESCAPES:
             out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
         elif 0xDC80 <= code <= 0xDCFF:  # a byte surrogateescape kept
             out.append(f"\\x{code - 0xDC00:02x}")
-        elif code <= 0xFF:
+        elif code < 0x80:
             out.append(f"\\x{code:02x}")
         elif code <= 0xFFFF:
             out.append(f"\\u{code:04x}")

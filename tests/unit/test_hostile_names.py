@@ -15,6 +15,8 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drsvc import ceph
 from drsvc.errors import DrsvcError
@@ -123,6 +125,63 @@ def test_a_markdown_report_cell_keeps_a_hostile_error_in_its_row() -> None:
     cell = _md_cell("restore failed: member a\r# All drills passed\x1b[8m|b")
     assert "\r" not in cell and "\x1b" not in cell and "\n" not in cell
     assert cell.endswith("\\|b") and "\\r# All drills passed" in cell
+
+
+def _read_back(shown: str) -> str:
+    """What an operator reads ``printable``'s text as: each escape undone (the test's own reading,
+    not drsvc's). ``\\xNN`` of 0x80 or more is a byte that was not UTF-8 (kept by surrogateescape)."""
+    out, i = [], 0
+    while i < len(shown):
+        ch = shown[i]
+        if ch != "\\":
+            out.append(ch)
+            i += 1
+            continue
+        kind = shown[i + 1]
+        if kind in "\\nrt":
+            out.append({"\\": "\\", "n": "\n", "r": "\r", "t": "\t"}[kind])
+            i += 2
+            continue
+        width = {"x": 2, "u": 4, "U": 8}[kind]
+        code = int(shown[i + 2 : i + 2 + width], 16)
+        out.append(chr(0xDC00 + code) if kind == "x" and code >= 0x80 else chr(code))
+        i += 2 + width
+    return "".join(out)
+
+
+def test_a_name_that_spells_an_escape_never_reads_as_the_character_it_spells() -> None:
+    from drsvc.printable import printable
+
+    # a tenant names an object with the text of an escape, beside another it wants to pass for
+    assert printable("report\\x1b") != printable("report\x1b")
+    assert printable("a\\nb") != printable("a\nb")
+    assert printable("\\u202e") != printable("\u202e")
+    # a byte that was not UTF-8 and the code point of the same number are two names
+    assert printable("\udc9b") != printable("\x9b")
+    assert printable("\udca0") != printable("\xa0")
+    for name in ("report\\x1b", "a\\nb", "\\", "x\\\\y", "\udc9b\x9b\xa0", HOSTILE):
+        assert _read_back(printable(name)) == name, name
+
+
+@given(st.text(alphabet=st.characters(codec=None)))
+def test_every_name_shows_as_text_that_reads_back_as_that_name_alone(name: str) -> None:
+    from drsvc.printable import printable
+
+    shown = printable(name)
+    assert shown.isprintable(), shown
+    assert _read_back(shown) == name  # so no two names show the same
+
+
+# what ``str.isprintable`` calls printable: every category but Other and Separator (space excepted)
+PLAIN = st.characters(blacklist_characters="\\", blacklist_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"))
+
+
+@given(st.text(alphabet=PLAIN))
+def test_a_plain_name_shows_as_it_is(name: str) -> None:
+    from drsvc.printable import printable
+
+    assert printable(name) == name
+    assert printable(f"desk 1/{name}.img") == f"desk 1/{name}.img"
 
 
 # ---------------------------------------------------------------- metadata a desktop writes
