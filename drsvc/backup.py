@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO
 
-from drsvc import ceph, clock, faults
+from drsvc import ceph, clock, deadline, faults
 from drsvc.backup_commit import (  # the names below were defined here first: their import path stays
     DEFAULT_FREEZE_BUDGET,
     DEFAULT_FULL_EVERY,
@@ -52,6 +52,7 @@ from drsvc.backup_commit import (  # the names below were defined here first: th
     Phases,
     StoreTask,
     _quiet,
+    capture_deadline,
     image_key,
 )
 from drsvc.catalog import Catalog
@@ -375,7 +376,9 @@ class BackupJob:
         try:
             with phases.timed("freeze"):
                 if want_memory:
-                    archives = self._paired_capture(batch, outcomes, volumes, snap, budget, reads.start, find_parents)
+                    archives = self._paired_capture(
+                        batch, outcomes, volumes, snap, budget, reads.start, find_parents, policy=policy
+                    )
                 else:
                     find_parents()
                     self.on_event("snapshot", pool=pool_url, name=snap)
@@ -450,6 +453,8 @@ class BackupJob:
         budget: float,
         after_snapshot: Callable[[], None],
         while_dumping: Callable[[], None],
+        *,
+        policy: Policy | None = None,
     ) -> dict[str, StreamRef]:
         """Checkpoint the batch, snapshot the pool while all are frozen, stream the archives.
 
@@ -458,6 +463,8 @@ class BackupJob:
         longer anyway (its own memory dump outlasted the budget) is crash-consistent.
         ``after_snapshot`` is called once the snapshot exists (it must return at once: the
         desktops still stand frozen), ``while_dumping`` once the first dump has begun (the same).
+        Each archive's stream into the store is bounded by ``capture.deadline`` (of ``policy``): a
+        desktop whose memory takes longer gets a crash-consistent point, and its batch goes on.
         """
         by_container = {d.container_id: d.desktop_id for d in batch}
 
@@ -473,7 +480,9 @@ class BackupJob:
             # indexed on its way into the store: `points ls` and `mount` list (and read) single
             # root filesystem files later without fetching the memory pages around them
             indexer = ArchiveIndexer(stream)
-            ref = self.committer.hot.for_tenant(d.tenant).write_stream(indexer)
+            limit = capture_deadline(policy, f"the checkpoint archive of desktop {d.desktop_id}")
+            with deadline.within(limit):
+                ref = self.committer.hot.for_tenant(d.tenant).write_stream(indexer)
             return ref, indexer.finish().document()
 
         # the gate keeps the store threads of the batch before (base images) off the runtime

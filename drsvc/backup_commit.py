@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, cast
 
-from drsvc import clock, faults
+from drsvc import clock, deadline, faults
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import DrsvcError, NotFound
@@ -41,6 +41,7 @@ log = logging.getLogger("drsvc.backup")
 MANIFEST_FORMAT = 1
 DEFAULT_FULL_EVERY = 24  # a manual backup (no policy) reads everything every 24th point, as the policy default
 DEFAULT_FREEZE_BUDGET = timedelta(seconds=5)  # manual backups without a policy
+DEFAULT_CAPTURE_DEADLINE = timedelta(hours=2)  # manual backups without a policy, as the policy default
 
 Event = Callable[..., None]
 
@@ -143,6 +144,14 @@ class EarlyParents(ParentFinder):
             self._started.pop(desktop, None)
 
 
+def capture_deadline(policy: Policy | None, what: str) -> deadline.Deadline:
+    """A deadline from now for one long step of one desktop's capture (``capture.deadline``): its
+    checkpoint archive's stream, or its store (volume and base image). A desktop's processes shape
+    what these read; past the deadline that desktop fails and its batch's other desktops go on."""
+    seconds = (policy.capture.deadline if policy else DEFAULT_CAPTURE_DEADLINE).total_seconds()
+    return deadline.Deadline.after(seconds, f"{what} (capture.deadline)")
+
+
 def image_key(image_id: str) -> str:
     return image_id.removeprefix("sha256:")
 
@@ -176,9 +185,10 @@ class Committer:
         """Store one desktop of a batch after its freeze; retryable errors retry this desktop alone."""
         outcome, policy = task.outcome, task.policy
         started = time.monotonic()
+        limit = capture_deadline(policy, f"the capture of desktop {task.desktop.desktop_id}")  # retries included
         for attempt in range(self.retries + 1):
             try:
-                self._once(task)
+                self._once(task, limit)
                 outcome.status = "complete"
                 break
             except DrsvcError as e:
@@ -212,7 +222,7 @@ class Committer:
         )
         return rows[0]["bytes"] if rows else None
 
-    def _once(self, task: StoreTask) -> None:
+    def _once(self, task: StoreTask, limit: deadline.Deadline) -> None:
         d, outcome, archive, policy = task.desktop, task.outcome, task.archive, task.policy
         assert d.volume is not None
         hot = self.hot.for_tenant(d.tenant)  # the tenant's data key (the fleet key in the fleet scope)
@@ -221,14 +231,17 @@ class Committer:
         def progress(n: int) -> None:
             self.on_event("progress", task=label, advance=n, total=expected)
 
-        try:
-            with self.phases.timed("volume"):
-                volume_section, volume_ref = self._capture_volume(d, hot, task, progress)
-        finally:
-            self.parents.forget(d.desktop_id)
-        self.on_event("progress", task=label, done=True)
-        with self.phases.timed("image"):
-            image = self._ensure_image(d)
+        # the deadline bounds what the desktop's content shapes, not the commit: a manifest is
+        # written whole or not at all, never stopped between it and the rows that make it complete
+        with deadline.within(limit):
+            try:
+                with self.phases.timed("volume"):
+                    volume_section, volume_ref = self._capture_volume(d, hot, task, progress)
+            finally:
+                self.parents.forget(d.desktop_id)
+            self.on_event("progress", task=label, done=True)
+            with self.phases.timed("image"):
+                image = self._ensure_image(d)
         manifest = {
             "format": MANIFEST_FORMAT,
             "point_id": outcome.point_id,

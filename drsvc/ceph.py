@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from drsvc import deadline
 from drsvc.errors import (
     BackendError,
     BackendForbidden,
@@ -135,7 +136,9 @@ def open_ioctx(handle: Any, pool: str) -> Any:
 
 
 def wait(completion: Any) -> Any:
-    """Wait until the aio op *and its callback* are done (see the module docstring); return it."""
+    """Wait until the aio op *and its callback* are done (see the module docstring); return it.
+    Never stopped by a deadline (``drsvc.deadline``): every op sent must be waited for, or its
+    buffers are freed under librados; deadlines are checked where ops are sent (``ceph_errors``)."""
     completion.wait_for_complete_and_cb()
     return completion
 
@@ -214,7 +217,9 @@ def text(raw: bytes, op: str) -> str:
 def ceph_errors(op: str) -> Iterator[None]:
     """Translate ``rados.Error`` raised inside into drsvc errors (``error``), and the binding's
     failure to decode a name (it decodes every name it returns as strict UTF-8) into ``NotUtf8Name``:
-    a tenant names its objects, and such a name must fail its desktop, not the run."""
+    a tenant names its objects, and such a name must fail its desktop, not the run. The calling
+    thread's deadline (``drsvc.deadline``: a desktop's capture) is checked before the call."""
+    deadline.check()
     rados = rados_module()
     try:
         yield

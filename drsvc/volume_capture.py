@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from drsvc import clock, incremental
+from drsvc import clock, deadline, incremental
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, Reuse, StreamRef
 from drsvc.errors import DrsvcError
@@ -113,6 +113,7 @@ class _Entries:
 
     def objects(self, stream: Iterable[tuple[VolumeObject, Iterable[bytes]]]) -> Iterator[tuple[int, Iterator[bytes]]]:
         for obj, pieces in stream:
+            deadline.check()  # the store thread's (``capture.deadline``): per object, empty ones too
             yield obj.size, self.hashed(obj, pieces)
 
     def listed(self, names: Iterable[str]) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ import yaml
 from fakes.desktops import WORLD_ENV, FakeWorld, register, unregister
 
 import drsvc.backup
-from drsvc import clock, faults, restore
+from drsvc import clock, deadline, faults, restore
 from drsvc.catalog import Catalog
 from drsvc.config import parse_config
 from drsvc.crypto import generate_key_file
@@ -100,6 +100,33 @@ class VirtualTime:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
+
+
+class ThreadClock:
+    """``time`` for ``drsvc.deadline`` (``slow_on``): each thread's clock runs ahead by what its own
+    slow reads took, so one desktop's hours pass on its own store or checkpoint thread alone (with
+    ``VirtualTime`` they would pass for every thread, and every desktop's deadline with them)."""
+
+    def __init__(self) -> None:
+        self._ahead = threading.local()
+
+    def advance(self, seconds: float) -> None:
+        self._ahead.seconds = getattr(self._ahead, "seconds", 0.0) + max(0.0, seconds)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + getattr(self._ahead, "seconds", 0.0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def slow_on(monkeypatch: pytest.MonkeyPatch) -> ThreadClock:
+    """Capture deadlines in this process read a ``ThreadClock`` that the fakes' slow knobs
+    (``read_seconds``, ``archive_seconds``) advance: a deadline passes at once, for its thread only."""
+    clock = ThreadClock()
+    monkeypatch.setattr(deadline, "time", clock)
+    monkeypatch.setattr(fakes.desktops, "delay", clock.advance)
+    return clock
 
 
 POLICY: dict[str, Any] = {

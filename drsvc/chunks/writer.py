@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from drsvc import deadline
 from drsvc.chunks.codec import Codec
 from drsvc.chunks.cutter import Cutter, ObjectSegments, Source
 from drsvc.chunks.layout import chunk_key
@@ -152,6 +153,7 @@ class _StreamWrite:
 
     def _pieces(self, segments: Iterable[Source]) -> Iterator[memoryview]:
         for piece in self.cutter.cut(segments):
+            deadline.check()  # the writing thread's (a desktop's capture): a huge stream takes its time
             if self.hash_data:
                 self.hasher.update(piece)
             self.stats.bytes_in += len(piece)
@@ -177,6 +179,7 @@ class _StreamWrite:
                     yield _Reused(cid, size)
                 continue
             for piece in self.cutter.cut(ObjectSegments(part, align)):
+                deadline.check()
                 self.stats.bytes_in += len(piece)
                 yield piece
 

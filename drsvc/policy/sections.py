@@ -72,6 +72,21 @@ class Capture(_Model):
     since the previous point (1: always read everything)."""
     freeze_timeout: Duration = timedelta(seconds=5)
     """The freeze budget: no desktop stands still longer; a point that would is not called paired."""
+    deadline: Duration = timedelta(hours=2)
+    """How long each desktop's capture may take: its checkpoint archive's stream into the store,
+    and then its store (volume, base image). Past it that desktop fails (its archive: a point
+    without memory), so a desktop whose processes made their data slow to read holds its run's
+    other desktops no longer; raise it for volumes whose full read takes longer."""
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=10) <= value <= timedelta(days=1):
+            raise ValueError(
+                "must be between 10s and 1d (a desktop's capture that takes longer fails; the other "
+                "desktops of its run go on)"
+            )
+        return value
 
     @field_validator("freeze_timeout")
     @classmethod

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from drsvc import ceph
+from drsvc import ceph, deadline
 from drsvc.volumes import base, rados_stamps
 from drsvc.volumes.base import VolumeObject
 from drsvc.volumes.rados_meta import MetadataScan
@@ -36,6 +36,8 @@ def list_names(io: Any, url: str, *, bounded: bool = False) -> list[str]:
     with ceph.ceph_errors(f"list {url}"):
         for o in io.list_objects():
             names.add(o.key)
+            if len(names) % 1024 == 0:  # a long listing is many pages: a capture's deadline ends it
+                deadline.check()
             if bounded and len(names) > base.VOLUME_OBJECTS_MAX:  # stop before the names cost more memory
                 raise base.too_many_objects(url)
     return sorted(names)

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from drsvc import ceph
+from drsvc import ceph, deadline
 from drsvc.volumes.base import MetadataBudget, VolumeObject, metadata_bytes
 
 WINDOW = 256  # ops in flight: enough to keep the OSDs busy; a few KiB of buffers (and one omap page) each
@@ -199,6 +199,7 @@ def _scan(lib: Any, io: ctypes.c_void_p, names: list[str], what: str) -> list[Vo
 
     try:
         for name in names:
+            deadline.check()  # a capture's: a million stats take their time
             if len(inflight) >= WINDOW:
                 reap()
             comp = ctypes.c_void_p()
@@ -266,6 +267,7 @@ class _MetaScan:
         out: list[VolumeObject] = []
         try:
             for name in names:
+                deadline.check()  # a capture's: a million objects' metadata take their time
                 if len(inflight) >= WINDOW:
                     self._reap(inflight.popleft(), out)
                 one = _MetaOp(lib, name)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from contractlib import assert_exit, contract
-from deployment import Deployment, digests
+from deployment import Deployment, digests, slow_on
 
 
 def _points(d: Deployment) -> list[dict]:
@@ -126,6 +127,57 @@ def test_one_desktop_failing_among_several_is_partial(deploy: Deployment) -> Non
     assert_exit(r, 6, "2/3 complete", "OSD down")
     points = {p["desktop"]: p["status"] for p in _points(deploy)}
     assert points == {"alice": "complete", "bob": "failed", "carol": "complete"}
+
+
+@contract("backup", 6)
+def test_a_desktop_slow_to_capture_fails_alone_at_its_capture_deadline(
+    deploy: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A desktop's processes make its namespace slow to read (each object takes an hour: a million
+    of them, or huge ones). Past ``capture.deadline`` (2 h by default) that desktop fails with its
+    reason and the others get their points; its earlier point stays. The fake's slow reads pass
+    time on the reading thread's own clock (``slow_on``), so nothing here waits."""
+    slow_on(monkeypatch)
+    deploy.desktop("alice")
+    deploy.desktop("mallory", seed=2)
+    assert_exit(deploy.cli("backup", "--policy", "standard"), 0)
+    earlier = {p["desktop"]: p["id"] for p in _points(deploy)}
+    deploy.world.set_knobs("mallory", read_seconds=3600)
+    r = deploy.cli("--json", "backup", "--policy", "standard")
+    assert r.code == 6, r.output
+    results = {o["desktop"]: o for o in r.json()["results"]}
+    assert results["alice"]["status"] == "complete", results["alice"]
+    assert results["mallory"]["status"] == "failed"
+    assert "the capture of desktop mallory (capture.deadline) took longer than 2h" in results["mallory"]["error"]
+    points = {(p["desktop"], p["id"]): p for p in _points(deploy)}
+    failed = points[("mallory", results["mallory"]["point_id"])]
+    assert failed["status"] == "failed" and "capture.deadline" in (failed.get("reason") or ""), failed
+    assert not [p for p in points.values() if p["status"] == "pending"]
+    # the earlier point is intact: it still verifies, data read and re-hashed
+    assert points[("mallory", earlier["mallory"])]["status"] == "complete"
+    assert_exit(deploy.cli("verify", earlier["mallory"], "--read-data"), 0)
+
+
+@contract("backup", 0)
+def test_a_checkpoint_archive_slow_to_store_leaves_that_desktop_a_point_without_memory(
+    deploy: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A desktop with huge memory streams its checkpoint archive for hours while its batch waits:
+    past ``capture.deadline`` the archive is given up (its point is crash-consistent, the volume
+    alone, saying why) and the batch goes on (``slow_on``, as above)."""
+    slow_on(monkeypatch)
+    deploy.desktop("alice")
+    deploy.desktop("mallory", seed=2)
+    deploy.world.set_knobs("mallory", archive_seconds=3 * 3600)
+    r = deploy.cli("--json", "backup", "--policy", "standard")
+    assert r.code == 0, r.output
+    results = {o["desktop"]: o for o in r.json()["results"]}
+    assert results["alice"]["consistency"] == "paired", results["alice"]
+    assert results["mallory"]["status"] == "complete" and results["mallory"]["consistency"] == "crash"
+    assert (
+        "the checkpoint archive of desktop mallory (capture.deadline) took longer than 2h"
+        in (results["mallory"]["reason"])
+    )
 
 
 @contract("backup", 1)

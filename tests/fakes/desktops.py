@@ -143,12 +143,16 @@ class FakeWorld:
         """Set knobs; a value of None removes one. Known knobs:
 
         ``checkpoint_error`` (str): checkpoint raises BackendError with it;
+        ``archive_seconds`` (float): each read of its checkpoint archive takes this long (a desktop
+        whose memory is huge);
         ``hook`` ("freeze" default, "silent": never reports frozen, "early": lets go before the
         release); ``restore_error`` (str); ``restore_seconds`` (float): restore takes this long;
         ``dies_after_restore`` (bool): the restored container is exited at once;
         ``not_from_checkpoint`` (bool): restored without restored_at (a fresh start);
         ``tcp_ports`` (list of int, default [5900]); ``exec_exit`` (int, default 0);
         ``read_error`` (str): reading its volume at a snapshot raises BackendError;
+        ``read_seconds`` (float): reading each of its objects at a snapshot takes this long (a
+        namespace its processes made slow to read: huge objects, a million of them);
         ``remove_error`` (str): removing its clone raises BackendError.
         """
         with _lock:
@@ -409,7 +413,7 @@ class FakeRuntime:
             archive = {"container": c, "checkpointed_at": _now_iso(), "tcp_established": tcp_established}
             body = _tar_of({"config.dump": json.dumps(archive).encode()})
         self._play_hook(c["id"], knobs.get("hook", "freeze"))
-        yield io.BytesIO(body)
+        yield _SlowReads(body, float(knobs.get("archive_seconds") or 0))
 
     @staticmethod
     def _play_hook(container_id: str, mode: str) -> None:
@@ -596,6 +600,19 @@ class FakePoolSnapshots:
         ]
 
 
+class _SlowReads(io.BytesIO):
+    """An archive stream whose every read takes ``seconds`` (``delay``: virtual time in-process)."""
+
+    def __init__(self, body: bytes, seconds: float) -> None:
+        super().__init__(body)
+        self.seconds = seconds
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.seconds:
+            delay(self.seconds)
+        return super().read(size)
+
+
 class FakeVolume:
     """FAKE ``Volume``: one namespace of a fake pool."""
 
@@ -611,6 +628,13 @@ class FakeVolume:
 
     def snapshots(self) -> FakePoolSnapshots:
         return FakePoolSnapshots(self.world, self.pool)
+
+    def _slow(self, objects: Iterator[ObjectStream]) -> Iterator[ObjectStream]:
+        seconds = float(self.world.knobs(self.namespace).get("read_seconds") or 0)
+        for item in objects:
+            if seconds:
+                delay(seconds)
+            yield item
 
     def _at(self, snap_name: str) -> Path:
         snaps = self.snapshots()
@@ -648,7 +672,7 @@ class FakeVolume:
 
     def read_objects_at(self, snap_name: str, objects: Iterable[VolumeObject] | None = None) -> Iterator[ObjectStream]:
         d = self._at(snap_name)
-        return self._stream(d, self._objects(d) if objects is None else objects)
+        return self._slow(self._stream(d, self._objects(d) if objects is None else objects))
 
     def read_at(self, snap_name: str, name: str) -> Iterator[bytes]:
         f = self._at(snap_name) / _qname(name)

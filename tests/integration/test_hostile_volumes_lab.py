@@ -125,3 +125,53 @@ def test_objects_past_the_count_bound_fail_that_desktop_alone(drsvc_env, make_fl
         io.close()
     error = _attacker_alone_failed(result, victim, attacker)
     assert "objects: drsvc does not back up" in error, error
+
+
+def test_a_desktop_slow_to_capture_fails_alone_at_its_capture_deadline(
+    drsvc_env, make_fleet, rados_cluster, monkeypatch
+):
+    """A desktop's processes make their namespace slow to capture: a million objects, huge ones,
+    metadata paged slowly. Each Ceph call has its timeout, but the calls added up to hours, and the
+    run (its next batch, ``run --once``) waited for them. The lab cannot make Ceph slow on demand:
+    here each object the attacker's capture reads takes an hour on the store thread's own clock
+    (``drsvc.deadline`` reads it), while the reads themselves are the real ones. Past
+    ``capture.deadline`` (2 h) the attacker fails with its reason, the victim gets its point, and
+    the attacker's earlier point stays whole."""
+    from deployment import ThreadClock
+
+    from drsvc import deadline
+    from drsvc.volumes.rados import RadosVolume
+
+    victim, attacker = make_fleet(2)
+    first = drsvc_env.cli("--json", "backup", victim, attacker)
+    assert first.code == 0, first.output
+    earlier = {o["desktop"]: o["point_id"] for o in first.json()["results"]}
+    io = rados_cluster.open_ioctx("desktops")
+    try:
+        io.set_namespace(attacker)
+        for i in range(4):  # new data: the next capture reads these (the rest is the parent's)
+            io.write_full(f"slow-{i}", b"x" * 4096)
+    finally:
+        io.close()
+    clock = ThreadClock()
+    monkeypatch.setattr(deadline, "time", clock)
+    real = RadosVolume.read_objects_at
+
+    def slow(self, snap_name, objects=None):
+        for item in real(self, snap_name, objects):
+            if self.namespace == attacker:
+                clock.advance(3600)
+            yield item
+
+    monkeypatch.setattr(RadosVolume, "read_objects_at", slow)
+    result = drsvc_env.cli("--json", "backup", victim, attacker)
+    error = _attacker_alone_failed(result, victim, attacker)
+    assert f"the capture of desktop {attacker} (capture.deadline) took longer than 2h" in error, error
+    listed = drsvc_env.cli("--json", "points", "list", attacker)
+    assert listed.code == 0, listed.output
+    rows = {p["id"]: p for p in listed.json()}
+    failed = [p for p in rows.values() if p["status"] != "complete"]
+    assert [p["status"] for p in failed] == ["failed"] and "capture.deadline" in failed[0]["reason"], failed
+    assert rows[earlier[attacker]]["status"] == "complete"
+    verified = drsvc_env.cli("verify", earlier[attacker], "--read-data")
+    assert verified.code == 0, verified.output

@@ -126,6 +126,8 @@ def test_shipped_policies_are_valid_and_warning_free() -> None:
             "capture.consistency: must be one of paired, crash, got 'atomic'",
         ),
         ({"capture": {"freeze_batch": 0}}, "capture.freeze_batch: must be a positive integer, got 0"),
+        ({"capture": {"deadline": "5s"}}, "capture.deadline: must be between 10s and 1d"),
+        ({"capture": {"deadline": "2d"}}, "capture.deadline: must be between 10s and 1d"),
         ({"capture": {"checkpoint": "yes"}}, "capture.checkpoint: must be true or false, got 'yes'"),
         (
             {"drill": {"schedule": "0 3 1 */3 *", "sample": "150%"}},
