@@ -5,9 +5,11 @@ and omap whole -- into the desktop's own RADOS namespace while the desktop keeps
 object is read or written. By default an object that exists now is first kept as
 ``NAME.drsvc-<point id>`` (its current data, xattrs and omap), so a restore never destroys
 anything; ``--overwrite`` replaces it. An object whose current content already equals the point's
-(same digest) is left alone. ``--to-dir DIR`` writes the objects as files beneath DIR instead
-(paths from ``drsvc.granular.names``: nothing a manifest names can leave DIR), with their xattrs
-and omap in ``DIR/%drsvc-objects.json``.
+(same digest) is left alone. A live object whose xattrs and omap are past what drsvc reads of one
+object (``OBJECT_METADATA_MAX``: its desktop's processes wrote them) cannot be kept aside: the
+plan refuses it, naming ``--overwrite``, which replaces it without reading them. ``--to-dir DIR``
+writes the objects as files beneath DIR instead (paths from ``drsvc.granular.names``: nothing a
+manifest names can leave DIR), with their xattrs and omap in ``DIR/%drsvc-objects.json``.
 
 Data comes from the fastest copy (``PointSource``): the pool snapshot while it exists, else the
 hot chunks, else the cold chunks, fetching only the chunks that cover the objects. Every object
@@ -46,7 +48,9 @@ from drsvc.granular.scope import Scope, audited
 from drsvc.intents import reading
 from drsvc.restore import RestoreJob
 from drsvc.services import Services
-from drsvc.volumes.base import ObjectHasher, Volume, VolumeObject
+from drsvc.units import format_bytes
+from drsvc.volumes import base
+from drsvc.volumes.base import MetadataTooLarge, ObjectHasher, Volume, VolumeObject
 
 KEEP_SUFFIX = ".drsvc-"
 META_FILE = "%drsvc-objects.json"  # a name object paths never take (names.parts never yields '%d')
@@ -199,6 +203,17 @@ class ObjectRestoreJob:
 
     def _check_kept_names(self, url: str, entries: list[ObjectEntry], point_id: str) -> None:
         volume = self.services.volume(url)
+        for e in entries:
+            try:
+                volume.stat(e.name)
+            except MetadataTooLarge:
+                raise InvalidInput(
+                    f"the live object {e.name} in {url} holds more xattrs and omap than drsvc reads of one "
+                    f"object ({format_bytes(base.OBJECT_METADATA_MAX)}; the desktop's own processes wrote "
+                    "them), so it cannot be kept aside before the point's copy replaces it: pass --overwrite "
+                    "to replace it without reading them (its current content is lost), or --to-dir DIR to "
+                    "get the point's copy as files; nothing was touched"
+                ) from None
         taken = [kept_name(e.name, point_id) for e in entries if not _keepable(volume, e, point_id)]
         if taken:
             raise InvalidInput(
@@ -287,7 +302,7 @@ class ObjectRestoreJob:
         for entry in plan.entries:
             self.on_event("object", name=entry.name, state="start", size=entry.size)
             record: dict[str, Any] = {"name": entry.name, "size": entry.size, "kept_as": None}
-            current = volume.stat(entry.name)
+            current = _live(volume, entry.name, plan.mode)
             if current is not None and _same(volume, current, entry):
                 record["status"] = "unchanged"
             else:
@@ -349,6 +364,19 @@ class ObjectRestoreJob:
                 )
         finally:
             os.close(root)
+
+
+def _live(volume: Volume, name: str, mode: str) -> VolumeObject | None:
+    """The live object as ``stat`` reads it; with ``--overwrite``, None for one whose xattrs and
+    omap are past what drsvc reads (``MetadataTooLarge``): the desktop's processes wrote them, it
+    cannot equal the point's copy (which was read within the bound), and the write replaces data,
+    xattrs and omap whole without reading them. Keeping one aside was refused in the plan."""
+    try:
+        return volume.stat(name)
+    except MetadataTooLarge:
+        if mode != "overwrite":
+            raise
+        return None
 
 
 def _keepable(volume: Volume, entry: ObjectEntry, point_id: str) -> bool:

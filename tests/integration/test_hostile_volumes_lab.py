@@ -175,3 +175,61 @@ def test_a_desktop_slow_to_capture_fails_alone_at_its_capture_deadline(
     assert rows[earlier[attacker]]["status"] == "complete"
     verified = drsvc_env.cli("verify", earlier[attacker], "--read-data")
     assert verified.code == 0, verified.output
+
+
+def test_restore_object_over_a_live_object_bloated_past_the_metadata_bound(
+    drsvc_env, make_fleet, rados_cluster, monkeypatch
+):
+    """The tenant's file is lost and its live object now carries omap past the metadata bound
+    (lowered to 256 KiB here, as above). ``restore --object`` read the live object's metadata
+    whole before writing (to compare it, to keep it aside) and failed on it, both ways: the
+    operator could not get the file back without removing the live object by hand. Now
+    ``--overwrite`` replaces it without reading its metadata, and the default (keep the live
+    object aside first) refuses before touching anything, saying why and what to pass."""
+    from drsvc.volumes import base
+
+    (desktop,) = make_fleet(1)
+    io = rados_cluster.open_ioctx("desktops")
+    try:
+        io.set_namespace(desktop)
+        io.write_full("lost-file", b"the tenant's file\n")
+        io.set_xattr("lost-file", "user.kind", b"report")
+        taken = drsvc_env.cli("--json", "backup", desktop)
+        assert taken.code == 0, taken.output
+        point = taken.json()["results"][0]["point_id"]
+        io.write_full("lost-file", b"overwritten")
+        keys = [f"k-{n:05d}" for n in range(1500)]
+        with _write_op() as op:
+            io.set_omap(op, tuple(keys), tuple(b"v" * 300 for _ in keys))
+            io.operate_write_op(op, "lost-file")
+        monkeypatch.setattr(base, "OBJECT_METADATA_MAX", 256 << 10, raising=False)
+
+        kept = drsvc_env.cli("restore", desktop, "--object", "lost-file", "--point", point)
+        assert kept.code == 2, kept.output
+        assert "--overwrite" in kept.output and "xattrs and omap" in kept.output, kept.output
+        assert _omap_count(io, "lost-file") == 1500  # untouched
+        assert io.read("lost-file") == b"overwritten"
+
+        over = drsvc_env.cli("--json", "restore", desktop, "--object", "lost-file", "--point", point, "--overwrite")
+        assert over.code == 0, over.output
+        assert io.read("lost-file") == b"the tenant's file\n"
+        assert {k: bytes(v) for k, v in io.get_xattrs("lost-file")} == {"user.kind": b"report"}
+        assert _omap_count(io, "lost-file") == 0
+    finally:
+        io.close()
+
+
+def _omap_count(io, name: str) -> int:
+    """Every omap key of the object, in pages (an OSD answers at most 1,024 keys a request)."""
+    import rados
+
+    count, after = 0, ""
+    while True:
+        with rados.ReadOpCtx() as op:
+            it, _ = io.get_omap_vals(op, after, "", 1000)
+            io.operate_read_op(op, name)
+            keys = [k for k, _ in it]
+        count += len(keys)
+        if len(keys) < 1000:
+            return count
+        after = keys[-1]
