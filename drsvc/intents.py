@@ -84,6 +84,10 @@ class Owner(Lease):
     def __init__(self, catalog: Catalog, ttl: float = OWNER_TTL) -> None:
         super().__init__(catalog, name=f"owner:{uuid.uuid4().hex[:16]}", ttl=ttl)
 
+    def _release(self, token: int) -> None:
+        """Its row goes (every run, every job has one; its name is never taken again): gone, as lapsed."""
+        self.catalog.execute("DELETE FROM leases WHERE name = ? AND token = ?", [self.name, token])
+
 
 def owner_alive(catalog: Catalog, name: str) -> bool:
     """Whether the owner lease ``name`` is still held by a live process."""

@@ -331,7 +331,8 @@ class CatalogCollector(Collector):
             "drsvc_lease_holder_info", "Host holding the lease (value 1).", labels=["lease", "host"]
         )
         now = time.time()
-        for r in catalog.query("SELECT name, holder, token, expires_at FROM leases"):
+        # not the owner leases of single runs (``drsvc.intents.Owner``): one name per run, unbounded
+        for r in catalog.query("SELECT name, holder, token, expires_at FROM leases WHERE name NOT LIKE 'owner:%'"):
             alive = r["expires_at"] > now
             held.add_metric([r["name"]], float(alive))
             if not alive:

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import drsvc.health
 from drsvc import metrics
 from drsvc.health import _Reader, record_tier_lag
+from drsvc.intents import Owner
 from drsvc.policy import load_policies
 
 # every label drsvc may put on a series: each has a bounded set of values (see drsvc/metrics.py)
@@ -140,6 +141,15 @@ def test_names_follow_prometheus_conventions_and_labels_stay_bounded(fleet) -> N
         for labels in series:
             assert {k for k, _ in labels} - {"le"} <= BOUNDED_LABELS, (name, labels)
             assert all("error" not in v for _, v in labels), (name, labels)
+
+
+def test_the_owner_leases_of_single_runs_are_no_lease_series(fleet) -> None:
+    """Every job, restore and drill holds an owner lease of its own name: as a label, unbounded."""
+    fleet.catalog.acquire_lease("work", "host-a:1", 60)
+    with Owner(fleet.catalog), Owner(fleet.catalog):
+        s = scrape(fleet)
+    assert {dict(labels)["lease"] for labels in s["drsvc_lease_held"]} == {"work"}
+    assert fleet.catalog.query("SELECT name FROM leases") == [{"name": "work"}], "a released owner's row stays"
 
 
 def test_textfile_is_written_atomically_for_node_exporter(fleet, tmp_path, run_cli) -> None:
