@@ -59,6 +59,7 @@ from drsvc.catalog import Catalog
 from drsvc.checkpoint_effects import RecordedCheckpoints
 from drsvc.chunks import StreamRef
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BackendError, DrsvcError, NotFound
+from drsvc.intents import Owner
 from drsvc.lease import Lease
 from drsvc.log import event
 from drsvc.point_manifest import chunk_objects, image_record_id
@@ -240,6 +241,11 @@ class BackupJob:
 
     def run(self, desktops: Sequence[DesktopRef], policy: Policy | None) -> BackupReport:
         """Back up ``desktops`` now; ``policy`` decides capture options (None: manual defaults)."""
+        # the job row's owner, renewed while the run lasts: ``catalog check`` tells a killed run by it
+        with Owner(self.catalog) as owner:
+            return self._run(desktops, policy, owner.name)
+
+    def _run(self, desktops: Sequence[DesktopRef], policy: Policy | None, owner: str) -> BackupReport:
         # Open the hot store before freezing anything: a wrong key or a missing pool must fail
         # the run up front, not after desktops were frozen and a snapshot taken.
         _ = self.committer.hot
@@ -252,6 +258,7 @@ class BackupJob:
             policy=policy_name,
             token=self.lease.token,
             detail={"desktops": [d.desktop_id for d in desktops]},
+            owner=owner,
         )
         report = BackupReport(job_id, policy_name, phases=self.phases)
         try:

@@ -365,11 +365,14 @@ class Catalog:
         policy: str | None = None,
         token: int | None = None,
         detail: dict[str, Any] | None = None,
+        owner: str | None = None,
     ) -> int:
+        """Record a job ``running``; ``owner``: the owner lease (``drsvc.intents.Owner``) the run
+        renews until it records its end, by which cleanup tells a killed run (``abandoned_runs``)."""
         with self._lock:
             cursor = self.execute(
-                "INSERT INTO jobs (kind, policy, status, started_at, fencing_token, host, pid, detail) "
-                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs (kind, policy, status, started_at, fencing_token, host, pid, detail, owner) "
+                "VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
                 [
                     kind,
                     policy,
@@ -378,6 +381,7 @@ class Catalog:
                     socket.gethostname(),
                     os.getpid(),
                     json.dumps(detail or {}),
+                    owner,
                 ],
             )
             return int(cursor.lastrowid or 0)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -162,15 +163,19 @@ def copy_due(catalog: Any, labels: list[str]) -> bool:
 
 
 def leftovers_possible(catalog: Any) -> bool:
-    """Whether cleanup may find work (one cheap query): a pending intent, a drill recorded running
-    (killed, perhaps), or a pool snapshot row no pending or hot point refers to."""
+    """Whether cleanup may find work (one cheap query): a pending intent, a drill, site run or job
+    recorded running (killed, perhaps; a job of an older drsvc only on this host, where its pid
+    tells), or a pool snapshot row no pending or hot point refers to."""
     rows = catalog.query(
         "SELECT 1 FROM intents WHERE state = 'pending' UNION ALL "
         "SELECT 1 FROM drills WHERE status = 'running' AND owner IS NOT NULL UNION ALL "
         "SELECT 1 FROM site_recoveries WHERE status = 'running' AND owner IS NOT NULL UNION ALL "
+        "SELECT 1 FROM jobs WHERE status = 'running' AND kind != 'backup' AND (owner IS NOT NULL OR host = ?) "
+        "UNION ALL "
         "SELECT 1 FROM pool_snapshots s WHERE s.removed_at IS NULL AND NOT EXISTS ("
         " SELECT 1 FROM points p WHERE p.pool_snapshot_id = s.id AND (p.status = 'pending' OR EXISTS ("
-        "  SELECT 1 FROM point_tiers t WHERE t.point_id = p.id AND t.tier = 'hot'))) LIMIT 1"
+        "  SELECT 1 FROM point_tiers t WHERE t.point_id = p.id AND t.tier = 'hot'))) LIMIT 1",
+        [socket.gethostname()],
     )
     return bool(rows)
 

@@ -16,8 +16,9 @@ Five kinds of leftovers, all found from the catalog:
 4. drills, site recoveries and site drills still recorded ``running`` whose owner lease lapsed
    (killed): recorded ``interrupted`` (their sandbox clones are the restores' intents of 3; a
    site drill's are in its scratch catalog beside the catalog, undone there, then removed);
-5. tier, copy, prune and verify jobs still recorded ``running`` whose process on this host is
-   gone: recorded ``interrupted`` (what they left in stores is an intent of 3).
+5. tier, copy, prune and verify jobs still recorded ``running`` whose owner lease lapsed (a row
+   of an older drsvc, without an owner: whose process on this host is gone): recorded
+   ``interrupted`` (what they left in stores is an intent of 3).
 
 Runs under the work lease (``drsvc cleanup``, the scheduler's tick, ``prune``, ``backup``), so no live
 backup owns a pending point. Each undo is idempotent: a second cleanup finds nothing to do.
@@ -42,6 +43,7 @@ from drsvc.intents import (
     MEMORY_KINDS,
     Intent,
     abandoned_runs,
+    end_runs,
     intents_of,
     interrupted_restores,
     leftovers,
@@ -98,40 +100,50 @@ def dead_backup_points(services: Services) -> list[str]:
     return [r["id"] for r in rows]
 
 
-def dead_jobs(catalog: Catalog, *, mark: bool = False) -> list[int]:
-    """Jobs other than backups still recorded running whose process is gone (this host, pid dead).
+def interrupted_jobs(catalog: Catalog, *, mark: bool = False) -> list[int]:
+    """Tier, copy, prune and verify jobs still recorded running whose process is gone.
 
-    A killed ``tier``, ``copy``, ``prune`` or ``verify`` skips its ``finish_job``; what it left in
-    stores is undone through its intents, and this only ends its row. A row of another host, or
-    whose pid is alive (perhaps reused), is left: it may be running. Backup rows are ended with
-    their points (``recover_interrupted``). ``mark``: record them ``interrupted``.
+    A killed one skips its ``finish_job``; what it left in stores is undone through its intents,
+    and this only ends its row: once its owner lease lapsed (``abandoned_runs``, as drills and site
+    runs), or for a row of an older drsvc (no owner) by its pid (``ownerless_dead_jobs``). Backup
+    rows are ended with their points (``recover_interrupted``). ``mark``: record them ``interrupted``.
     """
-    rows = catalog.query("SELECT id, host, pid FROM jobs WHERE status = 'running' AND kind != 'backup' ORDER BY id")
+    return sorted(abandoned_runs(catalog, "jobs", mark=mark) + ownerless_dead_jobs(catalog, mark=mark))
+
+
+def ownerless_dead_jobs(catalog: Catalog, *, mark: bool = False) -> list[int]:
+    """Rows an older drsvc started (no owner) whose process is gone (this host, pid dead).
+
+    A row of another host, or whose pid is alive (perhaps reused), is left: it may be running.
+    """
+    rows = catalog.query(
+        "SELECT id, host, pid FROM jobs WHERE status = 'running' AND kind != 'backup' AND owner IS NULL ORDER BY id"
+    )
     dead = [int(r["id"]) for r in rows if holder_dead(f"{r['host']}:{r['pid']}")]
-    if mark and dead:
-        now = clock.to_iso(clock.now())
-        with catalog.transaction():
-            for job_id in dead:
-                catalog.execute(
-                    "UPDATE jobs SET status = 'interrupted', finished_at = ?, error = ? "
-                    "WHERE id = ? AND status = 'running'",
-                    [now, "interrupted: the process ended before the job finished", job_id],
-                )
+    if mark:
+        end_runs(catalog, "jobs", dead)
     return dead
+
+
+def _job_gone(catalog: Catalog, row: dict[str, Any]) -> bool:
+    """Whether a job row's process is gone: its owner lapsed, or (no owner) its pid here is dead."""
+    if row["owner"] is not None:
+        return not owner_alive(catalog, row["owner"])
+    return holder_dead(f"{row['host']}:{row['pid']}")
 
 
 def leftover_lines(services: Services) -> list[str]:
     """What ``drsvc cleanup`` would act on, readable without the work lease (``catalog check``).
 
-    Pending points count only when their job's process is known to be gone (this host, pid dead).
+    Pending points count only when their job's process is known to be gone (``_job_gone``).
     """
     catalog = services.catalog
     lines = []
     for row in catalog.query(
-        "SELECT p.id, j.host, j.pid FROM points p JOIN jobs j ON j.id = p.job_id "
+        "SELECT p.id, j.host, j.pid, j.owner FROM points p JOIN jobs j ON j.id = p.job_id "
         "WHERE p.status = 'pending' AND j.status = 'running' ORDER BY p.id"
     ):
-        if holder_dead(f"{row['host']}:{row['pid']}"):
+        if _job_gone(catalog, row):
             lines.append(f"leftover: point {row['id']} is pending but its backup (pid {row['pid']}) is gone")
     for name in PruneJob(services, None).unreferenced_snapshots():
         lines.append(f"leftover: pool snapshot {name} is needed by no point")
@@ -144,7 +156,7 @@ def leftover_lines(services: Services) -> list[str]:
         lines.append(f"leftover: drill {drill_id} is recorded running but its process is gone")
     for run_id in abandoned_runs(catalog, "site_recoveries"):
         lines.append(f"leftover: site recovery or drill {run_id} is recorded running but its process is gone")
-    for job_id in dead_jobs(catalog):
+    for job_id in interrupted_jobs(catalog):
         lines.append(f"leftover: job {job_id} is recorded running but its process is gone")
     for intent in interrupted_restores(catalog):
         lines.append(f"interrupted: in-place restore {intent.line()}: `drsvc restore {intent.target}` finishes it")
@@ -193,7 +205,7 @@ class CleanupJob:
             ]
             report.interrupted_drills = interrupted_drills(self.catalog)
             report.interrupted_recoveries = abandoned_runs(self.catalog, "site_recoveries")
-            report.interrupted_jobs = dead_jobs(self.catalog)
+            report.interrupted_jobs = interrupted_jobs(self.catalog)
             return report
         if self.lease is None or not self.lease.joined:
             report.failed_points = recover_interrupted(self.catalog)
@@ -206,7 +218,7 @@ class CleanupJob:
         self._site_drills(report)
         report.interrupted_drills = interrupted_drills(self.catalog, mark=True)
         report.interrupted_recoveries = abandoned_runs(self.catalog, "site_recoveries", mark=True)
-        report.interrupted_jobs = dead_jobs(self.catalog, mark=True)
+        report.interrupted_jobs = interrupted_jobs(self.catalog, mark=True)
         # owner leases that lapsed and guard nothing any more (one row per restore or tier run)
         self.catalog.execute(
             "DELETE FROM leases WHERE name LIKE 'owner:%' AND expires_at < ? "

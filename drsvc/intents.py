@@ -14,6 +14,9 @@ the process ends normally it resolves its intents; when it is killed they stay `
 its lease lapses (at once on this host: its pid is gone). ``leftovers`` finds pending intents
 whose owner is gone, and ``drsvc cleanup`` (also the next run and ``prune``) undoes them —
 except an in-place restore, which is reported as interrupted and resumed by the same command.
+Runs recorded ``running`` name an owner the same way (``drills.owner``, ``site_recoveries.owner``,
+``jobs.owner``): a killed one never records its end, and ``abandoned_runs`` finds it once its
+owner is gone, whatever became of its pid and on whichever host it ran.
 
 Pool snapshots need no intent of their own: backup inserts the ``pool_snapshots`` row before it
 creates the snapshot, so a killed backup leaves a row no complete point references, which prune
@@ -228,28 +231,54 @@ def points_being_read(catalog: Catalog) -> set[str]:
     return {i.target for i in reads if i.owner in alive}
 
 
-# Tables of runs recorded 'running' under an ``owner`` lease (column ``owner``): drills, site
-# recoveries and drills, restore storms. A killed run never records its end.
-RUN_TABLES = ("drills", "site_recoveries")
+ENDED = "interrupted: the process ended before the job finished"  # a killed job's error
+
+
+@dataclass(frozen=True)
+class RunTable:
+    """A table of runs recorded 'running' under an ``owner`` lease (column ``owner``)."""
+
+    only: str = ""  # which running rows are runs ended here (an SQL condition)
+    ends: str = ""  # what ending one records besides its status and end (SQL assignments)
+
+
+# A killed run never records its end. Drills; site recoveries, site drills and restore storms; jobs
+# but backups (a backup's row ends with its points, ``drsvc.backup.recover_interrupted``).
+RUN_TABLES = {
+    "drills": RunTable(),
+    "site_recoveries": RunTable(),
+    "jobs": RunTable(only="kind != 'backup'", ends=f"error = '{ENDED}'"),
+}
 
 
 def abandoned_runs(catalog: Catalog, table: str, *, mark: bool = False) -> list[int]:
     """Rows of ``table`` (one of ``RUN_TABLES``) still ``running`` whose owner is gone (killed).
 
     ``mark``: record them ``interrupted`` (``drsvc cleanup``). A row without an owner (written by
-    an older drsvc) is left as it is.
+    an older drsvc) is left as it is (for jobs: ``drsvc.cleanup.ownerless_dead_jobs``).
     """
     if table not in RUN_TABLES:
         raise ValueError(f"not a table of owned runs: {table!r}")
-    rows = catalog.query(f"SELECT id, owner FROM {table} WHERE status = 'running' AND owner IS NOT NULL")
+    only = f" AND {RUN_TABLES[table].only}" if RUN_TABLES[table].only else ""
+    rows = catalog.query(
+        f"SELECT id, owner FROM {table} WHERE status = 'running' AND owner IS NOT NULL{only} ORDER BY id"
+    )
     gone = [r["id"] for r in rows if not owner_alive(catalog, r["owner"])]
-    if mark and gone:
-        catalog.execute(
-            f"UPDATE {table} SET status = 'interrupted', finished_at = ? WHERE status = 'running' "
-            f"AND id IN ({','.join('?' * len(gone))})",
-            [clock.to_iso(clock.now()), *gone],
-        )
+    if mark:
+        end_runs(catalog, table, gone)
     return gone
+
+
+def end_runs(catalog: Catalog, table: str, ids: list[int]) -> None:
+    """Record the rows ``ids`` of ``table`` (one of ``RUN_TABLES``) ``interrupted``, if still running."""
+    if not ids:
+        return
+    ends = f", {RUN_TABLES[table].ends}" if RUN_TABLES[table].ends else ""
+    catalog.execute(
+        f"UPDATE {table} SET status = 'interrupted', finished_at = ?{ends} WHERE status = 'running' "
+        f"AND id IN ({','.join('?' * len(ids))})",
+        [clock.to_iso(clock.now()), *ids],
+    )
 
 
 def interrupted_restores(catalog: Catalog) -> list[Intent]:

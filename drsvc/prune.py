@@ -29,7 +29,7 @@ from drsvc import clock, faults
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef, index_key, pack_key
 from drsvc.errors import EXIT_OK, EXIT_PARTIAL, DrsvcError, NotFound
-from drsvc.intents import points_being_read
+from drsvc.intents import Owner, points_being_read
 from drsvc.lease import Lease
 from drsvc.log import event
 from drsvc.policy import Policy, PolicySet
@@ -164,13 +164,15 @@ class PruneJob:
                 s["name"] for s in self._unreferenced_snapshots({d.point_id for d in report.decisions if not d.keep})
             ]
             return report
-        job_id = self.catalog.start_job("prune", token=self.lease.token if self.lease else None)
-        try:
-            self._drop(report, now)
-        except BaseException as e:  # the row says how it ended (a kill -9 is ended by cleanup)
-            self.catalog.finish_job(job_id, "failed", error=str(e) or type(e).__name__, detail=report.document())
-            raise
-        self.catalog.finish_job(job_id, "partial" if report.problems else "ok", detail=report.document())
+        # the row says how it ended; a kill -9 is ended by cleanup once the run's owner lapses
+        with Owner(self.catalog) as owner:
+            job_id = self.catalog.start_job("prune", token=self.lease.token if self.lease else None, owner=owner.name)
+            try:
+                self._drop(report, now)
+            except BaseException as e:
+                self.catalog.finish_job(job_id, "failed", error=str(e) or type(e).__name__, detail=report.document())
+                raise
+            self.catalog.finish_job(job_id, "partial" if report.problems else "ok", detail=report.document())
         return report
 
     def _drop(self, report: PruneReport, now: datetime) -> None:

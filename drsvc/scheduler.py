@@ -24,6 +24,7 @@ from drsvc import clock
 from drsvc.catalog import Catalog
 from drsvc.catalog_guard import copy_due, copy_labels, leftovers_possible
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, Busy, DrsvcError
+from drsvc.intents import Owner
 from drsvc.lease import Lease
 from drsvc.log import event
 from drsvc.policy import Policy, PolicySet
@@ -444,6 +445,10 @@ class Scheduler:
 
     def _backup_on_nodes(self, item: Due, desktops: list[DesktopRef], lease: Lease) -> dict[str, Any]:
         """One node-agent Job per node (``drsvc.executors``), then import what the agents report."""
+        with Owner(self.catalog) as owner:  # the job row's owner, renewed while the agents run
+            return self._run_on_nodes(item, desktops, lease, owner.name)
+
+    def _run_on_nodes(self, item: Due, desktops: list[DesktopRef], lease: Lease, owner: str) -> dict[str, Any]:
         from drsvc.agents import import_run
         from drsvc.executors import open_executor
         from drsvc.executors.kubernetes import new_run_id
@@ -454,6 +459,7 @@ class Scheduler:
             policy=item.policy,
             token=lease.token,
             detail={"executor": "kubernetes", "run": run_id, "desktops": [d.desktop_id for d in desktops]},
+            owner=owner,
         )
         executor = open_executor(self.services.config, on_event=self.on_event)
         try:

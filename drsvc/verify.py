@@ -25,6 +25,7 @@ from drsvc.backup import IMAGES, image_record_id
 from drsvc.catalog import Catalog
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import EXIT_INTEGRITY, EXIT_OK, EXIT_PARTIAL, BackendError, IntegrityError, NotFound
+from drsvc.intents import Owner
 from drsvc.policy import Policy
 from drsvc.prune import manifest_streams
 from drsvc.services import Services
@@ -143,31 +144,40 @@ class VerifyJob:
         """Verify the points; ``policy`` names the policy a scheduled verification ran for."""
         points = self.choose(point_ids)
         report = VerifyReport(read_data, points=[p["id"] for p in points])
-        job_id = self.catalog.start_job("verify", policy=policy, detail={"points": len(points), "read_data": read_data})
-        try:
-            for tier in TIERS:
-                members = [p for p in points if tier in p["tiers"]]
-                if not members:
-                    continue
-                try:
-                    self._verify_tier(tier, members, report)
-                except BackendError as e:
-                    # An unreachable tier is not a verdict on its copies: check the other tier and
-                    # say what was not checked (exit 6), as the s3-unavailable runbook expects.
-                    report.unchecked[tier] = str(e)
-                    report.unchecked_points[tier] = [p["id"] for p in members]
-                    self.on_event("unchecked", tier=tier, error=e)
-        except BaseException as e:
-            self.catalog.finish_job(job_id, "failed", error=str(e) or type(e).__name__)
-            raise
-        unchecked = [f"{tier} copies not checked: {why}" for tier, why in report.unchecked.items()]
-        self.catalog.finish_job(
-            job_id,
-            "failed" if not report.ok else "partial" if report.unchecked else "ok",
-            error="; ".join([p.line() for p in report.problems[:20]] + unchecked) or None,
-            detail=report.document(),
-        )
+        # the owner is renewed while it runs: once it lapses, cleanup ends a killed run's row
+        with Owner(self.catalog) as owner:
+            detail = self._job_detail(points, read_data)
+            job_id = self.catalog.start_job("verify", policy=policy, detail=detail, owner=owner.name)
+            try:
+                self._verify_tiers(points, report)
+            except BaseException as e:
+                self.catalog.finish_job(job_id, "failed", error=str(e) or type(e).__name__)
+                raise
+            unchecked = [f"{tier} copies not checked: {why}" for tier, why in report.unchecked.items()]
+            self.catalog.finish_job(
+                job_id,
+                "failed" if not report.ok else "partial" if report.unchecked else "ok",
+                error="; ".join([p.line() for p in report.problems[:20]] + unchecked) or None,
+                detail=report.document(),
+            )
         return report
+
+    def _job_detail(self, points: list[dict[str, Any]], read_data: bool) -> dict[str, Any]:
+        return {"points": len(points), "read_data": read_data}
+
+    def _verify_tiers(self, points: list[dict[str, Any]], report: VerifyReport) -> None:
+        for tier in TIERS:
+            members = [p for p in points if tier in p["tiers"]]
+            if not members:
+                continue
+            try:
+                self._verify_tier(tier, members, report)
+            except BackendError as e:
+                # An unreachable tier is not a verdict on its copies: check the other tier and
+                # say what was not checked (exit 6), as the s3-unavailable runbook expects.
+                report.unchecked[tier] = str(e)
+                report.unchecked_points[tier] = [p["id"] for p in members]
+                self.on_event("unchecked", tier=tier, error=e)
 
     def _verify_tier(self, tier: str, members: list[dict[str, Any]], report: VerifyReport) -> None:
         store = self._store(tier)

@@ -190,24 +190,30 @@ class CopyJob:
         report.moves = [self._move(c, now) for c in candidates]
         if dry_run or not candidates:
             return report
-        report.job_id = self.catalog.start_job("copy", token=self.lease.token if self.lease else None)
-        try:
-            with Owner(self.catalog) as owner:
-                intents = Intents(self.catalog, owner.name)
-                for name in sorted({c.site for c in candidates}):
-                    items = [(c, m) for c, m in zip(candidates, report.moves, strict=True) if c.site == name]
-                    uploads = self._uploads_intent(intents, name, report.job_id)
-                    self._copy_site(name, items, report)
-                    if uploads is not None and not any(m.error for _, m in items):
-                        intents.resolve(uploads, "done")
-        except BaseException as e:
-            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            self.catalog.finish_job(report.job_id, status, error=str(e) or type(e).__name__, detail=report.document())
-            raise
-        status = {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(report.exit_code, "failed")
-        errors = "; ".join(f"{m.point_id}@{m.site}: {m.error}" for m in report.moves if m.error)
-        self.catalog.finish_job(report.job_id, status, error=errors or None, detail=report.document())
+        # one owner for the run's row and its intents: once it lapses, cleanup ends what a killed run left
+        with Owner(self.catalog) as owner:
+            token = self.lease.token if self.lease else None
+            report.job_id = self.catalog.start_job("copy", token=token, owner=owner.name)
+            try:
+                self._copy_owned(Intents(self.catalog, owner.name), candidates, report)
+            except BaseException as e:
+                status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                error = str(e) or type(e).__name__
+                self.catalog.finish_job(report.job_id, status, error=error, detail=report.document())
+                raise
+            status = {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(report.exit_code, "failed")
+            errors = "; ".join(f"{m.point_id}@{m.site}: {m.error}" for m in report.moves if m.error)
+            self.catalog.finish_job(report.job_id, status, error=errors or None, detail=report.document())
         return report
+
+    def _copy_owned(self, intents: Intents, candidates: list[CopyCandidate], report: CopyReport) -> None:
+        """Each site's copies, its multipart uploads recorded before and resolved when all went cleanly."""
+        for name in sorted({c.site for c in candidates}):
+            items = [(c, m) for c, m in zip(candidates, report.moves, strict=True) if c.site == name]
+            uploads = self._uploads_intent(intents, name, report.job_id)
+            self._copy_site(name, items, report)
+            if uploads is not None and not any(m.error for _, m in items):
+                intents.resolve(uploads, "done")
 
     def _uploads_intent(self, intents: Intents, name: str, job_id: int | None) -> int | None:
         """A streamed pack past the site store's multipart threshold is a multipart upload, which a

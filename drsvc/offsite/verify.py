@@ -35,26 +35,18 @@ class SiteVerifyJob(VerifyJob):
         self, point_ids: Iterable[str] | None = None, *, read_data: bool = False, policy: str | None = None
     ) -> VerifyReport:
         self.services.site(self.site)  # unreachable or empty site: one clear error before anything
-        points = self.choose(point_ids)
-        report = VerifyReport(read_data, points=[p["id"] for p in points])
+        return super().run(point_ids, read_data=read_data, policy=policy)
+
+    def _job_detail(self, points: list[dict[str, Any]], read_data: bool) -> dict[str, Any]:
+        return {"site": self.site, "points": len(points)}
+
+    def _verify_tiers(self, points: list[dict[str, Any]], report: VerifyReport) -> None:
         tier = f"site:{self.site}"
-        job_id = self.catalog.start_job("verify", policy=policy, detail={"site": self.site, "points": len(points)})
-        try:
-            members = [p for p in points if self.site in p["sites"]]
-            for p in points:
-                if self.site not in p["sites"]:
-                    report.problems.append(
-                        Problem(p["id"], p["desktop_id"], tier, "-", "manifest-missing", f"no copy at site {self.site}")
-                    )
-            if members:
-                self._verify_tier(tier, members, report)
-        except BaseException as e:
-            self.catalog.finish_job(job_id, "failed", error=str(e) or type(e).__name__)
-            raise
-        self.catalog.finish_job(
-            job_id,
-            "ok" if report.ok else "failed",
-            error="; ".join(p.line() for p in report.problems[:20]) or None,
-            detail=report.document(),
-        )
-        return report
+        members = [p for p in points if self.site in p["sites"]]
+        for p in points:
+            if self.site not in p["sites"]:
+                report.problems.append(
+                    Problem(p["id"], p["desktop_id"], tier, "-", "manifest-missing", f"no copy at site {self.site}")
+                )
+        if members:
+            self._verify_tier(tier, members, report)

@@ -146,25 +146,33 @@ class TierJob:
                 cold = opened.result()
         cold.check_takes_chunks_of(self.services.hot)  # a hot store made with larger chunks than the cold's
         self._recover_interrupted()
-        report.job_id = self.catalog.start_job("tier", token=self.lease.token if self.lease else None)
+        # one owner for the run's row and its intents: once it lapses, cleanup ends what a killed run left
         with Owner(self.catalog) as owner:
-            # Multipart uploads a killed run leaves open cost storage until aborted: say where
-            # they may be before uploading. Resolved only when every upload finished cleanly.
-            uploads = Intents(self.catalog, owner.name).record("multipart-uploads", cold.store.url, job=report.job_id)
+            token = self.lease.token if self.lease else None
+            report.job_id = self.catalog.start_job("tier", token=token, owner=owner.name)
             try:
-                for batch in self._batches(list(zip(candidates, report.moves, strict=True))):
-                    self._check_lease()
-                    self._tier_batch(batch, report.job_id, now)
+                self._tier_owned(Intents(self.catalog, owner.name), report, candidates, cold, now)
             except BaseException as e:
                 status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
                 error = str(e) or type(e).__name__
                 self.catalog.finish_job(report.job_id, status, error=error, detail=report.document())
                 raise
-            if not any(m.error for m in report.moves):
-                Intents(self.catalog, owner.name).resolve(uploads, "done")
-        status = {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(report.exit_code, "failed")
-        errors = "; ".join(f"{m.point_id}: {m.error}" for m in report.moves if m.error)
-        self.catalog.finish_job(report.job_id, status, error=errors or None, detail=report.document())
+            status = {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(report.exit_code, "failed")
+            errors = "; ".join(f"{m.point_id}: {m.error}" for m in report.moves if m.error)
+            self.catalog.finish_job(report.job_id, status, error=errors or None, detail=report.document())
+
+    def _tier_owned(
+        self, intents: Intents, report: TierReport, candidates: list[Candidate], cold: ChunkStore, now: datetime
+    ) -> None:
+        """Multipart uploads a killed run leaves open cost storage until aborted: say where they
+        may be before uploading. Resolved only when every upload finished cleanly."""
+        assert report.job_id is not None  # started by ``_tier_all``
+        uploads = intents.record("multipart-uploads", cold.store.url, job=report.job_id)
+        for batch in self._batches(list(zip(candidates, report.moves, strict=True))):
+            self._check_lease()
+            self._tier_batch(batch, report.job_id, now)
+        if not any(m.error for m in report.moves):
+            intents.resolve(uploads, "done")
 
     # ------------------------------------------------------------------ helpers
 

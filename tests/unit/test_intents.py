@@ -239,9 +239,10 @@ def test_cleanup_aborts_the_multipart_uploads_a_killed_tier_run_left(kit: ColdKi
     assert s3.list_multipart_uploads(Bucket=kit.bucket).get("Uploads", []) == []
 
 
-def test_cleanup_ends_the_job_rows_of_a_killed_tier_or_copy_and_only_those(kit: ColdKit) -> None:
-    """kill -9 skips ``finish_job``: the row of a process that has ended is recorded interrupted;
-    a row whose process lives, or of another host, may still be running and is left."""
+def test_cleanup_ends_the_ownerless_job_rows_of_a_killed_tier_or_copy_and_only_those(kit: ColdKit) -> None:
+    """kill -9 skips ``finish_job``. Rows an older drsvc started (no owner lease; tests/unit/
+    test_job_owner.py has the rows that name one): the row of a process that has ended is recorded
+    interrupted; a row whose process lives, or of another host, may still be running and is left."""
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     killed = {kind: kit.catalog.start_job(kind) for kind in ("tier", "copy")}
     live = kit.catalog.start_job("prune")
