@@ -50,7 +50,7 @@ class _State:
     items: int = 0
     total: int | None = None
     items_total: int | None = None
-    printed: float = 0.0
+    printed: float = float("-inf")  # never: the first update prints (monotonic() may be small)
 
 
 class ProgressView:
