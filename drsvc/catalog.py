@@ -90,7 +90,12 @@ def _private(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:
-        raise BackendError(f"cannot open catalog {path}: {e.strerror or e}") from None
+        # every command writes the catalog (leases, audit rows); a read-only /etc under systemd's
+        # ProtectSystem=strict is the usual cause
+        raise BackendError(
+            f"cannot open catalog {path}: {e.strerror or e}; [catalog] path must name a file this user "
+            "can write (under the systemd units: below /var/lib/drsvc)"
+        ) from None
     os.close(fd)
     for suffix in ("", "-wal", "-shm", "-journal"):
         try:

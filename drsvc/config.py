@@ -299,7 +299,7 @@ def find_config(explicit: Path | None) -> Path:
             return candidate
     raise ConfigError(
         "no configuration found: pass --config PATH, set DRSVC_CONFIG, or create one with "
-        "'drsvc init --config drsvc.toml'"
+        "'drsvc --config drsvc.toml init'"
     )
 
 
@@ -310,6 +310,10 @@ def load_config(explicit: Path | None = None, *, check_files: bool = True) -> Co
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except OSError as e:  # a directory, or not readable by this user ($DRSVC_CONFIG is not checked by click)
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; a config is TOML (drsvc init writes one)") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}") from None
     return parse_config(raw, path, check_files=check_files)
@@ -376,6 +380,8 @@ def _missing_files(config: Config) -> list[tuple[str, str]]:
             problems.append((f"sites.{name}.credentials", f"file {site.credentials[5:]} does not exist"))
     if not config.catalog.path.parent.is_dir():
         problems.append(("catalog.path", f"directory {config.catalog.path.parent} does not exist"))
+    elif config.catalog.path.is_dir():
+        problems.append(("catalog.path", f"{config.catalog.path} is a directory; name the catalog file in it"))
     return problems
 
 

@@ -99,7 +99,7 @@ def test_init_wires_what_it_finds(env, run_cli, monkeypatch):
 def test_missing_config_is_invalid_input(env, run_cli):
     result = run_cli("points", "list")
     assert result.code == 2
-    assert "drsvc init" in result.stderr
+    assert "drsvc --config drsvc.toml init" in result.stderr
 
 
 def test_points_list_empty_and_unknown_desktop_exit_3(configured, run_cli):

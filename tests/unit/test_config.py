@@ -79,7 +79,7 @@ def test_lookup_order_env_then_cwd(tmp_path, monkeypatch):
 def test_no_config_anywhere_says_how_to_make_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DRSVC_CONFIG", raising=False)
-    with pytest.raises(ConfigError, match="drsvc init"):
+    with pytest.raises(ConfigError, match=r"drsvc --config drsvc\.toml init"):
         load_config()
 
 
