@@ -149,3 +149,18 @@ def test_put_many_bounds_what_is_in_flight() -> None:
             yield f"w/{i}", b"x" * (300 * 1024)
 
     assert s.put_many(items()) == 40
+
+
+def test_warnings_of_a_system_pyopenssl_are_not_shown(tmp_path: Any) -> None:
+    """Debian's old pyOpenSSL, seen through a --system-site-packages venv, warns at import under botocore."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "OpenSSL"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "crypto.py").write_text("import warnings\nwarnings.warn('DSA is deprecated', UserWarning)\n")
+    code = "import drsvc.storage.s3, OpenSSL.crypto"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "deprecated" not in r.stderr, r.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -34,6 +35,12 @@ LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")  # not readable without a RestoreObject first
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+# A venv made with --system-site-packages (README "Install": it must see Debian's python3-rados)
+# also sees Debian's pyOpenSSL when the host has it (Ceph hosts often do). urllib3 1.26 imports it
+# under botocore, and an old pyOpenSSL warns against the newer cryptography drsvc installs on every
+# command that opens a bucket. pyOpenSSL is never used for drsvc's connections: its warnings are noise.
+warnings.filterwarnings("ignore", module=r"OpenSSL(\.|$)")
 
 
 def _botocore_session(profile: str | None) -> Any:
