@@ -72,6 +72,11 @@ def render_result(result: RestoreResult, out: Console) -> None:
 @click.option("--point", "point_id", help="Restore this recovery point (an unambiguous id prefix is enough).")
 @click.option("--as", "as_name", help="Restore as a clone with this name, beside the original.")
 @click.option("--tier", type=click.Choice(["hot", "cold"]), help="Force a tier (default: the fastest holding it).")
+@click.option(
+    "--site",
+    help="Read the copies at this site ([sites.NAME]) and put the volume in its restore_pool: one desktop at "
+    "the recovery site after `site recover` (its point from `points list`).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan and the predicted RTO; touch nothing.")
 @click.option("--force", is_flag=True, help="Overwrite the desktop even though it is running.")
 @click.option("--verify", is_flag=True, help="Also hash the restored volume against the manifest.")
@@ -128,6 +133,7 @@ def command(
     point_id: str | None,
     as_name: str | None,
     tier: str | None,
+    site: str | None,
     dry_run: bool,
     force: bool,
     verify: bool,
@@ -174,12 +180,15 @@ def command(
     at once with admission control (downloads, Ceph writes, CRIU restores per host bounded by
     [recovery]), and prints the fleet table: time to first, 50 %, 95 % and all up, each desktop's
     RTO. Exit 6 when some desktops failed, 5 when all are up but some over their target.
+
+    At a recovery site (runbook site-lost), --site NAME restores one desktop from that site's
+    copies, e.g. from an older point when `site recover` could not bring back its latest one.
     """
     if desktop is None and (everything or node or tenant or pool or policy):
-        if at or point_id or as_name or objects or prefix is not None or overwrite or to_dir or copy:
+        if at or point_id or as_name or objects or prefix is not None or overwrite or to_dir or copy or site:
             raise InvalidInput(
                 "a storm (--all, --node, --tenant, --pool) takes no --at, --point, --as, --object, --prefix, "
-                "--overwrite, --to-dir or --from"
+                "--overwrite, --to-dir, --from or --site (a whole site: drsvc site recover --from SITE)"
             )
         from drsvc.cli._storm import Selection, run_storm
 
@@ -200,6 +209,7 @@ def command(
             "--verify": verify,
             "--network": network,
             "--allow-cross-tenant": allow_cross_tenant,
+            "--site": site,
         }
         return restore_objects(
             app,
@@ -218,7 +228,15 @@ def command(
         )
     if overwrite or to_dir or tenant or copy:
         raise InvalidInput("--overwrite, --to-dir, --from and --tenant go with --object or --prefix")
-    job = RestoreJob(app.services, on_event=app.progress(phase_printer(app)))
+    if site is None:
+        job = RestoreJob(app.services, on_event=app.progress(phase_printer(app)))
+    else:
+        if tier == "hot":
+            raise InvalidInput("--site reads that site's copies (its store stands in for the cold tier): no --tier hot")
+        from drsvc.offsite.recover import site_restore_job
+
+        job = site_restore_job(app.services, site, on_event=app.progress(phase_printer(app)))
+        tier = "cold"
     plan = job.plan(
         desktop,
         at=parse_time(at) if at else None,

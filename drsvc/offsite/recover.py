@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from drsvc.chunks import ChunkStore
     from drsvc.crypto import Keys
     from drsvc.policy import PolicySet
-    from drsvc.restore import RestorePlan
+    from drsvc.restore import RestoreJob, RestorePlan
     from drsvc.runtimes.base import ContainerRuntime
 
 Event = Callable[..., None]
@@ -175,6 +175,23 @@ def abandoned_scratch(services: Services, problems: list[str]) -> Iterator[tuple
         yield site, catalog, directory
 
 
+def site_restore_job(services: Services, site: str, *, on_event: Event | None = None) -> RestoreJob:
+    """One desktop back from ``site``'s copies (``restore DESKTOP --site NAME``), as a recovery restores it.
+
+    At the recovery site after ``site recover`` (which put the site's points in the catalog): a
+    desktop it could not bring back, or one wanted from an older point. The site's store stands in
+    for the cold tier and the volume goes to the site's ``restore_pool``.
+    """
+    from drsvc.restore import RestoreJob
+
+    recovery = SiteRecovery(services, site)  # unknown site: exit 3 before anything
+    services.site(site)  # unreachable, empty or wrong key: one clear error first
+    site_services = SiteServices(services, site, services.catalog)
+    if on_event is None:
+        return RestoreJob(site_services, relocate=recovery.relocate)
+    return RestoreJob(site_services, on_event=on_event, relocate=recovery.relocate)
+
+
 class SiteRecovery:
     """Recovers (or drills) a site's desktops from its copies."""
 
@@ -184,7 +201,7 @@ class SiteRecovery:
         self.section = site_section(services.config, site)  # unknown site: exit 3 before anything
         self.on_event = on_event
 
-    def _relocate(self, url: str) -> str:
+    def relocate(self, url: str) -> str:
         """A volume goes to this site's pool, in the same namespace (a clone's is its own name)."""
         return relocate_volume(url, self.section.restore_pool)
 
@@ -227,7 +244,7 @@ class SiteRecovery:
             parallel=parallel,
             limits=limits,
             force=force,
-            relocate=self._relocate,
+            relocate=self.relocate,
             on_event=self.on_event,
         )
         return job.run(items, selection=selection, started=started, report=report)
@@ -265,7 +282,7 @@ class SiteRecovery:
                 network="none",
                 verify=True,
                 clone_name=lambda item: f"sitedrill-{token}-{item.desktop}",
-                relocate=self._relocate,
+                relocate=self.relocate,
                 finish=lambda item, plan: self._teardown(site_services, item, plan),
                 on_event=self.on_event,
             )

@@ -46,3 +46,37 @@ def test_site_recover_dry_run_at_a_site_with_only_the_copies(kit: SiteKit, run_c
     assert Catalog.open(dr / "catalog.db").points() == []
     bad = run_cli("--config", config, "site", "recover", "--from", "primary")
     assert bad.code == 3 and "no site named 'primary'" in bad.stderr
+
+
+def _dr_site(kit: SiteKit, tmp_path: Path) -> str:
+    """The DR site's own config: no hot, no cold, an empty catalog; the key, the policies, a runtime."""
+    dr = tmp_path / "dr-site"
+    (dr / "policies").mkdir(parents=True)
+    shutil.copy2(kit.root / "drsvc.key", dr / "drsvc.key")
+    (dr / "policies" / "std.yaml").write_bytes((kit.root / "policies" / "std.yaml").read_bytes())
+    (dr / "drsvc.toml").write_text(
+        f'[catalog]\npath = "catalog.db"\n[keys]\nfile = "drsvc.key"\n[runtime]\nurl = "fake://{kit.name}"\n'
+        f'[sites.dr]\nstore = "s3://{kit.dr_bucket}/site"\n'
+    )
+    return str(dr / "drsvc.toml")
+
+
+def test_restore_from_a_site_brings_one_desktop_back_from_an_older_point(
+    kit: SiteKit, run_cli: Any, tmp_path: Path
+) -> None:
+    # runbook site-lost: a desktop the recovery could not bring back on its latest point comes back
+    # alone from an older one, at the DR site, whose config has no cold tier (the kit's checkpoints
+    # are not restorable archives: the restore itself is tried on the lab)
+    p1, _ = cold_points(kit, {"dr": {"after": "1h"}})
+    CopyJob(kit.services, None).run(now=kit.now)
+    config = _dr_site(kit, tmp_path)
+    recovered = run_cli("--config", config, "--json", "site", "recover", "--from", "dr")
+    assert recovered.code == 0, recovered.output
+    assert run_cli("--config", config, "restore", "alice", "--point", p1, "--tier", "cold").code == 2
+    plan = run_cli("--config", config, "--json", "restore", "alice", "--point", p1, "--site", "dr", "--dry-run")
+    assert plan.code == 0, plan.output
+    assert plan.json()["point_id"] == p1 and plan.json()["tier"] == "cold"
+    unknown = run_cli("--config", config, "restore", "alice", "--site", "primary", "--dry-run")
+    assert unknown.code == 3 and "no site named 'primary'" in unknown.stderr, unknown.output
+    hot = run_cli("--config", config, "restore", "alice", "--site", "dr", "--tier", "hot", "--dry-run")
+    assert hot.code == 2 and "--site" in hot.stderr, hot.output
