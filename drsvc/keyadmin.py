@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drsvc import clock
-from drsvc.errors import InvalidInput
+from drsvc.errors import InvalidInput, NotFound
 from drsvc.services import Services
 
 
@@ -69,12 +69,16 @@ def rotate_keys(services: Services, tenant: str | None, *, dry_run: bool) -> dic
             'data key to rotate (set keys.scope = "tenant" for per-tenant keys)'
         )
     hot = services.hot
-    if tenant is not None:
-        tenants = [tenant]
-    else:
-        known = {r.tenant for r in hot.keyring.records()}
-        known |= {d["tenant"] for d in services.catalog.desktops() if d.get("tenant")}
-        tenants = sorted(known)
+    known = {r.tenant for r in hot.keyring.records()}
+    known |= {d["tenant"] for d in services.catalog.desktops() if d.get("tenant")}
+    if tenant is not None and tenant not in known:
+        # a typo must not mint a key for a tenant nobody has
+        names = ", ".join(sorted(known)) or "none"
+        raise NotFound(
+            f"unknown tenant {tenant!r}: no desktop and no data key has it (known: {names}; "
+            "drsvc desktops discover finds new desktops)"
+        )
+    tenants = [tenant] if tenant is not None else sorted(known)
     rotated = []
     for name in tenants:
         old = [r for r in hot.keyring.records() if r.tenant == name and hot.keyring.is_current(r)]

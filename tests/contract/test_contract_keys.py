@@ -28,3 +28,11 @@ def test_keys_list_and_rotate_keep_every_point_restorable(fleet: Deployment) -> 
     assert digests(fleet.world.read_volume("desktops", "alice")) == digests(volume_for(1, "alice"))
     assert_exit(fleet.cli("restore", "alice", "--point", newest, "--force", "--verify"), 0)
     assert digests(fleet.world.read_volume("desktops", "alice")) == digests(volume_for(7, "alice"))
+
+
+@contract("keys", 3)
+def test_keys_rotate_of_a_tenant_nobody_has_is_not_found_and_mints_nothing(fleet: Deployment) -> None:
+    before = fleet.cli("--json", "keys", "list").stdout
+    r = fleet.cli("keys", "rotate", "--tenant", "acmee")
+    assert_exit(r, 3, "unknown tenant 'acmee'", "known: acme")
+    assert fleet.cli("--json", "keys", "list").stdout == before, "a typo minted a key"
