@@ -84,7 +84,8 @@ def list_points(app: App, desktop: str | None, status: str | None, limit: int | 
                 soft_wrap=True,
             )
         if not points:
-            out.print("no recovery points" + (f" for {desktop}" if desktop else ""))
+            kind = f"no {status} recovery points" if status else "no recovery points"
+            out.print(kind + (f" for {desktop}" if desktop else ""))
             return
         with_sites = any(p["sites"] for p in points)
         columns = ["ID", "DESKTOP", "TAKEN (UTC)", "STATUS", "CONSISTENCY", "TIERS", "SIZE", "FREEZE"]

@@ -91,6 +91,12 @@ def test_desktops_with_an_unknown_runtime_scheme(deploy: Deployment) -> None:
 
 # ---------------------------------------------------------------- points
 @contract("points", 0)
+def test_points_list_with_a_status_none_has_says_which(fleet: Deployment) -> None:
+    # runbook backups-failing: "no recovery points" for a desktop that has some would mislead
+    assert_exit(fleet.cli("points", "list", "alice", "--status", "failed"), 0, "no failed recovery points for alice")
+
+
+@contract("points", 0)
 def test_points_list_and_show(fleet: Deployment) -> None:
     r = fleet.cli("--json", "points", "list", "alice")
     assert_exit(r, 0)
