@@ -27,6 +27,9 @@ def command(app: App, what: str, directory: Path, cache_mib: int, tenant: str | 
     bounded cache. Runs in the foreground: Ctrl-C (or fusermount3 -u DIRECTORY) unmounts.
     Needs the 'mount' extra and libfuse3 (Debian: fuse3).
     """
+    from drsvc.granular.fusefs import load_fuse
+
+    load_fuse()  # a missing extra or libfuse is said before "mounting …", not after it
     scope = Scope(app.catalog, tenant, "mount")
     plan = plan_mount(app.services, scope, what)
     app.err.print(f"mounting {plan.describe()} at {directory} (read-only); Ctrl-C to unmount")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -118,3 +119,13 @@ def test_mount_shows_the_point_read_only_and_unmounts_on_ctrl_c(fleet: Deploymen
         code, out, err = finish(proc, "drsvc mount after Ctrl-C")
     assert code == 0, out + err
     assert not target.exists(), "still mounted after drsvc mount ended"
+
+
+@contract("mount", 1)
+def test_mount_without_the_extra_says_so_before_it_says_mounting(
+    fleet: Deployment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "mfusepy", None)  # the 'mount' extra not installed
+    r = fleet.cli("mount", "alice", str(tmp_path))
+    assert_exit(r, 1, "pip install 'drsvc[mount]'")
+    assert "mounting" not in r.stderr, r.output
