@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -301,3 +303,46 @@ def test_killed_tier_resumes_without_duplicates_and_lost_catalog_is_rebuilt(
     } == snaps
     catalog.close()
     assert drsvc_env.cli("catalog", "check").code == 0
+
+
+def test_a_killed_tier_runs_row_is_ended_once_its_owner_lapsed_though_its_pid_lives_again(
+    drsvc_env: Any, make_fleet: Any, bucket: str
+) -> None:
+    """``drsvc tier`` SIGKILLed after a batch's packs leaves its job row running and its
+    multipart-uploads intent pending, under one owner lease. Its pid reused by an unrelated process
+    says nothing either way: while the lease is unexpired both are left (it may be running); once
+    it lapsed, cleanup ends the row and aborts the uploads, and the next run tiers everything."""
+    desktops = make_fleet(1, data_mib=3)
+    cold_env(drsvc_env, bucket, pack_mib=1)
+    drsvc_env.policy("std", desktops, tiering={"after": "1s", "storage_class": "STANDARD_IA"})
+    drsvc_env.wait_due_for_tier(*(o["point_id"] for o in backup(drsvc_env, *desktops)))
+    killed = drsvc_env.subprocess("tier", env={**os.environ, "DRSVC_FAULT": "tier-after-packs:kill"})
+    out, err = killed.communicate(timeout=600)
+    assert killed.returncode == -9, f"never reached tier-after-packs (exit {killed.returncode}):\n{out}\n{err}"
+    catalog = drsvc_env.services().catalog
+    try:
+        [job] = catalog.query("SELECT id, host, owner, status FROM jobs WHERE kind = 'tier'")
+        assert job["status"] == "running" and job["owner"], job
+        other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+        try:
+            catalog.execute("UPDATE jobs SET pid = ? WHERE id = ?", [other.pid, job["id"]])
+            catalog.execute("UPDATE leases SET holder = ? WHERE name = ?", [f"{job['host']}:{other.pid}", job["owner"]])
+            left = drsvc_env.cli("--json", "cleanup")
+            assert left.code == 0 and left.json()["interrupted_jobs"] == [] and not left.json()["undone"], left.output
+            catalog.execute("UPDATE leases SET expires_at = ? WHERE name = ?", [time.time() - 1, job["owner"]])
+            ended = drsvc_env.cli("--json", "cleanup")
+            assert ended.code == 0 and ended.json()["interrupted_jobs"] == [job["id"]], ended.output
+            assert any(line.startswith("multipart-uploads ") for line in ended.json()["undone"]), ended.output
+        finally:
+            assert other.stdin is not None
+            other.stdin.close()
+            other.wait()
+        [row] = catalog.query("SELECT status, error FROM jobs WHERE id = ?", [job["id"]])
+        assert row["status"] == "interrupted" and "interrupted" in row["error"]
+    finally:
+        catalog.close()
+    assert s3().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    again = drsvc_env.cli("--json", "tier")
+    assert again.code == 0 and len(again.json()["moves"]) == 1, again.output
+    check = drsvc_env.cli("catalog", "check")
+    assert check.code == 0, check.output
