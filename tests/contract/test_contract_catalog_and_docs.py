@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+import pytest
 from contractlib import assert_exit, contract
 from deployment import Deployment
 
@@ -174,3 +176,13 @@ def test_json_may_follow_the_subcommand(fleet: Deployment) -> None:
     failed = fleet.cli("points", "show", "20010101T000000Z-nobody", "--json")
     assert_exit(failed, 3, "20010101T000000Z-nobody")
     assert failed.json()["exit_code"] == 3, "a --json error is one JSON document on stdout too"
+
+
+@contract("desktops", 1)
+def test_desktops_on_docker_without_the_docker_extra_names_it(
+    deploy: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "docker", None)  # the 'docker' extra not installed
+    text = deploy.config_path.read_text().replace("fake://fleet", f"docker://{deploy.root}/docker.sock")
+    deploy.config_path.write_text(text)
+    assert_exit(deploy.cli("desktops", "discover"), 1, "pip install 'drsvc[docker]'")

@@ -56,8 +56,8 @@ class DockerClient:
     @contextmanager
     def errors(self, what: str, *, missing: str = "not_found") -> Iterator[None]:
         """Translate SDK/HTTP failures: 404 -> NotFound (unless ``missing='backend'``), others BackendError."""
-        import docker
-        import requests
+        docker = require("docker", "docker")  # entered before ``api``: a missing extra is named here too
+        import requests  # a dependency of docker
 
         try:
             yield
