@@ -43,6 +43,11 @@ def _amount_column() -> ProgressColumn:
     return Amount()
 
 
+# a plain line gives a speed and an ETA once a task has run this long (seconds); the first line of a
+# task comes right at its start, where "235 GiB/s, ~0s left" is what a rate over microseconds says
+MEASURED_AFTER = 1.0
+
+
 @dataclass
 class _State:
     started: float
@@ -133,6 +138,12 @@ class ProgressView:
         if done:
             items = f", {st.items} chunks" if st.items else ""
             return f"{name}: done, {format_bytes(st.bytes)}{items} in {elapsed:.1f}s ({rate})"
+        if elapsed < MEASURED_AFTER:  # one chunk over a few microseconds: no speed, no ETA yet
+            if st.total:
+                return f"{name}: {format_bytes(st.bytes)} of {format_bytes(st.total)} ({st.bytes / st.total:.0%})"
+            if st.items_total:
+                return f"{name}: {st.items} of {st.items_total} chunks ({st.items / st.items_total:.0%})"
+            return f"{name}: {format_bytes(st.bytes)}"
         if st.total:
             pct, left = st.bytes / st.total, (st.total - st.bytes) / max(st.bytes / elapsed, 1)
             return (
