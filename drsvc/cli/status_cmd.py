@@ -84,7 +84,8 @@ def render(health: FleetHealth, out: Console, *, all_desktops: bool) -> None:
     for line in health.problems:
         out.print(f"[yellow]PROBLEM[/] {line}")
     verdict = "all objectives met" if health.ok else f"{len(health.missed)} objective(s) missed"
-    summary = f"{len(health.desktops)} desktop(s), {clock.to_iso(health.now)}"
+    # a desktop several policies cover has a row per policy: count desktops, not rows
+    summary = f"{len({d.desktop for d in health.desktops})} desktop(s), {clock.to_iso(health.now)}"
     out.print(f"{'OK' if health.ok else 'CRITICAL'}  {verdict} ({summary})")
 
 

@@ -15,6 +15,14 @@ def test_status_all_objectives_met(fleet: Deployment) -> None:
     assert_exit(fleet.cli("status", "--all"), 0, "OK  all objectives met", "alice", "bob")
 
 
+@contract("status", 0)
+def test_status_counts_a_desktop_two_policies_cover_once(deploy: Deployment) -> None:
+    deploy.policy("weekly", schedule="0 0 * * 0", objectives={"rpo": "8d", "rto": "30s"})
+    deploy.desktop("alice")
+    assert_exit(deploy.cli("backup", "alice"), 0)
+    assert_exit(deploy.cli("status"), 0, "OK  all objectives met (1 desktop(s),")
+
+
 @contract("status", 5)
 def test_status_with_a_desktop_past_its_rpo(deploy: Deployment) -> None:
     deploy.desktop("alice")
