@@ -78,6 +78,7 @@ def test_restore_as_a_clone_leaves_the_desktop_alone(fleet: Deployment) -> None:
     fleet.world.write_volume("desktops", "alice", {"today": b"new work"})
     r = fleet.cli("restore", "alice", "--as", "alice-copy")
     assert_exit(r, 0, "copied from pool snapshot")
+    assert "{'" not in r.stdout, "a check printed as a Python dict\n" + r.stdout
     assert fleet.world.read_volume("desktops", "alice") == {"today": (b"new work", {}, {})}
     assert _live(fleet, "alice-copy") == digests(volume_for(1, "alice"))
     clone = fleet.world.container("alice-copy")
