@@ -398,7 +398,9 @@ class BackupJob:
             self._fail_batch(outcomes, f"pool snapshot {snap} failed: {e}")
             self._drop_snapshot(volumes, snap, snapshot_row, e.pending)
             return [outcomes[d.desktop_id] for d in batch], []
-        except BackendError as e:
+        except (BackendError, NotFound) as e:
+            # NotFound: the desktops' pool is not there (a label's typo, a pool deleted): their
+            # failure, not the run's; the other batches go on
             self._fail_batch(outcomes, f"pool snapshot {snap} failed: {e}")
             self._drop_snapshot(volumes, snap, snapshot_row, None)
             return [outcomes[d.desktop_id] for d in batch], []

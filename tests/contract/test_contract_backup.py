@@ -130,6 +130,32 @@ def test_one_desktop_failing_among_several_is_partial(deploy: Deployment) -> Non
 
 
 @contract("backup", 6)
+def test_a_desktop_whose_pool_does_not_exist_fails_alone(deploy: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A desktop labelled with a pool that is not there (a typo, a pool deleted): its batch fails
+    with Ceph's reason, the other desktops get their points and the command says partial."""
+    from fakes.desktops import FakePoolSnapshots, register
+
+    from drsvc.errors import NotFound
+
+    register(deploy.world.root, pool="gone")  # the same fake host, a second pool name
+
+    real = FakePoolSnapshots.create
+
+    def create(self: FakePoolSnapshots, name: str) -> int:
+        if self.pool == "gone":  # as drsvc.ceph says of a pool that does not exist
+            raise NotFound("Ceph pool 'gone' does not exist (create it: ceph osd pool create gone)")
+        return real(self, name)
+
+    monkeypatch.setattr(FakePoolSnapshots, "create", create)
+    deploy.desktop("alice")
+    deploy.desktop("eve", seed=2, pool="gone")
+    r = deploy.cli("backup", "--policy", "standard")
+    assert_exit(r, 6, "1/2 complete", "Ceph pool 'gone' does not exist")
+    points = {p["desktop"]: p["status"] for p in _points(deploy)}
+    assert points == {"alice": "complete", "eve": "failed"}
+
+
+@contract("backup", 6)
 def test_a_desktop_slow_to_capture_fails_alone_at_its_capture_deadline(
     deploy: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
