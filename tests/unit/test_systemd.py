@@ -56,3 +56,10 @@ def test_the_timer_alternative_ticks_every_minute_and_excludes_the_daemon() -> N
     assert run["Service"]["Type"] == "oneshot" and run["Service"]["ExecStart"].endswith("run --once")
     assert run["Unit"]["Conflicts"] == "drsvc.service"
     assert "metrics --textfile" in run["Service"]["ExecStopPost"]
+
+
+def test_both_services_read_their_s3_credentials_from_an_environment_file() -> None:
+    # ProtectHome hides root's ~/.aws and a unit starts with no AWS_* environment: without this file
+    # the daemon's first tier fails "no S3 credentials" (README "Install")
+    for name in ("drsvc.service", "drsvc-run.service"):
+        assert _unit(name)["Service"]["EnvironmentFile"] == "-/etc/drsvc/drsvc.env", name
