@@ -4,9 +4,10 @@ A RADOS object name is any string; a manifest is hostile. ``parts(name)`` splits
 into path components that are always safe to join beneath a root: ``%`` is written ``%25``, and a
 component that is empty, ``.`` or ``..``, holds a NUL, or is longer than a file name may be is
 percent-encoded whole (``..`` → ``%2E%2E``), so no component can leave the directory it is joined
-to and distinct names give distinct paths. When an object's path is also a directory of other
-objects (``a`` and ``a/b``), the object takes a name ending in a lone ``%`` (``a%``), which
-encoding never produces.
+to and distinct names give distinct paths (a component too long for a file name keeps a head
+and a 128-bit hash of the whole; two names on one path are refused, never merged). When an
+object's path is also a directory of other objects (``a`` and ``a/b``), the object takes a name
+ending in a lone ``%`` (``a%``), which encoding never produces.
 
 ``Tree`` is the directory tree of a set of names (the mount's view). ``write_beneath`` creates a
 file under a directory file descriptor one component at a time with ``O_NOFOLLOW``, so a symlink
@@ -22,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from drsvc.errors import InvalidInput
+from drsvc.errors import DrsvcError, InvalidInput
 
 NAME_MAX = 255  # bytes in one path component (Linux)
 FILE_SUFFIX = "%"  # an object whose path is also a directory
@@ -40,9 +41,10 @@ def component(raw: str) -> str:
         return _encode_all(raw) or "%"  # "" → a lone %: an empty piece (a//b, a trailing /)
     safe = raw.replace("%", "%25")
     if len(safe.encode("utf-8", "surrogateescape")) > NAME_MAX:
-        # too long for one component: keep a readable head and make the rest unique
-        digest = hashlib.blake2b(raw.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
-        head = safe.encode("utf-8", "surrogateescape")[: NAME_MAX - 20].decode("utf-8", "ignore")
+        # too long for one component: keep a readable head and make the rest unique. 128 bits: a
+        # tenant names its objects and can search for a collision (64 bits fell to ~2**32 tries)
+        digest = hashlib.blake2b(raw.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+        head = safe.encode("utf-8", "surrogateescape")[: NAME_MAX - 36].decode("utf-8", "ignore")
         safe = f"{head}%~{digest}"
     return safe
 
@@ -68,8 +70,15 @@ class Tree(Generic[T]):
     def __init__(self, items: Iterable[tuple[str, T]]) -> None:
         self.root: Node[T] = Node()
         deferred: list[tuple[list[str], T]] = []
+        named: dict[tuple[str, ...], str] = {}
         for name, value in items:
             path = parts(name)
+            other = named.setdefault(tuple(path), name)
+            if other != name:  # never silently one file for two objects (a hash collision)
+                raise DrsvcError(
+                    f"object names {other!r} and {name!r} map to the same path {'/'.join(path)!r}; "
+                    "restore them into the namespace, not as files"
+                )
             node = self.root
             for piece in path[:-1]:
                 node = node.dirs.setdefault(piece, Node())

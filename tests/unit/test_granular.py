@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from granularkit import GranularKit, Obj
 
-from drsvc.errors import IntegrityError, InvalidInput, NotFound
+from drsvc.errors import DrsvcError, IntegrityError, InvalidInput, NotFound
 from drsvc.granular import listing, names
 from drsvc.granular.browse import dump_object
 from drsvc.granular.fusefs import MountView, dated_names
@@ -213,6 +213,31 @@ def test_names_map_to_distinct_components_that_cannot_leave_a_directory():
     assert names.parts("../../etc/passwd") == ["%2E%2E", "%2E%2E", "etc", "passwd"]
     tree = names.Tree((n, n) for n in ["a", "a/b"])
     assert tree.root.files == {"a%": "a"} and tree.root.dirs["a"].files == {"b": "a/b"}
+
+
+def test_long_names_stay_apart_when_a_tenant_hunts_for_a_collision(monkeypatch):
+    """A component too long for one file name keeps a head and a hash of the whole name. The hash
+    was 64 bits: a tenant can find two names with one head and one hash in about 2**32 tries (a
+    birthday search), and ``Tree`` kept the first and silently dropped the other from ``--to-dir``
+    and the mount. The hash is now 128 bits, and two names on one path fail loudly."""
+    long = "x" * 300
+    assert len(names.component(long).rsplit("%~", 1)[1]) * 4 >= 128  # hex digits: bits
+    for raw in (long, "é" * 200, "\udcff" * 300):  # the longest heads still leave room for FILE_SUFFIX
+        assert len((names.component(raw) + names.FILE_SUFFIX).encode("utf-8", "surrogateescape")) <= names.NAME_MAX
+
+    # what a found collision does: a weakened hash stands for one
+    class _Same:
+        def __init__(self, *_a, **_k):
+            pass
+
+        def hexdigest(self):
+            return "0" * 32
+
+    monkeypatch.setattr(names.hashlib, "blake2b", _Same)
+    a, b = "d/" + long + "a", "d/" + long + "b"
+    assert names.parts(a) == names.parts(b)
+    with pytest.raises(DrsvcError, match="map to the same path"):
+        names.Tree((n, n) for n in (a, b))
 
 
 def test_write_beneath_never_follows_a_planted_symlink(tmp_path):
