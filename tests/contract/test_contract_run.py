@@ -9,8 +9,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
 from contractlib import assert_exit, contract
-from deployment import Deployment
+from deployment import Deployment, slow_on
 from waits import finish, wait_for
 
 from drsvc import faults
@@ -46,6 +47,29 @@ def test_run_once_with_one_desktop_failing_is_partial(deploy: Deployment) -> Non
     assert_exit(r, 6)
     (backup,) = [x for x in r.json()["ran"] if x["purpose"] == "backup"]
     assert backup["exit_code"] == 6 and backup["summary"]["failed"] == 1
+
+
+@contract("run", 6)
+def test_run_once_gives_later_batches_their_points_past_a_desktop_slow_to_capture(
+    deploy: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One desktop per batch: each batch freezes only once the one before it is stored. The first
+    batch's desktop is slow to read (each object an hour, on its thread's own clock: ``slow_on``);
+    past ``capture.deadline`` it fails, and the batches after it are frozen and stored."""
+    slow_on(monkeypatch)
+    deploy.policy(capture={"freeze_batch": 1, "deadline": "1h"})
+    for name in ("a-mallory", "b-alice", "c-bob"):
+        deploy.desktop(name)
+    deploy.world.set_knobs("a-mallory", read_seconds=3600)
+    r = deploy.cli("--json", "run", "--once")
+    assert_exit(r, 6)
+    (backup,) = [x for x in r.json()["ran"] if x["purpose"] == "backup"]
+    assert backup["summary"]["failed"] == 1 and backup["summary"]["complete"] == 2, backup
+    listed = deploy.cli("--json", "points", "list")
+    assert listed.code == 0, listed.output
+    rows = {p["desktop"]: p for p in listed.json()}
+    assert rows["b-alice"]["status"] == rows["c-bob"]["status"] == "complete"
+    assert rows["a-mallory"]["status"] == "failed" and "capture.deadline" in rows["a-mallory"]["reason"]
 
 
 @contract("run", 0)
