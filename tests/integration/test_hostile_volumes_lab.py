@@ -233,3 +233,47 @@ def _omap_count(io, name: str) -> int:
         if len(keys) < 1000:
             return count
         after = keys[-1]
+
+
+def test_a_checkpoint_archive_slow_to_store_leaves_a_point_without_memory_and_the_desktop_running(
+    drsvc_env, make_fleet, monkeypatch
+):
+    """A desktop whose memory is huge streams its checkpoint archive for hours while its batch
+    waits. On the real Podman: each piece of the attacker's archive takes an hour on its
+    checkpoint thread's own clock; past ``capture.deadline`` the stream is given up mid-way (the
+    runtime's export closed under it), the attacker's point keeps its volume alone and says why,
+    the victim's point pairs, and the attacker's desktop runs on."""
+    from deployment import ThreadClock
+    from runtime_suite import read_counter, wait_counter_above
+
+    from drsvc import backup, deadline
+
+    victim, attacker = make_fleet(2)
+    clock = ThreadClock()
+    monkeypatch.setattr(deadline, "time", clock)
+
+    def slow() -> None:
+        limit = deadline._current.get()
+        if limit is not None and f"desktop {attacker} " in limit.what:
+            clock.advance(3600)
+
+    class SlowForTheAttacker(backup.ArchiveIndexer):
+        def read(self, n=-1):
+            slow()
+            return super().read(n)
+
+        def readinto(self, buffer):
+            slow()
+            return super().readinto(buffer)
+
+    monkeypatch.setattr(backup, "ArchiveIndexer", SlowForTheAttacker)
+    result = drsvc_env.cli("--json", "backup", victim, attacker)
+    assert result.code == 0, result.output
+    by_desktop = {o["desktop"]: o for o in result.json()["results"]}
+    assert by_desktop[victim]["consistency"] == "paired", by_desktop[victim]
+    assert by_desktop[attacker]["status"] == "complete", by_desktop[attacker]
+    assert by_desktop[attacker]["consistency"] == "crash"
+    assert f"the checkpoint archive of desktop {attacker} (capture.deadline)" in by_desktop[attacker]["reason"]
+    runtime = drsvc_env.services().runtime
+    count, _ = read_counter(runtime, attacker)
+    wait_counter_above(runtime, attacker, count)
