@@ -135,8 +135,8 @@ def show_point(app: App, point_id: str) -> None:
 
     def render(out: Console) -> None:
         for key in ("id", "desktop", "taken_at", "status", "consistency", "policy", "reason", "image"):
-            if doc.get(key) is not None:
-                out.print(f"{key:12} {doc[key]}")
+            if doc.get(key) is not None:  # a reason quotes names from the desktop: text, not markup
+                out.print(f"{key:12} {shown(doc[key])}")
         out.print(f"{'size':12} {format_bytes(point['bytes'])}")
         if point["freeze_ms"] is not None or point.get("freeze_budget_ms") is not None:
             measured = f"{point['freeze_ms']:.0f} ms" if point["freeze_ms"] is not None else "not measured"

@@ -13,6 +13,7 @@ from drsvc.cli._common import App
 from drsvc.errors import InvalidInput
 from drsvc.granular.objects import ObjectPlan, ObjectRestoreJob, ObjectResult
 from drsvc.granular.scope import Scope
+from drsvc.printable import printable
 from drsvc.restore import parse_time
 from drsvc.units import format_bytes
 
@@ -33,10 +34,10 @@ def render_plan(plan: ObjectPlan) -> list[str]:
 def render_result(result: ObjectResult) -> list[str]:
     doc = result.document()
     lines = render_plan(result.plan)
-    for o in doc["objects"]:
-        extra = f", current kept as {o['kept_as']}" if o.get("kept_as") else ""
-        extra += f" -> {o['path']}" if o.get("path") else ""
-        lines.append(f"  {o['status']:<10} {o['name']} ({format_bytes(o['size'])}{extra})")
+    for o in doc["objects"]:  # names are the desktop's: one escaped line each (printed without markup)
+        extra = f", current kept as {printable(o['kept_as'])}" if o.get("kept_as") else ""
+        extra += f" -> {printable(o['path'])}" if o.get("path") else ""
+        lines.append(f"  {o['status']:<10} {printable(o['name'])} ({format_bytes(o['size'])}{extra})")
     lines.append(
         f"restored {format_bytes(doc['bytes'])} from the {doc['tier'] or '-'} copy in {doc['seconds']:.2f} s "
         f"(plan {doc['plan_seconds']:.2f} s; restore #{doc['restore_id']})"

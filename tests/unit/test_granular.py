@@ -240,6 +240,20 @@ def test_long_names_stay_apart_when_a_tenant_hunts_for_a_collision(monkeypatch):
         names.Tree((n, n) for n in (a, b))
 
 
+def test_restore_objects_prints_a_hostile_name_as_one_escaped_line(kit, run_cli, tmp_path, monkeypatch):
+    """The result table of ``restore --object`` listed each object's name (and its file) as the
+    tenant wrote it: a newline forged a line, an ESC sequence rewrote the operator's terminal."""
+    monkeypatch.chdir(tmp_path)  # a short --to-dir: no line is long enough for the console to wrap (200)
+    evil = "notes\n  restored   forged (1 B)\x1b[2J\u202eevil"
+    pid = kit.point("desk-1", {evil: Obj(b"payload", {}, {}), "plain": Obj(b"x", {}, {})})
+    result = cli(run_cli, kit, "restore", "desk-1", "--prefix", "", "--point", pid, "--to-dir", "out")
+    assert result.code == 0, result.output
+    out = result.stdout
+    assert "\x1b" not in out and "\u202e" not in out and "forged" in out
+    assert len(out.splitlines()) == 4, out  # the plan, two objects, the summary
+    assert "notes\\n  restored   forged" in out and "\\x1b[2J\\u202eevil" in out
+
+
 def test_write_beneath_never_follows_a_planted_symlink(tmp_path):
     root = tmp_path / "out"
     root.mkdir()

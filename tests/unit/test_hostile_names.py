@@ -118,6 +118,21 @@ def test_backup_progress_and_table_print_a_hostile_error_as_text() -> None:
     assert "\x1b" not in table.getvalue() and "forged error line" in table.getvalue().splitlines()[1]
 
 
+def test_points_show_prints_a_hostile_reason_as_text(deploy) -> None:
+    """A failed point's reason quotes what failed, names from the desktop included; ``points show``
+    printed it as rich markup (``[/bold]`` raised instead of printing) with its escapes live."""
+    deploy.desktop("alice")
+    deploy.world.set_knobs("alice", read_error=f"object {HOSTILE.replace(chr(0xDCFF), '')}")  # knobs are JSON
+    assert deploy.cli("backup", "alice").code == 1
+    (point,) = deploy.cli("--json", "points", "list").json()
+    result = deploy.cli("points", "show", point["id"])
+    assert result.code == 0, result.output
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("reason")]
+    assert "x[/bold]" in line and "forged error line" in line
+    assert not any(c in result.stdout for c in "\x1b\x9b\u202e")
+    result.stdout.encode("utf-8")
+
+
 def test_a_markdown_report_cell_keeps_a_hostile_error_in_its_row() -> None:
     pytest.importorskip("jinja2", reason="the report extra (jinja2) is not installed")
     from drsvc.report.render import _md_cell
