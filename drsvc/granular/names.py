@@ -1,12 +1,14 @@
 """Object names from a manifest as relative paths: one mapping for ``--to-dir`` and the mount.
 
 A RADOS object name is any string; a manifest is hostile. ``parts(name)`` splits a name on ``/``
-into path components that are always safe to join beneath a root: ``%`` is written ``%25``, and a
-component that is empty, ``.`` or ``..``, holds a NUL, or is longer than a file name may be is
-percent-encoded whole (``..`` → ``%2E%2E``), so no component can leave the directory it is joined
-to and distinct names give distinct paths (a component too long for a file name keeps a head
-and a 128-bit hash of the whole; two names on one path are refused, never merged). When an
-object's path is also a directory of other objects (``a`` and ``a/b``), the object takes a name
+into path components that are always safe to join beneath a root: ``%`` is written ``%25``, a
+character that is not printable (a newline, an escape, a bidi override, a byte that was not
+UTF-8) as its UTF-8 bytes (``%0A``), and a component that is empty, ``.`` or ``..``, holds a
+NUL, or is longer than a file name may be is percent-encoded whole (``..`` → ``%2E%2E``), so no
+component can leave the directory it is joined to and distinct names give distinct paths (a
+component too long for a file name keeps a head and a 128-bit hash of the whole; two names on
+one path are refused, never merged). When an object's path is also a directory of other objects
+(``a`` and ``a/b``), the object takes a name
 ending in a lone ``%`` (``a%``), which encoding never produces.
 
 ``Tree`` is the directory tree of a set of names (the mount's view). ``write_beneath`` creates a
@@ -35,11 +37,20 @@ def _encode_all(component: str) -> str:
     return "".join(f"%{b:02X}" for b in component.encode("utf-8", "surrogateescape"))
 
 
+def _encode_char(ch: str) -> str:
+    try:  # a byte that was not UTF-8 (surrogateescape) stands for itself
+        return "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # another lone surrogate: by its code point ("%u" is never a byte)
+        return f"%u{ord(ch):04X}"
+
+
 def component(raw: str) -> str:
     """One safe path component for ``raw`` (a piece of a name between slashes)."""
     if raw in ("", ".", "..") or "\0" in raw:
         return _encode_all(raw) or "%"  # "" → a lone %: an empty piece (a//b, a trailing /)
     safe = raw.replace("%", "%25")
+    if not safe.isprintable():  # a newline in a host file name, an escape sequence for `ls`
+        safe = "".join(ch if ch.isprintable() else _encode_char(ch) for ch in safe)
     if len(safe.encode("utf-8", "surrogateescape")) > NAME_MAX:
         # too long for one component: keep a readable head and make the rest unique. 128 bits: a
         # tenant names its objects and can search for a collision (64 bits fell to ~2**32 tries)

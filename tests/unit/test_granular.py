@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from granularkit import GranularKit, Obj
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drsvc.errors import DrsvcError, IntegrityError, InvalidInput, NotFound
 from drsvc.granular import listing, names
@@ -252,6 +254,33 @@ def test_restore_objects_prints_a_hostile_name_as_one_escaped_line(kit, run_cli,
     assert "\x1b" not in out and "\u202e" not in out and "forged" in out
     assert len(out.splitlines()) == 4, out  # the plan, two objects, the summary
     assert "notes\\n  restored   forged" in out and "\\x1b[2J\\u202eevil" in out
+
+
+def test_names_become_file_names_without_control_characters(kit, run_cli, tmp_path):
+    """``--to-dir`` and the mount made a file for each object under the name the tenant chose:
+    a newline in a host file name breaks an operator's ``find | xargs``, and an escape sequence
+    or a bidi override reaches their terminal through ``ls``. Such characters are percent-encoded
+    (``%0A``), as ``%`` itself is, so names stay distinct."""
+    evil = "notes\nrm -rf ~\x1b[2J\u202etxt.exe\udcff"
+    assert names.parts(evil) == ["notes%0Arm -rf ~%1B[2J%E2%80%AEtxt.exe%FF"]
+    assert names.parts("a%0Ab") == ["a%250Ab"] and names.parts("plain name.txt") == ["plain name.txt"]
+    pid = kit.point("desk-1", {evil.replace("\udcff", ""): Obj(b"payload", {}, {})})
+    target = tmp_path / "out"
+    result = cli(run_cli, kit, "restore", "desk-1", "--prefix", "", "--point", pid, "--to-dir", str(target))
+    assert result.code == 0, result.output
+    written = [p.name for p in target.iterdir()]
+    assert all(name.isprintable() for name in written), written
+
+
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(codec=None, blacklist_categories=("Cs",))) | st.just("x" * 300), unique=True
+    )
+)
+def test_distinct_names_give_distinct_printable_paths(many):
+    paths = [tuple(names.parts(n)) for n in many]
+    assert len(set(paths)) == len(paths)
+    assert all(p.isprintable() and p not in ("", ".", "..") and "/" not in p for path in paths for p in path)
 
 
 def test_write_beneath_never_follows_a_planted_symlink(tmp_path):
