@@ -219,7 +219,7 @@ class CleanupJob:
         report.interrupted_drills = interrupted_drills(self.catalog, mark=True)
         report.interrupted_recoveries = abandoned_runs(self.catalog, "site_recoveries", mark=True)
         report.interrupted_jobs = interrupted_jobs(self.catalog, mark=True)
-        # owner leases that lapsed and guard nothing any more (one row per restore or tier run)
+        # owner leases that lapsed and guard nothing any more (a killed run's: a run that ends removes its own)
         self.catalog.execute(
             "DELETE FROM leases WHERE name LIKE 'owner:%' AND expires_at < ? "
             "AND name NOT IN (SELECT owner FROM intents WHERE state = 'pending')",
