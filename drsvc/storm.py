@@ -32,7 +32,15 @@ from typing import Any
 from drsvc import clock
 from drsvc.admission import Admission, Limits, RestoreGate
 from drsvc.catalog import Catalog
-from drsvc.errors import EXIT_FAILED, EXIT_OBJECTIVE_MISSED, EXIT_OK, EXIT_PARTIAL, DrsvcError, InvalidInput
+from drsvc.errors import (
+    EXIT_FAILED,
+    EXIT_OBJECTIVE_MISSED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    DrsvcError,
+    InvalidInput,
+    NotFound,
+)
 from drsvc.intents import Owner
 from drsvc.policy import PolicySet
 from drsvc.prune import policy_for
@@ -177,10 +185,11 @@ def select_desktops(
     if not (everything or node or tenant or policy or pool):
         raise InvalidInput("say which desktops: --all, --node N, --tenant T, --pool P (or --policy P)")
     chosen = policies.get(policy) if policy else None
+    desktops = [d for d in catalog.desktops() if LABEL_CLONE_OF not in (d["labels"] or {})]
+    # a clone (drill, --as) is never restored as a desktop of its own
+    _known_or_not_found(desktops, node=node, tenant=tenant, pool=pool)
     out = []
-    for d in catalog.desktops():
-        if LABEL_CLONE_OF in (d["labels"] or {}):
-            continue  # a clone (drill, --as) is never restored as a desktop of its own
+    for d in desktops:
         if node is not None and d["node"] != node:
             continue
         if tenant is not None and d["tenant"] != tenant:
@@ -191,6 +200,25 @@ def select_desktops(
             continue
         out.append(d)
     return out
+
+
+def _known_or_not_found(
+    desktops: Sequence[dict[str, Any]], *, node: str | None, tenant: str | None, pool: str | None
+) -> None:
+    """A node, tenant or pool no desktop has is a typo at 3 a.m., not an empty storm that exits 0."""
+    known = {
+        "node": {d["node"] for d in desktops if d["node"]},
+        "tenant": {d["tenant"] for d in desktops if d["tenant"]},
+        "pool": {
+            d["volume"][len("rados://") :].partition("/")[0]
+            for d in desktops
+            if (d["volume"] or "").startswith("rados://")
+        },
+    }
+    for what, value in (("node", node), ("tenant", tenant), ("pool", pool)):
+        if value is not None and value not in known[what]:
+            names = ", ".join(sorted(known[what])) or "none"
+            raise NotFound(f"no desktop has {what} {value!r} (known: {names}; drsvc desktops list)")
 
 
 def plan_fleet(services: Services, desktops: Sequence[dict[str, Any]]) -> list[FleetItem]:

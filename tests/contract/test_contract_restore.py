@@ -209,3 +209,10 @@ def test_restore_of_a_fresh_start_is_not_a_restore_from_the_checkpoint(fleet: De
 def test_restore_whose_probe_never_answers_fails(fleet: Deployment) -> None:
     fleet.world.set_knobs("alice", tcp_ports=[22])
     assert_exit(fleet.cli("restore", "alice", "--force"), 1, "health probe failed for alice", "tcp 5900 refused")
+
+
+@contract("restore", 3)
+def test_a_storm_on_a_node_no_desktop_has_is_not_found(fleet: Deployment) -> None:
+    # node-lost runbook: a mistyped node must not read as "0 desktops restored", exit 0
+    r = fleet.cli("restore", "--node", "no-such-node", "--dry-run")
+    assert_exit(r, 3, "no desktop has node 'no-such-node'", "known:")

@@ -14,7 +14,7 @@ import yaml
 from drsvc.admission import Admission, Limits, RankedSlots, RestoreGate
 from drsvc.catalog import Catalog
 from drsvc.config import parse_config
-from drsvc.errors import EXIT_FAILED, EXIT_OBJECTIVE_MISSED, EXIT_OK, EXIT_PARTIAL, DrsvcError, InvalidInput
+from drsvc.errors import EXIT_FAILED, EXIT_OBJECTIVE_MISSED, EXIT_OK, EXIT_PARTIAL, DrsvcError, InvalidInput, NotFound
 from drsvc.services import Services
 from drsvc.storm import FleetItem, FleetReport, FleetRestore, plan_fleet, select_desktops, time_to_fraction
 
@@ -216,7 +216,11 @@ def test_the_plan_orders_by_priority_then_rto_target_then_id(fleet: Services) ->
     assert [i.rank for i in items] == [1, 2, 3, 4, 5] and all(i.tier == "cold" for i in items)
     assert [d["id"] for d in select_desktops(fleet.catalog, fleet.policies, tenant="globex")] == ["k-1"]
     assert len(select_desktops(fleet.catalog, fleet.policies, node="n2")) == 5
-    assert select_desktops(fleet.catalog, fleet.policies, node="n1") == []
+    with pytest.raises(NotFound, match="no desktop has node 'n1' \\(known: n2"):  # a typo, not an empty storm
+        select_desktops(fleet.catalog, fleet.policies, node="n1")
+    with pytest.raises(NotFound, match="no desktop has tenant 'acme2'"):
+        select_desktops(fleet.catalog, fleet.policies, tenant="acme2")
+    assert select_desktops(fleet.catalog, fleet.policies, node="n2", tenant="globex", policy="std") == []
     with pytest.raises(InvalidInput, match="--all, --node N, --tenant T"):
         select_desktops(fleet.catalog, fleet.policies)
 
