@@ -18,7 +18,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -399,6 +399,20 @@ class Catalog:
             fields["detail"] = json.dumps(detail, default=str)
         with self._lock:
             self.db["jobs"].update(job_id, fields)
+
+    @contextmanager
+    def ends_job_if_raised(
+        self, job_id: int, detail: Callable[[], dict[str, Any] | None] = lambda: None
+    ) -> Iterator[None]:
+        """Run the job's body; if it raises, record the job ``failed`` (``interrupted`` on Ctrl-C)
+        with the error and ``detail()`` (what it did so far), then re-raise. A body that returns
+        records its own end: only it knows whether that is ok, partial or failed."""
+        try:
+            yield
+        except BaseException as e:
+            status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            self.finish_job(job_id, status, error=str(e) or type(e).__name__, detail=detail())
+            raise
 
     # ------------------------------------------------------------------ leases
     def acquire_lease(self, name: str, holder: str, ttl: float, *, take_from: str | None = None) -> int | None:

@@ -167,11 +167,8 @@ class PruneJob:
         # the row says how it ended; a kill -9 is ended by cleanup once the run's owner lapses
         with Owner(self.catalog) as owner:
             job_id = self.catalog.start_job("prune", token=self.lease.token if self.lease else None, owner=owner.name)
-            try:
+            with self.catalog.ends_job_if_raised(job_id, report.document):
                 self._drop(report, now)
-            except BaseException as e:
-                self.catalog.finish_job(job_id, "failed", error=str(e) or type(e).__name__, detail=report.document())
-                raise
             self.catalog.finish_job(job_id, "partial" if report.problems else "ok", detail=report.document())
         return report
 

@@ -148,11 +148,8 @@ class VerifyJob:
         with Owner(self.catalog) as owner:
             detail = self._job_detail(points, read_data)
             job_id = self.catalog.start_job("verify", policy=policy, detail=detail, owner=owner.name)
-            try:
+            with self.catalog.ends_job_if_raised(job_id):
                 self._verify_tiers(points, report)
-            except BaseException as e:
-                self.catalog.finish_job(job_id, "failed", error=str(e) or type(e).__name__)
-                raise
             unchecked = [f"{tier} copies not checked: {why}" for tier, why in report.unchecked.items()]
             self.catalog.finish_job(
                 job_id,

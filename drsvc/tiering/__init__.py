@@ -150,13 +150,8 @@ class TierJob:
         with Owner(self.catalog) as owner:
             token = self.lease.token if self.lease else None
             report.job_id = self.catalog.start_job("tier", token=token, owner=owner.name)
-            try:
+            with self.catalog.ends_job_if_raised(report.job_id, report.document):
                 self._tier_owned(Intents(self.catalog, owner.name), report, candidates, cold, now)
-            except BaseException as e:
-                status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-                error = str(e) or type(e).__name__
-                self.catalog.finish_job(report.job_id, status, error=error, detail=report.document())
-                raise
             status = {EXIT_OK: "ok", EXIT_PARTIAL: "partial"}.get(report.exit_code, "failed")
             errors = "; ".join(f"{m.point_id}: {m.error}" for m in report.moves if m.error)
             self.catalog.finish_job(report.job_id, status, error=errors or None, detail=report.document())

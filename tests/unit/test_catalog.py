@@ -184,6 +184,23 @@ def test_jobs_record_status_and_error(catalog):
     assert row["finished_at"] >= row["started_at"]
 
 
+def test_a_job_body_that_raises_ends_its_row_failed_or_interrupted_and_a_returning_one_does_not(catalog):
+    failed = catalog.start_job("prune")
+    with pytest.raises(RuntimeError), catalog.ends_job_if_raised(failed, lambda: {"dropped": 2}):
+        raise RuntimeError("pool gone")
+    interrupted = catalog.start_job("tier")
+    with pytest.raises(KeyboardInterrupt), catalog.ends_job_if_raised(interrupted):
+        raise KeyboardInterrupt
+    returned = catalog.start_job("verify")
+    with catalog.ends_job_if_raised(returned):
+        pass
+    rows = {r["id"]: r for r in catalog.query("SELECT id, status, error, detail FROM jobs")}
+    assert (rows[failed]["status"], rows[failed]["error"]) == ("failed", "pool gone")
+    assert '"dropped": 2' in rows[failed]["detail"]
+    assert (rows[interrupted]["status"], rows[interrupted]["error"]) == ("interrupted", "KeyboardInterrupt")
+    assert rows[returned]["status"] == "running"  # the body records its own end
+
+
 def test_check_reports_dangling_foreign_keys(catalog):
     _desktop(catalog)
     _point(catalog, "p", "2026-01-01T00:00:00.000000Z")
