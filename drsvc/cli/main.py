@@ -51,7 +51,7 @@ class LazyGroup(DrsvcGroup):
     "--config",
     "config_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Config file (default: $DRSVC_CONFIG, ./drsvc.toml, /etc/drsvc/drsvc.toml).",
+    help="Config file (default: $DRSVC_CONFIG, ./drsvc.toml, /etc/drsvc/drsvc.toml; also after the command).",
 )
 @click.option("--json", "json_output", is_flag=True, help="Print one JSON document on stdout (also after the command).")
 @click.option("--debug", is_flag=True, help="On an error, also print the Python traceback (for bug reports).")
@@ -94,22 +94,34 @@ def cli(
     ctx.call_on_close(app.close)
 
 
-def hoist_json(args: list[str]) -> list[str]:
-    """``drsvc points list --json`` means ``drsvc --json points list``: move ``--json`` to the front.
+def hoist_global_options(args: list[str]) -> list[str]:
+    """``drsvc points list --json`` means ``drsvc --json points list``; ``drsvc status --config
+    F`` means ``drsvc --config F status``: move ``--json`` and ``--config F`` (``--config=F``)
+    to the front, where the group reads them.
 
-    Only before a ``--`` (after it, ``--json`` is an argument), and only for commands that do not
-    take a ``--json`` of their own (none does: it is a global option).
+    Only before a ``--`` (after it they are arguments), and only because no command takes a
+    ``--json`` or ``--config`` of its own (both are global options).
     """
     end = args.index("--") if "--" in args else len(args)
-    if "--json" not in args[:end]:
-        return args
-    rest = [a for a in args[:end] if a != "--json"] + args[end:]
-    return ["--json", *rest]
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < end:
+        arg = args[i]
+        if arg == "--json" or arg.startswith("--config="):
+            front.append(arg)
+        elif arg == "--config" and i + 1 < end:
+            front += [arg, args[i + 1]]
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest + args[end:]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and map every DrsvcError to its exit code."""
-    args = hoist_json(list(argv if argv is not None else sys.argv[1:]))
+    args = hoist_global_options(list(argv if argv is not None else sys.argv[1:]))
     json_output = "--json" in args
     debug = "--debug" in args or bool(os.environ.get("DRSVC_DEBUG"))
     try:

@@ -64,3 +64,16 @@ def test_catalog_on_a_read_only_file_system_says_where_it_must_be(
     monkeypatch.setattr("drsvc.catalog.os.open", read_only)
     r = deploy.cli("points", "list")
     assert_exit(r, 1, "cannot open catalog", "Read-only file system", "[catalog] path", "/var/lib/drsvc")
+
+
+@contract("status", 0)
+def test_config_after_the_command_is_the_same_option(
+    deploy: Deployment, monkeypatch: pytest.MonkeyPatch, run_cli: Any
+) -> None:
+    # operators type it where they type --json: after the command
+    monkeypatch.delenv("DRSVC_CONFIG", raising=False)
+    monkeypatch.setattr("drsvc.config.SEARCH_PATH", ())
+    r = run_cli("status", "--config", str(deploy.config_path))
+    assert r.code == 0, r.stderr
+    r = run_cli("points", "list", f"--config={deploy.config_path}", "--json")
+    assert r.code == 0 and r.json() == [], r.stderr

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from drsvc.cli.main import hoist_json
+from drsvc.cli.main import hoist_global_options
 from drsvc.errors import Busy
 from drsvc.log import event, level_for, setup
 
@@ -58,9 +58,13 @@ def test_verbosity_steps() -> None:
 
 
 def test_json_is_accepted_after_the_command() -> None:
-    assert hoist_json(["points", "list", "--json"]) == ["--json", "points", "list"]
-    assert hoist_json(["--json", "status"]) == ["--json", "status"]
-    assert hoist_json(["backup", "--", "--json"]) == ["backup", "--", "--json"]
+    assert hoist_global_options(["points", "list", "--json"]) == ["--json", "points", "list"]
+    assert hoist_global_options(["--json", "status"]) == ["--json", "status"]
+    assert hoist_global_options(["backup", "--", "--json"]) == ["backup", "--", "--json"]
+    # --config too, with its value, in both spellings; never after --
+    assert hoist_global_options(["status", "--config", "a.toml", "-v"]) == ["--config", "a.toml", "status", "-v"]
+    assert hoist_global_options(["status", "--config=a.toml"]) == ["--config=a.toml", "status"]
+    assert hoist_global_options(["backup", "--", "--config", "x"]) == ["backup", "--", "--config", "x"]
 
 
 def test_json_after_the_command_through_the_entry_point(run_cli) -> None:
