@@ -192,6 +192,7 @@ class VerifyJob:
                 )
             return
         url = store.store.url
+        recorded = self._recorded_urls(tier, members)
         needs: dict[str, set[str]] = defaultdict(set)  # chunk id -> points needing it
         key_of: dict[str, str | None] = {}  # chunk id -> the data key of its streams
         images: dict[str, tuple[list[StreamRef] | None, str | None]] = {}  # image id -> (refs, problem)
@@ -203,7 +204,10 @@ class VerifyJob:
                 manifest = store.get_manifest(desktop, pid)
                 refs = _refs(manifest)
             except NotFound:
-                report.problems.append(Problem(pid, desktop, tier, url, "manifest-missing", "manifest is missing"))
+                detail = "manifest is missing"
+                if recorded.get(pid, url) != url:  # a store moved, or a mistyped [cold]/[hot]: say which
+                    detail += f" (the catalog records this copy in {recorded[pid]}: is the config's [{tier}] right?)"
+                report.problems.append(Problem(pid, desktop, tier, url, "manifest-missing", detail))
                 continue
             except IntegrityError as e:
                 report.problems.append(
@@ -261,6 +265,12 @@ class VerifyJob:
                         bad,
                     )
                 )
+
+    def _recorded_urls(self, tier: str, members: list[dict[str, Any]]) -> dict[str, str]:
+        """Point id -> the store the catalog records its ``tier`` copy in."""
+        rows = self.catalog.query("SELECT point_id, store_url FROM point_tiers WHERE tier = ?", [tier])
+        wanted = {p["id"] for p in members}
+        return {r["point_id"]: r["store_url"] for r in rows if r["point_id"] in wanted}
 
     @staticmethod
     def _image(store: ChunkStore, image_id: str) -> tuple[list[StreamRef] | None, str | None]:

@@ -201,3 +201,18 @@ def test_verify_goes_on_past_a_tier_it_cannot_reach(deploy: Deployment, monkeypa
     assert r.json()["unchecked"][0]["points"] == [ids["alice"]]
     # the text counts the copies it did check (the hot one), not those minus the unchecked again
     assert_exit(deploy.cli("verify", "--all"), 6, "OK  the 1 copies that could be checked")
+
+
+@contract("verify", 4)
+def test_verify_names_the_store_a_copy_was_recorded_in_when_the_config_names_another(deploy: Deployment) -> None:
+    ids = _aged(deploy, "alice")
+    assert_exit(deploy.cli("tier"), 0)
+    # a mistyped [cold] store: a new, empty store there, every cold copy missing from it
+    text = deploy.config_path.read_text().replace(f"{deploy.root}/cold", f"{deploy.root}/cold-typo")
+    deploy.config_path.write_text(text)
+    r = deploy.cli("--json", "verify", "--all")
+    assert_exit(r, 4, ids["alice"])
+    [problem] = r.json()["problems"]
+    assert problem["store_url"] == f"file://{deploy.root}/cold-typo"
+    hint = f"the catalog records this copy in file://{deploy.root}/cold: is the config's [cold] right?"
+    assert hint in problem["detail"], problem
