@@ -15,9 +15,8 @@ on the same files (the mixed desktop set of ``bench/tiering.py``):
 Each drsvc row has wall seconds, the CPU seconds the process used (user + system: wall far above
 CPU means it waited on round trips), and for restores the phases the restore report records
 (``fetch`` of the checkpoint runs while ``volume`` is written; within ``volume``, ``chunks_wait`` is the
-writer waiting for verified chunks and ``writes`` submitting and waiting on RADOS; ``unmark``, where a
-``--before`` tree still takes the clone's writer marks off, beside ``container`` and ``health``).
-``--profile DIR`` runs each drsvc
+writer waiting for verified chunks and ``writes`` submitting and waiting on RADOS; ``unmark``, the
+clone's writer marks coming off, runs beside ``container`` and ``health``). ``--profile DIR`` runs each drsvc
 command under ``py-spy record --idle`` (install it into the venv: ``pip install py-spy``; with
 ``E2E_PROFILE_CPU=1`` only threads on a CPU are sampled: where the CPU goes, not the waits) and
 prints where its threads spent their wall time, by the innermost drsvc function: the waits.

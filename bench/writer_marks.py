@@ -1,11 +1,11 @@
-"""What a clone restore's writer mark costs: fresh writes with and without it, raw librados.
+"""What a clone restore's writer mark costs: fresh writes with and without it, the unmark pass, raw librados.
 
 A clone restore into an empty namespace creates each object with the xattr ``drsvc.restore-writer``
-in the op that creates it (what cleanup after a kill -9 checks) and leaves it there (drsvc's own
-metadata: no reader sees it, ``drsvc.volumes.base.is_reserved_xattr``; drsvc/volumes/rados_removal.py).
-Each round writes the same N objects of SIZE bytes into an empty namespace three ways, alternating,
+in the op that creates it (what cleanup after a kill -9 checks), records that the volume is
+written, and takes the marks off (one pipelined rmxattr per object; drsvc/volumes/rados_removal.py).
+Each round writes the same N objects of SIZE bytes into an empty namespace four ways, alternating,
 on the same pool: raw librados (the reference: ``aio_write_full`` + ``aio_setxattr`` through a
-window of 64, what any writer pays), drsvc unmarked, drsvc marked.
+window of 64, what any writer pays), drsvc unmarked, drsvc marked, and the unmark pass alone.
 
     eval "$(dev/lab env)"; .venv/bin/python bench/writer_marks.py [--objects 2000] [--size 16384] [--rounds 3]
 """
@@ -59,6 +59,7 @@ def main() -> None:
     volume = from_url(f"rados://{POOL}/{namespace}", **conf)
     io = ceph.open_ioctx(ceph.cluster(**conf), POOL)
     io.set_namespace(namespace)
+    names = [f"obj-{i:06d}" for i in range(args.objects)]
     took: dict[str, list[float]] = collections.defaultdict(list)
     try:
         for _ in range(args.rounds):
@@ -72,6 +73,10 @@ def main() -> None:
                         objects(args.objects, data), fresh=True, mark="bench" if "marked" in way else None
                     )
                 took[way].append(time.monotonic() - t)
+                if way == "drsvc marked":
+                    t = time.monotonic()
+                    assert volume.unmark(names) == args.objects
+                    took["unmark pass"].append(time.monotonic() - t)
     finally:
         volume.purge()
         io.close()

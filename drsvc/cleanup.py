@@ -315,11 +315,11 @@ class CleanupJob:
     def _remove_clone_objects(self, intent: Intent, report: CleanupReport) -> str:
         """A killed clone restore's objects: of the names it recorded before writing, those it wrote.
 
-        Written into an empty namespace (``mark`` recorded): only the objects that still carry its
-        writer mark, which it set in the op creating each one and never takes off; an object
-        another writer put under one of those names stays. Recorded ``written`` (by an older drsvc,
-        which then took the marks off): every recorded name (each one created by it). Recorded by
-        an older drsvc without a mark: the names, or without names the whole namespace, as before."""
+        Killed while writing into an empty namespace (``mark`` recorded, not ``written``): only the
+        objects that still carry its writer mark, which it set in the op creating each one; an
+        object another writer put under one of those names stays. Once ``written``: every recorded
+        name (each one created by it). Recorded by an older drsvc: the names, or without names the
+        whole namespace, as before."""
         users = self.catalog.query(
             "SELECT id FROM desktops WHERE volume = ? AND gone_since IS NULL AND labels NOT LIKE '%drsvc.clone-of%'",
             [intent.target],

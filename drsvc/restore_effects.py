@@ -8,13 +8,12 @@ One restore run records, under an owner lease of its own:
   the same ``drsvc restore DESKTOP`` resumes it from the same point;
 * as a clone: ``clone-volume`` (with the names of the objects it may write, before it writes one)
   and ``clone-container`` (with the phase reached). Both carry the run's writer ``mark``: into an
-  empty namespace each object is created carrying it (``WRITER_XATTR``, which stays: drsvc's own
-  metadata, never content, ``drsvc.volumes.base.is_reserved_xattr``), and the clone's container
-  gets it as label ``drsvc.restore``. Kept when the restore succeeds (a drill's temporary clones
-  stay pending until its teardown). When it fails, the teardown removes the objects this run wrote
-  (``created``) and the container only if this run made it; when the run was killed, cleanup
-  removes the recorded names that carry the mark (an intent an older drsvc recorded ``written``,
-  whose marks came off: every recorded name) and the container only if it carries the mark. Never
+  empty namespace each object is created carrying it (``WRITER_XATTR``, taken off once the
+  intent says ``written``), and the clone's container gets it as label ``drsvc.restore``. Kept
+  when the restore succeeds (a drill's temporary clones stay pending until its teardown). When it
+  fails, the teardown removes the objects this run wrote (``created``) and the container only if
+  this run made it; when the run was killed, cleanup removes the recorded names that carry the
+  mark (all of them once ``written``) and the container only if it carries the mark. Never
   anything else in the namespace: an object another writer put there (a racing restore of the
   same name, an operator) stays, and the output says so;
 * what the runtime's restore leaves while it runs (``artifact``): a CRI-O checkpoint image in the
@@ -87,7 +86,7 @@ class RestoreEffects:
         self.loaded: list[tuple[int, str]] = []
         self.created: set[str] = set()  # objects this run wrote into a clone's namespace (the volume fills it)
         self.reached: set[str] = set()  # the phases this run entered
-        # what this run's clone objects and its clone container carry: random per run, nothing else has it
+        # what this run's objects (while written) and its clone container carry: nothing else has it
         self.mark = f"{restore_id}.{uuid.uuid4().hex[:16]}"
 
     def __enter__(self) -> RestoreEffects:
@@ -138,8 +137,13 @@ class RestoreEffects:
 
     @property
     def volume_mark(self) -> str | None:
-        """The mark this run's clone objects are created with (None: not a clone into an empty namespace)."""
+        """The mark this run's clone objects carry while written (None: not a clone into an empty namespace)."""
         return self.mark if self.clone and self.plan.target.empty else None
+
+    def volume_written(self) -> None:
+        """Every recorded name is this run's object now: said durably before the marks come off."""
+        if self.clone:
+            self.intents.note(self.clone[0], written=True)
 
     def container_labels(self) -> dict[str, str]:
         """The label the clone's container gets from this run (what cleanup checks before removing it)."""

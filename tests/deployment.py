@@ -61,17 +61,12 @@ def volume_for(seed: int, desktop: str, count: int = 6, size: int = 40_000) -> O
     return objects
 
 
-# A clone restore's writer mark: drsvc's own metadata that a kept clone's objects carry, no content.
-WRITER_MARK = "drsvc.restore-writer"
-
-
 def digests(objects: Objects) -> dict[str, str]:
-    """The test's own digest of each object's content (sha256 over data, sorted xattrs but the
-    writer mark, sorted omap)."""
+    """The test's own digest of each object (sha256 over data, sorted xattrs, sorted omap)."""
     out = {}
     for name, (data, xattrs, omap) in objects.items():
         h = hashlib.sha256(data)
-        for k in sorted(set(xattrs) - {WRITER_MARK}):
+        for k in sorted(xattrs):
             h.update(b"\0x" + k.encode() + b"=" + xattrs[k])
         for k in sorted(omap):
             h.update(b"\0o" + k.encode() + b"=" + omap[k])

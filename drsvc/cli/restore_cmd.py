@@ -63,7 +63,7 @@ def render_result(result: RestoreResult, out: Console) -> None:
     verdict = "[green]within[/]" if doc["status"] == "ok" else "[red]MISSED[/]"
     out.print(f"RTO {doc['rto_seconds']:.2f} s {verdict} the {doc['target_seconds']:.0f} s target")
     for check, value in doc["checks"].items():
-        if isinstance(value, dict):  # timings of a phase's parts: "chunks_wait_s 1.02, writes_s 3.4"
+        if isinstance(value, dict):  # timings of a phase's parts: "writes_s 0.34, unmark_s 0.07"
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         out.print(f"  {check}: {value}", markup=False, highlight=False)
 

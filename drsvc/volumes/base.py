@@ -35,28 +35,9 @@ osd_max_write_size (90 MiB), which refuses larger single writes."""
 
 WRITER_XATTR = "drsvc.restore-writer"
 """The xattr a clone restore's write sets on each object it creates, in the op that creates it
-(``write_objects(mark=...)``), and leaves there: after a kill -9 it tells the restore's own objects
-from another writer's (``remove_objects(marked=...)``). Reserved (``is_reserved_xattr``): no part
-of the object's content."""
-
-RESERVED_XATTRS = frozenset({WRITER_XATTR})
-"""The xattrs that are drsvc's own metadata on a volume's objects, never a tenant's data."""
-
-
-def is_reserved_xattr(name: str) -> bool:
-    """Whether xattr ``name`` is drsvc's own metadata (a clone restore's writer mark), not content.
-
-    The one rule every reader of a volume keeps: a ``VolumeObject`` never holds a reserved xattr, so
-    capture (manifests, digests, incremental comparisons), restore's data check, ``points diff``,
-    ``restore --object`` and drills see a clone that keeps its marks as equal to its point; a
-    point never records one and a restore never writes one but its own run's mark. Exactly these
-    names: a tenant's other ``drsvc.*`` xattrs are content like any other."""
-    return name in RESERVED_XATTRS
-
-
-def tenant_xattrs(xattrs: Mapping[str, bytes]) -> dict[str, bytes]:
-    """``xattrs`` without the reserved ones (``is_reserved_xattr``): what an object's content holds."""
-    return {k: v for k, v in xattrs.items() if not is_reserved_xattr(k)}
+(``write_objects(mark=...)``), until the restore has recorded that every object is written
+(``unmark``): after a kill -9 it tells the restore's own objects from another writer's
+(``remove_objects(marked=...)``)."""
 
 
 OBJECT_METADATA_MAX = 64 * 1024 * 1024
@@ -133,9 +114,7 @@ def metadata_bytes(pairs: Mapping[str, bytes]) -> int:
 class VolumeObject:
     """One object of a volume: its name, data size, xattrs and omap (both name -> raw bytes).
 
-    ``xattrs`` are the object's content only: a reserved one (``is_reserved_xattr``, a clone
-    restore's writer mark) given here is left out, whichever adapter or manifest the object comes
-    from. ``mtime`` (seconds since the epoch, whole) is what the backend reports when it lists with
+    ``mtime`` (seconds since the epoch, whole) is what the backend reports when it lists with
     metadata; informational only (shown by ``points ls``), so it takes no part in equality.
     ``version`` neither: it says when the content changed, it is not the content.
     """
@@ -148,10 +127,6 @@ class VolumeObject:
     version: int | None = field(default=None, compare=False)
     """The backend's change counter at the snapshot read (RADOS user version), when it has one:
     any change to data, xattrs or omap gives another value (``drsvc.volumes.rados_meta``)."""
-
-    def __post_init__(self) -> None:
-        if not RESERVED_XATTRS.isdisjoint(self.xattrs):  # rare: a kept clone's objects, a tenant's own
-            object.__setattr__(self, "xattrs", tenant_xattrs(self.xattrs))
 
 
 class SnapshotInfo(NamedTuple):
@@ -251,8 +226,7 @@ class Volume(Protocol):
         ``fresh``: the caller found the volume empty, so nothing is listed, and an object that
         appeared since is never overwritten (the write fails); ``created`` gets the name of each
         object whose write went through, also when a later one fails; ``mark`` (with ``fresh``):
-        each object carries ``WRITER_XATTR`` = ``mark`` from the op that creates it on (and keeps it;
-        readers leave it out, ``is_reserved_xattr``); ``whole``:
+        each object carries ``WRITER_XATTR`` = ``mark`` from the op that creates it on; ``whole``:
         each object in one operation (its data held in memory, up to ``WHOLE_MAX``), so a kill or a
         reader sees the old object or the new one, never a part (larger ones go in pieces all the same)."""
         ...
@@ -279,6 +253,10 @@ class Volume(Protocol):
     def remove_objects(self, names: Iterable[str], *, marked: str | None = None) -> int:
         """Delete the named objects (absent ones are fine) and nothing else; return how many were removed
         (``marked``: only those whose ``WRITER_XATTR`` is ``marked``, as one guarded step each)."""
+        ...
+
+    def unmark(self, names: Iterable[str]) -> int:
+        """Take ``WRITER_XATTR`` off the named objects (absent objects are fine); return how many had it."""
         ...
 
     def close(self) -> None:

@@ -512,5 +512,9 @@ class RadosVolume:
             return rados_removal.remove_marked(self._head_io(), self.url, sorted(set(names)), marked)
         return self._remove_many(self._head_io(), sorted(set(names)))
 
+    def unmark(self, names: Iterable[str]) -> int:
+        """Take the writer mark off the named objects (``rados_removal.unmark``); return how many had it."""
+        return rados_removal.unmark(self._head_io(), self.url, names, self._window)
+
     def _remove_many(self, io: Any, names: list[str]) -> int:
         return rados_removal.remove_many(io, self.url, names, self._window)

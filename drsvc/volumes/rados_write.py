@@ -136,7 +136,7 @@ class WriteWindow:
             for piece in head[1:]:
                 op.write(piece, at)
                 at += len(piece)
-            for key, value in obj.xattrs.items():  # content only: a VolumeObject holds no reserved xattr
+            for key, value in obj.xattrs.items():
                 op.set_xattr(key, bytes(value))
             if self.mark is not None:  # in the creating op: marked exactly when this writer made it
                 op.set_xattr(WRITER_XATTR, self.mark.encode())

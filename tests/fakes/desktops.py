@@ -782,6 +782,18 @@ class FakeVolume:
             live.rmdir()  # a namespace with no object is no namespace (RADOS keeps no trace of it)
         return removed
 
+    def unmark(self, names: Iterable[str]) -> int:
+        live = self._live()
+        done = 0
+        for name in set(names):
+            f = live / _qname(name)
+            if f.exists():
+                data, xattrs, omap = _read_object(f)
+                if xattrs.pop(WRITER_XATTR, None) is not None:
+                    _write_object(live, name, data, xattrs, omap)
+                    done += 1
+        return done
+
     def purge(self) -> int:
         live = self._live()
         n = len(list(live.glob("*.json"))) if live.is_dir() else 0

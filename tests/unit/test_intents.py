@@ -152,8 +152,7 @@ def test_cleanup_removes_only_the_objects_a_killed_clone_restore_recorded(kit: C
 
 def test_cleanup_after_a_kill_mid_write_removes_only_objects_carrying_the_runs_mark(kit: ColdKit) -> None:
     """A run killed while writing into an empty namespace: the names, but only those that carry its
-    writer mark (set in the op creating each one, and kept); an intent an older drsvc recorded
-    `written` (its marks then came off), every name."""
+    writer mark (set in the op creating each one); once it recorded `written`, every name."""
     gone = Intents(kit.catalog, dead_owner(kit))
     names = pack_names(["a", "b"])
     gone.record("clone-volume", "rados://desktops/mid", restore=7, of="alice", mark="7.x", **names)

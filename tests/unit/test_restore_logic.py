@@ -247,22 +247,56 @@ def test_a_losing_racer_of_the_same_clone_name_leaves_the_winners_clone(deploy: 
     assert states == {"kept", "undone"}
 
 
-def test_a_clone_keeps_its_writer_mark_and_its_container_the_label(deploy: Deployment) -> None:
-    """The objects of a clone are created marked (what cleanup after a kill compares) and keep it: no
-    per-object removal, no `written` state; the mark is no part of the content (--verify passes)."""
+def test_a_clone_carries_its_writer_mark_only_while_written_and_its_container_the_label(deploy: Deployment) -> None:
+    """The objects of a clone are created marked (what cleanup after a kill removes); the intent says
+    `written` before the marks come off, so the kept clone holds the point's content, nothing more."""
     three_points(deploy)
     services = deploy.services()
     job = RestoreJob(services)
     plan = job.plan("alice", as_name="alice-x")
-    result = job.run(plan, verify=True)
-    assert result.status == "ok" and "unmark_s" not in result.checks.get("volume_detail", {})
+    assert job.run(plan, verify=True).status == "ok"  # verify: the digests (xattrs included) match
+    left = deploy.world.read_volume("desktops", "alice-x")
+    assert left and all(WRITER_XATTR not in xattrs for _, xattrs, _ in left.values())
     [volume] = services.catalog.query("SELECT detail FROM intents WHERE kind = 'clone-volume'")
     detail = json.loads(volume["detail"])
-    assert "written" not in detail and detail["mark"]
-    left = deploy.world.read_volume("desktops", "alice-x")
-    assert left and all(xattrs[WRITER_XATTR] == detail["mark"].encode() for _, xattrs, _ in left.values())
+    assert detail["written"] is True and detail["mark"]
     labels = deploy.world.container("alice-x")["labels"]
     assert labels[LABEL_RESTORE] == detail["mark"], labels
+
+
+def test_the_marks_come_off_beside_the_container_phase_and_a_mark_left_fails_the_restore(
+    deploy: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --verify the marks come off while the container is restored: gone when the restore
+    returns; a removal that fails fails the restore, and its clone is torn down (never kept marked)."""
+    from fakes.desktops import FakeVolume
+
+    three_points(deploy)
+    services = deploy.services()
+    job = RestoreJob(services)
+    phases: list[str] = []
+    unmark = FakeVolume.unmark
+
+    def slow_unmark(self: FakeVolume, names: object) -> int:
+        phases.append("unmark")
+        return unmark(self, names)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FakeVolume, "unmark", slow_unmark)
+    result = job.run(job.plan("alice", as_name="alice-x"))
+    assert result.status == "ok" and result.checks["volume_detail"]["unmark_s"] >= 0
+    left = deploy.world.read_volume("desktops", "alice-x")
+    assert left and all(WRITER_XATTR not in xattrs for _, xattrs, _ in left.values())
+    assert phases == ["unmark"]
+
+    def failing_unmark(self: FakeVolume, names: object) -> int:
+        raise DrsvcError("unmark rados://desktops/alice-y: timed out")
+
+    monkeypatch.setattr(FakeVolume, "unmark", failing_unmark)
+    with pytest.raises(DrsvcError, match=r"unmark .*timed out"):
+        job.run(job.plan("alice", as_name="alice-y"))
+    assert not deploy.world.read_volume("desktops", "alice-y")  # torn down: no marked object stays
+    with pytest.raises(NotFound):
+        deploy.world.container("alice-y")
 
 
 def test_a_manifest_naming_a_base_image_by_anything_but_its_full_id_is_refused(deploy: Deployment) -> None:
