@@ -192,7 +192,6 @@ class VerifyJob:
                 )
             return
         url = store.store.url
-        recorded = self._recorded_urls(tier, members)
         needs: dict[str, set[str]] = defaultdict(set)  # chunk id -> points needing it
         key_of: dict[str, str | None] = {}  # chunk id -> the data key of its streams
         images: dict[str, tuple[list[StreamRef] | None, str | None]] = {}  # image id -> (refs, problem)
@@ -205,8 +204,9 @@ class VerifyJob:
                 refs = _refs(manifest)
             except NotFound:
                 detail = "manifest is missing"
-                if recorded.get(pid, url) != url:  # a store moved, or a mistyped [cold]/[hot]: say which
-                    detail += f" (the catalog records this copy in {recorded[pid]}: is the config's [{tier}] right?)"
+                recorded = self._recorded_url(pid, tier)
+                if recorded not in (None, url):  # a store moved, or a mistyped [cold]/[hot]: say which
+                    detail += f" (the catalog records this copy in {recorded}: is the config's [{tier}] right?)"
                 report.problems.append(Problem(pid, desktop, tier, url, "manifest-missing", detail))
                 continue
             except IntegrityError as e:
@@ -266,11 +266,10 @@ class VerifyJob:
                     )
                 )
 
-    def _recorded_urls(self, tier: str, members: list[dict[str, Any]]) -> dict[str, str]:
-        """Point id -> the store the catalog records its ``tier`` copy in."""
-        rows = self.catalog.query("SELECT point_id, store_url FROM point_tiers WHERE tier = ?", [tier])
-        wanted = {p["id"] for p in members}
-        return {r["point_id"]: r["store_url"] for r in rows if r["point_id"] in wanted}
+    def _recorded_url(self, point_id: str, tier: str) -> str | None:
+        """The store the catalog records ``point_id``'s ``tier`` copy in (asked only for a missing copy)."""
+        rows = self.catalog.query("SELECT store_url FROM point_tiers WHERE point_id = ? AND tier = ?", [point_id, tier])
+        return rows[0]["store_url"] if rows else None
 
     @staticmethod
     def _image(store: ChunkStore, image_id: str) -> tuple[list[StreamRef] | None, str | None]:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,20 @@ def _dr_site(env: Any, sites: dict[str, str]) -> Path:
         f'credentials = "env:DRSVC_DR"\nobject_lock = true\nrestore_pool = "rados://{os.environ[DR_POOL_ENV]}"\n'
     )
     return root / "drsvc.toml"
+
+
+def _kill_copy_once(env: Any, limit_kib: str, reached: Callable[[], bool], never: str) -> None:
+    """Run ``drsvc copy`` slowed to ``limit_kib`` KiB/s and SIGKILL it once ``reached()`` holds."""
+    copy = env.subprocess("copy", "--limit-upload", limit_kib)
+    try:
+        deadline = time.monotonic() + 60
+        while not reached():
+            assert copy.poll() is None, copy.communicate()
+            assert time.monotonic() < deadline, f"{never} within 60 s"
+            time.sleep(0.05)
+        copy.send_signal(signal.SIGKILL)
+    finally:
+        copy.wait(30)
 
 
 def test_a_lost_primary_comes_back_at_the_second_site(
@@ -201,16 +215,8 @@ def test_an_interrupted_copy_resumes(drsvc_env: Any, make_fleet: Any, sites: dic
             return []
         return [o["Key"] for o in contents]
 
-    copy = drsvc_env.subprocess("copy", "--limit-upload", "512")  # ~6 MiB at 512 KiB/s: ~12 s
-    try:
-        deadline = time.monotonic() + 60
-        while len(at_dr("packs/")) < 2:
-            assert copy.poll() is None, copy.communicate()
-            assert time.monotonic() < deadline, "no pack reached the DR site within 60 s"
-            time.sleep(0.1)
-        copy.send_signal(signal.SIGKILL)
-    finally:
-        copy.wait(30)
+    # ~6 MiB at 512 KiB/s: ~12 s
+    _kill_copy_once(drsvc_env, "512", lambda: len(at_dr("packs/")) >= 2, "no pack reached the DR site")
     assert at_dr("manifests/") == []  # killed mid-copy: no point is at the site
     packs_before = set(at_dr("packs/"))
     resumed = drsvc_env.cli("--json", "copy")
@@ -293,16 +299,8 @@ def test_a_copy_killed_mid_multipart_leaves_no_open_upload_at_the_site_after_cle
         except dr.exceptions.NoSuchBucket:
             return []
 
-    copy = drsvc_env.subprocess("copy", "--limit-upload", "2048")  # ~31 MiB at 2 MiB/s: ~15 s
-    try:
-        deadline = time.monotonic() + 60
-        while not open_uploads():
-            assert copy.poll() is None, copy.communicate()
-            assert time.monotonic() < deadline, "no multipart upload began at the DR site within 60 s"
-            time.sleep(0.05)
-        copy.send_signal(signal.SIGKILL)
-    finally:
-        copy.wait(30)
+    # ~31 MiB at 2 MiB/s: ~15 s
+    _kill_copy_once(drsvc_env, "2048", lambda: bool(open_uploads()), "no multipart upload began at the DR site")
     assert open_uploads(), "the kill left no open upload: the test tests nothing"
     cleaned = drsvc_env.cli("cleanup")
     assert cleaned.code == 0, cleaned.output
