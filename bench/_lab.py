@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,31 @@ def byte_compile(tree: Path) -> None:
 
 
 byte_compile(ROOT)
+
+
+def reference_tool(name: str, package: str | None = None) -> str:
+    """The path of the reference tool ``name`` (restic), installed with apt when missing.
+
+    The benches print drsvc's numbers beside a reference tool's on the same data in the same run,
+    so a bench without it has nothing to compare with. The lab installs what it needs the same
+    way (as root, Debian's package); without root it exits naming the command to run.
+    """
+    found = shutil.which(name)
+    if found:
+        return found
+    package = package or name
+    if os.geteuid() != 0:
+        raise SystemExit(f"{name} is the reference and is not installed: run `apt-get install -y {package}` as root")
+    print(f"[bench] installing {package} (the reference tool) with apt", flush=True)
+    for step in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]):
+        done = subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", *step[1:]], capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise SystemExit(f"`{' '.join(step)}` failed ({tail[0]}): install {package} and run the bench again")
+    found = shutil.which(name)
+    if not found:
+        raise SystemExit(f"apt installed {package} but {name} is not on PATH")
+    return found
 
 
 def env(name: str) -> str:

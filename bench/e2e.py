@@ -53,7 +53,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _lab import DRSVC, ROOT, MiB, byte_compile, config_text, env, show_medians
+from _lab import DRSVC, ROOT, MiB, byte_compile, config_text, env, reference_tool, show_medians
 from incremental import Bench
 from tiering import bucket_bytes, files_of
 
@@ -327,8 +327,7 @@ def main() -> None:
         help="with --backups: also a turn of this tree with this line in [cold] (e.g. 'recompress = false')",
     )
     args = parser.parse_args()
-    if not shutil.which("restic"):
-        sys.exit("restic is not installed (apt-get install -y restic): it is the reference")
+    reference_tool("restic")
     if args.profile is not None:
         if not PYSPY.exists():
             sys.exit(f"--profile needs py-spy in the venv ({ROOT}/.venv/bin/pip install py-spy)")

@@ -42,7 +42,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _lab import ROOT, MiB, config_text, env, purge_namespaces, run
+from _lab import ROOT, MiB, config_text, env, purge_namespaces, reference_tool, run
 
 from drsvc.crypto import generate_key_file
 from drsvc.storage import open_store
@@ -238,7 +238,7 @@ def main() -> None:
                 row = b.backup(kind)
                 print(f"  {b.label} {kind}: {row['wall']:.1f} s, {row['per_min']:.1f} desktops/min", flush=True)
         restic: list[tuple[str, float]] = []
-        if not args.no_restic and shutil.which("restic"):
+        if not args.no_restic and reference_tool("restic"):
             src, repo = shm / "src", shm / "repo"
             src.mkdir()
             exported = export(io, ids, src)

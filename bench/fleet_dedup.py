@@ -13,7 +13,6 @@ the lab's radosgw, in one run:
 drsvc's bytes are its cold prefix after ``TierJob`` (packs, indexes, manifests, key records);
 restic's its buckets after ``restic backup``. Times are the hot ingest + tier, and restic's backup.
 
-    apt-get install -y restic
     eval "$(dev/lab env)"; flock /tmp/drsvc-lab.lock .venv/bin/python bench/fleet_dedup.py
     .venv/bin/python bench/fleet_dedup.py --fleet-mib 16        # quick
 """
@@ -29,7 +28,7 @@ import time
 import uuid
 from pathlib import Path
 
-from _lab import ENDPOINT, MiB
+from _lab import ENDPOINT, MiB, reference_tool
 from tiering import Drsvc, bucket_bytes, drop_bucket, make_desktop, restic
 
 TENANTS = ("acme", "globex")
@@ -41,8 +40,7 @@ def main() -> None:
     ap.add_argument("--fleet-mib", type=int, default=100, help="MiB per desktop (default 100)")
     ap.add_argument("--fleet-shared", type=float, default=0.7, help="shared fraction (default 0.7)")
     args = ap.parse_args()
-    if shutil.which("restic") is None:
-        sys.exit("bench/fleet_dedup.py: restic is the reference and is not installed (apt-get install -y restic)")
+    reference_tool("restic")
     import boto3
 
     client = boto3.client("s3", endpoint_url=ENDPOINT)

@@ -18,7 +18,6 @@ restic in the same run:
 4. Sequential read of the 96 MiB object through ``drsvc mount`` (``cat``) vs ``drsvc dump --from hot``
    and ``--from snapshot`` (both to /dev/null).
 
-    apt-get install -y restic
     eval "$(dev/lab env)"; flock /tmp/drsvc-lab.lock .venv/bin/python bench/granular.py [--rounds 3]
 
 Everything it creates (desktop, namespace, hot prefix, buckets, temp dirs) is removed at the end.
@@ -41,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _lab import DRSVC, ENDPOINT, ROOT, MiB, config_text, env, run
+from _lab import DRSVC, ENDPOINT, ROOT, MiB, config_text, env, reference_tool, run
 
 from drsvc import clock
 from drsvc.catalog import Catalog
@@ -349,8 +348,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--objects", type=int, default=100_000, help="objects in the points ls point")
     args = parser.parse_args()
-    if not shutil.which("restic"):
-        sys.exit("restic is not installed (apt-get install -y restic): it is the reference")
+    reference_tool("restic")
     work = Path(tempfile.mkdtemp(prefix="granular-bench-"))
     bench = Bench(work)
     try:

@@ -32,7 +32,6 @@ empty objects in the hot pool under a prefix of the bench's own, as a fleet's ho
 other desktop's chunks (a RADOS listing reads the whole pool, whatever the prefix); ``--phases``
 prints each drsvc backup's phase seconds (``drsvc --json backup``'s ``phases``).
 
-    apt-get install -y restic
     eval "$(dev/lab env)"; flock /tmp/drsvc-lab.lock .venv/bin/python bench/incremental.py [--mib 1024 --rounds 3]
     flock /tmp/drsvc-lab.lock .venv/bin/python bench/incremental.py --mib 512 --rounds 2 --no-full --before /tmp/before
 
@@ -58,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from _lab import ENDPOINT, ROOT, MiB, byte_compile, config_text, env, run, show_medians
+from _lab import ENDPOINT, ROOT, MiB, byte_compile, config_text, env, reference_tool, run, show_medians
 from chunkstore import media
 from tiering import bucket_bytes, files_of, make_desktop
 
@@ -335,8 +334,7 @@ def main() -> None:
     parser.add_argument("--phases", action="store_true", help="print each drsvc backup's phase seconds")
     args = parser.parse_args()
     Build.phases = args.phases
-    if not shutil.which("restic"):
-        sys.exit("restic is not installed (apt-get install -y restic): it is the reference")
+    reference_tool("restic")
     work = Path(tempfile.mkdtemp(prefix="perf-inc-bench-"))
     src = Path(tempfile.mkdtemp(prefix="perf-inc-bench-src-", dir="/dev/shm"))
     bench = Bench(work, src, args.before, args.this.resolve(), tuple(args.chunk_kib))

@@ -12,7 +12,6 @@ writeback would otherwise set every speed. Then 2 % of the bytes change in scatt
 and both tier/back up again; then an unchanged point is tiered; then a fleet of desktops sharing
 most of their data.
 
-    apt-get install -y restic                                          # the reference, once
     eval "$(dev/lab env)"; .venv/bin/python bench/tiering.py            # 1 GiB, ~6-7 min on 2 cores
     .venv/bin/python bench/tiering.py --mib 128 --fleet-mib 16         # quick run
 
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-from _lab import ENDPOINT, MiB, config_text
+from _lab import ENDPOINT, MiB, config_text, reference_tool
 from chunkstore import logs, media
 
 from drsvc import clock
@@ -362,8 +361,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of tier/backup and restores, best kept (default 3)")
     ap.add_argument("--workdir", default=None, help="where the data sets go (default: a temp dir)")
     args = ap.parse_args()
-    if shutil.which("restic") is None:
-        sys.exit("bench/tiering.py: restic is the reference and is not installed (apt-get install -y restic)")
+    reference_tool("restic")
 
     import boto3
     from boto3.s3.transfer import TransferConfig
