@@ -11,6 +11,12 @@ on the same files (the mixed desktop set of ``bench/tiering.py``):
    written into a new RADOS namespace from S3, container restored from the checkpoint, health
    checked), ``drsvc restore --tier hot --as``, and ``restic restore latest`` into tmpfs. Every
    restored namespace is compared with the source files byte for byte (untimed), then removed.
+4. restic works on files, the desktop's data lives in RADOS: restic's rows also show
+   ``rados_read`` and ``rados_write`` (timed apart) and ``with_rados`` (restic's time plus them),
+   what any file-based tool pays to get the data there and back: raw librados aio (64 ops in
+   flight, 8 MiB pieces) reading the desktop's objects into tmpfs files, and writing the files
+   ``restic restore`` gave back into a new namespace (both checked byte for byte, untimed, then
+   removed). restic's own ``total`` stays as it was: both comparisons are printed.
 
 Each drsvc row has wall seconds, the CPU seconds the process used (user + system: wall far above
 CPU means it waited on round trips), and for restores the phases the restore report records
@@ -89,6 +95,73 @@ def lab_cpu() -> float:
         except (OSError, IndexError, ValueError):
             continue
     return total
+
+
+PIECE = 8 * MiB  # the floor's read and write size: large objects go in pieces, as drsvc's do
+WINDOW = 64  # librados ops in flight, as drsvc's restore writer keeps
+
+
+def aio_window(submits: Any, window: int = WINDOW) -> None:
+    """Run librados aio submissions with at most ``window`` in flight; wait for all."""
+    inflight: collections.deque[Any] = collections.deque()
+    for submit in submits:
+        inflight.append(submit())
+        if len(inflight) >= window:
+            inflight.popleft().wait_for_complete_and_cb()
+    while inflight:
+        inflight.popleft().wait_for_complete_and_cb()
+
+
+def rados_read_floor(io: Any, files: dict[str, int], dest: Path) -> float:
+    """Seconds to read ``files`` (object name -> size) from ``io``'s namespace into files under ``dest``
+    with raw librados aio: what a file-based tool (restic) pays before it can back up a desktop whose
+    data lives in RADOS. Data only, as restic's files are."""
+    errors: list[str] = []
+    fds: list[int] = []
+
+    def piece(name: str, fd: int, off: int, length: int) -> Any:
+        def done(_completion: Any, data: bytes) -> None:
+            if len(data) != length:
+                errors.append(f"{name}@{off}: {len(data)} of {length} bytes")
+            os.pwrite(fd, data, off)
+
+        return lambda: io.aio_read(name, length, off, done)
+
+    def submits() -> Any:
+        for name, size in files.items():
+            path = dest / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fds.append(fd)
+            for off in range(0, size, PIECE):
+                yield piece(name, fd, off, min(PIECE, size - off))
+
+    t = time.perf_counter()
+    try:
+        aio_window(submits())
+    finally:
+        for fd in fds:
+            os.close(fd)
+    took = time.perf_counter() - t
+    assert not errors, errors[:3]
+    return took
+
+
+def rados_write_floor(io: Any, root: Path) -> float:
+    """Seconds to write every file under ``root`` as an object of ``io``'s namespace with raw librados
+    aio (the first piece a full write, the rest at their offsets): what a file-based tool's restore
+    (restic) pays after it, to put a desktop's data back where the desktop reads it."""
+
+    def submits() -> Any:
+        for path in files_of(root):
+            name, data = str(path.relative_to(root)), path.read_bytes()
+            yield lambda name=name, data=data: io.aio_write_full(name, data[:PIECE])
+            for off in range(PIECE, len(data), PIECE):
+                yield lambda name=name, data=data, off=off: io.aio_write(name, data[off : off + PIECE], off)
+
+    t = time.perf_counter()
+    aio_window(submits())
+    return time.perf_counter() - t
 
 
 class E2E(Bench):
@@ -274,8 +347,31 @@ class E2E(Bench):
         self.restic("restore", "latest", "--target", str(target))
         total = time.perf_counter() - t
         cpu, lab = children_cpu() - cpu, lab_cpu() - lab
+        floor = f"{self.prefix}-floor"  # the restored files written into RADOS: timed apart, then removed
+        self.clones.append(floor)
+        io = self.cluster.open_ioctx("desktops")
+        io.set_namespace(floor)
+        try:
+            write = rados_write_floor(io, target)
+        finally:
+            io.close()
+        self.check_clone(floor)
+        self.drop_clone(floor)
         shutil.rmtree(target, ignore_errors=True)
-        return {"total": total, "cpu": cpu, "ceph": lab}
+        return {"total": total, "cpu": cpu, "ceph": lab, "rados_write": write, "with_rados": total + write}
+
+    def rados_read(self, scratch: Path) -> float:
+        """Seconds to read the desktop's objects from RADOS into tmpfs files (the floor restic's backup
+        would start from), checked against the source files (untimed), then removed."""
+        shutil.rmtree(scratch, ignore_errors=True)
+        sizes = {str(p.relative_to(self.src)): p.stat().st_size for p in files_of(self.src)}
+        try:
+            took = rados_read_floor(self.io, sizes, scratch)
+            for name in sizes:
+                assert (scratch / name).read_bytes() == (self.src / name).read_bytes(), f"{name} read wrong"
+            return took
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def cleanup(self) -> None:
         for clone in self.clones:
@@ -343,7 +439,9 @@ def main() -> None:
               f"seconds (cpu: user + system of the drsvc processes); load {os.getloadavg()[0]:.1f}")  # fmt: skip
         first: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
         first["drsvc backup + tier"].append({**bench.backup_tier(), **bench.stored(bench.hot_url, bench.bucket)})
-        first["restic backup"].append(bench.restic_round())
+        restic = bench.restic_round()
+        restic["rados_read"] = bench.rados_read(src.parent / f"{src.name}-x")
+        first["restic backup"].append({**restic, "with_rados": restic["total"] + restic["rados_read"]})
         for k in range(args.backups + (1 if args.before is not None else 0)):
             turns: list[tuple[str, Path | None]] = [("drsvc backup + tier", None)]
             if args.before is not None:
@@ -362,7 +460,8 @@ def main() -> None:
                 elif k < args.backups or tree is not None:
                     first[name].append(bench.fresh_round(k, tree))
         show_medians("into S3, a full read (MiB stored: hot, cold; restic: its repository)", first,
-                     ("total", "backup", "tier", "cpu", "hot_mib", "cold_mib", "stored_mib"), width=24)  # fmt: skip
+                     ("total", "backup", "tier", "cpu", "hot_mib", "cold_mib", "stored_mib", "rados_read",
+                      "with_rados"), width=24)  # fmt: skip
         restores: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
         for k in range(args.rounds):
             for tier in [t for t in ("cold", "hot") if t not in args.skip]:
@@ -374,7 +473,7 @@ def main() -> None:
             restores[f"  {args.variant}: cold --as"] = bench.variant_restores
         show_medians("restore (drsvc: into a new RADOS namespace + container; restic: into tmpfs)", restores,
              ("total", "rto", "cpu", "ceph", "plan", "fetch", "volume", "chunks_wait", "writes", "unmark", "container",
-              "health"), width=24)  # fmt: skip
+              "health", "rados_write", "with_rados"), width=24)  # fmt: skip
         print(f"  load {os.getloadavg()[0]:.1f}")
         if args.profile is not None:
             for raw in sorted(args.profile.glob("*.txt")):
@@ -385,6 +484,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(src, ignore_errors=True)
         shutil.rmtree(src.parent / f"{src.name}-r", ignore_errors=True)
+        shutil.rmtree(src.parent / f"{src.name}-x", ignore_errors=True)
 
 
 if __name__ == "__main__":
