@@ -205,6 +205,23 @@ def not_utf8(op: str, e: UnicodeDecodeError) -> NotUtf8Name:
     )
 
 
+class LocatorKeyed(DrsvcError):
+    """An object of a namespace placed by a locator key (``rados put NAME --object-locator L``).
+
+    Its tenant chose it: such an object is found only by (name, locator), and drsvc reads, writes
+    and rolls back objects by name alone, so it would read as absent and be left out of the point.
+    The desktop that holds it fails; every other desktop goes on.
+    """
+
+
+def locator_keyed(op: str, name: str, locator: str) -> LocatorKeyed:
+    """The error for an object ``name`` placed by ``locator`` (both shown escaped)."""
+    return LocatorKeyed(
+        f"{op}: the object {name!r} has a locator key ({locator!r}): drsvc addresses objects by name "
+        "alone and cannot back it up (the desktop's own processes set it; rewrite the object without one)"
+    )
+
+
 def text(raw: bytes, op: str) -> str:
     """``raw`` (a name librados gave as bytes) as text; ``NotUtf8Name`` naming ``op`` when it is not UTF-8."""
     try:

@@ -29,7 +29,8 @@ The pieces: this module (URLs and ``RadosVolume``), ``drsvc.volumes.rados_snapsh
 snapshots, re-exported here), ``drsvc.volumes.rados_io`` (shared librados helpers),
 ``drsvc.volumes.rados_scan`` (reading object metadata: which reader, ``rados_stamps``' compound
 aio ops through the C API or ``rados_meta``'s threads), ``drsvc.volumes.rados_window`` (data reads
-at a snapshot), ``drsvc.volumes.rados_write`` (whole-object writes).
+at a snapshot), ``drsvc.volumes.rados_write`` (whole-object writes), ``drsvc.volumes.rados_odd``
+(removing what the binding cannot address: a locator key, a name that is not UTF-8).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import Any
 
 from drsvc import ceph, faults
 from drsvc.errors import IntegrityError, InvalidInput, NotFound
-from drsvc.volumes import rados_removal
+from drsvc.volumes import rados_odd, rados_removal
 from drsvc.volumes.base import (
     READ_SIZE,
     ObjectStream,
@@ -171,7 +172,13 @@ class RadosVolume:
 
     # ------------------------------------------------------------ listing
     def _names(self, io: Any) -> list[str]:
-        return list_names(io, self.url)
+        """The live names, for a restore or purge that removes what is not wanted: objects the
+        binding cannot address (``rados_odd``: never in a point) are removed here first."""
+        odd: list[str] = []
+        names = list_names(io, self.url, odd=odd)
+        if odd:
+            rados_odd.remove(self._conn, self.pool, self.namespace, what=self.url, seen=odd)
+        return names
 
     # ------------------------------------------------------------ data
     def _stream(self, io: Any, objects: Iterable[VolumeObject], where: str, exact_size: bool) -> Iterator[ObjectStream]:
@@ -503,7 +510,10 @@ class RadosVolume:
     def purge(self) -> int:
         """Delete every live object of this namespace (drill teardown); return how many were removed."""
         io = self._head_io()
-        return self._remove_many(io, self._names(io))
+        odd: list[str] = []
+        names = list_names(io, self.url, odd=odd)
+        removed = rados_odd.remove(self._conn, self.pool, self.namespace, what=self.url, seen=odd) if odd else 0
+        return removed + self._remove_many(io, names)
 
     def remove_objects(self, names: Iterable[str], *, marked: str | None = None) -> int:
         """Delete the named objects (absent ones are fine), nothing else; return how many were removed

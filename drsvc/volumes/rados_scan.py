@@ -24,17 +24,45 @@ from drsvc.volumes import base, rados_stamps
 from drsvc.volumes.base import VolumeObject
 from drsvc.volumes.rados_meta import MetadataScan
 
+ODD_SHOWN = 16  # a restore's listing keeps this many odd names to show (it may meet millions)
 
-def list_names(io: Any, url: str, *, bounded: bool = False) -> list[str]:
+
+def list_names(io: Any, url: str, *, bounded: bool = False, odd: list[str] | None = None) -> list[str]:
     """Every object name ``io`` lists in its namespace, sorted, once each (``url`` names it in errors).
 
     At a snapshot the listing also holds names deleted since (``drsvc.volumes.rados`` says why): the
     readers leave out whatever is absent where they look. ``bounded``: past ``VOLUME_OBJECTS_MAX``
     names raise ``TooManyObjects`` (a capture's listings; a restore that removes what is extra
-    must see every name, however many the desktop made)."""
+    must see every name, however many the desktop made).
+
+    An object the binding cannot address (a locator key; a name or locator that is not UTF-8,
+    which the binding cannot decode) raises ``LocatorKeyed`` or ``NotUtf8Name``: read by name
+    alone it would look absent and be left out of a point without a word. ``odd`` (a restore's
+    listings): such objects are left out instead and the first ``ODD_SHOWN`` put in it, shown escaped, for
+    ``rados_odd.remove`` to remove through the C API.
+    """
     names: set[str] = set()
-    with ceph.ceph_errors(f"list {url}"):
-        for o in io.list_objects():
+    op = f"list {url}"
+    with ceph.ceph_errors(op):
+        listing = io.list_objects()
+        while True:
+            try:
+                o = next(listing)
+            except StopIteration:
+                break
+            except UnicodeDecodeError as e:
+                if odd is None:
+                    raise
+                # the binding advanced past the object before decoding it: the listing goes on
+                if len(odd) < ODD_SHOWN:
+                    odd.append(bytes(e.object).decode("utf-8", "backslashreplace"))
+                continue
+            if o.locator_key:
+                if odd is None:
+                    raise ceph.locator_keyed(op, o.key, o.locator_key)
+                if len(odd) < ODD_SHOWN:
+                    odd.append(o.key)
+                continue
             names.add(o.key)
             if len(names) % 1024 == 0:  # a long listing is many pages: a capture's deadline ends it
                 deadline.check()

@@ -149,7 +149,8 @@ class RadosPoolSnapshots:
         ignore the read snapshot), so a listing taken after a snapshot names everything the
         snapshot holds, and readers stat each name at the snapshot and drop those absent there.
         Sorted; every URL is a key (an empty list when its namespace holds nothing), but one whose
-        namespace holds more than ``VOLUME_OBJECTS_MAX`` objects (its desktop's own listing fails). One URL: its
+        namespace holds more than ``VOLUME_OBJECTS_MAX`` objects, or an object with a locator key (its
+        desktop's own listing fails). One URL: its
         namespace is listed alone (the same scan, only its names sent back).
         """
         prefix = f"{SCHEME}://{self.pool}/"
@@ -170,7 +171,10 @@ class RadosPoolSnapshots:
                 with ceph.ceph_errors(f"list the objects of pool {self.pool}"):
                     for obj in io.list_objects():
                         names = found.get(obj.nspace)
-                        if names is not None:
+                        if names is not None and obj.locator_key:
+                            # read by name alone it would look absent: its desktop lists its own, and fails
+                            del found[obj.nspace]
+                        elif names is not None:
                             names.add(obj.key)
                             if len(names) > base.VOLUME_OBJECTS_MAX:
                                 # no names for it: its desktop lists its own namespace, and fails there

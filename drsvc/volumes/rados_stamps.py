@@ -94,6 +94,13 @@ def _load() -> Any:
             "rados_omap_get_next2": (i, [vp, pvp, pvp, psz, psz]),
             "rados_omap_get_end": (None, [vp]),
         }
+        sigs |= {  # listing and removing by bytes (``drsvc.volumes.rados_odd``)
+            "rados_nobjects_list_open": (i, [vp, pvp]),
+            "rados_nobjects_list_next2": (i, [vp, pvp, pvp, pvp, psz, psz, psz]),
+            "rados_nobjects_list_close": (None, [vp]),
+            "rados_ioctx_locator_set_key": (None, [vp, cp]),
+            "rados_remove": (i, [vp, cp]),
+        }
         for name, (restype, argtypes) in sigs.items():
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = restype, argtypes
@@ -144,7 +151,7 @@ def stamps(
 
     ``what`` names the scan in errors (``rados://pool/ns at snapshot S``).
     """
-    return _at_snapshot(conn, pool, namespace, snap_id, lambda lib, io: _scan(lib, io, names, what))
+    return on_namespace(conn, pool, namespace, snap_id, lambda lib, io: _scan(lib, io, names, what))
 
 
 def metadata(
@@ -152,13 +159,14 @@ def metadata(
 ) -> list[VolumeObject] | None:
     """As ``stamps``, with each object's xattrs and omap too (what ``MetadataScan.objects`` gives):
     one compound aio op per object; None when the C API is not available here."""
-    return _at_snapshot(conn, pool, namespace, snap_id, lambda lib, io: _MetaScan(lib, io, what).run(names))
+    return on_namespace(conn, pool, namespace, snap_id, lambda lib, io: _MetaScan(lib, io, what).run(names))
 
 
-def _at_snapshot(
-    conn: dict[str, Any], pool: str, namespace: str, snap_id: int, scan: Callable[[Any, ctypes.c_void_p], _T]
+def on_namespace(
+    conn: dict[str, Any], pool: str, namespace: str, snap_id: int | None, scan: Callable[[Any, ctypes.c_void_p], _T]
 ) -> _T | None:
-    """``scan(lib, io)`` on an I/O context of the namespace at snapshot ``snap_id``; None without the C API."""
+    """``scan(lib, io)`` on an I/O context of the namespace at snapshot ``snap_id`` (None: live);
+    None without the C API."""
     with _lock:
         lib = _load()
         handle = _connect(lib, conn) if lib is not None else None
@@ -170,7 +178,8 @@ def _at_snapshot(
         raise ceph.rv_error(f"open pool {pool}", rv)
     try:
         lib.rados_ioctx_set_namespace(io, namespace.encode())
-        lib.rados_ioctx_snap_set_read(io, snap_id)
+        if snap_id is not None:
+            lib.rados_ioctx_snap_set_read(io, snap_id)
         return scan(lib, io)
     finally:
         lib.rados_ioctx_destroy(io)

@@ -228,7 +228,47 @@ def test_a_captures_listing_is_bounded_a_restores_is_not(monkeypatch: pytest.Mon
 
     pytest.importorskip("rados", reason="python3-rados is not importable here: ceph_errors needs it")
     monkeypatch.setattr(base, "VOLUME_OBJECTS_MAX", 3)
-    io = SimpleNamespace(list_objects=lambda: iter(SimpleNamespace(key=f"o{i}") for i in range(5)))
+    io = SimpleNamespace(list_objects=lambda: iter(SimpleNamespace(key=f"o{i}", locator_key=None) for i in range(5)))
     assert list_names(io, "rados://desktops/t1") == [f"o{i}" for i in range(5)]
     with pytest.raises(base.TooManyObjects, match="rados://desktops/t1: more than 3 objects"):
         list_names(io, "rados://desktops/t1", bounded=True)
+
+
+class _Listing:
+    """The pacific binding's object iterator: it decodes each name (and locator) after advancing,
+    so a name that is not UTF-8 raises, and the next call goes on with the next object."""
+
+    def __init__(self, entries: list[tuple[bytes, bytes | None]]) -> None:
+        self._entries = iter(entries)
+
+    def __iter__(self) -> _Listing:
+        return self
+
+    def __next__(self) -> object:
+        from types import SimpleNamespace
+
+        name, locator = next(self._entries)
+        return SimpleNamespace(key=name.decode(), locator_key=locator.decode() if locator else None)
+
+
+def test_a_capture_refuses_what_the_binding_cannot_address_a_restore_sets_it_apart() -> None:
+    """An object with a locator key read as absent by name alone: a backup left it out of the point
+    without a word. A capture's listing now refuses it (and a name that is not UTF-8, as before); a
+    restore's listing sets both apart for ``rados_odd`` and lists on. The lab proof, with the
+    removal through the C API: ``tests/integration/test_hostile_names_lab.py``."""
+    from types import SimpleNamespace
+
+    from drsvc.volumes.rados_scan import list_names
+
+    pytest.importorskip("rados", reason="python3-rados is not importable here: ceph_errors needs it")
+    entries: list[tuple[bytes, bytes | None]] = [(b"a", None), (b"hid", b"L1"), (b"b\xffc", None), (b"z", None)]
+    io = SimpleNamespace(list_objects=lambda: _Listing(entries))
+    with pytest.raises(ceph.LocatorKeyed, match=r"the object 'hid' has a locator key \('L1'\)"):
+        list_names(io, "rados://desktops/t1", bounded=True)
+    entries.pop(1)
+    with pytest.raises(ceph.NotUtf8Name, match=r"b\\\\xffc"):
+        list_names(io, "rados://desktops/t1")
+    entries.insert(1, (b"hid", b"L1"))
+    odd: list[str] = []
+    assert list_names(io, "rados://desktops/t1", odd=odd) == ["a", "z"]
+    assert odd == ["hid", "b\\xffc"]

@@ -379,7 +379,7 @@ def test_one_pool_listing_groups_names_by_volume(monkeypatch: pytest.MonkeyPatch
         def list_objects(self) -> Any:
             Io.listings += 1
             assert self.namespace == "ALL"
-            return iter(SimpleNamespace(nspace=ns, key=k) for ns, k in listed)
+            return iter(SimpleNamespace(nspace=ns, key=k, locator_key=None) for ns, k in listed)
 
         def close(self) -> None:
             pass
@@ -411,7 +411,8 @@ def test_one_volume_lists_its_namespace_alone(monkeypatch: pytest.MonkeyPatch) -
             self.namespace = ns
 
         def list_objects(self) -> Any:
-            return iter(SimpleNamespace(nspace=ns, key=k) for ns, k in pool_objects if self.namespace in ("ALL", ns))
+            listed = [(ns, k) for ns, k in pool_objects if self.namespace in ("ALL", ns)]
+            return iter(SimpleNamespace(nspace=ns, key=k, locator_key=None) for ns, k in listed)
 
         def close(self) -> None:
             pass
