@@ -36,10 +36,11 @@ class DrsvcError(Exception):
     traceback = False
     retryable = False  # whether the same call may succeed when tried again later
 
-    def __init__(self, message: str, *, details: list[str] | None = None) -> None:
+    def __init__(self, message: str, *, details: list[str] | None = None, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or []
+        self.hint = hint  # the next step, when there is one to name (shown after the message)
 
     def __str__(self) -> str:
         return self.message

@@ -18,10 +18,11 @@ from typing import Any, TextIO
 
 from drsvc.printable import printable
 
-__all__ = ["FIELDS", "JsonFormatter", "TextFormatter", "event", "printable", "setup"]
+__all__ = ["FIELDS", "JsonFormatter", "TextFormatter", "event", "is_json", "json_line", "printable", "setup"]
 
 FIELDS = ("event", "desktop", "point", "job", "policy", "error")
 LOGGER = "drsvc"
+_format = {"fmt": "text"}  # what ``setup`` was last asked for: the CLI's own lines follow it (``json_line``)
 
 
 def _lines(text: str) -> str:
@@ -88,6 +89,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str, ensure_ascii=False)
 
 
+def is_json() -> bool:
+    """Whether ``--log-format json`` is in force: every line drsvc writes is then a JSON object."""
+    return _format["fmt"] == "json"
+
+
+def json_line(level: str, name: str, message: str, /, stream: TextIO | None = None, **fields: Any) -> None:
+    """Write one JSON object line shaped like a log record (``time``, ``level``, ``event``, fields,
+    ``message``) to ``stream`` (stderr), whatever the log level: the CLI's progress, notes and
+    final error under ``--log-format json``, which in text form are console lines, not logs."""
+    stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    doc: dict[str, Any] = {"time": stamp, "level": level, "event": name}
+    doc.update({k: _shown(v) for k, v in fields.items()})
+    doc["message"] = printable(message)
+    out = stream or sys.stderr
+    out.write(json.dumps(doc, default=str, ensure_ascii=False) + "\n")
+    out.flush()
+
+
 class TextFormatter(logging.Formatter):
     """``2026-12-06T10:00:00Z warning backup.desktop desktop=d1 point=… message``."""
 
@@ -118,6 +137,7 @@ def setup(level: int, fmt: str = "text", stream: TextIO | None = None) -> loggin
     logger = logging.getLogger(LOGGER)
     for old in [h for h in logger.handlers if getattr(h, "_drsvc", False)]:
         logger.removeHandler(old)
+    _format["fmt"] = fmt
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler._drsvc = True  # type: ignore[attr-defined]

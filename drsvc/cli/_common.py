@@ -58,6 +58,8 @@ class App:
 
     config_path: Path | None = None
     json_output: bool = False
+    log_format: str = "text"  # json: every line on stderr (and stdout without --json) a JSON object
+    command: str = ""  # the command run (events under --log-format json name it)
     allow_damaged: bool = False  # catalog check/export/restore/rebuild work on a damaged catalog
     copy_after: bool = True  # False: this run did nothing (another held the lease), so no catalog copy
     _config: Config | None = field(default=None, repr=False)
@@ -165,16 +167,26 @@ class App:
 
     @property
     def err(self) -> Console:
-        """Diagnostics and progress (stderr), so stdout stays clean for --json."""
+        """Diagnostics and progress (stderr), so stdout stays clean for --json; under
+        ``--log-format json`` a console writing each line as a JSON object (``drsvc.cli.jsonlines``)."""
+        if self.log_format == "json":
+            from drsvc.cli.jsonlines import JsonConsole
+
+            return JsonConsole(self.command)  # type: ignore[return-value]  # the part commands use
         from rich.console import Console
 
         return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
     def emit(self, document: Any, render: Callable[[Console], None]) -> None:
-        """Print ``document`` as one JSON document with --json, else call ``render``."""
+        """Print ``document`` as one JSON document with --json, else call ``render``; under
+        ``--log-format json`` without --json, the document as one ``COMMAND.result`` JSON line."""
         if self.json_output:
             json.dump(document, sys.stdout, indent=2, default=str)
             sys.stdout.write("\n")
+        elif self.log_format == "json":
+            from drsvc.log import json_line
+
+            json_line("info", f"{self.command}.result", f"{self.command}: result", stream=sys.stdout, result=document)
         else:
             render(self.out)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -89,18 +90,22 @@ def cli(
     # the scheduler (cron, daemon) reports what it did in its log; other commands print their results
     default = logging.INFO if ctx.invoked_subcommand in LOG_INFO_BY_DEFAULT else logging.WARNING
     setup_logging(level_for(verbose, quiet, default), log_format)
-    app = App(config_path=config_path, json_output=json_output)
+    app = App(config_path=config_path, json_output=json_output, log_format=log_format)
+    app.command = ctx.invoked_subcommand or ""
     ctx.obj = app
     ctx.call_on_close(app.close)
 
 
+HOISTED = ("--config", "--log-format")  # global options with a value, also taken after the command
+
+
 def hoist_global_options(args: list[str]) -> list[str]:
     """``drsvc points list --json`` means ``drsvc --json points list``; ``drsvc status --config
-    F`` means ``drsvc --config F status``: move ``--json`` and ``--config F`` (``--config=F``)
-    to the front, where the group reads them.
+    F`` means ``drsvc --config F status``: move ``--json``, ``--config F`` (``--config=F``) and
+    ``--log-format F`` to the front, where the group reads them.
 
     Only before a ``--`` (after it they are arguments), and only because no command takes a
-    ``--json`` or ``--config`` of its own (both are global options).
+    ``--json``, ``--config`` or ``--log-format`` of its own (they are global options).
     """
     end = args.index("--") if "--" in args else len(args)
     front: list[str] = []
@@ -108,9 +113,9 @@ def hoist_global_options(args: list[str]) -> list[str]:
     i = 0
     while i < end:
         arg = args[i]
-        if arg == "--json" or arg.startswith("--config="):
+        if arg == "--json" or arg.startswith(tuple(f"{o}=" for o in HOISTED)):
             front.append(arg)
-        elif arg == "--config" and i + 1 < end:
+        elif arg in HOISTED and i + 1 < end:
             front += [arg, args[i + 1]]
             i += 1
         else:
@@ -124,59 +129,99 @@ def main(argv: list[str] | None = None) -> None:
     args = hoist_global_options(list(argv if argv is not None else sys.argv[1:]))
     json_output = "--json" in args
     debug = "--debug" in args or bool(os.environ.get("DRSVC_DEBUG"))
+    say = Say(json_lines=_log_format(args) == "json", debug=debug)
     try:
         # Commands return an exit code when they finished but must not report plain success
         # (e.g. 5: restored, but the RTO target was missed).
         rv = cli.main(args=args, prog_name="drsvc", standalone_mode=False)
     except DrsvcError as e:
-        _report(e, json_output, debug)
+        _report(e, json_output, say)
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        say.error(EXIT_FAILED, "aborted")
         sys.exit(EXIT_FAILED)
     except click.ClickException as e:
-        e.show()
-        sys.exit(EXIT_INVALID if e.exit_code == 2 else e.exit_code)
+        code = EXIT_INVALID if e.exit_code == 2 else e.exit_code
+        if say.json_lines:
+            say.error(code, e.format_message(), hint=_usage_hint(e))
+        else:
+            e.show()
+        sys.exit(code)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        say.error(130, "interrupted")
         sys.exit(130)
     except Exception as e:
         # a catalog page that goes bad mid-command: still one line, naming the way back (sqlite3
         # is imported with the catalog: when it is not, no error can be its)
         sqlite3 = sys.modules.get("sqlite3")
         if sqlite3 is None or not isinstance(e, sqlite3.DatabaseError):
+            if say.json_lines:  # a bug: its traceback as a field, so the line still parses
+                say.error(EXIT_FAILED, f"internal error: {type(e).__name__}: {e}", trace=True)
+                sys.exit(EXIT_FAILED)
             raise
         from drsvc.catalog_guard import is_damage
 
-        if debug:
-            import traceback
-
-            traceback.print_exc()
         damaged = is_damage(e)
-        click.echo(
-            f"drsvc: error: catalog: {e}"
-            + (
-                "; `drsvc catalog check` says more, `drsvc catalog restore` brings a sound copy back" if damaged else ""
-            ),
-            err=True,
-        )
+        hint = "`drsvc catalog check` says more, `drsvc catalog restore` brings a sound copy back"
+        say.error(EXIT_INTEGRITY if damaged else EXIT_FAILED, f"catalog: {e}", hint=hint if damaged else None)
         sys.exit(EXIT_INTEGRITY if damaged else EXIT_FAILED)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _report(error: DrsvcError, json_output: bool, debug: bool) -> None:
-    # The contract is one line (and the exit code); --debug / DRSVC_DEBUG=1 add the stack trace
-    # for a bug report. Unexpected backend errors (``error.traceback``) were printed with one by
-    # default, which buried the message under 30 lines a cron mail or a ticket had to carry.
-    if debug:
+def _log_format(args: list[str]) -> str:
+    """The ``--log-format`` the command line asks for (hoisted to the front), before click parses it."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg.startswith("--log-format="):
+            return arg.split("=", 1)[1]
+        if arg == "--log-format" and i + 1 < len(args):
+            return args[i + 1]
+    return "text"
+
+
+def _usage_hint(error: click.ClickException) -> str | None:
+    ctx = getattr(error, "ctx", None)
+    return f"`{ctx.command_path} --help` lists the arguments and options" if ctx is not None else None
+
+
+class Say:
+    """The final line of a failed command: ``drsvc: error: MESSAGE[; HINT]`` (text), or under
+    ``--log-format json`` one ``error`` event with ``exit_code``, ``message`` and ``hint``."""
+
+    def __init__(self, *, json_lines: bool, debug: bool) -> None:
+        self.json_lines = json_lines
+        self.debug = debug
+
+    def error(
+        self, code: int, message: str, *, hint: str | None = None, details: list[str] | None = None, trace: bool = False
+    ) -> None:
+        # The contract is one line (and the exit code); --debug / DRSVC_DEBUG=1 add the stack trace
+        # for a bug report (a JSON line carries it as a field).
         import traceback
 
-        traceback.print_exc()
+        if not self.json_lines:
+            if self.debug or trace:
+                traceback.print_exc()
+            click.echo(f"drsvc: error: {printable(message)}" + (f"; {printable(hint)}" if hint else ""), err=True)
+            for line in details or []:
+                click.echo(f"  {printable(line)}", err=True)
+            return
+        from drsvc.log import json_line
+
+        fields: dict[str, Any] = {"exit_code": code, "hint": hint}
+        if details:
+            fields["details"] = details
+        if self.debug or trace:
+            fields["traceback"] = traceback.format_exc()
+        json_line("error", "error", message, **fields)
+
+
+def _report(error: DrsvcError, json_output: bool, say: Say) -> None:
+    hint = getattr(error, "hint", None)
     if json_output:
         import json
 
-        doc = {"error": error.message, "details": error.details, "exit_code": error.exit_code}
+        doc = {"error": error.message, "details": error.details, "exit_code": error.exit_code, "hint": hint}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    click.echo(f"drsvc: error: {printable(error.message)}", err=True)
-    for line in error.details:
-        click.echo(f"  {printable(line)}", err=True)
+    say.error(error.exit_code, error.message, hint=hint, details=error.details)

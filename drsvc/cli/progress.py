@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from drsvc.cli.jsonlines import JsonConsole
 from drsvc.units import format_bytes
 
 if TYPE_CHECKING:  # rich's progress bars are loaded on a terminal only: piped or under cron, never
@@ -61,7 +62,7 @@ class _State:
 class ProgressView:
     """Turns ``progress`` events into bars (TTY) or plain lines; other events go to ``then``."""
 
-    def __init__(self, console: Console, *, then: Event | None = None, every: float = 10.0) -> None:
+    def __init__(self, console: Console | JsonConsole, *, then: Event | None = None, every: float = 10.0) -> None:
         self.console = console
         self.then = then
         self.every = every
@@ -108,7 +109,11 @@ class ProgressView:
                 self._progress.stop_task(task_id)
         elif done or now - st.printed >= self.every:
             st.printed = now
-            self.console.print(self._line(name, st, elapsed, done), highlight=False, markup=False)
+            line = self._line(name, st, elapsed, done)
+            if isinstance(self.console, JsonConsole):  # --log-format json: the numbers as fields
+                self.console.event("info", "progress", line, **self._fields(name, st, elapsed, done))
+            else:
+                self.console.print(line, highlight=False, markup=False)
         if done:
             del self._tasks[name]
             if self.tty and not self._tasks and self._progress is not None:
@@ -126,11 +131,26 @@ class ProgressView:
                 BarColumn(),
                 _amount_column(),
                 TimeRemainingColumn(),
-                console=self.console,
+                console=self.console,  # type: ignore[arg-type]  # a rich Console: a JsonConsole is never a TTY
                 transient=False,
             )
             self._progress.start()
         return self._progress.add_task(name, total=f.get("total"), bytes=0, speed=0.0, unit="bytes")
+
+    @staticmethod
+    def _fields(name: str, st: _State, elapsed: float, done: bool) -> dict[str, Any]:
+        """A progress line's numbers, for a JSON event (those not known left out)."""
+        fields = {
+            "task": name,
+            "bytes": st.bytes,
+            "total": st.total,
+            "items": st.items or None,
+            "items_total": st.items_total,
+            "seconds": round(elapsed, 3),
+            "bytes_per_second": round(st.bytes / elapsed) if elapsed >= MEASURED_AFTER or done else None,
+            "done": done,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
 
     @staticmethod
     def _line(name: str, st: _State, elapsed: float, done: bool) -> str:

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.cli.jsonlines import JsonConsole
 from drsvc.cli.restore_objects import restore_objects
 from drsvc.errors import InvalidInput
 from drsvc.restore import PHASES, RestoreJob, RestorePlan, RestoreResult, parse_time
@@ -22,7 +23,11 @@ def phase_printer(app: App) -> Any:
 
     def on_event(kind: str, **f: Any) -> None:
         if kind == "phase" and f["state"] == "done":
-            err.print(f"[dim]  {f['phase']:<9} {f['seconds']:6.2f} s[/]")
+            if isinstance(err, JsonConsole):  # --log-format json: the phase and its time as fields
+                line = f"{f['phase']} {f['seconds']:.2f} s"
+                err.event("info", "restore.phase", line, phase=f["phase"], seconds=round(f["seconds"], 3))
+            else:
+                err.print(f"[dim]  {f['phase']:<9} {f['seconds']:6.2f} s[/]")
         elif kind == "teardown":
             err.print(f"[yellow]{escape(f['message'])}[/]" if f["left"] else escape(f["message"]))
 
