@@ -60,9 +60,10 @@ def _stores(services: Services) -> list[tuple[str, ChunkStore]]:
     return stores
 
 
-def _listing(store: ChunkStore) -> dict[str, str]:
-    """point id -> desktop of every point manifest in the store (one listing; image records skipped)."""
-    return {pid: desktop for desktop, pid in store.list_manifests() if desktop != IMAGES}
+def _listing(store: ChunkStore, desktop: str | None = None) -> dict[str, str]:
+    """point id -> desktop of every point manifest in the store, or of one desktop's (one listing;
+    image records skipped)."""
+    return {pid: d for d, pid in store.list_manifests(desktop) if d != IMAGES}
 
 
 def _scope(services: Services, volume_url: str) -> str:
@@ -79,8 +80,10 @@ def rebuild_catalog(
     forget_missing: bool = False,
     now: datetime | None = None,
     on_event: Event | None = None,
+    desktop: str | None = None,
 ) -> RebuildReport:
-    """Add to the catalog every point (and desktop, snapshot, tier, artifact) the stores hold.
+    """Add to the catalog every point (and desktop, snapshot, tier, artifact) the stores hold
+    (``desktop``: only that desktop's; not with ``forget_missing``).
 
     With ``forget_missing``, also drop the catalog's record of each copy whose manifest is gone
     from the configured store of its tier (the other direction of drift). Points stay, with the
@@ -88,6 +91,8 @@ def rebuild_catalog(
     alone (a configuration mistake must not erase the catalog). A later rebuild adds back any
     copy whose manifest returns.
     """
+    if desktop is not None and forget_missing:
+        raise ValueError("forget_missing needs every manifest, not one desktop's")
     now = now or clock.now()
     on_event = on_event or (lambda *a, **k: None)
     catalog = services.catalog
@@ -95,10 +100,10 @@ def rebuild_catalog(
     found: dict[str, dict[str, Any]] = {}  # point id -> {"desktop", "tiers": {tier: store}}
     listed: dict[str, tuple[str, set[str]]] = {}  # tier -> (store url, point ids with a manifest there)
     for tier, store in _stores(services):
-        listing = _listing(store)
+        listing = _listing(store, desktop)
         listed[tier] = (store.store.url, set(listing))
-        for pid, desktop in listing.items():
-            entry = found.setdefault(pid, {"desktop": desktop, "tiers": {}})
+        for pid, owner in listing.items():
+            entry = found.setdefault(pid, {"desktop": owner, "tiers": {}})
             entry["tiers"][tier] = store
             report.manifests += 1
     forgotten: list[tuple[str, str]] = []
@@ -151,11 +156,11 @@ def rebuild_catalog(
     with catalog.transaction():
         for pid, tier in forgotten:
             catalog.drop_tier(pid, tier)
-        for desktop, manifest in sorted(newest.items()):
-            if desktop in known_desktops:
+        for name, manifest in sorted(newest.items()):
+            if name in known_desktops:
                 continue
             add_desktop(catalog, manifest)
-            report.desktops_added.append(desktop)
+            report.desktops_added.append(name)
         for pid, manifest, tiers in documents:
             if pid not in known_points:
                 snapshot_live = manifest_snapshot(manifest) in hot_snapshots

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.cli._common import App, DrsvcCommand, pass_app, shown
 from drsvc.cli.jsonlines import JsonConsole
 from drsvc.cli.restore_objects import restore_objects
-from drsvc.errors import InvalidInput
+from drsvc.errors import InvalidInput, NotFound
 from drsvc.restore import PHASES, RestoreJob, RestorePlan, RestoreResult, parse_time
 from drsvc.units import format_bytes
 
@@ -82,7 +83,8 @@ def render_result(result: RestoreResult, out: Console) -> None:
 @click.option(
     "--site",
     help="Read the copies at this site ([sites.NAME]) and put the volume in its restore_pool: one desktop at "
-    "the recovery site after `site recover` (its point from `points list`).",
+    "the recovery site, before or after `site recover` (a desktop the catalog here does not know yet is read "
+    "from the site's manifests first).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan and the predicted RTO; touch nothing.")
 @click.option("--force", is_flag=True, help="Overwrite the desktop even though it is running.")
@@ -189,7 +191,8 @@ def command(
     RTO. Exit 6 when some desktops failed, 5 when all are up but some over their target.
 
     At a recovery site (runbook site-lost), --site NAME restores one desktop from that site's
-    copies, e.g. from an older point when `site recover` could not bring back its latest one.
+    copies: the most important one before `site recover`, or one from an older point when `site
+    recover` could not bring back its latest one.
     """
     if desktop is None and (everything or node or tenant or pool or policy):
         if at or point_id or as_name or objects or prefix is not None or overwrite or to_dir or copy or site:
@@ -235,24 +238,84 @@ def command(
         )
     if overwrite or to_dir or tenant or copy:
         raise InvalidInput("--overwrite, --to-dir, --from and --tenant go with --object or --prefix")
-    if site is None:
-        job = RestoreJob(app.services, on_event=app.progress(phase_printer(app)))
-    else:
-        if tier == "hot":
-            raise InvalidInput("--site reads that site's copies (its store stands in for the cold tier): no --tier hot")
-        from drsvc.offsite.recover import site_restore_job
+    with contextlib.ExitStack() as stack:
+        if site is None:
+            job = RestoreJob(app.services, on_event=app.progress(phase_printer(app)))
+        else:
+            if tier == "hot":
+                raise InvalidInput(
+                    "--site reads that site's copies (its store stands in for the cold tier): no --tier hot"
+                )
+            job = _site_job(app, site, desktop, stack, dry_run)
+            tier = "cold"
+        return _restore_one(
+            app,
+            job,
+            desktop,
+            at,
+            point_id,
+            as_name,
+            tier,
+            allow_cross_tenant,
+            dry_run,
+            force=force,
+            verify=verify,
+            network=network,
+        )
 
-        job = site_restore_job(app.services, site, on_event=app.progress(phase_printer(app)))
-        tier = "cold"
-    plan = job.plan(
-        desktop,
-        at=parse_time(at) if at else None,
-        point_id=point_id,
-        as_name=as_name,
-        tier=tier,
-        allow_cross_tenant=allow_cross_tenant,
-        clear_leftovers=not dry_run,  # a dry run touches nothing, not even a killed restore's clone
+
+def _site_job(app: App, site: str, desktop: str, stack: contextlib.ExitStack, dry_run: bool) -> RestoreJob:
+    """The job of ``restore DESKTOP --site NAME``; says so when the desktop was read from the site first."""
+    from drsvc.offsite.recover import site_restore_job
+
+    found = site_restore_job(
+        app.services, site, desktop, stack, dry_run=dry_run, on_event=app.progress(phase_printer(app))
     )
+    if found.imported is not None:
+        where = "a scratch catalog (dry run)" if dry_run else "the catalog here"
+        app.err.print(
+            f"the catalog here did not know {shown(desktop)}: read its {found.imported['points_added']} point(s) "
+            f"from site {shown(site)}'s manifests into {where}"
+        )
+    return found.job
+
+
+def _restore_one(
+    app: App,
+    job: RestoreJob,
+    desktop: str,
+    at: str | None,
+    point_id: str | None,
+    as_name: str | None,
+    tier: str | None,
+    allow_cross_tenant: bool,
+    dry_run: bool,
+    *,
+    force: bool,
+    verify: bool,
+    network: str | None,
+) -> int:
+    try:
+        plan = job.plan(
+            desktop,
+            at=parse_time(at) if at else None,
+            point_id=point_id,
+            as_name=as_name,
+            tier=tier,
+            allow_cross_tenant=allow_cross_tenant,
+            clear_leftovers=not dry_run,  # a dry run touches nothing, not even a killed restore's clone
+        )
+    except NotFound as e:
+        sites = sorted(app.config.sites)
+        if (
+            sites
+            and e.hint is None
+            and e.message.startswith("unknown desktop")
+            and not app.catalog.query("SELECT 1 FROM desktops WHERE id = ?", [desktop])
+        ):
+            # at a recovery site the catalog starts empty: the site's copies may know it
+            e.hint = f"at a recovery site, `drsvc restore {desktop} --site {sites[0]}` reads that site's copies"
+        raise
     if dry_run:
         app.emit({**plan.document(), "dry_run": True}, lambda out: render_plan(plan, out))
         return 0

@@ -29,14 +29,15 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drsvc.admission import Limits
 from drsvc.catalog import Catalog
-from drsvc.errors import DrsvcError
+from drsvc.errors import DrsvcError, NotFound
 from drsvc.intents import Owner, owner_alive
 from drsvc.rebuild import rebuild_catalog
 from drsvc.restore_effects import resolve_clone
@@ -98,10 +99,11 @@ class SiteServices(Services):
         """The base services own the adapters."""
 
 
-def catalog_from_site(services: SiteServices) -> dict[str, Any]:
-    """Put every point of the site's store into ``services.catalog``; what was done, for the report."""
+def catalog_from_site(services: SiteServices, desktop: str | None = None) -> dict[str, Any]:
+    """Put every point of the site's store (``desktop``: that desktop's) into ``services.catalog``;
+    what was done, for the report."""
     started = time.monotonic()
-    report = rebuild_catalog(services)
+    report = rebuild_catalog(services, desktop=desktop)
     url = services.cold.store.url
     catalog = services.catalog
     with catalog.transaction():
@@ -175,21 +177,50 @@ def abandoned_scratch(services: Services, problems: list[str]) -> Iterator[tuple
         yield site, catalog, directory
 
 
-def site_restore_job(services: Services, site: str, *, on_event: Event | None = None) -> RestoreJob:
+@dataclass
+class SiteRestore:
+    """``restore DESKTOP --site NAME``: its job, and what was read from the site's manifests first."""
+
+    job: RestoreJob
+    imported: dict[str, Any] | None = None  # None: the catalog here knew the desktop
+
+
+def site_restore_job(
+    services: Services,
+    site: str,
+    desktop: str,
+    stack: ExitStack,
+    *,
+    dry_run: bool = False,
+    on_event: Event | None = None,
+) -> SiteRestore:
     """One desktop back from ``site``'s copies (``restore DESKTOP --site NAME``), as a recovery restores it.
 
-    At the recovery site after ``site recover`` (which put the site's points in the catalog): a
-    desktop it could not bring back, or one wanted from an older point. The site's store stands in
-    for the cold tier and the volume goes to the site's ``restore_pool``.
+    At the recovery site: a desktop ``site recover`` could not bring back, one wanted from an older
+    point, or one wanted before the rest (before any ``site recover``). The site's store stands in
+    for the cold tier and the volume goes to the site's ``restore_pool``. A desktop this catalog
+    does not know yet is read from the site's manifests first, exactly as ``site recover`` would
+    record it (its points only; a dry run into a scratch catalog, closed with ``stack``); one the
+    site does not hold either is not found.
     """
     from drsvc.restore import RestoreJob
 
     recovery = SiteRecovery(services, site)  # unknown site: exit 3 before anything
-    services.site(site)  # unreachable, empty or wrong key: one clear error first
-    site_services = SiteServices(services, site, services.catalog)
+    store = services.site(site)  # unreachable, empty or wrong key: one clear error first
+    catalog, imported = services.catalog, None
+    if not services.catalog.query("SELECT 1 FROM desktops WHERE id = ?", [desktop]):
+        if next(iter(store.list_manifests(desktop)), None) is None:
+            raise NotFound(
+                f"unknown desktop {desktop!r}: neither the catalog here nor site {site}'s copies know it",
+                hint=f"`drsvc site recover --from {site} --dry-run` lists the desktops site {site} holds",
+            )
+        if dry_run:  # a dry run records nothing: the plan reads a scratch catalog
+            catalog = stack.enter_context(scratch_catalog())
+        imported = catalog_from_site(SiteServices(services, site, catalog), desktop=desktop)
+    site_services = SiteServices(services, site, catalog)
     if on_event is None:
-        return RestoreJob(site_services, relocate=recovery.relocate)
-    return RestoreJob(site_services, on_event=on_event, relocate=recovery.relocate)
+        return SiteRestore(RestoreJob(site_services, relocate=recovery.relocate), imported)
+    return SiteRestore(RestoreJob(site_services, on_event=on_event, relocate=recovery.relocate), imported)
 
 
 class SiteRecovery:

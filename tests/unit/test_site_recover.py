@@ -80,3 +80,36 @@ def test_restore_from_a_site_brings_one_desktop_back_from_an_older_point(
     assert unknown.code == 3 and "no site named 'primary'" in unknown.stderr, unknown.output
     hot = run_cli("--config", config, "restore", "alice", "--site", "dr", "--tier", "hot", "--dry-run")
     assert hot.code == 2 and "--site" in hot.stderr, hot.output
+
+
+def test_restore_from_a_site_before_site_recover_reads_the_desktop_from_the_site(
+    kit: SiteKit, run_cli: Any, tmp_path: Path
+) -> None:
+    # runbook site-lost, the most important desktop first: `restore alice --site dr` on the DR
+    # host's empty catalog, before any `site recover`, finds alice in the site's manifests (it
+    # said "unknown desktop" before)
+    p1, p2 = cold_points(kit, {"dr": {"after": "1h"}})
+    CopyJob(kit.services, None).run(now=kit.now)
+    config = _dr_site(kit, tmp_path)
+    plain = run_cli("--config", config, "restore", "alice", "--dry-run")
+    assert plain.code == 3 and "`drsvc restore alice --site dr`" in plain.stderr, plain.output
+    plan = run_cli("--config", config, "--json", "restore", "alice", "--site", "dr", "--dry-run")
+    assert plan.code == 0, plan.output
+    assert plan.json()["point_id"] == p2 and plan.json()["tier"] == "cold"
+    assert "did not know 'alice'" in plan.stderr or "did not know alice" in plan.stderr, plan.output
+    dr_catalog = Path(config).parent / "catalog.db"
+    assert Catalog.open(dr_catalog).points() == [], "a dry run records nothing"
+    older = run_cli("--config", config, "--json", "restore", "alice", "--point", p1, "--site", "dr", "--dry-run")
+    assert older.code == 0 and older.json()["point_id"] == p1, older.output
+    nobody = run_cli("--config", config, "restore", "nobody", "--site", "dr", "--dry-run")
+    assert nobody.code == 3, nobody.output
+    assert "neither the catalog here nor site dr's copies know it" in nobody.stderr, nobody.output
+    assert "drsvc site recover --from dr --dry-run" in nobody.stderr, nobody.output
+    # for real: the desktop and its points are recorded as `site recover` records them (the
+    # kit's checkpoints are no restorable archives: the restore itself runs on the lab)
+    run_cli("--config", config, "restore", "alice", "--site", "dr")
+    catalog = Catalog.open(dr_catalog)
+    assert {p["id"] for p in catalog.points("alice")} == {p1, p2}
+    sites = catalog.query("SELECT DISTINCT site FROM point_sites")
+    assert [r["site"] for r in sites] == ["dr"]
+    catalog.close()
