@@ -12,7 +12,7 @@ import sys
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from drsvc import ceph
+from drsvc import ceph, store_identity
 from drsvc.catalog import Catalog
 from drsvc.config import Config
 from drsvc.errors import ConfigError, NotFound
@@ -67,10 +67,20 @@ class Services:
 
         return FileKeyProvider(self.keys)
 
+    def _guard(self, url: str, *, cold: bool) -> store_identity.Guard | None:
+        """The identity check of the configured hot or cold store (``drsvc.store_identity``)."""
+        section = self.config.cold if cold else self.config.hot
+        if section is None or url != section.store:
+            return None
+        tier = "cold" if cold else "hot"
+        return store_identity.Guard(self.catalog, tier, url, f"{tier}.store", self.config.path)
+
     def _chunk_store(self, url: str, *, cold: bool = False) -> ChunkStore:
         from drsvc.chunks import ChunkStore
         from drsvc.storage import open_store
 
+        guard = self._guard(url, cold=cold)
+        may_create = guard.before_open() if guard is not None else True  # refuses a store the copies never saw
         options: dict[str, Any] = self._ceph(url)
         if url.startswith("s3://") and self.config.cold:
             given = {
@@ -82,7 +92,15 @@ class Services:
             options["connect_timeout"] = self.config.timeouts.s3_connect_seconds
             options["read_timeout"] = self.config.timeouts.s3_read_seconds
             options["max_attempts"] = self.config.timeouts.s3_attempts
-        store = open_store(url, **options)
+        if url.startswith("s3://") and not may_create:
+            options["create_missing"] = False  # a bucket the catalog's copies are in is never created
+        try:
+            store = open_store(url, **options)
+        except NotFound as e:
+            if guard is None:
+                raise
+            guard.missing(e)
+            raise
         # The cold tier keeps its chunks in packs (S3 requests are costly; see drsvc.chunks).
         chunk_options: dict[str, Any] = {}
         if cold and self.config.cold:
@@ -96,10 +114,17 @@ class Services:
         try:
             opened = ChunkStore.open(store, self.key_provider, **chunk_options)
         except NotFound:
+            if guard is not None and not may_create:
+                guard.missing()
             # First use of this store: create it. Its sealed config makes a later open with
             # another key fail loudly instead of mixing data.
             params = self._new_store_params(cold=cold)
-            return ChunkStore.init(store, self.key_provider, params=params, **chunk_options)
+            created = ChunkStore.init(store, self.key_provider, params=params, **chunk_options)
+            if guard is not None:
+                guard.created(store)
+            return created
+        if guard is not None:
+            guard.opened(store)
         if not cold and self.config.hot and url == self.config.hot.store:
             _hot_store_seen(self.config, self.catalog, url, opened)
         return opened
@@ -147,17 +172,32 @@ class Services:
     def site_objects(self, name: str, *, create: bool = True) -> ObjectStore:
         """The raw object store of site ``name`` (cached): copies write here before a chunk store exists."""
         from drsvc import sites
+        from drsvc.chunks.layout import CONFIG_KEY
         from drsvc.errors import BackendError
         from drsvc.storage import open_store
 
         cache: dict[str, ObjectStore] = self.__dict__.setdefault("_site_objects", {})
         if name not in cache:
             section = sites.site_section(self.config, name)
+            guard, may_create = None, True
+            if create:  # copies go there: never to a store the site's earlier copies did not go to
+                setting = f"sites.{name}.store"
+                guard = store_identity.Guard(self.catalog, f"site:{name}", section.store, setting, self.config.path)
+                may_create = guard.before_open()
             try:
                 options = sites.store_options(name, section, create=create, timeouts=self.config.timeouts)
-                cache[name] = open_store(section.store, **options)
+                if not may_create:
+                    options["create_missing"] = False
+                objects = open_store(section.store, **options)
+                if guard is not None and not may_create and not objects.exists(CONFIG_KEY):
+                    guard.missing()
+            except NotFound as e:
+                if guard is None:
+                    raise
+                guard.missing(e)
             except BackendError as e:
                 raise sites.unreachable(name, section, e) from None
+            cache[name] = objects
         return cache[name]
 
     def site(self, name: str) -> ChunkStore:

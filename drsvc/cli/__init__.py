@@ -49,7 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("verify_cmd", "Check that points' manifests authenticate and their chunks exist (hot and cold copies)."),
     "catalog": (
         "catalog_cmd",
-        "The SQLite catalog: check it, export it, restore it from its copy, rebuild it from the stores.",
+        "The SQLite catalog: check, export, restore from its copy, rebuild from the stores, adopt a new store.",
     ),
     "keys": ("keys_cmd", "Data keys: one per tenant, wrapped by the key file's key and stored in the stores."),
     "report": ("report_cmd", "Write the quarterly DR drill report an auditor reads."),

@@ -1,4 +1,4 @@
-"""drsvc catalog check | export | rebuild: the health and contents of the catalog, and its rebuild."""
+"""drsvc catalog check | export | restore | rebuild | adopt-store: the health and contents of the catalog."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from rich.console import Console
 
 from drsvc.catalog_guard import CatalogDamaged, quarantine
 from drsvc.cli._common import App, DrsvcGroup, pass_app, shown
-from drsvc.errors import EXIT_INTEGRITY, IntegrityError
+from drsvc.errors import EXIT_INTEGRITY, ConfigError, IntegrityError, InvalidInput
 
 EXPORT_TABLES = (
     "desktops",
@@ -25,7 +25,7 @@ EXPORT_TABLES = (
 
 @click.group("catalog", cls=DrsvcGroup)
 def command() -> None:
-    """The SQLite catalog: check it, export it, restore it from its copy, rebuild it from the stores."""
+    """The SQLite catalog: check, export, restore from its copy, rebuild from the stores, adopt a new store."""
 
 
 @command.command("check")
@@ -213,3 +213,39 @@ def restore(app: App, source: str | None, force: bool, no_catch_up: bool, dry_ru
             out.print(f"added {len(added)} point(s) written after the copy")
 
     app.emit(doc, render)
+
+
+@command.command("adopt-store")
+@click.argument("tier", type=click.Choice(["hot", "cold"]), required=False)
+@click.option("--site", help="A site's store ([sites.NAME]) instead of a tier's.")
+@pass_app
+def adopt_store(app: App, tier: str | None, site: str | None) -> None:
+    """Accept the configured store of TIER (or --site NAME) as the one its copies now go to.
+
+    drsvc refuses a tier's store that is not where the catalog records its copies (a mistyped
+    bucket, a missing or emptied bucket or pool, another store behind the same name) instead of
+    creating and filling it (exit 2, naming both). When a new, empty store is wanted on purpose
+    (the hot pool lost and recreated: runbook ceph-pool-lost; a tier moved to a new bucket), this
+    says so once: the next command that opens it creates it if missing and records its identity.
+    The catalog keeps the copies it records elsewhere or lost (`catalog check` lists them as drift).
+    """
+    from drsvc import sites, store_identity
+
+    if (tier is None) == (site is None):
+        raise InvalidInput("name a TIER (hot or cold) or give --site NAME")
+    config = app.config
+    if site is not None:
+        url, label = sites.site_section(config, site).store, f"site:{site}"
+    else:
+        section = config.hot if tier == "hot" else config.cold
+        if section is None:
+            raise ConfigError(f"{config.path}: {tier}.store: no {tier} tier configured")
+        url, label = section.store, str(tier)
+    store_identity.adopt(app.catalog, url, label)
+    what = f"site {site}'s" if site else f"the {tier}"
+    app.emit(
+        {"adopted": url, "tier": tier or "site", "site": site},
+        lambda out: out.print(
+            f"{shown(url)} adopted as {what} store: the next run creates it if it is missing and records its identity"
+        ),
+    )

@@ -217,7 +217,10 @@ class Say:
         json_line("error", "error", message, **fields)
 
 
-def _report(error: DrsvcError, json_output: bool, say: Say) -> None:
+def _report(error: DrsvcError, json_output: bool, say: Say | bool) -> None:
+    """The final lines of a DrsvcError (``say``: a ``Say``, or the debug flag of a text one)."""
+    if isinstance(say, bool):
+        say = Say(json_lines=False, debug=say)
     hint = getattr(error, "hint", None)
     if json_output:
         import json

@@ -35,7 +35,16 @@ from drsvc import clock
 from drsvc.backup import IMAGES, image_record_id
 from drsvc.chunks import CONFIG_KEY, ChunkStore, chunk_key, index_key, pack_key
 from drsvc.chunks.layout import KEYS_PREFIX
-from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, IntegrityError, InvalidInput, NotFound
+from drsvc.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    ConfigError,
+    DrsvcError,
+    IntegrityError,
+    InvalidInput,
+    NotFound,
+)
 from drsvc.intents import Intents, Owner
 from drsvc.lease import Lease
 from drsvc.offsite.plan import CopyCandidate, plan_copies
@@ -265,6 +274,8 @@ class CopyJob:
             dest = _Destination(objects)
             self._sync_store_objects(cold, dest, transfer)
             step("open_and_list")
+        except ConfigError:
+            raise  # the site's store is not where its copies went (drsvc.store_identity): nothing to try
         except DrsvcError as e:
             for _, move in todo:
                 self._fail(move, str(e), started)

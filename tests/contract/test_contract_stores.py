@@ -207,9 +207,12 @@ def test_verify_goes_on_past_a_tier_it_cannot_reach(deploy: Deployment, monkeypa
 def test_verify_names_the_store_a_copy_was_recorded_in_when_the_config_names_another(deploy: Deployment) -> None:
     ids = _aged(deploy, "alice")
     assert_exit(deploy.cli("tier"), 0)
-    # a mistyped [cold] store: a new, empty store there, every cold copy missing from it
+    # another [cold] store: refused (exit 2, test_contract_store_identity) until adopted on purpose;
+    # then a new, empty store there, every earlier cold copy missing from it
     text = deploy.config_path.read_text().replace(f"{deploy.root}/cold", f"{deploy.root}/cold-typo")
     deploy.config_path.write_text(text)
+    assert_exit(deploy.cli("verify", "--all"), 2, "adopt-store cold")
+    assert_exit(deploy.cli("catalog", "adopt-store", "cold"), 0)
     r = deploy.cli("--json", "verify", "--all")
     assert_exit(r, 4, ids["alice"])
     [problem] = r.json()["problems"]

@@ -11,7 +11,6 @@ and writes by default) and verbatim packs side by side reads both.
 from __future__ import annotations
 
 import random
-import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -95,7 +94,7 @@ def test_verbatim_packs_hold_the_hot_blobs_and_restore_and_verify_byte_exact(dep
     assert r.code == 0, r.output
     assert r.json()["checks"]["data"] == f"{len(objects)} objects match the manifest's digests"
     assert digests(deploy.world.read_volume("desktops", "alice")) == digests(objects)
-    shutil.rmtree(deploy.root / "hot")  # what opening the missing hot store made
+    assert not (deploy.root / "hot").exists(), "a missing hot store holding recorded copies is never created"
     (deploy.root / "hot-away").rename(deploy.root / "hot")
     r = deploy.cli("verify", pid, "--read-data")
     assert r.code == 0, r.output

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from drsvc.errors import NotFound
 from drsvc.storage.s3.errors import _code
 
 Fail = Callable[[str, str, Exception], Exception]  # (what, key, botocore error) -> drsvc's error
@@ -21,8 +22,11 @@ def is_client_error(error: Exception) -> bool:
     return isinstance(error, ClientError | BotoCoreError)
 
 
-def ensure(client: Any, bucket: str, prefix: str, *, region: str | None, object_lock: bool, fail: Fail) -> None:
-    """Create ``bucket`` when it is missing (locked: with Object Lock), with the housekeeping rule."""
+def ensure(
+    client: Any, bucket: str, prefix: str, *, region: str | None, object_lock: bool, fail: Fail, create: bool = True
+) -> None:
+    """Create ``bucket`` when it is missing (locked: with Object Lock), with the housekeeping rule;
+    ``create=False``: a missing bucket is ``NotFound`` (a store whose copies the catalog records)."""
     try:
         client.head_bucket(Bucket=bucket)
         return
@@ -31,6 +35,8 @@ def ensure(client: Any, bucket: str, prefix: str, *, region: str | None, object_
             raise
         if _code(e) not in ("404", "NoSuchBucket", "NotFound"):
             raise fail("head bucket", "", e) from e
+    if not create:
+        raise NotFound(f"s3 bucket {bucket} does not exist")
     args: dict[str, Any] = {"Bucket": bucket}
     if object_lock:
         args["ObjectLockEnabledForBucket"] = True

@@ -72,6 +72,7 @@ class S3Store(StoreBase):
         access_key: str | None = None,
         secret_key: str | None = None,
         create: bool = True,
+        create_missing: bool = True,
         object_lock: bool = False,
         lock_mode: str = "COMPLIANCE",
         workers: int = 8,
@@ -118,8 +119,8 @@ class S3Store(StoreBase):
             client = session.create_client("s3", endpoint_url=self.endpoint, region_name=region, config=config, **keys)
         self._client = client
         self._errors = client.exceptions
-        if create:
-            self._ensure_bucket(region, object_lock)
+        if create:  # create_missing=False: the bucket must exist (NotFound), its settings are still checked
+            self._ensure_bucket(region, object_lock, create_missing)
 
     # ------------------------------------------------------------------ helpers
 
@@ -162,9 +163,15 @@ class S3Store(StoreBase):
     def _is_client_error(self, error: Exception) -> bool:
         return bucket_setup.is_client_error(error)
 
-    def _ensure_bucket(self, region: str | None, object_lock: bool) -> None:
+    def _ensure_bucket(self, region: str | None, object_lock: bool, create_missing: bool = True) -> None:
         bucket_setup.ensure(
-            self._client, self.bucket, self.prefix, region=region, object_lock=object_lock, fail=self._fail
+            self._client,
+            self.bucket,
+            self.prefix,
+            region=region,
+            object_lock=object_lock,
+            fail=self._fail,
+            create=create_missing,
         )
         if object_lock and not self.object_lock_enabled:
             raise InvalidInput(
