@@ -203,11 +203,16 @@ class RestorePlanner:
             if point["status"] != "complete" or not point["tiers"]:
                 raise NotFound(f"point {point['id']} is {point['status']} and held by no tier: it cannot be restored")
             return point
+        oldest = None
         for point in self.catalog.points(desktop_id, status="complete"):
             if point["tiers"] and (at is None or clock.from_iso(point["taken_at"]) <= at):
                 return point
+            oldest = point if point["tiers"] else oldest
         when = f" at or before {at.isoformat()}" if at else ""
-        raise NotFound(f"no restorable recovery point of {desktop_id}{when}")
+        hint = None
+        if oldest is not None:  # --at before every point: say where they start (points come newest first)
+            hint = f"its oldest is {oldest['id']} at {oldest['taken_at']}: `drsvc points list {desktop_id}`"
+        raise NotFound(f"no restorable recovery point of {desktop_id}{when}", hint=hint)
 
     def _snapshot_alive(self, point: dict[str, Any]) -> bool:
         """Whether the point's pool snapshot still exists (the catalog has not recorded its removal)."""

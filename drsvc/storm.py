@@ -249,6 +249,17 @@ def plan_fleet(services: Services, desktops: Sequence[dict[str, Any]]) -> list[F
     return items
 
 
+def preview_skips(services: Services, items: list[FleetItem], desktops: Sequence[dict[str, Any]]) -> None:
+    """For a dry run: mark what the run would skip, a planned desktop already running here (without
+    --force the run restores over no running desktop), so the plan lists only what it would restore."""
+    by_id = {d["id"]: d for d in desktops}
+    for item in items:
+        desktop = by_id.get(item.desktop)
+        if item.status == "planned" and desktop is not None and _running(services, desktop):
+            item.status = "skipped"
+            item.error = f"{desktop['container']} is already running here (--force restores over it)"
+
+
 def _running(services: Services, desktop: dict[str, Any]) -> bool:
     try:
         return services.runtime.inspect(desktop["container"]).state == "running"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from drsvc.cli import _fleet
 from drsvc.cli._common import App
-from drsvc.storm import FleetReport, FleetRestore, plan_fleet, select_desktops
+from drsvc.storm import FleetReport, FleetRestore, plan_fleet, preview_skips, select_desktops
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,8 @@ def run_storm(
     parallel = parallel or app.config.recovery.parallel
     limits = _fleet.limits_of(app, no_admission)
     if dry_run:
+        if not force:
+            preview_skips(services, items, desktops)
         report = FleetReport("storm", selection=selection, parallel=parallel, items=items, dry_run=True)
         report.admission = limits.document() if limits else {}
         app.emit(report.document(), lambda out: _fleet.render(report, out))

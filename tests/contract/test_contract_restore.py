@@ -170,6 +170,8 @@ def test_restore_not_found(fleet: Deployment) -> None:
         fleet.cli("restore", "alice", "--at", "2001-01-01T00:00Z"),
         3,
         "no restorable recovery point of alice at or before 2001-01-01",
+        "its oldest is ",  # where the points start, so a tired operator's next --at is right
+        "`drsvc points list alice`",
     )
     assert_exit(fleet.cli("restore", "alice", "--point", "20010101T000000Z-nope"), 3)
     assert_exit(fleet.cli("restore", "alice", "--tier", "cold"), 3, "has no cold copy")
@@ -216,3 +218,19 @@ def test_a_storm_on_a_node_no_desktop_has_is_not_found(fleet: Deployment) -> Non
     # node-lost runbook: a mistyped node must not read as "0 desktops restored", exit 0
     r = fleet.cli("restore", "--node", "no-such-node", "--dry-run")
     assert_exit(r, 3, "no desktop has node 'no-such-node'", "known:")
+
+
+def test_a_storm_dry_run_lists_running_desktops_as_skipped(fleet: Deployment) -> None:
+    # runbook node-lost: "`restore --node NODE --dry-run` lists the ones a storm would restore";
+    # a desktop still running is skipped by the run (without --force), so its plan says so
+    fleet.world.remove_container("bob")
+    dry = fleet.cli("--json", "restore", "--all", "--dry-run")
+    assert dry.code == 0, dry.output
+    status = {d["desktop"]: (d["status"], d["error"]) for d in dry.json()["desktops"]}
+    assert status["bob"] == ("planned", None)
+    assert status["alice"][0] == "skipped" and "already running here" in status["alice"][1], status
+    forced = fleet.cli("--json", "restore", "--all", "--dry-run", "--force")
+    assert {d["status"] for d in forced.json()["desktops"]} == {"planned"}, forced.output
+    run = fleet.cli("--json", "restore", "--all")
+    assert run.code == 0, run.output
+    assert {d["desktop"]: d["status"] for d in run.json()["desktops"]} == {"alice": "skipped", "bob": "ok"}
