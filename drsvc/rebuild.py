@@ -30,6 +30,7 @@ from drsvc.backup import IMAGES
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import DrsvcError, IntegrityError, NotFound
 from drsvc.services import Services
+from drsvc.store_identity import StoreMismatch
 from drsvc.tiering import manifest_key
 
 Event = Callable[..., None]
@@ -58,6 +59,20 @@ def _stores(services: Services) -> list[tuple[str, ChunkStore]]:
     if services.has_cold:
         stores.append(("cold", services.cold))
     return stores
+
+
+def _stores_for_check(services: Services) -> tuple[dict[str, ChunkStore], dict[str, str]]:
+    """The configured stores, and for each one refused as not the one its copies went to, why."""
+    stores: dict[str, ChunkStore] = {}
+    refused: dict[str, str] = {}
+    for tier, configured in (("hot", services.config.hot is not None), ("cold", services.has_cold)):
+        if not configured:
+            continue
+        try:
+            stores[tier] = services.hot if tier == "hot" else services.cold
+        except StoreMismatch as e:
+            refused[tier] = str(e)
+    return stores, refused
 
 
 def _listing(store: ChunkStore, desktop: str | None = None) -> dict[str, str]:
@@ -294,10 +309,13 @@ def catalog_drift(services: Services) -> list[str]:
         "SELECT t.point_id, t.tier, t.store_url, p.desktop_id FROM point_tiers t "
         "JOIN points p ON p.id = t.point_id ORDER BY t.point_id, t.tier"
     )
-    stores = dict(_stores(services))
+    stores, refused = _stores_for_check(services)
     for tier in ("hot", "cold"):
         mine = [r for r in rows if r["tier"] == tier]
         store = stores.get(tier)
+        if tier in refused:  # not the store the copies went to (drsvc.store_identity): the drift is that
+            problems.append(f"{tier}: {refused[tier]}; its {len(mine)} recorded copies not checked")
+            continue
         if store is None:
             if mine:
                 problems.append(f"catalog: {len(mine)} point(s) have a {tier} copy, but no {tier} store is configured")

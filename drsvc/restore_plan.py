@@ -190,7 +190,11 @@ class RestorePlanner:
 
     # ------------------------------------------------------------------ planning
 
-    def choose_point(self, desktop_id: str, *, at: datetime | None = None, point_id: str | None = None) -> dict:
+    def choose_point(
+        self, desktop_id: str, *, at: datetime | None = None, point_id: str | None = None, tier: str | None = None
+    ) -> dict:
+        """The point to restore: ``point_id``, else the latest complete one (at or before ``at``) that
+        a tier holds (``tier``: that tier; e.g. the newest cold point when the hot store is lost)."""
         if at is not None and at > clock.now():
             # "the latest point at or before a future time" would silently be the latest point:
             # almost always a typo (a wrong year, a local time read as UTC), so refuse it
@@ -205,10 +209,11 @@ class RestorePlanner:
             return point
         oldest = None
         for point in self.catalog.points(desktop_id, status="complete"):
-            if point["tiers"] and (at is None or clock.from_iso(point["taken_at"]) <= at):
+            held = tier in point["tiers"] if tier else bool(point["tiers"])
+            if held and (at is None or clock.from_iso(point["taken_at"]) <= at):
                 return point
-            oldest = point if point["tiers"] else oldest
-        when = f" at or before {at.isoformat()}" if at else ""
+            oldest = point if held else oldest
+        when = (f" with a {tier} copy" if tier else "") + (f" at or before {at.isoformat()}" if at else "")
         hint = None
         if oldest is not None:  # --at before every point: say where they start (points come newest first)
             hint = f"its oldest is {oldest['id']} at {oldest['taken_at']}: `drsvc points list {desktop_id}`"
@@ -260,7 +265,7 @@ class RestorePlanner:
             for intent in interrupted_restores(self.catalog):
                 if intent.target == desktop_id and intent.detail.get("point"):
                     point_id, resumes = intent.detail["point"], intent.detail.get("restore")
-        point = self.choose_point(desktop_id, at=at, point_id=point_id)
+        point = self.choose_point(desktop_id, at=at, point_id=point_id, tier=tier)
         tier = tier or self._tier(point)
         if tier not in point["tiers"]:
             raise NotFound(f"point {point['id']} has no {tier} copy (tiers: {', '.join(point['tiers'])})")

@@ -45,6 +45,16 @@ if TYPE_CHECKING:
     from drsvc.storage.base import ObjectStore
 
 IDENTITY_KEY = "identity"
+
+
+class StoreMismatch(ConfigError):
+    """The configured store is not the one the tier's copies went to (exit 2). Readers that check
+    several tiers (``verify``, ``catalog check``) report it for that tier and go on with the others."""
+
+    def __str__(self) -> str:  # where it is reported as one tier's reason: with its next step
+        return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
 FORMAT = "drsvc-store-identity"
 
 
@@ -181,7 +191,7 @@ class Guard:
             return True  # a catalog that cannot say: as before
         if other is not None:
             where, count = other
-            raise ConfigError(
+            raise StoreMismatch(
                 f"{self.where} is {self.url}, but the catalog's {self._what} copies are in {where} ({count}), "
                 "none there: nothing was created",
                 hint=f"a typo? set {self.setting} back to {where}; a new, empty store on purpose: {self.adopt_command}",
@@ -196,7 +206,7 @@ class Guard:
             vouched = False
         count = f"{self._what} copies" if vouched else "the store it saw there"
         why = f" ({error.message})" if error is not None else ""
-        raise ConfigError(
+        raise StoreMismatch(
             f"{self.where} is {self.url}, which holds no drsvc store{why}, but the catalog records {count} "
             "there: its bucket or pool is missing or was emptied; nothing was created",
             hint=f"check {self.setting} and its endpoint (runbooks s3-unavailable, ceph-pool-lost); the store lost "
@@ -211,7 +221,7 @@ class Guard:
         """An existing store: its identity must be the one recorded for this URL (then remembered)."""
         found = read_identity(store)
         if self.known is not None and self.known.identity is not None and found != self.known.identity:
-            raise ConfigError(
+            raise StoreMismatch(
                 f"{self.where} is {self.url}, but the store there is not the one the catalog's copies went to "
                 f"(identity {found or 'none'}, recorded {self.known.identity})",
                 hint=f"check {self.setting} and its endpoint; this store accepted as the {self._what} store: "

@@ -221,8 +221,9 @@ def _known_or_not_found(
             raise NotFound(f"no desktop has {what} {value!r} (known: {names}; drsvc desktops list)")
 
 
-def plan_fleet(services: Services, desktops: Sequence[dict[str, Any]]) -> list[FleetItem]:
-    """Each desktop's point and tier, in restore order (priority, RTO target, id).
+def plan_fleet(services: Services, desktops: Sequence[dict[str, Any]], tier: str | None = None) -> list[FleetItem]:
+    """Each desktop's point and tier, in restore order (priority, RTO target, id); ``tier``: each
+    desktop's latest point that tier holds, restored from it.
 
     The catalog decides, except for a desktop with no restorable point: the runtime says whether it
     is lost (a failure to report) or running untouched (skipped: nothing to restore).
@@ -232,9 +233,9 @@ def plan_fleet(services: Services, desktops: Sequence[dict[str, Any]]) -> list[F
     for d in desktops:
         item = FleetItem(d["id"], host=d.get("node") or LOCAL_HOST)
         try:
-            point = restore.choose_point(d["id"])
+            point = restore.choose_point(d["id"], tier=tier)
             item.point_id = point["id"]
-            item.tier = restore._tier(point)
+            item.tier = tier or restore._tier(point)
             policy = policy_for(point, services.policies, {d["id"]: d})
         except DrsvcError as e:
             item.status, item.error = ("skipped" if _running(services, d) else "failed"), str(e)

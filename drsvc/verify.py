@@ -29,6 +29,7 @@ from drsvc.intents import Owner
 from drsvc.policy import Policy
 from drsvc.prune import manifest_streams
 from drsvc.services import Services
+from drsvc.store_identity import StoreMismatch
 
 Event = Callable[..., None]
 TIERS = ("hot", "cold")
@@ -169,9 +170,10 @@ class VerifyJob:
                 continue
             try:
                 self._verify_tier(tier, members, report)
-            except BackendError as e:
+            except (BackendError, StoreMismatch) as e:
                 # An unreachable tier is not a verdict on its copies: check the other tier and
-                # say what was not checked (exit 6), as the s3-unavailable runbook expects.
+                # say what was not checked (exit 6), as the s3-unavailable runbook expects. So is
+                # a store that is not the one they went to (a lost hot pool, a mistyped bucket).
                 report.unchecked[tier] = str(e)
                 report.unchecked_points[tier] = [p["id"] for p in members]
                 self.on_event("unchecked", tier=tier, error=e)

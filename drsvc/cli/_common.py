@@ -130,10 +130,11 @@ class App:
         try:
             results = push(self._catalog, stores_of(self._services, opened_only=True))
         except DrsvcError as e:
-            results = {"catalog copy": f"error: {e}"}
+            results = {"": f"error: {e.message}"}  # no store could be opened: which one, the message says
         for label, outcome in results.items():
             if outcome.startswith("error:"):
-                self.err.print(f"[yellow]drsvc: warning: the catalog copy to the {label} store failed{outcome[5:]}[/]")
+                where = f" to the {label} store" if label else ""
+                self.err.print(f"[yellow]drsvc: warning: the catalog copy{where} was not written:{outcome[6:]}[/]")
 
     def progress(self, then: Callable[..., None] | None = None) -> Callable[..., None]:
         """An ``on_event`` for jobs: progress bars (bytes, ETA) on a terminal, plain lines otherwise;
@@ -175,7 +176,9 @@ class App:
             return JsonConsole(self.command)  # type: ignore[return-value]  # the part commands use
         from rich.console import Console
 
-        return Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+        tty = sys.stderr.isatty()
+        # piped (cron mail, a log file, a ticket): a line is never wrapped, so one error stays one line
+        return Console(stderr=True, highlight=False, width=None if tty else 200, soft_wrap=not tty)
 
     def emit(self, document: Any, render: Callable[[Console], None]) -> None:
         """Print ``document`` as one JSON document with --json, else call ``render``; under

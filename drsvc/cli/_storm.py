@@ -47,11 +47,7 @@ def run_storm(
         pool=which.pool,
         policy=which.policy,
     )
-    items = plan_fleet(services, desktops)
-    if tier is not None:
-        for item in items:
-            if item.status == "planned":
-                item.tier = tier
+    items = plan_fleet(services, desktops, tier)
     selection = which.describe()
     parallel = parallel or app.config.recovery.parallel
     limits = _fleet.limits_of(app, no_admission)

@@ -174,7 +174,7 @@ def test_restore_not_found(fleet: Deployment) -> None:
         "`drsvc points list alice`",
     )
     assert_exit(fleet.cli("restore", "alice", "--point", "20010101T000000Z-nope"), 3)
-    assert_exit(fleet.cli("restore", "alice", "--tier", "cold"), 3, "has no cold copy")
+    assert_exit(fleet.cli("restore", "alice", "--tier", "cold"), 3, "no restorable recovery point of alice with a cold")
 
 
 @contract("restore", 4)

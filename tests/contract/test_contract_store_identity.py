@@ -50,9 +50,12 @@ def test_a_mistyped_cold_store_is_refused_and_never_created(deploy: Deployment) 
     good, typo = f"file://{deploy.root}/cold", f"file://{deploy.root}/cld"
     _set_store(deploy, good, typo)
     _due(deploy)
-    for args in (("tier",), ("verify", "--all"), ("prune",)):
+    for args in (("tier",), ("prune",), ("catalog", "rebuild")):
         r = deploy.cli(*args)
         assert_exit(r, 2, f"cold.store is {typo}", f"copies are in {good} (1)", "drsvc catalog adopt-store cold")
+    # readers of every tier check the others and name this one as not checked
+    assert_exit(deploy.cli("verify", "--all"), 6, "cold copies could not be checked", f"copies are in {good}")
+    assert_exit(deploy.cli("catalog", "check"), 4, f"cold.store is {typo}", "adopt-store cold", report=True)
     assert not (deploy.root / "cld").exists(), "nothing was created at the mistyped store"
     _set_store(deploy, typo, good)
     assert_exit(deploy.cli("verify", "--all"), 0)
@@ -77,7 +80,9 @@ def test_a_store_whose_copies_are_gone_is_refused_not_recreated(deploy: Deployme
 def test_another_store_behind_the_same_name_is_refused(deploy: Deployment) -> None:
     _tiered(deploy)
     (deploy.root / "cold" / "identity").write_text(json.dumps({"format": "drsvc-store-identity", "id": "other"}))
-    assert_exit(deploy.cli("verify", "--all"), 2, "is not the one the catalog's copies went to", "identity other")
+    _due(deploy)
+    assert_exit(deploy.cli("tier"), 2, "is not the one the catalog's copies went to", "identity other")
+    assert_exit(deploy.cli("verify", "--all"), 6, "is not the one the catalog's copies went to", "identity other")
 
 
 @contract("catalog", 2)

@@ -211,7 +211,7 @@ def test_verify_names_the_store_a_copy_was_recorded_in_when_the_config_names_ano
     # then a new, empty store there, every earlier cold copy missing from it
     text = deploy.config_path.read_text().replace(f"{deploy.root}/cold", f"{deploy.root}/cold-typo")
     deploy.config_path.write_text(text)
-    assert_exit(deploy.cli("verify", "--all"), 2, "adopt-store cold")
+    assert_exit(deploy.cli("verify", "--all"), 6, "adopt-store cold")
     assert_exit(deploy.cli("catalog", "adopt-store", "cold"), 0)
     r = deploy.cli("--json", "verify", "--all")
     assert_exit(r, 4, ids["alice"])

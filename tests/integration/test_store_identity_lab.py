@@ -45,10 +45,10 @@ def test_a_mistyped_cold_bucket_is_refused_and_never_created(drsvc_env: Any, mak
     cold_env(drsvc_env, bucket + "x")  # one letter more
     [second] = backup(drsvc_env, desk)
     drsvc_env.wait_due_for_tier(second["point_id"])
-    for args in (("tier",), ("verify", "--all")):
+    for args, code in ((("tier",), 2), (("verify", "--all"), 6)):  # verify checks the hot copies, names the cold
         r = drsvc_env.cli(*args)
-        assert r.code == 2, r.output
-        [line] = r.stderr.splitlines()
+        assert r.code == code, r.output
+        [line] = [ln for ln in r.stderr.splitlines() if ln.startswith("drsvc: error:")]
         assert f"s3://{bucket}x/fleet" in line and f"s3://{bucket}/fleet" in line, line
         assert "drsvc catalog adopt-store cold" in line, line
     assert not _exists(bucket + "x"), "radosgw never got a create for the mistyped bucket"
@@ -68,6 +68,8 @@ def test_an_emptied_hot_store_is_refused_until_adopted(drsvc_env: Any, make_flee
     services.catalog.close()
     r = drsvc_env.cli("backup", desk)
     assert r.code == 2 and "holds no drsvc store" in r.stderr and "adopt-store hot" in r.stderr, r.output
+    checked = drsvc_env.cli("verify", "--all")  # runbook ceph-pool-lost: the hot copies named as not checked
+    assert checked.code == 6 and "hot copies could not be checked" in checked.stderr, checked.output
     assert drsvc_env.cli("catalog", "adopt-store", "hot").code == 0
     backup(drsvc_env, desk)
     backup(drsvc_env, desk)

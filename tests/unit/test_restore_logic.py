@@ -105,7 +105,7 @@ def test_a_hot_copy_without_its_pool_snapshot_restores_from_hot_chunks(deploy: D
 
 def test_asking_for_a_tier_the_point_lacks_is_not_found(deploy: Deployment) -> None:
     three_points(deploy)
-    with pytest.raises(NotFound, match="has no cold copy"):
+    with pytest.raises(NotFound, match="no restorable recovery point of alice with a cold copy"):
         RestoreJob(deploy.services()).plan("alice", tier="cold")
 
 
