@@ -30,7 +30,7 @@ from drsvc.backup import IMAGES
 from drsvc.chunks import ChunkStore, StreamRef
 from drsvc.errors import DrsvcError, IntegrityError, NotFound
 from drsvc.services import Services
-from drsvc.store_identity import StoreMismatch
+from drsvc.store_identity import StoreMismatch, site_copies_as_cold
 from drsvc.tiering import manifest_key
 
 Event = Callable[..., None]
@@ -310,8 +310,10 @@ def catalog_drift(services: Services) -> list[str]:
         "JOIN points p ON p.id = t.point_id ORDER BY t.point_id, t.tier"
     )
     stores, refused = _stores_for_check(services)
+    cold = services.config.cold
+    sites = site_copies_as_cold(catalog, cold.store if cold else None)  # the sites' (verify --site)
     for tier in ("hot", "cold"):
-        mine = [r for r in rows if r["tier"] == tier]
+        mine = [r for r in rows if r["tier"] == tier and not (tier == "cold" and r["point_id"] in sites)]
         store = stores.get(tier)
         if tier in refused:  # not the store the copies went to (drsvc.store_identity): the drift is that
             problems.append(f"{tier}: {refused[tier]}; its {len(mine)} recorded copies not checked")

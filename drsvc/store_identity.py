@@ -151,6 +151,17 @@ def copies_elsewhere(catalog: Catalog, tier: str, url: str) -> tuple[str, int] |
     return str(rows[0]["store_url"]), int(rows[0]["n"])
 
 
+def site_copies_as_cold(catalog: Catalog, cold_url: str | None) -> set[str]:
+    """Points whose cold-tier row is a site's copy in another store than ``cold_url`` (``site
+    recover`` records them so at a DR host): the site's to check (``verify --site``), not the cold
+    tier's, once that host has a ``[cold]`` of its own."""
+    rows = catalog.query(
+        f"SELECT t.point_id FROM point_tiers t WHERE t.tier = 'cold' AND t.store_url != ? AND NOT {_NOT_SITE}",
+        [cold_url or ""],
+    )
+    return {r["point_id"] for r in rows}
+
+
 # a cold-tier row that is a site's copy (written by `site recover` at a DR host) is not the cold tier's
 _NOT_SITE = "NOT EXISTS (SELECT 1 FROM point_sites s WHERE s.point_id = t.point_id AND s.store_url = t.store_url)"
 

@@ -29,7 +29,7 @@ from drsvc.intents import Owner
 from drsvc.policy import Policy
 from drsvc.prune import manifest_streams
 from drsvc.services import Services
-from drsvc.store_identity import StoreMismatch
+from drsvc.store_identity import StoreMismatch, site_copies_as_cold
 
 Event = Callable[..., None]
 TIERS = ("hot", "cold")
@@ -164,8 +164,11 @@ class VerifyJob:
         return {"points": len(points), "read_data": read_data}
 
     def _verify_tiers(self, points: list[dict[str, Any]], report: VerifyReport) -> None:
+        cold = self.services.config.cold
+        sites = site_copies_as_cold(self.services.catalog, cold.store if cold else None)
         for tier in TIERS:
-            members = [p for p in points if tier in p["tiers"]]
+            # a site's copies recorded as cold by `site recover` are `verify --site`'s, not the cold tier's
+            members = [p for p in points if tier in p["tiers"] and not (tier == "cold" and p["id"] in sites)]
             if not members:
                 continue
             try:

@@ -113,3 +113,21 @@ def test_restore_from_a_site_before_site_recover_reads_the_desktop_from_the_site
     sites = catalog.query("SELECT DISTINCT site FROM point_sites")
     assert [r["site"] for r in sites] == ["dr"]
     catalog.close()
+
+
+def test_a_recovered_dr_host_with_its_own_cold_tier_verifies_clean(kit: SiteKit, run_cli: Any, tmp_path: Path) -> None:
+    # runbook site-lost, Verify: "give the DR config its own [hot]/[cold] stores": the site's copies
+    # that `site recover` recorded are the site's (verify --site dr), never the new cold tier's damage
+    cold_points(kit, {"dr": {"after": "1h"}})
+    CopyJob(kit.services, None).run(now=kit.now)
+    config = _dr_site(kit, tmp_path)
+    assert run_cli("--config", config, "site", "recover", "--from", "dr").code == 0
+    with open(config, "a") as f:
+        f.write(f'[cold]\nstore = "file://{tmp_path}/dr-cold"\n')
+    verified = run_cli("--config", config, "verify", "--all")
+    assert verified.code == 0, verified.output
+    assert run_cli("--config", config, "verify", "--all", "--site", "dr").code == 0
+    checked = run_cli("--config", config, "catalog", "check", "--no-stores")
+    assert checked.code == 0, checked.output
+    drift = run_cli("--config", config, "--json", "catalog", "check")
+    assert not any("configured cold store" in line for line in drift.stdout.splitlines()), drift.output
