@@ -303,7 +303,7 @@ def restore_copy(
     when no store holds a copy that passes every check (the caller falls back to a rebuild).
     """
     target = str(target)
-    if os.path.exists(target) and not replace_sound and _sound(target):
+    if os.path.exists(target) and not replace_sound and _sound(target) and not _empty(target):
         raise InvalidInput(f"catalog {target} is sound: refusing to replace it with a copy (use --force to do so)")
     skipped: list[str] = []
     for info, store in list_copies(stores):
@@ -343,3 +343,19 @@ def _problems(path: str) -> list[str]:
 
 def _sound(path: str) -> bool:
     return not _problems(path)
+
+
+def _empty(path: str) -> bool:
+    """A catalog that records no point: what any command creates where the lost one was (runbook
+    catalog-lost: `points list` first, then `catalog restore`); replacing it loses nothing of worth
+    (a verify or discover run on the empty catalog at most; the damaged-file rule keeps it aside)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return False
+    try:
+        return conn.execute("SELECT 1 FROM points LIMIT 1").fetchone() is None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()

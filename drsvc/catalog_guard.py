@@ -157,6 +157,10 @@ def copy_due(catalog: Any, labels: list[str]) -> bool:
     """Whether any of ``labels`` lacks a copy of the catalog as it is now."""
     if getattr(catalog, "damaged", False) or catalog.path == ":memory:" or not labels:
         return False
+    if not catalog.query("SELECT 1 FROM points LIMIT 1"):
+        # nothing worth a copy, and it would stand newest in the stores: after a catalog is lost,
+        # the first command's new empty one would be what `catalog restore` brings back
+        return False
     state = copy_state(catalog.path)
     current = fingerprint(catalog)
     return any(state.get(label) != current for label in labels)

@@ -284,3 +284,31 @@ def test_the_hot_and_cold_copies_are_written_at_once(kit: ColdKit, monkeypatch: 
     assert results["hot"] == results["cold"] and not results["hot"].startswith("error"), results
     assert not both.broken
     services.catalog.close()
+
+
+def test_a_deleted_catalog_comes_back_whole_whatever_ran_first(kit: ColdKit, run_cli: Any) -> None:
+    # runbook catalog-lost, followed literally: the file is gone, the operator looks first
+    # (`points list`, `verify --all`, `catalog check`: each creates a new, empty catalog), then
+    # `catalog restore`. The empty catalog wrote no copy to the stores (it stood newest and was
+    # what came back, 0 points, the history lost), and it is replaced without --force.
+    db = kit.root / "catalog.db"
+    assert cli(kit, run_cli, "tier").code == 0
+    services = kit.fresh_services()
+    copies = copy_ids(services.hot)
+    jobs = services.catalog.query("SELECT COUNT(*) AS n FROM jobs")[0]["n"]
+    services.catalog.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    for args in (("points", "list"), ("verify", "--all"), ("catalog", "check")):
+        cli(kit, run_cli, *args)
+    assert copy_ids(kit.fresh_services().hot) == copies, "no copy of the empty catalog"
+    kit.services.catalog.close()
+    restored = cli(kit, run_cli, "--json", "catalog", "restore")
+    assert restored.code == 0, restored.output
+    assert restored.json()["copy"]["copy_id"] == copies[0]
+    catalog = Catalog.open(db)
+    try:
+        assert {p["id"] for p in catalog.points()} >= set(kit.ids)
+        assert catalog.query("SELECT COUNT(*) AS n FROM jobs")[0]["n"] >= jobs, "the history came back"
+    finally:
+        catalog.close()
