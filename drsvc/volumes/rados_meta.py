@@ -61,6 +61,12 @@ class ThreadContexts:
             self._all.clear()
 
 
+def _value(raw: bytes | None) -> bytes:
+    """An omap value as the binding hands it back: an empty one comes as None (a tenant writes it;
+    ``bytes(None)`` raised a TypeError out of every live read: restore --verify, each drill)."""
+    return b"" if raw is None else bytes(raw)
+
+
 class MetadataScan:
     """Reads object metadata of one namespace as one context (a snapshot, or head) sees it."""
 
@@ -168,7 +174,7 @@ class MetadataScan:
                 if rv < 0:
                     raise ceph.rv_error(f"read omap of {self.url}/{name}{self.where}", rv)
                 with ceph.ceph_errors(f"read omap of {self.url}/{name}{self.where}"):  # keys decode here
-                    omap = {k: bytes(v) for k, v in it}
+                    omap = {k: _value(v) for k, v in it}
             finally:
                 op.release()
             if len(omap) >= OMAP_PAGE:
@@ -198,7 +204,7 @@ class MetadataScan:
             with ceph.ceph_errors(f"read omap of {self.url}/{name}{self.where}"), rados.ReadOpCtx() as op:
                 it, _ = io.get_omap_vals(op, after, "", OMAP_PAGE)
                 io.operate_read_op(op, name)
-                page = [(k, bytes(v)) for k, v in it]
+                page = [(k, _value(v)) for k, v in it]
             omap.update(page)
             held += sum(len(k.encode()) + len(v) for k, v in page)
             if len(page) < OMAP_PAGE:

@@ -20,7 +20,7 @@ from typing import Any
 
 from drsvc import ceph
 from drsvc.errors import BackendError, InvalidInput, NotFound
-from drsvc.volumes import base
+from drsvc.volumes import base, rados_odd
 from drsvc.volumes.base import (
     SnapshotInfo,
 )
@@ -149,9 +149,9 @@ class RadosPoolSnapshots:
         ignore the read snapshot), so a listing taken after a snapshot names everything the
         snapshot holds, and readers stat each name at the snapshot and drop those absent there.
         Sorted; every URL is a key (an empty list when its namespace holds nothing), but one whose
-        namespace holds more than ``VOLUME_OBJECTS_MAX`` objects, or an object with a locator key (its
-        desktop's own listing fails). One URL: its
-        namespace is listed alone (the same scan, only its names sent back).
+        namespace holds more than ``VOLUME_OBJECTS_MAX`` objects, an object with a locator key or a
+        name that is not UTF-8 (its desktop's own listing fails, naming it). One URL: its namespace
+        is listed alone (the same scan, only its names sent back).
         """
         prefix = f"{SCHEME}://{self.pool}/"
         by_namespace: dict[str, str] = {}
@@ -160,6 +160,22 @@ class RadosPoolSnapshots:
             if not url.startswith(prefix) or not _NAMESPACE.match(namespace):
                 raise InvalidInput(f"volume {url!r} is not a namespace of pool {self.pool} ({prefix}NAMESPACE)")
             by_namespace[namespace] = url
+        try:
+            return self._names_by_namespace(by_namespace)
+        except ceph.NotUtf8Name:
+            # the binding's listing stops at the first such name in any namespace of the pool: list
+            # again through the C API (names as bytes), where it drops its own namespace alone
+            # (about twice the binding's time: 15 µs an object against 8 in the lab), rather than
+            # make every desktop of the batch scan the pool for its own
+            listed = rados_odd.names_by_namespace(
+                self._conn, self.pool, set(by_namespace), bound=base.VOLUME_OBJECTS_MAX
+            )
+            if listed is None:
+                raise
+            return {by_namespace[ns]: names for ns, names in listed.items()}
+
+    def _names_by_namespace(self, by_namespace: dict[str, str]) -> dict[str, builtins.list[str]]:
+        """``names_by_volume`` through the binding's listing (URL of each namespace in ``by_namespace``)."""
         found: dict[str, set[str]] = {ns: set() for ns in by_namespace}
         if found:
             rados = ceph.rados_module()

@@ -98,3 +98,52 @@ def test_a_restore_removes_what_the_point_does_not_hold_whatever_its_name(drsvc_
             assert entry not in _listing(lab, desktop)
     finally:
         _remove_odd(lab, desktop, entry)
+
+
+def test_a_name_that_is_not_utf8_costs_no_other_desktop_its_shared_listing(drsvc_env, make_fleet, lab, monkeypatch):
+    """A batch lists its pool once for all its desktops (listing a namespace scans the whole pool).
+    The binding's listing of the pool raised at the first name that is not UTF-8 in any namespace,
+    so one tenant's such name made every batch of the pool fall back to a scan per desktop, for as
+    long as the tenant kept it. The pool is now listed through the C API (names as bytes): only the
+    tenant's own desktop lists (and fails) on its own."""
+    from drsvc.volumes import rados_scan
+
+    victim, attacker = make_fleet(2)
+    own_listings: list[str] = []
+    real = rados_scan.list_names
+
+    def spy(io, url, **kw):
+        own_listings.append(url)
+        return real(io, url, **kw)
+
+    monkeypatch.setattr(rados_scan, "list_names", spy)
+    entry = _put_odd(lab, attacker, "name not UTF-8")
+    try:
+        result = drsvc_env.cli("--json", "backup", victim, attacker)
+    finally:
+        _remove_odd(lab, attacker, entry)
+    assert result.code == 6, result.output
+    by_desktop = {o["desktop"]: o for o in result.json()["results"]}
+    assert by_desktop[victim]["status"] == "complete", by_desktop[victim]
+    assert "not UTF-8" in (by_desktop[attacker].get("error") or ""), by_desktop[attacker]
+    assert own_listings == [f"rados://desktops/{attacker}"]  # the victim's names came from the batch's listing
+
+
+@pytest.mark.parametrize("where", ["omap value", "xattr value"])
+def test_an_empty_metadata_value_is_backed_up_and_drilled(drsvc_env, make_fleet, lab, where):
+    """The pacific binding hands back an empty omap value as None, and drsvc's live reader made
+    ``bytes(None)`` of it: a TypeError, not a drsvc error, in every read of the live namespace
+    (``restore --verify``, each drill's verification, ``restore --object``), while the C API
+    reader at the snapshot backed it up. A tenant's empty value must drill like any other."""
+    victim, attacker = make_fleet(2)
+    _rados(lab, attacker, b"put", b"plain", b"-", data=b"x\n")
+    if where == "omap value":
+        _rados(lab, attacker, b"setomapval", b"plain", b"k", b"")
+    else:
+        _rados(lab, attacker, b"setxattr", b"plain", b"user.empty", b"")
+    taken = drsvc_env.cli("--json", "backup", victim, attacker)
+    assert taken.code == 0, taken.output
+    result = drsvc_env.cli("--json", "drill", victim, attacker, "--parallel", "2")
+    assert result.code == 0, result.output
+    by_desktop = {r["desktop"]: r for r in result.json()["results"]}
+    assert by_desktop[victim]["passed"] and by_desktop[attacker]["passed"], by_desktop

@@ -212,9 +212,25 @@ def test_the_metadata_budget_bounds_one_object_and_the_volume(monkeypatch: pytes
     with pytest.raises(base.MetadataTooLarge, match="/x: more than"):
         budget.take("x", {"k": b"v" * 600}, {"o": b"w" * 600})  # xattrs and omap together
     for name in "abc":
-        budget.take(name, {}, {"é": b"v" * 798})  # names count in UTF-8 bytes: 800 each
+        budget.take(name, {}, {"é": b"v" * (798 - base.ENTRY_COST)})  # names count in UTF-8 bytes: 800 each
     with pytest.raises(base.MetadataTooLarge, match=r"in the volume \(at d\)"):
         budget.take("d", {}, {"k": b"v" * 100})
+
+
+def test_many_tiny_omap_keys_count_as_the_memory_they_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bounds counted names and values alone, but drsvc holds each key and value as Python
+    objects in a dict: 2 million omap keys of 8 bytes and empty values (15 MiB as stored) grew the
+    capture's memory by 195 MiB in the lab, so a desktop within the 128 MiB volume bound made the
+    backup process hold about 1.7 GiB. Each entry now also costs ``ENTRY_COST``."""
+    from drsvc.volumes import base
+
+    monkeypatch.setattr(base, "OBJECT_METADATA_MAX", 64 << 20)
+    tiny = {f"{n:08x}": b"" for n in range(100_000)}  # 0.8 MB as stored
+    assert base.metadata_bytes(tiny) >= 100_000 * (8 + 64)
+    budget = base.MetadataBudget("rados://desktops/t1 at snapshot s")
+    monkeypatch.setattr(base, "VOLUME_METADATA_MAX", 4 << 20)
+    with pytest.raises(base.MetadataTooLarge, match="in the volume"):
+        budget.take("many-keys", {}, tiny)
 
 
 def test_a_captures_listing_is_bounded_a_restores_is_not(monkeypatch: pytest.MonkeyPatch) -> None:

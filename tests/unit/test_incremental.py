@@ -476,3 +476,31 @@ def test_a_point_built_on_a_parent_of_the_first_digest_form_mixes_forms_and_ever
     at_s2 = [(VolumeObject(n, len(d), x, o), iter([d])) for n, (d, x, o) in oracle(vol, "s2").items()]
     assert base.digest_streams(at_s2, like=recorded) == recorded
     assert restored(hot, second) == oracle(vol, "s2")
+
+
+def test_a_pool_listing_that_meets_a_name_not_utf8_lists_again_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The binding's pool listing stops at the first name that is not UTF-8 in any namespace; one
+    tenant's such name made every desktop of the batch scan the pool for its own. The pool is then
+    listed again through the C API (``rados_odd``: names as bytes; the lab test proves it drops the
+    tenant's namespace alone), and only where that cannot be had does the error stand."""
+    from drsvc import ceph
+    from drsvc.volumes import rados_snapshots
+
+    def refuses(self: object, by_namespace: dict[str, str]) -> dict[str, list[str]]:
+        raise ceph.NotUtf8Name("list the objects of pool desktops: the name 'bad\\xff' is not UTF-8")
+
+    monkeypatch.setattr(rados_snapshots.RadosPoolSnapshots, "_names_by_namespace", refuses)
+    asked: list[set[str]] = []
+
+    def by_bytes(conn: object, pool: str, namespaces: set[str], *, bound: int) -> dict[str, list[str]] | None:
+        asked.append(namespaces)
+        return {"a": ["m", "z"]}  # b held the name: left out
+
+    monkeypatch.setattr(rados_snapshots.rados_odd, "names_by_namespace", by_bytes)
+    pool = rados_snapshots.RadosPoolSnapshots("desktops")
+    urls = ["rados://desktops/a", "rados://desktops/b"]
+    assert pool.names_by_volume(urls) == {urls[0]: ["m", "z"]}
+    assert asked == [{"a", "b"}]
+    monkeypatch.setattr(rados_snapshots.rados_odd, "names_by_namespace", lambda *_a, **_k: None)
+    with pytest.raises(ceph.NotUtf8Name):
+        pool.names_by_volume(urls)
