@@ -200,6 +200,16 @@ class Committer:
                     )
                     break
                 time.sleep(min(2**attempt, 30))
+            except Exception as e:
+                # a bug the desktop's own data set off (everything read here is its tenant's to
+                # shape): it fails this desktop, never the run and the other tenants' points
+                outcome.error = f"internal error: {type(e).__name__}: {e} (a drsvc bug; the log has its traceback)"
+                outcome.status = "failed"
+                event(log, logging.ERROR, "backup.bug", f"{outcome.desktop}: {outcome.error}", exc_info=e)
+                self.catalog.update_point(
+                    outcome.point_id, status="failed", consistency=outcome.consistency, reason=outcome.error
+                )
+                break
         outcome.seconds = time.monotonic() - started
         event(
             log,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -24,12 +25,15 @@ from drsvc import clock
 from drsvc.catalog import Catalog
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, DrsvcError, InvalidInput, NotFound
 from drsvc.intents import Owner, abandoned_runs
+from drsvc.log import event
 from drsvc.restore import DEFAULT_TARGET, RestoreJob, RestorePlan
 from drsvc.restore_effects import resolve_clone
 from drsvc.runtimes.base import Isolation
 from drsvc.services import Services
 from drsvc.targets import owned_clone
 from drsvc.workpool import run_each
+
+log = logging.getLogger("drsvc.drill")
 
 Event = Callable[..., None]
 
@@ -264,8 +268,11 @@ class DrillJob:
                 result.error = "the clone is not isolated: " + "; ".join(result.isolation["problems"])
             elif outcome.status == "objective_missed":
                 result.error = f"RTO {outcome.rto_seconds:.1f} s over the {plan.target_seconds:.0f} s target"
-        except DrsvcError as e:
-            result.error = str(e)
+        except Exception as e:
+            # a DrsvcError, or a bug the desktop's own data set off: this drill fails, not the run
+            result.error = str(e) if isinstance(e, DrsvcError) else f"internal error: {type(e).__name__}: {e}"
+            if not isinstance(e, DrsvcError):
+                event(log, logging.ERROR, "drill.bug", f"{desktop}: {result.error}", exc_info=e)
             rows = self.catalog.query(
                 "SELECT rto_seconds, phases FROM restores WHERE drill_id = ? AND desktop_id = ? "
                 "ORDER BY id DESC LIMIT 1",

@@ -130,6 +130,26 @@ def test_one_desktop_failing_among_several_is_partial(deploy: Deployment) -> Non
 
 
 @contract("backup", 6)
+def test_a_bug_one_desktops_data_sets_off_fails_that_desktop_alone(deploy: Deployment) -> None:
+    """A desktop's processes shape everything drsvc reads of it; a drsvc bug their data sets off
+    (an empty omap value once made the binding's reader raise a TypeError) raised out of the
+    run: every later batch, every other tenant's point, went with it. Now it fails that desktop,
+    naming the error, and the log keeps the traceback."""
+    deploy.desktop("alice")
+    deploy.desktop("mallory", seed=2)
+    deploy.desktop("carol", seed=3)
+    deploy.world.set_knobs("mallory", read_bug="cannot convert 'NoneType' object to bytes")
+    r = deploy.cli("--json", "backup", "--policy", "standard")
+    assert r.code == 6, r.output
+    results = {o["desktop"]: o for o in r.json()["results"]}
+    assert results["alice"]["status"] == results["carol"]["status"] == "complete", results
+    assert results["mallory"]["status"] == "failed"
+    assert "TypeError: cannot convert 'NoneType' object to bytes" in results["mallory"]["error"]
+    points = {p["desktop"]: p["status"] for p in _points(deploy)}
+    assert points == {"alice": "complete", "mallory": "failed", "carol": "complete"}
+
+
+@contract("backup", 6)
 def test_a_desktop_whose_pool_does_not_exist_fails_alone(deploy: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
     """A desktop labelled with a pool that is not there (a typo, a pool deleted): its batch fails
     with Ceph's reason, the other desktops get their points and the command says partial."""

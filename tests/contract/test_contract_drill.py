@@ -48,6 +48,20 @@ def test_drill_dry_run_restores_nothing(fleet: Deployment) -> None:
     assert services.catalog.query("SELECT count(*) AS n FROM restores")[0]["n"] == 0
 
 
+@contract("drill", 0)
+def test_a_bug_one_desktops_data_sets_off_fails_that_drill_alone(fleet: Deployment) -> None:
+    """An empty omap value made the binding's reader raise a TypeError in a drill's restore: the
+    whole drill run raised, the other desktops' drills with it. Now that drill fails, naming it."""
+    assert_exit(fleet.cli("backup", "--policy", "standard"), 0)
+    fleet.world.set_knobs("bob", read_bug="cannot convert 'NoneType' object to bytes")
+    r = fleet.cli("--json", "drill", "--all")
+    assert r.code == 6, r.output  # the log keeps the bug's traceback
+    results = _results(r)
+    assert results["alice"]["passed"] and not results["bob"]["passed"]
+    assert "TypeError: cannot convert 'NoneType' object to bytes" in results["bob"]["error"]
+    assert _leftovers(fleet) == []
+
+
 @contract("drill", 6)
 def test_one_desktop_failing_among_several_is_partial_and_still_torn_down(fleet: Deployment) -> None:
     fleet.world.set_knobs("bob", restore_error="CRIU restore failed")

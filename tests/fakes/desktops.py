@@ -151,6 +151,8 @@ class FakeWorld:
         ``not_from_checkpoint`` (bool): restored without restored_at (a fresh start);
         ``tcp_ports`` (list of int, default [5900]); ``exec_exit`` (int, default 0);
         ``read_error`` (str): reading its volume at a snapshot raises BackendError;
+        ``read_bug`` (str): reading its volume at a snapshot raises TypeError (a drsvc bug the
+        desktop's own data sets off, as an empty omap value once did);
         ``read_seconds`` (float): reading each of its objects at a snapshot takes this long (a
         namespace its processes made slow to read: huge objects, a million of them);
         ``remove_error`` (str): removing its clone raises BackendError.
@@ -643,6 +645,8 @@ class FakeVolume:
         knobs = self.world.knobs(self.namespace)
         if knobs.get("read_error"):
             raise BackendError(f"fake read of {self.url} failed: {knobs['read_error']}")
+        if knobs.get("read_bug"):
+            raise TypeError(knobs["read_bug"])
         return snaps.snap_dir(snap_name) / self.namespace
 
     def _live(self) -> Path:
