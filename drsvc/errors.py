@@ -29,6 +29,17 @@ EXIT_CODES = (
 )
 
 
+class Interrupted(KeyboardInterrupt):
+    """The command was asked to stop by signal ``signum`` (``drsvc.cli.signals``): every job
+    unwinds it as Ctrl-C; the job did not finish, so the command exits 1 (failed)."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class DrsvcError(Exception):
     """Base of every error drsvc reports to its user."""
 

@@ -23,7 +23,7 @@ from typing import Any
 from drsvc import clock
 from drsvc.catalog import Catalog
 from drsvc.catalog_guard import copy_due, copy_labels, leftovers_possible
-from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, Busy, DrsvcError
+from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, Busy, DrsvcError, Interrupted
 from drsvc.intents import Owner
 from drsvc.lease import Lease
 from drsvc.log import event
@@ -173,14 +173,27 @@ class TickReport:
 
 
 class Stopper:
-    """SIGTERM/SIGINT set a flag the daemon loop checks between ticks (and while sleeping)."""
+    """SIGTERM/SIGINT/SIGHUP set a flag the daemon loop checks between ticks (and while sleeping):
+    the work under way is finished. A second signal interrupts that work (``Interrupted``, as a
+    one-shot command: job rows ``interrupted``, leases released, desktops thawed), for a stop
+    that cannot wait (systemd's stop timeout comes next, with SIGKILL)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.event = threading.Event()
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.event.set())
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if not self.event.is_set():
+            self.event.set()
+            return
+        for sig in self.SIGNALS:  # the unwinding that follows is not interrupted again
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
 
     def sleep(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True when asked to stop."""

@@ -12,6 +12,8 @@ import click
 from drsvc import __version__
 from drsvc.cli import COMMANDS, load
 from drsvc.cli._common import App, DrsvcGroup
+from drsvc.cli.signals import interrupted, interrupting
+from drsvc.cli.signals import message as interrupted_message
 from drsvc.errors import EXIT_FAILED, EXIT_INTEGRITY, EXIT_INVALID, DrsvcError
 from drsvc.printable import printable
 
@@ -133,12 +135,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Commands return an exit code when they finished but must not report plain success
         # (e.g. 5: restored, but the RTO target was missed).
-        rv = cli.main(args=args, prog_name="drsvc", standalone_mode=False)
+        with interrupting():
+            rv = cli.main(args=args, prog_name="drsvc", standalone_mode=False)
     except DrsvcError as e:
         _report(e, json_output, say)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        say.error(EXIT_FAILED, "aborted")
+    except click.exceptions.Abort as e:
+        # click turns Ctrl-C (and our signals, drsvc.cli.signals) into Abort
+        cause = e.__cause__ or e.__context__
+        stopped = interrupted(cause) if isinstance(cause, KeyboardInterrupt) else None
+        say.error(EXIT_FAILED, interrupted_message(stopped) if stopped else "aborted")
         sys.exit(EXIT_FAILED)
     except click.ClickException as e:
         code = EXIT_INVALID if e.exit_code == 2 else e.exit_code
@@ -147,9 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             e.show()
         sys.exit(code)
-    except KeyboardInterrupt:
-        say.error(130, "interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        say.error(EXIT_FAILED, interrupted_message(interrupted(e)))
+        sys.exit(EXIT_FAILED)
     except Exception as e:
         # a catalog page that goes bad mid-command: still one line, naming the way back (sqlite3
         # is imported with the catalog: when it is not, no error can be its)

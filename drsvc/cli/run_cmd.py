@@ -97,6 +97,6 @@ def command(app: App, once: bool, dry_run: bool, metrics_listen: str | None) -> 
         return report.exit_code
     stopper = Stopper()
     stopper.install()
-    app.err.print("drsvc scheduler running; SIGTERM stops it after the current work")
+    app.err.print("drsvc scheduler running; SIGTERM stops it after the current work, a second SIGTERM at once")
     scheduler.serve(stopper)
     return 0
