@@ -415,11 +415,22 @@ class Catalog:
             raise
 
     # ------------------------------------------------------------------ leases
-    def acquire_lease(self, name: str, holder: str, ttl: float, *, take_from: str | None = None) -> int | None:
+    def acquire_lease(
+        self,
+        name: str,
+        holder: str,
+        ttl: float,
+        *,
+        take_from: str | None = None,
+        live: Callable[[str], bool] = lambda _holder: False,
+    ) -> int | None:
         """Take the lease if it is free or expired; returns the new fencing token, else None.
 
         ``take_from`` takes it over from that holder even before it expires (the caller has
-        established that the holder is dead).
+        established that the holder is dead). ``live(holder)``: the holder is known alive (a
+        process on this host), so its lease is held whatever the wall clock says of its expiry.
+        An expiry more than ``ttl`` ahead was written before the clock stepped back: it is bounded
+        to ``ttl`` from now (a live holder's next renewal writes that anyway).
 
         The token grows with every acquisition, so work done under a lease that has since expired
         and been taken by someone else can be recognised (``lease_valid``) and refused.
@@ -427,9 +438,13 @@ class Catalog:
         now = time.time()
         with self.transaction():
             rows = self.query("SELECT holder, token, expires_at FROM leases WHERE name = ?", [name])
-            held = rows and rows[0]["expires_at"] > now and rows[0]["holder"] not in (holder, take_from)
-            if held:
-                return None
+            if rows and rows[0]["holder"] not in (holder, take_from) and rows[0]["expires_at"] > 0:
+                expires = rows[0]["expires_at"]
+                if expires > now + ttl:
+                    expires = now + ttl
+                    self.execute("UPDATE leases SET expires_at = ? WHERE name = ?", [expires, name])
+                if expires > now or live(rows[0]["holder"]):
+                    return None
             token = (rows[0]["token"] if rows else 0) + 1
             self.execute(
                 "INSERT INTO leases (name, holder, token, expires_at) VALUES (?, ?, ?, ?) "
@@ -440,17 +455,23 @@ class Catalog:
             return token
 
     def renew_lease(self, name: str, token: int, ttl: float) -> bool:
-        """Extend a lease still held with ``token``; False when it was lost."""
+        """Extend a lease still held with ``token``; False when it was lost (taken or released).
+
+        Not "and not expired yet": while the token is ours nobody took it, so extending it is safe,
+        and a wall clock stepped forward past the expiry must not cost a live run its lease."""
         with self.transaction():
             cursor = self.execute(
-                "UPDATE leases SET expires_at = ? WHERE name = ? AND token = ? AND expires_at > ?",
-                [time.time() + ttl, name, token, time.time()],
+                "UPDATE leases SET expires_at = ? WHERE name = ? AND token = ? AND expires_at > 0",
+                [time.time() + ttl, name, token],
             )
             return cursor.rowcount == 1
 
-    def lease_valid(self, name: str, token: int) -> bool:
-        rows = self.query("SELECT token, expires_at FROM leases WHERE name = ?", [name])
-        return bool(rows) and rows[0]["token"] == token and rows[0]["expires_at"] > time.time()
+    def lease_valid(self, name: str, token: int, *, live: Callable[[str], bool] = lambda _holder: False) -> bool:
+        """Whether ``token`` is the lease's current token, unexpired (or its holder known ``live``)."""
+        rows = self.query("SELECT holder, token, expires_at FROM leases WHERE name = ?", [name])
+        if not rows or rows[0]["token"] != token or rows[0]["expires_at"] <= 0:
+            return False
+        return bool(rows[0]["expires_at"] > time.time() or live(rows[0]["holder"]))
 
     def release_lease(self, name: str, token: int) -> None:
         self.execute("UPDATE leases SET expires_at = 0 WHERE name = ? AND token = ?", [name, token])

@@ -43,6 +43,7 @@ from drsvc.intents import (
     MEMORY_KINDS,
     Intent,
     abandoned_runs,
+    bound_owner_leases,
     end_runs,
     intents_of,
     interrupted_restores,
@@ -207,6 +208,7 @@ class CleanupJob:
             report.interrupted_recoveries = abandoned_runs(self.catalog, "site_recoveries")
             report.interrupted_jobs = interrupted_jobs(self.catalog)
             return report
+        bound_owner_leases(self.catalog)  # a clock stepped back must not keep dead owners for hours
         if self.lease is None or not self.lease.joined:
             report.failed_points = recover_interrupted(self.catalog)
             self._drop_manifests(report)
@@ -220,14 +222,21 @@ class CleanupJob:
         report.interrupted_recoveries = abandoned_runs(self.catalog, "site_recoveries", mark=True)
         report.interrupted_jobs = interrupted_jobs(self.catalog, mark=True)
         # owner leases that lapsed and guard nothing any more (a killed run's: a run that ends removes its own)
-        self.catalog.execute(
-            "DELETE FROM leases WHERE name LIKE 'owner:%' AND expires_at < ? "
-            "AND name NOT IN (SELECT owner FROM intents WHERE state = 'pending')",
-            [time.time()],
-        )
+        self._forget_lapsed_owners()
         # every in-place restore still interrupted, not only those noticed now
         report.interrupted_restores = [i.line() for i in interrupted_restores(self.catalog)]
         return report
+
+    def _forget_lapsed_owners(self) -> None:
+        """Owner rows that lapsed and guard nothing any more go (a killed run's: a run that ends
+        removes its own); not one whose process still runs here (the clock stepped forward)."""
+        rows = self.catalog.query(
+            "SELECT name FROM leases WHERE name LIKE 'owner:%' AND expires_at < ? "
+            "AND name NOT IN (SELECT owner FROM intents WHERE state = 'pending')",
+            [time.time()],
+        )
+        for name in [r["name"] for r in rows if not owner_alive(self.catalog, r["name"])]:
+            self.catalog.execute("DELETE FROM leases WHERE name = ?", [name])
 
     def _site_drills(self, report: CleanupReport) -> None:
         """A killed ``site drill`` recorded its sandboxes' intents in its scratch catalog: undone

@@ -37,7 +37,7 @@ from typing import Any
 
 from drsvc import clock
 from drsvc.catalog import Catalog
-from drsvc.lease import Lease, holder_dead
+from drsvc.lease import Lease, holder_here
 
 KINDS = (
     "clone-volume",  # target: rados://POOL/NAMESPACE of a restore's clone
@@ -93,11 +93,29 @@ class Owner(Lease):
 
 
 def owner_alive(catalog: Catalog, name: str) -> bool:
-    """Whether the owner lease ``name`` is still held by a live process."""
+    """Whether the owner lease ``name`` is still held by a live process.
+
+    An owner on this host is alive exactly while its process is (``holder_here``: pid and start
+    time), whatever the wall clock says of its expiry; elsewhere, while its lease is unexpired
+    (``bound_owner_leases`` bounds one a clock stepped back left far ahead)."""
     rows = catalog.query("SELECT holder, expires_at FROM leases WHERE name = ?", [name])
-    if not rows or rows[0]["expires_at"] <= time.time():
-        return False
-    return not holder_dead(rows[0]["holder"])
+    if not rows or rows[0]["expires_at"] <= 0:
+        return False  # released, or never held
+    here = holder_here(rows[0]["holder"])
+    if here is not None:
+        return here
+    return bool(rows[0]["expires_at"] > time.time())
+
+
+def bound_owner_leases(catalog: Catalog) -> None:
+    """Bound owner leases expiring more than ``OWNER_TTL`` ahead (written before the clock stepped
+    back) to ``OWNER_TTL`` from now: a dead owner on another host lapses in one lifetime, not in
+    the size of the step. A live owner's next renewal writes the same bound anyway."""
+    now = time.time()
+    catalog.execute(
+        "UPDATE leases SET expires_at = ? WHERE name LIKE 'owner:%' AND expires_at > ?",
+        [now + OWNER_TTL, now + OWNER_TTL],
+    )
 
 
 @dataclass

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from pathlib import Path
 from types import TracebackType
 
 from drsvc.catalog import Catalog
@@ -27,21 +28,52 @@ class LeaseLost(DrsvcError):
 
 
 def holder_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:pid@start``: this process, and when it started (``/proc``), so a reused pid is not it."""
+    start = _start_ticks(os.getpid())
+    return f"{socket.gethostname()}:{os.getpid()}" + (f"@{start}" if start else "")
 
 
-def holder_dead(holder: str) -> bool:
-    """Whether ``holder`` (``host:pid``) is a process on this host that no longer exists."""
-    host, _, pid = holder.rpartition(":")
+def _start_ticks(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot (immune to wall-clock steps)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the name in parentheses may hold spaces
+    return fields[19] if len(fields) > 19 else None  # field 22, counted from the state (field 3)
+
+
+def holder_here(holder: str) -> bool | None:
+    """Whether ``holder`` (``host:pid[@start]``) is a live process on this host; None elsewhere.
+
+    A holder here is judged by its process, never by the wall clock: an NTP step forward must not
+    make a live run look lapsed, a step back must not make a dead one look held. A holder written
+    without a start time (an older drsvc) is dead when its pid is gone, and otherwise unknown
+    (None: its pid may have been reused; its lease's expiry decides, as before).
+    """
+    host, _, rest = holder.rpartition(":")
+    pid, _, start = rest.partition("@")
     if host != socket.gethostname() or not pid.isdigit():
-        return False
+        return None
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    if not start:
+        return None
+    return _start_ticks(int(pid)) in (None, start)
+
+
+def holder_dead(holder: str) -> bool:
+    """Whether ``holder`` is a process on this host that no longer exists (or a reused pid)."""
+    return holder_here(holder) is False
+
+
+def holder_alive(holder: str) -> bool:
+    """Whether ``holder`` is a live process on this host (held whatever its lease's expiry says)."""
+    return holder_here(holder) is True
 
 
 class Lease:
@@ -69,7 +101,7 @@ class Lease:
     # ---- the four steps a lease store provides
     def _acquire(self) -> int:
         """Take the lease; its new fencing token, or ``Busy``."""
-        token = self.catalog.acquire_lease(self.name, self.holder, self.ttl)
+        token = self.catalog.acquire_lease(self.name, self.holder, self.ttl, live=holder_alive)
         if token is None:
             rows = self.catalog.query("SELECT holder FROM leases WHERE name = ?", [self.name])
             other = rows[0]["holder"] if rows else "?"
@@ -88,7 +120,7 @@ class Lease:
 
     def _valid(self, token: int) -> bool:
         """Whether ``token`` is still the lease's current, unexpired token."""
-        return self.catalog.lease_valid(self.name, token)
+        return self.catalog.lease_valid(self.name, token, live=holder_alive)
 
     # ---- shared behaviour
     def __enter__(self) -> Lease:

@@ -97,12 +97,20 @@ def due(policies: Iterable[Policy], states: dict[tuple[str, str], State], now: d
                 continue
             state = states.get((policy.name, purpose), State())
             last = state.last_window
-            if last is not None and last >= window:
+            # recorded later than now: the clock has stepped back since; that window did not run
+            # in this clock's future, and waiting for it would leave a gap as long as the step
+            stepped_back = last is not None and last > now
+            if last is not None and last >= window and not stepped_back:
                 continue
-            if state.retry_at is not None and state.retry_at > now:
-                continue  # backing off after a failure at this window
+            if state.retry_at is not None and now < state.retry_at <= now + backoff(MAX_ATTEMPTS):
+                continue  # backing off after a failure at this window (a retry further off: a step back)
             if last is None:
                 missed, why = 1, f"window {window.isoformat()} (never ran)"
+            elif stepped_back:
+                missed, why = (
+                    1,
+                    f"window {window.isoformat()} (last {last.isoformat()} is after now: clock stepped back)",
+                )
             else:
                 missed = len(schedule.runs_between(last + timedelta(microseconds=1), window))
                 why = f"window {window.isoformat()}"

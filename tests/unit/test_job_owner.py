@@ -54,10 +54,12 @@ def _unrelated_process() -> Iterator[int]:
 
 
 def _move_owner_leases(catalog: Catalog, holder: str, to: str, *, expires_at: float | None = None) -> None:
-    """The owner leases ``holder`` held now read ``to`` (a reused pid, a process elsewhere)."""
+    """The owner leases ``holder`` (``host:pid``, any start time) held now read ``to`` (a reused
+    pid written by an older drsvc, a process elsewhere)."""
     catalog.execute(
-        "UPDATE leases SET holder = ?, expires_at = COALESCE(?, expires_at) WHERE holder = ? AND name LIKE 'owner:%'",
-        [to, expires_at, holder],
+        "UPDATE leases SET holder = ?, expires_at = COALESCE(?, expires_at) "
+        "WHERE (holder = ? OR holder LIKE ? || '@%') AND name LIKE 'owner:%'",
+        [to, expires_at, holder, holder],
     )
 
 

@@ -75,3 +75,19 @@ def test_drill_schedules_are_due_like_backups(tmp_path):
     assert items[("q", "drill")].window == datetime(2026, 10, 1, 3, 0, tzinfo=UTC)
     ran = {("q", "drill"): State(datetime(2026, 10, 1, 3, 0, tzinfo=UTC))}
     assert ("q", "drill") not in {(d.policy, d.purpose) for d in due(load_policies([tmp_path]), ran, T)}
+
+
+def test_a_window_recorded_before_the_clock_stepped_back_does_not_stop_backups(policies):
+    """The host ran 3 h ahead (a bad RTC, no NTP yet) and recorded 13:00 as its last window; NTP
+    steps it back to 10:00. The window of now runs (one extra point), not nothing until 14:00."""
+    ahead = {("hourly", "backup"): State(datetime(2026, 11, 27, 13, 0, tzinfo=UTC))}
+    [item] = [d for d in due(policies, ahead, T) if d.policy == "hourly"]
+    assert item.window == datetime(2026, 11, 27, 10, 0, tzinfo=UTC) and item.missed == 1
+    assert "clock stepped back" in item.why
+
+
+def test_a_retry_time_beyond_any_backoff_is_a_clock_step_back_and_not_waited_for(policies):
+    ahead = {("hourly", "backup"): State(None, 1, T + timedelta(hours=3))}
+    assert [d.policy for d in due(policies, ahead, T) if d.policy == "hourly"] == ["hourly"]
+    soon = {("hourly", "backup"): State(None, 1, T + backoff(1))}
+    assert not [d for d in due(policies, soon, T) if d.policy == "hourly"], "a real backoff was not waited for"
