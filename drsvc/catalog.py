@@ -19,12 +19,12 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drsvc import clock, data
+from drsvc import clock, data, hostfs
 from drsvc.catalog_guard import CatalogDamaged, is_damage, needs_check, quick_check, write_stamp
 from drsvc.errors import BackendError, NotFound
 from drsvc.sqlite import Database
@@ -73,7 +73,7 @@ def _use_wal(conn: sqlite3.Connection, path: str, timeout: float = _OPEN_TIMEOUT
             return
         except sqlite3.OperationalError as e:
             if "locked" not in str(e) and "busy" not in str(e):
-                raise BackendError(f"cannot open catalog {path}: {e}") from None
+                raise hostfs.sqlite_error(path, e) or BackendError(f"cannot open catalog {path}: {e}") from None
             if time.monotonic() > deadline:
                 raise BackendError(f"catalog {path} stayed locked by another process for {timeout:.0f} s") from None
         time.sleep(delay)
@@ -92,6 +92,10 @@ def _private(path: str) -> None:
     except OSError as e:
         # every command writes the catalog (leases, audit rows); a read-only /etc under systemd's
         # ProtectSystem=strict is the usual cause
+        if e.errno in hostfs.SPACE:
+            raise hostfs.full(path, e.strerror or str(e)) from None
+        if e.errno in hostfs.READ_ONLY and hostfs.state(path) == "read-only":  # not ProtectSystem's
+            raise hostfs.read_only(path) from None
         raise BackendError(
             f"cannot open catalog {path}: {e.strerror or e}; [catalog] path must name a file this user "
             "can write (under the systemd units: below /var/lib/drsvc)"
@@ -115,7 +119,7 @@ class Catalog:
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self.path = path
-        self.db = Database(conn)
+        self.db = Database(conn, on_error=self._raise_host_fs)
         self._lock = threading.RLock()
         self.damaged: list[str] = []  # what the integrity check found at open; non-empty: read-only
 
@@ -135,7 +139,7 @@ class Catalog:
         try:
             conn = sqlite3.connect(path, timeout=_OPEN_TIMEOUT, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
-            raise BackendError(f"cannot open catalog {path}: {e}") from None
+            raise hostfs.sqlite_error(path, e) or BackendError(f"cannot open catalog {path}: {e}") from None
         try:
             damaged = quick_check(conn) if suspect else []
             if damaged:
@@ -148,7 +152,7 @@ class Catalog:
             conn.close()
             if is_damage(e):
                 raise CatalogDamaged(path, str(e)) from None
-            raise BackendError(f"cannot open catalog {path}: {e}") from None
+            raise hostfs.sqlite_error(path, e) or BackendError(f"cannot open catalog {path}: {e}") from None
         catalog = cls(conn, path)
         catalog.damaged = damaged
         if migrate and not damaged:
@@ -206,13 +210,28 @@ class Catalog:
             if conn.in_transaction:
                 yield
                 return
-            conn.execute("BEGIN IMMEDIATE")
+            self._write_step(conn, "BEGIN IMMEDIATE")
             try:
                 yield
+                self._write_step(conn, "COMMIT")  # fails on a full disk: rolled back below
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    with suppress(sqlite3.Error):  # a disk that failed the commit may fail this too
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
+
+    def _write_step(self, conn: sqlite3.Connection, statement: str) -> None:
+        try:
+            conn.execute(statement)
+        except sqlite3.OperationalError as e:
+            self._raise_host_fs(e)
+            raise
+
+    def _raise_host_fs(self, error: sqlite3.OperationalError) -> None:
+        """A full or read-only file system under the catalog, as one clear error (``drsvc.hostfs``)."""
+        translated = hostfs.sqlite_error(self.path, error)
+        if translated is not None:
+            raise translated from error
 
     def check(self) -> list[str]:
         """Integrity and foreign-key problems; empty when the catalog is sound."""

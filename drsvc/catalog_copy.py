@@ -41,12 +41,12 @@ from typing import Any
 
 import zstandard
 
-from drsvc import clock
+from drsvc import clock, hostfs
 from drsvc.catalog import Catalog
 from drsvc.catalog_guard import copy_state, fingerprint, quarantine, quick_check, write_copy_state
 from drsvc.chunks import ChunkStore
 from drsvc.chunks.layout import object_aad
-from drsvc.errors import DrsvcError, IntegrityError, InvalidInput, NotFound
+from drsvc.errors import BackendError, DrsvcError, IntegrityError, InvalidInput, NotFound
 from drsvc.services import Services
 
 PREFIX = "catalog-copies/"
@@ -109,8 +109,20 @@ def stores_of(services: Services, *, opened_only: bool = False) -> list[tuple[st
 
 
 def snapshot(catalog: Catalog) -> bytes:
-    """A consistent copy of the catalog file (SQLite online backup), without the ephemeral tables."""
-    fd, tmp = tempfile.mkstemp(prefix=".drsvc-catalog-copy-", dir=os.path.dirname(os.path.abspath(catalog.path)))
+    """A consistent copy of the catalog file (SQLite online backup), without the ephemeral tables.
+
+    Written beside the catalog first: on a full or read-only disk that is a ``HostFsError``."""
+    directory = os.path.dirname(os.path.abspath(catalog.path))
+    try:
+        return _snapshot(catalog, directory)
+    except OSError as e:
+        raise hostfs.os_error(directory, e) or BackendError(f"catalog copy: {e}") from e
+    except sqlite3.OperationalError as e:
+        raise hostfs.sqlite_error(catalog.path, e) or BackendError(f"catalog copy: {e}") from e
+
+
+def _snapshot(catalog: Catalog, directory: str) -> bytes:
+    fd, tmp = tempfile.mkstemp(prefix=".drsvc-catalog-copy-", dir=directory)
     os.close(fd)
     try:
         dest = sqlite3.connect(tmp)

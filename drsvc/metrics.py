@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from drsvc import __version__, clock
+from drsvc import __version__, clock, hostfs
 from drsvc.catalog import Catalog
 from drsvc.health import FleetHealth, LastPoint, LastPointKey, read_health
 from drsvc.liveness import DaemonHealth
@@ -509,7 +509,8 @@ def render(reg: CollectorRegistry) -> bytes:
 
 def write_textfile(reg: CollectorRegistry, path: str | os.PathLike[str]) -> None:
     """Write ``reg`` for node_exporter's textfile collector (atomically: a temp file renamed)."""
-    write_to_textfile(str(path), reg)
+    with hostfs.writing(path):
+        write_to_textfile(str(path), reg)
 
 
 class _Server(ThreadingMixIn, WSGIServer):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import PurePath
 from typing import Any
@@ -88,18 +88,32 @@ class Table:
 class Database:
     """A sqlite3 connection with dict rows on demand and ``db[table]`` writers."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, on_error: Callable[[sqlite3.OperationalError], None] | None = None
+    ) -> None:
+        """``on_error`` sees every ``OperationalError`` first and may raise a clearer one instead."""
         self.conn = conn
         self._pks: dict[str, list[str]] = {}
+        self._on_error = on_error
 
     def execute(self, sql: str, params: Params = ()) -> sqlite3.Cursor:
-        return self.conn.execute(sql, params)
+        try:
+            return self.conn.execute(sql, params)
+        except sqlite3.OperationalError as e:
+            if self._on_error is not None:
+                self._on_error(e)
+            raise
 
     def query(self, sql: str, params: Params = ()) -> Iterator[dict[str, Any]]:
-        cursor = self.conn.execute(sql, params)
+        cursor = self.execute(sql, params)
         names = [d[0] for d in cursor.description or ()]
-        for row in cursor:
-            yield dict(zip(names, row, strict=True))
+        try:
+            for row in cursor:
+                yield dict(zip(names, row, strict=True))
+        except sqlite3.OperationalError as e:
+            if self._on_error is not None:
+                self._on_error(e)
+            raise
 
     def table_names(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]

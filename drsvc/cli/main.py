@@ -157,6 +157,11 @@ def main(argv: list[str] | None = None) -> None:
         say.error(EXIT_FAILED, interrupted_message(interrupted(e)))
         sys.exit(EXIT_FAILED)
     except Exception as e:
+        # a full or read-only disk met where no write names its path (stdout redirected to a file)
+        full = _host_fs_error(e) if isinstance(e, OSError) else None
+        if full is not None:
+            _report(full, json_output, say)
+            sys.exit(full.exit_code)
         # a catalog page that goes bad mid-command: still one line, naming the way back (sqlite3
         # is imported with the catalog: when it is not, no error can be its)
         sqlite3 = sys.modules.get("sqlite3")
@@ -172,6 +177,12 @@ def main(argv: list[str] | None = None) -> None:
         say.error(EXIT_INTEGRITY if damaged else EXIT_FAILED, f"catalog: {e}", hint=hint if damaged else None)
         sys.exit(EXIT_INTEGRITY if damaged else EXIT_FAILED)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _host_fs_error(error: OSError) -> DrsvcError | None:
+    from drsvc import hostfs
+
+    return hostfs.os_error(error.filename or "standard output or a file drsvc writes", error)
 
 
 def _log_format(args: list[str]) -> str:

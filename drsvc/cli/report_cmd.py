@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from drsvc import hostfs
 from drsvc.cli._common import App, DrsvcCommand, pass_app
 from drsvc.errors import InvalidInput, PolicyError
 from drsvc.units import format_bytes
@@ -19,8 +20,13 @@ _SUFFIXES = {".html": "html", ".htm": "html", ".pdf": "pdf", ".md": "md", ".mark
 
 def _write(path: Path, content: bytes) -> None:
     """Write atomically: a reader (a mail hook, a browser) never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with hostfs.writing(path):  # a full or read-only disk: one line naming the file, no traceback
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        _write_tmp(fd, tmp, path, content)
+
+
+def _write_tmp(fd: int, tmp: str, path: Path, content: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content)

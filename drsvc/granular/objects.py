@@ -39,7 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from drsvc import clock
+from drsvc import clock, hostfs
 from drsvc.errors import DrsvcError, InvalidInput, NotFound
 from drsvc.granular import names
 from drsvc.granular.listing import ObjectEntry
@@ -263,7 +263,8 @@ class ObjectRestoreJob:
                 reading(self.services.catalog, [point["id"]], object_restore=result.restore_id),
             ):
                 if plan.mode == "to-dir":
-                    self._to_dir(plan, result)
+                    with hostfs.writing(plan.target):  # a full or read-only disk: one line, no traceback
+                        self._to_dir(plan, result)
                 else:
                     self._in_place(plan, result)
             status = "ok"

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from drsvc import faults
+from drsvc import faults, hostfs
 from drsvc.errors import BackendError, InvalidInput, NotFound
 from drsvc.storage.base import StoreBase, check_key, check_prefix, ordered_map, too_large
 
@@ -69,7 +69,8 @@ class FileStore(StoreBase):
                     os.close(dfd)
         except OSError as e:
             tmp.unlink(missing_ok=True)
-            raise BackendError(f"file store {self._url}: put {key}: {e.strerror or e}") from e
+            full = hostfs.os_error(self.root, e)  # a full or read-only disk: the operator's to fix
+            raise full or BackendError(f"file store {self._url}: put {key}: {e.strerror or e}") from e
 
     def put_many(
         self,
