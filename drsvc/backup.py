@@ -58,6 +58,7 @@ from drsvc.backup_commit import (  # the names below were defined here first: th
 from drsvc.catalog import Catalog
 from drsvc.checkpoint_effects import RecordedCheckpoints
 from drsvc.chunks import StreamRef
+from drsvc.desktop_guard import record_refused, restores_in_place
 from drsvc.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, BackendError, DrsvcError, NotFound
 from drsvc.intents import Owner
 from drsvc.lease import Lease
@@ -336,6 +337,12 @@ class BackupJob:
         snap = snapshot_name(policy.name if policy else None, taken_at, batch_no)
         phases = report.phases
         with phases.timed("record"), self.catalog.transaction():
+            # desktops a live in-place restore is writing are left out, checked in the transaction
+            # that records the batch's points (drsvc.desktop_guard: the restore sees those points)
+            refused = self._refuse_restoring(batch, outcomes, policy, job_id, taken_at)
+            batch = [d for d in batch if d.desktop_id in outcomes]
+            if not batch:
+                return refused, []
             # The pool snapshot is recorded before it is made: if this process dies in between,
             # the row (referenced by no complete point) is what prune and cleanup remove.
             snapshot_row = self._record_snapshot(pool_url, snap, taken_at, job_id)
@@ -397,13 +404,13 @@ class BackupJob:
             self._freeze_facts(batch, outcomes, e.results)
             self._fail_batch(outcomes, f"pool snapshot {snap} failed: {e}")
             self._drop_snapshot(volumes, snap, snapshot_row, e.pending)
-            return [outcomes[d.desktop_id] for d in batch], []
+            return [outcomes[d.desktop_id] for d in batch] + refused, []
         except (BackendError, NotFound) as e:
             # NotFound: the desktops' pool is not there (a label's typo, a pool deleted): their
             # failure, not the run's; the other batches go on
             self._fail_batch(outcomes, f"pool snapshot {snap} failed: {e}")
             self._drop_snapshot(volumes, snap, snapshot_row, None)
-            return [outcomes[d.desktop_id] for d in batch], []
+            return [outcomes[d.desktop_id] for d in batch] + refused, []
         report.pool_snapshots.append(snap)
         # the stores start now; each waits for the listing only after the stats it could take ahead
         listing = reads.listing()
@@ -423,7 +430,7 @@ class BackupJob:
             )
             for d in batch
         ]
-        return [outcomes[d.desktop_id] for d in batch], futures
+        return [outcomes[d.desktop_id] for d in batch] + refused, futures
 
     def _know_chunks(self) -> None:
         """Load the hot store's listing of stored chunks (dedup) while the first checkpoints run;
@@ -544,6 +551,17 @@ class BackupJob:
             o = outcomes[d.desktop_id]
             o.checkpoint_ms = r.seconds * 1000
             o.freeze_ms = r.freeze_window * 1000 if r.freeze_window is not None else None
+
+    def _refuse_restoring(
+        self, batch: list[DesktopRef], outcomes: dict[str, Outcome], policy: Policy | None, job_id: int, at: datetime
+    ) -> list[Outcome]:
+        """The batch's desktops a live in-place restore is writing: out of ``outcomes``, recorded failed."""
+        busy = restores_in_place(self.catalog, [d.desktop_id for d in batch])
+        refused = [outcomes.pop(desktop_id) for desktop_id in sorted(busy)]
+        record_refused(self.catalog, refused, busy, policy.name if policy else None, job_id, at)
+        for o in refused:
+            self.on_event("desktop", outcome=o)
+        return refused
 
     def _fail_batch(self, outcomes: dict[str, Outcome], reason: str) -> None:
         for o in outcomes.values():

@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from drsvc.catalog import Catalog
+from drsvc.desktop_guard import refuse_restore_in_place
 from drsvc.errors import DrsvcError
 from drsvc.intents import Intents, Owner, interrupted_restores, pack_names, pending, resolve
 from drsvc.leftovers import recorded
@@ -91,6 +92,14 @@ class RestoreEffects:
 
     def __enter__(self) -> RestoreEffects:
         self.owner.__enter__()
+        try:
+            self._record()
+        except BaseException as e:  # refused (a backup of the desktop runs): nothing was touched
+            self.__exit__(type(e), e, e.__traceback__)
+            raise
+        return self
+
+    def _record(self) -> None:
         plan = self.plan
         self.read = self.intents.record("point-read", plan.point["id"], restore=self.restore_id)
         if plan.as_name:
@@ -114,10 +123,17 @@ class RestoreEffects:
                 ),
             ]
         else:
-            self.in_place = self.intents.record(
-                "restore-in-place", plan.desktop["id"], restore=self.restore_id, point=plan.point["id"], phase="plan"
-            )
-        return self
+            # recorded and checked in one transaction: a live backup of the desktop, or another
+            # in-place restore of it, is seen by one of the two (drsvc.desktop_guard)
+            with self.catalog.transaction():
+                self.in_place = self.intents.record(
+                    "restore-in-place",
+                    plan.desktop["id"],
+                    restore=self.restore_id,
+                    point=plan.point["id"],
+                    phase="plan",
+                )
+                refuse_restore_in_place(self.catalog, plan.desktop["id"], self.in_place)
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
         try:
