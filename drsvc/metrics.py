@@ -29,7 +29,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, write_to_textfile
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -508,9 +508,20 @@ def render(reg: CollectorRegistry) -> bytes:
 
 
 def write_textfile(reg: CollectorRegistry, path: str | os.PathLike[str]) -> None:
-    """Write ``reg`` for node_exporter's textfile collector (atomically: a temp file renamed)."""
+    """Write ``reg`` for node_exporter's textfile collector (atomically: a temp file renamed).
+
+    Not ``prometheus_client.write_to_textfile``: it ignores a short write, so on a disk that fills
+    part-way it renamed a truncated file into place and reported nothing."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with hostfs.writing(path):
-        write_to_textfile(str(path), reg)
+        try:
+            with open(tmp, "wb") as f:
+                hostfs.write_all(f, generate_latest(reg))
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 class _Server(ThreadingMixIn, WSGIServer):

@@ -29,7 +29,7 @@ def _write(path: Path, content: bytes) -> None:
 def _write_tmp(fd: int, tmp: str, path: Path, content: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(content)
+            hostfs.write_all(f, content)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

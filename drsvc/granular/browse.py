@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from drsvc import hostfs
 from drsvc.errors import InvalidInput, NotFound
 from drsvc.granular import listing
 from drsvc.granular.listing import Diff, ObjectEntry, RootfsListing
@@ -148,7 +149,7 @@ def dump_object(
         used, data = source.open_object(entry, tiers)
         written = 0
         for piece in data:
-            out.write(piece)
+            hostfs.write_all(out, piece)  # a short write on a full disk must not pass as done
             written += len(piece)
         out.flush()
         detail.update(tier=used, bytes=written)

@@ -341,7 +341,7 @@ class ObjectRestoreJob:
                 fd = names.write_beneath(root, path, overwrite=overwrite)
                 with os.fdopen(fd, "wb") as out:
                     for piece in self._data(plan, entry, result):
-                        out.write(piece)
+                        hostfs.write_all(out, piece)  # a full disk: never a short file
                     if entry.mtime:
                         moment = clock.from_iso(entry.mtime).timestamp()
                         os.utime(out.fileno(), (moment, moment))

@@ -104,23 +104,28 @@ def test_a_full_disk_under_the_hot_store_fails_in_one_line(deploy: Deployment, s
 def test_restore_to_a_full_dir_fails_in_one_line(deploy: Deployment, small_fs: Path) -> None:
     objects = deploy.desktop("alice")
     assert_exit(deploy.cli("backup", "alice"), 0)
-    fill(small_fs, leave=1024)
-    name = sorted(objects)[0]
+    fill(small_fs, leave=4096)  # the first write is short, only the next one fails
+    name = max(objects, key=lambda n: len(objects[n][0]))
     r = deploy.cli("restore", "alice", "--object", name, "--to-dir", str(small_fs / "out"))
     _one_line(r, str(small_fs), "free space")
 
 
+@pytest.mark.parametrize("leave", [0, 4096], ids=["full", "fills-part-way"])
 @pytest.mark.parametrize("what", ["report", "metrics"])
-def test_a_report_or_textfile_on_a_full_disk_fails_in_one_line(deploy: Deployment, small_fs: Path, what: str) -> None:
+def test_a_report_or_textfile_on_a_full_disk_fails_in_one_line(
+    deploy: Deployment, small_fs: Path, what: str, leave: int
+) -> None:
+    """``leave``: one page free, so the first write is short (4096 bytes) and only the next fails."""
     deploy.desktop("alice")
     assert_exit(deploy.cli("backup", "alice"), 0)
-    fill(small_fs)
+    fill(small_fs, leave=leave)
     target = small_fs / ("report.html" if what == "report" else "drsvc.prom")
     if what == "report":
         r = deploy.cli("report", "--quarter", "2026Q4", "-o", str(target))
     else:
         r = deploy.cli("metrics", "--textfile", str(target))
     _one_line(r, str(small_fs), "free space")
+    assert not target.exists(), "a truncated file was put in place"
 
 
 def test_a_catalog_on_a_read_only_file_system_fails_in_one_line(deploy: Deployment, small_fs: Path) -> None:
@@ -176,3 +181,29 @@ def test_the_catalogs_file_system_fails_mid_backup(
     statuses = [p["status"] for p in deploy.cli("--json", "points", "list").json()]
     assert statuses.count("complete") == 2, statuses
     assert_exit(deploy.cli("restore", "alice", "--force", "--verify"), 0)
+
+
+def test_dump_into_a_file_on_a_full_disk_fails_in_one_line(deploy: Deployment, small_fs: Path) -> None:
+    import sys
+
+    from deployment import CLI
+
+    objects = deploy.desktop("alice")
+    listed = deploy.cli("--json", "backup", "alice")
+    assert listed.code == 0, listed.output
+    point = listed.json()["results"][0]["point_id"]
+    fill(small_fs, leave=4096)
+    name = max(objects, key=lambda n: len(objects[n][0]))
+    with open(small_fs / "out.bin", "wb") as out:
+        done = subprocess.run(
+            [sys.executable, str(CLI), "--config", str(deploy.config_path), "dump", point, name],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            env=deploy.env(),
+            timeout=120,
+        )
+    err = done.stderr.decode()
+    err += f"\n(out.bin: {(small_fs / 'out.bin').stat().st_size} bytes; free {os.statvfs(small_fs).f_bavail * 4096})"
+    assert done.returncode == 1 and "Traceback" not in err and "Exception ignored" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("drsvc: error:")]
+    assert len(lines) == 1 and "free space" in lines[0], err
