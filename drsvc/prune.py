@@ -179,6 +179,9 @@ class PruneJob:
             if decision.keep:
                 continue
             self._check_lease()
+            if decision.point_id in points_being_read(self.catalog):  # a restore began after the plan
+                decision.keep, decision.reasons = True, ["a restore is reading it (kept until the restore ends)"]
+                continue
             with contextlib.suppress(NotFound):
                 hot.delete_manifest(decision.desktop, decision.point_id)
             with self.catalog.transaction():
@@ -257,7 +260,19 @@ class PruneJob:
                 "WHERE s.removed_at IS NULL GROUP BY s.id"
             )
             rows += [r for r in extra if set(r["ids"].split(",")) <= also_dropped]
-        return rows
+        read = self._snapshots_being_read()
+        return [r for r in rows if r["id"] not in read]
+
+    def _snapshots_being_read(self) -> set[int]:
+        """Pool snapshots of points a live restore reads: one that began after prune dropped the
+        point's hot copy (its plan came first) may be rolling a desktop back from it."""
+        reading = sorted(points_being_read(self.catalog))
+        if not reading:
+            return set()
+        rows = self.catalog.query(
+            f"SELECT pool_snapshot_id FROM points WHERE id IN ({','.join('?' * len(reading))})", reading
+        )
+        return {r["pool_snapshot_id"] for r in rows if r["pool_snapshot_id"] is not None}
 
     def collect_garbage(self, store: ChunkStore, now: datetime) -> tuple[int, int]:
         """Mark chunks no manifest references; sweep those unreferenced for the grace period.

@@ -82,3 +82,40 @@ def test_two_tier_runs_one_is_refused(deploy: Deployment, tmp_path: Path) -> Non
     assert code == 0, out + err
     assert_exit(r, 1, "another drsvc run holds the 'work' lease")
     assert_exit(deploy.cli("restore", "alice", "--force", "--verify", "--tier", "cold"), 0)
+
+
+def test_prune_keeps_a_point_a_restore_began_reading_after_prune_planned(deploy: Deployment, tmp_path: Path) -> None:
+    """prune plans to drop the two older points and is parked after dropping the first; a restore
+    of the second begins (its point-read recorded after prune's plan); prune goes on and must keep
+    that point, and the restore must finish from it."""
+    from datetime import timedelta
+
+    from drsvc import clock
+
+    deploy.policy(retention={"hot": {"last": 1}}, tiering=None)
+    deploy.desktop("alice", seed=4)
+    start = clock.now() - timedelta(hours=4)
+    ids = [deploy.backup_at(start + timedelta(hours=h), "alice")[0] for h in range(3)]
+    pruning, go_prune = _park(deploy, tmp_path, "prune-after-drop", "prune")
+    hot = {p["id"] for p in deploy.cli("--json", "points", "list", "alice").json() if p["tiers"]}
+    (reading,) = hot - {ids[2]}  # planned to go, not dropped yet
+    (gone,) = set(ids) - hot
+    go = tmp_path / "go-restore"
+    restoring = deploy.spawn(
+        "restore", "alice", "--point", reading, "--as", "alice-old", **{faults.ENV: f"mid-restore-volume:wait={go}"}
+    )
+    wait_for(
+        "the restore to be reading the point",
+        lambda: Path(f"{go}.reached").exists() or restoring.poll() is not None,
+    )
+    assert restoring.poll() is None, finish(restoring, "the restore")
+    go_prune.touch()
+    code, out, err = finish(pruning, "the prune")  # type: ignore[arg-type]
+    assert code == 0, out + err
+    go.touch()
+    code, out, err = finish(restoring, "the restore")
+    assert code == 0, out + err
+    listed = {p["id"]: p for p in deploy.cli("--json", "points", "list", "alice").json()}
+    assert listed[reading]["tiers"] == ["hot"], "prune dropped the point a restore was reading"
+    assert not listed[gone]["tiers"], "the point no one reads was kept"
+    assert _live(deploy, "alice-old") == digests(volume_for(4, "alice"))
