@@ -210,7 +210,7 @@ class RestorePlanner:
         oldest = None
         for point in self.catalog.points(desktop_id, status="complete"):
             held = tier in point["tiers"] if tier else bool(point["tiers"])
-            if held and (at is None or clock.from_iso(point["taken_at"]) <= at):
+            if held and (at is None or _taken(point, at) <= at):
                 return point
             oldest = point if held else oldest
         when = (f" with a {tier} copy" if tier else "") + (f" at or before {at.isoformat()}" if at else "")
@@ -394,3 +394,10 @@ def warm_index(store: ChunkStore) -> None:
     """
     if store.pack_size:
         beside(store.packs.ensure_loaded)
+
+
+def _taken(point: dict, at: datetime) -> datetime:
+    """When ``point`` was taken, to the precision of ``at``: tables show times to the second, so
+    ``--at`` copied from one (04:40:16) must include the point taken at 04:40:16.517."""
+    taken = clock.from_iso(point["taken_at"])
+    return taken.replace(microsecond=0) if at.microsecond == 0 else taken

@@ -38,10 +38,11 @@ def render_result(result: ObjectResult) -> list[str]:
         extra = f", current kept as {printable(o['kept_as'])}" if o.get("kept_as") else ""
         extra += f" -> {printable(o['path'])}" if o.get("path") else ""
         lines.append(f"  {o['status']:<10} {printable(o['name'])} ({format_bytes(o['size'])}{extra})")
-    lines.append(
-        f"restored {format_bytes(doc['bytes'])} from the {doc['tier'] or '-'} copy in {doc['seconds']:.2f} s "
-        f"(plan {doc['plan_seconds']:.2f} s; restore #{doc['restore_id']})"
-    )
+    timing = f"{doc['seconds']:.2f} s (plan {doc['plan_seconds']:.2f} s; restore #{doc['restore_id']})"
+    if doc["tier"]:
+        lines.append(f"restored {format_bytes(doc['bytes'])} from the {doc['tier']} copy in {timing}")
+    else:  # every object already as the point holds it: no copy was read
+        lines.append(f"nothing to restore, every object is as the point holds it: {timing}")
     return lines
 
 

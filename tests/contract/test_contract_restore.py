@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from contractlib import assert_exit, contract
 from deployment import Deployment, digests, volume_for
 
@@ -234,3 +235,19 @@ def test_a_storm_dry_run_lists_running_desktops_as_skipped(fleet: Deployment) ->
     run = fleet.cli("--json", "restore", "--all")
     assert run.code == 0, run.output
     assert {d["desktop"]: d["status"] for d in run.json()["desktops"]} == {"alice": "skipped", "bob": "ok"}
+
+
+def test_restore_at_a_time_copied_from_a_table_includes_that_second(deploy: Deployment) -> None:
+    # `points list` shows 04:40:16 for a point taken at 04:40:16.517: `--at` copied from there (runbooks
+    # ransomware, desktop-lost) must find it, not say "no restorable recovery point at or before"
+    deploy.desktop("alice", seed=1)
+    [pid] = deploy.backup_at((clock.now() - timedelta(hours=1)).replace(microsecond=517_000), "alice")
+    [point] = deploy.cli("--json", "points", "list", "alice").json()
+    moment = clock.from_iso(point["taken_at"])
+    if moment.microsecond == 0:
+        pytest.skip("the point was taken on a whole second: nothing to truncate")
+    shown = moment.strftime("%Y-%m-%dT%H:%M:%SZ")  # as the table shows it
+    r = deploy.cli("--json", "restore", "alice", "--at", shown, "--dry-run")
+    assert r.code == 0 and r.json()["point_id"] == pid, r.output
+    earlier = (moment - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert_exit(deploy.cli("restore", "alice", "--at", earlier, "--dry-run"), 3, f"its oldest is {pid}")
