@@ -72,6 +72,8 @@ def ls_command(app: App, point_id: str, prefix: str | None, long: bool, tenant: 
     if app.json_output:
         # one line, through json's C encoder: indenting 100,000 objects took seconds
         sys.stdout.write(json.dumps(result.document(long=long), separators=(",", ":")) + "\n")
+    elif app.log_format == "json":  # every line JSON: the listing as the one result line
+        app.emit(result.document(long=long), lambda _out: None)
     else:
         render_listing(result, long)
 
@@ -120,7 +122,7 @@ def diff_command(app: App, point_a: str, point_b: str, tenant: str | None) -> No
     from drsvc.granular.scope import Scope
 
     result = diff_points(app.services, Scope(app.catalog, tenant, "diff"), point_a, point_b)
-    if app.json_output:
+    if app.json_output or app.log_format == "json":
         app.emit(result.document(), lambda _out: None)
     else:
         render_diff(result)

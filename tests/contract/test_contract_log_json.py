@@ -66,6 +66,24 @@ def test_every_line_of_a_command_that_succeeds_is_json(fleet: Deployment, args: 
     assert r.stdout.count("\n") == 1, "stdout holds the one result line"
 
 
+def test_reading_commands_print_json_lines_too(fleet: Deployment) -> None:
+    [point] = [p["id"] for p in fleet.cli("--json", "points", "list", "alice").json()]
+    for args in (
+        ("points", "list"),
+        ("points", "show", point),
+        ("points", "ls", point),
+        ("points", "diff", point, point),
+        ("desktops", "list"),
+        ("status",),
+        ("policy", "check"),
+        ("runbook", "list"),
+        ("site", "list"),
+    ):
+        r = fleet.cli("--log-format", "json", *args)
+        assert r.code in (0, 5), r.output
+        assert [d["event"] for d in lines(r) if d["event"].endswith(".result")] == [f"{args[0]}.result"], r.output
+
+
 def test_progress_is_an_event_with_its_numbers(fleet: Deployment) -> None:
     r = fleet.cli("--log-format", "json", "backup", "alice")
     assert r.code == 0, r.output
