@@ -34,6 +34,7 @@ from drsvc.catalog import Catalog
 from drsvc.config import NotifySection, WebhookSection
 from drsvc.health import FleetHealth
 from drsvc.log import event
+from drsvc.printable import printable
 
 __all__ = ["Condition", "Notifier", "conditions"]
 
@@ -106,11 +107,18 @@ def conditions(health: FleetHealth) -> Iterator[Condition]:
         )
 
 
+def slack_text(message: str) -> str:
+    """``message`` as Slack shows it literally: a reason quotes names a desktop's processes chose, and
+    Slack reads ``<!channel>``, ``<@user>`` and ``<URL|text>`` as a ping and a link (it asks for
+    ``&``, ``<`` and ``>`` to be escaped so); control characters are escaped as in every view."""
+    return printable(message).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def payload(hook: WebhookSection, note: dict[str, Any]) -> dict[str, Any]:
     """What one webhook receives for one notification row."""
     if hook.format == "slack":
         mark = ":white_check_mark: resolved" if note["state"] == "resolved" else ":rotating_light:"
-        return {"text": f"{mark} drsvc on {socket.gethostname()}: {note['message']}"}
+        return {"text": f"{mark} drsvc on {socket.gethostname()}: {slack_text(note['message'])}"}
     return {
         "source": "drsvc",
         "version": __version__,

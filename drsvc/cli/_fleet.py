@@ -81,7 +81,7 @@ def render(report: FleetReport, out: Console) -> None:
             _s(i.up_seconds),
             _s(i.rto_seconds),
             f"{i.target_seconds:.0f}",
-            (i.error or "")[:160],
+            shown((i.error or "")[:160]),  # quotes what failed: names from the desktop
         )
     out.print(table)
     if report.dry_run:

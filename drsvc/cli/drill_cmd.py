@@ -32,7 +32,7 @@ def render(report: DrillReport, out: Console) -> None:
             rpo,
             "yes" if r.verified else "no",
             "[green]PASS[/]" if r.passed else "[red]FAIL[/]",
-            r.error or "",
+            shown(r.error or ""),  # quotes what failed: names from the desktop
         )
     out.print(table)
     s = report.summary()

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from drsvc import clock
 from drsvc.cli._common import App, DrsvcCommand, pass_app
+from drsvc.cli._common import shown as shown_text  # `shown` is this module's list of rows
 from drsvc.errors import EXIT_OBJECTIVE_MISSED, EXIT_OK
 from drsvc.health import FleetHealth, read_health
 from drsvc.units import format_duration
@@ -76,13 +77,13 @@ def render(health: FleetHealth, out: Console, *, all_desktops: bool) -> None:
                 f"[red]{age}[/]" if d.rpo_missed else age,
                 str(d.consecutive_failures),
                 str(d.tier_lag),
-                (d.last_error or "")[:80],
+                shown_text((d.last_error or "")[:80]),  # quotes names from the desktop
             )
         out.print(desktops)
     for line in health.missed:
-        out.print(f"[red]MISSED[/] {line}")
-    for line in health.problems:
-        out.print(f"[yellow]PROBLEM[/] {line}")
+        out.print(f"[red]MISSED[/] {shown_text(line)}")
+    for line in health.problems:  # a problem quotes errors, and they quote names from the desktops
+        out.print(f"[yellow]PROBLEM[/] {shown_text(line)}")
     verdict = "all objectives met" if health.ok else f"{len(health.missed)} objective(s) missed"
     # a desktop several policies cover has a row per policy: count desktops, not rows
     summary = f"{len({d.desktop for d in health.desktops})} desktop(s), {clock.to_iso(health.now)}"

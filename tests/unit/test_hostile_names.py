@@ -133,6 +133,47 @@ def test_points_show_prints_a_hostile_reason_as_text(deploy) -> None:
     result.stdout.encode("utf-8")
 
 
+def test_status_prints_a_hostile_last_error_as_text(deploy) -> None:
+    """``status`` shows each failing desktop's last error, which quotes names from the desktop, in a
+    rich table cell: as markup (``[/bold]`` made the operator's ``status`` raise, for every
+    desktop) with its escapes live. It goes through ``shown`` like every other view."""
+    deploy.desktop("alice")
+    deploy.world.set_knobs("alice", read_error=f"x{HOSTILE.replace(chr(0xDCFF), '')}"[:70])
+    assert deploy.cli("backup", "--policy", "standard").code == 1
+    result = deploy.cli("status", "--all")
+    assert "Traceback" not in result.output and result.code in (0, 5), result.output
+    assert "x[/bold]" in result.stdout, result.stdout
+    assert "PROBLEM" in result.stdout and result.stdout.count("forged error lin") == 2, result.stdout  # table, problem
+    assert not any(c in result.stdout for c in "\x1b\x9b\u202e")
+
+
+def test_drill_prints_a_hostile_reason_as_text(deploy) -> None:
+    """A drill's table shows each failed drill's reason, which quotes what failed (CRIU's words on
+    a file of the desktop, an archive member): as markup it made ``drill`` raise after every
+    drill had run, so the operator saw no result at all."""
+    deploy.desktop("alice")
+    assert deploy.cli("backup", "alice").code == 0
+    deploy.world.set_knobs("alice", restore_error=f"file {HOSTILE.replace(chr(0xDCFF), '')}")
+    result = deploy.cli("drill", "alice")
+    assert "Traceback" not in result.output and result.code == 1, result.output
+    assert "x[/bold]" in result.stdout and "forged error line" in result.stdout, result.stdout
+    assert not any(c in result.stdout for c in "\x1b\x9b\u202e")
+
+
+def test_a_restore_storm_prints_a_hostile_reason_as_text(deploy) -> None:
+    """A storm's table (``restore --all``, ``site recover``, ``site drill``) showed each failed
+    desktop's error as markup: one tenant's ``[/bold]`` made the whole report raise once every
+    desktop had been restored, in the hour an operator needs it most."""
+    deploy.desktop("alice")
+    deploy.desktop("bob", seed=2)
+    assert deploy.cli("backup", "alice", "bob").code == 0
+    deploy.world.set_knobs("bob", restore_error=f"file {HOSTILE.replace(chr(0xDCFF), '')}")
+    result = deploy.cli("restore", "--all", "--force")
+    assert "Traceback" not in result.output and result.code == 6, result.output
+    assert "x[/bold]" in result.stdout and "forged error line" in result.stdout, result.stdout
+    assert not any(c in result.stdout for c in "\x1b\x9b\u202e")
+
+
 def test_a_markdown_report_cell_keeps_a_hostile_error_in_its_row() -> None:
     pytest.importorskip("jinja2", reason="the report extra (jinja2) is not installed")
     from drsvc.report.render import _md_cell

@@ -90,6 +90,23 @@ def test_a_breach_is_announced_once_and_its_end_once(fleet, receiver) -> None:
     assert fleet.catalog.query("SELECT * FROM notifications") == []
 
 
+def test_a_slack_message_shows_a_hostile_name_as_text(fleet, receiver) -> None:
+    """A point's reason quotes names a desktop's processes chose (an object, a held file, what CRIU
+    says of a file). Slack reads ``<!channel>``, ``<@U…>`` and ``<URL|text>`` in a message's text
+    as a ping of everyone and a link, and a control character as itself: a tenant could have
+    drsvc's bot page the whole channel with a link of its own. ``&``, ``<`` and ``>`` are escaped
+    as Slack asks, and the text goes through ``printable`` like every other view."""
+    fleet.desktop("d1")
+    fleet.point("d1", timedelta(minutes=5))
+    hostile = "list rados://desktops/d1: the object '<!channel> <https://evil.example/|re-login>\u202e' & more"
+    fleet.point("d1", timedelta(minutes=2), status="failed", reason=hostile)
+    run(fleet, config(WebhookSection(url=receiver.url("/slack"), format="slack")))
+    (body,) = receiver.bodies
+    text = body["text"]
+    assert "<!channel>" not in text and "<https://" not in text and "\u202e" not in text, text
+    assert "&lt;!channel&gt; &lt;https://evil.example/|re-login&gt;\\u202e' &amp; more" in text, text
+
+
 def test_slack_payload_is_text(fleet, receiver) -> None:
     fleet.desktop("d1")
     fleet.point("d1", timedelta(minutes=5))
