@@ -51,6 +51,9 @@ SUCCESSES = [
     ("run", "--once"),
     ("catalog", "rebuild"),
     ("keys", "rotate", "--tenant", "acme"),
+    ("copy",),
+    ("catalog", "adopt-store", "cold"),
+    ("init",),
 ]
 
 
@@ -107,6 +110,14 @@ FAILURES = [
     (("backup", "--no-such-option"), 2),
     (("tier", "extra-argument"), 2),
     (("keys", "rotate", "--tenant", "nobody"), 3),
+    (("copy", "--site", "nope"), 3),
+    (("verify", "20010101T000000Z-nope"), 3),
+    (("prune", "--bogus"), 2),
+    (("cleanup", "extra"), 2),
+    (("run", "--once", "--metrics-listen", "nowhere"), 2),
+    (("catalog", "restore"), 2),
+    (("catalog", "adopt-store"), 2),
+    (("drill", "alice", "--sample", "0"), 2),
 ]
 
 
