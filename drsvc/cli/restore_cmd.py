@@ -8,7 +8,6 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from drsvc.cli._common import App, DrsvcCommand, pass_app, shown
@@ -30,7 +29,7 @@ def phase_printer(app: App) -> Any:
             else:
                 err.print(f"[dim]  {f['phase']:<9} {f['seconds']:6.2f} s[/]")
         elif kind == "teardown":
-            err.print(f"[yellow]{escape(f['message'])}[/]" if f["left"] else escape(f["message"]))
+            err.print(f"[yellow]{shown(f['message'])}[/]" if f["left"] else shown(f["message"]))
 
     return on_event
 
