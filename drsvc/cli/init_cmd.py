@@ -35,8 +35,12 @@ def command(app: App, policies_dir: Path | None) -> None:
             out.print(f"[green]created[/]  {item}")
         for item in result.kept:
             out.print(f"[dim]kept[/]     {item}")
+        # with the config kept, what this machine has is not what the config says: say so
+        kept = str(result.config) in map(str, result.kept)
         for what, value in sorted(result.found.items()):
-            out.print(f"[dim]found[/]    {what} = {value}")
+            out.print(
+                f"[dim]found[/]    {what} = {value}" + (" [dim](not written: the config is kept)[/]" if kept else "")
+            )
         out.print(f"next: drsvc --config {target} policy check")
 
     app.emit(
