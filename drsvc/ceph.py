@@ -101,6 +101,7 @@ def cluster(conffile: str | None = None, keyring: str | None = None, name: str |
     limits = _timeouts
     cache_key = (os.getpid(), conffile, keyring, name, limits)
     with _lock:
+        _named["conf"] = conffile  # errors name the conf in use (the config's), not only $CEPH_CONF
         handle = _clusters.get(cache_key)
         if handle is not None and handle.state == "connected":
             return handle
@@ -143,9 +144,13 @@ def wait(completion: Any) -> Any:
     return completion
 
 
+_named: dict[str, str | None] = {"conf": None}  # the conf file of the cluster last asked for
+
+
 def component() -> str:
-    """How errors name the cluster: ``ceph (/etc/ceph/ceph.conf)``."""
-    return f"ceph ({os.environ.get('CEPH_CONF') or 'default ceph.conf'})"
+    """How errors name the cluster: ``ceph (/etc/ceph/ceph.conf)``, the conf last connected with
+    (``[hot] ceph_conf``), else ``$CEPH_CONF``."""
+    return f"ceph ({_named['conf'] or os.environ.get('CEPH_CONF') or 'default ceph.conf'})"
 
 
 _TIMED_OUT = (errno.ETIMEDOUT, errno.EINTR)  # librados reports an op timeout as either
