@@ -43,7 +43,7 @@ from drsvc.rebuild import rebuild_catalog
 from drsvc.restore_effects import resolve_clone
 from drsvc.services import Services
 from drsvc.sites import relocate_volume, site_section
-from drsvc.storm import FleetItem, FleetReport, FleetRestore, plan_fleet, select_desktops
+from drsvc.storm import FleetItem, FleetReport, FleetRestore, plan_fleet, preview_skips, select_desktops
 
 if TYPE_CHECKING:
     from drsvc.chunks import ChunkStore
@@ -263,6 +263,11 @@ class SiteRecovery:
                 site_services = SiteServices(self.services, self.site, catalog)
                 report.prepare = catalog_from_site(site_services)
                 report.items, report.selection = self._plan(site_services, tenant, policy)
+                if not force:  # what the run would skip: desktops already running here
+                    chosen = select_desktops(
+                        catalog, site_services.policies, everything=True, tenant=tenant, policy=policy
+                    )
+                    preview_skips(site_services, report.items, chosen)
             return report
         site_services = SiteServices(self.services, self.site, self.services.catalog)
         report.prepare = catalog_from_site(site_services)

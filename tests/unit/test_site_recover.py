@@ -131,3 +131,20 @@ def test_a_recovered_dr_host_with_its_own_cold_tier_verifies_clean(kit: SiteKit,
     assert checked.code == 0, checked.output
     drift = run_cli("--config", config, "--json", "catalog", "check")
     assert not any("configured cold store" in line for line in drift.stdout.splitlines()), drift.output
+
+
+def test_a_second_recover_dry_run_lists_the_desktops_already_up_as_skipped(
+    kit: SiteKit, run_cli: Any, tmp_path: Path
+) -> None:
+    # runbook site-lost: "run the same command again to retry: desktops already running at this site
+    # are skipped"; its dry run says so rather than planning them again
+    cold_points(kit, {"dr": {"after": "1h"}})
+    CopyJob(kit.services, None).run(now=kit.now)
+    config = _dr_site(kit, tmp_path)
+    assert run_cli("--config", config, "site", "recover", "--from", "dr").code == 0
+    again = run_cli("--config", config, "--json", "site", "recover", "--from", "dr", "--dry-run")
+    assert again.code == 0, again.output
+    [item] = again.json()["desktops"]
+    assert item["status"] == "skipped" and "already running here" in item["error"], item
+    forced = run_cli("--config", config, "--json", "site", "recover", "--from", "dr", "--dry-run", "--force")
+    assert [d["status"] for d in forced.json()["desktops"]] == ["planned"], forced.output
