@@ -163,7 +163,7 @@ def test_frames_and_verbatim_packs_in_one_cold_store_read_together(deploy: Deplo
 def test_the_pack_writer_does_no_zstd_when_packing_verbatim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keys = Keys.generate()
     hot = ChunkStore.init(FileStore(tmp_path / "hot", fsync=False), keys, level=1)
-    data = text(2_000_000, 7)
+    data = text(4_000_000, 7)  # ~25 chunks: the keyed cutter gives 2 MB as few as 9
     ref = hot.write_stream(data)
     cold = ChunkStore.init(FileStore(tmp_path / "cold", fsync=False), keys, pack_size=4 << 20, recompress=False)
 
