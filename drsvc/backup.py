@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO
 
-from drsvc import ceph, clock, deadline, faults
+from drsvc import ceph, checkpoint_space, clock, deadline, faults
 from drsvc.backup_commit import (  # the names below were defined here first: their import path stays
     DEFAULT_FREEZE_BUDGET,
     DEFAULT_FULL_EVERY,
@@ -501,12 +501,19 @@ class BackupJob:
                 ref = self.committer.hot.for_tenant(d.tenant).write_stream(indexer)
             return ref, indexer.finish().document()
 
+        # a desktop whose memory image would not fit on the host's disk is not checkpointed (its
+        # volumes are still in the snapshot): its memory must not fill the disk of every tenant
+        dumped = self._refuse_no_space(batch, outcomes)
         # the gate keeps the store threads of the batch before (base images) off the runtime
         # while this batch's checkpoints run: Podman holds a checkpointed container's lock
         with self.committer.runtime_gate:
+            if not dumped:
+                while_dumping()
+                snapshot(set())
+                return {}
             results = checkpoint_batch(
                 self.committer.runtime,
-                batch,
+                dumped,
                 store_archive,
                 while_frozen=snapshot,
                 freeze_timeout=FREEZE_WAIT,
@@ -514,9 +521,9 @@ class BackupJob:
                 while_dumping=while_dumping,
                 open_checkpoint=self._checkpoints.checkpoint,
             )
-        self._freeze_facts(batch, outcomes, results)
+        self._freeze_facts(dumped, outcomes, results)
         archives: dict[str, StreamRef] = {}
-        for d in batch:
+        for d in dumped:
             r, o = results[d.container_id], outcomes[d.desktop_id]
             if r.error is not None or r.value is None:
                 o.consistency, o.reason = "crash", f"checkpoint failed: {r.error}"
@@ -541,6 +548,22 @@ class BackupJob:
             o.held = r.held or None
             archives[d.desktop_id], o.rootfs = r.value
         return archives
+
+    def _refuse_no_space(self, batch: list[DesktopRef], outcomes: dict[str, Outcome]) -> list[DesktopRef]:
+        """The batch's desktops whose checkpoint image fits on the host's disk (``drsvc.checkpoint_space``);
+        the others are marked crash-consistent with the reason (memory, free space, path)."""
+        section = self.services.config.runtime
+        reserve = (section.checkpoint_reserve_mib if section else 1024) * checkpoint_space.MIB
+        where = str(section.checkpoint_dir) if section and section.checkpoint_dir else None
+        fits = []
+        for d in batch:
+            why = checkpoint_space.refusal(checkpoint_space.measure(self.committer.runtime, d, where), reserve)
+            if why is None:
+                fits.append(d)
+                continue
+            event(log, logging.WARNING, "backup.checkpoint_space", f"desktop {d.desktop_id}: {why}")
+            outcomes[d.desktop_id].consistency, outcomes[d.desktop_id].reason = "crash", why
+        return fits
 
     @staticmethod
     def _freeze_facts(batch: list[DesktopRef], outcomes: dict[str, Outcome], results: dict[str, Any]) -> None:

@@ -125,6 +125,17 @@ class ColdSection(_Section):
 
 class RuntimeSection(_Section):
     url: str = Field(description="Container runtime, e.g. podman:///run/podman/podman.sock")
+    checkpoint_dir: Path | None = Field(
+        default=None,
+        description="Where the runtime writes checkpoint images, for the free-space guard "
+        "(default: what the runtime reports, e.g. Podman's container userdata directory)",
+    )
+    checkpoint_reserve_mib: int = Field(
+        default=1024,
+        ge=0,
+        description="Free space kept on that disk beyond a checkpoint's expected image "
+        "(2.5 x the desktop's memory); a desktop whose image would not fit is not checkpointed",
+    )
 
     @field_validator("url")
     @classmethod

@@ -49,6 +49,7 @@ from drsvc.runtimes.base import (
     probe_tcp_in_netns,
     with_criu_log,
 )
+from drsvc.runtimes.cgroupmem import dumped_memory
 from drsvc.runtimes.node import local_node_name
 from drsvc.runtimes.podman_clone import CloneRewrite, clone_volume, remove_clone_storage
 
@@ -238,6 +239,14 @@ class PodmanRuntime:
         """Host path of the container's mounted root filesystem (overlay ``MergedDir``), if mounted."""
         c = self._inspect_raw(name)
         return ((c.get("GraphDriver") or {}).get("Data") or {}).get("MergedDir") or None
+
+    def checkpoint_space(self, name: str) -> tuple[int, str] | None:
+        """The container's memory CRIU would dump (bytes) and where Podman writes its checkpoint
+        (the container's userdata directory); None when either is unknown (``drsvc.checkpoint_space``)."""
+        c = self._inspect_raw(name)
+        memory = dumped_memory(int((c.get("State") or {}).get("Pid") or 0))
+        path = str(c.get("StaticDir") or "")
+        return None if memory is None or not path else (memory, path)
 
     def pause(self, name: str) -> None:
         """Freeze every process of the container (cgroup freezer); ``NotFound`` if missing."""

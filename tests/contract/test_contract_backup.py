@@ -78,6 +78,32 @@ def test_a_failed_checkpoint_still_gives_a_crash_consistent_point(deploy: Deploy
 
 
 @contract("backup", 0)
+def test_a_desktop_whose_memory_would_not_fit_on_the_disk_is_not_checkpointed(deploy: Deployment) -> None:
+    # bob's memory grew to 1 EiB right before the backup: its checkpoint image would fill the disk
+    # where the runtime writes it, for every tenant; alice (same batch) is checkpointed as usual
+    deploy.desktop("alice")
+    deploy.desktop("bob")
+    deploy.world.set_knobs("alice", memory_current=4096, checkpoint_dir=str(deploy.root))
+    deploy.world.set_knobs("bob", memory_current=2**60, checkpoint_dir=str(deploy.root))
+    r = deploy.cli("backup", "alice", "bob")
+    assert_exit(r, 0, "2/2 complete (1 paired)", "checkpoint refused", str(deploy.root))
+    points = {p["desktop"]: p for p in _points(deploy)}
+    assert points["alice"]["consistency"] == "paired"
+    assert points["bob"]["consistency"] == "crash"
+    assert "memory" in points["bob"]["reason"] and "free" in points["bob"]["reason"]
+
+
+@contract("backup", 0)
+def test_a_batch_whose_every_checkpoint_is_refused_still_gets_its_volumes(deploy: Deployment) -> None:
+    deploy.desktop("bob")
+    deploy.world.set_knobs("bob", memory_current=2**60, checkpoint_dir=str(deploy.root))
+    r = deploy.cli("backup", "bob")
+    assert_exit(r, 0, "1/1 complete (0 paired)", "checkpoint refused")
+    (point,) = _points(deploy)
+    assert (point["status"], point["consistency"]) == ("complete", "crash")
+
+
+@contract("backup", 0)
 def test_a_desktop_that_never_freezes_is_snapshotted_without_its_memory(deploy: Deployment) -> None:
     deploy.desktop("alice")
     deploy.world.set_knobs("alice", hook="early")  # the hook lets it go before the snapshot

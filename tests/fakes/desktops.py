@@ -155,7 +155,9 @@ class FakeWorld:
         desktop's own data sets off, as an empty omap value once did);
         ``read_seconds`` (float): reading each of its objects at a snapshot takes this long (a
         namespace its processes made slow to read: huge objects, a million of them);
-        ``remove_error`` (str): removing its clone raises BackendError.
+        ``remove_error`` (str): removing its clone raises BackendError;
+        ``memory_current`` (int) and ``checkpoint_dir`` (str): what ``checkpoint_space`` reports (its
+        memory in bytes, where its checkpoint would be written); unset: the runtime cannot tell.
         """
         with _lock:
             try:
@@ -402,6 +404,12 @@ class FakeRuntime:
         c = self.world.container(name)
         c["state"] = "running"
         self.world.save_container(c)
+
+    def checkpoint_space(self, name: str) -> tuple[int, str] | None:
+        knobs = self._knobs_of(self.world.container(name))
+        if knobs.get("memory_current") is None or not knobs.get("checkpoint_dir"):
+            return None
+        return int(knobs["memory_current"]), str(knobs["checkpoint_dir"])
 
     @contextlib.contextmanager
     def checkpoint(self, name: str, *, tcp_established: bool = True) -> Iterator[BinaryIO]:

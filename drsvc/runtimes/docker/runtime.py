@@ -27,6 +27,7 @@ from drsvc.runtimes.base import (
     loaded_image_id,
     probe_tcp_in_netns,
 )
+from drsvc.runtimes.cgroupmem import dumped_memory
 from drsvc.runtimes.docker.client import CHUNK, DockerClient, chunks
 from drsvc.runtimes.docker.pack import LABEL_RESTORED_AT, archive_members, rootfs_diff, tar_stream, visible_labels
 from drsvc.runtimes.docker.paths import (
@@ -127,6 +128,13 @@ class DockerRuntime:
     def checkpoint_artifact(self, token: str) -> tuple[str, str]:
         """What ``checkpoint(..., token=token)`` leaves on this host while it runs (see runtimes.base)."""
         return "checkpoint-dir", backup_checkpoint_name(token)
+
+    def checkpoint_space(self, name: str) -> tuple[int, str] | None:
+        """The container's memory CRIU would dump (bytes) and where dockerd writes its checkpoint
+        (``<DockerRootDir>/containers/<id>``); None when the memory is unknown (``drsvc.checkpoint_space``)."""
+        c = self.client.inspect_raw(name)
+        memory = dumped_memory(int((c.get("State") or {}).get("Pid") or 0))
+        return None if memory is None else (memory, str(self.client.root_dir() / "containers" / c["Id"]))
 
     @contextmanager
     def checkpoint(self, name: str, *, tcp_established: bool = True, token: str | None = None) -> Iterator[BinaryIO]:
