@@ -26,10 +26,12 @@ import errno
 import itertools
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -335,18 +337,42 @@ def serve(view: MountView, directory: Path, *, fsname: str, threads: bool = True
     helper = fusermount()
     mfusepy = load_fuse()
     try:
-        mfusepy.FUSE(
-            view,
-            str(directory),
-            foreground=True,
-            nothreads=not threads,
-            ro=True,
-            default_permissions=True,
-            fsname=fsname.replace(",", "_"),
-            subtype="drsvc",
-        )
+        with _libfuse_signals():
+            _fuse(mfusepy, view, directory, threads, fsname)
     except RuntimeError as e:
         raise BackendError(f"mount {directory} failed (libfuse returned {e}); see the message above") from None
     finally:
         if os.path.ismount(directory):  # libfuse could not unmount (busy, killed helper): try once more
             subprocess.run([helper, "-u", "-z", str(directory)], capture_output=True, timeout=30, check=False)
+
+
+def _fuse(mfusepy: Any, view: Any, directory: Path, threads: bool, fsname: str) -> None:
+    mfusepy.FUSE(
+        view,
+        str(directory),
+        foreground=True,
+        nothreads=not threads,
+        ro=True,
+        default_permissions=True,
+        fsname=fsname.replace(",", "_"),
+        subtype="drsvc",
+    )
+
+
+@contextmanager
+def _libfuse_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP at their defaults while libfuse serves: it installs its own handlers
+    (leave the loop, unmount) only over a default one, and drsvc's entry point has its own there
+    (``drsvc.cli.signals``), which Python could not run while the loop blocks in C. mfusepy does
+    the same for SIGINT."""
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, signal.SIG_DFL)
+    except ValueError:
+        pass  # not the main thread (tests): nothing was installed here either
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
