@@ -34,6 +34,11 @@ __all__ = ["DesktopHealth", "FleetHealth", "PolicyHealth", "read_health"]
 # interrupted restores where it has one (status 'interrupted').
 STALE_RESTORE = timedelta(hours=1)
 
+# A newest point stamped further ahead of this host's clock than skew between hosts explains: the
+# clock stepped back after it was taken. Its age is negative, so the RPO would look met (and the
+# failures since would not count) for as long as the step: said as a problem.
+AHEAD_SLACK = timedelta(minutes=5)
+
 
 @dataclass
 class DesktopHealth:
@@ -46,6 +51,7 @@ class DesktopHealth:
     last_point_at: datetime | None = None
     age_seconds: float | None = None  # since the last point, else since drsvc first saw the desktop
     rpo_missed: bool = False
+    ahead_seconds: float | None = None  # the newest point is stamped this far ahead of the clock
     consecutive_failures: int = 0
     last_error: str | None = None
     tier_lag: int = 0  # points due for the cold tier that are not there yet
@@ -375,6 +381,8 @@ def _desktop_health(
         d.last_point_at = clock.from_iso(taken_at)
         d.last_freeze_seconds = freeze_ms / 1000 if freeze_ms is not None else None
         d.age_seconds = (now - d.last_point_at).total_seconds()
+        if d.last_point_at - now > AHEAD_SLACK:
+            d.ahead_seconds = -d.age_seconds
     else:
         d.age_seconds = (now - clock.from_iso(desktop["first_seen"])).total_seconds()
     d.rpo_missed = d.rpo_seconds is not None and d.age_seconds > d.rpo_seconds
@@ -401,6 +409,12 @@ def _judge(health: FleetHealth) -> None:
             health.missed.append(
                 f"RPO missed: {d.desktop} ({d.policy}) {since} {_age(d.age_seconds or 0)} ago, "
                 f"objective {_age(d.rpo_seconds or 0)}"
+            )
+        if d.ahead_seconds is not None:
+            health.problems.append(
+                f"{d.desktop} ({d.policy}): its newest point is stamped {_age(d.ahead_seconds)} ahead of this "
+                "host's clock (the clock stepped back?): its RPO and failed backups since cannot be judged "
+                "until the clock passes it; check the host's time (timedatectl, chronyc tracking)"
             )
         if d.consecutive_failures:
             health.problems.append(

@@ -130,3 +130,22 @@ def test_status_takes_the_tier_lag_the_last_tier_run_recorded_and_says_when(flee
     assert abs((recorded - clock.now()).total_seconds()) < 600
     assert "tier lag as the last tier run recorded it, " in text and " ago" in text.split("recorded it, ")[1]
     assert "gold: 2 point(s) due for the cold tier are not there" in text
+
+
+def test_a_point_stamped_ahead_of_the_clock_is_a_problem_not_a_met_rpo(fleet):
+    """The host's clock stepped back after a point was taken: the point looks newer than now, so
+    the RPO would look met (and failures since would not count) for as long as the step. Said."""
+    fleet.desktop("d1")
+    point = fleet.point("d1", -timedelta(hours=3))
+    health = read_health(fleet.catalog, fleet.policies, fleet.now)
+    (d,) = health.desktops
+    assert d.last_point == point and d.ahead_seconds == 3 * 3600
+    assert any(
+        p.startswith("d1 (gold): its newest point is stamped 3h ahead of this host's clock") for p in health.problems
+    ), health.problems
+    fleet.desktop("d2")
+    fleet.point("d2", -timedelta(minutes=2))  # a few minutes of skew between hosts is not a step
+    assert [d.ahead_seconds for d in read_health(fleet.catalog, fleet.policies, fleet.now).desktops] == [
+        3 * 3600,
+        None,
+    ]
