@@ -550,20 +550,18 @@ class BackupJob:
         return archives
 
     def _refuse_no_space(self, batch: list[DesktopRef], outcomes: dict[str, Outcome]) -> list[DesktopRef]:
-        """The batch's desktops whose checkpoint image fits on the host's disk (``drsvc.checkpoint_space``);
-        the others are marked crash-consistent with the reason (memory, free space, path)."""
+        """The batch's desktops whose checkpoint images fit on the host's disks together
+        (``drsvc.checkpoint_space.refusals``); the others are marked crash-consistent with the
+        reason (memory, free space, path)."""
         section = self.services.config.runtime
         reserve = (section.checkpoint_reserve_mib if section else 1024) * checkpoint_space.MIB
         where = str(section.checkpoint_dir) if section and section.checkpoint_dir else None
-        fits = []
-        for d in batch:
-            why = checkpoint_space.refusal(checkpoint_space.measure(self.committer.runtime, d, where), reserve)
-            if why is None:
-                fits.append(d)
-                continue
-            event(log, logging.WARNING, "backup.checkpoint_space", f"desktop {d.desktop_id}: {why}")
-            outcomes[d.desktop_id].consistency, outcomes[d.desktop_id].reason = "crash", why
-        return fits
+        spaces = {d.desktop_id: checkpoint_space.measure(self.committer.runtime, d, where) for d in batch}
+        refused = checkpoint_space.refusals(spaces, reserve)  # the batch's dumps share each disk
+        for desktop_id, why in refused.items():
+            event(log, logging.WARNING, "backup.checkpoint_space", f"desktop {desktop_id}: {why}")
+            outcomes[desktop_id].consistency, outcomes[desktop_id].reason = "crash", why
+        return [d for d in batch if d.desktop_id not in refused]
 
     @staticmethod
     def _freeze_facts(batch: list[DesktopRef], outcomes: dict[str, Outcome], results: dict[str, Any]) -> None:

@@ -102,3 +102,49 @@ def test_no_cgroup_or_pid_is_unknown(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert cgroupmem.dumped_memory(42) is None
     assert cgroupmem.dumped_memory(0) is None
     assert cgroupmem.dumped_memory(43) is None
+
+
+def _desktop(name: str) -> DesktopRef:
+    return DesktopRef(name, name, name[0] * 64, f"rados://desktops/{name}", "t")
+
+
+def _disks(monkeypatch: pytest.MonkeyPatch, free: dict[str, int], dev: dict[str, int | str]) -> None:
+    """statvfs and st_dev faked per checkpoint directory."""
+    monkeypatch.setattr(
+        checkpoint_space.os, "statvfs", lambda p: SimpleNamespace(f_bavail=free[p] // 4096, f_frsize=4096)
+    )
+    monkeypatch.setattr(checkpoint_space, "device_of", lambda p: dev[p])
+
+
+def test_a_batch_that_fits_desktop_by_desktop_but_not_together_refuses_the_largest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 10 GiB free, 1 GiB kept: each image (2.5 x 2, 3, 1.5 GiB = 5, 7.5, 3.75 GiB) fits alone, not
+    # all three; smallest first: carol (3.75) and alice (5) take 8.75 of the 9 GiB, bob's 7.5 cannot
+    _disks(monkeypatch, {"/a": 10 * GIB, "/b": 10 * GIB}, {"/a": 7, "/b": 7})  # two dirs, one filesystem
+    memory = {"alice": (2 * GIB, "/a"), "bob": (3 * GIB, "/b"), "carol": (3 * GIB // 2, "/a")}
+    spaces = {n: checkpoint_space.measure(_Runtime(m), _desktop(n)) for n, m in memory.items()}
+    refused = checkpoint_space.refusals(spaces, reserve=1 * GIB)
+    assert set(refused) == {"bob"}
+    assert all(checkpoint_space.refusal(s, reserve=1 * GIB) is None for s in spaces.values())  # each fits alone
+    why = refused["bob"]
+    assert "3072 MiB" in why and "10240 MiB free" in why and "/b" in why and "other checkpoints" in why
+
+
+def test_desktops_on_different_filesystems_do_not_share_a_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    _disks(monkeypatch, {"/a": 10 * GIB, "/b": 10 * GIB, "/c": 10 * GIB}, {"/a": 1, "/b": 2, "/c": "/c"})
+    memory = {"alice": (3 * GIB, "/a"), "bob": (3 * GIB, "/b"), "carol": (3 * GIB, "/c")}
+    spaces = {n: checkpoint_space.measure(_Runtime(m), _desktop(n)) for n, m in memory.items()}
+    assert checkpoint_space.refusals(spaces, reserve=1 * GIB) == {}
+
+
+def test_a_desktop_too_large_alone_says_so_and_leaves_the_budget_to_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _disks(monkeypatch, {"/a": 10 * GIB}, {"/a": 1})
+    # bob's 20 GiB cannot fit even alone; alice and carol (3.75 GiB each) both fit in the 9 GiB
+    memory = {"alice": (3 * GIB // 2, "/a"), "bob": (8 * GIB, "/a"), "carol": (3 * GIB // 2, "/a")}
+    spaces = {n: checkpoint_space.measure(_Runtime(m), _desktop(n)) for n, m in memory.items()}
+    spaces["dave"] = None  # the runtime cannot tell: not counted, not refused
+    refused = checkpoint_space.refusals(spaces, reserve=1 * GIB)
+    assert set(refused) == {"bob"} and "other checkpoints" not in refused["bob"]
