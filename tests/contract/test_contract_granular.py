@@ -99,20 +99,28 @@ def test_restore_object_to_a_directory(fleet: Deployment, tmp_path: Path) -> Non
     assert written.read_bytes() == data
 
 
+def _spawn_mount(fleet: Deployment, tmp_path: Path) -> tuple[subprocess.Popen[str], Path, bytes]:
+    """``drsvc mount`` of alice's point in a child; the object it should show, and its content."""
+    if subprocess.run(["sh", "-c", "command -v fusermount3"], capture_output=True).returncode != 0:
+        pytest.skip("fusermount3 (Debian: fuse3) is not installed: drsvc mount cannot run here")
+    name, data = _some_object(1, "alice")
+    where = tmp_path / "mnt"
+    where.mkdir()
+    return fleet.spawn("mount", _point(fleet, "alice"), str(where)), where / "volume" / name, data
+
+
+def _wait_mounted(proc: subprocess.Popen[str], target: Path) -> None:
+    wait_for("the point to be mounted", lambda: target.exists() or proc.poll() is not None)
+    assert proc.poll() is None, proc.communicate()
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_mount_unmounts_on_sigterm_and_sighup(fleet: Deployment, tmp_path: Path, sig: signal.Signals) -> None:
     """libfuse handles these only when their handler is the default: drsvc's own (a command's
     job interrupted, drsvc.cli.signals) must not stand in its way while it serves."""
-    if subprocess.run(["sh", "-c", "command -v fusermount3"], capture_output=True).returncode != 0:
-        pytest.skip("fusermount3 (Debian: fuse3) is not installed: drsvc mount cannot run here")
-    name, _data = _some_object(1, "alice")
-    where = tmp_path / "mnt"
-    where.mkdir()
-    proc = fleet.spawn("mount", _point(fleet, "alice"), str(where))
-    target = where / "volume" / name
+    proc, target, _data = _spawn_mount(fleet, tmp_path)
     try:
-        wait_for("the point to be mounted", lambda: target.exists() or proc.poll() is not None)
-        assert proc.poll() is None, proc.communicate()
+        _wait_mounted(proc, target)
     finally:
         proc.send_signal(sig)
         code, out, err = finish(proc, f"drsvc mount after {sig.name}", timeout=20)
@@ -122,16 +130,9 @@ def test_mount_unmounts_on_sigterm_and_sighup(fleet: Deployment, tmp_path: Path,
 
 @contract("mount", 0)
 def test_mount_shows_the_point_read_only_and_unmounts_on_ctrl_c(fleet: Deployment, tmp_path: Path) -> None:
-    if subprocess.run(["sh", "-c", "command -v fusermount3"], capture_output=True).returncode != 0:
-        pytest.skip("fusermount3 (Debian: fuse3) is not installed: drsvc mount cannot run here")
-    name, data = _some_object(1, "alice")
-    where = tmp_path / "mnt"
-    where.mkdir()
-    proc = fleet.spawn("mount", _point(fleet, "alice"), str(where))
-    target = where / "volume" / name
+    proc, target, data = _spawn_mount(fleet, tmp_path)
     try:
-        wait_for("the point to be mounted", lambda: target.exists() or proc.poll() is not None)
-        assert proc.poll() is None, proc.communicate()
+        _wait_mounted(proc, target)
         assert target.read_bytes() == data
         with pytest.raises(OSError):
             target.write_bytes(b"no")

@@ -10,6 +10,7 @@ by the next ``drsvc cleanup``, after which nothing is left and the earlier point
 from __future__ import annotations
 
 import signal
+import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from drsvc import clock, faults
 from drsvc.catalog import Catalog
 
 
-def _park(deploy: Deployment, tmp_path: Path, point: str, *args: str) -> tuple[object, Path]:
+def _park(deploy: Deployment, tmp_path: Path, point: str, *args: str) -> tuple[subprocess.Popen[str], Path]:
     go = tmp_path / "go"
     proc = deploy.spawn(*args, **{faults.ENV: f"{point}:wait={go}"})
     wait_for(f"drsvc {args[0]} to reach {point}", Path(f"{go}.reached").exists)
@@ -59,6 +60,16 @@ def _interrupted(code: int, err: str, sig: signal.Signals) -> None:
     assert "interrupted" in lines[0] and sig.name in lines[0] and "drsvc cleanup" in lines[0], lines[0]
 
 
+def _ends_interrupted(
+    deploy: Deployment, proc: subprocess.Popen[str], go: Path, sig: signal.Signals, what: str
+) -> None:
+    """Let the parked, signalled command go on: it ends interrupted, in one line, its leases free."""
+    go.touch()
+    code, _out, err = finish(proc, what)
+    _interrupted(code, err, sig)
+    _leases_free(deploy)
+
+
 SIGNALS = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 
 
@@ -69,18 +80,15 @@ def test_a_signalled_backup_is_interrupted_thaws_at_once_and_cleanup_finishes_it
     deploy.desktop("alice")
     assert_exit(deploy.cli("backup", "alice"), 0)
     proc, go = _park(deploy, tmp_path, "after-freeze", "backup", "alice")
-    proc.send_signal(sig)  # type: ignore[attr-defined]
+    proc.send_signal(sig)
     # the desktop thaws without waiting for the parked worker: the freeze directory is released
     wait_for(
         "the frozen desktop to be released",
         # (a process that died is released by the kernel: the real hook blocks on its lock)
-        lambda: proc.poll() is not None or any(deploy.freeze_root.glob("*/release")),  # type: ignore[attr-defined]
+        lambda: proc.poll() is not None or any(deploy.freeze_root.glob("*/release")),
         timeout=20,
     )
-    go.touch()
-    code, _out, err = finish(proc, "the signalled backup")  # type: ignore[arg-type]
-    _interrupted(code, err, sig)
-    _leases_free(deploy)
+    _ends_interrupted(deploy, proc, go, sig, "the signalled backup")
     assert_exit(deploy.cli("cleanup"), 0)
     assert_exit(deploy.cli("cleanup"), 0, "nothing left behind")
     points = deploy.cli("--json", "points", "list").json()
@@ -94,11 +102,8 @@ def test_a_signalled_restore_is_interrupted_and_the_next_run_finishes_it(
     deploy.desktop("alice")
     assert_exit(deploy.cli("backup", "alice"), 0)
     proc, go = _park(deploy, tmp_path, "mid-restore-volume", "restore", "alice", "--as", "alice-copy")
-    proc.send_signal(sig)  # type: ignore[attr-defined]
-    go.touch()
-    code, _out, err = finish(proc, "the signalled restore")  # type: ignore[arg-type]
-    _interrupted(code, err, sig)
-    _leases_free(deploy)
+    proc.send_signal(sig)
+    _ends_interrupted(deploy, proc, go, sig, "the signalled restore")
     assert_exit(deploy.cli("cleanup"), 0)
     assert_exit(deploy.cli("cleanup"), 0, "nothing left behind")
     assert "alice-copy" not in {c["name"] for c in deploy.world.containers()}
@@ -122,12 +127,9 @@ def test_a_signalled_job_is_recorded_interrupted(
     deploy.backup_at(start, "alice")
     deploy.backup_at(start + timedelta(hours=1), "alice")
     proc, go = _park(deploy, tmp_path, point, *args)
-    proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
-    go.touch()
-    code, _out, err = finish(proc, f"the signalled {kind}")  # type: ignore[arg-type]
-    _interrupted(code, err, signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    _ends_interrupted(deploy, proc, go, signal.SIGTERM, f"the signalled {kind}")
     assert _jobs(deploy, kind)[-1][0] == "interrupted", _jobs(deploy, kind)
-    _leases_free(deploy)
     assert_exit(deploy.cli("cleanup"), 0)
     again = deploy.cli(*args)
     assert again.code == 0, again.output
@@ -138,11 +140,8 @@ def test_a_signalled_drill_is_interrupted_and_cleanup_removes_its_sandbox(deploy
     deploy.desktop("alice")
     assert_exit(deploy.cli("backup", "alice"), 0)
     proc, go = _park(deploy, tmp_path, "mid-restore-volume", "drill", "alice")
-    proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
-    go.touch()
-    code, _out, err = finish(proc, "the signalled drill")  # type: ignore[arg-type]
-    _interrupted(code, err, signal.SIGTERM)
-    _leases_free(deploy)
+    proc.send_signal(signal.SIGTERM)
+    _ends_interrupted(deploy, proc, go, signal.SIGTERM, "the signalled drill")
     assert_exit(deploy.cli("cleanup"), 0)
     catalog = Catalog.open(deploy.root / "catalog.db")
     try:
@@ -156,11 +155,8 @@ def test_a_signalled_drill_is_interrupted_and_cleanup_removes_its_sandbox(deploy
 def test_run_once_signalled_mid_backup_is_interrupted(deploy: Deployment, tmp_path: Path) -> None:
     deploy.desktop("alice")
     proc, go = _park(deploy, tmp_path, "after-pending", "run", "--once")
-    proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
-    go.touch()
-    code, _out, err = finish(proc, "the signalled run --once")  # type: ignore[arg-type]
-    _interrupted(code, err, signal.SIGTERM)
-    _leases_free(deploy)
+    proc.send_signal(signal.SIGTERM)
+    _ends_interrupted(deploy, proc, go, signal.SIGTERM, "the signalled run --once")
     r = deploy.cli("run", "--once")
     assert_exit(r, 0, "ran: backup standard exit 0")
 
@@ -170,9 +166,6 @@ def test_the_daemon_stops_after_its_work_on_sighup_and_at_once_on_a_second_signa
 ) -> None:
     deploy.desktop("alice")
     proc, go = _park(deploy, tmp_path, "after-pending", "run")
-    proc.send_signal(signal.SIGHUP)  # type: ignore[attr-defined]
-    proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
-    go.touch()
-    code, _out, err = finish(proc, "the daemon after two signals")  # type: ignore[arg-type]
-    _interrupted(code, err, signal.SIGTERM)
-    _leases_free(deploy)
+    proc.send_signal(signal.SIGHUP)
+    proc.send_signal(signal.SIGTERM)
+    _ends_interrupted(deploy, proc, go, signal.SIGTERM, "the daemon after two signals")
